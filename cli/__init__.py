@@ -1,0 +1,1 @@
+"""cli: the `flowctl` command line."""

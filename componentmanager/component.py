@@ -1,0 +1,65 @@
+"""The in-process component API: what a built-in or plugin component implements.
+
+A component is constructed with its validated config and a :class:`Context`, then:
+
+* ``await start()`` once (open files, servers, connections);
+* sources: ``await run()`` produces events through ``await ctx.emit(port, event)`` and
+  returns when the source is finished (a finite source) or runs until cancelled;
+* processors and sinks: ``await process(port, event)`` per input event; they emit with
+  ``await ctx.emit(port, event)``. Raising counts an error (and dead-letters the event
+  where the delivery mode allows); the component keeps running;
+* ``await flush()`` every ``flush_interval`` seconds when that is set (time windows), and
+  once before stop;
+* ``await stop()`` once, at the end.
+
+Events are JSON-compatible values (usually dicts). Components never see NATS directly
+except through the context (``ctx.nc`` for the nats/kv sources and sinks).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel
+
+
+class Context(Protocol):
+    """What the runtime gives a component."""
+
+    flow: str
+    node: str
+    replica: int
+    nc: Any  # nats.aio.client.Client (for components that talk to NATS themselves)
+
+    async def emit(self, port: str, event: Any) -> None: ...
+
+    def log(self, message: str, **fields: Any) -> None:
+        """A log line of this component (also published on flowctl.logs.<flow>.<node>)."""
+        ...
+
+
+class Component:
+    """Base class with no-op lifecycle hooks; override what you need."""
+
+    flush_interval: ClassVar[float | None] = None
+
+    def __init__(self, config: BaseModel, ctx: Context) -> None:
+        self.config = config
+        self.ctx = ctx
+
+    async def start(self) -> None:
+        return None
+
+    async def run(self) -> None:
+        """Sources only: emit events; return when finished."""
+        return None
+
+    async def process(self, port: str, event: Any) -> None:
+        """Processors and sinks: handle one event that arrived on input ``port``."""
+        return None
+
+    async def flush(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None

@@ -1,0 +1,1 @@
+"""Built-in component types; importing this package registers them."""

@@ -1,0 +1,125 @@
+"""The component registry: static metadata of every component type.
+
+A :class:`ComponentType` declares its role, its ports (pure data) and a pydantic config
+model, plus the class that implements it (imported only when a component is created).
+Validation reads this without constructing anything or touching NATS.
+
+Built-in types live in :mod:`componentmanager.components` and register on import;
+third-party packages add types through the entry point group ``flowctl.components``
+(each entry point names a :class:`ComponentType` or a list of them).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Literal
+
+import structlog
+from pydantic import BaseModel, ConfigDict
+
+Role = Literal["source", "processor", "sink"]
+ENTRY_POINT_GROUP = "flowctl.components"
+
+log = structlog.get_logger("flowctl.registry")
+
+
+@dataclass(frozen=True)
+class Port:
+    name: str
+    required: bool = False
+    description: str = ""
+
+
+class EmptyConfig(BaseModel):
+    """For types that take no config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class ComponentType:
+    """What a component type is, as data. ``impl`` is "module:Class", loaded lazily.
+
+    ``dynamic_outputs``: the output ports are named by the config (``route``); any port
+    name is then accepted at validation and the config check decides.
+    """
+
+    name: str
+    role: Role
+    description: str
+    config_model: type[BaseModel] = EmptyConfig
+    inputs: tuple[Port, ...] = ()
+    outputs: tuple[Port, ...] = ()
+    impl: str = ""
+    dynamic_outputs: bool = False
+    docs: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def input_port(self, name: str) -> Port | None:
+        return next((p for p in self.inputs if p.name == name), None)
+
+    def output_port(self, name: str) -> Port | None:
+        return next((p for p in self.outputs if p.name == name), None)
+
+    def output_names(self, config: dict[str, Any]) -> list[str]:
+        """The output ports of a node of this type with this config."""
+        names = [p.name for p in self.outputs]
+        if self.dynamic_outputs:
+            hook = self.extra.get("outputs_from_config")
+            if hook is not None:
+                names = [*names, *(n for n in hook(config) if n not in names)]
+        return names
+
+    def load_class(self) -> type:
+        module, _, attr = self.impl.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready description (for `flowctl components -o json`)."""
+        return {
+            "type": self.name,
+            "role": self.role,
+            "description": self.description,
+            "inputs": [p.__dict__ for p in self.inputs],
+            "outputs": [p.__dict__ for p in self.outputs],
+            "dynamic_outputs": self.dynamic_outputs,
+            "config_schema": self.config_model.model_json_schema(),
+        }
+
+
+_TYPES: dict[str, ComponentType] = {}
+_loaded = False
+
+
+def register(component_type: ComponentType) -> ComponentType:
+    _TYPES[component_type.name] = component_type
+    return component_type
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    importlib.import_module("componentmanager.components")
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = ep.load()
+        except Exception as exc:  # a broken plugin must not break the registry
+            log.warning("component plugin failed to load", entry_point=ep.name, error=str(exc))
+            continue
+        for item in loaded if isinstance(loaded, list | tuple) else [loaded]:
+            if isinstance(item, ComponentType):
+                register(item)
+
+
+def get_type(name: str) -> ComponentType | None:
+    _load()
+    return _TYPES.get(name)
+
+
+def all_types() -> dict[str, ComponentType]:
+    _load()
+    return dict(sorted(_TYPES.items()))

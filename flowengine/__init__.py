@@ -1,0 +1,1 @@
+"""flowengine: validation, translation to per-component configs and the flow lifecycle."""

@@ -1,0 +1,155 @@
+"""The flow file format users write (YAML or JSON) and its normalization to FlowSpec.
+
+Two shapes are accepted:
+
+* the flowctl file: ``apiVersion: flowctl/v1``, ``kind: Flow`` (or ``Pipeline``),
+  ``metadata``, ``spec.sources/processors/sinks`` with ``inputs: [node | node.port]``;
+* a canvas export: ``{name, nodes: [{id, type, name, config}], connections:
+  [{source_node_id, source_port, target_node_id, target_port}]}``.
+
+Both normalize to :class:`flowstore.models.FlowSpec`. :func:`flow_file_schema` exports
+the JSON schema of the flowctl file for editor completion.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from flowstore.models import (
+    DEFAULT_INPUT_PORT,
+    DEFAULT_OUTPUT_PORT,
+    Connection,
+    Delivery,
+    ExternalFields,
+    FlowSpec,
+    Name,
+    Node,
+    Placement,
+    Role,
+)
+
+
+class ComponentEntry(ExternalFields):
+    """One entry of ``spec.sources``, ``spec.processors`` or ``spec.sinks``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: Name = Field(description="Node id, unique in the flow; names its data subjects.")
+    type: str = Field(min_length=1, description="A component type (`flowctl components`).")
+    name: str | None = Field(default=None, description="A display name.")
+    config: dict[str, Any] = Field(default_factory=dict, description="The type's config.")
+    inputs: list[str] = Field(
+        default_factory=list,
+        description='Upstream "node" or "node.port" (default port "out").',
+    )
+    replicas: int = Field(default=1, ge=1, le=1000)
+    placement: Placement | None = None
+
+
+class Metadata(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    description: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class FileSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    delivery: Delivery = "at-most-once"
+    sources: list[ComponentEntry] = Field(default_factory=list)
+    processors: list[ComponentEntry] = Field(default_factory=list)
+    sinks: list[ComponentEntry] = Field(default_factory=list)
+
+
+class FlowFile(BaseModel):
+    """A flowctl flow file."""
+
+    model_config = ConfigDict(extra="forbid", title="flowctl flow")
+
+    apiVersion: Literal["flowctl/v1"]  # noqa: N815 - user-facing name
+    kind: Literal["Flow", "Pipeline"]
+    metadata: Metadata
+    spec: FileSpec
+
+    def to_spec(self) -> FlowSpec:
+        nodes: list[Node] = []
+        connections: list[Connection] = []
+        sections: list[tuple[Role, list[ComponentEntry]]] = [
+            ("source", self.spec.sources),
+            ("processor", self.spec.processors),
+            ("sink", self.spec.sinks),
+        ]
+        for role, entries in sections:
+            for entry in entries:
+                data = entry.model_dump(exclude={"inputs"})
+                nodes.append(Node(role=role, **data))
+                for upstream in entry.inputs:
+                    node, _, port = upstream.partition(".")
+                    connections.append(
+                        Connection(
+                            from_=f"{node}.{port or DEFAULT_OUTPUT_PORT}",
+                            to=f"{entry.id}.{DEFAULT_INPUT_PORT}",
+                        )
+                    )
+        return FlowSpec(
+            description=self.metadata.description,
+            labels=self.metadata.labels,
+            delivery=self.spec.delivery,
+            nodes=nodes,
+            connections=connections,
+        )
+
+
+class CanvasNode(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: Name
+    type: str = Field(min_length=1)
+    name: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class CanvasConnection(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    source_node_id: str
+    source_port: str = DEFAULT_OUTPUT_PORT
+    target_node_id: str
+    target_port: str = DEFAULT_INPUT_PORT
+
+
+class CanvasFlow(BaseModel):
+    """A flow exported from a canvas UI."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: Name
+    description: str | None = None
+    delivery: Delivery = "at-most-once"
+    nodes: list[CanvasNode]
+    connections: list[CanvasConnection] = Field(default_factory=list)
+
+    def to_spec(self) -> FlowSpec:
+        return FlowSpec(
+            description=self.description,
+            delivery=self.delivery,
+            nodes=[Node(**n.model_dump()) for n in self.nodes],
+            connections=[
+                Connection(
+                    from_=f"{c.source_node_id}.{c.source_port}",
+                    to=f"{c.target_node_id}.{c.target_port}",
+                )
+                for c in self.connections
+            ],
+        )
+
+
+def flow_file_schema() -> dict[str, Any]:
+    """The JSON schema of the flowctl flow file (for editors: yaml-language-server)."""
+    schema = FlowFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema

@@ -1,0 +1,293 @@
+"""The records flowctl keeps in NATS KV, and the normalized flow they are built from.
+
+Every value in every bucket is one of these models serialized as one line of compact
+JSON (see :func:`to_json`), so ``nats kv watch`` shows readable records. The flow *file*
+format (YAML) lives in :mod:`flowstore.flowfile`; it is normalized into :class:`FlowSpec`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=63)]
+
+Delivery = Literal["at-most-once", "at-least-once"]
+RestartPolicy = Literal["always", "on-failure", "never"]
+Role = Literal["source", "processor", "sink"]
+Kind = Literal["inprocess", "process", "container"]
+
+DEFAULT_OUTPUT_PORT = "out"
+DEFAULT_INPUT_PORT = "in"
+
+
+class FlowState(StrEnum):
+    """The desired state of a flow, kept in its record. Never proof that anything runs."""
+
+    NOT_DEPLOYED = "not_deployed"
+    DEPLOYED_STOPPED = "deployed_stopped"
+    RUNNING = "running"
+
+
+class ReplicaState(StrEnum):
+    """What an agent (or the placer, for ``pending``) observed about one replica."""
+
+    PENDING = "pending"  # no eligible agent; the reason is in last_error
+    STARTING = "starting"
+    RUNNING = "running"
+    COMPLETED = "completed"  # a finite source emitted everything and ended cleanly
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+def utcnow() -> str:
+    """An ISO-8601 UTC timestamp, the one format used in every record."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+class Record(BaseModel):
+    """Base of every KV value: unknown fields are kept, so newer writers don't lose data."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str):  # type: ignore[no-untyped-def]
+        return cls.model_validate_json(data)
+
+
+class Placement(BaseModel):
+    """Where a node's replicas may run: one named agent, or agents carrying labels."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    def matches(self, agent_name: str, agent_labels: dict[str, str]) -> bool:
+        if self.agent is not None and self.agent != agent_name:
+            return False
+        return all(agent_labels.get(k) == v for k, v in self.labels.items())
+
+    def describe(self) -> str:
+        parts = []
+        if self.agent:
+            parts.append(f"agent={self.agent}")
+        parts += [f"{k}={v}" for k, v in sorted(self.labels.items())]
+        return ",".join(parts) or "any agent"
+
+
+class ExternalFields(BaseModel):
+    """The flowctl-compatible fields of a component run as a program or container."""
+
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    working_dir: str | None = None
+    health_port: int | None = Field(default=None, ge=1, le=65535)
+    restart_policy: RestartPolicy = "on-failure"
+    image: str | None = None
+    depends_on: list[str] = Field(default_factory=list)
+
+    @property
+    def kind(self) -> Kind:
+        if self.image:
+            return "container"
+        if self.command:
+            return "process"
+        return "inprocess"
+
+
+class Node(ExternalFields):
+    """One component of a normalized flow."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: Name
+    type: str = Field(min_length=1)
+    name: str | None = None
+    role: Role | None = None  # the file section it came from; None for canvas exports
+    config: dict[str, Any] = Field(default_factory=dict)
+    replicas: int = Field(default=1, ge=1, le=1000)
+    placement: Placement | None = None
+
+
+class Connection(BaseModel):
+    """An edge ``from: node.port -> to: node.port`` (output port to input port)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    from_: str = Field(alias="from")
+    to: str
+
+    @staticmethod
+    def split(endpoint: str) -> tuple[str, str]:
+        node, _, port = endpoint.partition(".")
+        return node, port
+
+    @property
+    def source(self) -> tuple[str, str]:
+        return self.split(self.from_)
+
+    @property
+    def target(self) -> tuple[str, str]:
+        return self.split(self.to)
+
+
+class FlowSpec(BaseModel):
+    """A flow normalized to nodes and explicit connections."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    description: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    delivery: Delivery = "at-most-once"
+    nodes: list[Node] = Field(default_factory=list)
+    connections: list[Connection] = Field(default_factory=list)
+
+    def node(self, node_id: str) -> Node | None:
+        return next((n for n in self.nodes if n.id == node_id), None)
+
+
+class FlowRecord(Record):
+    """Value in ``flowctl_flows``, key = flow name.
+
+    ``revision`` counts the writes of this record (1 on create). ``kv_revision`` is the
+    KV sequence of the value as read, used for compare-and-set; it is not stored.
+    """
+
+    name: Name
+    spec: FlowSpec
+    state: FlowState = FlowState.NOT_DEPLOYED
+    revision: int = 1
+    created_at: str = Field(default_factory=utcnow)
+    updated_at: str = Field(default_factory=utcnow)
+    deployed_revision: int | None = None  # the revision whose spec the configs reflect
+
+    kv_revision: int = Field(default=0, exclude=True)
+
+
+class ComponentConfig(Record):
+    """Value in ``flowctl_config``, key ``<flow>.<node>``: all an agent needs, self-contained.
+
+    ``assignments[i]`` is the agent that runs replica ``i`` (None: pending placement).
+    ``downstream`` maps every node reachable from this one to its replica count, so a
+    source can wait until all of them report running before it emits.
+    """
+
+    flow: str
+    node: str
+    type: str
+    kind: Kind = "inprocess"
+    config: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, list[str]] = Field(default_factory=dict)
+    outputs: dict[str, str] = Field(default_factory=dict)
+    queue: str
+    replicas: int = 1
+    placement: Placement | None = None
+    assignments: list[str | None] = Field(default_factory=list)
+    enabled: bool = False
+    delivery: Delivery = "at-most-once"
+    flow_revision: int = 0
+    downstream: dict[str, int] = Field(default_factory=dict)
+    external: ExternalFields | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.flow}.{self.node}"
+
+    def desired_fingerprint(self) -> str:
+        """What, if changed, requires a running replica to restart (not enabled/assignments)."""
+        return self.model_dump_json(exclude={"enabled", "assignments", "flow_revision"})
+
+
+class Counters(BaseModel):
+    """Per-replica event counters; ``out_ports`` splits ``out`` by output port."""
+
+    in_: int = Field(default=0, alias="in")
+    out: int = 0
+    errors: int = 0
+    dropped: int = 0
+    out_ports: dict[str, int] = Field(default_factory=dict)
+
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+
+class ReplicaStatus(Record):
+    """Value in ``flowctl_status``, key ``<flow>.<node>.<replica>``."""
+
+    flow: str
+    node: str
+    replica: int
+    state: ReplicaState
+    agent: str | None = None
+    started_at: str | None = None
+    updated_at: str = Field(default_factory=utcnow)
+    restarts: int = 0
+    last_error: str | None = None
+    exit_code: int | None = None
+    pid: int | None = None
+    counters: Counters = Field(default_factory=Counters)
+    flow_revision: int | None = None
+
+    @property
+    def key(self) -> str:
+        return status_key(self.flow, self.node, self.replica)
+
+
+class AgentRecord(Record):
+    """Value in ``flowctl_agents``, key = agent name, rewritten on every heartbeat."""
+
+    name: Name
+    host: str
+    pid: int
+    labels: dict[str, str] = Field(default_factory=dict)
+    version: str
+    started_at: str
+    heartbeat_at: str = Field(default_factory=utcnow)
+    heartbeat_s: float = 2.0
+    instance: str  # random per process: tells a restarted agent from its previous life
+    components: list[str] = Field(default_factory=list)
+    cpu_percent: float = 0.0
+    memory_mb: float = 0.0
+
+    def age_s(self, now: datetime | None = None) -> float:
+        now = now or datetime.now(UTC)
+        return (now - parse_time(self.heartbeat_at)).total_seconds()
+
+    def is_live(self, now: datetime | None = None, missed: float = 3.0) -> bool:
+        return self.age_s(now) < missed * self.heartbeat_s
+
+
+def config_key(flow: str, node: str) -> str:
+    return f"{flow}.{node}"
+
+
+def status_key(flow: str, node: str, replica: int) -> str:
+    return f"{flow}.{node}.{replica}"
+
+
+def data_subject(flow: str, node: str, port: str) -> str:
+    return f"flowctl.{flow}.{node}.{port}"
+
+
+def dlq_subject(flow: str, node: str) -> str:
+    return f"flowctl.{flow}.{node}.dlq"
+
+
+def logs_subject(flow: str, node: str) -> str:
+    return f"flowctl.logs.{flow}.{node}"
+
+
+def queue_group(flow: str, node: str) -> str:
+    return f"flowctl.{flow}.{node}"

@@ -1,0 +1,177 @@
+"""NATS connection options and the names and settings of every bucket, defined once.
+
+Every package connects through :func:`connect` with a :class:`NatsOptions`, and opens
+buckets through :func:`open_bucket`, so URL/credential handling and bucket settings live
+here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+
+FLOWS_BUCKET = "flowctl_flows"
+CONFIG_BUCKET = "flowctl_config"
+STATUS_BUCKET = "flowctl_status"
+AGENTS_BUCKET = "flowctl_agents"
+LEADER_BUCKET = "flowctl_leader"
+
+#: Agent records vanish on their own this long after the last heartbeat.
+AGENT_RECORD_TTL_S = 60.0
+#: The leader lease expires unless renewed within this many seconds.
+LEADER_LEASE_TTL_S = 4.0
+
+_BUCKET_SETTINGS: dict[str, dict[str, Any]] = {
+    FLOWS_BUCKET: {"history": 64, "description": "flowctl flows: key = flow name"},
+    CONFIG_BUCKET: {"history": 5, "description": "flowctl per-component configs: <flow>.<node>"},
+    STATUS_BUCKET: {"history": 1, "description": "flowctl replica status: <flow>.<node>.<replica>"},
+    AGENTS_BUCKET: {
+        "history": 1,
+        "ttl": AGENT_RECORD_TTL_S,
+        "description": "flowctl agents: key = agent name, refreshed by heartbeats",
+    },
+    LEADER_BUCKET: {
+        "history": 1,
+        "ttl": LEADER_LEASE_TTL_S,
+        "description": "flowctl leader lease: the agent that places replicas",
+    },
+}
+
+
+class NatsUnavailable(Exception):
+    """The NATS server cannot be reached; carries the URL for the user-facing message."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach NATS at {url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+@dataclass
+class NatsOptions:
+    """How to reach NATS. Built from CLI flags or the environment (``NATS_URL``)."""
+
+    url: str = field(default_factory=lambda: os.environ.get("NATS_URL", DEFAULT_URL))
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    kv_replicas: int = 1
+    connect_timeout: float = 2.0
+
+    def env(self) -> dict[str, str]:
+        """The environment an external component needs to connect the same way."""
+        out = {"NATS_URL": self.url}
+        for key, value in (
+            ("NATS_USER", self.user),
+            ("NATS_PASSWORD", self.password),
+            ("NATS_TOKEN", self.token),
+            ("NATS_CREDS", self.creds),
+            ("NATS_TLS_CA", self.tls_ca),
+            ("NATS_TLS_CERT", self.tls_cert),
+            ("NATS_TLS_KEY", self.tls_key),
+        ):
+            if value:
+                out[key] = value
+        return out
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> NatsOptions:
+        """The inverse of :meth:`env`: what an external component uses."""
+        e = os.environ if environ is None else environ
+        return cls(
+            url=e.get("NATS_URL", DEFAULT_URL),
+            user=e.get("NATS_USER"),
+            password=e.get("NATS_PASSWORD"),
+            token=e.get("NATS_TOKEN"),
+            creds=e.get("NATS_CREDS"),
+            tls_ca=e.get("NATS_TLS_CA"),
+            tls_cert=e.get("NATS_TLS_CERT"),
+            tls_key=e.get("NATS_TLS_KEY"),
+        )
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if not (self.tls_ca or self.tls_cert):
+            return None
+        ctx = ssl.create_default_context(cafile=self.tls_ca)
+        if self.tls_cert:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        return ctx
+
+
+async def connect(
+    opts: NatsOptions, *, name: str = "flowctl", reconnect: bool = False, **extra: Any
+) -> NatsClient:
+    """Connect once, failing fast with :class:`NatsUnavailable` when nobody answers.
+
+    ``reconnect=True`` is for long-running processes (agents): after the first successful
+    connect they ride out server restarts forever.
+    """
+
+    async def _quiet(_e: Exception) -> None:
+        return None
+
+    kwargs: dict[str, Any] = {
+        "servers": [opts.url],
+        "name": name,
+        "connect_timeout": opts.connect_timeout,
+        "allow_reconnect": reconnect,
+        "max_reconnect_attempts": -1 if reconnect else 0,
+        "reconnect_time_wait": 0.5,
+        "error_cb": _quiet,
+    }
+    if opts.user:
+        kwargs["user"], kwargs["password"] = opts.user, opts.password
+    if opts.token:
+        kwargs["token"] = opts.token
+    if opts.creds:
+        kwargs["user_credentials"] = opts.creds
+    tls = opts._tls()
+    if tls is not None:
+        kwargs["tls"] = tls
+    kwargs.update(extra)
+    try:
+        return await nats.connect(**kwargs)
+    except Exception as exc:  # nats-py raises several unrelated types here
+        reason = str(exc) or type(exc).__name__
+        raise NatsUnavailable(opts.url, reason) from exc
+
+
+async def open_bucket(nc: NatsClient, bucket: str, *, replicas: int = 1) -> KeyValue:
+    """Open ``bucket``, creating it with its settings on first use.
+
+    A bucket that already exists is used as it is, never recreated, even when its
+    settings differ from ours (an operator may have tuned it).
+    """
+    js = nc.jetstream()
+    try:
+        return await js.key_value(bucket)
+    except BucketNotFoundError:
+        pass
+    settings = dict(_BUCKET_SETTINGS[bucket])
+    cfg = KeyValueConfig(
+        bucket=bucket,
+        history=settings["history"],
+        ttl=settings.get("ttl"),
+        description=settings["description"],
+        storage=StorageType.FILE,
+        replicas=replicas,
+    )
+    try:
+        return await js.create_key_value(cfg)
+    except Exception:
+        # Someone else created it between our lookup and create: use theirs.
+        return await js.key_value(bucket)
