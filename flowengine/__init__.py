@@ -1,1 +1,36 @@
-"""flowengine: validation, translation to per-component configs and the flow lifecycle."""
+"""flowengine: validation, translation to per-component configs and the flow lifecycle.
+
+Public API: :func:`validate` (-> :class:`ValidationResult` of :class:`ValidationIssue`),
+:func:`translate` (flow -> ``{"<flow>.<node>": ComponentConfig}``), and
+:class:`FlowEngine` (apply/deploy/start/stop/undeploy/delete/rollback over NATS KV,
+:meth:`FlowEngine.effective_state` -> :class:`EffectiveState`). Errors:
+:class:`ValidationFailed`, :class:`ConfigsNotConverged` (plus those of flowstore.errors).
+"""
+
+from flowengine.errors import ConfigsNotConverged, ValidationFailed
+from flowengine.lifecycle import (
+    ApplyResult,
+    ConfigChanges,
+    EffectiveState,
+    FlowEngine,
+    ObservedState,
+    TransitionResult,
+)
+from flowengine.translate import explicit_config, translate
+from flowengine.validate import ValidationIssue, ValidationResult, validate
+
+__all__ = [
+    "ApplyResult",
+    "ConfigChanges",
+    "ConfigsNotConverged",
+    "EffectiveState",
+    "FlowEngine",
+    "ObservedState",
+    "TransitionResult",
+    "ValidationFailed",
+    "ValidationIssue",
+    "ValidationResult",
+    "explicit_config",
+    "translate",
+    "validate",
+]

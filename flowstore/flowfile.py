@@ -70,7 +70,7 @@ class FlowFile(BaseModel):
 
     model_config = ConfigDict(extra="forbid", title="flowctl flow")
 
-    apiVersion: Literal["flowctl/v1"]  # noqa: N815 - user-facing name
+    apiVersion: Literal["flowctl/v1"]
     kind: Literal["Flow", "Pipeline"]
     metadata: Metadata
     spec: FileSpec

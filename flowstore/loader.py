@@ -169,7 +169,8 @@ def parse_flow(text: str, file: str = "<flow>") -> LoadedFlow:
         if "nodes" in data and "spec" not in data and "apiVersion" not in data:
             model = CanvasFlow.model_validate(data)
             assert isinstance(model, CanvasFlow)
-            return LoadedFlow(model.name, model.to_spec(), _source_map_for_canvas(model, lines), file)
+            smap = _source_map_for_canvas(model, lines)
+            return LoadedFlow(model.name, model.to_spec(), smap, file)
         model = FlowFile.model_validate(data)
         assert isinstance(model, FlowFile)
     except ValidationError as exc:

@@ -7,6 +7,7 @@ here and nowhere else.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 from dataclasses import dataclass, field
@@ -70,7 +71,7 @@ class NatsOptions:
     tls_cert: str | None = None
     tls_key: str | None = None
     kv_replicas: int = 1
-    connect_timeout: float = 2.0
+    connect_timeout: float = 1.0
 
     def env(self) -> dict[str, str]:
         """The environment an external component needs to connect the same way."""
@@ -144,7 +145,10 @@ async def connect(
         kwargs["tls"] = tls
     kwargs.update(extra)
     try:
-        return await nats.connect(**kwargs)
+        # nats-py keeps retrying a refused first connect; bound it ourselves.
+        return await asyncio.wait_for(nats.connect(**kwargs), opts.connect_timeout + 0.5)
+    except TimeoutError:
+        raise NatsUnavailable(opts.url, "connection refused or timed out") from None
     except Exception as exc:  # nats-py raises several unrelated types here
         reason = str(exc) or type(exc).__name__
         raise NatsUnavailable(opts.url, reason) from exc

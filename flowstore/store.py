@@ -107,7 +107,9 @@ class FlowStore:
             changes["deployed_revision"] = deployed_revision
         new = record.model_copy(update=changes)
         try:
-            new.kv_revision = await self.kv.update(record.name, new.to_json(), last=record.kv_revision)
+            new.kv_revision = await self.kv.update(
+                record.name, new.to_json(), last=record.kv_revision
+            )
         except KeyWrongLastSequenceError:
             raise RevisionConflict(record.name, record.kv_revision) from None
         return new

@@ -1,0 +1,374 @@
+"""Built-in processors: ``filter``, ``transform``, ``route``, ``batch`` and ``python``.
+
+Each takes events on the required input port ``in`` (events arriving on any other
+input port are processed the same way: a node with several inputs merges them). An
+exception raised from ``process`` means "this event failed": the runtime counts it (and
+dead-letters it where the delivery mode allows). Events a processor deliberately
+discards are counted in the instance attribute ``dropped``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from componentmanager.component import Component, Context
+from componentmanager.expressions import Expression, ExpressionStr, compile_expression
+from componentmanager.registry import ComponentType, Port, register
+
+IN = (Port("in", required=True, description="the events to process"),)
+OUT = (Port("out", description="the processed events"),)
+PORT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+RESERVED_PORTS = frozenset({"dlq"})  # flowctl.<flow>.<node>.dlq is the dead-letter subject
+
+
+def _require_object(kind: str, event: Any) -> dict[str, Any]:
+    if not isinstance(event, dict):
+        raise TypeError(f"{kind} needs a JSON object event, got {type(event).__name__}")
+    return event
+
+
+# ------------------------------------------------------------------------------- filter
+
+
+class FilterConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    where: ExpressionStr = Field(
+        description="Keep events for which this expression is true, e.g. 'level == \"error\"'."
+    )
+
+
+class Filter(Component):
+    """Passes an event on ``out`` when ``where`` is truthy; drops it otherwise."""
+
+    def __init__(self, config: FilterConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self._where = compile_expression(config.where)
+        self.dropped = 0
+
+    async def process(self, port: str, event: Any) -> None:
+        if self._where.evaluate(event):
+            await self.ctx.emit("out", event)
+        else:
+            self.dropped += 1
+
+
+# ---------------------------------------------------------------------------- transform
+
+
+def _path(field: str) -> list[str]:
+    return field.split(".")
+
+
+def _set_path(event: dict[str, Any], keys: list[str], value: Any) -> None:
+    """Set ``event[k1][k2]...``, copying nested dicts on the way (never mutating input)."""
+    target = event
+    for key in keys[:-1]:
+        child = target.get(key)
+        child = dict(child) if isinstance(child, dict) else {}
+        target[key] = child
+        target = child
+    target[keys[-1]] = value
+
+
+def _pop_path(event: dict[str, Any], keys: list[str]) -> Any:
+    """Remove and return ``event[k1][k2]...`` (None when absent), copying nested dicts."""
+    target = event
+    for key in keys[:-1]:
+        child = target.get(key)
+        if not isinstance(child, dict):
+            return None
+        target[key] = child = dict(child)
+        target = child
+    return target.pop(keys[-1], None)
+
+
+class TransformConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    set: dict[str, ExpressionStr] = Field(
+        default_factory=dict,
+        description="field -> expression. Every expression sees the input event. A dotted "
+        "field (a.b) sets a nested key, creating objects as needed.",
+    )
+    rename: dict[str, str] = Field(
+        default_factory=dict,
+        description="old field -> new field, applied after set (dotted paths allowed); "
+        "absent fields are skipped.",
+    )
+    drop: list[str] = Field(
+        default_factory=list, description="Fields to remove, applied last (dotted paths allowed)."
+    )
+
+
+class Transform(Component):
+    """Computes new fields, renames and drops fields; emits a new event on ``out``."""
+
+    def __init__(self, config: TransformConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self._set = [(_path(f), compile_expression(e)) for f, e in config.set.items()]
+        self._rename = [(_path(a), _path(b)) for a, b in config.rename.items()]
+        self._drop = [_path(f) for f in config.drop]
+
+    def apply(self, event: Any) -> dict[str, Any]:
+        event = _require_object("transform", event)
+        values = [(keys, expr.evaluate(event)) for keys, expr in self._set]
+        out = dict(event)
+        for keys, value in values:
+            _set_path(out, keys, value)
+        for old, new in self._rename:
+            parent: Any = out
+            for key in old[:-1]:
+                parent = parent.get(key) if isinstance(parent, dict) else None
+            if isinstance(parent, dict) and old[-1] in parent:
+                _set_path(out, new, _pop_path(out, old))
+        for keys in self._drop:
+            _pop_path(out, keys)
+        return out
+
+    async def process(self, port: str, event: Any) -> None:
+        await self.ctx.emit("out", self.apply(event))
+
+
+# -------------------------------------------------------------------------------- route
+
+
+class RouteConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    routes: dict[str, ExpressionStr] = Field(
+        min_length=1,
+        description="output port -> expression; an event goes to the ports whose expression "
+        "is true (checked in the order written).",
+    )
+    default: str | None = Field(
+        default=None,
+        description="Port for events no route matches; without one they are dropped (counted).",
+    )
+    mode: Literal["all", "first"] = Field(
+        default="all", description="all: every matching port; first: only the first match."
+    )
+
+    @field_validator("routes")
+    @classmethod
+    def _route_names(cls, routes: dict[str, str]) -> dict[str, str]:
+        for name in routes:
+            _check_port(name)
+        return routes
+
+    @field_validator("default")
+    @classmethod
+    def _default_name(cls, name: str | None) -> str | None:
+        return None if name is None else _check_port(name)
+
+
+def _check_port(name: str) -> str:
+    if not re.match(PORT_PATTERN, name):
+        raise ValueError(f"invalid port name {name!r}: use letters, digits, '_' and '-'")
+    if name in RESERVED_PORTS:
+        raise ValueError(f"port name {name!r} is reserved")
+    return name
+
+
+def route_outputs(config: dict[str, Any]) -> list[str]:
+    """The output ports of a ``route`` node: its route names, then ``default``."""
+    routes = config.get("routes") if isinstance(config, dict) else None
+    names = [str(n) for n in routes] if isinstance(routes, dict) else []
+    default = config.get("default") if isinstance(config, dict) else None
+    if isinstance(default, str) and default not in names:
+        names.append(default)
+    return names
+
+
+class Route(Component):
+    """Sends each event to the output ports whose expression holds."""
+
+    def __init__(self, config: RouteConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.config: RouteConfig = config
+        self._routes: list[tuple[str, Expression]] = [
+            (port, compile_expression(text)) for port, text in config.routes.items()
+        ]
+        self._first = config.mode == "first"
+        self.dropped = 0
+
+    def ports_for(self, event: Any) -> list[str]:
+        ports = []
+        for port, expr in self._routes:
+            if expr.evaluate(event):
+                ports.append(port)
+                if self._first:
+                    break
+        if not ports and self.config.default is not None:
+            ports.append(self.config.default)
+        return ports
+
+    async def process(self, port: str, event: Any) -> None:
+        ports = self.ports_for(event)
+        if not ports:
+            self.dropped += 1
+        for out in ports:
+            await self.ctx.emit(out, event)
+
+
+# -------------------------------------------------------------------------------- batch
+
+
+class BatchConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    size: int = Field(default=100, ge=1, description="Emit a batch when it holds this many events.")
+    interval: float | None = Field(
+        default=None,
+        gt=0,
+        description="Also emit the pending events every this many seconds (a time window); "
+        "null = only full batches (plus what is left when the node stops).",
+    )
+
+
+class Batch(Component):
+    """Groups events into ``{"events": [...], "count": n}`` on ``out``."""
+
+    def __init__(self, config: BatchConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.config: BatchConfig = config
+        self.flush_interval = config.interval  # type: ignore[misc]  # per instance
+        self._events: list[Any] = []
+
+    async def process(self, port: str, event: Any) -> None:
+        self._events.append(event)
+        if len(self._events) >= self.config.size:
+            await self._emit()
+
+    async def flush(self) -> None:
+        if self._events:
+            await self._emit()
+
+    async def _emit(self) -> None:
+        events, self._events = self._events, []  # swap before awaiting: process may interleave
+        await self.ctx.emit("out", {"events": events, "count": len(events)})
+
+
+# ------------------------------------------------------------------------------- python
+
+
+class PythonConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    function: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description='"module:function" to import at start; it takes an event and returns an '
+        "event, a list of events, or None to drop it (may be async).",
+    )
+    code: str | None = Field(
+        default=None,
+        description="Inline Python source defining process(event) with the same contract "
+        "(only where the agent allows inline code).",
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PythonConfig:
+        if (self.function is None) == (self.code is None):
+            raise ValueError("set exactly one of 'function' or 'code'")
+        return self
+
+    @field_validator("code")
+    @classmethod
+    def _compiles(cls, code: str | None) -> str | None:
+        if code is not None:
+            try:
+                compile(code, "<python processor>", "exec")  # parses only; runs nothing
+            except SyntaxError as exc:
+                raise ValueError(f"code does not compile: {exc.msg} (line {exc.lineno})") from None
+        return code
+
+
+class Python(Component):
+    """Calls a user function per event: a module function or inline ``process(event)``."""
+
+    def __init__(self, config: PythonConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.config: PythonConfig = config
+        self._fn: Any = None
+        self.dropped = 0
+
+    async def start(self) -> None:
+        cfg = self.config
+        if cfg.function is not None:
+            module_name, _, attr = cfg.function.partition(":")
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as exc:
+                raise ImportError(f"python processor: cannot import {module_name}: {exc}") from exc
+            fn = getattr(module, attr, None)
+            where = cfg.function
+        else:
+            if not getattr(self.ctx, "allow_inline_code", False):
+                raise PermissionError(
+                    "python processor: inline 'code' is disabled on this agent; use "
+                    "'function: module:function' or start the agent with inline code allowed"
+                )
+            where = f"<{self.ctx.flow}.{self.ctx.node}>"
+            namespace: dict[str, Any] = {"__name__": f"flowctl_inline_{self.ctx.node}"}
+            exec(compile(cfg.code or "", where, "exec"), namespace)
+            fn = namespace.get("process")
+        if not callable(fn):
+            raise TypeError(f"python processor: {where} does not define a callable process")
+        self._fn = fn
+
+    async def process(self, port: str, event: Any) -> None:
+        result = self._fn(event)
+        if inspect.isawaitable(result):
+            result = await result
+        if result is None:
+            self.dropped += 1
+            return
+        for item in result if isinstance(result, list) else [result]:
+            await self.ctx.emit("out", item)
+
+
+_MOD = "componentmanager.components.processors"
+
+register(ComponentType(
+    name="filter", role="processor", config_model=FilterConfig, inputs=IN, outputs=OUT,
+    description="Keep the events for which an expression is true.",
+    impl=f"{_MOD}:Filter",
+    docs="where: an expression over event fields (see expressions); a missing field is null, "
+         "so 'x > 3' drops events without x.",
+))
+register(ComponentType(
+    name="transform", role="processor", config_model=TransformConfig, inputs=IN, outputs=OUT,
+    description="Set, rename and drop event fields.",
+    impl=f"{_MOD}:Transform",
+    docs="Order: set (every expression sees the input event), then rename, then drop. "
+         "Field names may be dotted paths into nested objects. Emits a new event.",
+))
+register(ComponentType(
+    name="route", role="processor", config_model=RouteConfig, inputs=IN,
+    description="Send events to named output ports by expression.",
+    impl=f"{_MOD}:Route", dynamic_outputs=True, extra={"outputs_from_config": route_outputs},
+    docs="The output ports are the keys of routes (plus default). mode all sends to every "
+         "matching port, first to the first match; unmatched events go to default or are "
+         "dropped.",
+))
+register(ComponentType(
+    name="batch", role="processor", config_model=BatchConfig, inputs=IN, outputs=OUT,
+    description="Group events into batches by count and/or time.",
+    impl=f"{_MOD}:Batch",
+    docs='Emits {"events": [...], "count": n} when size events are pending, every interval '
+         "seconds if set, and once more when the node stops.",
+))
+register(ComponentType(
+    name="python", role="processor", config_model=PythonConfig, inputs=IN, outputs=OUT,
+    description="Process events with a Python function.",
+    impl=f"{_MOD}:Python",
+    docs="function: module:function, or code: inline source defining process(event). "
+         "Return an event, a list of events, or None to drop. Inline code needs an agent "
+         "that allows it.",
+))

@@ -1,0 +1,274 @@
+"""Built-in sinks: ``stdout``, ``file``, ``http``, ``nats`` and ``kv``.
+
+Each takes events on the required input port ``in`` and has no outputs. Every event is
+JSON-encoded once (msgspec). Raising from ``process`` means the event was not delivered:
+the runtime counts the error (and dead-letters the event where the delivery mode allows).
+Buffered sinks write out in ``flush()``, which the runtime calls every ``flush_interval``
+seconds and once before ``stop()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from componentmanager.component import Component, Context
+from componentmanager.components.sources import check_subject
+from componentmanager.expressions import ExpressionStr, compile_expression
+from componentmanager.registry import ComponentType, Port, register
+
+IN = (Port("in", required=True, description="the events to deliver"),)
+KV_KEY_RE = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
+
+# ------------------------------------------------------------------------------- stdout
+
+
+class StdoutConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prefix: str = Field(default="", description="Text written before each JSON line.")
+
+
+class StdoutSink(Component):
+    """Prints one compact JSON line per event and flushes stdout."""
+
+    def __init__(self, config: StdoutConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self._prefix = config.prefix
+
+    async def process(self, port: str, event: Any) -> None:
+        out = sys.stdout  # looked up per event: honours redirection
+        out.write(self._prefix + msgspec.json.encode(event).decode() + "\n")
+        out.flush()
+
+
+# --------------------------------------------------------------------------------- file
+
+
+class FileSinkConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(
+        min_length=1,
+        description="File to append JSON lines to (created with its parent directories).",
+    )
+
+
+class FileSink(Component):
+    """Appends one JSON line per event; buffered, flushed every second and at stop."""
+
+    flush_interval = 1.0
+
+    def __init__(self, config: FileSinkConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.config: FileSinkConfig = config
+        self._fh: Any = None
+
+    async def start(self) -> None:
+        path = Path(self.config.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = path.open("ab")
+
+    async def process(self, port: str, event: Any) -> None:
+        self._fh.write(msgspec.json.encode(event) + b"\n")
+
+    async def flush(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+
+    async def stop(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+# --------------------------------------------------------------------------------- http
+
+
+class HttpSinkConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(pattern=r"^https?://", description="http:// or https:// URL to POST to.")
+    batch_size: int = Field(
+        default=1,
+        ge=1,
+        description="1: POST each event as a JSON object; more: POST JSON arrays of up to "
+        "this many events.",
+    )
+    interval: float = Field(
+        default=1.0, gt=0, description="With batch_size > 1: POST a partial batch this often."
+    )
+    timeout: float = Field(default=10.0, gt=0, description="Seconds to wait for each request.")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra request headers (e.g. Authorization)."
+    )
+
+
+class HttpSink(Component):
+    """POSTs JSON (per event or per batch) with urllib in a worker thread.
+
+    A response other than 2xx, or no response within ``timeout``, raises: with
+    ``batch_size`` 1 that fails the one event; with batches it fails the call that sent
+    the batch (the batch is not retried).
+    """
+
+    def __init__(self, config: HttpSinkConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.config: HttpSinkConfig = config
+        self.flush_interval = config.interval if config.batch_size > 1 else None  # type: ignore[misc]
+        self._pending: list[bytes] = []
+        self._headers = {"Content-Type": "application/json", **config.headers}
+
+    async def process(self, port: str, event: Any) -> None:
+        data = msgspec.json.encode(event)
+        if self.config.batch_size == 1:
+            await self._post(data)
+            return
+        self._pending.append(data)
+        if len(self._pending) >= self.config.batch_size:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._pending:
+            batch, self._pending = self._pending, []
+            await self._post(b"[" + b",".join(batch) + b"]")
+
+    async def _post(self, body: bytes) -> None:
+        await asyncio.to_thread(self._post_sync, body)
+
+    def _post_sync(self, body: bytes) -> None:
+        request = urllib.request.Request(
+            self.config.url, data=body, method="POST", headers=self._headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.config.timeout) as response:
+                response.read()
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError(
+                f"http sink: POST {self.config.url} answered {exc.code} {exc.reason}"
+            ) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ConnectionError(f"http sink: POST {self.config.url} failed: {reason}") from None
+
+
+# --------------------------------------------------------------------------------- nats
+
+
+class NatsSinkConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    subject: str = Field(description="Subject to publish each event to (no wildcards).")
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, value: str) -> str:
+        return check_subject(value, wildcards=False)
+
+
+class NatsSink(Component):
+    """Publishes each event as JSON through ``ctx.nc``."""
+
+    def __init__(self, config: NatsSinkConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self._subject = config.subject
+
+    async def process(self, port: str, event: Any) -> None:
+        await self.ctx.nc.publish(self._subject, msgspec.json.encode(event))
+
+    async def flush(self) -> None:
+        await self.ctx.nc.flush()
+
+
+# ----------------------------------------------------------------------------------- kv
+
+
+class KvSinkConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bucket: str = Field(
+        pattern=r"^[A-Za-z0-9_-]+$", description="KV bucket to write to (created if missing)."
+    )
+    key: ExpressionStr = Field(
+        description="Expression giving each event's key, e.g. 'user.id' or "
+        "'\"user.\" + str(id)'; keys may hold letters, digits and - / _ = ."
+    )
+
+
+class KvSink(Component):
+    """Puts each event, as JSON, under the key its ``key`` expression gives."""
+
+    def __init__(self, config: KvSinkConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.config: KvSinkConfig = config
+        self._key = compile_expression(config.key)
+        self._kv: Any = None
+
+    async def start(self) -> None:
+        from nats.js.errors import BucketNotFoundError
+
+        js = self.ctx.nc.jetstream()
+        try:
+            self._kv = await js.key_value(self.config.bucket)
+        except BucketNotFoundError:
+            try:
+                self._kv = await js.create_key_value(bucket=self.config.bucket)
+            except Exception:  # another replica created it first
+                self._kv = await js.key_value(self.config.bucket)
+
+    def key_for(self, event: Any) -> str:
+        value = self._key.evaluate(event)
+        if value is None:
+            raise ValueError(f"kv sink: key {self.config.key!r} is null for this event")
+        key = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        if not KV_KEY_RE.match(key) or key.startswith(".") or key.endswith("."):
+            raise ValueError(f"kv sink: {key!r} is not a valid KV key (from {self.config.key!r})")
+        return key
+
+    async def process(self, port: str, event: Any) -> None:
+        await self._kv.put(self.key_for(event), msgspec.json.encode(event))
+
+
+_MOD = "componentmanager.components.sinks"
+
+register(ComponentType(
+    name="stdout", role="sink", config_model=StdoutConfig, inputs=IN,
+    description="Print each event as one JSON line on standard output.",
+    impl=f"{_MOD}:StdoutSink",
+    docs="One compact JSON line per event, flushed at once; prefix is written before it.",
+))
+register(ComponentType(
+    name="file", role="sink", config_model=FileSinkConfig, inputs=IN,
+    description="Append each event as one JSON line to a file.",
+    impl=f"{_MOD}:FileSink",
+    docs="Opens path for appending at start (creating directories); writes are buffered "
+         "and flushed every second and when the node stops.",
+))
+register(ComponentType(
+    name="http", role="sink", config_model=HttpSinkConfig, inputs=IN,
+    description="POST events as JSON to an HTTP endpoint.",
+    impl=f"{_MOD}:HttpSink",
+    docs="batch_size 1 POSTs each event as an object; larger sizes POST arrays (partial "
+         "batches every interval seconds). Non-2xx answers and timeouts are errors.",
+))
+register(ComponentType(
+    name="nats", role="sink", config_model=NatsSinkConfig, inputs=IN,
+    description="Publish each event as JSON to a NATS subject.",
+    impl=f"{_MOD}:NatsSink",
+    docs="Publishes through the agent's NATS connection (core NATS, no acknowledgement).",
+))
+register(ComponentType(
+    name="kv", role="sink", config_model=KvSinkConfig, inputs=IN,
+    description="Store each event as JSON in a NATS KV bucket under a computed key.",
+    impl=f"{_MOD}:KvSink",
+    docs="key is an expression (e.g. user.id); a null or invalid key is an error for that "
+         "event. The bucket is created with default settings if it does not exist.",
+))

@@ -1,0 +1,490 @@
+"""A small, safe expression language over event fields (``filter``, ``transform``, ...).
+
+Syntax is a subset of Python expressions, parsed with ``ast.parse(mode="eval")`` and
+compiled once into a tree of closures (nothing re-walks the AST per event, nothing is
+ever passed to ``eval``). Allowed:
+
+* literals (str, int, float, bool, None) and list / tuple / dict literals;
+* names: a top-level field of the event, ``event`` (the whole event), ``true``,
+  ``false``, ``null``; these constants and ``event`` shadow fields of the same name
+  (use ``event["true"]`` for those);
+* ``user.name`` and ``user["name"]`` (dict-key access on event data, never Python
+  attribute access), ``items[0]``, ``items[-1]``, slices;
+* arithmetic ``+ - * / // % **``, unary ``- + not``, comparisons (also chained),
+  ``in`` / ``not in``, ``is`` / ``is not``, ``and`` / ``or``, ``a if cond else b``;
+* the functions in :data:`FUNCTIONS`: len str int float bool abs min max round lower
+  upper startswith endswith contains now coalesce (positional arguments only).
+
+Everything else (imports, lambdas, comprehensions, f-strings, method calls, attribute
+access on literals, names starting with ``__``, keyword arguments, ...) is rejected at
+compile time with an :class:`ExpressionError` that names the construct and its column.
+
+Missing data is ``None``, not an error: a missing field, key or index evaluates to
+``None``; arithmetic with a ``None`` operand gives ``None``; an ordering comparison
+(``< <= > >=``) with a ``None`` operand is false; ``x in None`` is false. Other runtime
+failures (``"a" < 1``, ``int("x")``, division by zero) raise :class:`EvaluationError`.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import operator
+import time
+import warnings
+from collections.abc import Callable
+from typing import Annotated, Any, NoReturn
+
+import msgspec
+from pydantic import AfterValidator, Field
+
+__all__ = [
+    "FUNCTIONS", "EvaluationError", "Expression", "ExpressionError", "ExpressionStr",
+    "compile_expression", "validate_expression",
+]
+
+Fn = Callable[[Any], Any]
+
+MAX_LENGTH = 10_000  # characters of expression text
+MAX_SEQUENCE = 1_000_000  # items/characters a `*` may produce
+MAX_INT_BITS = 1_000_000  # bits an integer `**` may produce
+
+_LOOKUP_ERRORS = (KeyError, IndexError, TypeError)
+
+
+class ExpressionError(ValueError):
+    """An expression that is not allowed or does not parse (a ValueError, so pydantic
+    validators turn it into a validation error)."""
+
+    def __init__(self, message: str, column: int | None = None, text: str = "",
+                 line: int | None = None) -> None:
+        self.message = message
+        self.column = column
+        self.line = line
+        self.text = text
+        where = ""
+        if column is not None:
+            where = f" (column {column})"
+            if line and line > 1:
+                where = f" (line {line}, column {column})"
+        super().__init__(f"{message}{where} in expression {text!r}" if text else message + where)
+
+
+class EvaluationError(ExpressionError):
+    """A valid expression that failed on one event (e.g. ``"a" < 1``)."""
+
+
+def _none_safe(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda x: None if x is None else fn(x)
+
+
+def _to_str(x: Any) -> str:
+    if isinstance(x, str):
+        return x
+    if isinstance(x, bool):
+        return "true" if x else "false"
+    if isinstance(x, dict | list | tuple):
+        return msgspec.json.encode(x).decode()
+    return str(x)
+
+
+def _extreme(pick: Callable[..., Any]) -> Callable[..., Any]:
+    def fn(*args: Any) -> Any:
+        items = args[0] if len(args) == 1 and isinstance(args[0], list | tuple) else args
+        values = [v for v in items if v is not None]
+        return pick(values) if values else None
+
+    return fn
+
+
+#: name -> (function, minimum arguments, maximum arguments or None for any)
+FUNCTIONS: dict[str, tuple[Callable[..., Any], int, int | None]] = {
+    "len": (_none_safe(len), 1, 1),
+    "str": (_none_safe(_to_str), 1, 1),
+    "int": (_none_safe(int), 1, 1),
+    "float": (_none_safe(float), 1, 1),
+    "bool": (bool, 1, 1),
+    "abs": (_none_safe(abs), 1, 1),
+    "min": (_extreme(min), 1, None),
+    "max": (_extreme(max), 1, None),
+    "round": (lambda x, n=None: None if x is None else round(x, n), 1, 2),
+    "lower": (_none_safe(str.lower), 1, 1),
+    "upper": (_none_safe(str.upper), 1, 1),
+    "startswith": (lambda s, p: s is not None and str.startswith(s, p), 2, 2),
+    "endswith": (lambda s, p: s is not None and str.endswith(s, p), 2, 2),
+    "contains": (lambda c, x: c is not None and x in c, 2, 2),
+    "now": (time.time, 0, 0),
+    "coalesce": (lambda *a: next((x for x in a if x is not None), None), 1, None),
+}
+
+_CONSTANTS = {"true": True, "false": False, "null": None}
+
+
+def _mul(a: Any, b: Any) -> Any:
+    for seq, n in ((a, b), (b, a)):
+        sized = isinstance(seq, str | list | tuple) and isinstance(n, int)
+        if sized and len(seq) * n > MAX_SEQUENCE:
+            raise ValueError(f"result of * would exceed {MAX_SEQUENCE} items")
+    return a * b
+
+
+def _pow(a: Any, b: Any) -> Any:
+    if isinstance(a, int) and isinstance(b, int) and b > 0 and a.bit_length() * b > MAX_INT_BITS:
+        raise ValueError("result of ** is too large")
+    return a**b
+
+
+def _mod(a: Any, b: Any) -> Any:
+    if isinstance(a, str):
+        raise TypeError("string formatting with % is not supported; use str() and +")
+    return a % b
+
+
+_BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: _mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: _mod,
+    ast.Pow: _pow,
+}
+
+
+def _ordering(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    return lambda a, b: False if a is None or b is None else op(a, b)
+
+
+_CMPOPS: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: _ordering(operator.lt),
+    ast.LtE: _ordering(operator.le),
+    ast.Gt: _ordering(operator.gt),
+    ast.GtE: _ordering(operator.ge),
+    ast.In: lambda a, b: b is not None and a in b,
+    ast.NotIn: lambda a, b: b is None or a not in b,
+    ast.Is: operator.is_,
+    ast.IsNot: operator.is_not,
+}
+
+_OPERATOR_SYMBOLS = {
+    ast.LShift: "<<", ast.RShift: ">>", ast.BitOr: "|", ast.BitAnd: "&", ast.BitXor: "^",
+    ast.MatMult: "@", ast.Invert: "~",
+}
+
+_FORBIDDEN_NAMES: dict[type[ast.AST], str] = {
+    ast.Lambda: "lambda",
+    ast.ListComp: "list comprehension",
+    ast.SetComp: "set comprehension",
+    ast.DictComp: "dict comprehension",
+    ast.GeneratorExp: "generator expression",
+    ast.NamedExpr: "assignment expression (:=)",
+    ast.Await: "await",
+    ast.Yield: "yield",
+    ast.YieldFrom: "yield",
+    ast.JoinedStr: "f-string",
+    ast.Set: "set literal",
+    ast.Starred: "starred expression (*x)",
+}
+
+
+def _getter(base: Fn, key: Any) -> Fn:
+    def get(e: Any) -> Any:
+        obj = base(e)
+        try:
+            return obj[key]
+        except _LOOKUP_ERRORS:
+            return None
+
+    return get
+
+
+def _field(name: str) -> Fn:
+    def get(e: Any) -> Any:
+        try:
+            return e[name]
+        except _LOOKUP_ERRORS:
+            return None
+
+    return get
+
+
+class _Compiler:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.lines = text.split("\n")
+        self.dispatch: dict[type[ast.AST], Callable[[Any], Fn]] = {
+            ast.Constant: self._constant,
+            ast.Name: self._name,
+            ast.Attribute: self._attribute,
+            ast.Subscript: self._subscript,
+            ast.BinOp: self._binop,
+            ast.UnaryOp: self._unaryop,
+            ast.BoolOp: self._boolop,
+            ast.Compare: self._compare,
+            ast.IfExp: self._ifexp,
+            ast.Call: self._call,
+            ast.List: self._sequence,
+            ast.Tuple: self._sequence,
+            ast.Dict: self._dict,
+            ast.Slice: self._slice,
+        }
+
+    def fail(self, node: ast.AST, message: str, offset: int | None = None) -> NoReturn:
+        """Raise for ``node``; ``offset`` (a UTF-8 byte offset in its line) overrides its start."""
+        lineno = getattr(node, "lineno", 1)
+        if offset is None:
+            offset = getattr(node, "col_offset", 0)
+        line = self.lines[lineno - 1] if 0 < lineno <= len(self.lines) else ""
+        column = len(line.encode()[:offset].decode("utf-8", "replace")) + 1
+        raise ExpressionError(message, column, self.text, lineno)
+
+    def _end_offset(self, node: ast.AST, back: int) -> int | None:
+        """The byte offset ``back`` bytes before the end of ``node`` (single-line nodes)."""
+        if getattr(node, "end_lineno", None) != getattr(node, "lineno", None):
+            return None
+        end = getattr(node, "end_col_offset", None)
+        return None if end is None else end - back
+
+    def _operator_offset(self, node: ast.BinOp) -> int | None:
+        """Where the operator of ``node`` is: after the left operand and any ``)``."""
+        if node.left.end_lineno != node.lineno or node.left.end_col_offset is None:
+            return None
+        raw = self.lines[node.lineno - 1].encode()
+        pos = node.left.end_col_offset
+        while pos < len(raw) and raw[pos : pos + 1] in (b" ", b")", b"\t"):
+            pos += 1
+        return pos
+
+    def compile(self, node: ast.AST) -> Fn:
+        handler = self.dispatch.get(type(node))
+        if handler is None:
+            what = _FORBIDDEN_NAMES.get(type(node), f"{type(node).__name__} expression")
+            hint = " (use str() and +)" if isinstance(node, ast.JoinedStr) else ""
+            self.fail(node, f"{what} is not allowed{hint}")
+        return handler(node)
+
+    def _check_name(self, node: ast.AST, name: str, kind: str) -> None:
+        if name.startswith("__"):
+            offset = self._end_offset(node, len(name)) if kind == "attribute" else None
+            self.fail(node, f"{kind} {name!r} is not allowed (names starting with '__' are "
+                            "reserved)", offset)
+
+    def _constant(self, node: ast.Constant) -> Fn:
+        value = node.value
+        if value is not None and not isinstance(value, str | int | float):
+            self.fail(node, f"{type(value).__name__} literals are not allowed")
+        return lambda e: value
+
+    def _name(self, node: ast.Name) -> Fn:
+        self._check_name(node, node.id, "name")
+        if node.id in _CONSTANTS:
+            value = _CONSTANTS[node.id]
+            return lambda e: value
+        if node.id == "event":
+            return lambda e: e
+        return _field(node.id)
+
+    def _attribute(self, node: ast.Attribute) -> Fn:
+        self._check_name(node, node.attr, "attribute")
+        if isinstance(node.value, ast.Constant | ast.List | ast.Tuple | ast.Dict):
+            self.fail(node, f"attribute access on a literal ('.{node.attr}') is not allowed",
+                      self._end_offset(node, len(node.attr) + 1))
+        return _getter(self.compile(node.value), node.attr)
+
+    def _subscript(self, node: ast.Subscript) -> Fn:
+        base = self.compile(node.value)
+        key_node = node.slice
+        if isinstance(key_node, ast.Constant) and isinstance(key_node.value, str | int):
+            return _getter(base, key_node.value)
+        key = self.compile(key_node)
+
+        def get(e: Any) -> Any:
+            obj, k = base(e), key(e)
+            try:
+                return obj[k]
+            except _LOOKUP_ERRORS:
+                return None
+
+        return get
+
+    def _slice(self, node: ast.Slice) -> Fn:
+        lo, hi, st = (self.compile(p) if p is not None else (lambda e: None)
+                      for p in (node.lower, node.upper, node.step))
+        return lambda e: slice(lo(e), hi(e), st(e))
+
+    def _binop(self, node: ast.BinOp) -> Fn:
+        op = _BINOPS.get(type(node.op))
+        if op is None:
+            symbol = _OPERATOR_SYMBOLS.get(type(node.op), type(node.op).__name__)
+            self.fail(node, f"operator {symbol!r} is not allowed", self._operator_offset(node))
+        left, right = self.compile(node.left), self.compile(node.right)
+
+        def binop(e: Any) -> Any:
+            a, b = left(e), right(e)
+            if a is None or b is None:
+                return None
+            return op(a, b)
+
+        return binop
+
+    def _unaryop(self, node: ast.UnaryOp) -> Fn:
+        operand = self.compile(node.operand)
+        if isinstance(node.op, ast.Not):
+            return lambda e: not operand(e)
+        if isinstance(node.op, ast.USub | ast.UAdd):
+            sign = operator.neg if isinstance(node.op, ast.USub) else operator.pos
+
+            def unary(e: Any) -> Any:
+                v = operand(e)
+                return None if v is None else sign(v)
+
+            return unary
+        symbol = _OPERATOR_SYMBOLS.get(type(node.op), type(node.op).__name__)
+        self.fail(node, f"operator {symbol!r} is not allowed")
+
+    def _boolop(self, node: ast.BoolOp) -> Fn:
+        fns = [self.compile(v) for v in node.values]
+        done = operator.not_ if isinstance(node.op, ast.And) else operator.truth
+
+        def boolop(e: Any) -> Any:  # short-circuits and returns the deciding value
+            v = None
+            for fn in fns:
+                v = fn(e)
+                if done(v):
+                    return v
+            return v
+
+        return boolop
+
+    def _compare(self, node: ast.Compare) -> Fn:
+        first = self.compile(node.left)
+        pairs = [(_CMPOPS[type(op)], self.compile(c))
+                 for op, c in zip(node.ops, node.comparators, strict=True)]
+        if len(pairs) == 1:
+            op, right = pairs[0]
+            return lambda e: op(first(e), right(e))
+
+        def chain(e: Any) -> bool:
+            a = first(e)
+            for op, fn in pairs:
+                b = fn(e)
+                if not op(a, b):
+                    return False
+                a = b
+            return True
+
+        return chain
+
+    def _ifexp(self, node: ast.IfExp) -> Fn:
+        test, body = self.compile(node.test), self.compile(node.body)
+        orelse = self.compile(node.orelse)
+        return lambda e: body(e) if test(e) else orelse(e)
+
+    def _call(self, node: ast.Call) -> Fn:
+        if not isinstance(node.func, ast.Name):
+            if isinstance(node.func, ast.Attribute):
+                self.fail(node, f"method calls are not allowed ('.{node.func.attr}()'); "
+                                "use functions like lower(x)",
+                          self._end_offset(node.func, len(node.func.attr) + 1))
+            self.fail(node, "only calls of the built-in functions are allowed")
+        name = node.func.id
+        self._check_name(node, name, "name")
+        if name not in FUNCTIONS:
+            self.fail(node, f"function {name!r} is not allowed (allowed: {', '.join(FUNCTIONS)})")
+        if node.keywords:
+            self.fail(node, f"keyword arguments are not allowed in {name}()")
+        fn, lo, hi = FUNCTIONS[name]
+        n = len(node.args)
+        if n < lo or (hi is not None and n > hi):
+            expected = str(lo) if lo == hi else f"{lo} or more" if hi is None else f"{lo} to {hi}"
+            self.fail(node, f"{name}() takes {expected} argument(s), got {n}")
+        args = [self.compile(a) for a in node.args]
+        if n == 0:
+            return lambda e: fn()
+        if n == 1:
+            a0 = args[0]
+            return lambda e: fn(a0(e))
+        if n == 2:
+            a0, a1 = args
+            return lambda e: fn(a0(e), a1(e))
+        return lambda e: fn(*[a(e) for a in args])
+
+    def _sequence(self, node: ast.List | ast.Tuple) -> Fn:
+        items = [self.compile(x) for x in node.elts]
+        make = list if isinstance(node, ast.List) else tuple
+        return lambda e: make([f(e) for f in items])
+
+    def _dict(self, node: ast.Dict) -> Fn:
+        if any(k is None for k in node.keys):
+            self.fail(node, "dict unpacking (**) is not allowed")
+        pairs = [(self.compile(k), self.compile(v))  # type: ignore[arg-type]
+                 for k, v in zip(node.keys, node.values, strict=True)]
+        return lambda e: {k(e): v(e) for k, v in pairs}
+
+
+class Expression:
+    """A compiled expression; :meth:`evaluate` is cheap and thread-safe."""
+
+    __slots__ = ("_fn", "text")
+
+    def __init__(self, text: str, fn: Fn) -> None:
+        self.text = text
+        self._fn = fn
+
+    def evaluate(self, event: Any) -> Any:
+        """The value of the expression for ``event``; raises :class:`EvaluationError`."""
+        try:
+            return self._fn(event)
+        except ExpressionError:
+            raise
+        except Exception as exc:
+            raise EvaluationError(f"{type(exc).__name__}: {exc}", text=self.text) from exc
+
+    def __repr__(self) -> str:
+        return f"Expression({self.text!r})"
+
+
+def compile_expression(text: str) -> Expression:
+    """Parse and compile ``text``; raises :class:`ExpressionError`. Results are cached."""
+    if not isinstance(text, str):
+        raise ExpressionError(f"an expression must be a string, not {type(text).__name__}")
+    return _compile(text.strip())
+
+
+@functools.lru_cache(maxsize=2048)
+def _compile(text: str) -> Expression:
+    if not text:
+        raise ExpressionError("the expression is empty")
+    if len(text) > MAX_LENGTH:
+        raise ExpressionError(f"the expression is longer than {MAX_LENGTH} characters")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = ast.parse(text, mode="eval")
+    except SyntaxError as exc:
+        if not exc.offset or exc.offset <= 0:  # the parser ran out of input
+            last = text.split("\n")[-1]
+            raise ExpressionError(f"incomplete expression ({exc.msg})", len(last) + 1, text,
+                                  text.count("\n") + 1) from None
+        raise ExpressionError(f"invalid syntax: {exc.msg}", exc.offset, text, exc.lineno) from None
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise ExpressionError(f"cannot parse: {exc}", text=text) from None
+    try:
+        fn = _Compiler(text).compile(tree.body)
+    except RecursionError:
+        raise ExpressionError("the expression is nested too deeply", text=text) from None
+    return Expression(text, fn)
+
+
+def validate_expression(value: str) -> str:
+    """A pydantic validator: accepts ``value`` only if it compiles; returns it unchanged."""
+    compile_expression(value)
+    return value
+
+
+#: A config field holding an expression: a bad expression is a validation error.
+ExpressionStr = Annotated[
+    str, AfterValidator(validate_expression), Field(json_schema_extra={"format": "expression"})
+]
