@@ -5,6 +5,22 @@ Public API: the registry (:func:`get_type`, :func:`all_types`, :class:`Component
 """
 
 from componentmanager.component import Component, Context
-from componentmanager.registry import ComponentType, Port, all_types, get_type, register
+from componentmanager.registry import (
+    ComponentType,
+    Port,
+    all_types,
+    get_type,
+    register,
+    types_named,
+)
 
-__all__ = ["Component", "ComponentType", "Context", "Port", "all_types", "get_type", "register"]
+__all__ = [
+    "Component",
+    "ComponentType",
+    "Context",
+    "Port",
+    "all_types",
+    "get_type",
+    "register",
+    "types_named",
+]

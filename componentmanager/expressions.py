@@ -287,11 +287,12 @@ class _Compiler:
         return _field(node.id)
 
     def _attribute(self, node: ast.Attribute) -> Fn:
+        base = self.compile(node.value)  # report problems left to right
         self._check_name(node, node.attr, "attribute")
         if isinstance(node.value, ast.Constant | ast.List | ast.Tuple | ast.Dict):
             self.fail(node, f"attribute access on a literal ('.{node.attr}') is not allowed",
                       self._end_offset(node, len(node.attr) + 1))
-        return _getter(self.compile(node.value), node.attr)
+        return _getter(base, node.attr)
 
     def _subscript(self, node: ast.Subscript) -> Fn:
         base = self.compile(node.value)
@@ -385,9 +386,11 @@ class _Compiler:
     def _call(self, node: ast.Call) -> Fn:
         if not isinstance(node.func, ast.Name):
             if isinstance(node.func, ast.Attribute):
+                self.compile(node.func.value)  # report problems left to right
                 self.fail(node, f"method calls are not allowed ('.{node.func.attr}()'); "
                                 "use functions like lower(x)",
                           self._end_offset(node.func, len(node.func.attr) + 1))
+            self.compile(node.func)
             self.fail(node, "only calls of the built-in functions are allowed")
         name = node.func.id
         self._check_name(node, name, "name")

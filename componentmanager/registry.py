@@ -4,9 +4,11 @@ A :class:`ComponentType` declares its role, its ports (pure data) and a pydantic
 model, plus the class that implements it (imported only when a component is created).
 Validation reads this without constructing anything or touching NATS.
 
-Built-in types live in :mod:`componentmanager.components` and register on import;
-third-party packages add types through the entry point group ``flowctl.components``
-(each entry point names a :class:`ComponentType` or a list of them).
+Types are keyed by (role, name): a source and a sink may share a name (``file``,
+``http``, ``nats``); the node's role (its file section, or its connections for
+canvas exports) picks one. Built-in types live in :mod:`componentmanager.components`
+and register on import; third-party packages add types through the entry point group
+``flowctl.components`` (each entry point names a :class:`ComponentType` or a list).
 """
 
 from __future__ import annotations
@@ -89,12 +91,12 @@ class ComponentType:
         }
 
 
-_TYPES: dict[str, ComponentType] = {}
+_TYPES: dict[tuple[str, str], ComponentType] = {}
 _loaded = False
 
 
 def register(component_type: ComponentType) -> ComponentType:
-    _TYPES[component_type.name] = component_type
+    _TYPES[(component_type.role, component_type.name)] = component_type
     return component_type
 
 
@@ -115,11 +117,22 @@ def _load() -> None:
                 register(item)
 
 
-def get_type(name: str) -> ComponentType | None:
+def types_named(name: str) -> list[ComponentType]:
+    """Every registered type called ``name`` (one per role)."""
     _load()
-    return _TYPES.get(name)
+    return [t for (_, n), t in sorted(_TYPES.items()) if n == name]
 
 
-def all_types() -> dict[str, ComponentType]:
+def get_type(name: str, role: str | None = None) -> ComponentType | None:
+    """The type ``name`` in ``role``; without a role, only when the name is unambiguous."""
     _load()
-    return dict(sorted(_TYPES.items()))
+    if role is not None:
+        return _TYPES.get((role, name))
+    found = types_named(name)
+    return found[0] if len(found) == 1 else None
+
+
+def all_types() -> list[ComponentType]:
+    """Every registered type, sorted by name then role."""
+    _load()
+    return sorted(_TYPES.values(), key=lambda t: (t.name, t.role))

@@ -3,7 +3,8 @@
 Public API: :func:`validate` (-> :class:`ValidationResult` of :class:`ValidationIssue`),
 :func:`translate` (flow -> ``{"<flow>.<node>": ComponentConfig}``), and
 :class:`FlowEngine` (apply/deploy/start/stop/undeploy/delete/rollback over NATS KV,
-:meth:`FlowEngine.effective_state` -> :class:`EffectiveState`). Errors:
+:meth:`FlowEngine.effective_state` -> :class:`EffectiveState`, computed by the pure
+:func:`observe`). Errors:
 :class:`ValidationFailed`, :class:`ConfigsNotConverged` (plus those of flowstore.errors).
 """
 
@@ -15,8 +16,9 @@ from flowengine.lifecycle import (
     FlowEngine,
     ObservedState,
     TransitionResult,
+    observe,
 )
-from flowengine.translate import explicit_config, translate
+from flowengine.translate import infer_role, resolve_type, translate
 from flowengine.validate import ValidationIssue, ValidationResult, validate
 
 __all__ = [
@@ -30,7 +32,9 @@ __all__ = [
     "ValidationFailed",
     "ValidationIssue",
     "ValidationResult",
-    "explicit_config",
+    "infer_role",
+    "observe",
+    "resolve_type",
     "translate",
     "validate",
 ]

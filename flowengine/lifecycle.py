@@ -17,14 +17,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from nats.aio.client import Client as NatsClient
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field
 
-from componentmanager.registry import get_type
 from flowengine.errors import ConfigsNotConverged, ValidationFailed
 from flowengine.translate import translate
 from flowengine.validate import ValidationResult, validate
@@ -35,6 +34,7 @@ from flowstore.models import (
     FlowRecord,
     FlowSpec,
     FlowState,
+    Record,
     ReplicaState,
     ReplicaStatus,
     status_key,
@@ -141,6 +141,9 @@ class TransitionResult:
         }
 
 
+_R = TypeVar("_R", bound=Record)
+
+
 class _Retry(Exception):
     """A per-key compare-and-set lost: recompute and try again."""
 
@@ -149,16 +152,10 @@ def _flow_of(key: str) -> str:
     return key.split(".", 1)[0]
 
 
-def _decode_config(value: bytes | None) -> ComponentConfig | None:
+def _decode(model: type[_R], value: bytes | None) -> _R | None:
+    """A stored record, or None when the value is not one (never trust a bucket blindly)."""
     try:
-        return ComponentConfig.from_json(value or b"")
-    except ValueError:
-        return None
-
-
-def _decode_status(value: bytes | None) -> ReplicaStatus | None:
-    try:
-        return ReplicaStatus.from_json(value or b"")
+        return model.model_validate_json(value or b"")
     except ValueError:
         return None
 
@@ -173,8 +170,7 @@ def _differs(current: ComponentConfig | None, desired: ComponentConfig) -> bool:
 
 
 def _is_source(cfg: ComponentConfig) -> bool:
-    ctype = get_type(cfg.type)
-    return ctype.role == "source" if ctype is not None else not cfg.inputs
+    return cfg.role == "source" if cfg.role is not None else not cfg.inputs
 
 
 class FlowEngine:
@@ -207,29 +203,22 @@ class FlowEngine:
     async def list_configs(self, name: str) -> list[ComponentConfig]:
         """The flow's configs in ``flowctl_config``, sorted by node."""
         entries = await self._config_entries(name)
-        configs = [c for c in (_decode_config(e.value) for e in entries.values()) if c]
+        configs = [c for c in (_decode(ComponentConfig, e.value) for e in entries.values()) if c]
         return sorted((c for c in configs if c.flow == name), key=lambda c: c.node)
 
     async def list_status(self, name: str) -> list[ReplicaStatus]:
         """The flow's replica records in ``flowctl_status``, sorted by node and replica."""
         out = []
         for entry in (await read_all(self.status, f"{name}.*.*")).values():
-            status = _decode_status(entry.value)
+            status = _decode(ReplicaStatus, entry.value)
             if status is not None and status.flow == name:
                 out.append(status)
         return sorted(out, key=lambda s: (s.node, s.replica))
 
     async def live_agents(self) -> list[AgentRecord]:
         """Agents whose last heartbeat is recent enough, sorted by name."""
-        out = []
-        for entry in (await read_all(self.agents)).values():
-            try:
-                agent = AgentRecord.from_json(entry.value or b"")
-            except ValueError:
-                continue
-            if agent.is_live():
-                out.append(agent)
-        return sorted(out, key=lambda a: a.name)
+        agents = (_decode(AgentRecord, e.value) for e in (await read_all(self.agents)).values())
+        return sorted((a for a in agents if a and a.is_live()), key=lambda a: a.name)
 
     # -- the sync at the heart of every action ------------------------------------------
 
@@ -252,13 +241,13 @@ class FlowEngine:
         desired = translate(name, spec, flow_revision=revision, enabled=enabled)
         everything = await read_all(self.configs)
         mine = {k: e for k, e in everything.items() if _flow_of(k) == name}
-        current = {k: _decode_config(e.value) for k, e in mine.items()}
+        current = {k: _decode(ComponentConfig, e.value) for k, e in mine.items()}
         changed = [k for k in desired if _differs(current.get(k), desired[k])]
         removed = sorted(current.keys() - desired.keys())
         others = []  # every config that stays as it is counts towards the agents' load
         for key, entry in everything.items():
             if key not in changed and key not in removed:
-                other = current[key] if key in mine else _decode_config(entry.value)
+                other = current[key] if key in mine else _decode(ComponentConfig, entry.value)
                 if other is not None:
                     others.append(other)
         for key in changed:
@@ -296,7 +285,7 @@ class FlowEngine:
                 continue
             stale = key not in wanted  # a removed node, or a replica beyond the count
             if not stale and key.rsplit(".", 1)[0] in changed:  # pending before, placed now
-                old = _decode_status(entry.value)
+                old = _decode(ReplicaStatus, entry.value)
                 stale = old is not None and old.state == ReplicaState.PENDING
             if stale:
                 await self.status.delete(key)
@@ -313,8 +302,10 @@ class FlowEngine:
                 await self.configs.delete(key)
                 if key not in changes.removed:
                     changes.removed.append(key)
-        else:
-            raise ConfigsNotConverged(name, action, sorted(await self._config_entries(name)))
+        else:  # someone keeps writing them: verify, never flip the state over leftovers
+            left = sorted(await self._config_entries(name))
+            if left:
+                raise ConfigsNotConverged(name, action, left)
         for key in sorted(await read_all(self.status, f"{name}.*.*")):
             if _flow_of(key) == name:
                 await self.status.delete(key)
@@ -424,50 +415,52 @@ class FlowEngine:
     async def effective_state(self, name: str) -> EffectiveState:
         """Observe the flow from what its replicas report (not from its record)."""
         record = await self.flows.get(name)
-        configs = await self.list_configs(name)
-        if not configs:
-            reasons = [] if record.state == FlowState.NOT_DEPLOYED else [
-                "no component configs are stored: deploy it again"]
-            return EffectiveState(flow=name, desired=record.state,
-                                  observed=ObservedState.NOT_DEPLOYED, reasons=reasons)
-        statuses = {s.key: s for s in await self.list_status(name)}
-        live = {a.name for a in await self.live_agents()}
-        enabled = any(c.enabled for c in configs)
-        counts: Counter[str] = Counter()
-        reasons: list[str] = []
-        ok = 0
-        for cfg in configs:
-            for replica in range(cfg.replicas):
-                key = status_key(name, cfg.node, replica)
-                st = statuses.get(key)
-                assigned = cfg.assignments[replica] if replica < len(cfg.assignments) else None
-                detail = st.last_error if st else None
-                if st is None:
-                    cond = "pending" if assigned is None else "missing"
-                    detail = "no agent assigned" if assigned is None else \
-                        f"no status reported yet (agent '{assigned}')"
-                elif st.state in ("running", "starting") and st.agent and st.agent not in live:
-                    cond, detail = "lost", f"agent '{st.agent}' is not live"
-                else:
-                    cond = st.state.value
-                counts[cond] += 1
-                good = cond == "running" or (cond == "completed" and _is_source(cfg))
-                ok += good
-                if enabled and not good:
-                    reasons.append(f"{key}: {cond}" + (f": {detail}" if detail else ""))
-        total = sum(counts.values())
-        if not enabled:
-            active = counts["running"] + counts["starting"]
-            observed = ObservedState.STOPPING if active else ObservedState.STOPPED
-            reasons = [f"{active} replica(s) still running"] if active else []
-        elif ok == total:
-            observed = ObservedState.RUNNING
-        elif counts["failed"] + counts["lost"]:
-            observed = ObservedState.DEGRADED if ok else ObservedState.FAILED
-        elif counts["pending"]:
-            observed = ObservedState.DEGRADED if ok else ObservedState.PENDING
-        else:
-            observed = ObservedState.STARTING
-        return EffectiveState(flow=name, desired=record.state, observed=observed,
-                              replicas=total, counts=dict(sorted(counts.items())),
+        return observe(record, await self.list_configs(name), await self.list_status(name),
+                       {a.name for a in await self.live_agents()})
+
+
+def observe(record: FlowRecord, configs: list[ComponentConfig], statuses: list[ReplicaStatus],
+            live: set[str]) -> EffectiveState:
+    """Pure: sum up the replicas' reports into one observed state, with the reasons."""
+    name, desired = record.name, record.state
+    if not configs:
+        reasons = [] if desired == FlowState.NOT_DEPLOYED else ["no config keys: deploy again"]
+        return EffectiveState(flow=name, desired=desired, observed=ObservedState.NOT_DEPLOYED,
                               reasons=reasons)
+    by_key = {s.key: s for s in statuses}
+    enabled = any(c.enabled for c in configs)
+    counts: Counter[str] = Counter()
+    reasons: list[str] = []
+    ok = 0
+    for cfg in configs:
+        for replica in range(cfg.replicas):
+            key = status_key(name, cfg.node, replica)
+            st = by_key.get(key)
+            agent = cfg.assignments[replica] if replica < len(cfg.assignments) else None
+            if st is None:
+                cond = "pending" if agent is None else "missing"
+                detail = f"no status from agent '{agent}' yet" if agent else "no agent assigned"
+            elif st.state in ("running", "starting") and st.agent and st.agent not in live:
+                cond, detail = "lost", f"agent '{st.agent}' is not live"
+            else:
+                cond, detail = st.state.value, st.last_error
+            counts[cond] += 1
+            good = cond == "running" or (cond == "completed" and _is_source(cfg))
+            ok += good
+            if enabled and not good:
+                reasons.append(f"{key}: {cond}" + (f": {detail}" if detail else ""))
+    total = sum(counts.values())
+    if not enabled:
+        active = counts["running"] + counts["starting"]
+        observed = ObservedState.STOPPING if active else ObservedState.STOPPED
+        reasons = [f"{active} replica(s) still running"] if active else []
+    elif ok == total:
+        observed = ObservedState.RUNNING
+    elif counts["failed"] + counts["lost"]:
+        observed = ObservedState.DEGRADED if ok else ObservedState.FAILED
+    elif counts["pending"]:
+        observed = ObservedState.DEGRADED if ok else ObservedState.PENDING
+    else:
+        observed = ObservedState.STARTING
+    return EffectiveState(flow=name, desired=desired, observed=observed, replicas=total,
+                          counts=dict(sorted(counts.items())), reasons=reasons)

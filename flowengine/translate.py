@@ -2,9 +2,10 @@
 
 :func:`translate` returns ``{"<flow>.<node>": ComponentConfig}``: the subjects a node
 reads and writes (``flowctl.<flow>.<node>.<port>``), its queue group, its config with
-every default made explicit, its placement and delivery, and the replicas of every node
-downstream of it. ``assignments`` stay empty: placement fills them. Call it on a flow that
-passed :func:`flowengine.validate.validate`; it does not check anything itself.
+every default made explicit, its role (which picks the type when a source and a sink
+share a name), its placement and delivery, and the replicas of every node downstream.
+``assignments`` stay empty: placement fills them. Call it on a flow that passed
+:func:`flowengine.validate.validate`; it does not check anything itself.
 """
 
 from __future__ import annotations
@@ -13,25 +14,47 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from componentmanager.registry import get_type
+from componentmanager.registry import ComponentType, types_named
 from flowstore.models import (
     DEFAULT_OUTPUT_PORT,
     ComponentConfig,
     ExternalFields,
     FlowSpec,
     Node,
+    Role,
     config_key,
     data_subject,
     queue_group,
 )
 
 
-def explicit_config(node: Node) -> dict[str, Any]:
+def infer_role(node: Node, spec: FlowSpec) -> Role | None:
+    """The node's file section, else what its connections make it (canvas exports)."""
+    if node.role is not None:
+        return node.role
+    has_in = any(c.target[0] == node.id for c in spec.connections)
+    has_out = any(c.source[0] == node.id for c in spec.connections)
+    if has_in and has_out:
+        return "processor"
+    return "sink" if has_in else "source" if has_out else None
+
+
+def resolve_type(node: Node, spec: FlowSpec) -> ComponentType | None:
+    """The registered type of a node. Types are keyed by (role, name): a source and a
+    sink may share a name (``file``), so the node's role picks one; a name only one role
+    uses resolves without a role. None: unknown, in the wrong section, or ambiguous."""
+    candidates = types_named(node.type)
+    if node.role is None and len(candidates) == 1:
+        return candidates[0]
+    role = infer_role(node, spec)
+    return next((t for t in candidates if t.role == role), None)
+
+
+def explicit_config(node: Node, ctype: ComponentType | None) -> dict[str, Any]:
     """The node's config validated by its type's model and dumped with every default.
 
     Unknown types (external programs) and configs that do not validate pass unchanged.
     """
-    ctype = get_type(node.type)
     if ctype is None:
         return dict(node.config)
     try:
@@ -41,17 +64,15 @@ def explicit_config(node: Node) -> dict[str, Any]:
     return model.model_dump(mode="json", by_alias=True)
 
 
-def _output_ports(node: Node, config: dict[str, Any], used: list[str]) -> list[str]:
+def _output_ports(ctype: ComponentType | None, role: Role | None, config: dict[str, Any],
+                  used: list[str]) -> list[str]:
     """Declared output ports (route: from its config) plus any port a connection reads."""
-    ctype = get_type(node.type)
     if ctype is not None:
         try:
             declared = ctype.output_names(config)
         except Exception:  # a broken route config: fall back to the static ports
             declared = [p.name for p in ctype.outputs]
-        role = ctype.role
     else:
-        role = node.role
         declared = [] if role in ("sink", None) else [DEFAULT_OUTPUT_PORT]
     if role == "sink":
         return []
@@ -90,8 +111,10 @@ def translate(
 
     out: dict[str, ComponentConfig] = {}
     for node in spec.nodes:
-        config = explicit_config(node)
-        ports = _output_ports(node, config, reads.get(node.id, []))
+        ctype = resolve_type(node, spec)
+        role = ctype.role if ctype is not None else infer_role(node, spec)
+        config = explicit_config(node, ctype)
+        ports = _output_ports(ctype, role, config, reads.get(node.id, []))
         kind = node.kind
         external = None
         if kind != "inprocess":
@@ -102,6 +125,7 @@ def translate(
             flow=name,
             node=node.id,
             type=node.type,
+            role=role,
             kind=kind,
             config=config,
             inputs=inputs.get(node.id, {}),

@@ -7,9 +7,9 @@ not. With a :class:`~flowstore.loader.SourceMap` each issue points at the file
 (``spec.processors[1].inputs[0]``, line 14); without one the path is in the FlowSpec
 (``nodes[2]``, ``connections[0]``).
 
-Errors: unknown_type, role_mismatch, invalid_config, duplicate_id, reserved_name,
-unknown_node, unknown_port, wrong_port_direction, source_with_inputs, sink_with_outputs,
-missing_required_input, cycle. Warnings: unused_output, disconnected_node,
+Errors: unknown_type, ambiguous_type, role_mismatch, invalid_config, duplicate_id,
+reserved_name, unknown_node, unknown_port, wrong_port_direction, source_with_inputs,
+sink_with_outputs, missing_required_input, cycle. Warnings: unused_output, disconnected_node,
 duplicate_connection, unsatisfiable_placement (only when ``agents`` is given).
 
 A node run as a program or container (``command`` / ``image``) whose type is not
@@ -25,7 +25,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from componentmanager.registry import ComponentType, all_types, get_type
+from componentmanager.registry import ComponentType, all_types, types_named
+from flowengine.translate import resolve_type
 from flowstore.loader import SourceMap, path_str
 from flowstore.models import (
     DEFAULT_INPUT_PORT,
@@ -112,11 +113,12 @@ _Edge = tuple[str, str, str, str, int]
 _SECTION = {"source": "sources", "processor": "processors", "sink": "sinks"}
 
 
-def _suggest(word: str, choices: list[str], what: str) -> str | None:
-    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
+def _suggest(word: str, choices: list[str] | set[str], otherwise: str | None = None) -> str | None:
+    """'did you mean ...?' with the closest names (difflib), else ``otherwise``."""
+    close = difflib.get_close_matches(word, sorted(choices), n=3, cutoff=0.5)
     if not close:
-        return None
-    return "did you mean " + " or ".join(f"'{c}'" for c in close) + f"? ({what})"
+        return otherwise
+    return "did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
 
 
 def _config_message(err: dict[str, Any]) -> str:
@@ -184,20 +186,34 @@ class _Checker:
 
     def shape(self, i: int, node: Node) -> _Shape | None:
         path = self.node_path[i]
-        ctype = get_type(node.type)
-        if ctype is None:
-            if node.kind != "inprocess":
-                return self._external_shape(node.role)
+        ctype = resolve_type(node, self.spec)
+        candidates = types_named(node.type)
+        if ctype is None and node.kind != "inprocess":  # a program: its type is its own
+            return self._external_shape(node.role)
+        if ctype is None and not candidates:
+            names = {t.name for t in all_types()}
             self.add("unknown_type", f"node '{node.id}': unknown component type '{node.type}'",
-                     node=node.id, path=f"{path}.type",
-                     suggestion=_suggest(node.type, list(all_types()), "`flowctl components` "
-                                         "lists every type"))
+                     node=node.id, path=f"{path}.type", suggestion=_suggest(
+                         node.type, names, "`flowctl components` lists every type"))
             return None
-        if node.role is not None and node.role != ctype.role:
+        if ctype is None and node.role is None:  # a canvas node, not connected enough
+            roles = " and ".join(t.role for t in candidates)
+            self.add("ambiguous_type", f"node '{node.id}': type '{node.type}' exists as "
+                     f"{roles}; its connections do not tell which", node=node.id,
+                     path=f"{path}.type", suggestion="connect it, or use a flowctl file "
+                     "where sources, processors and sinks are separate sections")
+            return None
+        if ctype is None:
+            assert node.role is not None
+            roles = " or ".join(t.role for t in candidates)
             self.add("role_mismatch",
-                     f"node '{node.id}': type '{node.type}' is a {ctype.role}, but it is listed "
+                     f"node '{node.id}': type '{node.type}' is a {roles}, but it is listed "
                      f"under {_SECTION[node.role]}", node=node.id, path=path,
-                     suggestion=f"move it to spec.{_SECTION[ctype.role]}")
+                     suggestion=" or ".join(f"move it to spec.{_SECTION[t.role]}"
+                                            for t in candidates))
+            if len(candidates) > 1:
+                return None
+            ctype = candidates[0]
         configured = self._check_config(path, node, ctype)
         static_out = {p.name for p in ctype.outputs}
         shape = _Shape(
@@ -238,7 +254,7 @@ class _Checker:
                 where = path_str(("config", *err["loc"]))
                 self.add("invalid_config", f"node '{node.id}': {where}: {_config_message(err)}",
                          node=node.id, path=f"{path}.{where}",
-                         suggestion=f"`flowctl components {ctype.name}` shows its config")
+                         suggestion="`flowctl components` shows the config of every type")
             return None
         except Exception as exc:  # a custom validator raising something else
             self.add("invalid_config", f"node '{node.id}': config: {exc}", node=node.id,
@@ -301,7 +317,8 @@ class _Checker:
             if RESERVED_PORT in (sport, dport):
                 self.add("reserved_name", f"{label}: port '{RESERVED_PORT}' is reserved for dead "
                          "letters", node=dst, port=RESERVED_PORT, path=path,
-                         suggestion="read dead letters with `flowctl dlq`, not a connection")
+                         suggestion="dead letters are published on flowctl.<flow>.<node>.dlq; "
+                         "use another port name")
                 self.bad_inputs.add(dst)
                 continue
             ok = True
@@ -310,7 +327,7 @@ class _Checker:
                     ok = False
                     self.add("unknown_node", f"{label}: there is no node '{end}'",
                              node=other if other in shapes else None, path=path,
-                             suggestion=_suggest(end, self.ids, "node ids of this flow"))
+                             suggestion=_suggest(end, self.ids))
             if not ok:
                 self.bad_inputs.add(dst)
                 continue
@@ -358,10 +375,9 @@ class _Checker:
                      + (", ".join(sorted(own)) or "none"))
             return False
         choices = sorted(allowed if allowed is not None else own)
+        listed = f"{direction} ports of '{node}': " + (", ".join(choices) or "none")
         self.add("unknown_port", f"{label}: '{node}' has no {direction} port '{port}'",
-                 node=node, port=port, path=path,
-                 suggestion=_suggest(port, choices, f"{direction} ports: {', '.join(choices)}")
-                 or f"{direction} ports of '{node}': " + (", ".join(choices) or "none"))
+                 node=node, port=port, path=path, suggestion=_suggest(port, choices, listed))
         return False
 
     def _graph(self, shapes: dict[str, _Shape | None], edges: list[_Edge]) -> None:

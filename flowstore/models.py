@@ -188,6 +188,7 @@ class ComponentConfig(Record):
     flow: str
     node: str
     type: str
+    role: Role | None = None
     kind: Kind = "inprocess"
     config: dict[str, Any] = Field(default_factory=dict)
     inputs: dict[str, list[str]] = Field(default_factory=dict)
@@ -291,3 +292,13 @@ def logs_subject(flow: str, node: str) -> str:
 
 def queue_group(flow: str, node: str) -> str:
     return f"flowctl.{flow}.{node}"
+
+
+def stream_name(flow: str) -> str:
+    """The JetStream stream of an at-least-once flow, over ``flowctl.<flow>.>``."""
+    return f"FLOWCTL_{flow}"
+
+
+def consumer_name(node: str, port: str) -> str:
+    """The durable consumer of one node input (shared by the node's replicas)."""
+    return f"{node}-{port}".replace(".", "_")

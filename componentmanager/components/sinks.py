@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from nats.js.errors import BucketNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from componentmanager.component import Component, Context
@@ -213,8 +214,6 @@ class KvSink(Component):
         self._kv: Any = None
 
     async def start(self) -> None:
-        from nats.js.errors import BucketNotFoundError
-
         js = self.ctx.nc.jetstream()
         try:
             self._kv = await js.key_value(self.config.bucket)

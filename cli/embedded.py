@@ -1,0 +1,276 @@
+"""Process commands: ``flowctl agent``, ``flowctl server`` and the one-command ``flowctl run``.
+
+``run`` owns everything it starts (an embedded nats-server unless ``--nats-url`` is
+given, one in-process agent per distinct placement of the flow, the flow itself) and
+tears it all down in reverse order on Ctrl+C, SIGTERM or, with ``--until-done``, once
+every source has completed and every node has consumed what its upstreams produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.errors import EXIT_FAILED, fail, run
+from cli.main import app, globals_
+from cli.output import info, table
+
+
+def _labels(text: str) -> dict[str, str]:
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"'{part}' is not k=v", param_hint="--labels")
+        out[key] = value
+    return out
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+@app.command()
+def agent(
+    name: Annotated[str, typer.Option("--name", help="Unique agent name.")],
+    labels: Annotated[str, typer.Option(help="Labels k=v,k2=v2 for placement.")] = "",
+    heartbeat: Annotated[float, typer.Option(help="Heartbeat interval, seconds.")] = 2.0,
+    status_interval: Annotated[float, typer.Option(help="Status refresh, seconds.")] = 2.0,
+    log_dir: Annotated[str | None, typer.Option(help="Component log files.")] = None,
+    allow_inline_code: Annotated[
+        bool, typer.Option("--allow-inline-code", help="Allow `python` nodes with code:.")
+    ] = False,
+) -> None:
+    """Run the agent: runs the component replicas assigned to NAME until Ctrl+C/SIGTERM.
+
+    Example: flowctl agent --name edge-1 --labels zone=a,gpu=false
+    """
+    from componentmanager.agent import Agent, AgentSettings
+
+    settings = AgentSettings(
+        name=name, labels=_labels(labels), heartbeat=heartbeat,
+        status_interval=status_interval, allow_inline_code=allow_inline_code,
+    )
+    if log_dir:
+        settings.log_dir = log_dir
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        await Agent(settings, globals_().options()).run(stop)
+
+    run(go())
+
+
+@app.command()
+def server(
+    port: Annotated[int, typer.Option(help="Client port.")] = 4222,
+    store_dir: Annotated[str | None, typer.Option(help="JetStream store directory.")] = None,
+    host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
+) -> None:
+    """Run the embedded nats-server (JetStream on) in the foreground.
+
+    Example: flowctl server --port 4222 --store-dir ./nats-data
+    """
+    from flowstore.server import EmbeddedNats
+
+    store = store_dir or str(Path.home() / ".flowctl" / "nats")
+    Path(store).mkdir(parents=True, exist_ok=True)
+    srv = EmbeddedNats(port=port, store_dir=store, host=host, foreground=True)
+    try:
+        srv.start()
+    except (RuntimeError, FileNotFoundError) as exc:
+        fail(str(exc))
+    info(f"nats-server listening on {srv.url} (JetStream store {store}); Ctrl+C stops it")
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: srv.stop())
+    code = srv.wait()
+    srv.stop()
+    raise typer.Exit(0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code)
+
+
+def _placements(spec: Any) -> list[tuple[str | None, dict[str, str]]]:
+    """One (agent name, labels) per distinct placement in the flow, plus a default."""
+    found: list[tuple[str | None, dict[str, str]]] = [(None, {})]
+    for node in spec.nodes:
+        p = node.placement
+        if p is not None and (p.agent, p.labels) not in found:
+            found.append((p.agent, dict(p.labels)))
+    return found
+
+
+@app.command("run")
+def run_flow(
+    file: Annotated[Path, typer.Argument(help="The flow file to run.")],
+    until_done: Annotated[
+        bool, typer.Option("--until-done", help="Exit when sources finished and drained.")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="With --until-done: give up after N s.")] = 0,
+    allow_inline_code: Annotated[bool, typer.Option("--allow-inline-code")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Agent logs.")] = False,
+) -> None:
+    """The one-command mode: embedded NATS + agent, apply/deploy/start the flow, show
+    status and sink output; Ctrl+C (or --until-done) stops, undeploys, shuts all down.
+
+    Example: flowctl run examples/hello.yaml --until-done
+    """
+    from cli.logging import configure
+    from flowengine import ValidationFailed
+    from flowengine import validate as check
+    from flowstore import load_flow
+
+    if not verbose:
+        configure(json_logs=globals_().log_json, level=logging.WARNING)
+
+    async def go() -> int:
+        loaded = load_flow(file)
+        checked = check(loaded.spec, source=loaded.source, name=loaded.name)
+        if not checked.ok:
+            raise ValidationFailed(checked, loaded.name)
+        async with Embedded(loaded, allow_inline_code) as emb:
+            return await emb.watch(until_done, timeout)
+
+    raise typer.Exit(run(go()))
+
+
+class Embedded:
+    """Everything `flowctl run` starts, owned and torn down in reverse order."""
+
+    def __init__(self, loaded: Any, allow_inline_code: bool) -> None:
+        self.loaded = loaded
+        self.name = loaded.name
+        self.allow_inline_code = allow_inline_code
+        self.server: Any = None
+        self.agents: list[Any] = []
+        self.agent_tasks: list[asyncio.Task[None]] = []
+        self.stop_agents = asyncio.Event()
+        self.interrupted = asyncio.Event()
+        self.engine: Any = None
+        self.nc: Any = None
+
+    async def __aenter__(self) -> Embedded:
+        from componentmanager.agent import Agent, AgentSettings
+        from flowengine import FlowEngine
+        from flowstore.nats import connect
+        from flowstore.server import EmbeddedNats
+
+        _stop_on_signals(self.interrupted)
+        g = globals_()
+        opts = g.options()
+        try:
+            if not g.nats_url_given:
+                self.server = await asyncio.to_thread(EmbeddedNats().start)
+                opts.url = self.server.url
+                info(f"embedded nats-server on {opts.url}")
+            self.nc = await connect(opts)
+            self.engine = await FlowEngine.open(self.nc, kv_replicas=opts.kv_replicas)
+            for i, (agent_name, labels) in enumerate(_placements(self.loaded.spec)):
+                settings = AgentSettings(
+                    name=agent_name or f"run-{os.getpid()}-{i}",
+                    labels=labels,
+                    heartbeat=1.0,
+                    status_interval=0.5,
+                    resync_interval=2.0,
+                    allow_inline_code=self.allow_inline_code,
+                    lead=True,
+                )
+                agent = Agent(settings, opts)
+                self.agents.append(agent)
+                self.agent_tasks.append(asyncio.create_task(agent.run(self.stop_agents)))
+            await asyncio.wait_for(_all_ready(self.agents, self.agent_tasks), 15)
+            result = await self.engine.apply(self.name, self.loaded.spec)
+            info(f"flow/{self.name} applied (revision {result.flow.revision})")
+            record = await self.engine.flows.get(self.name)
+            if record.state == "running":
+                await self.engine.stop(self.name)
+                record = await self.engine.flows.get(self.name)
+            if record.state == "not_deployed":
+                r = await self.engine.deploy(self.name)
+                info(f"flow/{self.name} deployed: {len(r.changes.written)} component config(s)")
+            await self.engine.start(self.name)
+            info(f"flow/{self.name} started; Ctrl+C stops it")
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def watch(self, until_done: bool, timeout: float) -> int:
+        from cli.drain import drained
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout else None
+        last_print = loop.time()
+        stable = 0
+        while not self.interrupted.is_set():
+            if any(t.done() for t in self.agent_tasks):
+                info("an embedded agent stopped unexpectedly")
+                return EXIT_FAILED
+            await asyncio.sleep(0.25)
+            if not until_done and not sys.stderr.isatty():
+                continue
+            configs = await self.engine.list_configs(self.name)
+            statuses = await self.engine.list_status(self.name)
+            if sys.stderr.isatty() and loop.time() - last_print > 2:
+                last_print = loop.time()
+                info(_one_line(statuses))
+            if until_done:
+                done, failed = drained(self.loaded.spec, configs, statuses)
+                stable = stable + 1 if done else 0
+                if failed:
+                    self.final = statuses
+                    info("a replica failed: " + "; ".join(failed))
+                    return EXIT_FAILED
+                if stable >= 3:
+                    self.final = statuses
+                    return 0
+                if deadline is not None and loop.time() > deadline:
+                    info(f"not done after {timeout:g}s")
+                    self.final = statuses
+                    return EXIT_FAILED
+        info("interrupted: stopping")
+        return 0
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.engine is not None:
+            with contextlib.suppress(Exception):
+                await self.engine.undeploy(self.name, force=True)
+                info(f"flow/{self.name} stopped and undeployed")
+        self.stop_agents.set()
+        if self.agent_tasks:
+            await asyncio.gather(*self.agent_tasks, return_exceptions=True)
+        final = getattr(self, "final", None)
+        if final:
+            rows = [[s.node, s.replica, s.state.value, s.counters.in_, s.counters.out,
+                     s.counters.errors, s.last_error or ""] for s in final]
+            with contextlib.redirect_stdout(sys.stderr):
+                table(["NODE", "REPLICA", "STATE", "IN", "OUT", "ERRORS", "LAST ERROR"], rows)
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+        if self.server is not None:
+            await asyncio.to_thread(self.server.stop)
+
+
+async def _all_ready(agents: list[Any], tasks: list[asyncio.Task[None]]) -> None:
+    while not all(a.ready.is_set() for a in agents):
+        for t in tasks:
+            if t.done():
+                t.result()  # raises what stopped it
+                raise RuntimeError("an embedded agent stopped during start-up")
+        await asyncio.sleep(0.05)
+
+
+def _one_line(statuses: list[Any]) -> str:
+    parts = [f"{s.node}.{s.replica}:{s.state.value} in={s.counters.in_} out={s.counters.out}"
+             for s in statuses]
+    return "  ".join(parts)

@@ -1,0 +1,71 @@
+"""Rendering for reading commands: ``-o table`` (rich), ``-o json``, ``-o yaml``.
+
+Every reading command builds plain JSON-ready data first, then calls :func:`show`; the
+table view is a projection of that same data, so json/yaml never lose information.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+    yaml = "yaml"
+
+
+def show(
+    data: Any,
+    fmt: Format,
+    columns: Sequence[str] | None = None,
+    rows: Callable[[Any], list[Sequence[Any]]] | None = None,
+    title: str | None = None,
+) -> None:
+    """Print ``data`` in ``fmt``; for tables, ``rows(data)`` gives one row per item."""
+    if fmt == Format.json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    elif fmt == Format.yaml:
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+    else:
+        assert columns is not None and rows is not None
+        table(columns, rows(data), title)
+
+
+def table(columns: Sequence[str], rows: list[Sequence[Any]], title: str | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, box=None, header_style="bold", pad_edge=False)
+    for col in columns:
+        t.add_column(col, overflow="fold")
+    for row in rows:
+        t.add_row(*("" if v is None else str(v) for v in row))
+    Console(soft_wrap=True).print(t)
+
+
+def age(ts: str | None) -> str:
+    """'3s', '5m', '2h', '4d' since an ISO timestamp."""
+    if not ts:
+        return ""
+    then = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    secs = max(0.0, (datetime.now(UTC) - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{int(secs // size)}{unit}"
+    return f"{secs:.0f}s" if secs >= 10 else f"{secs:.1f}s"
+
+
+def err(message: str) -> None:
+    sys.stderr.write(f"error: {message}\n")
+
+
+def info(message: str) -> None:
+    sys.stderr.write(message + "\n")

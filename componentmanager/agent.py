@@ -1,0 +1,356 @@
+"""The component-manager agent: one per host. Announces itself, watches configs, runs the
+replicas assigned to it, reports their status, and (when it holds the lease) places
+replicas for everyone.
+
+Usable as a library::
+
+    agent = Agent(AgentSettings(name="a1", labels={"zone": "a"}), NatsOptions(url))
+    await agent.run(stop_event)     # returns after a clean shutdown
+
+Shutdown (SIGINT/SIGTERM in the CLI, or ``stop_event``): every replica is stopped
+cleanly, its final status written, and the agent's entry removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psutil
+import structlog
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+from componentmanager.configwatch import ConfigView
+from componentmanager.leader import Leader
+from componentmanager.reconcile import Restart, Start, Stop, desired_replicas, reconcile
+from componentmanager.runners import make_replica, reap_leftovers
+from componentmanager.runners.base import Replica
+from componentmanager.statuswriter import StatusWriter
+from flowstore.models import AgentRecord, ReplicaState, ReplicaStatus, logs_subject, utcnow
+from flowstore.nats import (
+    AGENTS_BUCKET,
+    CONFIG_BUCKET,
+    STATUS_BUCKET,
+    NatsOptions,
+    connect,
+    open_bucket,
+)
+
+log = structlog.get_logger("flowctl.agent")
+
+VERSION = "0.1.0"
+
+
+class AgentNameTaken(Exception):
+    def __init__(self, record: AgentRecord) -> None:
+        super().__init__(
+            f"an agent named '{record.name}' is already running on {record.host} "
+            f"(pid {record.pid}, heartbeat {record.age_s():.1f}s ago); "
+            "choose another --name or stop that agent"
+        )
+
+
+class AgentFenced(Exception):
+    """Another process took over this agent's name while we were unreachable."""
+
+
+@dataclass
+class AgentSettings:
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    heartbeat: float = 2.0
+    status_interval: float = 2.0
+    resync_interval: float = 5.0
+    log_dir: str = field(default_factory=lambda: str(Path.home() / ".flowctl" / "logs"))
+    allow_inline_code: bool = False
+    lead: bool = True  # take part in leader election (placement and failover)
+
+
+class Agent:
+    """Runs the replicas assigned to ``settings.name``. Implements the ReplicaHost API."""
+
+    def __init__(self, settings: AgentSettings, nats_options: NatsOptions) -> None:
+        self.settings = settings
+        self.agent_name = settings.name
+        self.nats_options = nats_options
+        self.log_dir = settings.log_dir
+        self.allow_inline_code = settings.allow_inline_code
+        self.instance = secrets.token_hex(4)
+        self.started_at = utcnow()
+        self.nc: Any = None
+        self.replicas: dict[str, Replica] = {}
+        self.fingerprints: dict[str, str] = {}
+        self._dirty = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._agent_rev = 0
+        self._proc = psutil.Process()
+        self._broken_reported: dict[str, str] = {}
+        self.fenced = False
+        self.ready = asyncio.Event()
+
+    # -- ReplicaHost -----------------------------------------------------------------
+    def changed(self, replica: Replica) -> None:
+        self.status.changed(replica)
+
+    def log_line(self, replica: Replica, line: str, stream: str = "stdout") -> None:
+        log.info(line, replica=replica.key, stream=stream)
+        if self.nc is None or self.nc.is_closed:
+            return
+        body = msgspec.json.encode(
+            {
+                "ts": utcnow(),
+                "flow": replica.cfg.flow,
+                "node": replica.cfg.node,
+                "replica": replica.index,
+                "agent": self.agent_name,
+                "stream": stream,
+                "line": line,
+            }
+        )
+        self._logs.put_nowait((logs_subject(replica.cfg.flow, replica.cfg.node), body))
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start, run until ``stop`` is set (or the agent is fenced), shut down cleanly."""
+        await self.start()
+        try:
+            stop_wait = asyncio.create_task(stop.wait())
+            fenced_wait = asyncio.create_task(self._fenced_event.wait())
+            await asyncio.wait({stop_wait, fenced_wait}, return_when=asyncio.FIRST_COMPLETED)
+            stop_wait.cancel()
+            fenced_wait.cancel()
+        finally:
+            await self.shutdown()
+        if self.fenced:
+            raise AgentFenced(
+                f"agent '{self.agent_name}' was declared dead and its name taken over"
+            )
+
+    async def start(self) -> None:
+        self._fenced_event = asyncio.Event()
+        self._logs: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=10000)
+        self.nc = await connect(
+            self.nats_options,
+            name=f"flowctl-agent-{self.agent_name}",
+            reconnect=True,
+            reconnected_cb=self._on_reconnect,
+        )
+        replicas = self.nats_options.kv_replicas
+        self.agents_kv = await open_bucket(self.nc, AGENTS_BUCKET, replicas=replicas)
+        self.config_kv = await open_bucket(self.nc, CONFIG_BUCKET, replicas=replicas)
+        self.status_kv = await open_bucket(self.nc, STATUS_BUCKET, replicas=replicas)
+        try:
+            await self._announce()
+        except BaseException:
+            await self.nc.close()
+            raise
+        Path(self.log_dir).mkdir(parents=True, exist_ok=True)
+        await reap_leftovers(self.log_dir, self.agent_name)
+        self.status = StatusWriter(self.status_kv, self.agent_name)
+        self.status.start()
+        # Watch first, then list (inside ConfigView), so nothing is missed in between.
+        self.view = ConfigView(self.config_kv, self._dirty.set)
+        self.view.start()
+        self.leader = Leader(self) if self.settings.lead else None
+        self._spawn(self._reconcile_loop(), "reconcile")
+        self._spawn(self._heartbeat_loop(), "heartbeat")
+        self._spawn(self._status_refresh_loop(), "status refresh")
+        self._spawn(self._logs_pump(), "logs")
+        if self.leader is not None:
+            self._spawn(self.leader.run(), "leader")
+        log.info("agent started", agent=self.agent_name, labels=self.settings.labels)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=f"agent {name}"))
+
+    async def _on_reconnect(self) -> None:
+        log.info("reconnected to NATS; rebuilding the config watcher")
+        self.view.restart_watcher()
+        self._dirty.set()
+
+    def record(self) -> AgentRecord:
+        with self._proc.oneshot():
+            cpu = self._proc.cpu_percent()
+            mem = self._proc.memory_info().rss / 2**20
+        return AgentRecord(
+            name=self.agent_name,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            labels=self.settings.labels,
+            version=VERSION,
+            started_at=self.started_at,
+            heartbeat_s=self.settings.heartbeat,
+            instance=self.instance,
+            components=sorted(self.replicas),
+            cpu_percent=round(cpu, 1),
+            memory_mb=round(mem, 1),
+        )
+
+    async def _announce(self) -> None:
+        """Create our entry; refuse when a live agent already has the name."""
+        data = self.record().to_json()
+        try:
+            entry = await self.agents_kv.get(self.agent_name)
+        except KeyNotFoundError:
+            entry = None
+        if entry is not None and entry.value:
+            existing = AgentRecord.from_json(entry.value)
+            if existing.instance != self.instance and existing.is_live():
+                raise AgentNameTaken(existing)
+            self._agent_rev = await self.agents_kv.update(
+                self.agent_name, data, last=entry.revision
+            )
+        else:
+            self._agent_rev = await self.agents_kv.create(self.agent_name, data)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat)
+            try:
+                self._agent_rev = await self.agents_kv.update(
+                    self.agent_name, self.record().to_json(), last=self._agent_rev
+                )
+            except KeyWrongLastSequenceError:
+                await self._check_fenced()
+            except Exception as exc:
+                log.warning("heartbeat failed", error=str(exc) or repr(exc))
+
+    async def _check_fenced(self) -> None:
+        try:
+            entry = await self.agents_kv.get(self.agent_name)
+        except KeyNotFoundError:
+            entry = None
+        if entry is None or not entry.value:
+            # Our record expired while we could not write: announce again.
+            self._agent_rev = await self.agents_kv.create(
+                self.agent_name, self.record().to_json()
+            )
+            return
+        if AgentRecord.from_json(entry.value).instance == self.instance:
+            self._agent_rev = entry.revision
+            return
+        log.error("another agent took over this name; stopping", agent=self.agent_name)
+        self.fenced = True
+        self._fenced_event.set()
+
+    # -- reconciliation ---------------------------------------------------------------
+    async def _reconcile_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), self.settings.resync_interval)
+            if not self._dirty.is_set():
+                with contextlib.suppress(Exception):
+                    await self.view.resync()  # periodic full resync: never trust the watch
+            self._dirty.clear()
+            try:
+                await self.reconcile_once()
+            except Exception as exc:
+                log.error("reconcile failed", error=str(exc) or repr(exc))
+            self.ready.set()
+
+    async def reconcile_once(self) -> None:
+        desired = desired_replicas(self.view.configs, self.agent_name)
+        why = {k: "config deleted" for k in self.view.deleted}
+        for key, cfg in self.view.configs.items():
+            why[key] = "disabled" if not cfg.enabled else "assigned elsewhere"
+        # A config that can't be parsed: keep what runs, report the problem.
+        for config_key, reason in self.view.broken.items():
+            for rkey in [k for k in self.fingerprints if k.rsplit(".", 1)[0] == config_key]:
+                desired[rkey] = (self.replicas[rkey].cfg, self.replicas[rkey].index)
+                self.replicas[rkey].last_error = reason
+                self.changed(self.replicas[rkey])
+            await self._report_broken(config_key, reason)
+        actions = reconcile(desired, self.fingerprints, why)
+        stops = [a for a in actions if isinstance(a, Stop | Restart)]
+        await asyncio.gather(*(self._stop_replica(a.key, _reason(a)) for a in stops))
+        for action in actions:
+            if isinstance(action, Start | Restart):
+                await self._start_replica(action.cfg, action.index)
+
+    async def _start_replica(self, cfg: Any, index: int) -> None:
+        replica = make_replica(cfg, index, self)
+        key = replica.key
+        self.replicas[key] = replica
+        self.fingerprints[key] = cfg.desired_fingerprint()
+        log.info("starting replica", replica=key, type=cfg.type, kind=cfg.kind)
+        self.changed(replica)
+        await replica.start()
+
+    async def _stop_replica(self, key: str, reason: str) -> None:
+        replica = self.replicas.pop(key, None)
+        self.fingerprints.pop(key, None)
+        if replica is None:
+            return
+        log.info("stopping replica", replica=key, reason=reason)
+        try:
+            await replica.stop()
+        except Exception as exc:
+            log.error("replica stop failed", replica=key, error=str(exc))
+        with contextlib.suppress(Exception):
+            await self.status.write(replica.status())
+        self.status.forget(key)
+
+    async def _report_broken(self, config_key: str, reason: str) -> None:
+        if self._broken_reported.get(config_key) == reason:
+            return
+        self._broken_reported[config_key] = reason
+        flow, _, node = config_key.partition(".")
+        if not node:
+            return
+        status = ReplicaStatus(
+            flow=flow, node=node, replica=0, state=ReplicaState.FAILED, last_error=reason
+        )
+        with contextlib.suppress(Exception):
+            await self.status_kv.put(status.key, status.to_json())
+
+    async def _status_refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.status_interval)
+            for replica in list(self.replicas.values()):
+                self.changed(replica)
+
+    async def _logs_pump(self) -> None:
+        while True:
+            subject, body = await self._logs.get()
+            with contextlib.suppress(Exception):
+                await self.nc.publish(subject, body)
+
+    # -- shutdown ---------------------------------------------------------------------
+    async def shutdown(self) -> None:
+        """Stop every replica cleanly, write final statuses, remove our entry, close."""
+        log.info("agent stopping", agent=self.agent_name, replicas=len(self.replicas))
+        t0 = time.monotonic()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        with contextlib.suppress(Exception):
+            await self.view.close()
+        await asyncio.gather(
+            *(self._stop_replica(k, "agent shutting down") for k in list(self.replicas))
+        )
+        with contextlib.suppress(Exception):
+            await self.status.close()
+        if self.leader is not None:
+            with contextlib.suppress(Exception):
+                await self.leader.resign()
+        if not self.fenced:
+            with contextlib.suppress(Exception):
+                await self.agents_kv.delete(self.agent_name, last=self._agent_rev)
+        with contextlib.suppress(Exception):
+            await self.nc.flush(timeout=2)
+        with contextlib.suppress(Exception):
+            await self.nc.close()
+        log.info("agent stopped", agent=self.agent_name, seconds=round(time.monotonic() - t0, 2))
+
+
+def _reason(action: Stop | Restart) -> str:
+    return action.reason if isinstance(action, Stop) else "config changed"

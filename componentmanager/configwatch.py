@@ -1,0 +1,114 @@
+"""A supervised view of ``flowctl_config``: a watcher that is rebuilt when it fails, plus
+full resyncs, feeding one in-memory map of every config key.
+
+Order at start: the watcher is created first, then the whole bucket is listed, so nothing
+written in between is missed. Each change only marks the view dirty; the agent then
+reconciles against the whole map (level-triggered). A value that cannot be parsed is
+kept in :attr:`ConfigView.broken` with the reason instead of the config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import structlog
+from nats.js.kv import KeyValue
+from pydantic import ValidationError
+
+from flowstore.models import ComponentConfig
+from flowstore.store import is_delete, read_all
+
+log = structlog.get_logger("flowctl.configwatch")
+
+
+class ConfigView:
+    def __init__(self, kv: KeyValue, on_change: Callable[[], None]) -> None:
+        self.kv = kv
+        self.on_change = on_change
+        self.configs: dict[str, ComponentConfig] = {}
+        self.revisions: dict[str, int] = {}
+        self.broken: dict[str, str] = {}
+        self.deleted: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self.rebuilds = 0
+
+    def _apply(self, key: str, value: bytes | None, revision: int, deleted: bool) -> None:
+        if revision and self.revisions.get(key, 0) > revision:
+            return  # an older entry than what we have (resync raced the watcher)
+        if deleted or value is None:
+            self.configs.pop(key, None)
+            self.broken.pop(key, None)
+            self.revisions.pop(key, None)
+            self.deleted.add(key)
+        else:
+            self.revisions[key] = revision
+            self.deleted.discard(key)
+            try:
+                self.configs[key] = ComponentConfig.from_json(value)
+                self.broken.pop(key, None)
+            except (ValidationError, ValueError) as exc:
+                reason = _short(exc)
+                if self.broken.get(key) != reason:
+                    log.error("config cannot be parsed", key=key, error=reason)
+                self.broken[key] = reason
+        self.on_change()
+
+    async def resync(self) -> None:
+        """Replace the view with a full listing of the bucket."""
+        entries = await read_all(self.kv)
+        for key in list(self.configs.keys() | self.broken.keys()):
+            if key not in entries:
+                self._apply(key, None, 0, True)
+        for key, entry in entries.items():
+            if self.revisions.get(key) != entry.revision:
+                self._apply(key, entry.value, entry.revision, False)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch_forever(), name="config watcher")
+
+    async def _watch_forever(self) -> None:
+        backoff = 0.2
+        while True:
+            watcher = None
+            try:
+                watcher = await self.kv.watchall()
+                await self.resync()
+                backoff = 0.2
+                while True:
+                    entry = await watcher.updates(timeout=30.0)
+                    if entry is None:
+                        continue
+                    self._apply(entry.key, entry.value, entry.revision, is_delete(entry))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not isinstance(exc, TimeoutError) and "Timeout" not in type(exc).__name__:
+                    log.warning("config watcher failed; rebuilding", error=str(exc) or repr(exc))
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                self.rebuilds += 1
+            finally:
+                if watcher is not None:
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()
+
+    def restart_watcher(self) -> None:
+        """Rebuild the watcher now (after a reconnect)."""
+        if self._task is not None:
+            self._task.cancel()
+        self.start()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+def _short(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return f"invalid config record ({exc.error_count()} error(s)); {where}: {first['msg']}"
+    return f"invalid config record: {exc}"

@@ -1,0 +1,190 @@
+"""The NATS data plane: event encoding, metadata headers, publishing and consuming.
+
+* Events travel as JSON bodies (msgspec, encoded once per event) on
+  ``flowctl.<flow>.<node>.<port>``; metadata rides in headers (:data:`HDR_ID`,
+  :data:`HDR_SOURCE`, :data:`HDR_TIME`), so ``nats sub 'flowctl.orders.>'`` shows
+  readable events and anything that publishes JSON to a subject can feed a flow.
+* at-most-once: core NATS publish; inputs are queue subscriptions (``flowctl.<flow>.<node>``)
+  so replicas share the work.
+* at-least-once: one stream per flow over ``flowctl.<flow>.>`` (limits retention, kept a
+  day, so a late consumer loses nothing); a durable pull consumer per node input shared by
+  the replicas; outputs are published with pipelined JetStream acks
+  (:class:`AckedPublisher`) and inputs are acked only after their outputs are stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+from flowstore.models import consumer_name, stream_name
+
+HDR_ID = "Flowctl-Id"
+HDR_SOURCE = "Flowctl-Source"
+HDR_TIME = "Flowctl-Time"
+HDR_ERROR = "Flowctl-Error"
+
+STREAM_MAX_AGE_S = 24 * 3600.0
+DEFAULT_MAX_DELIVER = 5
+DEFAULT_MAX_ACK_PENDING = 1000
+DEFAULT_ACK_WAIT_S = 10.0
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+
+
+def encode(event: Any) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode(data: bytes) -> Any:
+    """A JSON body as a value; a body that is not JSON becomes ``{"data": text}``."""
+    try:
+        return _decoder.decode(data)
+    except msgspec.DecodeError:
+        return {"data": data.decode("utf-8", "replace")}
+
+
+class EventIds:
+    """Metadata headers for one emitting replica: ids are ``<node>.<replica>.<instance>-<n>``."""
+
+    __slots__ = ("_n", "_prefix", "source")
+
+    def __init__(self, node: str, replica: int, instance: str) -> None:
+        self.source = node
+        self._prefix = f"{node}.{replica}.{instance}-"
+        self._n = 0
+
+    def headers(self) -> dict[str, str]:
+        self._n += 1
+        return {
+            HDR_ID: f"{self._prefix}{self._n}",
+            HDR_SOURCE: self.source,
+            HDR_TIME: f"{time.time():.6f}",
+        }
+
+
+async def ensure_stream(nc: NatsClient, flow: str, replicas: int = 1) -> None:
+    """Create the flow's stream if it does not exist (idempotent, safe under races)."""
+    js = nc.jetstream()
+    name = stream_name(flow)
+    try:
+        await js.stream_info(name)
+        return
+    except NotFoundError:
+        pass
+    config = StreamConfig(
+        name=name,
+        subjects=[f"flowctl.{flow}.>"],
+        retention=RetentionPolicy.LIMITS,
+        max_age=STREAM_MAX_AGE_S,
+        num_replicas=replicas,
+        description=f"flowctl at-least-once flow {flow}",
+    )
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        await js.stream_info(name)  # created concurrently by another replica
+
+
+async def delete_stream(nc: NatsClient, flow: str) -> bool:
+    try:
+        return await nc.jetstream().delete_stream(stream_name(flow))
+    except NotFoundError:
+        return False
+
+
+async def ensure_consumer(
+    nc: NatsClient,
+    flow: str,
+    node: str,
+    port: str,
+    subjects: list[str],
+    *,
+    max_deliver: int = DEFAULT_MAX_DELIVER,
+    max_ack_pending: int = DEFAULT_MAX_ACK_PENDING,
+    ack_wait: float = DEFAULT_ACK_WAIT_S,
+) -> str:
+    """The durable pull consumer of one node input; its settings follow the config."""
+    js = nc.jetstream()
+    durable = consumer_name(node, port)
+    config = ConsumerConfig(
+        durable_name=durable,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_deliver=max_deliver,
+        max_ack_pending=max_ack_pending,
+        filter_subjects=subjects if len(subjects) > 1 else None,
+        filter_subject=subjects[0] if len(subjects) == 1 else None,
+    )
+    try:
+        await js.add_consumer(stream_name(flow), config)
+    except BadRequestError:
+        # Exists with other settings (the flow changed): replace it.
+        await js.delete_consumer(stream_name(flow), durable)
+        await js.add_consumer(stream_name(flow), config)
+    return durable
+
+
+class PublishFailed(Exception):
+    pass
+
+
+class AckedPublisher:
+    """Publish to JetStream without a round trip per message.
+
+    Messages go out with a reply subject; one subscription counts the PubAcks. ``wait()``
+    returns when every message published so far is stored, or raises
+    :class:`PublishFailed`.
+    """
+
+    def __init__(self, nc: NatsClient) -> None:
+        self.nc = nc
+        self.inbox = nc.new_inbox()
+        self.outstanding = 0
+        self.error: str | None = None
+        self._all_acked = asyncio.Event()
+        self._all_acked.set()
+        self._sub: Any = None
+
+    async def open(self) -> AckedPublisher:
+        self._sub = await self.nc.subscribe(self.inbox, cb=self._on_ack)
+        return self
+
+    async def _on_ack(self, msg: Msg) -> None:
+        if b'"error"' in msg.data or not msg.data:
+            self.error = msg.data.decode("utf-8", "replace") or "no responders (no stream?)"
+        self.outstanding -= 1
+        if self.outstanding <= 0:
+            self._all_acked.set()
+
+    async def publish(self, subject: str, body: bytes, headers: dict[str, str]) -> None:
+        self.outstanding += 1
+        self._all_acked.clear()
+        await self.nc.publish(subject, body, reply=self.inbox, headers=headers)
+
+    async def wait(self, timeout: float = 10.0) -> None:
+        if self.outstanding > 0:
+            await self.nc.flush()
+            try:
+                await asyncio.wait_for(self._all_acked.wait(), timeout)
+            except TimeoutError:
+                self.outstanding = 0
+                self._all_acked.set()
+                raise PublishFailed("timed out waiting for JetStream acks") from None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise PublishFailed(error)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None

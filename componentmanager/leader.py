@@ -1,0 +1,165 @@
+"""Leader election through a KV lease, and the leader's job: placement and failover.
+
+Every agent competes for the key ``leader`` in ``flowctl_leader`` (a bucket whose entries
+expire after :data:`LEADER_LEASE_TTL_S`): ``create`` wins an empty lease, the holder
+renews it with compare-and-set. No extra daemon to operate.
+
+The leader declares an agent dead when its record has not changed for
+:data:`DEAD_AFTER_HEARTBEATS` of its heartbeat intervals (measured on the leader's own
+clock, so clock skew between hosts does not matter), runs the pure
+:func:`flowstore.placement.place` over every config, and writes changed assignments with
+compare-and-set on each config key, so two deciders can never both win. Replicas no
+agent can take get a ``pending`` status with the reason; they are placed as soon as a
+matching agent joins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import msgspec
+import structlog
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+from flowstore.models import AgentRecord, ReplicaState, ReplicaStatus, parse_time, utcnow
+from flowstore.nats import LEADER_BUCKET, LEADER_LEASE_TTL_S, open_bucket
+from flowstore.placement import place
+from flowstore.store import read_all
+
+if TYPE_CHECKING:
+    from componentmanager.agent import Agent
+
+log = structlog.get_logger("flowctl.leader")
+
+LEASE_KEY = "leader"
+DEAD_AFTER_HEARTBEATS = 2.5
+
+
+class Leader:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.lease_rev: int | None = None
+        self._seen: dict[str, tuple[int, float]] = {}  # agent -> (revision, monotonic)
+        self._pending_written: dict[str, str] = {}
+        self.kv = None
+
+    @property
+    def is_leader(self) -> bool:
+        return self.lease_rev is not None
+
+    @property
+    def tick(self) -> float:
+        return min(1.0, self.agent.settings.heartbeat / 2)
+
+    async def run(self) -> None:
+        self.kv = await open_bucket(self.agent.nc, LEADER_BUCKET)
+        while True:
+            try:
+                await self._hold_lease()
+                if self.is_leader:
+                    await self.place_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("leader tick failed", error=str(exc) or repr(exc))
+            await asyncio.sleep(self.tick)
+
+    async def _hold_lease(self) -> None:
+        assert self.kv is not None
+        me = self.agent
+        value = msgspec.json.encode(
+            {"agent": me.agent_name, "instance": me.instance, "renewed_at": utcnow()}
+        )
+        if self.lease_rev is not None:
+            try:
+                self.lease_rev = await self.kv.update(LEASE_KEY, value, last=self.lease_rev)
+                return
+            except KeyWrongLastSequenceError:
+                log.warning("lost the leader lease", agent=self.agent.agent_name)
+                self.lease_rev = None
+        try:
+            self.lease_rev = await self.kv.create(LEASE_KEY, value)
+        except KeyWrongLastSequenceError:
+            return
+        self._seen.clear()
+        self._pending_written.clear()
+        log.info("became leader", agent=self.agent.agent_name)
+
+    async def resign(self) -> None:
+        if self.kv is not None and self.lease_rev is not None:
+            with contextlib.suppress(Exception):
+                await self.kv.delete(LEASE_KEY, last=self.lease_rev)
+        self.lease_rev = None
+
+    def live_agents(self, records: dict[str, tuple[int, AgentRecord]]) -> list[AgentRecord]:
+        """Agents whose record changed recently, judged on this leader's clock."""
+        now = time.monotonic()
+        wall = datetime.now(UTC)
+        live = []
+        for name, (revision, record) in records.items():
+            seen = self._seen.get(name)
+            if seen is None or seen[0] != revision:
+                # First sight: trust the record's own timestamp for how old it is.
+                age = 0.0
+                if seen is None:
+                    age = max(0.0, (wall - parse_time(record.heartbeat_at)).total_seconds())
+                self._seen[name] = (revision, now - age)
+            if now - self._seen[name][1] < DEAD_AFTER_HEARTBEATS * record.heartbeat_s:
+                live.append(record)
+        for gone in self._seen.keys() - records.keys():
+            del self._seen[gone]
+        return live
+
+    async def place_once(self) -> None:
+        agent = self.agent
+        entries = await read_all(agent.agents_kv)
+        records: dict[str, tuple[int, AgentRecord]] = {}
+        for name, entry in entries.items():
+            with contextlib.suppress(Exception):
+                records[name] = (entry.revision, AgentRecord.from_json(entry.value))
+        live = self.live_agents(records)
+        configs = dict(agent.view.configs)
+        result = place(configs.values(), live)
+        for key in result.changed(configs.values()):
+            cfg = configs[key].model_copy(update={"assignments": result.assignments[key]})
+            try:
+                await agent.config_kv.update(key, cfg.to_json(), last=agent.view.revisions[key])
+                log.info("reassigned", config=key, assignments=cfg.assignments)
+            except KeyWrongLastSequenceError:
+                continue  # changed meanwhile: the next tick decides again
+        for key, replica, reason in result.pending():
+            cfg = configs[key]
+            skey = f"{key}.{replica}"
+            if self._pending_written.get(skey) == reason:
+                continue
+            status = ReplicaStatus(
+                flow=cfg.flow, node=cfg.node, replica=replica,
+                state=ReplicaState.PENDING, last_error=reason,
+            )
+            await self._write_pending(skey, status)
+            self._pending_written[skey] = reason
+        placed = {f"{k}.{i}" for k, a in result.assignments.items() for i, n in enumerate(a) if n}
+        for skey in list(self._pending_written):
+            if skey in placed or skey.rsplit(".", 1)[0] not in configs:
+                del self._pending_written[skey]
+
+    async def _write_pending(self, key: str, status: ReplicaStatus) -> None:
+        """Write ``pending`` (CAS, so a replica that just started there wins)."""
+        kv = self.agent.status_kv
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            entry = None
+        if entry is not None and entry.value:
+            with contextlib.suppress(KeyWrongLastSequenceError):
+                await kv.update(key, status.to_json(), last=entry.revision)
+            return
+        with contextlib.suppress(KeyWrongLastSequenceError):
+            await kv.create(key, status.to_json())
+
+
+__all__ = ["LEADER_LEASE_TTL_S", "Leader"]

@@ -1,0 +1,86 @@
+"""Pure reconciliation: desired configs vs running replicas -> actions. No I/O.
+
+Level-triggered: the agent calls :func:`reconcile` with the whole desired state (every
+config it can see) and the whole actual state (what it runs), on every change and on a
+timer. Missing an event costs latency, never correctness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flowstore.models import ComponentConfig, status_key
+
+
+@dataclass(frozen=True)
+class Start:
+    key: str
+    cfg: ComponentConfig
+    index: int
+
+
+@dataclass(frozen=True)
+class Stop:
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Restart:
+    key: str
+    cfg: ComponentConfig
+    index: int
+
+
+Action = Start | Stop | Restart
+
+
+def desired_replicas(
+    configs: dict[str, ComponentConfig], agent: str
+) -> dict[str, tuple[ComponentConfig, int]]:
+    """The replicas this agent should run: enabled configs whose assignment names it."""
+    out: dict[str, tuple[ComponentConfig, int]] = {}
+    for cfg in configs.values():
+        if not cfg.enabled:
+            continue
+        for index, assigned in enumerate(cfg.assignments[: cfg.replicas]):
+            if assigned == agent:
+                out[status_key(cfg.flow, cfg.node, index)] = (cfg, index)
+    return out
+
+
+def reconcile(
+    desired: dict[str, tuple[ComponentConfig, int]],
+    running: dict[str, str],
+    why_gone: dict[str, str] | None = None,
+) -> list[Action]:
+    """Actions turning ``running`` (replica key -> config fingerprint) into ``desired``.
+
+    ``why_gone`` optionally explains, per config key, why a running replica is no longer
+    desired (for the log); the default reason is "no longer assigned here".
+    """
+    actions: list[Action] = []
+    why_gone = why_gone or {}
+    for key in sorted(running.keys() - desired.keys()):
+        config_key = key.rsplit(".", 1)[0]
+        actions.append(Stop(key, why_gone.get(config_key, "no longer assigned here")))
+    for key in sorted(desired):
+        cfg, index = desired[key]
+        if key not in running:
+            actions.append(Start(key, cfg, index))
+        elif running[key] != cfg.desired_fingerprint():
+            actions.append(Restart(key, cfg, index))
+    return actions
+
+
+def stop_reasons(
+    configs: dict[str, ComponentConfig], deleted: set[str], agent: str
+) -> dict[str, str]:
+    """Why replicas of each config key would stop here (for readable logs)."""
+    reasons = {key: "config deleted" for key in deleted}
+    for key, cfg in configs.items():
+        if not cfg.enabled:
+            reasons[key] = "disabled"
+        elif agent not in cfg.assignments:
+            reasons[key] = "assigned elsewhere"
+    return reasons

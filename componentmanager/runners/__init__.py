@@ -1,0 +1,51 @@
+"""Replica runners: in-process, process and container, behind one interface (base.Replica).
+
+:func:`make_replica` picks the runner for a config's ``kind``; :func:`reap_leftovers`
+cleans what a previous life of this agent left behind (processes, containers).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+
+from componentmanager.runners.base import Replica, ReplicaHost
+
+if TYPE_CHECKING:
+    from flowstore.models import ComponentConfig
+
+log = structlog.get_logger("flowctl.runners")
+
+
+def make_replica(cfg: ComponentConfig, index: int, host: ReplicaHost) -> Replica:
+    if cfg.kind == "process":
+        from componentmanager.runners.process import ProcessReplica
+
+        return ProcessReplica(cfg, index, host)
+    if cfg.kind == "container":
+        from componentmanager.runners.container import ContainerReplica
+
+        return ContainerReplica(cfg, index, host)
+    from componentmanager.runners.inprocess import InProcessReplica
+
+    return InProcessReplica(cfg, index, host)
+
+
+async def reap_leftovers(log_dir: str, agent_name: str) -> None:
+    """Kill processes and remove containers a previous life of this agent left behind."""
+    try:
+        from componentmanager.runners.process import reap_orphans
+
+        await reap_orphans(log_dir)
+    except Exception as exc:
+        log.warning("could not reap leftover processes", error=str(exc))
+    try:
+        from componentmanager.runners.container import reap_orphan_containers
+
+        await reap_orphan_containers(agent_name)
+    except Exception as exc:
+        log.debug("could not reap leftover containers", error=str(exc))
+
+
+__all__ = ["Replica", "ReplicaHost", "make_replica", "reap_leftovers"]

@@ -1,0 +1,110 @@
+"""The one interface every replica runner implements (in-process, process, container).
+
+The agent owns a :class:`Replica` per ``<flow>.<node>.<replica>`` it runs. It calls
+``start()`` and ``stop()`` and reads ``status()``; the runner calls ``host.changed(self)``
+on every state transition so the agent writes the status record at once. Counters are
+plain ints on the replica, updated on the hot path without any I/O.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from flowstore.models import ComponentConfig, Counters, ReplicaState, ReplicaStatus, utcnow
+from flowstore.nats import NatsOptions
+
+
+class ReplicaHost(Protocol):
+    """What the agent gives a runner."""
+
+    agent_name: str
+    nc: Any  # the agent's nats-py client
+    nats_options: NatsOptions
+    log_dir: str
+    allow_inline_code: bool
+
+    def changed(self, replica: Replica) -> None:
+        """Called on every state transition: the agent writes the status record."""
+        ...
+
+    def log_line(self, replica: Replica, line: str, stream: str = "stdout") -> None:
+        """One log line of a component: logged and published on flowctl.logs.<flow>.<node>."""
+        ...
+
+
+@dataclass
+class ReplicaCounters:
+    """Hot-path counters: plain attribute increments, no locking (one event loop)."""
+
+    in_: int = 0
+    out: int = 0
+    errors: int = 0
+    dropped: int = 0
+    out_ports: dict[str, int] = field(default_factory=dict)
+
+    def to_model(self) -> Counters:
+        return Counters(
+            in_=self.in_,
+            out=self.out,
+            errors=self.errors,
+            dropped=self.dropped,
+            out_ports=dict(self.out_ports),
+        )
+
+
+class Replica:
+    """Base runner: state bookkeeping shared by all kinds. Subclasses implement
+    ``_run()`` (start the work; return once it is running) and ``_halt()``."""
+
+    def __init__(self, cfg: ComponentConfig, index: int, host: ReplicaHost) -> None:
+        self.cfg = cfg
+        self.index = index
+        self.host = host
+        self.state = ReplicaState.STARTING
+        self.started_at: str | None = None
+        self.restarts = 0
+        self.last_error: str | None = None
+        self.exit_code: int | None = None
+        self.pid: int | None = None
+        self.counters = ReplicaCounters()
+
+    @property
+    def key(self) -> str:
+        return f"{self.cfg.flow}.{self.cfg.node}.{self.index}"
+
+    def set_state(self, state: ReplicaState, error: str | None = None) -> None:
+        """Move to ``state`` (recording ``error``) and tell the host."""
+        changed = state != self.state or (error is not None and error != self.last_error)
+        self.state = state
+        if error is not None:
+            self.last_error = error
+        if state == ReplicaState.RUNNING and self.started_at is None:
+            self.started_at = utcnow()
+        if changed:
+            self.host.changed(self)
+
+    def status(self) -> ReplicaStatus:
+        return ReplicaStatus(
+            flow=self.cfg.flow,
+            node=self.cfg.node,
+            replica=self.index,
+            state=self.state,
+            agent=self.host.agent_name,
+            started_at=self.started_at,
+            restarts=self.restarts,
+            last_error=self.last_error,
+            exit_code=self.exit_code,
+            pid=self.pid if self.pid is not None else os.getpid(),
+            counters=self.counters.to_model(),
+            flow_revision=self.cfg.flow_revision,
+        )
+
+    async def start(self) -> None:
+        """Start the work. Never raises: a failure becomes state ``failed`` with the reason."""
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Stop the work cleanly (drain, flush), then state ``stopped``. Idempotent."""
+        raise NotImplementedError

@@ -1,0 +1,291 @@
+"""External components run as Docker containers, supervised exactly like processes.
+
+A :class:`ContainerReplica` creates and starts a container from the node's ``image``
+with the contract environment of :mod:`componentmanager.runners.env` (only those
+variables: nothing of the agent's own environment leaks in), labelled
+``flowctl.flow``, ``flowctl.node``, ``flowctl.replica`` and ``flowctl.agent``, named
+``flowctl-<agent>-<flow>-<node>-<replica>``. ``command`` replaces the image's entrypoint
+and ``args`` are its arguments (``args`` alone go to the image's own entrypoint).
+Restarts, backoff, readiness and the log file are those of
+:class:`~componentmanager.runners.process.ExternalReplica`: Docker's own restart policy
+is not used, each run is a fresh container, removed when it ends.
+
+Networking: when NATS is on a loopback address (the embedded server on 127.0.0.1, the
+default), the container runs with ``network_mode="host"``, so ``NATS_URL`` and the health
+port mean the same inside and out and no server has to listen on the Docker bridge; this
+needs a Linux engine (Docker Desktop's host networking differs). Otherwise the default
+network is used and ``NATS_URL`` is passed unchanged (the server must be reachable from
+containers); the health check then goes to the container's bridge IP. ``run_options``
+(constructor) are extra ``containers.create`` arguments, e.g. ``volumes`` or
+``network_mode``. ``NATS_CREDS``/TLS paths are host paths: mount them if you use them.
+
+All blocking Docker calls run in threads; the long ones (log streams, ``wait``) in their
+own daemon threads, so a busy agent never exhausts the default executor. If no engine
+answers, the replica is ``failed`` with ``no Docker engine reachable: ...``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import threading
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlparse
+
+import docker
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+
+from componentmanager.runners.base import ReplicaHost
+from componentmanager.runners.process import ExternalReplica, LaunchError, LineSplitter
+from flowstore.models import ComponentConfig
+
+LABEL_FLOW = "flowctl.flow"
+LABEL_NODE = "flowctl.node"
+LABEL_REPLICA = "flowctl.replica"
+LABEL_AGENT = "flowctl.agent"
+
+ClientFactory = Callable[[], Any]
+
+
+def is_loopback_url(url: str | None) -> bool:
+    """Whether a NATS URL points at this host's loopback (so only host networking works)."""
+    host = urlparse(url or "").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _explain(exc: Exception) -> str:
+    return str(getattr(exc, "explanation", None) or exc)
+
+
+def _in_thread(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+    """Run a long blocking call in its own daemon thread; its result as a future."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, exc: BaseException | None) -> None:
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+    def runner() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as exc:
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=runner, daemon=True, name=f"flowctl-docker-{fn.__name__}").start()
+    return fut
+
+
+def _connect(factory: ClientFactory) -> Any:
+    client = factory()
+    client.ping()
+    return client
+
+
+class ContainerReplica(ExternalReplica):
+    """One replica of a node whose ``image`` is run by the local Docker engine."""
+
+    kind_label = "container"
+
+    def __init__(
+        self,
+        cfg: ComponentConfig,
+        index: int,
+        host: ReplicaHost,
+        *,
+        client_factory: ClientFactory | None = None,
+        run_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(cfg, index, host, **kwargs)
+        self.client_factory: ClientFactory = client_factory or docker.from_env
+        self.run_options = dict(run_options or {})
+        self.container_id: str | None = None
+        self._client: Any = None
+        self._container: Any = None
+        self._log_threads: list[asyncio.Future[Any]] = []
+        self._streams: list[Any] = []
+        self._health_ip = "127.0.0.1"
+
+    @property
+    def container_name(self) -> str:
+        return f"flowctl-{self.host.agent_name}-{self.cfg.flow}-{self.cfg.node}-{self.index}"
+
+    def labels(self) -> dict[str, str]:
+        return {
+            LABEL_FLOW: self.cfg.flow,
+            LABEL_NODE: self.cfg.node,
+            LABEL_REPLICA: str(self.index),
+            LABEL_AGENT: self.host.agent_name,
+        }
+
+    def create_options(self, env: dict[str, str]) -> dict[str, Any]:
+        """The ``containers.create`` arguments (image, env, labels, command, network)."""
+        ext = self.ext
+        opts: dict[str, Any] = {
+            "image": ext.image,
+            "name": self.container_name,
+            "environment": dict(env),
+            "labels": self.labels(),
+            "detach": True,
+        }
+        if ext.command:
+            opts["entrypoint"] = [ext.command]
+            opts["command"] = list(ext.args)
+        elif ext.args:
+            opts["command"] = list(ext.args)
+        if ext.working_dir:
+            opts["working_dir"] = ext.working_dir
+        if "network" not in self.run_options and is_loopback_url(env.get("NATS_URL")):
+            opts["network_mode"] = "host"
+        opts.update(self.run_options)
+        return opts
+
+    async def _launch(self, env: dict[str, str]) -> None:
+        if not self.ext.image:
+            raise LaunchError("no image configured")
+        if self._client is None:
+            try:
+                self._client = await asyncio.to_thread(_connect, self.client_factory)
+            except DockerException as exc:
+                raise LaunchError(f"no Docker engine reachable: {_explain(exc)}") from None
+        client, opts = self._client, self.create_options(env)
+        try:
+            await asyncio.to_thread(_remove, client, self.container_name)
+            try:
+                container = await asyncio.to_thread(lambda: client.containers.create(**opts))
+            except ImageNotFound:
+                try:
+                    await asyncio.to_thread(client.images.pull, self.ext.image)
+                except DockerException as exc:
+                    raise LaunchError(
+                        f"image {self.ext.image} not found locally and not pullable: "
+                        f"{_explain(exc)}"
+                    ) from None
+                container = await asyncio.to_thread(lambda: client.containers.create(**opts))
+            self._container, self.container_id = container, container.id
+            await asyncio.to_thread(container.start)
+            await asyncio.to_thread(container.reload)
+        except (DockerException, requests.RequestException) as exc:
+            reason = _explain(exc)
+            raise LaunchError(f"cannot run container from {self.ext.image}: {reason}") from None
+        attrs = container.attrs
+        self.pid = (attrs.get("State") or {}).get("Pid") or None
+        if opts.get("network_mode") != "host":
+            self._health_ip = (attrs.get("NetworkSettings") or {}).get("IPAddress") or "127.0.0.1"
+        loop = asyncio.get_running_loop()
+        for name in ("stdout", "stderr"):
+            self._log_threads.append(_in_thread(self._follow_logs, container, name, loop))
+
+    def _follow_logs(self, container: Any, name: str, loop: asyncio.AbstractEventLoop) -> None:
+        """Thread: the container's stream ``name`` line by line into the event loop."""
+
+        def emit(line: str) -> None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self.sink.write, line, name)
+
+        lines = LineSplitter(emit)
+        stream = container.logs(
+            stream=True, follow=True, stdout=name == "stdout", stderr=name == "stderr"
+        )
+        self._streams.append(stream)
+        with contextlib.suppress(Exception):  # the stream closes under us on cleanup
+            for chunk in stream:
+                lines.feed(chunk)
+        lines.close()
+
+    async def _wait_exit(self) -> int:
+        container = self._container
+        while True:
+            try:
+                result = await _in_thread(container.wait)
+                return int(result.get("StatusCode", -1))
+            except NotFound:
+                return -1
+            except DockerException:
+                try:
+                    await asyncio.to_thread(container.reload)
+                except DockerException:
+                    return -1
+                state = container.attrs.get("State") or {}
+                if not state.get("Running"):
+                    return int(state.get("ExitCode", -1))
+
+    async def _terminate(self) -> None:
+        if self._container is None:
+            return
+        with contextlib.suppress(DockerException):
+            await asyncio.to_thread(self._container.stop, timeout=max(int(self.grace + 0.999), 0))
+
+    async def _cleanup(self) -> None:
+        if self._log_threads:
+            _, pending = await asyncio.wait(self._log_threads, timeout=2.0)
+            if pending:
+                for stream in self._streams:
+                    with contextlib.suppress(Exception):
+                        stream.close()
+                await asyncio.wait(pending, timeout=2.0)
+            self._log_threads, self._streams = [], []
+        if self._container is not None:
+            container, self._container = self._container, None
+            with contextlib.suppress(DockerException):
+                await asyncio.to_thread(container.remove, force=True)
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._client is not None:
+            client, self._client = self._client, None
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(client.close)
+
+    def _health_host(self) -> str:
+        return self._health_ip
+
+
+def _remove(client: Any, name: str) -> None:
+    """Remove a leftover container of the same name, if any."""
+    with contextlib.suppress(NotFound):
+        client.containers.get(name).remove(force=True)
+
+
+async def reap_orphan_containers(
+    agent_name: str, client_factory: ClientFactory | None = None
+) -> list[str]:
+    """Remove every container labelled ``flowctl.agent=<agent_name>`` (running or not).
+
+    Call once at agent startup, before starting replicas: a container of this agent's
+    previous life is an orphan. Returns the removed names; no engine means nothing to do.
+    """
+
+    def reap() -> list[str]:
+        try:
+            client = _connect(client_factory or docker.from_env)
+        except DockerException:
+            return []
+        removed = []
+        try:
+            label = f"{LABEL_AGENT}={agent_name}"
+            found = client.containers.list(all=True, filters={"label": label})
+            for container in found:
+                with contextlib.suppress(NotFound, APIError):
+                    container.remove(force=True)
+                    removed.append(container.name)
+        finally:
+            client.close()
+        return removed
+
+    return await asyncio.to_thread(reap)

@@ -1,0 +1,94 @@
+"""Writes replica status records to ``flowctl_status`` with fencing.
+
+One writer task per agent drains a queue of replicas whose status changed, so a burst
+of transitions costs no task per event. The first write of a replica is a put; every
+later one is a compare-and-set on the revision this agent last wrote. When that fails,
+someone else owns the record now (the replica moved to another agent, or the flow was
+undeployed and the key deleted): the writer stops writing that key instead of
+overwriting a newer owner or resurrecting a deleted key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from componentmanager.runners.base import Replica
+from flowstore.models import ReplicaStatus
+
+log = structlog.get_logger("flowctl.status")
+
+
+class StatusWriter:
+    def __init__(self, kv: KeyValue, agent: str) -> None:
+        self.kv = kv
+        self.agent = agent
+        self._queue: asyncio.Queue[Replica | None] = asyncio.Queue()
+        self._queued: set[int] = set()
+        self._revisions: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._pump(), name="status writer")
+
+    def changed(self, replica: Replica) -> None:
+        """Queue a write of ``replica``'s status (coalesced while queued)."""
+        if id(replica) not in self._queued:
+            self._queued.add(id(replica))
+            self._queue.put_nowait(replica)
+
+    async def _pump(self) -> None:
+        while True:
+            replica = await self._queue.get()
+            if replica is None:
+                return
+            self._queued.discard(id(replica))
+            try:
+                await self.write(replica.status())
+            except Exception as exc:  # NATS down: the periodic refresh writes it later
+                log.debug("status write failed", key=replica.key, error=str(exc))
+
+    async def write(self, status: ReplicaStatus) -> bool:
+        """Write one record; False when fenced (someone else owns the key)."""
+        key = status.key
+        data = status.to_json()
+        last = self._revisions.get(key)
+        if last is None:
+            self._revisions[key] = await self.kv.put(key, data)
+            return True
+        try:
+            self._revisions[key] = await self.kv.update(key, data, last=last)
+            return True
+        except KeyWrongLastSequenceError:
+            pass
+        try:
+            current = await self.kv.get(key)
+        except KeyNotFoundError:
+            return False  # deleted (undeployed): do not resurrect it
+        if current.value and ReplicaStatus.from_json(current.value).agent == self.agent:
+            self._revisions[key] = await self.kv.update(key, data, last=current.revision)
+            return True
+        return False
+
+    def forget(self, key: str) -> None:
+        self._revisions.pop(key, None)
+
+    async def flush(self) -> None:
+        """Write everything queued now (used at shutdown)."""
+        while not self._queue.empty():
+            replica = self._queue.get_nowait()
+            if replica is None:
+                continue
+            self._queued.discard(id(replica))
+            with contextlib.suppress(Exception):
+                await self.write(replica.status())
+
+    async def close(self) -> None:
+        await self.flush()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

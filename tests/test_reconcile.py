@@ -1,0 +1,71 @@
+"""The pure reconcile function: plain data in, actions out."""
+
+from __future__ import annotations
+
+from componentmanager.reconcile import (
+    Restart,
+    Start,
+    Stop,
+    desired_replicas,
+    reconcile,
+    stop_reasons,
+)
+from flowstore.models import ComponentConfig
+
+
+def cfg(node: str, assignments: list[str | None], enabled: bool = True, **config) -> ComponentConfig:
+    return ComponentConfig(
+        flow="f",
+        node=node,
+        type="filter",
+        queue=f"flowctl.f.{node}",
+        replicas=len(assignments),
+        assignments=assignments,
+        enabled=enabled,
+        config=config,
+    )
+
+
+def test_desired_replicas_only_enabled_and_assigned_here() -> None:
+    configs = {
+        "f.a": cfg("a", ["me", "other", "me"]),
+        "f.b": cfg("b", ["me"], enabled=False),
+        "f.c": cfg("c", [None]),
+    }
+    desired = desired_replicas(configs, "me")
+    assert sorted(desired) == ["f.a.0", "f.a.2"]
+    assert desired["f.a.2"][1] == 2
+
+
+def test_start_stop_restart_and_nothing_for_unchanged() -> None:
+    a = cfg("a", ["me"])
+    b = cfg("b", ["me"])
+    b_new = cfg("b", ["me"], where="x > 1")
+    desired = desired_replicas({"f.a": a, "f.b": b_new}, "me")
+    running = {
+        "f.a.0": a.desired_fingerprint(),
+        "f.b.0": b.desired_fingerprint(),
+        "f.gone.0": "whatever",
+    }
+    actions = reconcile(desired, running, {"f.gone": "config deleted"})
+    assert actions == [
+        Stop("f.gone.0", "config deleted"),
+        Restart("f.b.0", b_new, 0),
+    ]
+    assert reconcile(desired, {}) == [Start("f.a.0", a, 0), Start("f.b.0", b_new, 0)]
+
+
+def test_enable_flag_and_assignment_changes_do_not_restart() -> None:
+    a = cfg("a", ["me", "x"])
+    moved = cfg("a", ["me", "y"])
+    running = {"f.a.0": a.desired_fingerprint()}
+    assert reconcile(desired_replicas({"f.a": moved}, "me"), running) == []
+
+
+def test_stop_reasons() -> None:
+    configs = {"f.a": cfg("a", ["me"], enabled=False), "f.b": cfg("b", ["other"])}
+    assert stop_reasons(configs, {"f.c"}, "me") == {
+        "f.c": "config deleted",
+        "f.a": "disabled",
+        "f.b": "assigned elsewhere",
+    }

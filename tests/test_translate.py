@@ -1,0 +1,169 @@
+"""translate(): a flow -> one self-contained ComponentConfig per node, no I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from componentmanager import registry
+from componentmanager.registry import ComponentType, Port, get_type
+from flowengine import translate
+from flowstore.loader import parse_flow
+from flowstore.models import ExternalFields, FlowSpec
+
+
+class GenConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    count: int = 10
+    interval: float = 0.0
+
+
+class RouteConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    routes: dict[str, str] = {}
+
+
+def _routes(config: dict[str, Any]) -> list[str]:
+    return list(config.get("routes", {}))
+
+
+TEST_TYPES = (
+    ComponentType("tt-gen", "source", "test source", GenConfig, outputs=(Port("out"),)),
+    ComponentType("tt-pass", "processor", "test processor", inputs=(Port("in"),),
+                  outputs=(Port("out"),)),
+    ComponentType("tt-route", "processor", "test route", RouteConfig, inputs=(Port("in"),),
+                  dynamic_outputs=True, extra={"outputs_from_config": _routes}),
+    ComponentType("tt-sink", "sink", "test sink", inputs=(Port("in"),)),
+    ComponentType("tt-file", "source", "a source named like a sink", GenConfig,
+                  outputs=(Port("out"),)),
+    ComponentType("tt-file", "sink", "a sink named like a source", inputs=(Port("in"),)),
+)
+
+
+@pytest.fixture(autouse=True)
+def _test_types(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Register the test types for one test only (the built-ins stay as they are)."""
+    get_type("filter")  # load the built-ins first, so they never overwrite ours
+    for ctype in TEST_TYPES:
+        monkeypatch.setitem(registry._TYPES, (ctype.role, ctype.name), ctype)
+
+
+FLOW = """\
+apiVersion: flowctl/v1
+kind: Flow
+metadata: {name: orders}
+spec:
+  delivery: at-least-once
+  sources:
+    - {id: gen, type: tt-gen, config: {count: 3}}
+  processors:
+    - {id: split, type: tt-route, replicas: 2, inputs: [gen],
+       config: {routes: {big: "x > 9", small: "x < 1"}}}
+    - {id: tag, type: my-tagger, command: ./tag, args: [--fast], env: {A: "1"},
+       inputs: [split.big, split.big]}
+  sinks:
+    - {id: out, type: tt-sink, inputs: [tag, split.small], replicas: 3,
+       placement: {labels: {team: data}}}
+    - {id: box, type: tt-sink, image: "example/sink:1", inputs: [gen]}
+"""
+
+
+def spec() -> FlowSpec:
+    return parse_flow(FLOW).spec
+
+
+def test_one_config_per_node_keyed_flow_dot_node() -> None:
+    configs = translate("orders", spec(), flow_revision=4, enabled=False)
+    assert list(configs) == ["orders.gen", "orders.split", "orders.tag", "orders.out",
+                             "orders.box"]
+    for key, cfg in configs.items():
+        assert cfg.key == key
+        assert cfg.queue == f"flowctl.{key}"
+        assert (cfg.flow_revision, cfg.enabled, cfg.assignments) == (4, False, [])
+        assert cfg.delivery == "at-least-once"
+
+
+def test_the_source_config_in_full() -> None:
+    gen = translate("orders", spec(), flow_revision=1, enabled=True)["orders.gen"]
+    assert gen.model_dump(mode="json", exclude_none=True) == {
+        "flow": "orders",
+        "node": "gen",
+        "type": "tt-gen",
+        "role": "source",
+        "kind": "inprocess",
+        "config": {"count": 3, "interval": 0.0},  # defaults made explicit
+        "inputs": {},
+        "outputs": {"out": "flowctl.orders.gen.out"},
+        "queue": "flowctl.orders.gen",
+        "replicas": 1,
+        "assignments": [],
+        "enabled": True,
+        "delivery": "at-least-once",
+        "flow_revision": 1,
+        "downstream": {"split": 2, "tag": 1, "out": 3, "box": 1},
+    }
+
+
+def test_inputs_outputs_and_downstream() -> None:
+    configs = translate("orders", spec(), flow_revision=1, enabled=False)
+    split, tag, out = configs["orders.split"], configs["orders.tag"], configs["orders.out"]
+    assert split.inputs == {"in": ["flowctl.orders.gen.out"]}
+    assert split.outputs == {"big": "flowctl.orders.split.big",
+                             "small": "flowctl.orders.split.small"}
+    assert split.downstream == {"tag": 1, "out": 3}
+    assert tag.inputs == {"in": ["flowctl.orders.split.big"]}  # the repeat is dropped
+    assert out.inputs == {"in": ["flowctl.orders.tag.out", "flowctl.orders.split.small"]}
+    assert out.outputs == {}
+    assert out.downstream == {}
+    assert out.placement is not None and out.placement.labels == {"team": "data"}
+    assert out.replicas == 3
+
+
+def test_external_kinds_carry_their_fields_and_unknown_config_passes_as_is() -> None:
+    configs = translate("orders", spec(), flow_revision=1, enabled=False)
+    tag, box = configs["orders.tag"], configs["orders.box"]
+    assert tag.kind == "process"
+    assert tag.external == ExternalFields(command="./tag", args=["--fast"], env={"A": "1"})
+    assert tag.outputs == {"out": "flowctl.orders.tag.out"}
+    assert tag.config == {}
+    assert box.kind == "container"
+    assert box.external is not None and box.external.image == "example/sink:1"
+    assert configs["orders.gen"].external is None
+
+
+def test_same_node_ids_in_two_flows_get_distinct_keys_and_subjects() -> None:
+    a = translate("a", spec(), flow_revision=1, enabled=False)
+    b = translate("a-b", spec(), flow_revision=1, enabled=False)
+    assert not set(a) & set(b)
+    assert a["a.out"].inputs["in"][0] == "flowctl.a.tag.out"
+    assert b["a-b.out"].inputs["in"][0] == "flowctl.a-b.tag.out"
+
+
+def test_pure_and_deterministic() -> None:
+    one = translate("orders", spec(), flow_revision=1, enabled=False)
+    two = translate("orders", spec(), flow_revision=1, enabled=False)
+    assert {k: v.to_json() for k, v in one.items()} == {k: v.to_json() for k, v in two.items()}
+
+
+def test_the_role_picks_the_type_when_a_source_and_a_sink_share_a_name() -> None:
+    text = FLOW.replace("{id: gen, type: tt-gen, config: {count: 3}}", "{id: gen, type: tt-file}")
+    text = text.replace('{id: box, type: tt-sink, image: "example/sink:1",',
+                        "{id: box, type: tt-file,")
+    configs = translate("orders", parse_flow(text).spec, flow_revision=1, enabled=False)
+    gen, box = configs["orders.gen"], configs["orders.box"]
+    assert (gen.type, gen.role, gen.config) == ("tt-file", "source", {"count": 10, "interval": 0.0})
+    assert (box.type, box.role, box.config, box.outputs) == ("tt-file", "sink", {}, {})
+    assert configs["orders.tag"].role == "processor"  # external: from its file section
+
+
+def test_canvas_nodes_get_their_role_from_their_connections() -> None:
+    loaded = parse_flow(
+        '{"name": "c", "nodes": [{"id": "a", "type": "tt-file"}, {"id": "b", "type": "tt-pass"},'
+        ' {"id": "c", "type": "tt-file"}], "connections": ['
+        '{"source_node_id": "a", "target_node_id": "b"},'
+        '{"source_node_id": "b", "target_node_id": "c"}]}'
+    )
+    configs = translate("c", loaded.spec, flow_revision=1, enabled=False)
+    assert [cfg.role for cfg in configs.values()] == ["source", "processor", "sink"]
