@@ -94,10 +94,8 @@ def main_options(
     G = Globals(
         nats_url, creds, user, password, token, tls_ca, tls_cert, tls_key, kv_replicas, log_json
     )
-    from click.core import ParameterSource
-
     source = ctx.get_parameter_source("nats_url")
-    G.nats_url_given = source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    G.nats_url_given = getattr(source, "name", "") in ("COMMANDLINE", "ENVIRONMENT")
     from cli.logging import configure
 
     configure(json_logs=log_json)

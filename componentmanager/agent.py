@@ -269,11 +269,24 @@ class Agent:
                 self.changed(self.replicas[rkey])
             await self._report_broken(config_key, reason)
         actions = reconcile(desired, self.fingerprints, why)
-        stops = [a for a in actions if isinstance(a, Stop | Restart)]
-        await asyncio.gather(*(self._stop_replica(a.key, _reason(a)) for a in stops))
+        await self._stop_in_flow_order(
+            [(a.key, _reason(a)) for a in actions if isinstance(a, Stop | Restart)]
+        )
         for action in actions:
             if isinstance(action, Start | Restart):
                 await self._start_replica(action.cfg, action.index)
+
+    async def _stop_in_flow_order(self, stops: list[tuple[str, str]]) -> None:
+        """Stop sources first, then processors, then sinks (each group concurrently), so
+        what upstream flushes on stop still finds its consumers running."""
+        for role in ("source", "processor", "sink", None):
+            group = [
+                (key, reason)
+                for key, reason in stops
+                if (key in self.replicas and self.replicas[key].cfg.role == role)
+                or (role is None and key in self.replicas)
+            ]
+            await asyncio.gather(*(self._stop_replica(k, r) for k, r in group))
 
     async def _start_replica(self, cfg: Any, index: int) -> None:
         replica = make_replica(cfg, index, self)
@@ -334,9 +347,7 @@ class Agent:
         self._tasks.clear()
         with contextlib.suppress(Exception):
             await self.view.close()
-        await asyncio.gather(
-            *(self._stop_replica(k, "agent shutting down") for k in list(self.replicas))
-        )
+        await self._stop_in_flow_order([(k, "agent shutting down") for k in self.replicas])
         with contextlib.suppress(Exception):
             await self.status.close()
         if self.leader is not None:

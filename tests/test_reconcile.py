@@ -13,7 +13,9 @@ from componentmanager.reconcile import (
 from flowstore.models import ComponentConfig
 
 
-def cfg(node: str, assignments: list[str | None], enabled: bool = True, **config) -> ComponentConfig:
+def cfg(
+    node: str, assignments: list[str | None], enabled: bool = True, **config: object
+) -> ComponentConfig:
     return ComponentConfig(
         flow="f",
         node=node,

@@ -1,0 +1,262 @@
+"""A tiny SDK: a Python program becomes a flowctl component in a dozen lines.
+
+A processor or sink (the handler may also be ``async def``)::
+
+    from componentmanager.sdk import run_component
+
+    def handle(event, port):          # port: the input port the event arrived on
+        event["total"] = event["price"] * event["qty"]
+        return event                  # published on the "out" port
+
+    run_component(handle)
+
+What a handler returns: ``None`` publishes nothing; a value is one event on ``out``; a
+``list`` is several events (to publish one event that *is* a JSON array, wrap it:
+``[array]``); a ``(port, event)`` tuple, alone or inside the list, goes to the named
+output port. An exception is printed to stderr and the event is dead-lettered to
+``flowctl.<flow>.<node>.dlq`` with a ``Flowctl-Error`` header; the program goes on.
+
+A source (returns when it is done; the program then exits 0)::
+
+    async def produce(c: Component):
+        for i in range(10):
+            await c.emit({"n": i})    # or c.emit(event, port="other")
+
+    run_component(source=produce)
+
+The SDK reads the contract environment (:mod:`componentmanager.runners.env`), connects
+with :meth:`flowstore.nats.NatsOptions.from_env`, subscribes to every input subject in
+``FLOWCTL_QUEUE`` (core NATS: replicas share the work), publishes JSON bodies (msgspec)
+with the ``Flowctl-Id``/``Flowctl-Source``/``Flowctl-Time`` headers, answers
+``GET /health`` on ``FLOWCTL_HEALTH_PORT`` (200 once subscribed, else 503), and on
+SIGTERM/SIGINT drains (events in flight are handled and their outputs flushed) and exits
+0. ``c.config`` is the node's ``config``. A source waits until the downstream replicas
+report ``running`` before it calls ``produce`` (as in-process sources do).
+
+Delivery: **at-most-once only**. In an at-least-once flow the outputs still land in the
+flow's stream (the SDK makes sure it exists), but inputs are read live with core NATS,
+without acks or redelivery: an event in flight when the program dies is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from componentmanager.dataplane import (
+    HDR_ERROR,
+    HDR_ID,
+    HDR_SOURCE,
+    HDR_TIME,
+    EventIds,
+    decode,
+    encode,
+    ensure_stream,
+)
+from flowstore.models import DEFAULT_OUTPUT_PORT, dlq_subject, status_key
+from flowstore.nats import STATUS_BUCKET, NatsOptions, connect, open_bucket
+
+__all__ = [
+    "HDR_ID",
+    "HDR_SOURCE",
+    "HDR_TIME",
+    "Component",
+    "run",
+    "run_component",
+]
+
+Handler = Callable[[Any, str], Any]
+Source = Callable[["Component"], Awaitable[None]]
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Component:
+    """One replica's view of flowctl: its identity, config, inputs, outputs and NATS."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        e = os.environ if environ is None else environ
+        self.flow = e.get("FLOWCTL_FLOW", "")
+        self.node = e.get("FLOWCTL_COMPONENT_ID", "")
+        self.replica = int(e.get("FLOWCTL_REPLICA", "0") or 0)
+        self.inputs: dict[str, list[str]] = json.loads(e.get("FLOWCTL_INPUTS") or "{}")
+        self.outputs: dict[str, str] = json.loads(e.get("FLOWCTL_OUTPUTS") or "{}")
+        self.queue = e.get("FLOWCTL_QUEUE") or None
+        self.delivery = e.get("FLOWCTL_DELIVERY", "at-most-once")
+        self.config: dict[str, Any] = json.loads(e.get("FLOWCTL_CONFIG") or "{}")
+        self.downstream: dict[str, int] = json.loads(e.get("FLOWCTL_DOWNSTREAM") or "{}")
+        port = e.get("FLOWCTL_HEALTH_PORT")
+        self.health_port = int(port) if port else None
+        self.nats = NatsOptions.from_env(dict(e))
+        self.nc: Any = None
+        self.ready = False
+        self.received = self.emitted = self.errors = 0
+        self._ids = EventIds(self.node, self.replica, secrets.token_hex(3))
+        self._stop = asyncio.Event()
+
+    @property
+    def service_id(self) -> str:
+        return f"{self.flow}.{self.node}.{self.replica}"
+
+    async def connect(self) -> None:
+        self.nc = await connect(self.nats, name=f"flowctl-sdk {self.service_id}", reconnect=True)
+        if self.delivery == "at-least-once" and self.flow:
+            await ensure_stream(self.nc, self.flow)
+
+    async def emit(self, event: Any, port: str = DEFAULT_OUTPUT_PORT) -> None:
+        """Publish one event on an output port (``out`` by default)."""
+        subject = self.outputs.get(port)
+        if subject is None:
+            raise ValueError(f"{self.node} has no output port '{port}' (has {list(self.outputs)})")
+        await self.nc.publish(subject, encode(event), headers=self._ids.headers())
+        self.emitted += 1
+
+    async def subscribe(self, handler: Handler) -> None:
+        """Subscribe to every input subject; each event goes to ``handler(event, port)``."""
+        for port, subjects in self.inputs.items():
+            for subject in subjects:
+                cb = self._on_msg(handler, port)
+                await self.nc.subscribe(subject, queue=self.queue or "", cb=cb)
+
+    def _on_msg(self, handler: Handler, port: str) -> Callable[[Any], Awaitable[None]]:
+        async def on_msg(msg: Any) -> None:
+            self.received += 1
+            try:
+                result = handler(decode(msg.data), port)
+                if inspect.isawaitable(result):
+                    result = await result
+                await self._publish(result)
+            except Exception as exc:
+                self.errors += 1
+                _log(f"{self.service_id}: event on port {port} failed: {type(exc).__name__}: {exc}")
+                headers = dict(msg.headers or {})
+                headers[HDR_ERROR] = f"{type(exc).__name__}: {exc}"[:1000]
+                dlq = dlq_subject(self.flow, self.node)
+                with contextlib.suppress(Exception):
+                    await self.nc.publish(dlq, msg.data, headers=headers)
+
+        return on_msg
+
+    async def _publish(self, result: Any) -> None:
+        if result is None:
+            return
+        for item in result if isinstance(result, list) else [result]:
+            if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+                await self.emit(item[1], item[0])
+            else:
+                await self.emit(item)
+
+    async def wait_for_downstream(self) -> None:
+        """Until every downstream replica reports ``running`` (or a stop is requested)."""
+        keys = [status_key(self.flow, n, r) for n, k in self.downstream.items() for r in range(k)]
+        if not keys or self.delivery == "at-least-once":
+            return
+        kv = await open_bucket(self.nc, STATUS_BUCKET)
+        while keys and not self._stop.is_set():
+            waiting = []
+            for key in keys:
+                try:
+                    entry = await kv.get(key)
+                    if entry.value is not None and b'"state":"running"' in entry.value:
+                        continue
+                except Exception:
+                    pass
+                waiting.append(key)
+            keys = waiting
+            if keys:
+                await asyncio.sleep(0.2)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def close(self) -> None:
+        """Drain: stop taking input, finish the events in flight, flush outputs, close."""
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.drain(), 10.0)
+
+    async def serve_health(self) -> asyncio.AbstractServer | None:
+        if not self.health_port:
+            return None
+
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                request = await asyncio.wait_for(reader.readline(), 5.0)
+                if b" /health" not in request:
+                    status, body = "404 Not Found", b"not found\n"
+                elif self.ready:
+                    status, body = "200 OK", b"ok\n"
+                else:
+                    status, body = "503 Service Unavailable", b"not ready\n"
+                head = f"HTTP/1.0 {status}\r\nContent-Length: {len(body)}\r\n\r\n"
+                writer.write(head.encode() + body)
+                await writer.drain()
+            writer.close()
+
+        return await asyncio.start_server(answer, "0.0.0.0", self.health_port)
+
+
+async def run(
+    handler: Handler | None = None,
+    *,
+    source: Source | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """Run a component until SIGTERM/SIGINT (or, for a source, until it returns)."""
+    comp = Component(environ)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, comp.request_stop)
+    try:
+        await comp.connect()
+    except Exception as exc:
+        _log(f"{comp.service_id}: {exc}")
+        return 1
+    health = await comp.serve_health()
+    try:
+        if handler is not None:
+            await comp.subscribe(handler)
+        comp.ready = True
+        _log(f"{comp.service_id}: ready (inputs {comp.inputs}, outputs {comp.outputs})")
+        if source is None:
+            await comp.wait_stopped()
+        else:
+            await comp.wait_for_downstream()
+            produce = asyncio.ensure_future(source(comp))
+            stopping = asyncio.ensure_future(comp.wait_stopped())
+            await asyncio.wait({produce, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not produce.done():
+                produce.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await produce  # a source's exception propagates: exit code 1
+        return 0
+    except Exception as exc:
+        _log(f"{comp.service_id}: {type(exc).__name__}: {exc}")
+        return 1
+    finally:
+        comp.ready = False
+        if health is not None:
+            health.close()
+        await comp.close()
+
+
+def run_component(handler: Handler | None = None, *, source: Source | None = None) -> None:
+    """Run ``handler`` (processor/sink) or ``source`` as this program; exits the process."""
+    if (handler is None) == (source is None):
+        raise TypeError("run_component needs exactly one of handler or source=")
+    sys.exit(asyncio.run(run(handler, source=source)))

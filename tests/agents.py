@@ -1,0 +1,95 @@
+"""Helpers for tests that run real `flowctl agent` processes and wait on KV state."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from flowstore.models import ReplicaStatus
+from flowstore.nats import STATUS_BUCKET, open_bucket
+from flowstore.store import read_all
+
+FLOWCTL = str(Path(sys.executable).parent / "flowctl")
+
+
+class AgentProcess:
+    """A real `flowctl agent` subprocess; stop() sends SIGTERM and returns the exit code."""
+
+    def __init__(
+        self, nats_url: str, name: str, labels: str = "", log_dir: str | None = None,
+        heartbeat: float = 0.5, extra: list[str] | None = None,
+    ) -> None:
+        args = [FLOWCTL, "--nats-url", nats_url, "agent", "--name", name,
+                "--heartbeat", str(heartbeat), "--status-interval", "0.5"]
+        if labels:
+            args += ["--labels", labels]
+        if log_dir:
+            args += ["--log-dir", log_dir]
+        args += extra or []
+        self.name = name
+        self.args = args
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def output(self) -> tuple[str, str]:
+        out, err = self.proc.communicate(timeout=10)
+        return out, err
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[Any]], timeout: float = 15, what: str = "condition"
+) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+async def statuses(nc: Any, flow: str) -> dict[str, ReplicaStatus]:
+    kv = await open_bucket(nc, STATUS_BUCKET)
+    entries = await read_all(kv, f"{flow}.>")
+    return {k: ReplicaStatus.from_json(e.value) for k, e in entries.items()}
+
+
+async def all_in_state(nc: Any, flow: str, keys: list[str], *states: str) -> bool:
+    st = await statuses(nc, flow)
+    return all(k in st and st[k].state.value in states for k in keys)
+
+
+def read_lines(path: Path) -> list[str]:
+    try:
+        return [line for line in path.read_text().splitlines() if line]
+    except FileNotFoundError:
+        return []
