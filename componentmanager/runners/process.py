@@ -203,9 +203,9 @@ class ExternalReplica(Replica):
             while not self._stop_event.is_set():
                 began = time.monotonic()
                 rc, error = await self._run_once(env)
+                self.exit_code = rc
                 if self._stop_event.is_set():
                     return
-                self.exit_code = rc
                 if time.monotonic() - began >= self.backoff_reset:
                     delay = self.backoff_initial
                 policy = self.ext.restart_policy

@@ -1,0 +1,133 @@
+"""at-least-once delivery: a NATS restart loses nothing; poison events go to the DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from flowstore.models import dlq_subject
+from tests.agents import read_lines, statuses, wait_until
+from tests.test_agent import agents, flow_yaml, live_agent, run_flow  # noqa: F401
+
+
+async def test_nats_restart_under_at_least_once_flow_loses_nothing(
+    nats_server, nc, agents, tmp_path  # noqa: F811
+) -> None:
+    agents("a1")
+    await wait_until(lambda: live_agent(nc, "a1"), what="agent")
+    out = tmp_path / "out.jsonl"
+    body = f"""\
+  sources:
+    - id: gen
+      type: generate
+      config: {{count: 1500, rate: 500}}
+  processors:
+    - id: work
+      type: transform
+      inputs: [gen]
+      config: {{set: {{sq: "seq * seq"}}}}
+  sinks:
+    - id: out
+      type: file
+      inputs: [work]
+      config: {{path: "{out}"}}
+"""
+    await run_flow(nc, flow_yaml("alo", body, delivery="at-least-once"))
+    await wait_until(lambda: _has_lines(out, 200), what="events flowing", timeout=20)
+    # Restart the server mid-stream (same port, same store).
+    await asyncio.to_thread(nats_server.restart)
+
+    async def complete() -> bool:
+        seen = {json.loads(x)["seq"] for x in read_lines(out)}
+        return seen >= set(range(1500))
+
+    await wait_until(complete, what="every event at least once", timeout=90)
+    events = [json.loads(x) for x in read_lines(out)]
+    assert all(e["sq"] == e["seq"] ** 2 for e in events)
+
+
+async def _has_lines(path, n: int) -> bool:
+    return len(read_lines(path)) >= n
+
+
+async def test_poison_events_go_to_the_dlq_after_max_deliver(nc, agents, tmp_path) -> None:  # noqa: F811
+    agents("a1")
+    await wait_until(lambda: live_agent(nc, "a1"), what="agent")
+    dead: list = []
+
+    async def on_dead(msg) -> None:
+        dead.append(msg)
+
+    await nc.subscribe(dlq_subject("poison", "work"), cb=on_dead)
+    out = tmp_path / "out.jsonl"
+    body = f"""\
+  sources:
+    - id: gen
+      type: generate
+      config: {{count: 20}}
+  processors:
+    - id: work
+      type: transform
+      inputs: [gen]
+      config: {{set: {{inv: "100 / (seq % 10)"}}}}
+  sinks:
+    - id: out
+      type: file
+      inputs: [work]
+      config: {{path: "{out}"}}
+"""
+    await run_flow(nc, flow_yaml("poison", body, delivery="at-least-once"))
+    await wait_until(lambda: _has_lines(out, 18), what="the good events", timeout=20)
+    await wait_until(lambda: _n(dead, 2), what="two dead letters", timeout=20)
+    assert sorted(json.loads(m.data)["seq"] for m in dead) == [0, 10]
+    assert "division by zero" in dead[0].headers["Flowctl-Error"].lower()
+
+    async def every_failed_delivery_counted():
+        st = await statuses(nc, "poison")
+        return st if st["poison.work.0"].counters.errors >= 2 * 5 else None
+
+    st = await wait_until(every_failed_delivery_counted, what="errors counted")
+    assert st["poison.work.0"].state.value == "running"
+    assert sorted(json.loads(x)["seq"] for x in read_lines(out)) == [
+        s for s in range(20) if s % 10
+    ]
+
+
+async def _n(items: list, n: int) -> bool:
+    return len(items) >= n
+
+
+@pytest.mark.parametrize("delivery", ["at-most-once"])
+async def test_processing_errors_never_kill_a_component(nc, agents, tmp_path, delivery) -> None:  # noqa: F811
+    agents("a1")
+    await wait_until(lambda: live_agent(nc, "a1"), what="agent")
+    out = tmp_path / "out.jsonl"
+    body = f"""\
+  sources:
+    - id: gen
+      type: generate
+      config: {{count: 30}}
+  processors:
+    - id: work
+      type: transform
+      inputs: [gen]
+      config: {{set: {{inv: "100 / (seq % 3)"}}}}
+  sinks:
+    - id: out
+      type: file
+      inputs: [work]
+      config: {{path: "{out}"}}
+"""
+    await run_flow(nc, flow_yaml("amo", body, delivery=delivery))
+    await wait_until(lambda: _has_lines(out, 20), what="the good events")
+
+    async def counted() -> bool:
+        st = await statuses(nc, "amo")
+        return st.get("amo.work.0") is not None and st["amo.work.0"].counters.errors == 10
+
+    await wait_until(counted, what="10 errors counted")
+    st = await statuses(nc, "amo")
+    assert st["amo.work.0"].state.value == "running"
+    assert "division by zero" in st["amo.work.0"].last_error.lower()
