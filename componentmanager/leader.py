@@ -1,8 +1,11 @@
 """Leader election through a KV lease, and the leader's job: placement and failover.
 
-Every agent competes for the key ``leader`` in ``flowctl_leader`` (a bucket whose entries
-expire after :data:`LEADER_LEASE_TTL_S`): ``create`` wins an empty lease, the holder
-renews it with compare-and-set. No extra daemon to operate.
+Every agent competes for the key ``leader`` in ``flowctl_leader``: ``create`` wins an
+empty lease, the holder renews it with compare-and-set every tick. A challenger takes
+over (compare-and-set on the revision it saw) a lease that has not been renewed for
+:data:`DEAD_AFTER_HEARTBEATS` of the holder's heartbeat intervals, judged on the
+challenger's own clock; the bucket's TTL (:data:`LEADER_LEASE_TTL_S`) is only a backstop.
+No extra daemon to operate.
 
 The leader declares an agent dead when its record has not changed for
 :data:`DEAD_AFTER_HEARTBEATS` of its heartbeat intervals (measured on the leader's own
@@ -43,6 +46,7 @@ class Leader:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.lease_rev: int | None = None
+        self._lease_seen: tuple[int, float] | None = None  # (revision, monotonic)
         self._seen: dict[str, tuple[int, float]] = {}  # agent -> (revision, monotonic)
         self._pending_written: dict[str, str] = {}
         self.kv = None
@@ -72,7 +76,12 @@ class Leader:
         assert self.kv is not None
         me = self.agent
         value = msgspec.json.encode(
-            {"agent": me.agent_name, "instance": me.instance, "renewed_at": utcnow()}
+            {
+                "agent": me.agent_name,
+                "instance": me.instance,
+                "heartbeat_s": me.settings.heartbeat,
+                "renewed_at": utcnow(),
+            }
         )
         if self.lease_rev is not None:
             try:
@@ -84,10 +93,35 @@ class Leader:
         try:
             self.lease_rev = await self.kv.create(LEASE_KEY, value)
         except KeyWrongLastSequenceError:
-            return
+            if not await self._take_over_stale_lease(value):
+                return
         self._seen.clear()
         self._pending_written.clear()
         log.info("became leader", agent=self.agent.agent_name)
+
+    async def _take_over_stale_lease(self, value: bytes) -> bool:
+        """Take the lease (CAS) when its holder has stopped renewing it."""
+        assert self.kv is not None
+        try:
+            entry = await self.kv.get(LEASE_KEY)
+        except KeyNotFoundError:
+            return False
+        now = time.monotonic()
+        if self._lease_seen is None or self._lease_seen[0] != entry.revision:
+            self._lease_seen = (entry.revision, now)
+            return False
+        try:
+            holder_hb = float(msgspec.json.decode(entry.value).get("heartbeat_s", 2.0))
+        except Exception:
+            holder_hb = 2.0
+        if now - self._lease_seen[1] < DEAD_AFTER_HEARTBEATS * holder_hb:
+            return False
+        try:
+            self.lease_rev = await self.kv.update(LEASE_KEY, value, last=entry.revision)
+        except KeyWrongLastSequenceError:
+            return False
+        log.info("took over a stale leader lease", agent=self.agent.agent_name)
+        return True
 
     async def resign(self) -> None:
         if self.kv is not None and self.lease_rev is not None:

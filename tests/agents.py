@@ -12,8 +12,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from flowengine import FlowEngine
+from flowstore import AgentRecord, parse_flow
 from flowstore.models import ReplicaStatus
-from flowstore.nats import STATUS_BUCKET, open_bucket
+from flowstore.nats import AGENTS_BUCKET, STATUS_BUCKET, open_bucket
 from flowstore.store import read_all
 
 FLOWCTL = str(Path(sys.executable).parent / "flowctl")
@@ -93,3 +95,25 @@ def read_lines(path: Path) -> list[str]:
         return [line for line in path.read_text().splitlines() if line]
     except FileNotFoundError:
         return []
+
+
+def flow_yaml(name: str, body: str, delivery: str = "at-most-once") -> str:
+    return (
+        f"apiVersion: flowctl/v1\nkind: Flow\nmetadata: {{name: {name}}}\n"
+        f"spec:\n  delivery: {delivery}\n{body}"
+    )
+
+
+async def live_agent(nc, name: str) -> AgentRecord | None:
+    kv = await open_bucket(nc, AGENTS_BUCKET)
+    entries = await read_all(kv)
+    return AgentRecord.from_json(entries[name].value) if name in entries else None
+
+
+async def run_flow(nc, text: str) -> FlowEngine:
+    engine = await FlowEngine.open(nc)
+    loaded = parse_flow(text)
+    await engine.apply(loaded.name, loaded.spec)
+    await engine.deploy(loaded.name)
+    await engine.start(loaded.name)
+    return engine

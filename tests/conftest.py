@@ -18,6 +18,7 @@ import pytest
 
 from flowstore.nats import NatsOptions, connect
 from flowstore.server import EmbeddedNats
+from tests.agents import AgentProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOWCTL = str(Path(sys.executable).parent / "flowctl")
@@ -95,3 +96,18 @@ def run_cli(
         cwd=cwd or ROOT,
         env=full_env,
     )
+
+
+@pytest.fixture
+def agents(nats_url: str) -> Iterator[object]:
+    started: list[AgentProcess] = []
+
+    def start(name: str, labels: str = "", **kw) -> AgentProcess:
+        a = AgentProcess(nats_url, name, labels, **kw)
+        started.append(a)
+        return a
+
+    yield start
+    for a in started:
+        if a.proc.poll() is None:
+            assert a.stop() == 0

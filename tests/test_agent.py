@@ -7,49 +7,18 @@ import asyncio
 import json
 from pathlib import Path
 
-import pytest
-
-from flowengine import FlowEngine
-from flowstore import AgentRecord, parse_flow, read_all
+from flowstore import parse_flow
 from flowstore.nats import AGENTS_BUCKET, CONFIG_BUCKET, open_bucket
-from tests.agents import AgentProcess, all_in_state, read_lines, statuses, wait_until
-
-
-def flow_yaml(name: str, body: str, delivery: str = "at-most-once") -> str:
-    return (
-        f"apiVersion: flowctl/v1\nkind: Flow\nmetadata: {{name: {name}}}\n"
-        f"spec:\n  delivery: {delivery}\n{body}"
-    )
-
-
-@pytest.fixture
-def agents(nats_url: str):
-    started: list[AgentProcess] = []
-
-    def start(name: str, labels: str = "", **kw) -> AgentProcess:
-        a = AgentProcess(nats_url, name, labels, **kw)
-        started.append(a)
-        return a
-
-    yield start
-    for a in started:
-        if a.proc.poll() is None:
-            assert a.stop() == 0
-
-
-async def live_agent(nc, name: str) -> AgentRecord | None:
-    kv = await open_bucket(nc, AGENTS_BUCKET)
-    entries = await read_all(kv)
-    return AgentRecord.from_json(entries[name].value) if name in entries else None
-
-
-async def run_flow(nc, text: str) -> FlowEngine:
-    engine = await FlowEngine.open(nc)
-    loaded = parse_flow(text)
-    await engine.apply(loaded.name, loaded.spec)
-    await engine.deploy(loaded.name)
-    await engine.start(loaded.name)
-    return engine
+from tests.agents import (
+    AgentRecord,
+    all_in_state,
+    flow_yaml,
+    live_agent,
+    read_lines,
+    run_flow,
+    statuses,
+    wait_until,
+)
 
 
 async def test_agent_record_heartbeat_and_clean_exit(nc, agents) -> None:

@@ -8,12 +8,11 @@ import json
 import pytest
 
 from flowstore.models import dlq_subject
-from tests.agents import read_lines, statuses, wait_until
-from tests.test_agent import agents, flow_yaml, live_agent, run_flow  # noqa: F401
+from tests.agents import flow_yaml, live_agent, read_lines, run_flow, statuses, wait_until
 
 
 async def test_nats_restart_under_at_least_once_flow_loses_nothing(
-    nats_server, nc, agents, tmp_path  # noqa: F811
+    nats_server, nc, agents, tmp_path
 ) -> None:
     agents("a1")
     await wait_until(lambda: live_agent(nc, "a1"), what="agent")
@@ -52,7 +51,7 @@ async def _has_lines(path, n: int) -> bool:
     return len(read_lines(path)) >= n
 
 
-async def test_poison_events_go_to_the_dlq_after_max_deliver(nc, agents, tmp_path) -> None:  # noqa: F811
+async def test_poison_events_go_to_the_dlq_after_max_deliver(nc, agents, tmp_path) -> None:
     agents("a1")
     await wait_until(lambda: live_agent(nc, "a1"), what="agent")
     dead: list = []
@@ -100,7 +99,7 @@ async def _n(items: list, n: int) -> bool:
 
 
 @pytest.mark.parametrize("delivery", ["at-most-once"])
-async def test_processing_errors_never_kill_a_component(nc, agents, tmp_path, delivery) -> None:  # noqa: F811
+async def test_processing_errors_never_kill_a_component(nc, agents, tmp_path, delivery) -> None:
     agents("a1")
     await wait_until(lambda: live_agent(nc, "a1"), what="agent")
     out = tmp_path / "out.jsonl"
