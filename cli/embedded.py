@@ -21,7 +21,7 @@ import typer
 
 from cli.errors import EXIT_FAILED, fail, run
 from cli.main import app, globals_
-from cli.output import info, table
+from cli.output import info, spinner, table
 
 
 def _labels(text: str) -> dict[str, str]:
@@ -50,12 +50,21 @@ def agent(
     allow_inline_code: Annotated[
         bool, typer.Option("--allow-inline-code", help="Allow `python` nodes with code:.")
     ] = False,
+    python_path: Annotated[
+        list[Path] | None,
+        typer.Option("--python-path", help="Directory to import `python` node modules "
+                     "from (repeatable; PYTHONPATH works too).", file_okay=False),
+    ] = None,
 ) -> None:
     """Run the agent: runs the component replicas assigned to NAME until Ctrl+C/SIGTERM.
 
-    Example: flowctl agent --name edge-1 --labels zone=a,gpu=false
+    Example: flowctl agent --name edge-1 --labels zone=a,gpu=false --python-path ./flows
     """
+    from cli.main import probe
     from componentmanager.agent import Agent, AgentSettings
+
+    for directory in reversed(python_path or []):
+        sys.path.insert(0, str(directory.resolve()))
 
     settings = AgentSettings(
         name=name, labels=_labels(labels), heartbeat=heartbeat,
@@ -67,7 +76,9 @@ def agent(
     async def go() -> None:
         stop = asyncio.Event()
         _stop_on_signals(stop)
-        await Agent(settings, globals_().options()).run(stop)
+        opts = globals_().options()
+        await probe(opts)
+        await Agent(settings, opts).run(stop)
 
     run(go())
 
@@ -137,6 +148,8 @@ def run_flow(
         checked = check(loaded.spec, source=loaded.source, name=loaded.name)
         if not checked.ok:
             raise ValidationFailed(checked, loaded.name)
+        # `python` nodes import `module:function`: modules next to the flow file resolve.
+        sys.path.insert(0, str(file.resolve().parent))
         async with Embedded(loaded, allow_inline_code) as emb:
             return await emb.watch(until_done, timeout)
 
@@ -159,35 +172,24 @@ class Embedded:
         self.nc: Any = None
 
     async def __aenter__(self) -> Embedded:
-        from componentmanager.agent import Agent, AgentSettings
+        from cli.main import connect_nats
         from flowengine import FlowEngine
-        from flowstore.nats import connect
         from flowstore.server import EmbeddedNats
 
         _stop_on_signals(self.interrupted)
         g = globals_()
         opts = g.options()
+        placements = _placements(self.loaded.spec)
         try:
-            if not g.nats_url_given:
-                self.server = await asyncio.to_thread(EmbeddedNats().start)
-                opts.url = self.server.url
-                info(f"embedded nats-server on {opts.url}")
-            self.nc = await connect(opts)
-            self.engine = await FlowEngine.open(self.nc, kv_replicas=opts.kv_replicas)
-            for i, (agent_name, labels) in enumerate(_placements(self.loaded.spec)):
-                settings = AgentSettings(
-                    name=agent_name or f"run-{os.getpid()}-{i}",
-                    labels=labels,
-                    heartbeat=1.0,
-                    status_interval=0.5,
-                    resync_interval=2.0,
-                    allow_inline_code=self.allow_inline_code,
-                    lead=True,
-                )
-                agent = Agent(settings, opts)
-                self.agents.append(agent)
-                self.agent_tasks.append(asyncio.create_task(agent.run(self.stop_agents)))
-            await asyncio.wait_for(_all_ready(self.agents, self.agent_tasks), 15)
+            with spinner(f"starting NATS and {len(placements)} agent(s)"):
+                if not g.nats_url_given:
+                    self.server = await asyncio.to_thread(EmbeddedNats().start)
+                    opts.url = self.server.url
+                    info(f"embedded nats-server on {opts.url}")
+                self.nc = await connect_nats(opts)
+                self.engine = await FlowEngine.open(self.nc, kv_replicas=opts.kv_replicas)
+                self._start_agents(placements, opts)
+                await asyncio.wait_for(_all_ready(self.agents, self.agent_tasks), 15)
             result = await self.engine.apply(self.name, self.loaded.spec)
             info(f"flow/{self.name} applied (revision {result.flow.revision})")
             record = await self.engine.flows.get(self.name)
@@ -203,6 +205,26 @@ class Embedded:
             await self.__aexit__(None, None, None)
             raise
         return self
+
+    def _start_agents(self, placements: list[tuple[str | None, dict[str, str]]],
+                      opts: Any) -> None:
+        from componentmanager.agent import Agent, AgentSettings
+
+        for i, (agent_name, labels) in enumerate(placements):
+            settings = AgentSettings(
+                name=agent_name or f"run-{os.getpid()}-{i}",
+                labels=labels,
+                heartbeat=1.0,
+                status_interval=0.5,
+                # An agent reconciles first after a config change or a resync: with an
+                # empty config bucket that is one resync interval, so keep it short.
+                resync_interval=0.5,
+                allow_inline_code=self.allow_inline_code,
+                lead=True,
+            )
+            agent = Agent(settings, opts)
+            self.agents.append(agent)
+            self.agent_tasks.append(asyncio.create_task(agent.run(self.stop_agents)))
 
     async def watch(self, until_done: bool, timeout: float) -> int:
         from cli.drain import drained
@@ -241,19 +263,26 @@ class Embedded:
         return 0
 
     async def __aexit__(self, *exc: object) -> None:
+        with spinner("stopping"):
+            await self._teardown()
+        final = getattr(self, "final", None)
+        if final:
+            rows = [[s.node, s.replica, s.agent or "-", s.state.value, s.counters.in_,
+                     s.counters.out, s.counters.errors, s.last_error or ""] for s in final]
+            with contextlib.redirect_stdout(sys.stderr):
+                table(["NODE", "REPLICA", "AGENT", "STATE", "IN", "OUT", "ERRORS",
+                       "LAST ERROR"], rows)
+
+    async def _teardown(self) -> None:
         if self.engine is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self.engine.undeploy(self.name, force=True)
                 info(f"flow/{self.name} stopped and undeployed")
+            except Exception as exc:
+                info(f"could not undeploy flow/{self.name}: {exc or type(exc).__name__}")
         self.stop_agents.set()
         if self.agent_tasks:
             await asyncio.gather(*self.agent_tasks, return_exceptions=True)
-        final = getattr(self, "final", None)
-        if final:
-            rows = [[s.node, s.replica, s.state.value, s.counters.in_, s.counters.out,
-                     s.counters.errors, s.last_error or ""] for s in final]
-            with contextlib.redirect_stdout(sys.stderr):
-                table(["NODE", "REPLICA", "STATE", "IN", "OUT", "ERRORS", "LAST ERROR"], rows)
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.close()

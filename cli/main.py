@@ -71,19 +71,28 @@ def globals_() -> Globals:
     return G
 
 
+def _file_option(flag: str, help: str) -> Any:
+    """An option naming a file that must exist (a typo is a usage error, exit 2)."""
+    return typer.Option(flag, help=help, exists=True, dir_okay=False, readable=True)
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
 @app.callback()
 def main_options(
     ctx: typer.Context,
     nats_url: Annotated[
         str, typer.Option("--nats-url", envvar="NATS_URL", help="NATS server URL.")
     ] = "nats://127.0.0.1:4222",
-    creds: Annotated[str | None, typer.Option(help="NATS credentials file.")] = None,
+    creds: Annotated[Path | None, _file_option("--creds", "NATS credentials file.")] = None,
     user: Annotated[str | None, typer.Option(help="NATS user.")] = None,
     password: Annotated[str | None, typer.Option(help="NATS password.")] = None,
     token: Annotated[str | None, typer.Option(help="NATS token.")] = None,
-    tls_ca: Annotated[str | None, typer.Option("--tls-ca", help="CA certificate.")] = None,
-    tls_cert: Annotated[str | None, typer.Option("--tls-cert", help="Client cert.")] = None,
-    tls_key: Annotated[str | None, typer.Option("--tls-key", help="Client key.")] = None,
+    tls_ca: Annotated[Path | None, _file_option("--tls-ca", "CA certificate.")] = None,
+    tls_cert: Annotated[Path | None, _file_option("--tls-cert", "Client cert.")] = None,
+    tls_key: Annotated[Path | None, _file_option("--tls-key", "Client key.")] = None,
     kv_replicas: Annotated[
         int, typer.Option("--kv-replicas", help="Replicas of buckets/streams (NATS cluster).")
     ] = 1,
@@ -92,7 +101,8 @@ def main_options(
     """Global options apply to every command."""
     global G
     G = Globals(
-        nats_url, creds, user, password, token, tls_ca, tls_cert, tls_key, kv_replicas, log_json
+        nats_url, _str(creds), user, password, token, _str(tls_ca), _str(tls_cert),
+        _str(tls_key), kv_replicas, log_json,
     )
     source = ctx.get_parameter_source("nats_url")
     G.nats_url_given = getattr(source, "name", "") in ("COMMANDLINE", "ENVIRONMENT")
@@ -101,17 +111,56 @@ def main_options(
     configure(json_logs=log_json)
 
 
+async def probe(opts: NatsOptions) -> None:
+    """Fail at once when no server listens at the URL(s), instead of waiting out the
+    connect timeout (nats-py keeps retrying a refused first connect). Raises
+    NatsUnavailable when no address accepts a TCP connection; anything else (TLS, auth,
+    a server that is slow to answer) is left to the real connect."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    from flowstore.nats import NatsUnavailable
+
+    reasons = []
+    for url in filter(None, (u.strip() for u in opts.url.split(","))):
+        parts = urlsplit(url if "://" in url else f"nats://{url}")
+        if parts.scheme not in ("nats", "tls") or not parts.hostname:
+            return  # websocket or something unusual: let nats-py judge it
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(parts.hostname, parts.port or 4222),
+                opts.connect_timeout,
+            )
+        except TimeoutError:
+            reasons.append("timed out")
+        except OSError as exc:
+            reasons.append(exc.strerror or type(exc).__name__)
+        else:
+            writer.close()
+            return
+    if reasons:
+        raise NatsUnavailable(opts.url, "; ".join(dict.fromkeys(reasons)).lower())
+
+
+async def connect_nats(opts: NatsOptions | None = None) -> Any:
+    """A NATS connection for a command: probe, then :func:`flowstore.nats.connect`."""
+    from flowstore.nats import connect
+
+    opts = opts or globals_().options()
+    await probe(opts)
+    return await connect(opts)
+
+
 async def engine_session() -> Any:
     """A connected FlowEngine (use as ``async with engine_session() as engine``)."""
     from contextlib import asynccontextmanager
 
     from flowengine import FlowEngine
-    from flowstore.nats import connect
 
     @asynccontextmanager
     async def session():  # type: ignore[no-untyped-def]
         g = globals_()
-        nc = await connect(g.options())
+        nc = await connect_nats(g.options())
         try:
             yield await FlowEngine.open(nc, kv_replicas=g.kv_replicas)
         finally:

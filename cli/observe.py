@@ -7,13 +7,15 @@ Each builds JSON-ready data and hands it to :func:`cli.output.show`, so ``-o jso
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 from typing import Annotated, Any
 
 import typer
 
 from cli.errors import fail, run
-from cli.main import NameArg, OutputOpt, app, engine_session, globals_
-from cli.output import Format, age, show, table
+from cli.main import NameArg, OutputOpt, app, connect_nats, engine_session
+from cli.output import Format, age, info, show, table
 
 
 def _flow_row(f: dict[str, Any]) -> list[Any]:
@@ -83,6 +85,19 @@ def _rate(s: dict[str, Any]) -> str:
     return f"{n / secs:.0f}/s" if secs > 0.5 else ""
 
 
+def _stop_event() -> asyncio.Event:
+    """Set on Ctrl+C or SIGTERM: the normal end of --watch and --follow (exit 0)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _until_interrupted() -> None:
+    await _stop_event().wait()
+
+
 STATUS_COLUMNS = ["NODE", "REPLICA", "AGENT", "STATE", "IN", "OUT", "ERRORS", "RATE", "LAST ERROR"]
 
 
@@ -136,17 +151,18 @@ def status(
                 return
             from rich.console import Console
             from rich.live import Live
+            from rich.text import Text
 
             console = Console()
+            stop = _stop_event()
             with Live(console=console, auto_refresh=False) as live:
-                while True:
+                while not stop.is_set():
                     data = await _status_data(engine, name)
                     with console.capture() as cap:
                         _print_status(data)
-                    from rich.text import Text
-
                     live.update(Text.from_ansi(cap.get()), refresh=True)
-                    await asyncio.sleep(interval)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), interval)
 
     run(go())
 
@@ -189,9 +205,9 @@ def agents(output: OutputOpt = Format.table) -> None:
 
     async def go() -> None:
         from flowstore import AgentRecord, read_all
-        from flowstore.nats import AGENTS_BUCKET, connect, open_bucket
+        from flowstore.nats import AGENTS_BUCKET, open_bucket
 
-        nc = await connect(globals_().options())
+        nc = await connect_nats()
         try:
             kv = await open_bucket(nc, AGENTS_BUCKET)
             entries = await read_all(kv)
@@ -265,9 +281,8 @@ def logs(
         import json
 
         from flowstore.models import logs_subject
-        from flowstore.nats import connect
 
-        nc = await connect(globals_().options())
+        nc = await connect_nats()
 
         async def on_msg(msg: Any) -> None:
             try:
@@ -276,11 +291,15 @@ def logs(
             except (ValueError, KeyError):
                 print(msg.data.decode("utf-8", "replace"), flush=True)
 
-        sub = await nc.subscribe(logs_subject(name, node or "*"), cb=on_msg)
+        subject = logs_subject(name, node or "*")
+        sub = await nc.subscribe(subject, cb=on_msg)
         try:
+            await nc.flush()  # the subscription is in place: nothing published now is missed
             if follow:
-                await asyncio.Event().wait()
+                info(f"following {subject} (Ctrl+C stops)")
+                await _until_interrupted()
             else:
+                info(f"listening on {subject} for {wait:g}s")
                 await asyncio.sleep(wait)
         finally:
             await sub.unsubscribe()

@@ -6,9 +6,10 @@ table view is a projection of that same data, so json/yaml never lose informatio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -69,3 +70,15 @@ def err(message: str) -> None:
 
 def info(message: str) -> None:
     sys.stderr.write(message + "\n")
+
+
+@contextlib.contextmanager
+def spinner(message: str) -> Iterator[None]:
+    """A rich spinner on stderr while a long wait lasts; nothing when stderr is no TTY."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(message):
+        yield

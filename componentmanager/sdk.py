@@ -226,8 +226,9 @@ async def run(
     except Exception as exc:
         _log(f"{comp.service_id}: {exc}")
         return 1
-    health = await comp.serve_health()
+    health = None
     try:
+        health = await comp.serve_health()
         if handler is not None:
             await comp.subscribe(handler)
         comp.ready = True

@@ -167,6 +167,7 @@ async def test_no_engine_is_a_clean_failure(host: Host) -> None:
     assert replica.state == ReplicaState.STOPPED
 
 
+@pytest.mark.docker
 async def test_logs_labels_env_and_stop(
     spawn: Any, host: Host, image: str, docker_client: Any
 ) -> None:
@@ -194,6 +195,7 @@ async def test_logs_labels_env_and_stop(
         docker_client.containers.get(replica.container_name)
 
 
+@pytest.mark.docker
 async def test_restart_policy_and_exit_codes(spawn: Any, host: Host, image: str) -> None:
     crash = spawn(make_cfg("crash", command="sh", args=["-c", "echo boom; exit 1"]),
                   backoff_initial=0.1)
@@ -212,6 +214,7 @@ async def test_restart_policy_and_exit_codes(spawn: Any, host: Host, image: str)
     assert never.restarts == 0
 
 
+@pytest.mark.docker
 async def test_health_port_gates_running(spawn: Any, host: Host, image: str) -> None:
     script = (
         "sleep 1; mkdir -p /www; echo ok > /www/health; echo serving; "
@@ -226,6 +229,7 @@ async def test_health_port_gates_running(spawn: Any, host: Host, image: str) -> 
     assert host.has_line("serving")
 
 
+@pytest.mark.docker
 async def test_missing_image_fails(spawn: Any, host: Host, docker_client: Any) -> None:
     cfg = make_cfg("nope", image="flowctl-test-no-such-image:0", restart_policy="never")
     replica = spawn(cfg)
@@ -234,6 +238,7 @@ async def test_missing_image_fails(spawn: Any, host: Host, docker_client: Any) -
     assert "flowctl-test-no-such-image:0" in (replica.last_error or "")
 
 
+@pytest.mark.docker
 async def test_reap_orphan_containers(image: str, docker_client: Any) -> None:
     def leftover(agent: str) -> Any:
         return docker_client.containers.run(
@@ -272,6 +277,7 @@ def python_mounts(docker_client: Any, image: str) -> list[str]:
     return mounts
 
 
+@pytest.mark.docker
 async def test_sdk_program_in_a_container_moves_events(
     nc: Any, nats_opts: NatsOptions, tmp_path: Path, python_mounts: list[str], docker_client: Any
 ) -> None:

@@ -144,7 +144,8 @@ def test_component_env_contract() -> None:
     assert json.loads(env["FLOWCTL_OUTPUTS"]) == {"out": "flowctl.f1.enrich.out"}
     assert json.loads(env["FLOWCTL_CONFIG"]) == {"k": [1, 2]}
     assert env["FLOWCTL_DELIVERY"] == "at-most-once" and env["ENABLE_FLOWCTL"] == "true"
-    assert env["FLOWCTL_HEARTBEAT_INTERVAL"] == "2.5s" and env["FLOWCTL_HEALTH_PORT"] == "8088"
+    assert env["FLOWCTL_HEARTBEAT_INTERVAL"] == "2.5s"
+    assert env["FLOWCTL_HEALTH_PORT"] == "8090"  # health_port + replica
     assert env["A"] == "x-s-y" and env["B"] == "${KEEP}" and env["C"] == "dflt"
     assert env["FLOWCTL_QUEUE"] == "q"  # the user's env goes on top
     with pytest.raises(UndefinedVariableError, match=r"\$\{SECRET\}"):
@@ -160,27 +161,31 @@ async def test_sdk_program_moves_events(nc: Any, nats_opts: NatsOptions, tmp_pat
         "upper",
         args=[str(PROGRAMS / "sdk_upper.py")],
         inputs={"in": ["flowctl.f1.src.out"]},
-        outputs={"out": "flowctl.f1.upper.out"},
+        outputs={"out": "flowctl.f1.upper.out", "alt": "flowctl.f1.upper.alt"},
         health_port=free_port(),
     )
     replica = ProcessReplica(cfg, 0, host)
     outs: list[Any] = []
+    alts: list[Any] = []
     dlq: list[Any] = []
 
-    async def on_out(msg: Any) -> None:
-        outs.append(msg)
+    def collect(into: list[Any]) -> Callable[[Any], Any]:
+        async def cb(msg: Any) -> None:
+            into.append(msg)
 
-    async def on_dlq(msg: Any) -> None:
-        dlq.append(msg)
+        return cb
 
-    await nc.subscribe("flowctl.f1.upper.out", cb=on_out)
-    await nc.subscribe("flowctl.f1.upper.dlq", cb=on_dlq)
+    await nc.subscribe("flowctl.f1.upper.out", cb=collect(outs))
+    await nc.subscribe("flowctl.f1.upper.alt", cb=collect(alts))
+    await nc.subscribe("flowctl.f1.upper.dlq", cb=collect(dlq))
     try:
         await replica.start()
         await until(lambda: replica.state == ReplicaState.RUNNING, "running (health 200)", 20)
-        for event in ({"text": "hello"}, {"drop": True}, {"split": 2}, {"boom": True}):
+        events = [{"text": "hello"}, {"drop": True}, {"split": 2}, {"route": "alt"}, {"boom": 1}]
+        for event in events:
             await nc.publish("flowctl.f1.src.out", json.dumps(event).encode())
-        await until(lambda: len(outs) >= 3 and dlq, "3 outputs and a dead letter")
+        await until(lambda: len(outs) >= 3 and alts and dlq, "outputs and a dead letter")
+        assert json.loads(alts[0].data) == {"route": "alt"}
         bodies = [json.loads(m.data) for m in outs]
         assert bodies[0] == {"text": "HELLO", "port": "in"}
         assert bodies[1:] == [{"part": 0}, {"part": 1}]
@@ -200,6 +205,31 @@ async def test_sdk_program_moves_events(nc: Any, nats_opts: NatsOptions, tmp_pat
     assert not pid_file(host.log_dir, replica.key).exists()
     log = (tmp_path / "logs" / "f1.upper.0.log").read_text()
     assert "f1.upper.0: ready" in log and "boom requested" in log
+
+
+async def test_sdk_source_emits_and_completes(
+    nc: Any, nats_opts: NatsOptions, tmp_path: Path
+) -> None:
+    host = Host(tmp_path / "logs", nats_opts, nc)
+    cfg = make_cfg(
+        "src", args=[str(PROGRAMS / "sdk_source.py")], config={"count": 5},
+        outputs={"out": "flowctl.f1.src.out"},
+    )
+    got: list[Any] = []
+
+    async def on_msg(msg: Any) -> None:
+        got.append(json.loads(msg.data))
+
+    await nc.subscribe("flowctl.f1.src.out", cb=on_msg)
+    replica = ProcessReplica(cfg, 0, host)
+    try:
+        await replica.start()
+        await until(lambda: replica.state == ReplicaState.COMPLETED, "completed", 20)
+        await until(lambda: len(got) == 5, "5 events")
+        assert got == [{"n": i} for i in range(5)]
+        assert replica.exit_code == 0 and replica.restarts == 0
+    finally:
+        await replica.stop()
 
 
 # -- restarts ----------------------------------------------------------------------------

@@ -99,8 +99,6 @@ def _connect(factory: ClientFactory) -> Any:
 class ContainerReplica(ExternalReplica):
     """One replica of a node whose ``image`` is run by the local Docker engine."""
 
-    kind_label = "container"
-
     def __init__(
         self,
         cfg: ComponentConfig,
@@ -199,11 +197,12 @@ class ContainerReplica(ExternalReplica):
                 loop.call_soon_threadsafe(self.sink.write, line, name)
 
         lines = LineSplitter(emit)
-        stream = container.logs(
-            stream=True, follow=True, stdout=name == "stdout", stderr=name == "stderr"
-        )
-        self._streams.append(stream)
-        with contextlib.suppress(Exception):  # the stream closes under us on cleanup
+        # Errors end the stream quietly: the container is gone, or closed under us.
+        with contextlib.suppress(Exception):
+            stream = container.logs(
+                stream=True, follow=True, stdout=name == "stdout", stderr=name == "stderr"
+            )
+            self._streams.append(stream)
             for chunk in stream:
                 lines.feed(chunk)
         lines.close()

@@ -24,8 +24,10 @@ Variable                       Value
 ``FLOWCTL_CONFIG``             the node's ``config`` mapping as JSON (``{}`` when empty)
 ``FLOWCTL_DOWNSTREAM``         JSON object: downstream node -> replica count (a source may
                                wait until those report ``running`` before it emits)
-``FLOWCTL_HEALTH_PORT``        the node's ``health_port``, only when one is set: the program
-                               must answer ``GET /health`` there with 200 once it is ready
+``FLOWCTL_HEALTH_PORT``        only when the node sets ``health_port``: ``health_port +
+                               replica`` (so replicas on one host do not collide; replica 0
+                               gets ``health_port`` itself). The program must answer
+                               ``GET /health`` there with 200 once it is ready
 ``ENABLE_FLOWCTL``             ``true`` (flowctl compatibility)
 ``FLOWCTL_HEARTBEAT_INTERVAL`` the agent's heartbeat as a Go-style duration, e.g. ``2s``
 =============================  ==========================================================
@@ -86,6 +88,13 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def health_port(cfg: ComponentConfig, index: int) -> int | None:
+    """The health port of replica ``index``: ``health_port + index``, or None."""
+    if cfg.external is None or not cfg.external.health_port:
+        return None
+    return cfg.external.health_port + index
+
+
 def _json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
@@ -121,8 +130,9 @@ def component_env(
     )
     ext = cfg.external
     if ext is not None:
-        if ext.health_port:
-            env["FLOWCTL_HEALTH_PORT"] = str(ext.health_port)
+        port = health_port(cfg, index)
+        if port is not None:
+            env["FLOWCTL_HEALTH_PORT"] = str(port)
         for key, value in ext.env.items():
             env[key] = expand(str(value), agent_environ, key)
     return env

@@ -7,7 +7,7 @@ which launches the program, gates ``running`` on readiness, restarts it per
 ``<log_dir>/<flow>.<node>.<replica>.log`` and ``host.log_line``. A crash loop lives in
 its own task and never blocks anything else.
 
-* readiness: with ``health_port``, ``GET http://<host>:<port>/health`` must answer 200
+* readiness: with ``health_port``, ``GET http://<host>:<port + replica>/health`` must answer 200
   within ``health_timeout`` (else ``failed``, the program is killed and the policy
   decides); without, ``running`` once the program has lived ``ready_after`` seconds.
 * restart: ``always`` | ``on-failure`` (non-zero exit, launch error, failed health) |
@@ -40,7 +40,7 @@ from typing import IO, Any
 import psutil
 
 from componentmanager.runners.base import Replica, ReplicaHost
-from componentmanager.runners.env import UndefinedVariableError, component_env
+from componentmanager.runners.env import UndefinedVariableError, component_env, health_port
 from flowstore.models import ComponentConfig, ExternalFields, ReplicaState
 from flowstore.server import die_with_parent
 
@@ -138,8 +138,6 @@ async def http_status(
 
 class ExternalReplica(Replica):
     """Supervision shared by processes and containers; subclasses launch and kill."""
-
-    kind_label = "external"
 
     def __init__(
         self,
@@ -262,8 +260,8 @@ class ExternalReplica(Replica):
 
     async def _ready(self) -> str | None:
         """None once the program is ready, else why it is not (health timeout)."""
-        port = self.ext.health_port
-        if not port:
+        port = health_port(self.cfg, self.index)
+        if port is None:
             await asyncio.sleep(self.ready_after)
             return None
         host = self._health_host()
@@ -329,8 +327,6 @@ def pid_file(log_dir: str, key: str) -> Path:
 class ProcessReplica(ExternalReplica):
     """One replica of a node whose ``command`` is a local program."""
 
-    kind_label = "process"
-
     def __init__(self, cfg: ComponentConfig, index: int, host: ReplicaHost, **kwargs: Any) -> None:
         super().__init__(cfg, index, host, **kwargs)
         self._proc: asyncio.subprocess.Process | None = None
@@ -350,6 +346,8 @@ class ProcessReplica(ExternalReplica):
     async def _launch(self, env: dict[str, str]) -> None:
         full = {**self.environ, **env}
         program = self._resolve(full)
+        if self.ext.working_dir and not os.path.isdir(self.ext.working_dir):
+            raise LaunchError(f"working_dir not found: {self.ext.working_dir}")
         try:
             proc = await asyncio.create_subprocess_exec(
                 program,
