@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import start_agent, stop_all  # noqa: E402
-from flowengine import FlowEngine  # noqa: E402
-from flowstore import parse_flow  # noqa: E402
-from flowstore.nats import NatsOptions, connect  # noqa: E402
-from flowstore.server import EmbeddedNats  # noqa: E402
+from benchmarks.common import start_agent, stop_all
+from flowengine import FlowEngine
+from flowstore import parse_flow
+from flowstore.nats import NatsOptions, connect
+from flowstore.server import EmbeddedNats
 
 FLOW = """\
 apiVersion: flowctl/v1

@@ -111,8 +111,11 @@ def server(
 
 
 def _placements(spec: Any) -> list[tuple[str | None, dict[str, str]]]:
-    """One (agent name, labels) per distinct placement in the flow, plus a default."""
-    found: list[tuple[str | None, dict[str, str]]] = [(None, {})]
+    """One (agent name, labels) per distinct placement in the flow, plus an unlabelled
+    default agent when some node has no placement (or the flow has no nodes)."""
+    found: list[tuple[str | None, dict[str, str]]] = []
+    if not spec.nodes or any(n.placement is None for n in spec.nodes):
+        found.append((None, {}))
     for node in spec.nodes:
         p = node.placement
         if p is not None and (p.agent, p.labels) not in found:
@@ -223,6 +226,9 @@ class Embedded:
                 lead=True,
             )
             agent = Agent(settings, opts)
+            if len(placements) > 1:
+                where = ",".join(f"{k}={v}" for k, v in labels.items()) or "no labels"
+                info(f"agent {settings.name} ({where})")
             self.agents.append(agent)
             self.agent_tasks.append(asyncio.create_task(agent.run(self.stop_agents)))
 
