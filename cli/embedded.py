@@ -103,8 +103,17 @@ def server(
     except (RuntimeError, FileNotFoundError) as exc:
         fail(str(exc))
     info(f"nats-server listening on {srv.url} (JetStream store {store}); Ctrl+C stops it")
+    proc = srv.proc
+    assert proc is not None
+
+    def forward(signum: int, _frame: Any) -> None:
+        # Only pass the signal on: waiting inside a handler (srv.stop) would deadlock
+        # with the srv.wait() it interrupted.
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: srv.stop())
+        signal.signal(sig, forward)
     code = srv.wait()
     srv.stop()
     raise typer.Exit(0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code)

@@ -24,6 +24,11 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
 
 
 def nats_hint(url: str, reason: str) -> str:
+    if any(w in reason.lower() for w in ("authorization", "authentication", "permission")):
+        return (
+            f"NATS at {url} refused the credentials ({reason}); check --user/--password, "
+            "--token or --creds"
+        )
     return (
         f"cannot reach NATS at {url} ({reason}); start one with `flowctl server` "
         "or point --nats-url / NATS_URL at yours"

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -37,8 +38,11 @@ class AgentProcess:
         args += extra or []
         self.name = name
         self.args = args
+        # Output goes to files, not pipes: a pipe nobody reads would block the agent.
+        self._out = tempfile.TemporaryFile(mode="w+")
+        self._err = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            args, stdout=self._out, stderr=self._err, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
 
@@ -61,8 +65,13 @@ class AgentProcess:
         self.proc.wait()
 
     def output(self) -> tuple[str, str]:
-        out, err = self.proc.communicate(timeout=10)
-        return out, err
+        """stdout and stderr so far."""
+        texts = []
+        for f in (self._out, self._err):
+            f.flush()
+            f.seek(0)
+            texts.append(f.read())
+        return texts[0], texts[1]
 
 
 async def wait_until(

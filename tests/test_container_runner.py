@@ -64,11 +64,14 @@ class Host:
         return any(text in line for _, line in self.lines)
 
 
-async def until(cond: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+async def until(
+    cond: Callable[[], bool], what: str, timeout: float = 15.0, host: Host | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            seen = f"; changes {host.changes}; output {host.lines[-20:]}" if host else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{seen}")
         await asyncio.sleep(0.05)
 
 
@@ -296,9 +299,9 @@ async def test_sdk_program_in_a_container_moves_events(
     await nc.subscribe("flowctl.cfe.upper.out", cb=on_out)
     try:
         await replica.start()
-        await until(lambda: replica.state == ReplicaState.RUNNING, "running (health 200)", 30)
+        await until(lambda: replica.state == ReplicaState.RUNNING, "running (health 200)", 30, host)
         await nc.publish("flowctl.cfe.src.out", json.dumps({"text": "from host"}).encode())
-        await until(lambda: bool(outs), "the container's output")
+        await until(lambda: bool(outs), "the container's output", host=host)
         assert json.loads(outs[0].data) == {"text": "FROM HOST", "port": "in"}
         assert outs[0].headers["Flowctl-Source"] == "upper"
     finally:

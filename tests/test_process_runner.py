@@ -65,11 +65,14 @@ class Host:
         return any(text in line for _, line in self.lines)
 
 
-async def until(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+async def until(
+    cond: Callable[[], bool], what: str, timeout: float = 10.0, host: Host | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            seen = f"; changes {host.changes}; output {host.lines[-20:]}" if host else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{seen}")
         await asyncio.sleep(0.02)
 
 
@@ -180,11 +183,11 @@ async def test_sdk_program_moves_events(nc: Any, nats_opts: NatsOptions, tmp_pat
     await nc.subscribe("flowctl.f1.upper.dlq", cb=collect(dlq))
     try:
         await replica.start()
-        await until(lambda: replica.state == ReplicaState.RUNNING, "running (health 200)", 20)
+        await until(lambda: replica.state == ReplicaState.RUNNING, "running (health 200)", 20, host)
         events = [{"text": "hello"}, {"drop": True}, {"split": 2}, {"route": "alt"}, {"boom": 1}]
         for event in events:
             await nc.publish("flowctl.f1.src.out", json.dumps(event).encode())
-        await until(lambda: len(outs) >= 3 and alts and dlq, "outputs and a dead letter")
+        await until(lambda: len(outs) >= 3 and alts and dlq, "outputs and a dead letter", host=host)
         assert json.loads(alts[0].data) == {"route": "alt"}
         bodies = [json.loads(m.data) for m in outs]
         assert bodies[0] == {"text": "HELLO", "port": "in"}
@@ -224,7 +227,7 @@ async def test_sdk_source_emits_and_completes(
     replica = ProcessReplica(cfg, 0, host)
     try:
         await replica.start()
-        await until(lambda: replica.state == ReplicaState.COMPLETED, "completed", 20)
+        await until(lambda: replica.state == ReplicaState.COMPLETED, "completed", 20, host)
         await until(lambda: len(got) == 5, "5 events")
         assert got == [{"n": i} for i in range(5)]
         assert replica.exit_code == 0 and replica.restarts == 0

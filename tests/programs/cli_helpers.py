@@ -1,0 +1,225 @@
+"""Helpers for the CLI tests: run the real `flowctl` executable, track every process it
+starts, wait for conditions with deadlines, read NATS KV after the fact.
+
+:class:`Flowctl` runs ``flowctl`` in its own session (so a test can deliver a terminal's
+Ctrl+C to the whole process group), sends its output to files (no pipe can fill up and
+block it), and records the pids of its descendants while it runs, so a test can assert
+that none of them outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+FLOWCTL = str(Path(sys.executable).parent / "flowctl")
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition",
+             interval: float = 0.05) -> Any:
+    """Call ``check`` until it returns something truthy; fail naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on (bound and released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli_env(nats_url: str | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
+    env["PYTHONUNBUFFERED"] = "1"
+    env["COLUMNS"] = "200"  # tables are not wrapped, so tests can read their rows
+    if nats_url:
+        env["NATS_URL"] = nats_url
+    env.update(extra or {})
+    return env
+
+
+def flowctl(*args: str, nats_url: str | None = None, cwd: str | Path | None = None,
+            timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run ``flowctl ARGS`` to completion, as a user would."""
+    return subprocess.run([FLOWCTL, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd or ROOT, env=cli_env(nats_url), stdin=subprocess.DEVNULL)
+
+
+class Flowctl:
+    """A long-running ``flowctl`` subprocess (run, agent, server, logs --follow ...)."""
+
+    def __init__(self, *args: str, log_dir: Path, nats_url: str | None = None,
+                 cwd: str | Path | None = None, name: str = "flowctl",
+                 program: list[str] | None = None) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.stdout_path = log_dir / f"{name}.out"
+        self.stderr_path = log_dir / f"{name}.err"
+        self.seen: dict[int, psutil.Process] = {}
+        with self.stdout_path.open("w") as out, self.stderr_path.open("w") as err:
+            self.proc = subprocess.Popen(
+                [*(program or [FLOWCTL]), *args], stdout=out, stderr=err,
+                stdin=subprocess.DEVNULL, cwd=cwd or ROOT, env=cli_env(nats_url),
+                start_new_session=True,
+            )
+        self.track()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def out(self) -> str:
+        return self.stdout_path.read_text()
+
+    def err(self) -> str:
+        return self.stderr_path.read_text()
+
+    def track(self) -> list[psutil.Process]:
+        """Remember the process and its current descendants (call it while it runs)."""
+        with contextlib.suppress(psutil.Error):
+            me = psutil.Process(self.proc.pid)
+            self.seen.setdefault(me.pid, me)
+            for child in me.children(recursive=True):
+                self.seen.setdefault(child.pid, child)
+        return [p for p in self.seen.values() if p.pid != self.proc.pid]
+
+    def children_named(self, name: str) -> list[psutil.Process]:
+        out = []
+        for proc in self.track():
+            with contextlib.suppress(psutil.Error):
+                if proc.name() == name:
+                    out.append(proc)
+        return out
+
+    def wait_output(self, text: str, timeout: float = 20, stream: str = "err") -> str:
+        """Wait until ``text`` appears in stderr (or stdout); fail early if it exits."""
+
+        def check() -> str | None:
+            self.track()
+            content = self.err() if stream == "err" else self.out()
+            if text in content:
+                return content
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"flowctl exited ({self.proc.returncode}) before printing {text!r}:\n"
+                    f"stdout: {self.out()[-2000:]}\nstderr: {self.err()[-2000:]}"
+                )
+            return None
+
+        return wait_for(check, timeout, f"{text!r} in std{stream}")
+
+    def wait(self, timeout: float = 60) -> int:
+        """Wait for the exit (tracking descendants meanwhile); kill and fail on timeout."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(
+                    f"flowctl did not exit within {timeout}s:\nstderr: {self.err()[-3000:]}"
+                )
+            self.track()
+            time.sleep(0.05)
+        return self.proc.returncode
+
+    def interrupt(self, group: bool = False, sig: int = signal.SIGINT) -> None:
+        """Ctrl+C: to the process, or (``group``) to its whole process group, as a
+        terminal does."""
+        self.track()
+        if group:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def leftovers(self) -> list[str]:
+        """Descendants seen earlier that still run (zombies count as gone)."""
+        alive = []
+        for proc in self.seen.values():
+            with contextlib.suppress(psutil.Error):
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(f"{proc.pid} {proc.name()}")
+        return alive
+
+    def assert_no_leftovers(self, timeout: float = 5) -> None:
+        wait_for(lambda: not self.leftovers(), timeout, "no process left behind")
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM and wait (the finalizer of fixtures); kill the group when it hangs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.kill()
+
+
+def read_kv(nats_url: str, bucket: str, keys: str = ">") -> dict[str, bytes]:
+    """Every live key of a KV bucket (an empty dict when the bucket does not exist)."""
+    from nats.js.errors import BucketNotFoundError
+
+    from flowstore.nats import NatsOptions, connect
+    from flowstore.store import read_all
+
+    async def go() -> dict[str, bytes]:
+        nc = await connect(NatsOptions(url=nats_url))
+        try:
+            try:
+                kv = await nc.jetstream().key_value(bucket)
+            except BucketNotFoundError:
+                return {}
+            return {k: e.value or b"" for k, e in (await read_all(kv, keys)).items()}
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """The JSON objects among the lines of ``text`` (other lines are skipped)."""
+    import json
+
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+    return out
+
+
+def table_rows(text: str, first_column: str) -> dict[str, list[str]]:
+    """Rows of a printed table (whitespace-separated, first cell as key), from the header
+    line that starts with ``first_column`` on."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == [first_column])
+    rows = {}
+    for line in lines[start + 1:]:
+        cells = line.split()
+        if not cells:
+            break
+        rows[cells[0]] = cells
+    return rows
