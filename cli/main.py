@@ -7,6 +7,7 @@ the commands, so ``flowctl --help`` stays fast.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -106,9 +107,10 @@ def main_options(
     )
     source = ctx.get_parameter_source("nats_url")
     G.nats_url_given = getattr(source, "name", "") in ("COMMANDLINE", "ENVIRONMENT")
-    from cli.logging import configure
+    if not {"-h", "--help"} & set(sys.argv[1:]):  # help stays fast: no structlog import
+        from cli.logging import configure
 
-    configure(json_logs=log_json)
+        configure(json_logs=log_json)
 
 
 async def probe(opts: NatsOptions) -> None:

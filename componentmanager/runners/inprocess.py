@@ -38,8 +38,9 @@ from flowstore.nats import STATUS_BUCKET, open_bucket
 
 log = structlog.get_logger("flowctl.replica")
 
-FETCH_BATCH = 100
-SOURCE_ACK_WINDOW = 256
+FETCH_BATCH = 256
+#: At most this many published events may wait for their JetStream ack (backpressure).
+ACK_WINDOW = 1024
 RESTART_BACKOFF_S = (0.5, 30.0)
 
 
@@ -69,6 +70,8 @@ class InProcessReplica(Replica):
         body = encode(event)
         headers = self._ids.headers()
         if self._publisher is not None:
+            if self._publisher.outstanding >= ACK_WINDOW:
+                await self._publisher.wait()
             await self._publisher.publish(subject, body, headers)
         else:
             await self.nc.publish(subject, body, headers=headers)
