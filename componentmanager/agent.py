@@ -97,6 +97,10 @@ class Agent:
         self.ready = asyncio.Event()
 
     # -- ReplicaHost -----------------------------------------------------------------
+    @property
+    def heartbeat_s(self) -> float:
+        return self.settings.heartbeat
+
     def changed(self, replica: Replica) -> None:
         self.status.changed(replica)
 

@@ -21,13 +21,17 @@ import time
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
+try:  # loaded once here: a forked child must not load libraries (other threads may hold locks)
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:
+    _LIBC = None
 
 
 def die_with_parent() -> None:
     """``preexec_fn`` for children that must not outlive this process (Linux only)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if _LIBC is not None:
+        with contextlib.suppress(Exception):
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def find_nats_server() -> str:

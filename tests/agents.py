@@ -39,8 +39,8 @@ class AgentProcess:
         self.name = name
         self.args = args
         # Output goes to files, not pipes: a pipe nobody reads would block the agent.
-        self._out = tempfile.TemporaryFile(mode="w+")
-        self._err = tempfile.TemporaryFile(mode="w+")
+        self._out = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed by GC with self
+        self._err = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
         self.proc = subprocess.Popen(
             args, stdout=self._out, stderr=self._err, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -223,3 +223,47 @@ def table_rows(text: str, first_column: str) -> dict[str, list[str]]:
             break
         rows[cells[0]] = cells
     return rows
+
+
+# ------------------------------------------------------------- assertions on results
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def failed(result: subprocess.CompletedProcess[str], code: int, *words: str,
+           one_line: bool = True) -> str:
+    """Assert the exit code and one clean error message (a single line unless a file's
+    problems are listed under it) naming ``words``; no traceback."""
+    assert result.returncode == code, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[0].startswith("error: "), result.stderr
+    assert len(lines) == 1 or not one_line, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+    return result.stderr.strip()
+
+
+def as_json(result: subprocess.CompletedProcess[str]) -> Any:
+    import json
+
+    return json.loads(ok(result).stdout)
+
+
+def many(*commands: list[str], nats_url: str | None = None
+         ) -> list[subprocess.CompletedProcess[str]]:
+    """Run independent ``flowctl`` commands side by side (results in order)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(3) as pool:
+        return list(pool.map(lambda args: flowctl(*args, nats_url=nats_url), commands))
+
+
+def timed(*args: str, nats_url: str | None = None
+          ) -> tuple[subprocess.CompletedProcess[str], float]:
+    t0 = time.monotonic()
+    result = flowctl(*args, nats_url=nats_url)
+    return result, time.monotonic() - t0
