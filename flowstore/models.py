@@ -97,6 +97,9 @@ class ExternalFields(BaseModel):
     health_port: int | None = Field(default=None, ge=1, le=65535)
     restart_policy: RestartPolicy = "on-failure"
     image: str | None = None
+    volumes: list[str] = Field(
+        default_factory=list, description='Containers only: "host_path:container_path[:ro]".'
+    )
     depends_on: list[str] = Field(default_factory=list)
 
     @property

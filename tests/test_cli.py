@@ -2,20 +2,17 @@
 real `flowctl agent` process where a command needs one): success and failure paths,
 exit codes (0 ok, 1 failed, 2 usage, 3 NATS), and ``-o json`` parsed.
 
-`flowctl run` is in test_cli_run.py, the examples in test_examples.py.
+`flowctl run` is tested in test_cli_run.py, the examples in test_examples.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import pty
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +24,16 @@ from tests.programs.cli_helpers import (
     FLOWCTL,
     ROOT,
     Flowctl,
+    as_json,
     cli_env,
+    failed,
     flowctl,
     free_port,
     json_lines,
+    many,
+    ok,
     read_kv,
+    timed,
     wait_for,
 )
 
@@ -48,39 +50,16 @@ spec:
 """
 
 
-def write_flow(tmp: Path, name: str, count: int = 3) -> Path:
+def write_flow(tmp: Path, name: str, count: int = 3) -> str:
     path = tmp / f"{name}-{count}.yaml"
     path.write_text(FLOW_TEMPLATE.format(name=name, count=count))
-    return path
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    return result
-
-
-def failed(result: subprocess.CompletedProcess[str], code: int, *words: str,
-           one_line: bool = True) -> str:
-    """Assert the exit code and one clean error message (a single line unless a file's
-    problems are listed under it) naming ``words``; no traceback."""
-    assert result.returncode == code, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert lines and lines[0].startswith("error: "), result.stderr
-    assert len(lines) == 1 or not one_line, result.stderr
-    for word in words:
-        assert word in result.stderr, result.stderr
-    return result.stderr.strip()
-
-
-def as_json(result: subprocess.CompletedProcess[str]) -> Any:
-    return json.loads(ok(result).stdout)
+    return str(path)
 
 
 @pytest.fixture
 def cli_agent(nats_url: str, tmp_path: Path) -> Iterator[Callable[..., Flowctl]]:
     """Start real `flowctl agent` processes; each is stopped with SIGTERM afterwards and
-    must exit 0 leaving nothing behind."""
+    must exit 0, leaving no process behind."""
     started: list[Flowctl] = []
 
     def start(name: str = "cli-agent", labels: str = "", log_json: bool = True) -> Flowctl:
@@ -116,12 +95,13 @@ def test_every_command_has_help_with_an_example() -> None:
     assert contract <= set(commands)
     for name, command in commands.items():
         assert f"Example: flowctl {name}" in (command.help or ""), name
-    for name in ("run", "status", "apply"):  # and what the executable renders of it
-        assert f"Example: flowctl {name}" in " ".join(ok(flowctl(name, "--help")).stdout.split())
+    names = ("run", "status", "apply")  # and what the executable renders of it
+    for name, result in zip(names, many(*([n, "--help"] for n in names)), strict=True):
+        assert f"Example: flowctl {name}" in " ".join(ok(result).stdout.split())
 
 
 def test_root_help_is_fast_and_imports_nothing_heavy() -> None:
-    best = min(_timed(flowctl, "--help")[1] for _ in range(3))
+    best = min(timed("--help")[1] for _ in range(3))
     assert best < 0.8, f"flowctl --help took {best:.2f}s"
     probe = ("import sys\nsys.argv = ['flowctl', '--help']\nfrom cli.main import main\n"
              "try:\n    main()\nexcept SystemExit:\n    pass\n"
@@ -131,47 +111,44 @@ def test_root_help_is_fast_and_imports_nothing_heavy() -> None:
     assert result.stderr.strip().splitlines()[-1] == "[]", result.stderr
 
 
-def _timed(fn: Callable[..., Any], *args: str, **kw: Any) -> tuple[Any, float]:
-    t0 = time.monotonic()
-    result = fn(*args, **kw)
-    return result, time.monotonic() - t0
-
-
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
-    for args in (["get", "--bogus"], ["rollback", "x"], ["get", "-o", "xml"], ["nope"],
-                 ["--creds", str(tmp_path / "missing.creds"), "get"], ["apply"]):
-        result = flowctl(*args)
+    usage = (["get", "--bogus"], ["rollback", "x"], ["get", "-o", "xml"], ["nope"],
+             ["--creds", str(tmp_path / "missing.creds"), "get"], ["apply"])
+    for args, result in zip(usage, many(*usage), strict=True):
         assert result.returncode == 2, (args, result.stderr)
         assert "Traceback" not in result.stderr
 
 
-def test_validate(tmp_path: Path) -> None:
-    assert "valid" in ok(flowctl("validate", str(EXAMPLES / "hello.yaml"))).stdout
+def test_validate_and_components(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(FLOW_TEMPLATE.format(name="bad", count=1).replace("stdout", "no-such-type")
                    .replace("inputs: [gen]", "inputs: [nowhere]"))
-    result = flowctl("validate", str(bad))
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "no-such-type" in result.stdout and "nowhere" in result.stdout
-    data = json.loads(flowctl("validate", str(bad), "-o", "json").stdout)
-    assert data["status"] == "errors" and len(data["errors"]) >= 2
     broken = tmp_path / "broken.yaml"
     broken.write_text("apiVersion: flowctl/v1\nkind: Flow\nmetadata: {name: x}\nspec: [\n")
-    failed(flowctl("validate", str(broken)), 1, "broken.yaml", "line 5", one_line=False)
-    failed(flowctl("validate", str(tmp_path / "missing.yaml")), 1, "missing.yaml",
-           "file not found", one_line=False)
+    good, text, as_data, syntax, missing = many(
+        ["validate", str(EXAMPLES / "hello.yaml")], ["validate", str(bad)],
+        ["validate", str(bad), "-o", "json"], ["validate", str(broken)],
+        ["validate", str(tmp_path / "missing.yaml")])
+    assert "valid (0 error(s)" in ok(good).stdout
+    assert text.returncode == 1 and "Traceback" not in text.stderr
+    assert "no-such-type" in text.stdout and "nowhere" in text.stdout
+    assert as_data.returncode == 1
+    data = yaml.safe_load(as_data.stdout)
+    assert data["status"] == "errors" and len(data["errors"]) >= 2
+    failed(syntax, 1, "broken.yaml", "line 5", one_line=False)
+    failed(missing, 1, "missing.yaml", "file not found", one_line=False)
 
-
-def test_components_registry() -> None:
-    assert "generate" in ok(flowctl("components")).stdout
-    types = as_json(flowctl("components", "-o", "json"))
-    by_key = {(t["type"], t["role"]): t for t in types}
+    table, everything, one, unknown = many(
+        ["components"], ["components", "-o", "json"], ["components", "route", "-o", "json"],
+        ["components", "no-such-type"])
+    assert "generate" in ok(table).stdout
+    by_key = {(t["type"], t["role"]): t for t in as_json(everything)}
     assert {("generate", "source"), ("filter", "processor"), ("stdout", "sink")} <= set(by_key)
     flt = by_key[("filter", "processor")]
     assert [p["name"] for p in flt["inputs"]] == ["in"]
     assert "where" in flt["config_schema"]["properties"]
-    assert [t["type"] for t in as_json(flowctl("components", "route", "-o", "json"))] == ["route"]
-    failed(flowctl("components", "no-such-type"), 1, "no-such-type")
+    assert [t["type"] for t in as_json(one)] == ["route"]
+    failed(unknown, 1, "no-such-type")
 
 
 # -------------------------------------------------------------- NATS and its options
@@ -180,30 +157,29 @@ def test_components_registry() -> None:
 def test_nats_unreachable_is_one_line_exit_3_within_2s(tmp_path: Path) -> None:
     url = f"nats://127.0.0.1:{free_port()}"
     flow = str(EXAMPLES / "hello.yaml")
-    for args in (["get"], ["list", "-o", "json"], ["apply", "-f", flow], ["deploy", "x"],
-                 ["status"], ["agents"], ["history", "x"], ["logs", "x"],
-                 ["agent", "--name", "a", "--log-dir", str(tmp_path)], ["run", flow]):
-        result, secs = _timed(flowctl, "--nats-url", url, *args)
-        line = failed(result, 3, url, "flowctl server")
+    for args in (["get"], ["apply", "-f", flow], ["agent", "--name", "a", "--log-dir",
+                                                  str(tmp_path)], ["run", flow]):
+        result, secs = timed(*args, nats_url=url)
+        failed(result, 3, url, "flowctl server")
         assert secs < 2.0, f"{args}: {secs:.2f}s"
-        assert line.count("\n") == 0
+    for result in many(["list", "-o", "json"], ["deploy", "x"], ["status"], ["agents"],
+                       ["history", "x"], ["logs", "x", "--follow"], nats_url=url):
+        failed(result, 3, url, "flowctl server")
 
 
 @pytest.fixture
 def auth_server(tmp_path: Path) -> Iterator[str]:
-    """A nats-server (JetStream) that wants user u / password p."""
+    """A nats-server (JetStream on) that wants user u / password p."""
     from flowstore.server import find_nats_server
 
     port = free_port()
     proc = subprocess.Popen(
         [find_nats_server(), "-js", "-a", "127.0.0.1", "-p", str(port), "--user", "u",
          "--pass", "p", "-sd", str(tmp_path / "auth-store")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        url = f"nats://127.0.0.1:{port}"
         wait_for(lambda: _accepts(port), 10, "the auth server to listen")
-        yield url
+        yield f"nats://127.0.0.1:{port}"
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
@@ -217,11 +193,12 @@ def _accepts(port: int) -> bool:
 
 
 def test_credentials_options(auth_server: str) -> None:
-    assert as_json(flowctl("--user", "u", "--password", "p", "list", "-o", "json",
-                           nats_url=auth_server)) == []
-    failed(flowctl("--user", "u", "--password", "wrong", "get", nats_url=auth_server), 3,
-           auth_server, "credentials")
-    failed(flowctl("get", nats_url=auth_server), 3, "credentials")
+    good, wrong, none = many(["--user", "u", "--password", "p", "list", "-o", "json"],
+                             ["--user", "u", "--password", "wrong", "get"], ["get"],
+                             nats_url=auth_server)
+    assert as_json(good) == []
+    failed(wrong, 3, auth_server, "credentials")
+    failed(none, 3, "credentials")
 
 
 # ---------------------------------------------------------------- the lifecycle
@@ -232,28 +209,34 @@ def test_lifecycle_with_a_real_agent(nats_url: str, tmp_path: Path,
     agent = cli_agent("cli-agent", labels="zone=a")
     flow = write_flow(tmp_path, "greet", count=10)
 
-    assert ok(flowctl("apply", "-f", str(flow), nats_url=nats_url)).stdout.strip() == \
-        "flow/greet created (revision 1, not_deployed)"
-    again = ok(flowctl("apply", "-f", str(flow), nats_url=nats_url))
-    assert "unchanged (revision 1" in again.stdout
-    record = as_json(flowctl("get", "greet", "-o", "json", nats_url=nats_url))
-    assert (record["name"], record["state"], record["revision"]) == ("greet", "not_deployed", 1)
-    assert [f["name"] for f in as_json(flowctl("list", "-o", "json", nats_url=nats_url))] == \
-        ["greet"]
-    table = ok(flowctl("get", nats_url=nats_url)).stdout.splitlines()
-    assert table[0].split() == ["NAME", "STATE", "NODES", "REVISION", "UPDATED"]
-    assert table[1].split()[:4] == ["greet", "not_deployed", "2", "1"]
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return flowctl(*args, nats_url=nats_url)
 
-    deployed = ok(flowctl("deploy", "greet", nats_url=nats_url))
+    assert ok(cli("apply", "-f", flow)).stdout.strip() == \
+        "flow/greet created (revision 1, not_deployed)"
+    again, one, listed, table, start_early = many(
+        ["apply", "-f", flow], ["get", "greet", "-o", "json"], ["list", "-o", "json"], ["get"],
+        ["start", "greet"], nats_url=nats_url)
+    assert "unchanged (revision 1" in ok(again).stdout
+    record = as_json(one)
+    assert (record["name"], record["state"], record["revision"]) == ("greet", "not_deployed", 1)
+    assert [f["name"] for f in as_json(listed)] == ["greet"]
+    rows = ok(table).stdout.splitlines()
+    assert rows[0].split() == ["NAME", "STATE", "NODES", "REVISION", "UPDATED"]
+    assert rows[1].split()[:4] == ["greet", "not_deployed", "2", "1"]
+    failed(start_early, 1, "cannot start flow 'greet'", "deploy it first")
+
+    deployed = ok(cli("deploy", "greet"))
     assert "flow/greet not_deployed -> deployed_stopped" in deployed.stdout
     assert "+ config greet.gen" in deployed.stderr and "+ config greet.out" in deployed.stderr
-    failed(flowctl("deploy", "greet", nats_url=nats_url), 1, "cannot deploy", "greet")
-    failed(flowctl("delete", "greet", nats_url=nats_url), 1, "undeploy it first")
-    started = as_json(flowctl("start", "greet", "-o", "json", nats_url=nats_url))
+    again, delete_early = many(["deploy", "greet"], ["delete", "greet"], nats_url=nats_url)
+    failed(again, 1, "cannot deploy flow 'greet'")
+    failed(delete_early, 1, "undeploy it first")
+    started = as_json(cli("start", "greet", "-o", "json"))
     assert (started["from"], started["to"]) == ("deployed_stopped", "running")
 
     def running() -> dict[str, Any] | None:
-        data = as_json(flowctl("status", "greet", "-o", "json", nats_url=nats_url))
+        data = as_json(cli("status", "greet", "-o", "json"))
         states = {s["node"]: s["state"] for s in data["replicas"]}
         done = data["effective"]["observed"] == "running" and states.get("gen") == "completed"
         return data if done else None
@@ -261,84 +244,85 @@ def test_lifecycle_with_a_real_agent(nats_url: str, tmp_path: Path,
     status = wait_for(running, 20, "the flow running on the agent", interval=0.2)
     assert {s["agent"] for s in status["replicas"]} == {"cli-agent"}
     assert {s["node"]: s["counters"]["in"] for s in status["replicas"]}["out"] == 10
-    text = ok(flowctl("status", "greet", nats_url=nats_url)).stdout
-    assert "flow/greet: running (desired running" in text
-    assert "NODE REPLICA AGENT STATE IN OUT ERRORS RATE LAST ERROR" in " ".join(text.split())
     wait_for(lambda: len(json_lines(agent.out())) == 10, 10, "the sink output on the agent")
     assert [e["greeting"] for e in json_lines(agent.out())] == [f"hi {i}" for i in range(10)]
 
-    [me] = as_json(flowctl("agents", "-o", "json", nats_url=nats_url))
+    text, agents, agents_table, described, described_yaml = many(
+        ["status", "greet"], ["agents", "-o", "json"], ["agents"],
+        ["describe", "greet", "-o", "json"], ["describe", "greet"], nats_url=nats_url)
+    assert "flow/greet: running (desired running" in ok(text).stdout
+    assert "NODE REPLICA AGENT STATE IN OUT ERRORS RATE LAST ERROR" in " ".join(text.stdout.split())
+    [me] = as_json(agents)
     assert (me["name"], me["labels"], me["live"]) == ("cli-agent", {"zone": "a"}, True)
     assert set(me["components"]) == {"greet.gen.0", "greet.out.0"}
-    assert "cli-agent" in ok(flowctl("agents", nats_url=nats_url)).stdout
-
-    described = as_json(flowctl("describe", "greet", "-o", "json", nats_url=nats_url))
-    assert described["flow"]["spec"]["nodes"][0]["config"]["count"] == 10
-    nodes = {n["config"]["node"]: n for n in described["nodes"]}
+    assert "cli-agent" in ok(agents_table).stdout and "zone=a" in agents_table.stdout
+    data = as_json(described)
+    assert data["flow"]["spec"]["nodes"][0]["config"]["count"] == 10
+    nodes = {n["config"]["node"]: n for n in data["nodes"]}
     assert nodes["gen"]["config"]["assignments"] == ["cli-agent"]
     assert nodes["gen"]["status"][0]["state"] == "completed"
-    assert yaml.safe_load(ok(flowctl("describe", "greet", nats_url=nats_url)).stdout)[
-        "effective"]["observed"] == "running"
+    assert yaml.safe_load(ok(described_yaml).stdout)["effective"]["observed"] == "running"
 
-    assert "running -> deployed_stopped" in ok(flowctl("stop", "greet", nats_url=nats_url)).stdout
-    wait_for(lambda: as_json(flowctl("status", "greet", "-o", "json", nats_url=nats_url))[
-        "effective"]["observed"] == "stopped", 10, "the replicas stopped", interval=0.2)
-    ok(flowctl("undeploy", "greet", nats_url=nats_url))
+    failed(cli("undeploy", "greet"), 1, "use --force")
+    assert "running -> deployed_stopped" in ok(cli("stop", "greet")).stdout
+    wait_for(lambda: as_json(cli("status", "greet", "-o", "json"))["effective"]["observed"]
+             == "stopped", 10, "the replicas stopped", interval=0.2)
+    failed(cli("stop", "greet"), 1, "already stopped")
+    ok(cli("undeploy", "greet"))
     assert read_kv(nats_url, "flowctl_config") == {}
     assert read_kv(nats_url, "flowctl_status") == {}
-    assert "-> deleted" in ok(flowctl("delete", "greet", nats_url=nats_url)).stdout
-    failed(flowctl("get", "greet", nats_url=nats_url), 1, "'greet' not found")
-    failed(flowctl("status", "greet", nats_url=nats_url), 1, "'greet' not found")
+    assert "-> deleted" in ok(cli("delete", "greet")).stdout
+    for result in many(["get", "greet"], ["status", "greet"], ["deploy", "greet"],
+                       nats_url=nats_url):
+        failed(result, 1, "flow 'greet' not found")
 
 
-def test_refused_and_forced_transitions(nats_url: str, tmp_path: Path) -> None:
-    ok(flowctl("apply", "-f", str(write_flow(tmp_path, "forced")), nats_url=nats_url))
-    failed(flowctl("start", "forced", nats_url=nats_url), 1, "deploy it first")
-    failed(flowctl("stop", "forced", nats_url=nats_url), 1, "not deployed")
-    failed(flowctl("undeploy", "forced", nats_url=nats_url), 1, "not deployed")
-    ok(flowctl("deploy", "forced", nats_url=nats_url))
-    ok(flowctl("start", "forced", nats_url=nats_url))
-    failed(flowctl("undeploy", "forced", nats_url=nats_url), 1, "use --force")
-    result = as_json(flowctl("undeploy", "forced", "--force", "-o", "json", nats_url=nats_url))
+def test_forced_undeploy_and_delete(nats_url: str, tmp_path: Path) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return flowctl(*args, nats_url=nats_url)
+
+    ok(cli("apply", "-f", write_flow(tmp_path, "forced")))
+    ok(cli("deploy", "forced"))
+    ok(cli("start", "forced"))
+    result = as_json(cli("undeploy", "forced", "--force", "-o", "json"))
     assert (result["from"], result["to"]) == ("running", "not_deployed")
-    ok(flowctl("deploy", "forced", nats_url=nats_url))
-    ok(flowctl("start", "forced", nats_url=nats_url))
-    ok(flowctl("delete", "forced", "--force", nats_url=nats_url))
+    ok(cli("deploy", "forced"))
+    ok(cli("start", "forced"))
+    ok(cli("delete", "forced", "--force"))
     assert read_kv(nats_url, "flowctl_config") == {}
-    assert as_json(flowctl("list", "-o", "json", nats_url=nats_url)) == []
-    failed(flowctl("deploy", "nope", nats_url=nats_url), 1, "'nope' not found")
-    failed(flowctl("apply", "-f", str(tmp_path / "missing.yaml"), nats_url=nats_url), 1,
-           "file not found", one_line=False)
+    assert as_json(cli("list", "-o", "json")) == []
 
 
 def test_history_and_rollback(nats_url: str, tmp_path: Path) -> None:
-    ok(flowctl("apply", "-f", str(write_flow(tmp_path, "hist", count=1)), nats_url=nats_url))
-    out = ok(flowctl("apply", "-f", str(write_flow(tmp_path, "hist", count=2)),
-                     nats_url=nats_url)).stdout
-    assert "flow/hist configured (revision 2" in out
-    history = as_json(flowctl("history", "hist", "-o", "json", nats_url=nats_url))
-    assert [r["revision"] for r in history] == [1, 2]
-    assert "REVISION" in ok(flowctl("history", "hist", nats_url=nats_url)).stdout
-    rolled = as_json(flowctl("rollback", "hist", "--revision", "1", "-o", "json",
-                             nats_url=nats_url))
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return flowctl(*args, nats_url=nats_url)
+
+    ok(cli("apply", "-f", write_flow(tmp_path, "hist", count=1)))
+    assert "flow/hist configured (revision 2" in \
+        ok(cli("apply", "-f", write_flow(tmp_path, "hist", count=2))).stdout
+    history, table, unknown, far = many(
+        ["history", "hist", "-o", "json"], ["history", "hist"], ["history", "nope"],
+        ["rollback", "hist", "--revision", "99"], nats_url=nats_url)
+    assert [r["revision"] for r in as_json(history)] == [1, 2]
+    assert ok(table).stdout.split()[:4] == ["REVISION", "STATE", "NODES", "UPDATED"]
+    failed(unknown, 1, "flow 'nope' not found")
+    failed(far, 1, "no revision 99")
+    rolled = as_json(cli("rollback", "hist", "--revision", "1", "-o", "json"))
     assert (rolled["revision"], rolled["from_revision"]) == (3, 1)
-    record = as_json(flowctl("get", "hist", "-o", "json", nats_url=nats_url))
+    record = as_json(cli("get", "hist", "-o", "json"))
     assert record["spec"]["nodes"][0]["config"]["count"] == 1
-    failed(flowctl("rollback", "hist", "--revision", "99", nats_url=nats_url), 1, "no revision 99")
-    failed(flowctl("history", "nope", nats_url=nats_url), 1, "'nope' not found")
 
 
 def test_cas_conflict_is_one_message_exit_1(nats_url: str, tmp_path: Path) -> None:
-    ok(flowctl("apply", "-f", str(write_flow(tmp_path, "cas", count=1)), nats_url=nats_url))
+    ok(flowctl("apply", "-f", write_flow(tmp_path, "cas", count=1), nats_url=nats_url))
     program = str(Path(__file__).parent / "programs" / "cli_conflict.py")
     result = subprocess.run(
-        [sys.executable, program, "apply", "-f", str(write_flow(tmp_path, "cas", count=2))],
+        [sys.executable, program, "apply", "-f", write_flow(tmp_path, "cas", count=2)],
         capture_output=True, text=True, timeout=30, cwd=ROOT, env=cli_env(nats_url))
     failed(result, 1, "changed by someone else")
-    # Real concurrent writers: every one either wins or gets that one clean line.
-    flows = [str(write_flow(tmp_path, "cas", count=n)) for n in range(3, 7)]
-    with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda f: flowctl("apply", "-f", f, nats_url=nats_url), flows))
+    # Real concurrent writers: each one either wins or gets that same clean line.
+    results = many(*(["apply", "-f", write_flow(tmp_path, "cas", count=n)] for n in (3, 4, 5)),
+                   nats_url=nats_url)
     for result in results:
         if result.returncode:
             failed(result, 1, "changed by someone else")
@@ -350,11 +334,11 @@ def test_cas_conflict_is_one_message_exit_1(nats_url: str, tmp_path: Path) -> No
 
 
 def test_status_watch_redraws_until_ctrl_c(nats_url: str, tmp_path: Path) -> None:
-    ok(flowctl("apply", "-f", str(write_flow(tmp_path, "watched")), nats_url=nats_url))
+    ok(flowctl("apply", "-f", write_flow(tmp_path, "watched"), nats_url=nats_url))
     master, slave = pty.openpty()
-    proc = subprocess.Popen([FLOWCTL, "status", "watched",
-                             "--watch", "--interval", "0.2"], stdout=slave, stderr=slave,
-                            stdin=subprocess.DEVNULL, env=cli_env(nats_url), cwd=ROOT)
+    proc = subprocess.Popen([FLOWCTL, "status", "watched", "--watch", "--interval", "0.2"],
+                            stdout=slave, stderr=slave, stdin=subprocess.DEVNULL,
+                            env=cli_env(nats_url), cwd=ROOT)
     os.close(slave)
     seen = b""
     try:
@@ -390,8 +374,8 @@ def test_logs_follow_prints_component_log_lines(nats_url: str, tmp_path: Path,
         follow.wait_output("following flowctl.logs.logged.*")
         ok(flowctl("deploy", "logged", nats_url=nats_url))
         ok(flowctl("start", "logged", nats_url=nats_url))
-        line = follow.wait_output("skipping a line that is not JSON", stream="out")
-        assert "src.0@log-agent" in line
+        output = follow.wait_output("skipping a line that is not JSON", stream="out")
+        assert "src.0@log-agent" in output
         follow.interrupt()
         assert follow.wait(10) == 0
     finally:
@@ -400,8 +384,8 @@ def test_logs_follow_prints_component_log_lines(nats_url: str, tmp_path: Path,
     assert quiet.stdout == ""
 
 
-def test_agent_logs_name_clash_and_formats(nats_url: str,
-                                           cli_agent: Callable[..., Flowctl]) -> None:
+def test_agent_log_formats_and_name_clash(nats_url: str,
+                                          cli_agent: Callable[..., Flowctl]) -> None:
     structured = cli_agent("json-agent")
     events = json_lines(structured.err())
     assert any(e.get("event") == "agent started" and e.get("level") == "info" for e in events)
@@ -413,16 +397,17 @@ def test_agent_logs_name_clash_and_formats(nats_url: str,
 
 def test_server_command(tmp_path: Path) -> None:
     port = free_port()
+    url = f"nats://127.0.0.1:{port}"
     server = Flowctl("server", "--port", str(port), "--store-dir", str(tmp_path / "store"),
                      log_dir=tmp_path, name="server")
     try:
-        server.wait_output(f"listening on nats://127.0.0.1:{port}")
-        url = f"nats://127.0.0.1:{port}"
-        ok(flowctl("apply", "-f", str(write_flow(tmp_path, "served")), nats_url=url))
-        assert [f["name"] for f in as_json(flowctl("list", "-o", "json", nats_url=url))] == [
-            "served"]
-        clash = flowctl("server", "--port", str(port), "--store-dir", str(tmp_path / "other"))
-        assert clash.returncode == 1 and "already in use" in clash.stderr
+        server.wait_output(f"listening on {url}")
+        ok(flowctl("apply", "-f", write_flow(tmp_path, "served"), nats_url=url))
+        listed, clash = many(["list", "-o", "json"], ["server", "--port", str(port),
+                                                      "--store-dir", str(tmp_path / "other")],
+                             nats_url=url)
+        assert [f["name"] for f in as_json(listed)] == ["served"]
+        failed(clash, 1, "already in use")
         server.interrupt()
         assert server.wait(15) == 0
         server.assert_no_leftovers()

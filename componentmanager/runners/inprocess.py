@@ -116,7 +116,7 @@ class InProcessReplica(Replica):
         config = ctype.config_model.model_validate(self.cfg.config)
         self.component = ctype.load_class()(config, self)
         if self._acked:
-            await ensure_stream(self.nc, self.flow)
+            await ensure_stream(self.nc, self.flow, self.host.nats_options.kv_replicas)
             self._publisher = await AckedPublisher(self.nc).open()
         await self.component.start()
         await self._open_inputs()
