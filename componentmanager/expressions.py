@@ -23,6 +23,10 @@ Missing data is ``None``, not an error: a missing field, key or index evaluates 
 ``None``; arithmetic with a ``None`` operand gives ``None``; an ordering comparison
 (``< <= > >=``) with a ``None`` operand is false; ``x in None`` is false. Other runtime
 failures (``"a" < 1``, ``int("x")``, division by zero) raise :class:`EvaluationError`.
+
+This module parses, checks and compiles; what the compiled closures call per event (the
+functions, the operators with these rules, the lookups) is
+:mod:`componentmanager.expression_functions`. :data:`FUNCTIONS` is re-exported here.
 """
 
 from __future__ import annotations
@@ -30,26 +34,29 @@ from __future__ import annotations
 import ast
 import functools
 import operator
-import time
 import warnings
 from collections.abc import Callable
 from typing import Annotated, Any, NoReturn
 
-import msgspec
 from pydantic import AfterValidator, Field
+
+from componentmanager.expression_functions import (
+    BINOPS,
+    CMPOPS,
+    CONSTANTS,
+    FUNCTIONS,
+    LOOKUP_ERRORS,
+    Fn,
+    field_getter,
+    key_getter,
+)
 
 __all__ = [
     "FUNCTIONS", "EvaluationError", "Expression", "ExpressionError", "ExpressionStr",
     "compile_expression", "validate_expression",
 ]
 
-Fn = Callable[[Any], Any]
-
 MAX_LENGTH = 10_000  # characters of expression text
-MAX_SEQUENCE = 1_000_000  # items/characters a `*` may produce
-MAX_INT_BITS = 1_000_000  # bits an integer `**` may produce
-
-_LOOKUP_ERRORS = (KeyError, IndexError, TypeError)
 
 
 class ExpressionError(ValueError):
@@ -74,100 +81,6 @@ class EvaluationError(ExpressionError):
     """A valid expression that failed on one event (e.g. ``"a" < 1``)."""
 
 
-def _none_safe(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    return lambda x: None if x is None else fn(x)
-
-
-def _to_str(x: Any) -> str:
-    if isinstance(x, str):
-        return x
-    if isinstance(x, bool):
-        return "true" if x else "false"
-    if isinstance(x, dict | list | tuple):
-        return msgspec.json.encode(x).decode()
-    return str(x)
-
-
-def _extreme(pick: Callable[..., Any]) -> Callable[..., Any]:
-    def fn(*args: Any) -> Any:
-        items = args[0] if len(args) == 1 and isinstance(args[0], list | tuple) else args
-        values = [v for v in items if v is not None]
-        return pick(values) if values else None
-
-    return fn
-
-
-#: name -> (function, minimum arguments, maximum arguments or None for any)
-FUNCTIONS: dict[str, tuple[Callable[..., Any], int, int | None]] = {
-    "len": (_none_safe(len), 1, 1),
-    "str": (_none_safe(_to_str), 1, 1),
-    "int": (_none_safe(int), 1, 1),
-    "float": (_none_safe(float), 1, 1),
-    "bool": (bool, 1, 1),
-    "abs": (_none_safe(abs), 1, 1),
-    "min": (_extreme(min), 1, None),
-    "max": (_extreme(max), 1, None),
-    "round": (lambda x, n=None: None if x is None else round(x, n), 1, 2),
-    "lower": (_none_safe(str.lower), 1, 1),
-    "upper": (_none_safe(str.upper), 1, 1),
-    "startswith": (lambda s, p: s is not None and str.startswith(s, p), 2, 2),
-    "endswith": (lambda s, p: s is not None and str.endswith(s, p), 2, 2),
-    "contains": (lambda c, x: c is not None and x in c, 2, 2),
-    "now": (time.time, 0, 0),
-    "coalesce": (lambda *a: next((x for x in a if x is not None), None), 1, None),
-}
-
-_CONSTANTS = {"true": True, "false": False, "null": None}
-
-
-def _mul(a: Any, b: Any) -> Any:
-    for seq, n in ((a, b), (b, a)):
-        sized = isinstance(seq, str | list | tuple) and isinstance(n, int)
-        if sized and len(seq) * n > MAX_SEQUENCE:
-            raise ValueError(f"result of * would exceed {MAX_SEQUENCE} items")
-    return a * b
-
-
-def _pow(a: Any, b: Any) -> Any:
-    if isinstance(a, int) and isinstance(b, int) and b > 0 and a.bit_length() * b > MAX_INT_BITS:
-        raise ValueError("result of ** is too large")
-    return a**b
-
-
-def _mod(a: Any, b: Any) -> Any:
-    if isinstance(a, str):
-        raise TypeError("string formatting with % is not supported; use str() and +")
-    return a % b
-
-
-_BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: _mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: _mod,
-    ast.Pow: _pow,
-}
-
-
-def _ordering(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-    return lambda a, b: False if a is None or b is None else op(a, b)
-
-
-_CMPOPS: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
-    ast.Eq: operator.eq,
-    ast.NotEq: operator.ne,
-    ast.Lt: _ordering(operator.lt),
-    ast.LtE: _ordering(operator.le),
-    ast.Gt: _ordering(operator.gt),
-    ast.GtE: _ordering(operator.ge),
-    ast.In: lambda a, b: b is not None and a in b,
-    ast.NotIn: lambda a, b: b is None or a not in b,
-    ast.Is: operator.is_,
-    ast.IsNot: operator.is_not,
-}
-
 _OPERATOR_SYMBOLS = {
     ast.LShift: "<<", ast.RShift: ">>", ast.BitOr: "|", ast.BitAnd: "&", ast.BitXor: "^",
     ast.MatMult: "@", ast.Invert: "~",
@@ -187,27 +100,6 @@ _FORBIDDEN_NAMES: dict[type[ast.AST], str] = {
     ast.Set: "set literal",
     ast.Starred: "starred expression (*x)",
 }
-
-
-def _getter(base: Fn, key: Any) -> Fn:
-    def get(e: Any) -> Any:
-        obj = base(e)
-        try:
-            return obj[key]
-        except _LOOKUP_ERRORS:
-            return None
-
-    return get
-
-
-def _field(name: str) -> Fn:
-    def get(e: Any) -> Any:
-        try:
-            return e[name]
-        except _LOOKUP_ERRORS:
-            return None
-
-    return get
 
 
 class _Compiler:
@@ -279,12 +171,12 @@ class _Compiler:
 
     def _name(self, node: ast.Name) -> Fn:
         self._check_name(node, node.id, "name")
-        if node.id in _CONSTANTS:
-            value = _CONSTANTS[node.id]
+        if node.id in CONSTANTS:
+            value = CONSTANTS[node.id]
             return lambda e: value
         if node.id == "event":
             return lambda e: e
-        return _field(node.id)
+        return field_getter(node.id)
 
     def _attribute(self, node: ast.Attribute) -> Fn:
         base = self.compile(node.value)  # report problems left to right
@@ -292,20 +184,20 @@ class _Compiler:
         if isinstance(node.value, ast.Constant | ast.List | ast.Tuple | ast.Dict):
             self.fail(node, f"attribute access on a literal ('.{node.attr}') is not allowed",
                       self._end_offset(node, len(node.attr) + 1))
-        return _getter(base, node.attr)
+        return key_getter(base, node.attr)
 
     def _subscript(self, node: ast.Subscript) -> Fn:
         base = self.compile(node.value)
         key_node = node.slice
         if isinstance(key_node, ast.Constant) and isinstance(key_node.value, str | int):
-            return _getter(base, key_node.value)
+            return key_getter(base, key_node.value)
         key = self.compile(key_node)
 
         def get(e: Any) -> Any:
             obj, k = base(e), key(e)
             try:
                 return obj[k]
-            except _LOOKUP_ERRORS:
+            except LOOKUP_ERRORS:
                 return None
 
         return get
@@ -316,7 +208,7 @@ class _Compiler:
         return lambda e: slice(lo(e), hi(e), st(e))
 
     def _binop(self, node: ast.BinOp) -> Fn:
-        op = _BINOPS.get(type(node.op))
+        op = BINOPS.get(type(node.op))
         if op is None:
             symbol = _OPERATOR_SYMBOLS.get(type(node.op), type(node.op).__name__)
             self.fail(node, f"operator {symbol!r} is not allowed", self._operator_offset(node))
@@ -361,7 +253,7 @@ class _Compiler:
 
     def _compare(self, node: ast.Compare) -> Fn:
         first = self.compile(node.left)
-        pairs = [(_CMPOPS[type(op)], self.compile(c))
+        pairs = [(CMPOPS[type(op)], self.compile(c))
                  for op, c in zip(node.ops, node.comparators, strict=True)]
         if len(pairs) == 1:
             op, right = pairs[0]

@@ -9,15 +9,9 @@ Public API: :func:`validate` (-> :class:`ValidationResult` of :class:`Validation
 """
 
 from flowengine.errors import ConfigsNotConverged, ValidationFailed
-from flowengine.lifecycle import (
-    ApplyResult,
-    ConfigChanges,
-    EffectiveState,
-    FlowEngine,
-    ObservedState,
-    TransitionResult,
-    observe,
-)
+from flowengine.lifecycle import FlowEngine
+from flowengine.observe import EffectiveState, ObservedState, observe
+from flowengine.results import ApplyResult, ConfigChanges, TransitionResult
 from flowengine.translate import infer_role, resolve_type, translate
 from flowengine.validate import ValidationIssue, ValidationResult, validate
 

@@ -9,24 +9,23 @@ and the flow record is always written with compare-and-set, so of two concurrent
 actions on one flow exactly one succeeds.
 
 The state in the flow record is *desired* state; :meth:`FlowEngine.effective_state`
-observes what the agents report in ``flowctl_status``.
+observes what the agents report in ``flowctl_status`` (with the pure
+:func:`~flowengine.observe.observe`). What the actions return is :mod:`flowengine.results`.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import asdict, dataclass, field
-from enum import StrEnum
-from typing import Any, NamedTuple, TypeVar
+from typing import TypeVar
 
 from nats.aio.client import Client as NatsClient
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
-from pydantic import BaseModel, Field
 
 from flowengine.errors import ConfigsNotConverged, ValidationFailed
+from flowengine.observe import EffectiveState, observe
+from flowengine.results import ApplyResult, ConfigChanges, TransitionResult
 from flowengine.translate import translate
-from flowengine.validate import ValidationResult, validate
+from flowengine.validate import validate
 from flowstore.errors import FlowNotFound, InvalidTransition
 from flowstore.models import (
     AgentRecord,
@@ -59,88 +58,6 @@ _HINTS = {
 }
 
 
-class ObservedState(StrEnum):
-    """What the replicas of a flow report, summed up (see :meth:`FlowEngine.effective_state`)."""
-
-    NOT_DEPLOYED = "not_deployed"  # no config keys
-    PENDING = "pending"  # some replica has no eligible agent, none runs
-    STARTING = "starting"  # enabled, not every replica reports running yet
-    RUNNING = "running"  # every replica running (a finished source: completed)
-    DEGRADED = "degraded"  # some replicas ok, some failed, lost or pending
-    FAILED = "failed"  # replicas failed (or their agent died) and none is ok
-    STOPPING = "stopping"  # disabled, but some replica still reports running
-    STOPPED = "stopped"  # disabled and nothing runs
-
-
-class EffectiveState(BaseModel):
-    """Desired state (the flow record) next to the observed one, with the reasons.
-
-    ``counts`` maps a replica condition (running, completed, starting, stopped, failed,
-    pending, lost = its agent is not live, missing = no status yet) to how many replicas.
-    """
-
-    flow: str
-    desired: FlowState
-    observed: ObservedState
-    replicas: int = 0
-    counts: dict[str, int] = Field(default_factory=dict)
-    reasons: list[str] = Field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
-
-
-@dataclass
-class ConfigChanges:
-    """What an action wrote. Keys are ``flowctl_config`` keys (``<flow>.<node>``) except
-    ``pending`` and ``status_removed``, which are ``flowctl_status`` keys."""
-
-    added: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    pending: dict[str, str] = field(default_factory=dict)  # status key -> reason
-    status_removed: list[str] = field(default_factory=list)
-    spec_changed: bool = False  # apply only: a new revision of the flow was written
-    validation: ValidationResult | None = None
-
-    @property
-    def written(self) -> list[str]:
-        return sorted([*self.added, *self.updated])
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["validation"] = self.validation.to_dict() if self.validation else None
-        return out
-
-
-class ApplyResult(NamedTuple):
-    flow: FlowRecord
-    created: bool
-    changes: ConfigChanges
-
-
-@dataclass
-class TransitionResult:
-    """The outcome of deploy/start/stop/undeploy/delete: ``flow`` is the record written
-    (for delete: the last one before deletion), ``previous`` the state before."""
-
-    flow: FlowRecord
-    action: str
-    previous: FlowState
-    changes: ConfigChanges
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "flow": self.flow.name,
-            "action": self.action,
-            "from": self.previous.value,
-            "to": None if self.action == "delete" else self.flow.state.value,
-            "revision": self.flow.revision,
-            "changes": self.changes.to_dict(),
-        }
-
-
 _R = TypeVar("_R", bound=Record)
 
 
@@ -167,10 +84,6 @@ def _differs(current: ComponentConfig | None, desired: ComponentConfig) -> bool:
         or current.enabled != desired.enabled
         or current.desired_fingerprint() != desired.desired_fingerprint()
     )
-
-
-def _is_source(cfg: ComponentConfig) -> bool:
-    return cfg.role == "source" if cfg.role is not None else not cfg.inputs
 
 
 class FlowEngine:
@@ -417,50 +330,3 @@ class FlowEngine:
         record = await self.flows.get(name)
         return observe(record, await self.list_configs(name), await self.list_status(name),
                        {a.name for a in await self.live_agents()})
-
-
-def observe(record: FlowRecord, configs: list[ComponentConfig], statuses: list[ReplicaStatus],
-            live: set[str]) -> EffectiveState:
-    """Pure: sum up the replicas' reports into one observed state, with the reasons."""
-    name, desired = record.name, record.state
-    if not configs:
-        reasons = [] if desired == FlowState.NOT_DEPLOYED else ["no config keys: deploy again"]
-        return EffectiveState(flow=name, desired=desired, observed=ObservedState.NOT_DEPLOYED,
-                              reasons=reasons)
-    by_key = {s.key: s for s in statuses}
-    enabled = any(c.enabled for c in configs)
-    counts: Counter[str] = Counter()
-    reasons: list[str] = []
-    ok = 0
-    for cfg in configs:
-        for replica in range(cfg.replicas):
-            key = status_key(name, cfg.node, replica)
-            st = by_key.get(key)
-            agent = cfg.assignments[replica] if replica < len(cfg.assignments) else None
-            if st is None:
-                cond = "pending" if agent is None else "missing"
-                detail = f"no status from agent '{agent}' yet" if agent else "no agent assigned"
-            elif st.state in ("running", "starting") and st.agent and st.agent not in live:
-                cond, detail = "lost", f"agent '{st.agent}' is not live"
-            else:
-                cond, detail = st.state.value, st.last_error
-            counts[cond] += 1
-            good = cond == "running" or (cond == "completed" and _is_source(cfg))
-            ok += good
-            if enabled and not good:
-                reasons.append(f"{key}: {cond}" + (f": {detail}" if detail else ""))
-    total = sum(counts.values())
-    if not enabled:
-        active = counts["running"] + counts["starting"]
-        observed = ObservedState.STOPPING if active else ObservedState.STOPPED
-        reasons = [f"{active} replica(s) still running"] if active else []
-    elif ok == total:
-        observed = ObservedState.RUNNING
-    elif counts["failed"] + counts["lost"]:
-        observed = ObservedState.DEGRADED if ok else ObservedState.FAILED
-    elif counts["pending"]:
-        observed = ObservedState.DEGRADED if ok else ObservedState.PENDING
-    else:
-        observed = ObservedState.STARTING
-    return EffectiveState(flow=name, desired=desired, observed=observed, replicas=total,
-                          counts=dict(sorted(counts.items())), reasons=reasons)

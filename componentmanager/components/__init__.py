@@ -1,14 +1,16 @@
 """Built-in component types; importing this package registers them.
 
-Sources (:mod:`.sources`): ``generate``, ``file-source``, ``http-source``, ``nats-source``.
+Sources (:mod:`.sources`, :mod:`.http_source`): ``generate``, ``file-source``,
+``http-source``, ``nats-source``.
 Processors (:mod:`.processors`): ``filter``, ``transform``, ``route``, ``batch``, ``python``.
 Sinks (:mod:`.sinks`): ``stdout``, ``file-sink``, ``http-sink``, ``nats-sink``, ``kv``.
 
-Type names are unique across roles because the registry is keyed by name alone. Each
-module registers its types on import; the classes are loaded through ``impl`` only when
+The registry is keyed by (role, name), so a source and a sink share ``file``, ``http``
+and ``nats`` (written ``file-source`` / ``file-sink`` above). Each module registers its
+types on import; the classes are loaded through ``impl`` only when
 a component is created. Expressions used in configs are :mod:`componentmanager.expressions`.
 """
 
-from componentmanager.components import processors, sinks, sources
+from componentmanager.components import http_source, processors, sinks, sources
 
-__all__ = ["processors", "sinks", "sources"]
+__all__ = ["http_source", "processors", "sinks", "sources"]

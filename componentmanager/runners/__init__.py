@@ -1,7 +1,8 @@
 """Replica runners: in-process, process and container, behind one interface (base.Replica).
 
 :func:`make_replica` picks the runner for a config's ``kind``; :func:`reap_leftovers`
-cleans what a previous life of this agent left behind (processes, containers).
+cleans what a previous life of this agent left behind (processes, containers). Process
+and container replicas share their supervision (:mod:`.external`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ variables: nothing of the agent's own environment leaks in), labelled
 ``flowctl-<agent>-<flow>-<node>-<replica>``. ``command`` replaces the image's entrypoint
 and ``args`` are its arguments (``args`` alone go to the image's own entrypoint).
 Restarts, backoff, readiness and the log file are those of
-:class:`~componentmanager.runners.process.ExternalReplica`: Docker's own restart policy
+:class:`~componentmanager.runners.external.ExternalReplica`: Docker's own restart policy
 is not used, each run is a fresh container, removed when it ends.
 
 Networking: when NATS is on a loopback address (the embedded server on 127.0.0.1, the
@@ -39,7 +39,7 @@ import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from componentmanager.runners.base import ReplicaHost
-from componentmanager.runners.process import ExternalReplica, LaunchError, LineSplitter
+from componentmanager.runners.external import ExternalReplica, LaunchError, LineSplitter
 from flowstore.models import ComponentConfig
 
 LABEL_FLOW = "flowctl.flow"

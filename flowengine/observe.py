@@ -1,0 +1,99 @@
+"""What a flow is observed to be: the pure :func:`observe` and the types it returns.
+
+:func:`observe` sums up the replicas' reports in ``flowctl_status`` (given as data, along
+with the flow record, its configs and the live agents) into one :class:`ObservedState`
+with counts and reasons, an :class:`EffectiveState`. Pure: no NATS;
+:meth:`~flowengine.lifecycle.FlowEngine.effective_state` reads the buckets and calls it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from flowstore.models import ComponentConfig, FlowRecord, FlowState, ReplicaStatus, status_key
+
+
+class ObservedState(StrEnum):
+    """What the replicas of a flow report, summed up (see :func:`observe`)."""
+
+    NOT_DEPLOYED = "not_deployed"  # no config keys
+    PENDING = "pending"  # some replica has no eligible agent, none runs
+    STARTING = "starting"  # enabled, not every replica reports running yet
+    RUNNING = "running"  # every replica running (a finished source: completed)
+    DEGRADED = "degraded"  # some replicas ok, some failed, lost or pending
+    FAILED = "failed"  # replicas failed (or their agent died) and none is ok
+    STOPPING = "stopping"  # disabled, but some replica still reports running
+    STOPPED = "stopped"  # disabled and nothing runs
+
+
+class EffectiveState(BaseModel):
+    """Desired state (the flow record) next to the observed one, with the reasons.
+
+    ``counts`` maps a replica condition (running, completed, starting, stopped, failed,
+    pending, lost = its agent is not live, missing = no status yet) to how many replicas.
+    """
+
+    flow: str
+    desired: FlowState
+    observed: ObservedState
+    replicas: int = 0
+    counts: dict[str, int] = Field(default_factory=dict)
+    reasons: list[str] = Field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _is_source(cfg: ComponentConfig) -> bool:
+    return cfg.role == "source" if cfg.role is not None else not cfg.inputs
+
+
+def observe(record: FlowRecord, configs: list[ComponentConfig], statuses: list[ReplicaStatus],
+            live: set[str]) -> EffectiveState:
+    """Pure: sum up the replicas' reports into one observed state, with the reasons."""
+    name, desired = record.name, record.state
+    if not configs:
+        reasons = [] if desired == FlowState.NOT_DEPLOYED else ["no config keys: deploy again"]
+        return EffectiveState(flow=name, desired=desired, observed=ObservedState.NOT_DEPLOYED,
+                              reasons=reasons)
+    by_key = {s.key: s for s in statuses}
+    enabled = any(c.enabled for c in configs)
+    counts: Counter[str] = Counter()
+    reasons: list[str] = []
+    ok = 0
+    for cfg in configs:
+        for replica in range(cfg.replicas):
+            key = status_key(name, cfg.node, replica)
+            st = by_key.get(key)
+            agent = cfg.assignments[replica] if replica < len(cfg.assignments) else None
+            if st is None:
+                cond = "pending" if agent is None else "missing"
+                detail = f"no status from agent '{agent}' yet" if agent else "no agent assigned"
+            elif st.state in ("running", "starting") and st.agent and st.agent not in live:
+                cond, detail = "lost", f"agent '{st.agent}' is not live"
+            else:
+                cond, detail = st.state.value, st.last_error
+            counts[cond] += 1
+            good = cond == "running" or (cond == "completed" and _is_source(cfg))
+            ok += good
+            if enabled and not good:
+                reasons.append(f"{key}: {cond}" + (f": {detail}" if detail else ""))
+    total = sum(counts.values())
+    if not enabled:
+        active = counts["running"] + counts["starting"]
+        observed = ObservedState.STOPPING if active else ObservedState.STOPPED
+        reasons = [f"{active} replica(s) still running"] if active else []
+    elif ok == total:
+        observed = ObservedState.RUNNING
+    elif counts["failed"] + counts["lost"]:
+        observed = ObservedState.DEGRADED if ok else ObservedState.FAILED
+    elif counts["pending"]:
+        observed = ObservedState.DEGRADED if ok else ObservedState.PENDING
+    else:
+        observed = ObservedState.STARTING
+    return EffectiveState(flow=name, desired=desired, observed=observed, replicas=total,
+                          counts=dict(sorted(counts.items())), reasons=reasons)

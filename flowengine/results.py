@@ -1,0 +1,65 @@
+"""What the lifecycle actions of :class:`~flowengine.lifecycle.FlowEngine` return.
+
+:class:`ConfigChanges` (the keys an action wrote, removed or left alone), inside an
+:class:`ApplyResult` (apply, rollback) or a :class:`TransitionResult` (deploy, start,
+stop, undeploy, delete). Plain data with ``to_dict()`` for JSON output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+from flowengine.issues import ValidationResult
+from flowstore.models import FlowRecord, FlowState
+
+
+@dataclass
+class ConfigChanges:
+    """What an action wrote. Keys are ``flowctl_config`` keys (``<flow>.<node>``) except
+    ``pending`` and ``status_removed``, which are ``flowctl_status`` keys."""
+
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    pending: dict[str, str] = field(default_factory=dict)  # status key -> reason
+    status_removed: list[str] = field(default_factory=list)
+    spec_changed: bool = False  # apply only: a new revision of the flow was written
+    validation: ValidationResult | None = None
+
+    @property
+    def written(self) -> list[str]:
+        return sorted([*self.added, *self.updated])
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["validation"] = self.validation.to_dict() if self.validation else None
+        return out
+
+
+class ApplyResult(NamedTuple):
+    flow: FlowRecord
+    created: bool
+    changes: ConfigChanges
+
+
+@dataclass
+class TransitionResult:
+    """The outcome of deploy/start/stop/undeploy/delete: ``flow`` is the record written
+    (for delete: the last one before deletion), ``previous`` the state before."""
+
+    flow: FlowRecord
+    action: str
+    previous: FlowState
+    changes: ConfigChanges
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "flow": self.flow.name,
+            "action": self.action,
+            "from": self.previous.value,
+            "to": None if self.action == "delete" else self.flow.state.value,
+            "revision": self.flow.revision,
+            "changes": self.changes.to_dict(),
+        }

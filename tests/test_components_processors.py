@@ -1,0 +1,140 @@
+"""The built-in processors, driven through the Component API with a real context.
+
+Nothing is mocked: expressions compile for real, ``python`` imports a real module.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from componentmanager import get_type
+from tests.component_context import Ctx, make, validate
+
+
+async def test_filter_keeps_matching_events_from_any_input_port() -> None:
+    ctx = Ctx()
+    f = make("filter", {"where": "level == 'error' and code >= 500"}, ctx)
+    for port, event in [("in", {"level": "error", "code": 503}), ("in", {"level": "info"}),
+                        ("in-2", {"level": "error", "code": 500}), ("in", {"code": 501})]:
+        await f.process(port, event)
+    assert ctx.emitted == [("out", {"level": "error", "code": 503}),
+                           ("out", {"level": "error", "code": 500})]
+    assert f.dropped == 2
+
+
+def test_filter_rejects_a_bad_expression_at_validation() -> None:
+    with pytest.raises(ValidationError, match="lambda is not allowed"):
+        validate("filter", {"where": "(lambda: 1)()"})
+
+
+async def test_transform_sets_renames_drops_without_mutating_input() -> None:
+    ctx = Ctx()
+    t = make("transform", {
+        "set": {"total": "price * qty", "user.email": "lower(user.email)", "qty": "qty + 1"},
+        "rename": {"user.email": "email", "ghost": "never"},
+        "drop": ["secret", "user.password"],
+    }, ctx)
+    event = {"price": 2, "qty": 3, "secret": "s", "user": {"email": "A@B.C", "password": "p"}}
+    snapshot = json.loads(json.dumps(event))
+    await t.process("in", event)
+    assert ctx.events() == [{"price": 2, "qty": 4, "total": 6, "user": {}, "email": "a@b.c"}]
+    assert event == snapshot
+    with pytest.raises(TypeError, match="JSON object"):
+        await t.process("in", [1])
+
+
+async def test_route_all_first_default_and_drop() -> None:
+    config = {"routes": {"big": "amount > 100", "eu": "region == 'eu'"}, "default": "rest"}
+    ctx = Ctx()
+    r = make("route", config, ctx)
+    for e in [{"amount": 500, "region": "eu"}, {"amount": 5, "region": "eu"}, {"amount": 1}]:
+        await r.process("in", e)
+    assert [(p, e["amount"]) for p, e in ctx.emitted] == [
+        ("big", 500), ("eu", 500), ("eu", 5), ("rest", 1)]
+
+    ctx = Ctx()
+    r = make("route", {**config, "mode": "first", "default": None}, ctx)
+    for e in [{"amount": 500, "region": "eu"}, {"amount": 1}]:
+        await r.process("in", e)
+    assert [(p, e["amount"]) for p, e in ctx.emitted] == [("big", 500)]
+    assert r.dropped == 1
+    assert get_type("route").output_names(config) == ["big", "eu", "rest"]
+    assert get_type("route").dynamic_outputs
+
+
+@pytest.mark.parametrize("bad", [{"routes": {}}, {"routes": {"a.b": "x"}},
+                                 {"routes": {"dlq": "x"}}, {"routes": {"a": "x"}, "default": "*"},
+                                 {"routes": {"a": "__import__('os')"}}])
+def test_route_config_is_validated(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        validate("route", bad)
+
+
+async def test_batch_by_size_and_by_flush() -> None:
+    ctx = Ctx()
+    b = make("batch", {"size": 2, "interval": 0.5}, ctx)
+    assert b.flush_interval == 0.5 and type(b).flush_interval is None
+    for i in range(5):
+        await b.process("in", {"i": i})
+    assert ctx.events() == [{"events": [{"i": 0}, {"i": 1}], "count": 2},
+                            {"events": [{"i": 2}, {"i": 3}], "count": 2}]
+    await b.flush()
+    await b.flush()  # nothing pending: emits nothing
+    assert ctx.events()[2:] == [{"events": [{"i": 4}], "count": 1}]
+    assert make("batch", {"size": 10}, Ctx()).flush_interval is None
+
+
+async def test_python_function_from_a_module(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "flowctl_test_udf.py").write_text(textwrap.dedent("""
+        def explode(event):
+            if event.get("skip"):
+                return None
+            return [{"part": p} for p in event["parts"]]
+
+        async def tag(event):
+            return {**event, "tagged": True}
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ctx = Ctx()
+    p = make("python", {"function": "flowctl_test_udf:explode"}, ctx)
+    await p.start()
+    await p.process("in", {"parts": ["a", "b"]})
+    await p.process("in", {"skip": True})
+    assert ctx.events() == [{"part": "a"}, {"part": "b"}] and p.dropped == 1
+    ctx = Ctx()
+    p = make("python", {"function": "flowctl_test_udf:tag"}, ctx)
+    await p.start()
+    await p.process("in", {"x": 1})
+    assert ctx.events() == [{"x": 1, "tagged": True}]
+    with pytest.raises(TypeError, match="does not define a callable"):
+        await make("python", {"function": "flowctl_test_udf:missing"}, Ctx()).start()
+    with pytest.raises(ImportError, match="cannot import"):
+        await make("python", {"function": "no_such_module_x:f"}, Ctx()).start()
+
+
+async def test_python_inline_code_only_when_allowed() -> None:
+    code = "def process(event):\n    return {**event, 'double': event['n'] * 2}\n"
+    with pytest.raises(PermissionError, match="inline 'code' is disabled"):
+        await make("python", {"code": code}, Ctx()).start()
+    ctx = Ctx(allow_inline_code=True)
+    p = make("python", {"code": code}, ctx)
+    await p.start()
+    await p.process("in", {"n": 21})
+    assert ctx.events() == [{"n": 21, "double": 42}]
+    with pytest.raises(TypeError, match="does not define a callable process"):
+        await make("python", {"code": "x = 1"}, Ctx(allow_inline_code=True)).start()
+
+
+@pytest.mark.parametrize("bad", [{}, {"code": "def process(e): return e",
+                                      "function": "m:f"}, {"code": "def process(:"},
+                                 {"function": "not a path"}])
+def test_python_config_is_validated(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        validate("python", bad)

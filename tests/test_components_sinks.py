@@ -1,0 +1,115 @@
+"""The built-in sinks, driven through the Component API with a real context.
+
+``nats`` and ``kv`` run against the real server from conftest; ``http`` posts to a real
+local server. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from pydantic import ValidationError
+
+from tests.component_context import Ctx, make, validate
+
+
+async def test_stdout_prints_compact_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    s = make("stdout", {"prefix": "> "}, Ctx())
+    await s.process("in", {"a": 1, "b": [1, "x"]})
+    await s.process("in", "text")
+    assert capsys.readouterr().out == '> {"a":1,"b":[1,"x"]}\n> "text"\n'
+
+
+async def test_file_sink_appends_json_lines(tmp_path: Path) -> None:
+    path = tmp_path / "out" / "events.jsonl"
+    for batch in ([{"a": 1}, {"b": 2}], [{"c": 3}]):
+        s = make("file-sink", {"path": str(path)}, Ctx())
+        await s.start()
+        for e in batch:
+            await s.process("in", e)
+        await s.flush()
+        if batch[0] == {"a": 1}:
+            assert path.read_text() == '{"a":1}\n{"b":2}\n'  # flushed, still open
+        await s.stop()
+    assert [json.loads(x) for x in path.read_text().splitlines()] == [{"a": 1}, {"b": 2}, {"c": 3}]
+
+
+class Receiver:
+    """A real local HTTP server recording POSTed bodies, answering ``status``."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+        self.bodies: list[Any] = []
+        self.headers: list[str] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        length = next(int(h.split(":")[1]) for h in head.split("\r\n")
+                      if h.lower().startswith("content-length"))
+        self.headers.append(head)
+        self.bodies.append(json.loads(await reader.readexactly(length)))
+        writer.write(f"HTTP/1.1 {self.status} X\r\nContent-Length: 0\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        await writer.drain()
+        writer.close()
+
+
+async def test_http_sink_posts_events_and_batches() -> None:
+    receiver = Receiver()
+    server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
+    try:
+        s = make("http-sink", {"url": url, "headers": {"X-Token": "t"}}, Ctx())
+        await s.process("in", {"a": 1})
+        assert receiver.bodies == [{"a": 1}]
+        assert "POST /hook HTTP/1.1" in receiver.headers[0] and "X-Token: t" in receiver.headers[0]
+
+        b = make("http-sink", {"url": url, "batch_size": 2, "interval": 0.2}, Ctx())
+        assert b.flush_interval == 0.2
+        for i in range(3):
+            await b.process("in", {"i": i})
+        await b.flush()
+        assert receiver.bodies[1:] == [[{"i": 0}, {"i": 1}], [{"i": 2}]]
+
+        receiver.status = 500
+        with pytest.raises(RuntimeError, match="answered 500"):
+            await s.process("in", {"a": 2})
+    finally:
+        server.close()
+        await server.wait_closed()
+    with pytest.raises(ConnectionError, match="failed"):
+        await make("http-sink", {"url": url, "timeout": 1}, Ctx()).process("in", {})
+    with pytest.raises(ValidationError):
+        validate("http-sink", {"url": "file:///etc/passwd"})
+
+
+async def test_nats_sink_publishes_json(nc: Any) -> None:
+    sub = await nc.subscribe("results.x")
+    s = make("nats-sink", {"subject": "results.x"}, Ctx(nc))
+    await s.start()
+    await s.process("in", {"ok": True})
+    await s.flush()
+    msg = await sub.next_msg(timeout=2)
+    assert msgspec.json.decode(msg.data) == {"ok": True}
+    await s.stop()
+
+
+async def test_kv_sink_creates_bucket_and_puts_by_key(nc: Any) -> None:
+    s = make("kv", {"bucket": "users", "key": "'user.' + str(id)"}, Ctx(nc))
+    await s.start()  # the bucket does not exist yet: created
+    await s.process("in", {"id": 7, "name": "Ada"})
+    await s.process("in", {"id": 7, "name": "Ada L."})
+    kv = await nc.jetstream().key_value("users")
+    entry = await kv.get("user.7")
+    assert msgspec.json.decode(entry.value) == {"id": 7, "name": "Ada L."}
+    again = make("kv", {"bucket": "users", "key": "name"}, Ctx(nc))
+    await again.start()  # existing bucket: reused
+    with pytest.raises(ValueError, match="is null"):
+        await s.process("in", {"name": "no id"})
+    with pytest.raises(ValueError, match="not a valid KV key"):
+        await again.process("in", {"name": "has space"})
