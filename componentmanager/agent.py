@@ -47,6 +47,9 @@ from flowstore.nats import (
 log = structlog.get_logger("flowctl.agent")
 
 VERSION = "0.1.0"
+#: A replica that has not stopped by then is abandoned with an error in the log
+#: (process runners escalate to SIGKILL well before: grace 5 s).
+REPLICA_STOP_TIMEOUT_S = 20.0
 
 
 class AgentNameTaken(Exception):
@@ -308,7 +311,9 @@ class Agent:
             return
         log.info("stopping replica", replica=key, reason=reason)
         try:
-            await replica.stop()
+            await asyncio.wait_for(replica.stop(), REPLICA_STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.error("replica did not stop in time", replica=key, seconds=REPLICA_STOP_TIMEOUT_S)
         except Exception as exc:
             log.error("replica stop failed", replica=key, error=str(exc))
         with contextlib.suppress(Exception):
@@ -363,7 +368,7 @@ class Agent:
         with contextlib.suppress(Exception):
             await self.nc.flush(timeout=2)
         with contextlib.suppress(Exception):
-            await self.nc.close()
+            await asyncio.wait_for(self.nc.close(), 5)
         log.info("agent stopped", agent=self.agent_name, seconds=round(time.monotonic() - t0, 2))
 
 
