@@ -18,6 +18,7 @@ import contextlib
 import os
 import secrets
 import socket
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from componentmanager.configwatch import ConfigView
 from componentmanager.leader import Leader
 from componentmanager.reconcile import Restart, Start, Stop, desired_replicas, reconcile
-from componentmanager.runners import make_replica, reap_leftovers
+from componentmanager.runners import make_replica, reap_leftovers, watchdog
 from componentmanager.runners.base import Replica
 from componentmanager.statuswriter import StatusWriter
 from flowstore.models import AgentRecord, ReplicaState, ReplicaStatus, logs_subject, utcnow
@@ -98,6 +99,7 @@ class Agent:
         self._broken_reported: dict[str, str] = {}
         self.fenced = False
         self.ready = asyncio.Event()
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     # -- ReplicaHost -----------------------------------------------------------------
     @property
@@ -296,6 +298,8 @@ class Agent:
             await asyncio.gather(*(self._stop_replica(k, r) for k, r in group))
 
     async def _start_replica(self, cfg: Any, index: int) -> None:
+        if cfg.kind == "container" and self._watchdog is None:
+            self._watchdog = watchdog.spawn(os.getpid(), self.instance)
         replica = make_replica(cfg, index, self)
         key = replica.key
         self.replicas[key] = replica
@@ -359,6 +363,9 @@ class Agent:
         await self._stop_in_flow_order([(k, "agent shutting down") for k in self.replicas])
         with contextlib.suppress(Exception):
             await self.status.close()
+        if self._watchdog is not None:  # our containers are gone: it has nothing to do
+            self._watchdog.terminate()
+            await asyncio.to_thread(self._watchdog.wait)
         if self.leader is not None:
             with contextlib.suppress(Exception):
                 await self.leader.resign()

@@ -3,7 +3,9 @@
 A :class:`ContainerReplica` creates and starts a container from the node's ``image``
 with the contract environment of :mod:`componentmanager.runners.env` (only those
 variables: nothing of the agent's own environment leaks in), labelled
-``flowctl.flow``, ``flowctl.node``, ``flowctl.replica`` and ``flowctl.agent``, named
+``flowctl.flow``, ``flowctl.node``, ``flowctl.replica``, ``flowctl.agent`` and
+``flowctl.agent-instance`` (what :mod:`~componentmanager.runners.watchdog` removes
+when the agent is SIGKILLed), with the node's ``volumes`` mounted, named
 ``flowctl-<agent>-<flow>-<node>-<replica>``. ``command`` replaces the image's entrypoint
 and ``args`` are its arguments (``args`` alone go to the image's own entrypoint).
 Restarts, backoff, readiness and the log file are those of
@@ -46,6 +48,7 @@ LABEL_FLOW = "flowctl.flow"
 LABEL_NODE = "flowctl.node"
 LABEL_REPLICA = "flowctl.replica"
 LABEL_AGENT = "flowctl.agent"
+LABEL_INSTANCE = "flowctl.agent-instance"  # one agent process: what the watchdog removes
 
 ClientFactory = Callable[[], Any]
 
@@ -129,6 +132,7 @@ class ContainerReplica(ExternalReplica):
             LABEL_NODE: self.cfg.node,
             LABEL_REPLICA: str(self.index),
             LABEL_AGENT: self.host.agent_name,
+            LABEL_INSTANCE: str(getattr(self.host, "instance", "")),
         }
 
     def create_options(self, env: dict[str, str]) -> dict[str, Any]:
@@ -148,6 +152,8 @@ class ContainerReplica(ExternalReplica):
             opts["command"] = list(ext.args)
         if ext.working_dir:
             opts["working_dir"] = ext.working_dir
+        if ext.volumes:
+            opts["volumes"] = list(ext.volumes)
         if "network" not in self.run_options and is_loopback_url(env.get("NATS_URL")):
             opts["network_mode"] = "host"
         opts.update(self.run_options)

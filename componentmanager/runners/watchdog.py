@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-LABEL_INSTANCE = "flowctl.agent-instance"
+LABEL_INSTANCE = "flowctl.agent-instance"  # == container.LABEL_INSTANCE (no docker import)
 
 
 def _alive(pid: int) -> bool:
