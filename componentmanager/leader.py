@@ -47,6 +47,7 @@ class Leader:
         self.agent = agent
         self.lease_rev: int | None = None
         self._lease_seen: tuple[int, float] | None = None  # (revision, monotonic)
+        self._last_eval: float | None = None
         self._seen: dict[str, tuple[int, float]] = {}  # agent -> (revision, monotonic)
         self._pending_written: dict[str, str] = {}
         self.kv = None
@@ -60,7 +61,9 @@ class Leader:
         return min(1.0, self.agent.settings.heartbeat / 2)
 
     async def run(self) -> None:
-        self.kv = await open_bucket(self.agent.nc, LEADER_BUCKET)
+        self.kv = await open_bucket(
+            self.agent.nc, LEADER_BUCKET, replicas=self.agent.nats_options.kv_replicas
+        )
         while True:
             try:
                 await self._hold_lease()
@@ -96,6 +99,7 @@ class Leader:
             if not await self._take_over_stale_lease(value):
                 return
         self._seen.clear()
+        self._last_eval = None
         self._pending_written.clear()
         log.info("became leader", agent=self.agent.agent_name)
 
@@ -133,6 +137,14 @@ class Leader:
         """Agents whose record changed recently, judged on this leader's clock."""
         now = time.monotonic()
         wall = datetime.now(UTC)
+        # If this leader itself was stalled (CPU starved, paused), the silence it sees is
+        # its own: shift every observation forward by the stall instead of declaring
+        # everyone dead at once.
+        if self._last_eval is not None:
+            stall = now - self._last_eval - 2 * self.tick
+            if stall > 0:
+                self._seen = {n: (rev, t + stall) for n, (rev, t) in self._seen.items()}
+        self._last_eval = now
         live = []
         for name, (revision, record) in records.items():
             seen = self._seen.get(name)
@@ -142,7 +154,8 @@ class Leader:
                 if seen is None:
                     age = max(0.0, (wall - parse_time(record.heartbeat_at)).total_seconds())
                 self._seen[name] = (revision, now - age)
-            if now - self._seen[name][1] < DEAD_AFTER_HEARTBEATS * record.heartbeat_s:
+            mine = name == self.agent.agent_name  # we are evidently alive
+            if mine or now - self._seen[name][1] < DEAD_AFTER_HEARTBEATS * record.heartbeat_s:
                 live.append(record)
         for gone in self._seen.keys() - records.keys():
             del self._seen[gone]

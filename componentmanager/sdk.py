@@ -111,7 +111,7 @@ class Component:
     async def connect(self) -> None:
         self.nc = await connect(self.nats, name=f"flowctl-sdk {self.service_id}", reconnect=True)
         if self.delivery == "at-least-once" and self.flow:
-            await ensure_stream(self.nc, self.flow)
+            await ensure_stream(self.nc, self.flow, self.nats.kv_replicas)
 
     async def emit(self, event: Any, port: str = DEFAULT_OUTPUT_PORT) -> None:
         """Publish one event on an output port (``out`` by default)."""

@@ -75,7 +75,7 @@ class NatsOptions:
 
     def env(self) -> dict[str, str]:
         """The environment an external component needs to connect the same way."""
-        out = {"NATS_URL": self.url}
+        out = {"NATS_URL": self.url, "FLOWCTL_KV_REPLICAS": str(self.kv_replicas)}
         for key, value in (
             ("NATS_USER", self.user),
             ("NATS_PASSWORD", self.password),
@@ -102,7 +102,12 @@ class NatsOptions:
             tls_ca=e.get("NATS_TLS_CA"),
             tls_cert=e.get("NATS_TLS_CERT"),
             tls_key=e.get("NATS_TLS_KEY"),
+            kv_replicas=int(e.get("FLOWCTL_KV_REPLICAS") or 1),
         )
+
+    def servers(self) -> list[str]:
+        """``url`` may list several servers of a cluster, comma-separated."""
+        return [u.strip() for u in self.url.split(",") if u.strip()]
 
     def _tls(self) -> ssl.SSLContext | None:
         if not (self.tls_ca or self.tls_cert):
@@ -126,7 +131,7 @@ async def connect(
         return None
 
     kwargs: dict[str, Any] = {
-        "servers": [opts.url],
+        "servers": opts.servers(),
         "name": name,
         "connect_timeout": opts.connect_timeout,
         "allow_reconnect": reconnect,

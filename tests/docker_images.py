@@ -11,7 +11,7 @@ Three cached steps, each timed on stderr:
    says they were made for the same dependency list and Python version.
 3. ``flowctl:local``: ``docker build --build-arg BASE=flowctl-base:local .``; the Dockerfile
    installs from ``dist/wheels`` with ``--no-index`` when it is there. Done once per process
-   (the layer cache makes a rebuild without changes take seconds).
+   (the layer cache makes a rebuild take seconds; superseded images are removed).
 
 ``FLOWCTL_BASE_IMAGE`` (for example ``python:3.11-slim`` where pulls work) replaces step 1.
 Run it by hand with ``python -m tests.docker_images [--force-base] [--quiet]``; tests use
@@ -202,12 +202,30 @@ def ensure_wheels(dest: Path = WHEELS, *, quiet: bool = True) -> Path:
     return dest
 
 
+def image_id(tag: str) -> str | None:
+    proc = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", tag],
+                          capture_output=True, text=True, timeout=60)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
 def build_flowctl_image(tag: str = FLOWCTL_TAG, base: str = BASE_TAG, *,
                         quiet: bool = True) -> str:
-    """``docker build`` the project's Dockerfile on ``base`` (the layer cache keeps it fast)."""
+    """``docker build`` the project's Dockerfile on ``base`` (the layer cache keeps it fast).
+
+    The build stage is tagged too (``flowctl-build:local``), so the classic builder keeps
+    it as the cache of the dependency layer; the images a rebuild supersedes are removed
+    (when no container uses them) instead of piling up untagged.
+    """
+    stage = f"{tag.split(':')[0]}-build:local"
+    before = {t: image_id(t) for t in (stage, tag)}
     with timed(f"docker build {tag} (BASE={base})"):
-        run(["docker", "build", "--build-arg", f"BASE={base}", "-t", tag, str(ROOT)],
-            timeout=1200, quiet=quiet)
+        for target, name in ((["--target", "build"], stage), ([], tag)):
+            run(["docker", "build", "--build-arg", f"BASE={base}", *target, "-t", name,
+                 str(ROOT)], timeout=1200, quiet=quiet)
+    for name, old in before.items():
+        if old is not None and old != image_id(name):
+            subprocess.run(["docker", "rmi", old], capture_output=True, timeout=120,
+                           check=False)
     return tag
 
 
