@@ -60,7 +60,6 @@ def agent(
 
     Example: flowctl agent --name edge-1 --labels zone=a,gpu=false --python-path ./flows
     """
-    from cli.main import probe
     from componentmanager.agent import Agent, AgentSettings
 
     for directory in reversed(python_path or []):
@@ -77,7 +76,6 @@ def agent(
         stop = asyncio.Event()
         _stop_on_signals(stop)
         opts = globals_().options()
-        await probe(opts)
         await Agent(settings, opts).run(stop)
 
     run(go())
@@ -297,6 +295,10 @@ class Embedded:
                 info(f"could not undeploy flow/{self.name}: {exc or type(exc).__name__}")
         self.stop_agents.set()
         if self.agent_tasks:
+            _, late = await asyncio.wait(self.agent_tasks, timeout=45)
+            for task in late:  # never hang on exit: abandon an agent that will not stop
+                info("an embedded agent did not stop in time; abandoning it")
+                task.cancel()
             await asyncio.gather(*self.agent_tasks, return_exceptions=True)
         if self.nc is not None:
             with contextlib.suppress(Exception):

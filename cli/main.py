@@ -113,44 +113,11 @@ def main_options(
         configure(json_logs=log_json)
 
 
-async def probe(opts: NatsOptions) -> None:
-    """Fail at once when no server listens at the URL(s), instead of waiting out the
-    connect timeout (nats-py keeps retrying a refused first connect). Raises
-    NatsUnavailable when no address accepts a TCP connection; anything else (TLS, auth,
-    a server that is slow to answer) is left to the real connect."""
-    import asyncio
-    from urllib.parse import urlsplit
-
-    from flowstore.nats import NatsUnavailable
-
-    reasons = []
-    for url in filter(None, (u.strip() for u in opts.url.split(","))):
-        parts = urlsplit(url if "://" in url else f"nats://{url}")
-        if parts.scheme not in ("nats", "tls") or not parts.hostname:
-            return  # websocket or something unusual: let nats-py judge it
-        try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(parts.hostname, parts.port or 4222),
-                opts.connect_timeout,
-            )
-        except TimeoutError:
-            reasons.append("timed out")
-        except OSError as exc:
-            reasons.append(exc.strerror or type(exc).__name__)
-        else:
-            writer.close()
-            return
-    if reasons:
-        raise NatsUnavailable(opts.url, "; ".join(dict.fromkeys(reasons)).lower())
-
-
 async def connect_nats(opts: NatsOptions | None = None) -> Any:
-    """A NATS connection for a command: probe, then :func:`flowstore.nats.connect`."""
+    """A NATS connection for a command (:func:`flowstore.nats.connect` fails fast)."""
     from flowstore.nats import connect
 
-    opts = opts or globals_().options()
-    await probe(opts)
-    return await connect(opts)
+    return await connect(opts or globals_().options())
 
 
 async def engine_session() -> Any:

@@ -271,8 +271,10 @@ def logs(
     node: Annotated[str | None, typer.Argument(help="One node; all when omitted.")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
     wait: Annotated[float, typer.Option(help="Seconds to listen without --follow.")] = 2.0,
+    output: OutputOpt = Format.table,
 ) -> None:
-    """Component log lines that agents publish on flowctl.logs.<flow>.<node>.
+    """Component log lines that agents publish on flowctl.logs.<flow>.<node>
+    (-o json: one JSON object per line, with flow, node, replica, agent, stream, ts).
 
     Example: flowctl logs orders big --follow
     """
@@ -287,9 +289,11 @@ def logs(
         async def on_msg(msg: Any) -> None:
             try:
                 d = json.loads(msg.data)
-                print(f"{d['ts']} {d['node']}.{d['replica']}@{d['agent']} {d['line']}", flush=True)
-            except (ValueError, KeyError):
-                print(msg.data.decode("utf-8", "replace"), flush=True)
+                text = (f"{d['ts']} {d['node']}.{d['replica']}@{d['agent']} {d['line']}"
+                        if output == Format.table else _one_record(d, output))
+            except (ValueError, KeyError, TypeError):
+                text = msg.data.decode("utf-8", "replace")
+            print(text, flush=True)
 
         subject = logs_subject(name, node or "*")
         sub = await nc.subscribe(subject, cb=on_msg)
@@ -306,3 +310,14 @@ def logs(
             await nc.close()
 
     run(go())
+
+
+def _one_record(data: dict[str, Any], output: Format) -> str:
+    """One streamed record: a JSON line, or a YAML document."""
+    import json
+
+    if output == Format.json:
+        return json.dumps(data, separators=(",", ":"))
+    import yaml
+
+    return "---\n" + yaml.safe_dump(data, sort_keys=False).rstrip()

@@ -168,6 +168,7 @@ class Agent:
         # Watch first, then list (inside ConfigView), so nothing is missed in between.
         self.view = ConfigView(self.config_kv, self._dirty.set)
         self.view.start()
+        self._dirty.set()  # reconcile once at start even when there is nothing to watch
         self.leader = Leader(self) if self.settings.lead else None
         self._spawn(self._reconcile_loop(), "reconcile")
         self._spawn(self._heartbeat_loop(), "heartbeat")
@@ -271,7 +272,7 @@ class Agent:
         for key, cfg in self.view.configs.items():
             why[key] = "disabled" if not cfg.enabled else "assigned elsewhere"
         # A config that can't be parsed: keep what runs, report the problem.
-        for config_key, reason in self.view.broken.items():
+        for config_key, reason in list(self.view.broken.items()):
             for rkey in [k for k in self.fingerprints if k.rsplit(".", 1)[0] == config_key]:
                 desired[rkey] = (self.replicas[rkey].cfg, self.replicas[rkey].index)
                 self.replicas[rkey].last_error = reason
@@ -320,8 +321,9 @@ class Agent:
             log.error("replica did not stop in time", replica=key, seconds=REPLICA_STOP_TIMEOUT_S)
         except Exception as exc:
             log.error("replica stop failed", replica=key, error=str(exc))
-        with contextlib.suppress(Exception):
-            await self.status.write(replica.status())
+        if self.nc.is_connected:  # with NATS gone, a final write would only time out
+            with contextlib.suppress(Exception):
+                await self.status.write(replica.status())
         self.status.forget(key)
 
     async def _report_broken(self, config_key: str, reason: str) -> None:

@@ -8,10 +8,13 @@ here and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -118,6 +121,38 @@ class NatsOptions:
         return ctx
 
 
+async def probe(opts: NatsOptions) -> None:
+    """Fail at once when no server listens at the URL(s) (nats-py keeps retrying a refused
+    first connect until its timeout). Raises :class:`NatsUnavailable` when no address
+    accepts a TCP connection; anything else (TLS, auth, a slow server) is left to the real
+    connect."""
+    reasons = []
+    for url in opts.servers():
+        parts = urlsplit(url if "://" in url else f"nats://{url}")
+        if parts.scheme not in ("nats", "tls") or not parts.hostname:
+            return  # websocket or something unusual: let nats-py judge it
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(parts.hostname, parts.port or 4222),
+                opts.connect_timeout,
+            )
+        except TimeoutError:
+            reasons.append("timed out")
+        except ConnectionRefusedError:
+            reasons.append("connection refused")
+        except socket.gaierror:
+            reasons.append(f"unknown host {parts.hostname}")
+        except OSError as exc:
+            reasons.append((exc.strerror or type(exc).__name__).lower())
+        else:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
+    if reasons:
+        raise NatsUnavailable(opts.url, "; ".join(dict.fromkeys(reasons)))
+
+
 async def connect(
     opts: NatsOptions, *, name: str = "flowctl", reconnect: bool = False, **extra: Any
 ) -> NatsClient:
@@ -130,6 +165,7 @@ async def connect(
     async def _quiet(_e: Exception) -> None:
         return None
 
+    await probe(opts)
     kwargs: dict[str, Any] = {
         "servers": opts.servers(),
         "name": name,

@@ -65,6 +65,7 @@ class EmbeddedNats:
         self.foreground = foreground
         self.proc: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
+        self._ports_dir: str | None = None
 
     @property
     def url(self) -> str:
@@ -86,9 +87,18 @@ class EmbeddedNats:
             ports_dir,
         ]
         out = None if self.foreground else subprocess.DEVNULL
+        # Not in the foreground: its own session, so a terminal's Ctrl+C reaches only us
+        # and we stop the server after tearing down what uses it (pdeathsig still ties
+        # it to us if we are killed).
         self.proc = subprocess.Popen(
-            cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
+            cmd,
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+            start_new_session=not self.foreground,
         )
+        self._ports_dir = ports_dir
         ports_file = Path(ports_dir) / f"nats-server_{self.proc.pid}.ports"
         deadline = time.monotonic() + timeout
         try:
@@ -108,8 +118,6 @@ class EmbeddedNats:
         except BaseException:
             self.stop()
             raise
-        finally:
-            shutil.rmtree(ports_dir, ignore_errors=True)
 
     def wait(self) -> int:
         assert self.proc is not None
@@ -123,6 +131,9 @@ class EmbeddedNats:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self._ports_dir:  # removed after the server, which cleans its file on exit
+            shutil.rmtree(self._ports_dir, ignore_errors=True)
+            self._ports_dir = None
         if self._own_dir:
             shutil.rmtree(self.store_dir, ignore_errors=True)
 

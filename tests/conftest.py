@@ -108,6 +108,5 @@ def agents(nats_url: str) -> Iterator[object]:
         return a
 
     yield start
-    for a in started:
-        if a.proc.poll() is None:
-            assert a.stop() == 0
+    codes = {a.name: a.stop() for a in started if a.proc.poll() is None}  # stop all first
+    assert all(code == 0 for code in codes.values()), codes

@@ -233,7 +233,8 @@ async def _has_error(nc, key: str):
 async def test_two_replicas_share_the_work(nc, agents, tmp_path) -> None:
     agents("a1")
     agents("a2")
-    await wait_until(lambda: live_agent(nc, "a2"), what="agents")
+    await wait_until(lambda: live_agent(nc, "a1"), what="agent a1")
+    await wait_until(lambda: live_agent(nc, "a2"), what="agent a2")
     out = tmp_path / "out.jsonl"
     body = f"""\
   sources:

@@ -12,27 +12,31 @@ import pty
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-from tests.programs.cli_helpers import (
+from tests.programs.cli_helpers import (  # noqa: F401  (fixtures)
     EXAMPLES,
     FLOWCTL,
     ROOT,
     Flowctl,
     as_json,
+    cli_agent_fixture,
     cli_env,
+    cli_processes_cleaned_up,
     failed,
     flowctl,
     free_port,
     json_lines,
+    make_certs,
     many,
+    nats_server,
     ok,
     read_kv,
+    read_terminal,
     timed,
     wait_for,
 )
@@ -45,8 +49,10 @@ metadata: {{name: {name}}}
 spec:
   sources:
     - {{id: gen, type: generate, config: {{count: {count}, template: {{greeting: "hi {{seq}}"}}}}}}
+  processors:
+    - {{id: enrich, type: python, inputs: [gen], config: {{function: "enrich:enrich"}}}}
   sinks:
-    - {{id: out, type: stdout, inputs: [gen]}}
+    - {{id: out, type: stdout, inputs: [enrich]}}
 """
 
 
@@ -54,28 +60,6 @@ def write_flow(tmp: Path, name: str, count: int = 3) -> str:
     path = tmp / f"{name}-{count}.yaml"
     path.write_text(FLOW_TEMPLATE.format(name=name, count=count))
     return str(path)
-
-
-@pytest.fixture
-def cli_agent(nats_url: str, tmp_path: Path) -> Iterator[Callable[..., Flowctl]]:
-    """Start real `flowctl agent` processes; each is stopped with SIGTERM afterwards and
-    must exit 0, leaving no process behind."""
-    started: list[Flowctl] = []
-
-    def start(name: str = "cli-agent", labels: str = "", log_json: bool = True) -> Flowctl:
-        args = [*(["--log-json"] if log_json else []), "agent", "--name", name,
-                "--heartbeat", "0.5", "--status-interval", "0.5",
-                "--log-dir", str(tmp_path / "component-logs")]
-        agent = Flowctl(*args, *(["--labels", labels] if labels else []),
-                        log_dir=tmp_path, nats_url=nats_url, name=f"agent-{name}")
-        started.append(agent)
-        agent.wait_output("agent started")
-        return agent
-
-    yield start
-    for agent in started:
-        assert agent.stop() == 0, agent.err()[-2000:]
-        agent.assert_no_leftovers()
 
 
 # ----------------------------------------------------------------------- no server
@@ -167,38 +151,35 @@ def test_nats_unreachable_is_one_line_exit_3_within_2s(tmp_path: Path) -> None:
         failed(result, 3, url, "flowctl server")
 
 
-@pytest.fixture
-def auth_server(tmp_path: Path) -> Iterator[str]:
-    """A nats-server (JetStream on) that wants user u / password p."""
-    from flowstore.server import find_nats_server
-
-    port = free_port()
-    proc = subprocess.Popen(
-        [find_nats_server(), "-js", "-a", "127.0.0.1", "-p", str(port), "--user", "u",
-         "--pass", "p", "-sd", str(tmp_path / "auth-store")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: _accepts(port), 10, "the auth server to listen")
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        assert proc.wait(10) == 0
+def test_credentials_options(tmp_path: Path) -> None:
+    with nats_server(tmp_path, "--user", "u", "--pass", "p") as addr:
+        url = f"nats://{addr}"
+        good, wrong, none = many(["--user", "u", "--password", "p", "list", "-o", "json"],
+                                 ["--user", "u", "--password", "wrong", "get"], ["get"],
+                                 nats_url=url)
+        assert as_json(good) == []
+        failed(wrong, 3, url, "credentials")
+        failed(none, 3, "credentials")
+    with nats_server(tmp_path, "--auth", "s3cret") as addr:
+        good, wrong = many(["--token", "s3cret", "list", "-o", "json"],
+                           ["--token", "nope", "get"], nats_url=f"nats://{addr}")
+        assert as_json(good) == []
+        failed(wrong, 3, "credentials")
 
 
-def _accepts(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def test_credentials_options(auth_server: str) -> None:
-    good, wrong, none = many(["--user", "u", "--password", "p", "list", "-o", "json"],
-                             ["--user", "u", "--password", "wrong", "get"], ["get"],
-                             nats_url=auth_server)
-    assert as_json(good) == []
-    failed(wrong, 3, auth_server, "credentials")
-    failed(none, 3, "credentials")
+def test_tls_options(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path)
+    server_tls = ["--tls", "--tlscert", str(certs / "server.pem"), "--tlskey",
+                  str(certs / "server.key"), "--tlscacert", str(certs / "ca.pem"), "--tlsverify"]
+    with nats_server(tmp_path, *server_tls) as addr:
+        url = f"tls://{addr}"
+        ca = ["--tls-ca", str(certs / "ca.pem")]
+        mutual, no_client_cert = many(
+            [*ca, "--tls-cert", str(certs / "client.pem"), "--tls-key",
+             str(certs / "client.key"), "list", "-o", "json"], [*ca, "list"], nats_url=url)
+        assert as_json(mutual) == []
+        assert mutual.stderr == ""
+        failed(no_client_cert, 3, url)
 
 
 # ---------------------------------------------------------------- the lifecycle
@@ -223,7 +204,7 @@ def test_lifecycle_with_a_real_agent(nats_url: str, tmp_path: Path,
     assert [f["name"] for f in as_json(listed)] == ["greet"]
     rows = ok(table).stdout.splitlines()
     assert rows[0].split() == ["NAME", "STATE", "NODES", "REVISION", "UPDATED"]
-    assert rows[1].split()[:4] == ["greet", "not_deployed", "2", "1"]
+    assert rows[1].split()[:4] == ["greet", "not_deployed", "3", "1"]
     failed(start_early, 1, "cannot start flow 'greet'", "deploy it first")
 
     deployed = ok(cli("deploy", "greet"))
@@ -237,15 +218,18 @@ def test_lifecycle_with_a_real_agent(nats_url: str, tmp_path: Path,
 
     def running() -> dict[str, Any] | None:
         data = as_json(cli("status", "greet", "-o", "json"))
-        states = {s["node"]: s["state"] for s in data["replicas"]}
-        done = data["effective"]["observed"] == "running" and states.get("gen") == "completed"
+        seen = {s["node"]: (s["state"], s["counters"]["in"]) for s in data["replicas"]}
+        done = (data["effective"]["observed"] == "running"
+                and seen == {"gen": ("completed", 0), "enrich": ("running", 10),
+                             "out": ("running", 10)})
         return data if done else None
 
     status = wait_for(running, 20, "the flow running on the agent", interval=0.2)
     assert {s["agent"] for s in status["replicas"]} == {"cli-agent"}
-    assert {s["node"]: s["counters"]["in"] for s in status["replicas"]}["out"] == 10
     wait_for(lambda: len(json_lines(agent.out())) == 10, 10, "the sink output on the agent")
-    assert [e["greeting"] for e in json_lines(agent.out())] == [f"hi {i}" for i in range(10)]
+    events = json_lines(agent.out())
+    assert [e["greeting"] for e in events] == [f"hi {i}" for i in range(10)]
+    assert [e["score"] for e in events] == [i * i for i in range(10)]  # enrich.py ran
 
     text, agents, agents_table, described, described_yaml = many(
         ["status", "greet"], ["agents", "-o", "json"], ["agents"],
@@ -254,7 +238,7 @@ def test_lifecycle_with_a_real_agent(nats_url: str, tmp_path: Path,
     assert "NODE REPLICA AGENT STATE IN OUT ERRORS RATE LAST ERROR" in " ".join(text.stdout.split())
     [me] = as_json(agents)
     assert (me["name"], me["labels"], me["live"]) == ("cli-agent", {"zone": "a"}, True)
-    assert set(me["components"]) == {"greet.gen.0", "greet.out.0"}
+    assert set(me["components"]) == {"greet.gen.0", "greet.enrich.0", "greet.out.0"}
     assert "cli-agent" in ok(agents_table).stdout and "zone=a" in agents_table.stdout
     data = as_json(described)
     assert data["flow"]["spec"]["nodes"][0]["config"]["count"] == 10
@@ -300,10 +284,12 @@ def test_history_and_rollback(nats_url: str, tmp_path: Path) -> None:
     ok(cli("apply", "-f", write_flow(tmp_path, "hist", count=1)))
     assert "flow/hist configured (revision 2" in \
         ok(cli("apply", "-f", write_flow(tmp_path, "hist", count=2))).stdout
-    history, table, unknown, far = many(
-        ["history", "hist", "-o", "json"], ["history", "hist"], ["history", "nope"],
-        ["rollback", "hist", "--revision", "99"], nats_url=nats_url)
+    history, as_yaml, table, unknown, far = many(
+        ["history", "hist", "-o", "json"], ["history", "hist", "-o", "yaml"],
+        ["history", "hist"], ["history", "nope"], ["rollback", "hist", "--revision", "99"],
+        nats_url=nats_url)
     assert [r["revision"] for r in as_json(history)] == [1, 2]
+    assert yaml.safe_load(ok(as_yaml).stdout) == as_json(history)
     assert ok(table).stdout.split()[:4] == ["REVISION", "STATE", "NODES", "UPDATED"]
     failed(unknown, 1, "flow 'nope' not found")
     failed(far, 1, "no revision 99")
@@ -340,14 +326,8 @@ def test_status_watch_redraws_until_ctrl_c(nats_url: str, tmp_path: Path) -> Non
                             stdout=slave, stderr=slave, stdin=subprocess.DEVNULL,
                             env=cli_env(nats_url), cwd=ROOT)
     os.close(slave)
-    seen = b""
     try:
-        def redrawn() -> bool:
-            nonlocal seen
-            seen += os.read(master, 65536)
-            return seen.count(b"flow/watched: not_deployed") >= 3
-
-        wait_for(redrawn, 15, "three redraws of the status")
+        read_terminal(master, lambda seen: seen.count(b"flow/watched: not_deployed") >= 3, 15)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(10) == 0
     finally:
@@ -368,18 +348,23 @@ def test_logs_follow_prints_component_log_lines(nats_url: str, tmp_path: Path,
         f"  sources:\n    - {{id: src, type: file, config: {{path: '{data}', format: jsonl}}}}\n"
         "  sinks:\n    - {id: out, type: stdout, inputs: [src]}\n")
     ok(flowctl("apply", "-f", str(flow), nats_url=nats_url))
-    follow = Flowctl("logs", "logged", "--follow", log_dir=tmp_path, nats_url=nats_url,
-                     name="logs")
-    try:
-        follow.wait_output("following flowctl.logs.logged.*")
-        ok(flowctl("deploy", "logged", nats_url=nats_url))
-        ok(flowctl("start", "logged", nats_url=nats_url))
-        output = follow.wait_output("skipping a line that is not JSON", stream="out")
-        assert "src.0@log-agent" in output
-        follow.interrupt()
+    human = Flowctl("logs", "logged", "--follow", log_dir=tmp_path, nats_url=nats_url,
+                    name="logs")
+    as_json_lines = Flowctl("logs", "logged", "src", "-f", "-o", "json", log_dir=tmp_path,
+                            nats_url=nats_url, name="logs-json")
+    for follow in (human, as_json_lines):
+        follow.wait_output("following flowctl.logs.logged.")
+    ok(flowctl("deploy", "logged", nats_url=nats_url))
+    ok(flowctl("start", "logged", nats_url=nats_url))
+    output = human.wait_output("skipping a line that is not JSON", stream="out")
+    assert "src.0@log-agent" in output
+    as_json_lines.wait_output("skipping a line that is not JSON", stream="out")
+    [record] = json_lines(as_json_lines.out())
+    assert (record["flow"], record["node"], record["replica"], record["agent"]) == \
+        ("logged", "src", 0, "log-agent")
+    for follow in (human, as_json_lines):
+        follow.interrupt()  # Ctrl+C is the normal end of --follow
         assert follow.wait(10) == 0
-    finally:
-        follow.stop()
     quiet = ok(flowctl("logs", "logged", "out", "--wait", "0.3", nats_url=nats_url))
     assert quiet.stdout == ""
 
@@ -407,7 +392,10 @@ def test_server_command(tmp_path: Path) -> None:
                                                       "--store-dir", str(tmp_path / "other")],
                              nats_url=url)
         assert [f["name"] for f in as_json(listed)] == ["served"]
-        failed(clash, 1, "already in use")
+        # In the foreground nats-server's own log comes first; flowctl's line ends it.
+        assert clash.returncode == 1 and "Traceback" not in clash.stderr
+        assert clash.stderr.strip().splitlines()[-1] == \
+            f"error: nats-server exited with code 1 (is port {port} already in use?)"
         server.interrupt()
         assert server.wait(15) == 0
         server.assert_no_leftovers()

@@ -282,8 +282,9 @@ class InProcessReplica(Replica):
                 except Exception as exc:
                     self.last_error = f"{hook.__name__}: {exc}"
         if self._publisher is not None:
-            with contextlib.suppress(Exception):
-                await self._publisher.wait()
+            if self.nc.is_connected:
+                with contextlib.suppress(Exception):
+                    await self._publisher.wait()
             await self._publisher.close()
             self._publisher = None
 
@@ -298,8 +299,9 @@ class InProcessReplica(Replica):
             self._supervisor.cancel()
             await asyncio.gather(self._supervisor, return_exceptions=True)
         await self._teardown()
-        with contextlib.suppress(Exception):
-            await self.nc.flush()
+        if self.nc.is_connected:
+            with contextlib.suppress(Exception):
+                await self.nc.flush(timeout=2)
         if self.state != ReplicaState.COMPLETED:
             self.set_state(ReplicaState.STOPPED)
 

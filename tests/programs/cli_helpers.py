@@ -17,15 +17,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 FLOWCTL = str(Path(sys.executable).parent / "flowctl")
+STARTED: list[Flowctl] = []
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition",
@@ -42,10 +44,19 @@ def wait_for(check: Callable[[], Any], timeout: float = 15.0, what: str = "condi
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on (bound and released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port nobody uses now, picked below the kernel's ephemeral range (where
+    outgoing connections of parallel tests take their ports)."""
+    import random
+
+    for _ in range(100):
+        port = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
 
 
 def cli_env(nats_url: str | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -65,6 +76,17 @@ def flowctl(*args: str, nats_url: str | None = None, cwd: str | Path | None = No
                           cwd=cwd or ROOT, env=cli_env(nats_url), stdin=subprocess.DEVNULL)
 
 
+@pytest.fixture(autouse=True)
+def cli_processes_cleaned_up() -> Iterator[None]:
+    """Autouse (import it into a test module): whatever a test left running when it
+    failed half-way is killed with its whole process group."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.proc.poll() is None:
+            proc.kill()
+
+
 class Flowctl:
     """A long-running ``flowctl`` subprocess (run, agent, server, logs --follow ...)."""
 
@@ -75,6 +97,7 @@ class Flowctl:
         self.stdout_path = log_dir / f"{name}.out"
         self.stderr_path = log_dir / f"{name}.err"
         self.seen: dict[int, psutil.Process] = {}
+        self.names: dict[int, str] = {}
         with self.stdout_path.open("w") as out, self.stderr_path.open("w") as err:
             self.proc = subprocess.Popen(
                 [*(program or [FLOWCTL]), *args], stdout=out, stderr=err,
@@ -82,6 +105,7 @@ class Flowctl:
                 start_new_session=True,
             )
         self.track()
+        STARTED.append(self)
 
     @property
     def pid(self) -> int:
@@ -97,18 +121,22 @@ class Flowctl:
         """Remember the process and its current descendants (call it while it runs)."""
         with contextlib.suppress(psutil.Error):
             me = psutil.Process(self.proc.pid)
-            self.seen.setdefault(me.pid, me)
-            for child in me.children(recursive=True):
-                self.seen.setdefault(child.pid, child)
+            for proc in [me, *me.children(recursive=True)]:
+                if proc.pid not in self.seen:
+                    with contextlib.suppress(psutil.Error):
+                        self.names[proc.pid] = proc.name()
+                        self.seen[proc.pid] = proc
         return [p for p in self.seen.values() if p.pid != self.proc.pid]
 
     def children_named(self, name: str) -> list[psutil.Process]:
-        out = []
-        for proc in self.track():
-            with contextlib.suppress(psutil.Error):
-                if proc.name() == name:
-                    out.append(proc)
-        return out
+        """Descendants seen so far (alive or not) whose program is ``name``."""
+        self.track()
+        return [p for p in self.seen.values() if self.names.get(p.pid) == name]
+
+    def descendant_names(self) -> list[str]:
+        """Programs of every descendant seen so far (alive or not)."""
+        self.track()
+        return sorted(self.names[pid] for pid in self.seen if pid != self.proc.pid)
 
     def wait_output(self, text: str, timeout: float = 20, stream: str = "err") -> str:
         """Wait until ``text`` appears in stderr (or stdout); fail early if it exits."""
@@ -160,7 +188,7 @@ class Flowctl:
         for proc in self.seen.values():
             with contextlib.suppress(psutil.Error):
                 if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(f"{proc.pid} {proc.name()}")
+                    alive.append(f"{proc.pid} {self.names.get(proc.pid)}")
         return alive
 
     def assert_no_leftovers(self, timeout: float = 5) -> None:
@@ -225,6 +253,29 @@ def table_rows(text: str, first_column: str) -> dict[str, list[str]]:
     return rows
 
 
+@pytest.fixture(name="cli_agent")
+def cli_agent_fixture(nats_url: str, tmp_path: Path) -> Iterator[Callable[..., Flowctl]]:
+    """Start real `flowctl agent` processes; each is stopped with SIGTERM afterwards and
+    must exit 0, leaving no process behind."""
+    started: list[Flowctl] = []
+
+    def start(name: str = "cli-agent", labels: str = "", log_json: bool = True) -> Flowctl:
+        args = [*(["--log-json"] if log_json else []), "agent", "--name", name,
+                "--heartbeat", "0.5", "--status-interval", "0.5",
+                "--log-dir", str(tmp_path / "component-logs"),
+                "--python-path", str(EXAMPLES)]  # enrich.py for `python` nodes
+        agent = Flowctl(*args, *(["--labels", labels] if labels else []),
+                        log_dir=tmp_path, nats_url=nats_url, name=f"agent-{name}")
+        started.append(agent)
+        agent.wait_output("agent started")
+        return agent
+
+    yield start
+    for agent in started:
+        assert agent.stop() == 0, agent.err()[-2000:]
+        agent.assert_no_leftovers()
+
+
 # ------------------------------------------------------------- assertions on results
 
 
@@ -267,3 +318,77 @@ def timed(*args: str, nats_url: str | None = None
     t0 = time.monotonic()
     result = flowctl(*args, nats_url=nats_url)
     return result, time.monotonic() - t0
+
+
+def read_terminal(master: int, until: Callable[[bytes], bool], timeout: float = 30) -> bytes:
+    """Read a pty's master side until ``until(everything read)`` holds or the terminal
+    closes (every process holding it exited); fail on timeout."""
+    import select
+
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the other side is closed
+            return seen
+        if not chunk:
+            return seen
+        seen += chunk
+        if until(seen):
+            return seen
+    raise AssertionError(f"timed out after {timeout}s reading the terminal: {seen[-2000:]!r}")
+
+
+# ------------------------------------------------------- servers with auth and TLS
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextlib.contextmanager
+def nats_server(tmp: Path, *args: str) -> Iterator[str]:
+    """A nats-server (JetStream on) with extra arguments (auth, TLS); yields host:port."""
+    from flowstore.server import find_nats_server
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [find_nats_server(), "-js", "-a", "127.0.0.1", "-p", str(port),
+         "-sd", str(tmp / f"store-{port}"), *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _accepts(port) or proc.poll() is not None, 10, "nats-server to listen")
+        assert proc.poll() is None, "nats-server did not start"
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+
+
+def make_certs(tmp: Path) -> Path:
+    """A CA, and server and client certificates signed by it (for 127.0.0.1), made with
+    the openssl command; the test is skipped when there is none."""
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make test certificates")
+    ext = tmp / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                   "extendedKeyUsage=serverAuth,clientAuth\n")
+    commands = [["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
+                 "-out", "ca.pem", "-days", "1", "-subj", "/CN=flowctl-test-ca"]]
+    for who in ("server", "client"):
+        commands += [
+            ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{who}.key", "-out",
+             f"{who}.csr", "-subj", f"/CN={who}"],
+            ["x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", f"{who}.pem", "-days", "1", "-extfile", str(ext)],
+        ]
+    for command in commands:
+        subprocess.run(["openssl", *command], cwd=tmp, check=True, capture_output=True)
+    return tmp

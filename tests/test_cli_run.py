@@ -1,0 +1,160 @@
+"""`flowctl run`, the one-command mode, as the real executable: on Ctrl+C it stops,
+undeploys and shuts everything down (no process and no config key left behind), two runs
+at once work, failures exit 1, and a terminal gets a spinner and live status.
+`--until-done` on every example (its nats-server gone afterwards): test_examples.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.programs.cli_helpers import (  # noqa: F401  (an autouse fixture)
+    EXAMPLES,
+    FLOWCTL,
+    Flowctl,
+    cli_env,
+    cli_processes_cleaned_up,
+    json_lines,
+    read_kv,
+    read_terminal,
+    wait_for,
+)
+
+ENDLESS = """\
+apiVersion: flowctl/v1
+kind: Flow
+metadata: {name: endless}
+spec:
+  sources:
+    - {id: ticks, type: generate, config: {rate: 40, template: {tick: "t{seq}"}}}
+  processors:
+    - {id: mark, type: transform, inputs: [ticks], config: {set: {marked: "true"}}}
+  sinks:
+    - {id: out, type: stdout, inputs: [mark]}
+"""
+
+
+def endless(tmp_path: Path) -> str:
+    path = tmp_path / "endless.yaml"
+    path.write_text(ENDLESS)
+    return str(path)
+
+
+def start_run(tmp_path: Path, *args: str, name: str = "run",
+              nats_url: str | None = None) -> Flowctl:
+    workdir = tmp_path / name
+    workdir.mkdir(parents=True, exist_ok=True)
+    return Flowctl(*(["--nats-url", nats_url] if nats_url else []), "run", *args,
+                   log_dir=tmp_path / "logs", cwd=workdir, name=name)
+
+
+def wait_for_events(run: Flowctl, n: int = 3) -> None:
+    wait_for(lambda: len(json_lines(run.out())) >= n or run.proc.poll() is not None, 30,
+             f"{n} events on stdout")
+    assert run.proc.poll() is None, run.err()
+
+
+def test_ctrl_c_leaves_no_process_and_no_config_key(nats_url: str, tmp_path: Path) -> None:
+    run = start_run(tmp_path, endless(tmp_path), nats_url=nats_url)
+    wait_for_events(run)
+    assert read_kv(nats_url, "flowctl_config", "endless.*")  # deployed while it runs
+    run.interrupt(group=True)  # what a terminal's Ctrl+C does
+    assert run.wait(20) == 0, run.err()
+    assert "interrupted: stopping" in run.err()
+    assert "flow/endless stopped and undeployed" in run.err()
+    run.assert_no_leftovers()
+    assert read_kv(nats_url, "flowctl_config") == {}
+    assert read_kv(nats_url, "flowctl_status") == {}
+    assert read_kv(nats_url, "flowctl_agents") == {}
+    record = json.loads(read_kv(nats_url, "flowctl_flows")["endless"])
+    assert record["state"] == "not_deployed"
+
+
+def test_sigint_to_run_with_embedded_server_leaves_no_nats_server(tmp_path: Path) -> None:
+    run = start_run(tmp_path, endless(tmp_path))
+    wait_for_events(run)
+    assert run.descendant_names() == ["nats-server"]
+    run.interrupt()  # kill -INT <pid>
+    assert run.wait(20) == 0, run.err()
+    assert "flow/endless stopped and undeployed" in run.err()
+    run.assert_no_leftovers()  # the nats-server included
+
+
+def test_terminal_ctrl_c_with_embedded_server(tmp_path: Path) -> None:
+    run = start_run(tmp_path, endless(tmp_path))
+    try:
+        wait_for_events(run)
+        run.interrupt(group=True)
+        assert run.wait(5) == 0, run.err()
+        assert "flow/endless stopped and undeployed" in run.err()
+    finally:
+        if run.proc.poll() is None:
+            run.kill()
+        run.assert_no_leftovers()
+
+
+def test_two_runs_at_the_same_time(tmp_path: Path) -> None:
+    runs = [start_run(tmp_path, str(EXAMPLES / "hello.yaml"), "--until-done", "--timeout",
+                      "60", name=f"run{i}") for i in (1, 2)]
+    wait_for(lambda: all(r.children_named("nats-server") or r.proc.poll() is not None
+                         for r in runs), 15, "both embedded servers")
+    servers = [s.pid for r in runs for s in r.children_named("nats-server")]
+    for run in runs:
+        assert run.wait(60) == 0, run.err()
+        assert [e["seq"] for e in json_lines(run.out())] == list(range(10))
+        run.assert_no_leftovers()
+    assert len(set(servers)) == 2
+
+
+def test_run_failures_exit_1(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(ENDLESS.replace("transform", "no-such-type"))
+    failing = tmp_path / "failing.yaml"
+    failing.write_text(ENDLESS.replace("rate: 40, ", "count: 3, ").replace(
+        "type: transform, inputs: [ticks], config: {set: {marked: \"true\"}}",
+        "type: python, inputs: [ticks], config: {function: \"no_such_module:fn\"}"))
+    runs = {
+        "invalid": start_run(tmp_path, str(broken), "--until-done", name="invalid"),
+        "replica": start_run(tmp_path, str(failing), "--until-done", name="replica"),
+        "timeout": start_run(tmp_path, endless(tmp_path), "--until-done", "--timeout", "2",
+                             name="timeout"),
+    }
+    for run in runs.values():
+        assert run.wait(60) == 1, run.err()
+        assert "Traceback" not in run.err()
+        run.assert_no_leftovers()
+    assert "no-such-type" in runs["invalid"].err()
+    assert "a replica failed: mark.0" in runs["replica"].err()
+    assert "no_such_module" in runs["replica"].err()
+    assert "not done after 2s" in runs["timeout"].err()
+    for name in ("replica", "timeout"):
+        assert "stopped and undeployed" in runs[name].err()
+
+
+def test_spinner_and_live_status_on_a_terminal(tmp_path: Path) -> None:
+    """With stderr on a terminal, start-up shows a spinner and the status is redrawn."""
+    flow = tmp_path / "slow.yaml"
+    flow.write_text(ENDLESS.replace("rate: 40, ", "rate: 3, count: 8, "))
+    master, slave = pty.openpty()
+    with (tmp_path / "out.txt").open("w") as out:
+        proc = subprocess.Popen([FLOWCTL, "run", str(flow), "--until-done"], stdout=out,
+                                stderr=slave, stdin=subprocess.DEVNULL, cwd=tmp_path,
+                                env=cli_env(), start_new_session=True)
+    os.close(slave)
+    try:
+        seen = read_terminal(master, lambda _: False, 40)
+        assert proc.wait(10) == 0, seen.decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        os.close(master)
+    text = seen.decode(errors="replace")
+    assert "starting NATS and 1 agent(s)" in text
+    assert "ticks.0:running" in text or "ticks.0:completed" in text
+    assert len(json_lines((tmp_path / "out.txt").read_text())) == 8
