@@ -95,7 +95,12 @@ def main_options(
     tls_cert: Annotated[Path | None, _file_option("--tls-cert", "Client cert.")] = None,
     tls_key: Annotated[Path | None, _file_option("--tls-key", "Client key.")] = None,
     kv_replicas: Annotated[
-        int, typer.Option("--kv-replicas", help="Replicas of buckets/streams (NATS cluster).")
+        int,
+        typer.Option(
+            "--kv-replicas",
+            envvar="FLOWCTL_KV_REPLICAS",
+            help="Replicas of buckets/streams (NATS cluster).",
+        ),
     ] = 1,
     log_json: Annotated[bool, typer.Option("--log-json", help="Logs as JSON lines.")] = False,
 ) -> None:
