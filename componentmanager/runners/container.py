@@ -127,13 +127,16 @@ class ContainerReplica(ExternalReplica):
         return f"flowctl-{self.host.agent_name}-{self.cfg.flow}-{self.cfg.node}-{self.index}"
 
     def labels(self) -> dict[str, str]:
-        return {
+        labels = {
             LABEL_FLOW: self.cfg.flow,
             LABEL_NODE: self.cfg.node,
             LABEL_REPLICA: str(self.index),
             LABEL_AGENT: self.host.agent_name,
-            LABEL_INSTANCE: str(getattr(self.host, "instance", "")),
         }
+        instance = getattr(self.host, "instance", None)  # the agent's; absent in bare hosts
+        if instance:
+            labels[LABEL_INSTANCE] = str(instance)
+        return labels
 
     def create_options(self, env: dict[str, str]) -> dict[str, Any]:
         """The ``containers.create`` arguments (image, env, labels, command, network)."""
