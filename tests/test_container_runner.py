@@ -8,12 +8,10 @@ that image, bind-mounted read-only (host networking reaches the test's nats-serv
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import json
 import shutil
-import socket
 import struct
 import sys
 import tarfile
@@ -34,51 +32,12 @@ from componentmanager.runners.container import (
 )
 from flowstore.models import ComponentConfig, ExternalFields, ReplicaState
 from flowstore.nats import NatsOptions
+from tests.process_context import Host, free_port, until
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS = Path(__file__).parent / "programs"
 IMAGE = "flowctl-test-busybox:1"
 APPLETS = ["sh", "echo", "sleep", "cat", "env", "mkdir", "httpd", "true", "false"]
-
-
-class Host:
-    """A real ReplicaHost: records transitions and log lines."""
-
-    def __init__(self, log_dir: Path, nats_options: NatsOptions, nc: Any = None) -> None:
-        self.agent_name = "ctest"
-        self.nc = nc
-        self.nats_options = nats_options
-        self.log_dir = str(log_dir)
-        self.allow_inline_code = False
-        self.heartbeat_s = 1.0
-        self.changes: list[tuple[ReplicaState, str | None]] = []
-        self.lines: list[tuple[str, str]] = []
-
-    def changed(self, r: Any) -> None:
-        self.changes.append((r.state, r.last_error))
-
-    def log_line(self, replica: Any, line: str, stream: str = "stdout") -> None:
-        self.lines.append((stream, line))
-
-    def has_line(self, text: str) -> bool:
-        return any(text in line for _, line in self.lines)
-
-
-async def until(
-    cond: Callable[[], bool], what: str, timeout: float = 15.0, host: Host | None = None
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            seen = f"; changes {host.changes}; output {host.lines[-20:]}" if host else ""
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}{seen}")
-        await asyncio.sleep(0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def is_static_elf(path: str) -> bool:
@@ -138,7 +97,9 @@ def image(docker_client: Any) -> str:
 
 @pytest.fixture
 def host(tmp_path: Path) -> Host:
-    return Host(tmp_path / "logs", NatsOptions(url="nats://127.0.0.1:4222"))
+    h = Host(tmp_path / "logs", NatsOptions(url="nats://127.0.0.1:4222"))
+    h.agent_name = "ctest"
+    return h
 
 
 @pytest.fixture
@@ -209,7 +170,11 @@ async def test_restart_policy_and_exit_codes(spawn: Any, host: Host, image: str)
     await until(lambda: crash.restarts >= 2, "2 restarts")
     await until(lambda: never.state == ReplicaState.FAILED, "the never-restarted one failed")
     assert crash.exit_code == 1
-    errors = [e for s, e in host.changes if s == ReplicaState.FAILED and "boom" not in (e or "")]
+    errors = [
+        c.error
+        for c in host.changes
+        if c.state == ReplicaState.FAILED and "boom" not in (c.error or "")
+    ]
     assert "exited with code 1; restarting in 0.1s" in errors
     assert "exited with code 1; restarting in 0.2s" in errors
     assert sum(1 for _, line in host.lines if line == "boom") >= 2
@@ -285,6 +250,7 @@ async def test_sdk_program_in_a_container_moves_events(
     nc: Any, nats_opts: NatsOptions, tmp_path: Path, python_mounts: list[str], docker_client: Any
 ) -> None:
     host = Host(tmp_path / "logs", nats_opts, nc)
+    host.agent_name = "ctest"
     cfg = make_cfg(
         "upper", flow="cfe", command=sys.executable, args=[str(PROGRAMS / "sdk_upper.py")],
         inputs={"in": ["flowctl.cfe.src.out"]}, outputs={"out": "flowctl.cfe.upper.out"},

@@ -17,17 +17,9 @@ import subprocess
 import sys
 import time
 
+from flowstore.server import pid_alive
+
 LABEL_INSTANCE = "flowctl.agent-instance"  # == container.LABEL_INSTANCE (no docker import)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_instance_containers(instance: str) -> list[str]:
@@ -66,7 +58,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.5)
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    while _alive(args.pid) and os.getppid() == args.pid:
+    while pid_alive(args.pid) and os.getppid() == args.pid:
         time.sleep(args.interval)
     remove_instance_containers(args.instance)
 
