@@ -126,3 +126,25 @@ async def run_flow(nc, text: str) -> FlowEngine:
     await engine.deploy(loaded.name)
     await engine.start(loaded.name)
     return engine
+
+
+def gen_transform_file(path: Path, generate: str, set_field: str, expression: str,
+                       replicas: int = 1) -> str:
+    """The flow body used by many tests: generate -> transform (one field) -> file sink."""
+    return f"""\
+  sources:
+    - id: gen
+      type: generate
+      config: {{{generate}}}
+  processors:
+    - id: work
+      type: transform
+      inputs: [gen]
+      replicas: {replicas}
+      config: {{set: {{{set_field}: "{expression}"}}}}
+  sinks:
+    - id: out
+      type: file
+      inputs: [work]
+      config: {{path: "{path}"}}
+"""

@@ -8,7 +8,15 @@ import json
 import pytest
 
 from flowstore.models import dlq_subject
-from tests.agents import flow_yaml, live_agent, read_lines, run_flow, statuses, wait_until
+from tests.agents import (
+    flow_yaml,
+    gen_transform_file,
+    live_agent,
+    read_lines,
+    run_flow,
+    statuses,
+    wait_until,
+)
 
 
 async def test_nats_restart_under_at_least_once_flow_loses_nothing(
@@ -17,22 +25,7 @@ async def test_nats_restart_under_at_least_once_flow_loses_nothing(
     agents("a1")
     await wait_until(lambda: live_agent(nc, "a1"), what="agent")
     out = tmp_path / "out.jsonl"
-    body = f"""\
-  sources:
-    - id: gen
-      type: generate
-      config: {{count: 1500, rate: 500}}
-  processors:
-    - id: work
-      type: transform
-      inputs: [gen]
-      config: {{set: {{sq: "seq * seq"}}}}
-  sinks:
-    - id: out
-      type: file
-      inputs: [work]
-      config: {{path: "{out}"}}
-"""
+    body = gen_transform_file(out, "count: 1500, rate: 500", "sq", "seq * seq")
     await run_flow(nc, flow_yaml("alo", body, delivery="at-least-once"))
     await wait_until(lambda: _has_lines(out, 200), what="events flowing", timeout=20)
     # Restart the server mid-stream (same port, same store).
@@ -61,22 +54,7 @@ async def test_poison_events_go_to_the_dlq_after_max_deliver(nc, agents, tmp_pat
 
     await nc.subscribe(dlq_subject("poison", "work"), cb=on_dead)
     out = tmp_path / "out.jsonl"
-    body = f"""\
-  sources:
-    - id: gen
-      type: generate
-      config: {{count: 20}}
-  processors:
-    - id: work
-      type: transform
-      inputs: [gen]
-      config: {{set: {{inv: "100 / (seq % 10)"}}}}
-  sinks:
-    - id: out
-      type: file
-      inputs: [work]
-      config: {{path: "{out}"}}
-"""
+    body = gen_transform_file(out, "count: 20", "inv", "100 / (seq % 10)")
     await run_flow(nc, flow_yaml("poison", body, delivery="at-least-once"))
     await wait_until(lambda: _has_lines(out, 18), what="the good events", timeout=20)
     await wait_until(lambda: _n(dead, 2), what="two dead letters", timeout=20)
@@ -103,22 +81,7 @@ async def test_processing_errors_never_kill_a_component(nc, agents, tmp_path, de
     agents("a1")
     await wait_until(lambda: live_agent(nc, "a1"), what="agent")
     out = tmp_path / "out.jsonl"
-    body = f"""\
-  sources:
-    - id: gen
-      type: generate
-      config: {{count: 30}}
-  processors:
-    - id: work
-      type: transform
-      inputs: [gen]
-      config: {{set: {{inv: "100 / (seq % 3)"}}}}
-  sinks:
-    - id: out
-      type: file
-      inputs: [work]
-      config: {{path: "{out}"}}
-"""
+    body = gen_transform_file(out, "count: 30", "inv", "100 / (seq % 3)")
     await run_flow(nc, flow_yaml("amo", body, delivery=delivery))
     await wait_until(lambda: _has_lines(out, 20), what="the good events")
 
