@@ -4,6 +4,7 @@ the agent leaving neither a child process nor a container behind."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -16,7 +17,6 @@ from tests.docker_images import engine_problem, ensure_flowctl_image
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
 
-pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +78,7 @@ def _flow_containers(flow: str) -> list:
         client.close()
 
 
+@pytest.mark.docker
 async def test_inprocess_process_and_container_move_events(
     nc, agents, tmp_path, flowctl_image
 ) -> None:
@@ -104,6 +105,7 @@ async def test_inprocess_process_and_container_move_events(
     assert (tmp_path / "logs" / "mixed.upper.0.log").exists()
 
 
+@pytest.mark.docker
 async def test_sigkilled_agent_leaves_no_child_and_no_container(
     nc, agents, tmp_path, flowctl_image
 ) -> None:
@@ -127,3 +129,46 @@ async def test_sigkilled_agent_leaves_no_child_and_no_container(
         return not alive and not _flow_containers("killed")
 
     await wait_until(nothing_left, timeout=30, what="no child process and no container")
+
+
+async def test_disabling_a_process_component_stops_it_within_the_grace(
+    nc, agents, tmp_path
+) -> None:
+    """No Docker needed: a SIGTERM-ignoring program is gone within the 5 s grace."""
+    agent = agents("ext3", log_dir=str(tmp_path / "logs"))
+    await wait_until(lambda: live_agent(nc, "ext3"), what="agent")
+    stubborn = tmp_path / "stubborn.py"
+    stubborn.write_text(
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "while True:\n    time.sleep(0.1)\n"
+    )
+    body = f"""\
+  sources:
+    - id: feed
+      type: nats
+      config: {{subject: "stub.in"}}
+  sinks:
+    - id: stub
+      type: stubborn
+      command: {sys.executable}
+      args: ["{stubborn}"]
+      inputs: [feed]
+"""
+    engine = await run_flow(nc, flow_yaml("stub", body))
+    await wait_until(
+        lambda: all_in_state(nc, "stub", ["stub.stub.0", "stub.feed.0"], "running"),
+        what="running",
+    )
+    (child,) = [p for p in _children(agent.pid) if str(stubborn) in " ".join(p.cmdline())]
+    t0 = asyncio.get_running_loop().time()
+    await engine.stop("stub")
+
+    async def gone() -> bool:
+        return not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+
+    await wait_until(gone, timeout=15, what="the program stopped")
+    elapsed = asyncio.get_running_loop().time() - t0
+    assert elapsed < 5.0 + 2.0, f"took {elapsed:.1f}s (grace 5 s)"
+    await wait_until(
+        lambda: all_in_state(nc, "stub", ["stub.stub.0"], "stopped"), what="stopped status"
+    )
