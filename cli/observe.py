@@ -182,12 +182,16 @@ def describe(name: NameArg, output: OutputOpt = Format.yaml) -> None:
             eff = await engine.effective_state(name)
         by_node: dict[str, list[dict[str, Any]]] = {}
         for s in statuses:
-            by_node.setdefault(s.node, []).append(s.model_dump(mode="json", by_alias=True))
+            dumped = s.model_dump(mode="json", by_alias=True, exclude_none=True)
+            by_node.setdefault(s.node, []).append(dumped)
         data = {
             "flow": flow.model_dump(mode="json"),
             "effective": eff.to_dict(),
             "nodes": [
-                {"config": c.model_dump(mode="json"), "status": by_node.get(c.node, [])}
+                {
+                    "config": c.model_dump(mode="json", exclude_none=True),
+                    "status": by_node.get(c.node, []),
+                }
                 for c in configs
             ],
         }

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=63)]
@@ -160,6 +160,11 @@ class FlowSpec(BaseModel):
 
     def node(self, node_id: str) -> Node | None:
         return next((n for n in self.nodes if n.id == node_id), None)
+
+    @field_serializer("nodes")
+    def _compact_nodes(self, nodes: list[Node]) -> list[dict[str, Any]]:
+        """Nodes are stored without their default fields: short, readable KV values."""
+        return [n.model_dump(mode="json", exclude_defaults=True) for n in nodes]
 
 
 class FlowRecord(Record):
