@@ -11,6 +11,10 @@ A component is constructed with its validated config and a :class:`Context`, the
 * ``await flush()`` every ``flush_interval`` seconds when that is set (time windows), and
   once before stop;
 * ``await stop()`` once, at the end.
+* ``held()``: how many input events the component holds that are not yet emitted or
+  written out (a batch being filled, unflushed file lines). With at-least-once delivery
+  the runner acks those inputs only once ``held()`` is 0 again (after an emit or a
+  ``flush()``); it forces a ``flush()`` when too many or too old inputs wait.
 
 Events are JSON-compatible values (usually dicts). Components never see NATS directly
 except through the context (``ctx.nc`` for the nats/kv sources and sinks).
@@ -60,6 +64,10 @@ class Component:
 
     async def flush(self) -> None:
         return None
+
+    def held(self) -> int:
+        """Input events buffered but not yet emitted/written (see the module docstring)."""
+        return 0
 
     async def stop(self) -> None:
         return None

@@ -143,12 +143,16 @@ class AckedPublisher:
 
     Messages go out with a reply subject; one subscription counts the PubAcks. ``wait()``
     returns when every message published so far is stored, or raises
-    :class:`PublishFailed`.
+    :class:`PublishFailed`. After a timeout the publisher moves to a new generation (a
+    new reply subject): late acks of the abandoned messages are ignored, never counted
+    against newer ones.
     """
 
     def __init__(self, nc: NatsClient) -> None:
         self.nc = nc
-        self.inbox = nc.new_inbox()
+        self._base = nc.new_inbox()
+        self._generation = 0
+        self.reply = f"{self._base}.0"
         self.outstanding = 0
         self.error: str | None = None
         self._all_acked = asyncio.Event()
@@ -156,10 +160,12 @@ class AckedPublisher:
         self._sub: Any = None
 
     async def open(self) -> AckedPublisher:
-        self._sub = await self.nc.subscribe(self.inbox, cb=self._on_ack)
+        self._sub = await self.nc.subscribe(f"{self._base}.*", cb=self._on_ack)
         return self
 
     async def _on_ack(self, msg: Msg) -> None:
+        if msg.subject != self.reply:
+            return  # an ack of an abandoned generation
         if b'"error"' in msg.data or not msg.data:
             self.error = msg.data.decode("utf-8", "replace") or "no responders (no stream?)"
         self.outstanding -= 1
@@ -169,7 +175,14 @@ class AckedPublisher:
     async def publish(self, subject: str, body: bytes, headers: dict[str, str]) -> None:
         self.outstanding += 1
         self._all_acked.clear()
-        await self.nc.publish(subject, body, reply=self.inbox, headers=headers)
+        await self.nc.publish(subject, body, reply=self.reply, headers=headers)
+
+    def _abandon(self) -> None:
+        self._generation += 1
+        self.reply = f"{self._base}.{self._generation}"
+        self.outstanding = 0
+        self.error = None
+        self._all_acked.set()
 
     async def wait(self, timeout: float = 10.0) -> None:
         if self.outstanding > 0:
@@ -177,8 +190,7 @@ class AckedPublisher:
             try:
                 await asyncio.wait_for(self._all_acked.wait(), timeout)
             except TimeoutError:
-                self.outstanding = 0
-                self._all_acked.set()
+                self._abandon()
                 raise PublishFailed("timed out waiting for JetStream acks") from None
         if self.error is not None:
             error, self.error = self.error, None

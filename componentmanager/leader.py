@@ -169,12 +169,15 @@ class Leader:
             with contextlib.suppress(Exception):
                 records[name] = (entry.revision, AgentRecord.from_json(entry.value))
         live = self.live_agents(records)
+        # One consistent snapshot (no await in between): each body with its own revision,
+        # so a CAS can only succeed on exactly the body that was placed.
         configs = dict(agent.view.configs)
+        revisions = {key: agent.view.revisions[key] for key in configs}
         result = place(configs.values(), live)
         for key in result.changed(configs.values()):
             cfg = configs[key].model_copy(update={"assignments": result.assignments[key]})
             try:
-                await agent.config_kv.update(key, cfg.to_json(), last=agent.view.revisions[key])
+                await agent.config_kv.update(key, cfg.to_json(), last=revisions[key])
                 log.info("reassigned", config=key, assignments=cfg.assignments)
             except KeyWrongLastSequenceError:
                 continue  # changed meanwhile: the next tick decides again

@@ -249,6 +249,9 @@ class Batch(Component):
         if self._events:
             await self._emit()
 
+    def held(self) -> int:
+        return len(self._events)
+
     async def _emit(self) -> None:
         events, self._events = self._events, []  # swap before awaiting: process may interleave
         await self.ctx.emit("out", {"events": events, "count": len(events)})

@@ -72,6 +72,7 @@ class FileSink(Component):
         super().__init__(config, ctx)
         self.config: FileSinkConfig = config
         self._fh: Any = None
+        self._unflushed = 0
 
     async def start(self) -> None:
         path = Path(self.config.path)
@@ -80,10 +81,15 @@ class FileSink(Component):
 
     async def process(self, port: str, event: Any) -> None:
         self._fh.write(msgspec.json.encode(event) + b"\n")
+        self._unflushed += 1
 
     async def flush(self) -> None:
         if self._fh is not None:
             self._fh.flush()
+            self._unflushed = 0
+
+    def held(self) -> int:
+        return self._unflushed
 
     async def stop(self) -> None:
         if self._fh is not None:
@@ -136,6 +142,9 @@ class HttpSink(Component):
         self._pending.append(data)
         if len(self._pending) >= self.config.batch_size:
             await self.flush()
+
+    def held(self) -> int:
+        return len(self._pending)
 
     async def flush(self) -> None:
         if self._pending:

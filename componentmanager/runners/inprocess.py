@@ -21,6 +21,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from componentmanager.component import Component
 from componentmanager.dataplane import (
+    DEFAULT_ACK_WAIT_S,
     DEFAULT_MAX_DELIVER,
     HDR_ERROR,
     AckedPublisher,
@@ -41,6 +42,10 @@ log = structlog.get_logger("flowctl.replica")
 FETCH_BATCH = 256
 #: At most this many published events may wait for their JetStream ack (backpressure).
 ACK_WINDOW = 1024
+#: Inputs held unacked by a buffering component before it is flushed (keep below the
+#: consumer's max_ack_pending) and how long they may wait (below its ack_wait).
+HOLD_MAX = 500
+HOLD_AGE_S = DEFAULT_ACK_WAIT_S / 2
 RESTART_BACKOFF_S = (0.5, 30.0)
 
 
@@ -59,6 +64,9 @@ class InProcessReplica(Replica):
         self._subs: list[Any] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._pull_tasks: list[asyncio.Task[None]] = []
+        self._unacked: list[Msg] = []  # processed inputs not acked yet (see _settle)
+        self._unacked_since: float | None = None
+        self._settling = asyncio.Lock()
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
 
@@ -212,15 +220,45 @@ class InProcessReplica(Replica):
                     done.append(msg)
                 except Exception as exc:
                     await self._failed_event(port, msg, exc)
+            async with self._settling:
+                self._unacked.extend(done)
+                if not self._unacked_since and self._unacked:
+                    self._unacked_since = asyncio.get_running_loop().time()
+            await self._settle()
+
+    async def _settle(self, force: bool = False) -> None:
+        """Ack processed inputs once their outputs are stored and nothing of them is held.
+
+        A component holding inputs (``held()``) keeps them unacked until it emits or
+        flushes; when too many (HOLD_MAX) or too old (HOLD_AGE_S) wait, it is flushed.
+        If the outputs cannot be stored, the inputs are nak'ed for redelivery.
+        """
+        comp, publisher = self.component, self._publisher
+        if comp is None or publisher is None:
+            return
+        async with self._settling:
+            if not self._unacked:
+                return
+            age = asyncio.get_running_loop().time() - (self._unacked_since or 0.0)
+            if comp.held() and (force or len(self._unacked) >= HOLD_MAX or age >= HOLD_AGE_S):
+                try:
+                    await comp.flush()
+                except Exception as exc:
+                    self.counters.errors += 1
+                    self.last_error = f"flush: {exc}"
             try:
-                await self._publisher.wait()
+                await publisher.wait()
             except PublishFailed as exc:
                 log.warning("outputs not stored; redelivery", replica=self.key, error=str(exc))
-                for msg in done:
+                batch, self._unacked, self._unacked_since = self._unacked, [], None
+                for msg in batch:
                     with contextlib.suppress(Exception):
                         await msg.nak(delay=1.0)
-                continue
-            for msg in done:
+                return
+            if comp.held():
+                return  # still buffered: acked after a later emit or flush
+            batch, self._unacked, self._unacked_since = self._unacked, [], None
+            for msg in batch:
                 with contextlib.suppress(Exception):
                     await msg.ack()
 
@@ -242,9 +280,8 @@ class InProcessReplica(Replica):
         headers[HDR_ERROR] = error[:1000]
         subject = dlq_subject(self.flow, self.node)
         try:
-            if self._publisher is not None:
-                await self._publisher.publish(subject, msg.data, headers)
-                await self._publisher.wait()
+            if self._acked:  # stored before the input is acked; never mixed with the batch
+                await self.nc.jetstream().publish(subject, msg.data, headers=headers)
                 await msg.ack()
             else:
                 await self.nc.publish(subject, msg.data, headers=headers)
@@ -259,6 +296,8 @@ class InProcessReplica(Replica):
             except Exception as exc:
                 self.counters.errors += 1
                 self.last_error = f"flush: {exc}"
+            if self._acked:
+                await self._settle()
 
     async def _teardown(self) -> None:
         """Drain inputs (nothing fires after this), flush and stop the component."""
@@ -274,6 +313,9 @@ class InProcessReplica(Replica):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._acked and self.nc.is_connected:
+            with contextlib.suppress(Exception):
+                await self._settle(force=True)  # flush what is held, then ack its inputs
         if self.component is not None:
             comp, self.component = self.component, None
             for hook in (comp.flush, comp.stop):
