@@ -44,6 +44,7 @@ from flowstore.nats import (
     connect,
     open_bucket,
 )
+from flowstore.server import pid_alive
 
 log = structlog.get_logger("flowctl.agent")
 
@@ -100,6 +101,8 @@ class Agent:
         self.fenced = False
         self.ready = asyncio.Event()
         self._watchdog: subprocess.Popen[bytes] | None = None
+        self._reconcile_lock = asyncio.Lock()
+        self._heartbeat_task: asyncio.Task[None] | None = None
 
     # -- ReplicaHost -----------------------------------------------------------------
     @property
@@ -171,7 +174,7 @@ class Agent:
         self._dirty.set()  # reconcile once at start even when there is nothing to watch
         self.leader = Leader(self) if self.settings.lead else None
         self._spawn(self._reconcile_loop(), "reconcile")
-        self._spawn(self._heartbeat_loop(), "heartbeat")
+        self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
         self._spawn(self._status_refresh_loop(), "status refresh")
         self._spawn(self._logs_pump(), "logs")
         if self.leader is not None:
@@ -213,7 +216,8 @@ class Agent:
             entry = None
         if entry is not None and entry.value:
             existing = AgentRecord.from_json(entry.value)
-            if existing.instance != self.instance and existing.is_live():
+            same_host_alive = existing.host == socket.gethostname() and pid_alive(existing.pid)
+            if existing.instance != self.instance and (existing.is_live() or same_host_alive):
                 raise AgentNameTaken(existing)
             self._agent_rev = await self.agents_kv.update(
                 self.agent_name, data, last=entry.revision
@@ -225,12 +229,13 @@ class Agent:
         while True:
             await asyncio.sleep(self.settings.heartbeat)
             try:
-                self._agent_rev = await self.agents_kv.update(
-                    self.agent_name, self.record().to_json(), last=self._agent_rev
-                )
-            except KeyWrongLastSequenceError:
-                await self._check_fenced()
-            except Exception as exc:
+                try:
+                    self._agent_rev = await self.agents_kv.update(
+                        self.agent_name, self.record().to_json(), last=self._agent_rev
+                    )
+                except KeyWrongLastSequenceError:
+                    await self._check_fenced()
+            except Exception as exc:  # never let the heartbeat die: retry next interval
                 log.warning("heartbeat failed", error=str(exc) or repr(exc))
 
     async def _check_fenced(self) -> None:
@@ -260,10 +265,11 @@ class Agent:
                 with contextlib.suppress(Exception):
                     await self.view.resync()  # periodic full resync: never trust the watch
             self._dirty.clear()
-            try:
-                await self.reconcile_once()
-            except Exception as exc:
-                log.error("reconcile failed", error=str(exc) or repr(exc))
+            async with self._reconcile_lock:  # shutdown never cancels a reconcile midway
+                try:
+                    await self.reconcile_once()
+                except Exception as exc:
+                    log.error("reconcile failed", error=str(exc) or repr(exc))
             self.ready.set()
 
     async def reconcile_once(self) -> None:
@@ -271,13 +277,26 @@ class Agent:
         why = {k: "config deleted" for k in self.view.deleted}
         for key, cfg in self.view.configs.items():
             why[key] = "disabled" if not cfg.enabled else "assigned elsewhere"
-        # A config that can't be parsed: keep what runs, report the problem.
+        # A config that can't be parsed: keep what runs here (reporting the problem in its
+        # status), or, when nothing runs here, say so once in a status record of its own.
         for config_key, reason in list(self.view.broken.items()):
-            for rkey in [k for k in self.fingerprints if k.rsplit(".", 1)[0] == config_key]:
+            running_here = [k for k in self.fingerprints if k.rsplit(".", 1)[0] == config_key]
+            if running_here:
+                self._broken_reported[config_key] = reason
+            for rkey in running_here:
                 desired[rkey] = (self.replicas[rkey].cfg, self.replicas[rkey].index)
-                self.replicas[rkey].last_error = reason
-                self.changed(self.replicas[rkey])
-            await self._report_broken(config_key, reason)
+                if self.replicas[rkey].last_error != reason:
+                    self.replicas[rkey].last_error = reason
+                    self.changed(self.replicas[rkey])
+            if not running_here:
+                await self._report_broken(config_key, reason)
+        for config_key in list(self._broken_reported):
+            if config_key not in self.view.broken:  # parses again (or is gone)
+                reason = self._broken_reported.pop(config_key)
+                for replica in self.replicas.values():
+                    if replica.cfg.key == config_key and replica.last_error == reason:
+                        replica.last_error = None
+                        self.changed(replica)
         actions = reconcile(desired, self.fingerprints, why)
         await self._stop_in_flow_order(
             [(a.key, _reason(a)) for a in actions if isinstance(a, Stop | Restart)]
@@ -321,12 +340,12 @@ class Agent:
             log.error("replica did not stop in time", replica=key, seconds=REPLICA_STOP_TIMEOUT_S)
         except Exception as exc:
             log.error("replica stop failed", replica=key, error=str(exc))
-        if self.nc.is_connected:  # with NATS gone, a final write would only time out
-            with contextlib.suppress(Exception):
-                await self.status.write(replica.status())
-        self.status.forget(key)
+        # The final record; with NATS gone it would only time out.
+        await self.status.retire(replica, final=self.nc.is_connected)
 
     async def _report_broken(self, config_key: str, reason: str) -> None:
+        """Record the problem as replica 0's status, only where no record exists (create:
+        never clobbering what a running replica reports)."""
         if self._broken_reported.get(config_key) == reason:
             return
         self._broken_reported[config_key] = reason
@@ -337,7 +356,7 @@ class Agent:
             flow=flow, node=node, replica=0, state=ReplicaState.FAILED, last_error=reason
         )
         with contextlib.suppress(Exception):
-            await self.status_kv.put(status.key, status.to_json())
+            await self.status_kv.create(status.key, status.to_json())
 
     async def _status_refresh_loop(self) -> None:
         while True:
@@ -356,13 +375,19 @@ class Agent:
         """Stop every replica cleanly, write final statuses, remove our entry, close."""
         log.info("agent stopping", agent=self.agent_name, replicas=len(self.replicas))
         t0 = time.monotonic()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        async with self._reconcile_lock:  # wait for a reconcile in progress to finish
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         with contextlib.suppress(Exception):
             await self.view.close()
         await self._stop_in_flow_order([(k, "agent shutting down") for k in self.replicas])
+        # Heartbeats go on until the replicas are stopped: a slow stop must not look like
+        # a dead agent whose replicas the leader moves while they still run.
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.status.close()
         if self._watchdog is not None:  # our containers are gone: it has nothing to do

@@ -2,8 +2,10 @@
 full resyncs, feeding one in-memory map of every config key.
 
 Order at start: the watcher is created first, then the whole bucket is listed, so nothing
-written in between is missed. Each change only marks the view dirty; the agent then
-reconciles against the whole map (level-triggered). A value that cannot be parsed is
+written in between is missed. Deleted keys keep their revision as a tombstone, so a
+resync snapshot older than a delete (or than a create) never undoes it. Each change
+only marks the view dirty; the agent then reconciles against the whole map
+(level-triggered). A value that cannot be parsed is
 kept in :attr:`ConfigView.broken` with the reason instead of the config.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 
 import structlog
@@ -31,16 +34,19 @@ class ConfigView:
         self.revisions: dict[str, int] = {}
         self.broken: dict[str, str] = {}
         self.deleted: set[str] = set()
+        self._applied_at: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self.rebuilds = 0
 
     def _apply(self, key: str, value: bytes | None, revision: int, deleted: bool) -> None:
-        if revision and self.revisions.get(key, 0) > revision:
-            return  # an older entry than what we have (resync raced the watcher)
+        if revision and self.revisions.get(key, 0) >= revision:
+            return  # not newer than what we have (a resync raced the watcher)
+        self._applied_at[key] = time.monotonic()
         if deleted or value is None:
             self.configs.pop(key, None)
             self.broken.pop(key, None)
-            self.revisions.pop(key, None)
+            if revision:  # a tombstone: an older snapshot cannot bring the key back
+                self.revisions[key] = revision
             self.deleted.add(key)
         else:
             self.revisions[key] = revision
@@ -57,9 +63,11 @@ class ConfigView:
 
     async def resync(self) -> None:
         """Replace the view with a full listing of the bucket."""
+        started = time.monotonic()
         entries = await read_all(self.kv)
         for key in list(self.configs.keys() | self.broken.keys()):
-            if key not in entries:
+            # Absent from the snapshot: gone, unless the watcher saw it after we started.
+            if key not in entries and self._applied_at.get(key, 0.0) < started:
                 self._apply(key, None, 0, True)
         for key, entry in entries.items():
             if self.revisions.get(key) != entry.revision:

@@ -61,11 +61,12 @@ class Leader:
         return min(1.0, self.agent.settings.heartbeat / 2)
 
     async def run(self) -> None:
-        self.kv = await open_bucket(
-            self.agent.nc, LEADER_BUCKET, replicas=self.agent.nats_options.kv_replicas
-        )
         while True:
             try:
+                if self.kv is None:
+                    self.kv = await open_bucket(
+                        self.agent.nc, LEADER_BUCKET, replicas=self.agent.nats_options.kv_replicas
+                    )
                 await self._hold_lease()
                 if self.is_leader:
                     await self.place_once()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 
 import structlog
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -30,6 +31,8 @@ class StatusWriter:
         self._queue: asyncio.Queue[Replica | None] = asyncio.Queue()
         self._queued: set[int] = set()
         self._revisions: dict[str, int] = {}
+        # Replicas removed from this agent are never written again (weak: ids get reused).
+        self._retired: weakref.WeakSet[Replica] = weakref.WeakSet()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -37,6 +40,8 @@ class StatusWriter:
 
     def changed(self, replica: Replica) -> None:
         """Queue a write of ``replica``'s status (coalesced while queued)."""
+        if replica in self._retired:
+            return
         if id(replica) not in self._queued:
             self._queued.add(id(replica))
             self._queue.put_nowait(replica)
@@ -47,6 +52,8 @@ class StatusWriter:
             if replica is None:
                 return
             self._queued.discard(id(replica))
+            if replica in self._retired:
+                continue
             try:
                 await self.write(replica.status())
             except Exception as exc:  # NATS down: the periodic refresh writes it later
@@ -74,14 +81,24 @@ class StatusWriter:
             return True
         return False
 
-    def forget(self, key: str) -> None:
-        self._revisions.pop(key, None)
+    async def retire(self, replica: Replica, final: bool) -> None:
+        """The replica left this agent: write its final record (``final``; CAS only, so a
+        deleted or re-owned key is never recreated), then never write it again."""
+        self._retired.add(replica)
+        self._queued.discard(id(replica))
+        key = replica.key
+        last = self._revisions.pop(key, None)
+        if final and last is not None:
+            with contextlib.suppress(Exception):
+                self._revisions[key] = last
+                await self.write(replica.status())
+            self._revisions.pop(key, None)
 
     async def flush(self) -> None:
         """Write everything queued now (used at shutdown)."""
         while not self._queue.empty():
             replica = self._queue.get_nowait()
-            if replica is None:
+            if replica is None or replica in self._retired:
                 continue
             self._queued.discard(id(replica))
             with contextlib.suppress(Exception):
