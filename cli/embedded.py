@@ -1,9 +1,14 @@
-"""Process commands: ``flowctl agent``, ``flowctl server`` and the one-command ``flowctl run``.
+"""Process commands: ``flowctl agent`` and the one-command ``flowctl run``
+(``flowctl server`` is in :mod:`cli.server`).
 
 ``run`` owns everything it starts (an embedded nats-server unless ``--nats-url`` is
 given, one in-process agent per distinct placement of the flow, the flow itself) and
 tears it all down in reverse order on Ctrl+C, SIGTERM or, with ``--until-done``, once
 every source has completed and every node has consumed what its upstreams produced.
+
+A run has an id, ``run-<pid>``. Its agents carry the label ``flowctl.run=<id>`` and the
+flow it applies requires that label on every node (besides the node's own placement),
+so with ``--nats-url`` no replica lands on another agent connected to the same server.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.errors import EXIT_FAILED, fail, run
-from cli.main import app, globals_
+from cli.errors import EXIT_FAILED, run
+from cli.main import app, globals_, valid_name
 from cli.output import info, spinner, table
 
 
@@ -42,7 +47,8 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 
 @app.command()
 def agent(
-    name: Annotated[str, typer.Option("--name", help="Unique agent name.")],
+    name: Annotated[str, typer.Option("--name", help="Unique agent name.",
+                                      callback=valid_name("agent"))],
     labels: Annotated[str, typer.Option(help="Labels k=v,k2=v2 for placement.")] = "",
     heartbeat: Annotated[float, typer.Option(help="Heartbeat interval, seconds.")] = 2.0,
     status_interval: Annotated[float, typer.Option(help="Status refresh, seconds.")] = 2.0,
@@ -81,40 +87,28 @@ def agent(
     run(go())
 
 
-@app.command()
-def server(
-    port: Annotated[int, typer.Option(help="Client port.")] = 4222,
-    store_dir: Annotated[str | None, typer.Option(help="JetStream store directory.")] = None,
-    host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
-) -> None:
-    """Run the embedded nats-server (JetStream on) in the foreground.
+#: The label every agent of a `flowctl run` carries and every node of its flow requires.
+RUN_LABEL = "flowctl.run"
+#: How long the embedded agents may take to connect and report ready.
+READY_TIMEOUT_S = 15.0
 
-    Example: flowctl server --port 4222 --store-dir ./nats-data
-    """
-    from flowstore.server import EmbeddedNats
 
-    store = store_dir or str(Path.home() / ".flowctl" / "nats")
-    Path(store).mkdir(parents=True, exist_ok=True)
-    srv = EmbeddedNats(port=port, store_dir=store, host=host, foreground=True)
-    try:
-        srv.start()
-    except (RuntimeError, FileNotFoundError) as exc:
-        fail(str(exc))
-    info(f"nats-server listening on {srv.url} (JetStream store {store}); Ctrl+C stops it")
-    proc = srv.proc
-    assert proc is not None
+def run_id() -> str:
+    return f"run-{os.getpid()}"
 
-    def forward(signum: int, _frame: Any) -> None:
-        # Only pass the signal on: waiting inside a handler (srv.stop) would deadlock
-        # with the srv.wait() it interrupted.
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, forward)
-    code = srv.wait()
-    srv.stop()
-    raise typer.Exit(0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code)
+def pinned_to_run(spec: Any, run: str) -> Any:
+    """``spec`` with every node's placement also requiring ``flowctl.run=<run>``; a node's
+    own labels and agent name are kept (the run starts an agent of that name)."""
+    from flowstore.models import Placement
+
+    nodes = []
+    for node in spec.nodes:
+        p = node.placement
+        placement = Placement(agent=p.agent if p else None,
+                              labels={**(p.labels if p else {}), RUN_LABEL: run})
+        nodes.append(node.model_copy(update={"placement": placement}))
+    return spec.model_copy(update={"nodes": nodes})
 
 
 def _placements(spec: Any) -> list[tuple[str | None, dict[str, str]]]:
@@ -180,10 +174,13 @@ class Embedded:
         self.interrupted = asyncio.Event()
         self.engine: Any = None
         self.nc: Any = None
+        self.run_id = run_id()
+        self.applied = False  # teardown undeploys only what this run applied
 
     async def __aenter__(self) -> Embedded:
         from cli.main import connect_nats
         from flowengine import FlowEngine
+        from flowstore.errors import FlowctlError
         from flowstore.server import EmbeddedNats
 
         _stop_on_signals(self.interrupted)
@@ -193,14 +190,28 @@ class Embedded:
         try:
             with spinner(f"starting NATS and {len(placements)} agent(s)"):
                 if not g.nats_url_given:
-                    self.server = await asyncio.to_thread(EmbeddedNats().start)
+                    try:
+                        self.server = await asyncio.to_thread(EmbeddedNats().start)
+                    except (RuntimeError, FileNotFoundError) as exc:
+                        raise FlowctlError(f"cannot start the embedded nats-server: {exc}"
+                                           ) from exc
                     opts.url = self.server.url
                     info(f"embedded nats-server on {opts.url}")
                 self.nc = await connect_nats(opts)
                 self.engine = await FlowEngine.open(self.nc, kv_replicas=opts.kv_replicas)
                 self._start_agents(placements, opts)
-                await asyncio.wait_for(_all_ready(self.agents, self.agent_tasks), 15)
-            result = await self.engine.apply(self.name, self.loaded.spec)
+                try:
+                    await asyncio.wait_for(_all_ready(self.agents, self.agent_tasks),
+                                           READY_TIMEOUT_S)
+                except TimeoutError:
+                    raise FlowctlError(
+                        f"the embedded agents were not ready within {READY_TIMEOUT_S:g}s "
+                        f"(is NATS at {opts.url} slow or overloaded? --verbose shows their "
+                        "logs)") from None
+            # Only this run's agents may take the flow's replicas (see the module doc).
+            spec = pinned_to_run(self.loaded.spec, self.run_id)
+            result = await self.engine.apply(self.name, spec)
+            self.applied = True
             info(f"flow/{self.name} applied (revision {result.flow.revision})")
             record = await self.engine.flows.get(self.name)
             if record.state == "running":
@@ -222,8 +233,8 @@ class Embedded:
 
         for i, (agent_name, labels) in enumerate(placements):
             settings = AgentSettings(
-                name=agent_name or f"run-{os.getpid()}-{i}",
-                labels=labels,
+                name=agent_name or f"{self.run_id}-{i}",
+                labels={**labels, RUN_LABEL: self.run_id},
                 heartbeat=1.0,
                 status_interval=0.5,
                 # An agent reconciles first after a config change or a resync: with an
@@ -287,7 +298,7 @@ class Embedded:
                        "LAST ERROR"], rows)
 
     async def _teardown(self) -> None:
-        if self.engine is not None:
+        if self.engine is not None and self.applied:
             try:
                 await self.engine.undeploy(self.name, force=True)
                 info(f"flow/{self.name} stopped and undeployed")

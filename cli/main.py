@@ -8,6 +8,7 @@ the commands, so ``flowctl --help`` stays fast.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -30,8 +31,33 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+#: Flow, node and agent names (flowstore.models.NAME_PATTERN): they become NATS subjects
+#: and KV keys, so anything else is refused before connecting.
+MAX_NAME_LENGTH = 63
+
+
+def valid_name(kind: str) -> Callable[[str | None], str | None]:
+    """A typer callback refusing a malformed ``kind`` name as a usage error (exit 2)."""
+
+    def check(value: str | None) -> str | None:
+        import re
+
+        from flowstore.models import NAME_PATTERN
+
+        if value is None or (len(value) <= MAX_NAME_LENGTH and re.fullmatch(NAME_PATTERN, value)):
+            return value
+        raise typer.BadParameter(
+            f"{value!r} is not a valid {kind} name: use lowercase letters, digits and '-' "
+            f"(a letter or digit first and last), at most {MAX_NAME_LENGTH} characters"
+        )
+
+    return check
+
+
 OutputOpt = Annotated[Format, typer.Option("-o", "--output", help="table, json or yaml.")]
-NameArg = Annotated[str, typer.Argument(help="The flow's name (metadata.name).")]
+NameArg = Annotated[
+    str, typer.Argument(help="The flow's name (metadata.name).", callback=valid_name("flow"))
+]
 
 
 @dataclass
@@ -99,6 +125,7 @@ def main_options(
         typer.Option(
             "--kv-replicas",
             envvar="FLOWCTL_KV_REPLICAS",
+            min=1,
             help="Replicas of buckets/streams (NATS cluster).",
         ),
     ] = 1,
@@ -328,7 +355,7 @@ def schema() -> None:
 
 
 def main() -> None:
-    from cli import embedded, observe  # noqa: F401  (registers their commands)
+    from cli import embedded, observe, server  # noqa: F401  (registers their commands)
 
     app()
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.errors import fail, run
-from cli.main import NameArg, OutputOpt, app, connect_nats, engine_session
+from cli.main import NameArg, OutputOpt, app, connect_nats, engine_session, valid_name
 from cli.output import Format, age, info, show, table
 
 
@@ -27,7 +27,8 @@ FLOW_COLUMNS = ["NAME", "STATE", "NODES", "REVISION", "UPDATED"]
 
 @app.command("get")
 def get_flows(
-    name: Annotated[str | None, typer.Argument(help="One flow; all when omitted.")] = None,
+    name: Annotated[str | None, typer.Argument(help="One flow; all when omitted.",
+                                               callback=valid_name("flow"))] = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Show flows: name, desired state, nodes, revision, last update.
@@ -129,7 +130,8 @@ def _print_status(data: list[dict[str, Any]]) -> None:
 
 @app.command()
 def status(
-    name: Annotated[str | None, typer.Argument(help="One flow; all when omitted.")] = None,
+    name: Annotated[str | None, typer.Argument(help="One flow; all when omitted.",
+                                               callback=valid_name("flow"))] = None,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Redraw live.")] = False,
     interval: Annotated[float, typer.Option(help="Redraw interval with --watch.")] = 1.0,
     output: OutputOpt = Format.table,
@@ -272,7 +274,8 @@ def history(name: NameArg, output: OutputOpt = Format.table) -> None:
 @app.command()
 def logs(
     name: NameArg,
-    node: Annotated[str | None, typer.Argument(help="One node; all when omitted.")] = None,
+    node: Annotated[str | None, typer.Argument(help="One node; all when omitted.",
+                                               callback=valid_name("node"))] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
     wait: Annotated[float, typer.Option(help="Seconds to listen without --follow.")] = 2.0,
     output: OutputOpt = Format.table,

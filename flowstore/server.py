@@ -49,43 +49,50 @@ def find_nats_server() -> str:
 
 
 class EmbeddedNats:
-    """A ``nats-server -js`` child process. Use as a context manager or start()/stop()."""
+    """A ``nats-server -js`` child process. Use as a context manager or start()/stop().
+
+    Without ``config``: listens on ``host`` (default 127.0.0.1) and ``port`` (default: a
+    free one) with ``store_dir`` (default: a temp dir removed at stop). With ``config``
+    (a nats-server config file: cluster nodes, accounts, TLS): the file decides, and only
+    the arguments given here override it, as nats-server's own flags do.
+    """
 
     def __init__(
         self,
         port: int | None = None,
         store_dir: str | None = None,
-        host: str = "127.0.0.1",
+        host: str | None = None,
         foreground: bool = False,
+        config: str | None = None,
     ) -> None:
         self.requested_port = port
-        self.host = host
-        self._own_dir = store_dir is None
-        self.store_dir = store_dir or tempfile.mkdtemp(prefix="flowctl-nats-")
+        self.config = config
+        self.host = host if host is not None or config else "127.0.0.1"
+        self._own_dir = store_dir is None and config is None
+        self.store_dir = store_dir or (None if config else tempfile.mkdtemp(prefix="flowctl-nats-"))
         self.foreground = foreground
         self.proc: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
+        self.url = ""
         self._ports_dir: str | None = None
 
-    @property
-    def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+    def _command(self, ports_dir: str) -> list[str]:
+        cmd = [find_nats_server(), "-js", "--ports_file_dir", ports_dir]
+        if self.config:
+            cmd += ["-c", self.config]
+        port = self.requested_port
+        if port is not None or not self.config:
+            cmd += ["-p", str(port if port is not None else -1)]
+        if self.host:
+            cmd += ["-a", self.host]
+        if self.store_dir:
+            Path(self.store_dir).mkdir(parents=True, exist_ok=True)
+            cmd += ["-sd", self.store_dir]
+        return cmd
 
     def start(self, timeout: float = 10.0) -> EmbeddedNats:
         ports_dir = tempfile.mkdtemp(prefix="flowctl-ports-")
-        port = self.requested_port if self.requested_port is not None else -1
-        cmd = [
-            find_nats_server(),
-            "-js",
-            "-a",
-            self.host,
-            "-p",
-            str(port),
-            "-sd",
-            self.store_dir,
-            "--ports_file_dir",
-            ports_dir,
-        ]
+        cmd = self._command(ports_dir)
         out = None if self.foreground else subprocess.DEVNULL
         # Not in the foreground: its own session, so a terminal's Ctrl+C reaches only us
         # and we stop the server after tearing down what uses it (pdeathsig still ties
@@ -104,14 +111,18 @@ class EmbeddedNats:
         try:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
+                    why = f"with config {self.config}" if self.config else (
+                        f"(is port {self.requested_port} already in use?)"
+                    )
                     raise RuntimeError(
-                        f"nats-server exited with code {self.proc.returncode} "
-                        f"(is port {port} already in use?)"
+                        f"nats-server exited with code {self.proc.returncode} {why}"
                     )
                 if ports_file.exists():
-                    with contextlib.suppress(ValueError):
-                        info = json.loads(ports_file.read_text())
-                        self.port = int(info["nats"][0].rsplit(":", 1)[1])
+                    with contextlib.suppress(ValueError, KeyError, IndexError):
+                        urls = json.loads(ports_file.read_text())["nats"]
+                        local = [u for u in urls if "//127.0.0.1:" in u or "//localhost:" in u]
+                        self.url = (local or urls)[0]
+                        self.port = int(self.url.rsplit(":", 1)[1])
                         return self
                 time.sleep(0.01)
             raise RuntimeError("nats-server did not start within the timeout")
@@ -134,7 +145,7 @@ class EmbeddedNats:
         if self._ports_dir:  # removed after the server, which cleans its file on exit
             shutil.rmtree(self._ports_dir, ignore_errors=True)
             self._ports_dir = None
-        if self._own_dir:
+        if self._own_dir and self.store_dir:
             shutil.rmtree(self.store_dir, ignore_errors=True)
 
     def restart(self) -> None:

@@ -31,9 +31,7 @@ from tests.programs.cli_helpers import (  # noqa: F401  (fixtures)
     flowctl,
     free_port,
     json_lines,
-    make_certs,
     many,
-    nats_server,
     ok,
     read_kv,
     read_terminal,
@@ -69,7 +67,8 @@ def test_every_command_has_help_with_an_example() -> None:
     import typer
 
     import cli.embedded
-    import cli.observe  # noqa: F401  (registers the commands)
+    import cli.observe
+    import cli.server  # noqa: F401  (registers the commands)
     from cli.main import app
 
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
@@ -93,14 +92,6 @@ def test_root_help_is_fast_and_imports_nothing_heavy() -> None:
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True,
                             text=True, timeout=30, cwd=ROOT, env=cli_env())
     assert result.stderr.strip().splitlines()[-1] == "[]", result.stderr
-
-
-def test_usage_errors_exit_2(tmp_path: Path) -> None:
-    usage = (["get", "--bogus"], ["rollback", "x"], ["get", "-o", "xml"], ["nope"],
-             ["--creds", str(tmp_path / "missing.creds"), "get"], ["apply"])
-    for args, result in zip(usage, many(*usage), strict=True):
-        assert result.returncode == 2, (args, result.stderr)
-        assert "Traceback" not in result.stderr
 
 
 def test_validate_and_components(tmp_path: Path) -> None:
@@ -133,53 +124,6 @@ def test_validate_and_components(tmp_path: Path) -> None:
     assert "where" in flt["config_schema"]["properties"]
     assert [t["type"] for t in as_json(one)] == ["route"]
     failed(unknown, 1, "no-such-type")
-
-
-# -------------------------------------------------------------- NATS and its options
-
-
-def test_nats_unreachable_is_one_line_exit_3_within_2s(tmp_path: Path) -> None:
-    url = f"nats://127.0.0.1:{free_port()}"
-    flow = str(EXAMPLES / "hello.yaml")
-    for args in (["get"], ["apply", "-f", flow], ["agent", "--name", "a", "--log-dir",
-                                                  str(tmp_path)], ["run", flow]):
-        result, secs = timed(*args, nats_url=url)
-        failed(result, 3, url, "flowctl server")
-        assert secs < 2.0, f"{args}: {secs:.2f}s"
-    for result in many(["list", "-o", "json"], ["deploy", "x"], ["status"], ["agents"],
-                       ["history", "x"], ["logs", "x", "--follow"], nats_url=url):
-        failed(result, 3, url, "flowctl server")
-
-
-def test_credentials_options(tmp_path: Path) -> None:
-    with nats_server(tmp_path, "--user", "u", "--pass", "p") as addr:
-        url = f"nats://{addr}"
-        good, wrong, none = many(["--user", "u", "--password", "p", "list", "-o", "json"],
-                                 ["--user", "u", "--password", "wrong", "get"], ["get"],
-                                 nats_url=url)
-        assert as_json(good) == []
-        failed(wrong, 3, url, "credentials")
-        failed(none, 3, "credentials")
-    with nats_server(tmp_path, "--auth", "s3cret") as addr:
-        good, wrong = many(["--token", "s3cret", "list", "-o", "json"],
-                           ["--token", "nope", "get"], nats_url=f"nats://{addr}")
-        assert as_json(good) == []
-        failed(wrong, 3, "credentials")
-
-
-def test_tls_options(tmp_path: Path) -> None:
-    certs = make_certs(tmp_path)
-    server_tls = ["--tls", "--tlscert", str(certs / "server.pem"), "--tlskey",
-                  str(certs / "server.key"), "--tlscacert", str(certs / "ca.pem"), "--tlsverify"]
-    with nats_server(tmp_path, *server_tls) as addr:
-        url = f"tls://{addr}"
-        ca = ["--tls-ca", str(certs / "ca.pem")]
-        mutual, no_client_cert = many(
-            [*ca, "--tls-cert", str(certs / "client.pem"), "--tls-key",
-             str(certs / "client.key"), "list", "-o", "json"], [*ca, "list"], nats_url=url)
-        assert as_json(mutual) == []
-        assert mutual.stderr == ""
-        failed(no_client_cert, 3, url)
 
 
 # ---------------------------------------------------------------- the lifecycle
@@ -299,23 +243,6 @@ def test_history_and_rollback(nats_url: str, tmp_path: Path) -> None:
     assert record["spec"]["nodes"][0]["config"]["count"] == 1
 
 
-def test_cas_conflict_is_one_message_exit_1(nats_url: str, tmp_path: Path) -> None:
-    ok(flowctl("apply", "-f", write_flow(tmp_path, "cas", count=1), nats_url=nats_url))
-    program = str(Path(__file__).parent / "programs" / "cli_conflict.py")
-    result = subprocess.run(
-        [sys.executable, program, "apply", "-f", write_flow(tmp_path, "cas", count=2)],
-        capture_output=True, text=True, timeout=30, cwd=ROOT, env=cli_env(nats_url))
-    failed(result, 1, "changed by someone else")
-    # Real concurrent writers: each one either wins or gets that same clean line.
-    results = many(*(["apply", "-f", write_flow(tmp_path, "cas", count=n)] for n in (3, 4, 5)),
-                   nats_url=nats_url)
-    for result in results:
-        if result.returncode:
-            failed(result, 1, "changed by someone else")
-    record = as_json(flowctl("get", "cas", "-o", "json", nats_url=nats_url))
-    assert record["revision"] == 2 + sum(r.returncode == 0 for r in results)
-
-
 # ------------------------------------------------------------- live reading commands
 
 
@@ -402,3 +329,31 @@ def test_server_command(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert (tmp_path / "store" / "jetstream").is_dir()
+
+
+def test_server_config_file_is_passed_to_nats_server(tmp_path: Path) -> None:
+    """`flowctl server --config FILE` runs nats-server -c FILE: the file's port and
+    JetStream store are used; a broken file is one sentence after nats-server's own."""
+    port = free_port()
+    store = tmp_path / "configured-store"
+    config = tmp_path / "node.conf"
+    config.write_text(f'port: {port}\njetstream {{store_dir: "{store}"}}\n')
+    url = f"nats://127.0.0.1:{port}"
+    server = Flowctl("server", "--config", str(config), log_dir=tmp_path, name="configured")
+    try:
+        server.wait_output(f"nats-server listening on {url} (config {config})")
+        ok(flowctl("apply", "-f", write_flow(tmp_path, "configured"), nats_url=url))
+        assert (store / "jetstream").is_dir()
+        server.interrupt()
+        assert server.wait(15) == 0, server.err()
+        server.assert_no_leftovers()
+    finally:
+        server.stop()
+    broken = tmp_path / "broken.conf"
+    broken.write_text("port: {{{\n")
+    bad, missing = many(["server", "--config", str(broken)],
+                        ["server", "--config", str(tmp_path / "missing.conf")])
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1] == \
+        f"error: nats-server exited with code 1 with config {broken} (its message is above)"
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr

@@ -11,17 +11,22 @@ import os
 import pty
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
-from tests.programs.cli_helpers import (  # noqa: F401  (an autouse fixture)
+from tests.programs.cli_helpers import (  # noqa: F401  (fixtures)
     EXAMPLES,
     FLOWCTL,
     Flowctl,
+    cli_agent_fixture,
     cli_env,
     cli_processes_cleaned_up,
+    flowctl,
     json_lines,
+    ok,
     read_kv,
     read_terminal,
+    table_rows,
     wait_for,
 )
 
@@ -96,6 +101,35 @@ def test_terminal_ctrl_c_with_embedded_server(tmp_path: Path) -> None:
         if run.proc.poll() is None:
             run.kill()
         run.assert_no_leftovers()
+
+
+def test_run_with_nats_url_keeps_the_flow_on_its_own_agents(
+        nats_url: str, tmp_path: Path, cli_agent: Callable[..., Flowctl]) -> None:
+    """Another agent on the same NATS (which even leads placement, being first) gets no
+    replica of a `flowctl run --nats-url`: every node requires the run's label."""
+    other = cli_agent("other-host")
+    run = start_run(tmp_path, str(EXAMPLES / "hello.yaml"), "--until-done", "--timeout",
+                    "60", nats_url=nats_url)
+    seen_agents: set[str] = set()
+
+    def finished() -> bool:
+        seen_agents.update(json.loads(v).get("agent") or "-"
+                           for v in read_kv(nats_url, "flowctl_status").values())
+        return run.proc.poll() is not None
+
+    wait_for(finished, 60, "the run to finish", interval=0.1)
+    assert run.wait(5) == 0, run.err()
+    assert [e["seq"] for e in json_lines(run.out())] == list(range(10))  # on its stdout
+    assert json_lines(other.out()) == []
+    run_id = f"run-{run.pid}"
+    rows = table_rows(run.err(), "NODE")  # the final status: NODE REPLICA AGENT STATE ...
+    assert {row[2] for row in rows.values()} == {f"{run_id}-0"}
+    assert "other-host" not in seen_agents and seen_agents - {"-"} <= {f"{run_id}-0"}, \
+        seen_agents
+    record = json.loads(ok(flowctl("get", "hello", "-o", "json", nats_url=nats_url)).stdout)
+    assert {n["id"]: n["placement"] for n in record["spec"]["nodes"]} == {
+        node: {"labels": {"flowctl.run": run_id}} for node in ("gen", "shout", "out")}
+    run.assert_no_leftovers()
 
 
 def test_two_runs_at_the_same_time(tmp_path: Path) -> None:

@@ -118,14 +118,15 @@ class Flowctl:
         return self.stderr_path.read_text()
 
     def track(self) -> list[psutil.Process]:
-        """Remember the process and its current descendants (call it while it runs)."""
+        """Remember the process and its current descendants (call it while it runs).
+        A name is refreshed while the process lives: a child seen between its fork and its
+        exec still carries its parent's name."""
         with contextlib.suppress(psutil.Error):
             me = psutil.Process(self.proc.pid)
             for proc in [me, *me.children(recursive=True)]:
-                if proc.pid not in self.seen:
-                    with contextlib.suppress(psutil.Error):
-                        self.names[proc.pid] = proc.name()
-                        self.seen[proc.pid] = proc
+                with contextlib.suppress(psutil.Error):
+                    self.names[proc.pid] = proc.name()
+                    self.seen.setdefault(proc.pid, proc)
         return [p for p in self.seen.values() if p.pid != self.proc.pid]
 
     def children_named(self, name: str) -> list[psutil.Process]:
