@@ -179,6 +179,10 @@ def _print_changes(changes: Any) -> None:
         info(f"  - config {key}")
     for key, reason in changes.pending.items():
         info(f"  ! replica {key} pending: {reason}")
+    for key in getattr(changes, "not_stopped", []):
+        info(f"  ! replica {key} still running (did not report stopped in time)")
+    for stream in getattr(changes, "streams_removed", []):
+        info(f"  - stream {stream}")
 
 
 @app.command()
@@ -283,7 +287,7 @@ def start(name: NameArg, output: OutputOpt = Format.table) -> None:
 
 @app.command()
 def stop(name: NameArg, output: OutputOpt = Format.table) -> None:
-    """running -> deployed_stopped: disable every component.
+    """running -> deployed_stopped: disable components in flow order, sources first.
 
     Example: flowctl stop orders
     """

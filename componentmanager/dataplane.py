@@ -7,9 +7,10 @@
 * at-most-once: core NATS publish; inputs are queue subscriptions (``flowctl.<flow>.<node>``)
   so replicas share the work.
 * at-least-once: one stream per flow over ``flowctl.<flow>.>`` (limits retention, kept a
-  day, so a late consumer loses nothing); a durable pull consumer per node input shared by
-  the replicas; outputs are published with pipelined JetStream acks
-  (:class:`AckedPublisher`) and inputs are acked only after their outputs are stored.
+  day, so a late consumer loses nothing; the engine deletes it on undeploy/delete); a
+  durable pull consumer per node input shared by the replicas; outputs are published
+  with pipelined JetStream acks (:class:`AckedPublisher`) and inputs are acked only after
+  their outputs are stored (and, for buffering components, flushed).
 """
 
 from __future__ import annotations
@@ -92,13 +93,6 @@ async def ensure_stream(nc: NatsClient, flow: str, replicas: int = 1) -> None:
         await js.add_stream(config)
     except BadRequestError:
         await js.stream_info(name)  # created concurrently by another replica
-
-
-async def delete_stream(nc: NatsClient, flow: str) -> bool:
-    try:
-        return await nc.jetstream().delete_stream(stream_name(flow))
-    except NotFoundError:
-        return False
 
 
 async def ensure_consumer(

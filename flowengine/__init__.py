@@ -2,9 +2,10 @@
 
 Public API: :func:`validate` (-> :class:`ValidationResult` of :class:`ValidationIssue`),
 :func:`translate` (flow -> ``{"<flow>.<node>": ComponentConfig}``), and
-:class:`FlowEngine` (apply/deploy/start/stop/undeploy/delete/rollback over NATS KV,
-:meth:`FlowEngine.effective_state` -> :class:`EffectiveState`, computed by the pure
-:func:`observe`). Errors:
+:class:`FlowEngine` (apply/deploy/start/stop/undeploy/delete/rollback over NATS KV, built
+on the config writes of :mod:`flowengine.sync` and the stop order of
+:mod:`flowengine.stopping`; :meth:`FlowEngine.effective_state` -> :class:`EffectiveState`,
+computed by the pure :func:`observe`). Errors:
 :class:`ValidationFailed`, :class:`ConfigsNotConverged` (plus those of flowstore.errors).
 """
 

@@ -48,7 +48,8 @@ class EffectiveState(BaseModel):
         return self.model_dump(mode="json")
 
 
-def _is_source(cfg: ComponentConfig) -> bool:
+def is_source(cfg: ComponentConfig) -> bool:
+    """A source node: its role says so (or, without one, it has no inputs)."""
     return cfg.role == "source" if cfg.role is not None else not cfg.inputs
 
 
@@ -78,7 +79,7 @@ def observe(record: FlowRecord, configs: list[ComponentConfig], statuses: list[R
             else:
                 cond, detail = st.state.value, st.last_error
             counts[cond] += 1
-            good = cond == "running" or (cond == "completed" and _is_source(cfg))
+            good = cond == "running" or (cond == "completed" and is_source(cfg))
             ok += good
             if enabled and not good:
                 reasons.append(f"{key}: {cond}" + (f": {detail}" if detail else ""))

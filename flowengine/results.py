@@ -17,7 +17,8 @@ from flowstore.models import FlowRecord, FlowState
 @dataclass
 class ConfigChanges:
     """What an action wrote. Keys are ``flowctl_config`` keys (``<flow>.<node>``) except
-    ``pending`` and ``status_removed``, which are ``flowctl_status`` keys."""
+    ``pending``, ``status_removed`` and ``not_stopped``, which are ``flowctl_status`` keys,
+    and ``streams_removed``, which names JetStream streams."""
 
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
@@ -27,10 +28,20 @@ class ConfigChanges:
     status_removed: list[str] = field(default_factory=list)
     spec_changed: bool = False  # apply only: a new revision of the flow was written
     validation: ValidationResult | None = None
+    #: stop (and undeploy/delete --force): replicas still running when stop stopped waiting
+    not_stopped: list[str] = field(default_factory=list)
+    streams_removed: list[str] = field(default_factory=list)  # JetStream streams deleted
 
     @property
     def written(self) -> list[str]:
         return sorted([*self.added, *self.updated])
+
+    def merge_removed(self, other: ConfigChanges) -> None:
+        """Add the config and status keys ``other`` removed (each key listed once)."""
+        self.removed += [k for k in other.removed if k not in self.removed]
+        self.status_removed += [k for k in other.status_removed if k not in self.status_removed]
+        self.streams_removed += [s for s in other.streams_removed if s not in self.streams_removed]
+        self.unchanged = [k for k in self.unchanged if k not in self.removed]
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

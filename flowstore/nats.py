@@ -2,7 +2,8 @@
 
 Every package connects through :func:`connect` with a :class:`NatsOptions`, and opens
 buckets through :func:`open_bucket`, so URL/credential handling and bucket settings live
-here and nowhere else.
+here and nowhere else. :func:`delete_flow_stream` removes the JetStream stream of an
+at-least-once flow (agents create it; the flow engine deletes it on undeploy).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from urllib.parse import urlsplit
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
+
+from flowstore.models import stream_name
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
@@ -217,6 +220,24 @@ async def open_bucket(nc: NatsClient, bucket: str, *, replicas: int = 1) -> KeyV
     )
     try:
         return await js.create_key_value(cfg)
-    except Exception:
-        # Someone else created it between our lookup and create: use theirs.
-        return await js.key_value(bucket)
+    except Exception as create_error:
+        try:  # someone else may have created it between our lookup and create: use theirs
+            return await js.key_value(bucket)
+        except BucketNotFoundError:
+            pass
+        # Nobody did: the server's refusal is the real reason (e.g. replicas > 1 on a
+        # single server). The stream it names and a note (read by cli.errors) say which
+        # bucket and how many replicas.
+        if isinstance(create_error, APIError) and not create_error.stream:
+            create_error.stream = f"KV_{bucket}"
+        create_error.add_note(f"creating KV bucket {bucket} with {replicas} replica(s)")
+        raise
+
+
+async def delete_flow_stream(nc: NatsClient, flow: str) -> bool:
+    """Delete the stream of ``flow`` (:func:`~flowstore.models.stream_name`) with its
+    durable consumers. False when it did not exist (an at-most-once flow has none)."""
+    try:
+        return bool(await nc.jetstream().delete_stream(stream_name(flow)))
+    except NotFoundError:
+        return False

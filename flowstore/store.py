@@ -2,16 +2,20 @@
 
 Every update is a compare-and-set on the KV revision that was read: a stale revision
 raises :class:`RevisionConflict` and writes nothing. Also here: :func:`read_all`, the one
-way any package snapshots a whole bucket.
+way any package snapshots a whole bucket (complete, and leaving no consumer behind).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
@@ -24,19 +28,100 @@ def is_delete(entry: KeyValue.Entry) -> bool:
     return entry.operation in (KV_DEL, KV_PURGE)
 
 
-async def read_all(kv: KeyValue, keys: str = ">") -> dict[str, KeyValue.Entry]:
-    """Every live key matching ``keys`` with its latest entry, read through one watcher."""
-    watcher = await kv.watch(keys, ignore_deletes=True)
+#: Headers that mark a KV entry as a deletion: KV-Operation, or (nats-server 2.11+) the
+#: marker the server writes when a value expires or is removed.
+_KV_OP = "KV-Operation"
+_MARKER_REASON = "Nats-Marker-Reason"
+_DELETED_BY_MARKER = ("MaxAge", "Purge", "Remove")
+#: read_all: how long no value may arrive before the consumer is asked, and how many
+#: such checks finding every delivered value arrived end a read the server keeps open.
+_QUIET_S = 0.05
+_PATIENCE = 3
+
+
+def _operation(msg: Msg) -> str | None:
+    headers = msg.headers or {}
+    if _KV_OP in headers:
+        return headers[_KV_OP]
+    if headers.get(_MARKER_REASON) in _DELETED_BY_MARKER:
+        return KV_DEL
+    return None
+
+
+async def _consumer_state(sub: Any, received: int) -> tuple[bool, bool]:
+    """(nothing pending and everything delivered arrived, everything delivered arrived)."""
+    info = await sub.consumer_info()
+    delivered = (info.delivered.consumer_seq if info.delivered is not None else 0) or 0
+    arrived = delivered <= received
+    return arrived and not info.num_pending, arrived
+
+
+async def read_all(kv: KeyValue, keys: str = ">", timeout: float = 5.0,
+                   ) -> dict[str, KeyValue.Entry]:
+    """Every live key matching ``keys`` with its latest entry: one complete snapshot.
+
+    Read through one ephemeral ordered consumer (last value per key). The snapshot is
+    done when the consumer itself reports nothing pending and nothing delivered beyond
+    what arrived. A value saying "nothing pending after me" is not enough: values may
+    still be in flight (nats-py's watcher then reported an empty bucket now and then), and
+    when a key is rewritten during the read the server skips its old value and delivers
+    the new one after counting zero pending. (While keys are rewritten without pause, the
+    server's count can stay off: after a few checks that found every delivered value
+    arrived, the read ends there.) The consumer is deleted afterwards, not left to
+    expire: a KV stream allows a limited number of consumers. Raises TimeoutError when
+    values are due but none arrives for ``timeout`` seconds.
+    """
+    # nats-py's KeyValue has no public handle on its JetStream context, stream or prefix.
+    js, stream, prefix = kv._js, kv._stream, kv._pre
+    inbox: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def on_msg(msg: Msg) -> None:
+        inbox.put_nowait(msg)
+
+    sub = await js.subscribe(f"{prefix}{keys}", stream=stream, cb=on_msg, ordered_consumer=True,
+                             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                             inactive_threshold=30.0)
     out: dict[str, KeyValue.Entry] = {}
+    received, patience = 0, _PATIENCE
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     try:
+        if (await _consumer_state(sub, received))[0]:
+            return out
         while True:
-            entry = await watcher.updates(timeout=5.0)
-            if entry is None:
-                break
-            out[entry.key] = entry
+            try:
+                msg: Msg | None = await asyncio.wait_for(inbox.get(), _QUIET_S)
+            except TimeoutError:
+                msg = None
+            if msg is not None:
+                deadline = loop.time() + timeout
+                received += 1
+                meta = msg.metadata
+                key = msg.subject[len(prefix):]
+                operation = _operation(msg)
+                if operation in (KV_DEL, KV_PURGE):
+                    out.pop(key, None)
+                else:
+                    out[key] = KeyValue.Entry(
+                        bucket=kv._name, key=key, value=msg.data,
+                        revision=meta.sequence.stream, delta=meta.num_pending,
+                        created=meta.timestamp, operation=operation)
+                if meta.num_pending or not inbox.empty():
+                    continue
+            elif loop.time() > deadline:
+                raise TimeoutError(f"reading {keys} of {stream}: values due but none came")
+            # A value said nothing is pending, or none came for a moment: ask the consumer.
+            done, arrived = await _consumer_state(sub, received)
+            if done:
+                return out
+            if arrived and received:
+                patience -= 1
+                if patience <= 0:
+                    return out
     finally:
-        await watcher.stop()
-    return out
+        await sub.unsubscribe()
+        with contextlib.suppress(Exception):  # it expires on its own if this fails
+            await js.delete_consumer(stream, sub._consumer)
 
 
 @dataclass

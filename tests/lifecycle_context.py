@@ -2,9 +2,9 @@
 
 :data:`TEST_TYPES` are registered for one test at a time (:func:`register_test_types`,
 used by an autouse fixture of each test module); :data:`FLOW` is a three-node flow over
-them (``keep`` has two replicas). :func:`kv_dump` / :func:`configs` read buckets with
-nats-py, :func:`add_agent` and :func:`report` write what an agent would. Shared by
-``tests/test_lifecycle*.py``.
+them (``keep`` has two replicas). :func:`kv_dump` / :func:`configs` read buckets (with
+:func:`~flowstore.store.read_all`), :func:`add_agent` and :func:`report` write what an
+agent would. Shared by ``tests/test_lifecycle*.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import json
 from typing import Any
 
 import pytest
-from nats.js.errors import NoKeysError
 from pydantic import BaseModel, ConfigDict
 
 from componentmanager import registry
@@ -21,6 +20,7 @@ from componentmanager.registry import ComponentType, Port, get_type
 from flowengine import FlowEngine
 from flowstore.loader import parse_flow
 from flowstore.models import AgentRecord, FlowSpec, ReplicaStatus, utcnow
+from flowstore.store import read_all
 
 
 class PassConfig(BaseModel):
@@ -63,17 +63,15 @@ def spec(text: str = FLOW) -> FlowSpec:
 
 
 async def kv_dump(nc: Any, bucket: str) -> dict[str, tuple[dict[str, Any], int]]:
-    """Every live key of a bucket -> (its JSON value, its KV revision), read with nats-py."""
+    """Every live key of a bucket -> (its JSON value, its KV revision).
+
+    Read with :func:`flowstore.store.read_all`: nats-py's ``kv.keys()`` now and then
+    reports no keys while they are still in flight.
+    """
     kv = await nc.jetstream().key_value(bucket)
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return {}
-    out = {}
-    for key in sorted(keys):
-        entry = await kv.get(key)
-        out[key] = (json.loads(entry.value), entry.revision)
-    return out
+    entries = await read_all(kv)
+    return {k: (json.loads(entries[k].value or b"null"), entries[k].revision)
+            for k in sorted(entries)}
 
 
 async def configs(nc: Any) -> dict[str, dict[str, Any]]:

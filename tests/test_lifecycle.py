@@ -2,7 +2,8 @@
 
 Also: refused transitions write nothing, concurrent actions, rollback, and validation
 as the gate of apply. How configs and status keys are kept in sync, and the observed
-state, are ``test_lifecycle_sync.py``.
+state, are ``test_lifecycle_sync.py``; two actions racing ``test_lifecycle_races.py``; the
+stop order and the flow's stream ``test_lifecycle_stop.py``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,297 @@
+"""Keeping ``flowctl_config`` in step with a flow record: what every action is built from.
+
+:class:`FlowKV` holds the flowctl buckets (and the NATS client, for a flow's stream), the
+reads, and the level-triggered writes that the actions of
+:class:`~flowengine.lifecycle.FlowEngine` are made of:
+
+* :meth:`FlowKV._sync` makes a flow's config keys match a spec: only what differs is
+  written, compare-and-set per key, placed on the live agents; status keys follow.
+* :meth:`FlowKV._remove_all` deletes every config key of a flow, then its status keys
+  and its at-least-once stream (with the durable consumers in it).
+* :meth:`FlowKV._settle` runs after every action that wrote configs, whether its record
+  compare-and-set won or lost: it makes the configs match the flow record *as it is now*
+  (whichever concurrent action won: not_deployed or deleted -> no keys; otherwise every
+  key, enabled exactly when running), and repeats until the record stayed the same while
+  it wrote. Each action writes its configs before its record and settles after it, so
+  once racing actions have returned, the config keys follow the final record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Self, TypeVar
+
+from nats.aio.client import Client as NatsClient
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from flowengine.errors import ConfigsNotConverged
+from flowengine.results import ConfigChanges
+from flowengine.translate import translate
+from flowstore.errors import FlowNotFound, RevisionConflict
+from flowstore.models import (
+    AgentRecord,
+    ComponentConfig,
+    FlowRecord,
+    FlowSpec,
+    FlowState,
+    Record,
+    ReplicaState,
+    ReplicaStatus,
+    status_key,
+    stream_name,
+)
+from flowstore.nats import (
+    AGENTS_BUCKET,
+    CONFIG_BUCKET,
+    STATUS_BUCKET,
+    delete_flow_stream,
+    open_bucket,
+)
+from flowstore.placement import place
+from flowstore.store import FlowStore, is_delete, read_all
+
+ATTEMPTS = 5
+
+_R = TypeVar("_R", bound=Record)
+_T = TypeVar("_T")
+
+
+class _Retry(Exception):
+    """A per-key compare-and-set lost: recompute and try again."""
+
+
+def _flow_of(key: str) -> str:
+    return key.split(".", 1)[0]
+
+
+def _decode(model: type[_R], value: bytes | None) -> _R | None:
+    """A stored record, or None when the value is not one (never trust a bucket blindly)."""
+    try:
+        return model.model_validate_json(value or b"")
+    except ValueError:
+        return None
+
+
+def _differs(current: ComponentConfig | None, desired: ComponentConfig) -> bool:
+    """Whether the stored config must be rewritten (assignments and revision ignored)."""
+    return (
+        current is None
+        or current.enabled != desired.enabled
+        or current.desired_fingerprint() != desired.desired_fingerprint()
+    )
+
+
+def _kv_revision(record: FlowRecord | None) -> int | None:
+    return None if record is None else record.kv_revision
+
+
+class FlowKV:
+    """The flowctl buckets of one connection, and the config writes under every action."""
+
+    def __init__(self, flows: FlowStore, configs: KeyValue, status: KeyValue,
+                 agents: KeyValue, *, nc: NatsClient) -> None:
+        self.flows = flows
+        self.configs = configs
+        self.status = status
+        self.agents = agents
+        self.nc = nc  # for the flows' JetStream streams
+
+    @classmethod
+    async def open(cls, nc: NatsClient, kv_replicas: int = 1) -> Self:
+        """Open (creating on first use) flowctl_flows, _config, _status and _agents."""
+        return cls(
+            await FlowStore.open(nc, replicas=kv_replicas),
+            await open_bucket(nc, CONFIG_BUCKET, replicas=kv_replicas),
+            await open_bucket(nc, STATUS_BUCKET, replicas=kv_replicas),
+            await open_bucket(nc, AGENTS_BUCKET, replicas=kv_replicas),
+            nc=nc,
+        )
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def _config_entries(self, name: str) -> dict[str, KeyValue.Entry]:
+        # "a.*" matches a.x but never a-b.x: NATS wildcards match whole tokens.
+        entries = await read_all(self.configs, f"{name}.*")
+        return {k: e for k, e in entries.items() if _flow_of(k) == name}
+
+    async def list_configs(self, name: str) -> list[ComponentConfig]:
+        """The flow's configs in ``flowctl_config``, sorted by node."""
+        entries = await self._config_entries(name)
+        configs = [c for c in (_decode(ComponentConfig, e.value) for e in entries.values()) if c]
+        return sorted((c for c in configs if c.flow == name), key=lambda c: c.node)
+
+    async def list_status(self, name: str) -> list[ReplicaStatus]:
+        """The flow's replica records in ``flowctl_status``, sorted by node and replica."""
+        out = []
+        for entry in (await read_all(self.status, f"{name}.*.*")).values():
+            status = _decode(ReplicaStatus, entry.value)
+            if status is not None and status.flow == name:
+                out.append(status)
+        return sorted(out, key=lambda s: (s.node, s.replica))
+
+    async def live_agents(self) -> list[AgentRecord]:
+        """Agents whose last heartbeat is recent enough, sorted by name."""
+        agents = (_decode(AgentRecord, e.value) for e in (await read_all(self.agents)).values())
+        return sorted((a for a in agents if a and a.is_live()), key=lambda a: a.name)
+
+    @staticmethod
+    async def _get(kv: KeyValue, model: type[_R], key: str) -> _R | None:
+        """One record read by key (exact, unlike a snapshot of keys being rewritten)."""
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:  # KeyDeletedError too
+            return None
+        return None if is_delete(entry) else _decode(model, entry.value)
+
+    async def _record(self, name: str) -> FlowRecord | None:
+        try:
+            return await self.flows.get(name)
+        except FlowNotFound:
+            return None
+
+    async def _unchanged(self, record: FlowRecord) -> None:
+        """Raise RevisionConflict when the flow record changed since ``record`` was read."""
+        if _kv_revision(await self._record(record.name)) != record.kv_revision:
+            raise RevisionConflict(record.name, record.kv_revision)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def _sync(self, name: str, spec: FlowSpec, *, enabled: bool | frozenset[str],
+                    revision: int, action: str, agents: list[AgentRecord] | None = None,
+                    changes: ConfigChanges | None = None, guard: FlowRecord | None = None,
+                    ) -> ConfigChanges:
+        """Make the flow's config keys match ``spec``; retried when a key CAS loses.
+
+        ``enabled``: for every node, or the set of nodes to enable (the rest disabled).
+        ``guard``: the record the write is based on; a key is only ever created while
+        the record is still that one (else RevisionConflict, before creating anything).
+        """
+        if agents is None:
+            agents = await self.live_agents()
+        changes = ConfigChanges() if changes is None else changes
+        for _ in range(ATTEMPTS):
+            try:
+                await self._sync_once(name, spec, enabled, revision, agents, changes, guard)
+                return changes
+            except _Retry:
+                continue
+        raise ConfigsNotConverged(name, action, changes.written)
+
+    async def _sync_once(self, name: str, spec: FlowSpec, enabled: bool | frozenset[str],
+                         revision: int, agents: list[AgentRecord], changes: ConfigChanges,
+                         guard: FlowRecord | None) -> None:
+        desired = translate(name, spec, flow_revision=revision, enabled=enabled is True)
+        if isinstance(enabled, frozenset):
+            for cfg in desired.values():
+                cfg.enabled = cfg.node in enabled
+        everything = await read_all(self.configs)
+        mine = {k: e for k, e in everything.items() if _flow_of(k) == name}
+        current = {k: _decode(ComponentConfig, e.value) for k, e in mine.items()}
+        changed = [k for k in desired if _differs(current.get(k), desired[k])]
+        removed = sorted(current.keys() - desired.keys())
+        if guard is not None and any(k not in mine for k in changed):
+            await self._unchanged(guard)  # never create keys behind a record that moved on
+        others = []  # every config that stays as it is counts towards the agents' load
+        for key, entry in everything.items():
+            if key not in changed and key not in removed:
+                other = current[key] if key in mine else _decode(ComponentConfig, entry.value)
+                if other is not None:
+                    others.append(other)
+        for key in changed:
+            old = current.get(key)
+            desired[key].assignments = list(old.assignments) if old else []
+        placed = place([desired[k] for k in changed], agents, others=others)
+        for key in changed:
+            cfg = desired[key]
+            cfg.assignments = placed.assignments[key]
+            try:
+                if key in mine:
+                    await self.configs.update(key, cfg.to_json(), last=mine[key].revision)
+                else:
+                    await self.configs.create(key, cfg.to_json())
+            except KeyWrongLastSequenceError:
+                raise _Retry from None
+            if key not in changes.added and key not in changes.updated:
+                (changes.updated if key in mine else changes.added).append(key)
+        for key in removed:
+            await self.configs.delete(key)
+            if key not in changes.removed:
+                changes.removed.append(key)
+        changes.unchanged = [k for k in desired if k not in changes.written]
+
+        statuses = await read_all(self.status, f"{name}.*.*")
+        for key, replica, reason in placed.pending():
+            cfg = desired[key]
+            record = ReplicaStatus(flow=name, node=cfg.node, replica=replica,
+                                   state=ReplicaState.PENDING, last_error=reason,
+                                   flow_revision=revision)
+            await self.status.put(record.key, record.to_json())
+            changes.pending[record.key] = reason
+        wanted = {status_key(name, c.node, r) for c in desired.values() for r in range(c.replicas)}
+        for key, entry in sorted(statuses.items()):
+            if _flow_of(key) != name or key in changes.pending:
+                continue
+            stale = key not in wanted  # a removed node, or a replica beyond the count
+            if not stale and key.rsplit(".", 1)[0] in changed:  # pending before, placed now
+                old = _decode(ReplicaStatus, entry.value)
+                stale = old is not None and old.state == ReplicaState.PENDING
+            if stale:
+                await self.status.delete(key)
+                if key not in changes.status_removed:
+                    changes.status_removed.append(key)
+
+    async def _remove_all(self, name: str, action: str) -> ConfigChanges:
+        """Delete every config key of the flow and verify none is left; then its status
+        keys and its stream (the agents stop the replicas once their keys are gone)."""
+        changes = ConfigChanges()
+        for _ in range(ATTEMPTS):
+            entries = await self._config_entries(name)
+            if not entries:
+                break
+            for key in sorted(entries):
+                await self.configs.delete(key)
+                if key not in changes.removed:
+                    changes.removed.append(key)
+        else:  # someone keeps writing them: verify, never flip the state over leftovers
+            left = sorted(await self._config_entries(name))
+            if left:
+                raise ConfigsNotConverged(name, action, left)
+        for key in sorted(await read_all(self.status, f"{name}.*.*")):
+            if _flow_of(key) == name:
+                await self.status.delete(key)
+                changes.status_removed.append(key)
+        if await delete_flow_stream(self.nc, name):
+            changes.streams_removed.append(stream_name(name))
+        return changes
+
+    async def _settle(self, name: str, action: str, changes: ConfigChanges) -> None:
+        """Make the flow's configs match its record as it is now (see the module doc);
+        what this writes is added to ``changes``."""
+        for _ in range(ATTEMPTS):
+            record = await self._record(name)
+            try:
+                if record is None or record.state == FlowState.NOT_DEPLOYED:
+                    changes.merge_removed(await self._remove_all(name, action))
+                else:
+                    await self._sync(name, record.spec,
+                                     enabled=record.state == FlowState.RUNNING,
+                                     revision=record.deployed_revision or record.revision,
+                                     action=action, changes=changes, guard=record)
+            except RevisionConflict:
+                continue  # the record moved on while we wrote: settle on the new one
+            if _kv_revision(await self._record(name)) == _kv_revision(record):
+                return
+        raise ConfigsNotConverged(name, action, sorted(await self._config_entries(name)))
+
+    async def _settled(self, name: str, action: str, changes: ConfigChanges,
+                       work: Awaitable[_T]) -> _T:
+        """Run an action's writes, then :meth:`_settle`, also when it lost a race (the
+        loser's error is raised after its configs were made to follow the winner)."""
+        try:
+            result = await work
+        except (RevisionConflict, ConfigsNotConverged):
+            await self._settle(name, action, changes)
+            raise
+        await self._settle(name, action, changes)
+        return result
