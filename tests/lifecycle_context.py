@@ -37,10 +37,12 @@ TEST_TYPES = (
 )
 
 
-def register_test_types(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Register the test types for one test only (the built-ins stay as they are)."""
+def register_test_types(
+    monkeypatch: pytest.MonkeyPatch, types: tuple[ComponentType, ...] | None = None
+) -> None:
+    """Register test types (default: TEST_TYPES) for one test only (the built-ins stay)."""
     get_type("filter")  # load the built-ins first, so they never overwrite ours
-    for ctype in TEST_TYPES:
+    for ctype in types if types is not None else TEST_TYPES:
         monkeypatch.setitem(registry._TYPES, (ctype.role, ctype.name), ctype)
 
 
