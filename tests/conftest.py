@@ -13,12 +13,14 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from flowstore.nats import NatsOptions, connect
 from flowstore.server import EmbeddedNats
 from tests.agents import AgentProcess
+from tests.lifecycle_context import open_engine, register_test_types
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOWCTL = str(Path(sys.executable).parent / "flowctl")
@@ -110,3 +112,16 @@ def agents(nats_url: str) -> Iterator[object]:
     yield start
     codes = {a.name: a.stop() for a in started if a.proc.poll() is None}  # stop all first
     assert all(code == 0 for code in codes.values()), codes
+
+
+@pytest.fixture
+def lifecycle_types(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine tests' component types, registered for one test only
+    (use with ``pytestmark = pytest.mark.usefixtures("lifecycle_types")``)."""
+    register_test_types(monkeypatch)
+
+
+@pytest.fixture
+async def engine(nc: Any, lifecycle_types: None) -> Any:
+    """A FlowEngine on the test server with one live agent, ``agent-1``."""
+    return await open_engine(nc)

@@ -22,20 +22,12 @@ from tests.lifecycle_context import (
     FLOW,
     configs,
     kv_dump,
-    open_engine,
-    register_test_types,
     spec,
 )
 
-
-@pytest.fixture(autouse=True)
-def _test_types(monkeypatch: pytest.MonkeyPatch) -> None:
-    register_test_types(monkeypatch)
+pytestmark = pytest.mark.usefixtures("lifecycle_types")
 
 
-@pytest.fixture
-async def engine(nc: Any) -> FlowEngine:
-    return await open_engine(nc)
 
 
 async def test_every_transition_and_the_exact_configs(engine: FlowEngine, nc: Any) -> None:

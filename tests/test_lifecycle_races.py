@@ -21,7 +21,7 @@ from flowstore.errors import FlowNotFound, InvalidTransition, RevisionConflict
 from flowstore.models import FlowState
 from flowstore.nats import STATUS_BUCKET, NatsOptions, connect, open_bucket
 from flowstore.store import read_all
-from tests.lifecycle_context import FLOW, add_agent, configs, register_test_types, spec
+from tests.lifecycle_context import FLOW, add_agent, configs, spec
 
 ROUNDS = 24
 KEYS = ["demo.gen", "demo.keep", "demo.out"]
@@ -29,9 +29,7 @@ KEYS = ["demo.gen", "demo.keep", "demo.out"]
 LOST = (RevisionConflict, InvalidTransition, FlowNotFound)
 
 
-@pytest.fixture(autouse=True)
-def _test_types(monkeypatch: pytest.MonkeyPatch) -> None:
-    register_test_types(monkeypatch)
+pytestmark = pytest.mark.usefixtures("lifecycle_types")
 
 
 @pytest.fixture

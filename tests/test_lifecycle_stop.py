@@ -28,21 +28,16 @@ from tests.lifecycle_context import (
     FLOW,
     add_agent,
     configs,
-    open_engine,
-    register_test_types,
     report,
     spec,
 )
 
-
-@pytest.fixture(autouse=True)
-def _test_types(monkeypatch: pytest.MonkeyPatch) -> None:
-    register_test_types(monkeypatch)
+pytestmark = pytest.mark.usefixtures("lifecycle_types")
 
 
 @pytest.fixture
-async def engine(nc: Any) -> FlowEngine:
-    engine = await open_engine(nc)
+def engine(engine: FlowEngine) -> FlowEngine:
+    """The shared engine, polling replica status faster while it stops a flow."""
     engine.stop_poll = 0.02
     return engine
 

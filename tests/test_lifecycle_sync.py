@@ -18,21 +18,13 @@ from tests.lifecycle_context import (
     add_agent,
     configs,
     kv_dump,
-    open_engine,
-    register_test_types,
     report,
     spec,
 )
 
-
-@pytest.fixture(autouse=True)
-def _test_types(monkeypatch: pytest.MonkeyPatch) -> None:
-    register_test_types(monkeypatch)
+pytestmark = pytest.mark.usefixtures("lifecycle_types")
 
 
-@pytest.fixture
-async def engine(nc: Any) -> FlowEngine:
-    return await open_engine(nc)
 
 
 async def test_two_flows_with_the_same_node_ids_do_not_collide(

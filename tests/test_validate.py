@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from componentmanager import registry
-from componentmanager.registry import ComponentType, Port, get_type
+from componentmanager.registry import ComponentType, Port
 from flowengine import ValidationResult, validate
 from flowstore.loader import parse_flow
 from flowstore.models import AgentRecord, Connection, FlowSpec, Node, Placement, utcnow
+from tests.lifecycle_context import register_test_types
 
 
 class GenConfig(BaseModel):
@@ -52,10 +52,7 @@ TEST_TYPES = (
 
 @pytest.fixture(autouse=True)
 def _test_types(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Register the test types for one test only (the built-ins stay as they are)."""
-    get_type("filter")  # load the built-ins first, so they never overwrite ours
-    for ctype in TEST_TYPES:
-        monkeypatch.setitem(registry._TYPES, (ctype.role, ctype.name), ctype)
+    register_test_types(monkeypatch, TEST_TYPES)
 
 
 HEADER = "apiVersion: flowctl/v1\nkind: Flow\nmetadata:\n  name: {name}\nspec:\n"
