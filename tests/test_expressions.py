@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from componentmanager.expressions import (
+from componentmanager.components.expressions import (
     EvaluationError,
     ExpressionError,
     ExpressionStr,

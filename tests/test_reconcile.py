@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from componentmanager.reconcile import (
+from componentmanager.agent.reconcile import (
     Restart,
     Start,
     Stop,

@@ -8,7 +8,7 @@ Sinks (:mod:`.sinks`): ``stdout``, ``file-sink``, ``http-sink``, ``nats-sink``, 
 The registry is keyed by (role, name), so a source and a sink share ``file``, ``http``
 and ``nats`` (written ``file-source`` / ``file-sink`` above). Each module registers its
 types on import; the classes are loaded through ``impl`` only when
-a component is created. Expressions used in configs are :mod:`componentmanager.expressions`.
+a component is created. Config expressions: :mod:`.expressions`.
 """
 
 from componentmanager.components import http_source, processors, sinks, sources

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from componentmanager.component import Component, Context
-from componentmanager.expressions import Expression, ExpressionStr, compile_expression
+from componentmanager.components.expressions import Expression, ExpressionStr, compile_expression
 from componentmanager.registry import ComponentType, Port, register
 
 IN = (Port("in", required=True, description="the events to process"),)

@@ -22,8 +22,8 @@ from nats.js.errors import BucketNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from componentmanager.component import Component, Context
+from componentmanager.components.expressions import ExpressionStr, compile_expression
 from componentmanager.components.sources import check_subject
-from componentmanager.expressions import ExpressionStr, compile_expression
 from componentmanager.registry import ComponentType, Port, register
 
 IN = (Port("in", required=True, description="the events to deliver"),)

@@ -26,7 +26,7 @@ failures (``"a" < 1``, ``int("x")``, division by zero) raise :class:`EvaluationE
 
 This module parses, checks and compiles; what the compiled closures call per event (the
 functions, the operators with these rules, the lookups) is
-:mod:`componentmanager.expression_functions`. :data:`FUNCTIONS` is re-exported here.
+:mod:`componentmanager.components.expressions.functions`. :data:`FUNCTIONS` is re-exported here.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Annotated, Any, NoReturn
 
 from pydantic import AfterValidator, Field
 
-from componentmanager.expression_functions import (
+from componentmanager.components.expressions.functions import (
     BINOPS,
     CMPOPS,
     CONSTANTS,

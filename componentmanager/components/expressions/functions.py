@@ -3,13 +3,13 @@
 * :data:`FUNCTIONS`, the whitelist of callable functions (with their argument counts);
 * :data:`CONSTANTS` (``true`` / ``false`` / ``null``);
 * :data:`BINOPS` and :data:`CMPOPS`, the operators with the rules of
-  :mod:`componentmanager.expressions`: ``None`` propagates through arithmetic, an ordering
+  :mod:`.compiler`: ``None`` propagates through arithmetic, an ordering
   comparison with ``None`` is false, ``x in None`` is false, ``*`` and ``**`` refuse results
   over :data:`MAX_SEQUENCE` items / :data:`MAX_INT_BITS` bits, ``%`` refuses strings;
 * :func:`key_getter` and :func:`field_getter`, lookups where a missing key, index or field
   is ``None``.
 
-Nothing here parses or checks expression text; that is :mod:`componentmanager.expressions`.
+Nothing here parses or checks expression text; that is :mod:`.compiler`.
 """
 
 from __future__ import annotations

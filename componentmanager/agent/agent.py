@@ -29,12 +29,12 @@ import psutil
 import structlog
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from componentmanager.configwatch import ConfigView
-from componentmanager.leader import Leader
-from componentmanager.reconcile import Restart, Start, Stop, desired_replicas, reconcile
+from componentmanager.agent.configwatch import ConfigView
+from componentmanager.agent.leader import Leader
+from componentmanager.agent.reconcile import Restart, Start, Stop, desired_replicas, reconcile
+from componentmanager.agent.statuswriter import StatusWriter
 from componentmanager.runners import make_replica, reap_leftovers, watchdog
 from componentmanager.runners.base import Replica
-from componentmanager.statuswriter import StatusWriter
 from flowstore.models import AgentRecord, ReplicaState, ReplicaStatus, logs_subject, utcnow
 from flowstore.nats import (
     AGENTS_BUCKET,

@@ -1,11 +1,8 @@
-"""The NATS data plane: event encoding, metadata headers, publishing and consuming.
+"""JetStream plumbing of at-least-once flows: the flow's stream, the node inputs' durable
+consumers and :class:`AckedPublisher`.
 
-* Events travel as JSON bodies (msgspec, encoded once per event) on
-  ``flowctl.<flow>.<node>.<port>``; metadata rides in headers (:data:`HDR_ID`,
-  :data:`HDR_SOURCE`, :data:`HDR_TIME`), so ``nats sub 'flowctl.orders.>'`` shows
-  readable events and anything that publishes JSON to a subject can feed a flow.
 * at-most-once: core NATS publish; inputs are queue subscriptions (``flowctl.<flow>.<node>``)
-  so replicas share the work.
+  so replicas share the work (the runners do that directly).
 * at-least-once: one stream per flow over ``flowctl.<flow>.>`` (limits retention, kept a
   day, so a late consumer loses nothing; the engine deletes it on undeploy/delete); a
   durable pull consumer per node input shared by the replicas; outputs are published
@@ -16,10 +13,8 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
-import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StreamConfig
@@ -27,49 +22,10 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from flowstore.models import consumer_name, stream_name
 
-HDR_ID = "Flowctl-Id"
-HDR_SOURCE = "Flowctl-Source"
-HDR_TIME = "Flowctl-Time"
-HDR_ERROR = "Flowctl-Error"
-
 STREAM_MAX_AGE_S = 24 * 3600.0
 DEFAULT_MAX_DELIVER = 5
 DEFAULT_MAX_ACK_PENDING = 1000
 DEFAULT_ACK_WAIT_S = 10.0
-
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder()
-
-
-def encode(event: Any) -> bytes:
-    return _encoder.encode(event)
-
-
-def decode(data: bytes) -> Any:
-    """A JSON body as a value; a body that is not JSON becomes ``{"data": text}``."""
-    try:
-        return _decoder.decode(data)
-    except msgspec.DecodeError:
-        return {"data": data.decode("utf-8", "replace")}
-
-
-class EventIds:
-    """Metadata headers for one emitting replica: ids are ``<node>.<replica>.<instance>-<n>``."""
-
-    __slots__ = ("_n", "_prefix", "source")
-
-    def __init__(self, node: str, replica: int, instance: str) -> None:
-        self.source = node
-        self._prefix = f"{node}.{replica}.{instance}-"
-        self._n = 0
-
-    def headers(self) -> dict[str, str]:
-        self._n += 1
-        return {
-            HDR_ID: f"{self._prefix}{self._n}",
-            HDR_SOURCE: self.source,
-            HDR_TIME: f"{time.time():.6f}",
-        }
 
 
 async def ensure_stream(nc: NatsClient, flow: str, replicas: int = 1) -> None:
