@@ -6,8 +6,11 @@ A component is constructed with its validated config and a :class:`Context`, the
 * sources: ``await run()`` produces events through ``await ctx.emit(port, event)`` and
   returns when the source is finished (a finite source) or runs until cancelled;
 * processors and sinks: ``await process(port, event)`` per input event; they emit with
-  ``await ctx.emit(port, event)``. Raising counts an error (and dead-letters the event
-  where the delivery mode allows); the component keeps running;
+  ``await ctx.emit(port, event)``, or say ``ctx.count_filtered()`` for an event they
+  discard on purpose. Raising counts an error (and dead-letters the event where the
+  delivery mode allows); the component keeps running. ``process`` runs on the data
+  plane's event loop: blocking work belongs in a thread (``asyncio.to_thread``); a
+  component that holds the loop is reported ``degraded``;
 * ``await flush()`` every ``flush_interval`` seconds when that is set (time windows), and
   once before stop;
 * ``await stop()`` once, at the end.
@@ -39,6 +42,16 @@ class Context(Protocol):
 
     def log(self, message: str, **fields: Any) -> None:
         """A log line of this component (also published on flowctl.logs.<flow>.<node>)."""
+        ...
+
+    async def reject(self, data: bytes, reason: str) -> None:
+        """Input this component cannot use (a source's unparsable line): counted in
+        ``errors``, shown as the last error and dead-lettered with ``reason``."""
+        ...
+
+    def count_filtered(self, count: int = 1) -> None:
+        """Input events discarded on purpose (a filter said no, nothing matched): counted
+        in ``filtered``, so every event is accounted for."""
         ...
 
 

@@ -167,7 +167,8 @@ class Component:
             for key in keys:
                 try:
                     entry = await kv.get(key)
-                    if entry.value is not None and b'"state":"running"' in entry.value:
+                    if entry.value is not None and (b'"state":"running"' in entry.value
+                                                    or b'"state":"degraded"' in entry.value):
                         continue
                 except Exception:
                     pass

@@ -14,7 +14,14 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from flowstore.models import ComponentConfig, FlowRecord, FlowState, ReplicaStatus, status_key
+from flowstore.models import (
+    ACTIVE_STATES,
+    ComponentConfig,
+    FlowRecord,
+    FlowState,
+    ReplicaStatus,
+    status_key,
+)
 
 
 class ObservedState(StrEnum):
@@ -24,7 +31,7 @@ class ObservedState(StrEnum):
     PENDING = "pending"  # some replica has no eligible agent, none runs
     STARTING = "starting"  # enabled, not every replica reports running yet
     RUNNING = "running"  # every replica running (a finished source: completed)
-    DEGRADED = "degraded"  # some replicas ok, some failed, lost or pending
+    DEGRADED = "degraded"  # some replicas ok, some failed, lost, pending or not keeping up
     FAILED = "failed"  # replicas failed (or their agent died) and none is ok
     STOPPING = "stopping"  # disabled, but some replica still reports running
     STOPPED = "stopped"  # disabled and nothing runs
@@ -74,10 +81,10 @@ def observe(record: FlowRecord, configs: list[ComponentConfig], statuses: list[R
             if st is None:
                 cond = "pending" if agent is None else "missing"
                 detail = f"no status from agent '{agent}' yet" if agent else "no agent assigned"
-            elif st.state in ("running", "starting") and st.agent and st.agent not in live:
+            elif st.state in ACTIVE_STATES and st.agent and st.agent not in live:
                 cond, detail = "lost", f"agent '{st.agent}' is not live"
             else:
-                cond, detail = st.state.value, st.last_error
+                cond, detail = st.state.value, st.reason or st.last_error
             counts[cond] += 1
             good = cond == "running" or (cond == "completed" and is_source(cfg))
             ok += good
@@ -85,12 +92,12 @@ def observe(record: FlowRecord, configs: list[ComponentConfig], statuses: list[R
                 reasons.append(f"{key}: {cond}" + (f": {detail}" if detail else ""))
     total = sum(counts.values())
     if not enabled:
-        active = counts["running"] + counts["starting"]
+        active = counts["running"] + counts["degraded"] + counts["starting"]
         observed = ObservedState.STOPPING if active else ObservedState.STOPPED
         reasons = [f"{active} replica(s) still running"] if active else []
     elif ok == total:
         observed = ObservedState.RUNNING
-    elif counts["failed"] + counts["lost"]:
+    elif counts["failed"] + counts["lost"] + counts["degraded"]:
         observed = ObservedState.DEGRADED if ok else ObservedState.FAILED
     elif counts["pending"]:
         observed = ObservedState.DEGRADED if ok else ObservedState.PENDING

@@ -13,10 +13,16 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 
 from flowengine.observe import is_source
-from flowstore.models import ComponentConfig, FlowSpec, ReplicaState, ReplicaStatus, status_key
+from flowstore.models import (
+    ACTIVE_STATES,
+    ComponentConfig,
+    FlowSpec,
+    ReplicaStatus,
+    status_key,
+)
 
 #: Replica states that still need waiting for: the replica runs (or is about to).
-ACTIVE = frozenset({ReplicaState.RUNNING, ReplicaState.STARTING})
+ACTIVE = ACTIVE_STATES
 
 
 def stop_waves(spec: FlowSpec, configs: Iterable[ComponentConfig]) -> list[list[str]]:

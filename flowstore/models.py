@@ -39,9 +39,16 @@ class ReplicaState(StrEnum):
     PENDING = "pending"  # no eligible agent; the reason is in last_error
     STARTING = "starting"
     RUNNING = "running"
+    #: running, but not keeping up: losing events or holding its agent's event loop; the
+    #: reason is in ``reason``
+    DEGRADED = "degraded"
     COMPLETED = "completed"  # a finite source emitted everything and ended cleanly
     STOPPED = "stopped"
     FAILED = "failed"
+
+
+#: States of a replica that is up (work may be in progress).
+ACTIVE_STATES = frozenset({ReplicaState.STARTING, ReplicaState.RUNNING, ReplicaState.DEGRADED})
 
 
 def utcnow() -> str:
@@ -221,10 +228,18 @@ class ComponentConfig(Record):
 
 
 class Counters(BaseModel):
-    """Per-replica event counters; ``out_ports`` splits ``out`` by output port."""
+    """Per-replica event counters; ``out_ports`` splits ``out`` by output port.
+
+    Every event a replica takes in ends in exactly one of: ``out`` (emitted; a processor
+    may emit several per input), ``filtered`` (discarded on purpose: a filter said no, a
+    function returned None, no route matched), ``errors`` (failed: dead-lettered with the
+    reason) or ``dropped`` (lost: overload, a full buffer, a slow consumer, a publish that
+    NATS refused, a replica stopped with events still queued).
+    """
 
     in_: int = Field(default=0, alias="in")
     out: int = 0
+    filtered: int = 0
     errors: int = 0
     dropped: int = 0
     out_ports: dict[str, int] = Field(default_factory=dict)
@@ -244,6 +259,9 @@ class ReplicaStatus(Record):
     updated_at: str = Field(default_factory=utcnow)
     restarts: int = 0
     last_error: str | None = None
+    #: why the state is what it is, when that is not obvious (``degraded``: "dropping:
+    #: overload, 12,345 lost in the last 10 s")
+    reason: str | None = None
     exit_code: int | None = None
     pid: int | None = None
     counters: Counters = Field(default_factory=Counters)
@@ -269,6 +287,9 @@ class AgentRecord(Record):
     components: list[str] = Field(default_factory=list)
     cpu_percent: float = 0.0
     memory_mb: float = 0.0
+    #: the longest stall of the agent's data-plane event loop in the last heartbeat
+    #: interval (a component holding it), milliseconds
+    loop_lag_ms: float = 0.0
 
     def age_s(self, now: datetime | None = None) -> float:
         now = now or datetime.now(UTC)

@@ -24,12 +24,20 @@ class Ctx:
         self.allow_inline_code = allow_inline_code
         self.emitted: list[tuple[str, Any]] = []
         self.logs: list[tuple[str, dict[str, Any]]] = []
+        self.filtered = 0
+        self.rejected: list[tuple[bytes, str]] = []
 
     async def emit(self, port: str, event: Any) -> None:
         self.emitted.append((port, event))
 
     def log(self, message: str, **fields: Any) -> None:
         self.logs.append((message, fields))
+
+    def count_filtered(self, count: int = 1) -> None:
+        self.filtered += count
+
+    async def reject(self, data: bytes, reason: str) -> None:
+        self.rejected.append((data, reason))
 
     def events(self, port: str = "out") -> list[Any]:
         return [e for p, e in self.emitted if p == port]

@@ -14,6 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from componentmanager import get_type
+from componentmanager.components.expressions import EvaluationError
 from tests.component_context import Ctx, make, validate
 
 
@@ -21,11 +22,32 @@ async def test_filter_keeps_matching_events_from_any_input_port() -> None:
     ctx = Ctx()
     f = make("filter", {"where": "level == 'error' and code >= 500"}, ctx)
     for port, event in [("in", {"level": "error", "code": 503}), ("in", {"level": "info"}),
-                        ("in-2", {"level": "error", "code": 500}), ("in", {"code": 501})]:
+                        ("in-2", {"level": "error", "code": 500}),
+                        ("in", {"level": "warn", "code": 501})]:
         await f.process(port, event)
     assert ctx.emitted == [("out", {"level": "error", "code": 503}),
                            ("out", {"level": "error", "code": 500})]
-    assert f.dropped == 2
+    assert ctx.filtered == 2
+
+
+async def test_filter_on_a_missing_field_fails_the_event() -> None:
+    ctx = Ctx()
+    f = make("filter", {"where": "amont > 50"}, ctx)  # misspelled: never a silent drop
+    with pytest.raises(EvaluationError, match="field 'amont' is not in the event"):
+        await f.process("in", {"amount": 70})
+    assert ctx.emitted == [] and ctx.filtered == 0
+
+
+async def test_transform_on_missing_or_mistyped_fields_fails_the_event() -> None:
+    ctx = Ctx()
+    t = make("transform", {"set": {"total": "amount * qty"}}, ctx)
+    with pytest.raises(EvaluationError, match="field 'amount' is not in the event"):
+        await t.process("in", {"price": 1})
+    with pytest.raises(EvaluationError, match=r"'\*' needs two numbers, got string and number"):
+        await t.process("in", {"amount": "str", "qty": 2})
+    t = make("transform", {"set": {"total": "get(amount, 0) * get(qty, 1)"}}, ctx)
+    await t.process("in", {"amount": 3})
+    assert ctx.events() == [{"amount": 3, "total": 3}]
 
 
 def test_filter_rejects_a_bad_expression_at_validation() -> None:
@@ -53,17 +75,18 @@ async def test_route_all_first_default_and_drop() -> None:
     config = {"routes": {"big": "amount > 100", "eu": "region == 'eu'"}, "default": "rest"}
     ctx = Ctx()
     r = make("route", config, ctx)
-    for e in [{"amount": 500, "region": "eu"}, {"amount": 5, "region": "eu"}, {"amount": 1}]:
+    for e in [{"amount": 500, "region": "eu"}, {"amount": 5, "region": "eu"},
+              {"amount": 1, "region": "us"}]:
         await r.process("in", e)
     assert [(p, e["amount"]) for p, e in ctx.emitted] == [
         ("big", 500), ("eu", 500), ("eu", 5), ("rest", 1)]
 
     ctx = Ctx()
     r = make("route", {**config, "mode": "first", "default": None}, ctx)
-    for e in [{"amount": 500, "region": "eu"}, {"amount": 1}]:
+    for e in [{"amount": 500, "region": "eu"}, {"amount": 1, "region": "us"}]:
         await r.process("in", e)
     assert [(p, e["amount"]) for p, e in ctx.emitted] == [("big", 500)]
-    assert r.dropped == 1
+    assert ctx.filtered == 1
     assert get_type("route").output_names(config) == ["big", "eu", "rest"]
     assert get_type("route").dynamic_outputs
 
@@ -107,7 +130,7 @@ async def test_python_function_from_a_module(tmp_path: Path,
     await p.start()
     await p.process("in", {"parts": ["a", "b"]})
     await p.process("in", {"skip": True})
-    assert ctx.events() == [{"part": "a"}, {"part": "b"}] and p.dropped == 1
+    assert ctx.events() == [{"part": "a"}, {"part": "b"}] and ctx.filtered == 1
     ctx = Ctx()
     p = make("python", {"function": "flowctl_test_udf:tag"}, ctx)
     await p.start()

@@ -81,7 +81,27 @@ async def test_file_source_lines_and_jsonl(tmp_path: Path) -> None:
     await src.run()
     await src.stop()
     assert ctx.events() == [{"a": 1}, [2]]
-    assert src.dropped == 1 and ctx.logs[0][1]["line"] == 3
+    [(raw, reason)] = ctx.rejected  # an error: counted and dead-lettered by the runtime
+    assert raw == b"not json" and f"{path}:3 is not JSON" in reason
+    assert ctx.logs[0][1]["line"] == 3
+
+
+@pytest.mark.parametrize("name", ["events.jsonl", "events.NDJSON"])
+async def test_file_source_reads_json_lines_files_as_json(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_text('{"a": 1}\n{"a": 2}\n')
+    ctx = Ctx()
+    src = make("file-source", {"path": str(path)}, ctx)
+    await src.start()
+    await src.run()
+    await src.stop()
+    assert ctx.events() == [{"a": 1}, {"a": 2}]
+    ctx = Ctx()
+    src = make("file-source", {"path": str(path), "format": "lines"}, ctx)  # said otherwise
+    await src.start()
+    await src.run()
+    await src.stop()
+    assert ctx.events() == [{"line": '{"a": 1}'}, {"line": '{"a": 2}'}]
 
 
 async def test_file_source_missing_file_fails_at_start(tmp_path: Path) -> None:

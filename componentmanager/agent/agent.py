@@ -2,6 +2,12 @@
 replicas assigned to it, reports their status, and (when it holds the lease) places
 replicas for everyone.
 
+Control and data do not share fate: this module's work (heartbeats, lease, config watch,
+reconcile, status writes) runs on the caller's event loop with its own NATS connection;
+the replicas run on the :class:`~componentmanager.agent.dataloop.DataLoop`'s thread, loop
+and connection. A replica that blocks its loop or floods its connection is found
+(:mod:`componentmanager.agent.health`) and reported ``degraded``; the agent stays live.
+
 Usable as a library::
 
     agent = Agent(AgentSettings(name="a1", labels={"zone": "a"}), NatsOptions(url))
@@ -19,23 +25,25 @@ import os
 import secrets
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import psutil
 import structlog
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from componentmanager.agent.configwatch import ConfigView
+from componentmanager.agent.dataloop import DataLoop
+from componentmanager.agent.health import STALL_S, WINDOW_S, ReplicaHealth, assess
 from componentmanager.agent.leader import Leader
 from componentmanager.agent.reconcile import Restart, Start, Stop, desired_replicas, reconcile
 from componentmanager.agent.statuswriter import StatusWriter
 from componentmanager.runners import make_replica, reap_leftovers, watchdog
 from componentmanager.runners.base import Replica
-from flowstore.models import AgentRecord, ReplicaState, ReplicaStatus, logs_subject, utcnow
+from flowstore.models import AgentRecord, ReplicaState, ReplicaStatus, utcnow
 from flowstore.nats import (
     AGENTS_BUCKET,
     CONFIG_BUCKET,
@@ -52,6 +60,8 @@ VERSION = "0.1.0"
 #: A replica that has not stopped by then is abandoned with an error in the log
 #: (process runners escalate to SIGKILL well before: grace 5 s).
 REPLICA_STOP_TIMEOUT_S = 20.0
+#: How often the agent looks whether the data loop is stalled (and by whom).
+STALL_CHECK_S = 0.1
 
 
 class AgentNameTaken(Exception):
@@ -80,7 +90,7 @@ class AgentSettings:
 
 
 class Agent:
-    """Runs the replicas assigned to ``settings.name``. Implements the ReplicaHost API."""
+    """Runs the replicas assigned to ``settings.name`` (on its :class:`DataLoop`)."""
 
     def __init__(self, settings: AgentSettings, nats_options: NatsOptions) -> None:
         self.settings = settings
@@ -103,31 +113,18 @@ class Agent:
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._reconcile_lock = asyncio.Lock()
         self._heartbeat_task: asyncio.Task[None] | None = None
-
-    # -- ReplicaHost -----------------------------------------------------------------
-    @property
-    def heartbeat_s(self) -> float:
-        return self.settings.heartbeat
+        self._health: dict[str, ReplicaHealth] = {}
+        self._degraded_logged: dict[str, float] = {}
+        self._loop_lag_s = 0.0
+        self.data: DataLoop | None = None
 
     def changed(self, replica: Replica) -> None:
-        self.status.changed(replica)
-
-    def log_line(self, replica: Replica, line: str, stream: str = "stdout") -> None:
-        log.info(line, replica=replica.key, stream=stream)
-        if self.nc is None or self.nc.is_closed:
+        """A replica's status changed (any thread): the status writer writes it."""
+        if threading.get_ident() == self._control_thread:
+            self.status.changed(replica)
             return
-        body = msgspec.json.encode(
-            {
-                "ts": utcnow(),
-                "flow": replica.cfg.flow,
-                "node": replica.cfg.node,
-                "replica": replica.index,
-                "agent": self.agent_name,
-                "stream": stream,
-                "line": line,
-            }
-        )
-        self._logs.put_nowait((logs_subject(replica.cfg.flow, replica.cfg.node), body))
+        with contextlib.suppress(RuntimeError):  # the agent's loop is closing
+            self._control_loop.call_soon_threadsafe(self.status.changed, replica)
 
     # -- lifecycle --------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -148,7 +145,8 @@ class Agent:
 
     async def start(self) -> None:
         self._fenced_event = asyncio.Event()
-        self._logs: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=10000)
+        self._control_loop = asyncio.get_running_loop()
+        self._control_thread = threading.get_ident()
         self.nc = await connect(
             self.nats_options,
             name=f"flowctl-agent-{self.agent_name}",
@@ -161,7 +159,14 @@ class Agent:
         self.status_kv = await open_bucket(self.nc, STATUS_BUCKET, replicas=replicas)
         try:
             await self._announce()
+            self.data = DataLoop(
+                self.nats_options, self.agent_name, log_dir=self.log_dir,
+                allow_inline_code=self.allow_inline_code, heartbeat_s=self.settings.heartbeat,
+                on_changed=self.changed)
+            await self.data.start()
         except BaseException:
+            with contextlib.suppress(Exception):
+                await self.agents_kv.delete(self.agent_name, last=self._agent_rev)
             await self.nc.close()
             raise
         Path(self.log_dir).mkdir(parents=True, exist_ok=True)
@@ -176,7 +181,7 @@ class Agent:
         self._spawn(self._reconcile_loop(), "reconcile")
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
         self._spawn(self._status_refresh_loop(), "status refresh")
-        self._spawn(self._logs_pump(), "logs")
+        self._spawn(self._stall_watch(), "stall watch")
         if self.leader is not None:
             self._spawn(self.leader.run(), "leader")
         log.info("agent started", agent=self.agent_name, labels=self.settings.labels)
@@ -205,6 +210,7 @@ class Agent:
             components=sorted(self.replicas),
             cpu_percent=round(cpu, 1),
             memory_mb=round(mem, 1),
+            loop_lag_ms=round(self._loop_lag_s * 1000, 1),
         )
 
     async def _announce(self) -> None:
@@ -228,6 +234,8 @@ class Agent:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat)
+            if self.data is not None:
+                self._loop_lag_s = self.data.take_max_lag()
             try:
                 try:
                     self._agent_rev = await self.agents_kv.update(
@@ -320,22 +328,27 @@ class Agent:
     async def _start_replica(self, cfg: Any, index: int) -> None:
         if cfg.kind == "container" and self._watchdog is None:
             self._watchdog = watchdog.spawn(os.getpid(), self.instance)
-        replica = make_replica(cfg, index, self)
+        assert self.data is not None
+        replica = make_replica(cfg, index, self.data)
         key = replica.key
         self.replicas[key] = replica
         self.fingerprints[key] = cfg.desired_fingerprint()
+        self._health[key] = ReplicaHealth()
         log.info("starting replica", replica=key, type=cfg.type, kind=cfg.kind)
         self.changed(replica)
-        await replica.start()
+        await self.data.call(replica.start())
 
     async def _stop_replica(self, key: str, reason: str) -> None:
         replica = self.replicas.pop(key, None)
         self.fingerprints.pop(key, None)
-        if replica is None:
+        self._health.pop(key, None)
+        self._degraded_logged.pop(key, None)
+        if replica is None or self.data is None:
             return
         log.info("stopping replica", replica=key, reason=reason)
+        replica.degraded = None
         try:
-            await asyncio.wait_for(replica.stop(), REPLICA_STOP_TIMEOUT_S)
+            await asyncio.wait_for(self.data.call(replica.stop()), REPLICA_STOP_TIMEOUT_S)
         except TimeoutError:
             log.error("replica did not stop in time", replica=key, seconds=REPLICA_STOP_TIMEOUT_S)
         except Exception as exc:
@@ -359,16 +372,43 @@ class Agent:
             await self.status_kv.create(status.key, status.to_json())
 
     async def _status_refresh_loop(self) -> None:
+        """Every status interval: judge each replica's health, then write its status."""
         while True:
             await asyncio.sleep(self.settings.status_interval)
-            for replica in list(self.replicas.values()):
+            now = time.monotonic()
+            for key, replica in list(self.replicas.items()):
+                self._judge(key, replica, now)
                 self.changed(replica)
 
-    async def _logs_pump(self) -> None:
+    def _judge(self, key: str, replica: Replica, now: float) -> None:
+        health = self._health.get(key)
+        if health is None:
+            return
+        counters = replica.counters
+        lost = health.drops.add(now, counters.dropped)
+        reason = assess(lost, counters.drop_reason, health.stalled_within(now))
+        replica.degraded = reason
+        if reason is None:
+            self._degraded_logged.pop(key, None)
+        elif now - self._degraded_logged.get(key, -WINDOW_S) >= WINDOW_S:
+            self._degraded_logged[key] = now  # once per interval, never per event
+            log.warning("replica degraded", replica=key, reason=reason,
+                        dropped=counters.dropped, errors=counters.errors)
+
+    async def _stall_watch(self) -> None:
+        """Find who holds the data loop: while it is stalled, the replica whose code is on
+        the data thread's stack is charged for the time."""
+        last = time.monotonic()
         while True:
-            subject, body = await self._logs.get()
-            with contextlib.suppress(Exception):
-                await self.nc.publish(subject, body)
+            await asyncio.sleep(STALL_CHECK_S)
+            now = time.monotonic()
+            elapsed, last = now - last, now
+            if self.data is None or self.data.stalled_for() < STALL_S:
+                continue
+            culprit = self.data.culprit()
+            health = self._health.get(culprit.key) if culprit is not None else None
+            if health is not None:
+                health.stalled(now, elapsed)
 
     # -- shutdown ---------------------------------------------------------------------
     async def shutdown(self) -> None:
@@ -383,6 +423,8 @@ class Agent:
         with contextlib.suppress(Exception):
             await self.view.close()
         await self._stop_in_flow_order([(k, "agent shutting down") for k in self.replicas])
+        if self.data is not None:
+            await self.data.close()
         # Heartbeats go on until the replicas are stopped: a slow stop must not look like
         # a dead agent whose replicas the leader moves while they still run.
         if self._heartbeat_task is not None:

@@ -2,16 +2,24 @@
 
 Each takes events on the required input port ``in`` (events arriving on any other
 input port are processed the same way: a node with several inputs merges them). An
-exception raised from ``process`` means "this event failed": the runtime counts it (and
-dead-letters it where the delivery mode allows). Events a processor deliberately
-discards are counted in the instance attribute ``dropped``.
+exception raised from ``process`` means "this event failed": the runtime counts it in
+``errors`` and dead-letters it with the reason (an expression that reads a field the
+event does not have fails the event; it is never a silent drop). Events a processor
+discards on purpose are counted with ``ctx.count_filtered()``.
+
+A synchronous ``python`` function runs inline while it is quick; from its first call that
+takes longer than :data:`BLOCKING_CALL_S`, it runs on a worker thread of its own (one
+call at a time, so order is kept per replica), so it cannot hold the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -44,18 +52,18 @@ class FilterConfig(BaseModel):
 
 
 class Filter(Component):
-    """Passes an event on ``out`` when ``where`` is truthy; drops it otherwise."""
+    """Passes an event on ``out`` when ``where`` is truthy; counts it filtered otherwise.
+    A condition that cannot be evaluated on an event fails that event."""
 
     def __init__(self, config: FilterConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
         self._where = compile_expression(config.where)
-        self.dropped = 0
 
     async def process(self, port: str, event: Any) -> None:
         if self._where.evaluate(event):
             await self.ctx.emit("out", event)
         else:
-            self.dropped += 1
+            self.ctx.count_filtered()
 
 
 # ---------------------------------------------------------------------------- transform
@@ -148,7 +156,8 @@ class RouteConfig(BaseModel):
     )
     default: str | None = Field(
         default=None,
-        description="Port for events no route matches; without one they are dropped (counted).",
+        description="Port for events no route matches; without one they are filtered "
+        "(counted in filtered).",
     )
     mode: Literal["all", "first"] = Field(
         default="all", description="all: every matching port; first: only the first match."
@@ -195,7 +204,6 @@ class Route(Component):
             (port, compile_expression(text)) for port, text in config.routes.items()
         ]
         self._first = config.mode == "first"
-        self.dropped = 0
 
     def ports_for(self, event: Any) -> list[str]:
         ports = []
@@ -211,7 +219,7 @@ class Route(Component):
     async def process(self, port: str, event: Any) -> None:
         ports = self.ports_for(event)
         if not ports:
-            self.dropped += 1
+            self.ctx.count_filtered()
         for out in ports:
             await self.ctx.emit(out, event)
 
@@ -292,6 +300,10 @@ class PythonConfig(BaseModel):
         return code
 
 
+#: A sync python function whose call takes longer than this moves to a worker thread.
+BLOCKING_CALL_S = 0.002
+
+
 class Python(Component):
     """Calls a user function per event: a module function or inline ``process(event)``."""
 
@@ -299,7 +311,7 @@ class Python(Component):
         super().__init__(config, ctx)
         self.config: PythonConfig = config
         self._fn: Any = None
-        self.dropped = 0
+        self._worker: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -326,14 +338,30 @@ class Python(Component):
         self._fn = fn
 
     async def process(self, port: str, event: Any) -> None:
-        result = self._fn(event)
+        if self._worker is not None:
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._worker, self._fn, event)
+        else:
+            t0 = time.perf_counter()
+            result = self._fn(event)
+            took = time.perf_counter() - t0
+            if took > BLOCKING_CALL_S and not inspect.isawaitable(result):
+                self._worker = ThreadPoolExecutor(
+                    1, thread_name_prefix=f"flowctl-{self.ctx.flow}.{self.ctx.node}")
+                self.ctx.log(f"the function blocks ({took * 1000:.1f} ms for one call); "
+                             "from now on it runs on a worker thread")
         if inspect.isawaitable(result):
             result = await result
         if result is None:
-            self.dropped += 1
+            self.ctx.count_filtered()
             return
         for item in result if isinstance(result, list) else [result]:
             await self.ctx.emit("out", item)
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            await asyncio.to_thread(self._worker.shutdown)
+            self._worker = None
 
 
 _MOD = "componentmanager.components.processors"
@@ -342,8 +370,9 @@ register(ComponentType(
     name="filter", role="processor", config_model=FilterConfig, inputs=IN, outputs=OUT,
     description="Keep the events for which an expression is true.",
     impl=f"{_MOD}:Filter",
-    docs="where: an expression over event fields (see expressions); a missing field is null, "
-         "so 'x > 3' drops events without x.",
+    docs="where: an expression over event fields (see expressions). An event it cannot be "
+         "evaluated on (a missing field, wrong types) fails: errors, dead-lettered with the "
+         "reason. Optional fields: has(x) and x > 3, get(x, 0) > 3.",
 ))
 register(ComponentType(
     name="transform", role="processor", config_model=TransformConfig, inputs=IN, outputs=OUT,
@@ -358,7 +387,7 @@ register(ComponentType(
     impl=f"{_MOD}:Route", dynamic_outputs=True, extra={"outputs_from_config": route_outputs},
     docs="The output ports are the keys of routes (plus default). mode all sends to every "
          "matching port, first to the first match; unmatched events go to default or are "
-         "dropped.",
+         "filtered (counted).",
 ))
 register(ComponentType(
     name="batch", role="processor", config_model=BatchConfig, inputs=IN, outputs=OUT,
@@ -372,6 +401,7 @@ register(ComponentType(
     description="Process events with a Python function.",
     impl=f"{_MOD}:Python",
     docs="function: module:function, or code: inline source defining process(event). "
-         "Return an event, a list of events, or None to drop. Inline code needs an agent "
-         "that allows it.",
+         "Return an event, a list of events, or None to filter it out. A sync function "
+         "that blocks (a call over 2 ms) runs on a worker thread, one call at a time (order "
+         "kept); add replicas for parallelism. Inline code needs an agent that allows it.",
 ))

@@ -110,11 +110,18 @@ class FileSourceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field(min_length=1, description="The file to read.")
-    format: Literal["lines", "jsonl"] = Field(
-        default="lines",
+    format: Literal["lines", "jsonl"] | None = Field(
+        default=None,
         description='lines: each line becomes {"line": text}; jsonl: each line is one JSON '
-        "event (blank lines are skipped, invalid ones logged and skipped).",
+        "event (blank lines are skipped; a line that is not JSON is an error: counted, "
+        "dead-lettered with the reason). Default: jsonl for .jsonl and .ndjson files, "
+        "lines otherwise.",
     )
+
+    def line_format(self) -> str:
+        if self.format is not None:
+            return self.format
+        return "jsonl" if self.path.lower().endswith((".jsonl", ".ndjson")) else "lines"
     follow: bool = Field(
         default=False,
         description="Keep reading lines appended later (like tail -f; survives truncation "
@@ -135,7 +142,7 @@ class FileSource(Component):
         self.config: FileSourceConfig = config
         self._fh: Any = None
         self.lineno = 0
-        self.dropped = 0
+        self._format = config.line_format()
 
     async def start(self) -> None:
         try:
@@ -177,7 +184,7 @@ class FileSource(Component):
     async def _emit_line(self, raw: bytes) -> None:
         self.lineno += 1
         text = raw.decode("utf-8", "replace").removesuffix("\r")
-        if self.config.format == "lines":
+        if self._format == "lines":
             await self.ctx.emit("out", {"line": text})
             return
         if not text.strip():
@@ -185,8 +192,8 @@ class FileSource(Component):
         try:
             event = msgspec.json.decode(text)
         except msgspec.DecodeError as exc:
-            self.dropped += 1
             self.ctx.log("skipping a line that is not JSON", line=self.lineno, error=str(exc))
+            await self.ctx.reject(raw, f"{self.config.path}:{self.lineno} is not JSON ({exc})")
             return
         await self.ctx.emit("out", event)
 

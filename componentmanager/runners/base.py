@@ -20,10 +20,13 @@ class ReplicaHost(Protocol):
     """What the agent gives a runner."""
 
     agent_name: str
-    nc: Any  # the agent's nats-py client
+    nc: Any  # the data plane's nats-py client (not the agent's control connection)
     nats_options: NatsOptions
     log_dir: str
     allow_inline_code: bool
+    heartbeat_s: float
+    drops: Any  # a componentmanager.dataplane.accounting.DropRouter
+    throttle: Any  # a componentmanager.dataplane.accounting.Throttle
 
     def changed(self, replica: Replica) -> None:
         """Called on every state transition: the agent writes the status record."""
@@ -36,18 +39,27 @@ class ReplicaHost(Protocol):
 
 @dataclass
 class ReplicaCounters:
-    """Hot-path counters: plain attribute increments, no locking (one event loop)."""
+    """Hot-path counters: plain attribute increments on the data loop, read by the agent
+    (see :class:`~flowstore.models.Counters` for what each one means)."""
 
     in_: int = 0
     out: int = 0
+    filtered: int = 0
     errors: int = 0
     dropped: int = 0
     out_ports: dict[str, int] = field(default_factory=dict)
+    #: why events were dropped most recently ("overload (slow consumer)", ...)
+    drop_reason: str | None = None
+
+    def drop(self, count: int, reason: str) -> None:
+        self.dropped += count
+        self.drop_reason = reason
 
     def to_model(self) -> Counters:
         return Counters(
             in_=self.in_,
             out=self.out,
+            filtered=self.filtered,
             errors=self.errors,
             dropped=self.dropped,
             out_ports=dict(self.out_ports),
@@ -69,6 +81,8 @@ class Replica:
         self.exit_code: int | None = None
         self.pid: int | None = None
         self.counters = ReplicaCounters()
+        #: set by the agent while a running replica is not keeping up (see agent.health)
+        self.degraded: str | None = None
 
     @property
     def key(self) -> str:
@@ -86,11 +100,13 @@ class Replica:
             self.host.changed(self)
 
     def status(self) -> ReplicaStatus:
+        degraded = self.state == ReplicaState.RUNNING and self.degraded is not None
         return ReplicaStatus(
             flow=self.cfg.flow,
             node=self.cfg.node,
             replica=self.index,
-            state=self.state,
+            state=ReplicaState.DEGRADED if degraded else self.state,
+            reason=self.degraded if degraded else None,
             agent=self.host.agent_name,
             started_at=self.started_at,
             restarts=self.restarts,

@@ -2,10 +2,19 @@
 
 The runner wires the component to the data plane (see :mod:`componentmanager.dataplane`):
 core queue subscriptions or JetStream pull consumers for inputs, plain or acked publishes
-for outputs. A processing error is counted, logged with context and dead-lettered to
-``flowctl.<flow>.<node>.dlq``; the component keeps running. A source waits until every
-replica downstream reports running before it emits (at-most-once only: a stream keeps
-events for late consumers). A failing source or start is retried with backoff.
+for outputs. A processing error is counted, logged with context (identical failures once
+per interval, with a count) and dead-lettered to ``flowctl.<flow>.<node>.dlq``; the
+component keeps running. A source waits until every replica downstream reports running
+before it emits (at-most-once only: a stream keeps events for late consumers). A failing
+source or start is retried with backoff.
+
+Accounting (at-most-once): a core input's pending queue is bounded
+(:data:`INPUT_PENDING_MSGS`, :data:`INPUT_PENDING_BYTES`); what overflows it, what NATS
+refuses to take from ``emit``, and what is still queued when the replica stops are
+counted in ``dropped``. Input handling yields to the loop every :data:`YIELD_EVERY`
+events, so the connection's reader keeps up (overflow is dropped here, counted, instead
+of the server cutting the connection) and one busy input cannot starve the others. Once
+stopped, a replica never processes or dead-letters another event.
 """
 
 from __future__ import annotations
@@ -47,6 +56,11 @@ ACK_WINDOW = 1024
 HOLD_MAX = 500
 HOLD_AGE_S = DEFAULT_ACK_WAIT_S / 2
 RESTART_BACKOFF_S = (0.5, 30.0)
+#: A core input's pending queue; what overflows it is dropped (counted). Bounds memory.
+INPUT_PENDING_MSGS = 8192
+INPUT_PENDING_BYTES = 16 * 2**20
+#: Input handling gives the loop a turn after this many events.
+YIELD_EVERY = 8
 
 
 class InProcessReplica(Replica):
@@ -68,6 +82,7 @@ class InProcessReplica(Replica):
         self._unacked_since: float | None = None
         self._settling = asyncio.Lock()
         self._stopping = False
+        self._since_yield = 0
         self._supervisor: asyncio.Task[None] | None = None
 
     # -- the Context a component sees -------------------------------------------------
@@ -82,13 +97,20 @@ class InProcessReplica(Replica):
                 await self._publisher.wait()
             await self._publisher.publish(subject, body, headers)
         else:
-            await self.nc.publish(subject, body, headers=headers)
+            try:
+                await self.nc.publish(subject, body, headers=headers)
+            except Exception as exc:  # at-most-once: NATS refused it; lost, counted
+                self.counters.drop(1, f"publish refused ({type(exc).__name__})")
+                return
         c = self.counters
         c.out += 1
         c.out_ports[port] = c.out_ports.get(port, 0) + 1
 
     def log(self, message: str, **fields: Any) -> None:
         self.host.log_line(self, message + "".join(f" {k}={v}" for k, v in fields.items()))
+
+    def count_filtered(self, count: int = 1) -> None:
+        self.counters.filtered += count
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -158,7 +180,8 @@ class InProcessReplica(Replica):
             for key in waiting:
                 try:
                     entry = await kv.get(key)
-                    ok = entry.value is not None and b'"state":"running"' in entry.value
+                    ok = entry.value is not None and (b'"state":"running"' in entry.value
+                                                      or b'"state":"degraded"' in entry.value)
                 except Exception:
                     ok = False
                 if not ok:
@@ -183,21 +206,38 @@ class InProcessReplica(Replica):
                 self._pull_tasks.append(asyncio.create_task(self._pull_loop(port, psub)))
             else:
                 for subject in subjects:
-                    self._subs.append(
-                        await self.nc.subscribe(
-                            subject, queue=self.cfg.queue, cb=self._core_handler(port)
-                        )
+                    sub = await self.nc.subscribe(
+                        subject, queue=self.cfg.queue, cb=self._core_handler(port),
+                        pending_msgs_limit=INPUT_PENDING_MSGS,
+                        pending_bytes_limit=INPUT_PENDING_BYTES,
                     )
+                    self.host.drops.own(sub, self._overflowed)
+                    self._subs.append(sub)
+
+    def _overflowed(self, count: int) -> None:
+        self.counters.drop(count, "overload (input queue full)")
 
     def _core_handler(self, port: str):  # type: ignore[no-untyped-def]
         async def on_msg(msg: Msg) -> None:
+            comp = self.component
+            if comp is None:  # stopped: never process or dead-letter another event
+                self.counters.drop(1, "replica stopped with events queued")
+                return
             self.counters.in_ += 1
             try:
-                await self.component.process(port, decode(msg.data))  # type: ignore[union-attr]
+                await comp.process(port, decode(msg.data))
             except Exception as exc:
                 await self._failed_event(port, msg, exc)
+            await self._take_turns()
 
         return on_msg
+
+    async def _take_turns(self) -> None:
+        """Give the loop a turn every YIELD_EVERY events (the reader, other inputs)."""
+        self._since_yield += 1
+        if self._since_yield >= YIELD_EVERY:
+            self._since_yield = 0
+            await asyncio.sleep(0)
 
     async def _pull_loop(self, port: str, psub: Any) -> None:
         assert self._publisher is not None and self.component is not None
@@ -214,12 +254,16 @@ class InProcessReplica(Replica):
                 continue
             done: list[Msg] = []
             for msg in msgs:
+                comp = self.component
+                if comp is None:  # stopped mid-batch: the rest is redelivered (never acked)
+                    break
                 self.counters.in_ += 1
                 try:
-                    await self.component.process(port, decode(msg.data))
+                    await comp.process(port, decode(msg.data))
                     done.append(msg)
                 except Exception as exc:
                     await self._failed_event(port, msg, exc)
+                await self._take_turns()
             async with self._settling:
                 self._unacked.extend(done)
                 if not self._unacked_since and self._unacked:
@@ -264,29 +308,42 @@ class InProcessReplica(Replica):
 
     async def _failed_event(self, port: str, msg: Msg, exc: Exception) -> None:
         """Count, log with context, dead-letter where the delivery allows, go on."""
-        self.counters.errors += 1
         error = f"{type(exc).__name__}: {exc}"
-        self.last_error = f"event on port {port}: {error}"
-        log.warning("event failed", replica=self.key, port=port, error=error)
-        final = True
+        self._count_error(f"event on port {port}: {error}")
         if self._acked:
             meta = msg.metadata
-            final = meta.num_delivered >= DEFAULT_MAX_DELIVER
-            if not final:
+            if meta.num_delivered < DEFAULT_MAX_DELIVER:
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=min(0.2 * meta.num_delivered, 2.0))
                 return
-        headers = dict(msg.headers or {})
+        await self._dead_letter(msg.data, dict(msg.headers or {}), error, msg)
+
+    async def reject(self, data: bytes, reason: str) -> None:
+        self._count_error(reason)
+        await self._dead_letter(data, {}, reason)
+
+    def _count_error(self, error: str) -> None:
+        self.counters.errors += 1
+        self.last_error = error
+        if self.host.throttle.admit(("event failed", self.key, error)):
+            log.warning("event failed", replica=self.key, error=error)
+
+    async def _dead_letter(self, data: bytes, headers: dict[str, str], error: str,
+                           msg: Msg | None = None) -> None:
+        """Publish ``data`` to the node's dead-letter subject with the reason; with
+        at-least-once it is stored before ``msg`` is acked (never mixed with a batch)."""
         headers[HDR_ERROR] = error[:1000]
         subject = dlq_subject(self.flow, self.node)
         try:
-            if self._acked:  # stored before the input is acked; never mixed with the batch
-                await self.nc.jetstream().publish(subject, msg.data, headers=headers)
-                await msg.ack()
+            if self._acked:
+                await self.nc.jetstream().publish(subject, data, headers=headers)
+                if msg is not None:
+                    await msg.ack()
             else:
-                await self.nc.publish(subject, msg.data, headers=headers)
+                await self.nc.publish(subject, data, headers=headers)
         except Exception as dlq_exc:
-            log.warning("dead-letter failed", replica=self.key, error=str(dlq_exc))
+            if self.host.throttle.admit(("dead-letter failed", self.key, str(dlq_exc))):
+                log.warning("dead-letter failed", replica=self.key, error=str(dlq_exc))
 
     async def _flush_loop(self, interval: float) -> None:
         while True:
@@ -307,7 +364,7 @@ class InProcessReplica(Replica):
         self._tasks += self._pull_tasks
         self._pull_tasks = []
         for sub in self._subs:
-            await _drain(sub)
+            await self._close_input(sub)
         self._subs.clear()
         for task in self._tasks:
             task.cancel()
@@ -334,9 +391,9 @@ class InProcessReplica(Replica):
         self._stopping = True
         # Stop taking core input first, so a component never sees an event after stop
         # (pull loops finish their batch and exit on _stopping).
-        for sub in self._subs:
-            if not hasattr(sub, "fetch"):
-                await _drain(sub)
+        for sub in [s for s in self._subs if not hasattr(s, "fetch")]:
+            await self._close_input(sub)
+            self._subs.remove(sub)
         if self._supervisor is not None and not self._supervisor.done():
             self._supervisor.cancel()
             await asyncio.gather(self._supervisor, return_exceptions=True)
@@ -348,10 +405,15 @@ class InProcessReplica(Replica):
             self.set_state(ReplicaState.STOPPED)
 
 
-async def _drain(sub: Any, timeout: float = 2.0) -> None:
-    """Unsubscribe, letting already-delivered messages finish (bounded); never raises."""
-    try:
-        await asyncio.wait_for(sub.drain(), timeout)
-    except Exception:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+    async def _close_input(self, sub: Any, timeout: float = 2.0) -> None:
+        """Unsubscribe, letting already-delivered messages finish (bounded); what is still
+        queued after that is lost: counted in ``dropped`` (core inputs). Never raises."""
+        try:
+            await asyncio.wait_for(sub.drain(), timeout)
+        except Exception:
+            left = 0 if hasattr(sub, "fetch") else sub.pending_msgs
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            if left:
+                self.counters.drop(left, "replica stopped with events queued")
+        self.host.drops.release(sub)

@@ -19,10 +19,12 @@ Everything else (imports, lambdas, comprehensions, f-strings, method calls, attr
 access on literals, names starting with ``__``, keyword arguments, ...) is rejected at
 compile time with an :class:`ExpressionError` that names the construct and its column.
 
-Missing data is ``None``, not an error: a missing field, key or index evaluates to
-``None``; arithmetic with a ``None`` operand gives ``None``; an ordering comparison
-(``< <= > >=``) with a ``None`` operand is false; ``x in None`` is false. Other runtime
-failures (``"a" < 1``, ``int("x")``, division by zero) raise :class:`EvaluationError`.
+Errors are errors (see :mod:`.functions`): reading a field, key or index the event does
+not have, or combining the wrong kinds of values (``"str" * 2``, ``"x" + 1``,
+``null > 3``), raises :class:`EvaluationError` with a reason ("field 'amont' is not in the
+event"), which fails that one event. Optional data is written explicitly: ``has(x)``
+(the field is there, even when null), ``get(x, default)`` (the default when x is missing
+or null), ``coalesce(a, b, ...)`` (the first that is there and not null).
 
 This module parses, checks and compiles; what the compiled closures call per event (the
 functions, the operators with these rules, the lookups) is
@@ -45,10 +47,13 @@ from componentmanager.components.expressions.functions import (
     CMPOPS,
     CONSTANTS,
     FUNCTIONS,
-    LOOKUP_ERRORS,
+    LENIENT,
     Fn,
+    MissingField,
     field_getter,
     key_getter,
+    kind,
+    lookup,
 )
 
 __all__ = [
@@ -184,23 +189,26 @@ class _Compiler:
         if isinstance(node.value, ast.Constant | ast.List | ast.Tuple | ast.Dict):
             self.fail(node, f"attribute access on a literal ('.{node.attr}') is not allowed",
                       self._end_offset(node, len(node.attr) + 1))
-        return key_getter(base, node.attr)
+        return key_getter(base, node.attr, _path_text(node))
 
     def _subscript(self, node: ast.Subscript) -> Fn:
         base = self.compile(node.value)
         key_node = node.slice
+        path = _path_text(node)
         if isinstance(key_node, ast.Constant) and isinstance(key_node.value, str | int):
-            return key_getter(base, key_node.value)
+            return key_getter(base, key_node.value, path)
+        if isinstance(key_node, ast.Slice):
+            sl = self.compile(key_node)
+
+            def cut(e: Any) -> Any:
+                obj = base(e)
+                if not isinstance(obj, list | tuple | str):
+                    raise TypeError(f"'{path}': cannot slice {kind(obj)}")
+                return obj[sl(e)]
+
+            return cut
         key = self.compile(key_node)
-
-        def get(e: Any) -> Any:
-            obj, k = base(e), key(e)
-            try:
-                return obj[k]
-            except LOOKUP_ERRORS:
-                return None
-
-        return get
+        return lambda e: lookup(base(e), key(e), path)
 
     def _slice(self, node: ast.Slice) -> Fn:
         lo, hi, st = (self.compile(p) if p is not None else (lambda e: None)
@@ -213,14 +221,7 @@ class _Compiler:
             symbol = _OPERATOR_SYMBOLS.get(type(node.op), type(node.op).__name__)
             self.fail(node, f"operator {symbol!r} is not allowed", self._operator_offset(node))
         left, right = self.compile(node.left), self.compile(node.right)
-
-        def binop(e: Any) -> Any:
-            a, b = left(e), right(e)
-            if a is None or b is None:
-                return None
-            return op(a, b)
-
-        return binop
+        return lambda e: op(left(e), right(e))
 
     def _unaryop(self, node: ast.UnaryOp) -> Fn:
         operand = self.compile(node.operand)
@@ -228,10 +229,13 @@ class _Compiler:
             return lambda e: not operand(e)
         if isinstance(node.op, ast.USub | ast.UAdd):
             sign = operator.neg if isinstance(node.op, ast.USub) else operator.pos
+            symbol = "-" if isinstance(node.op, ast.USub) else "+"
 
             def unary(e: Any) -> Any:
                 v = operand(e)
-                return None if v is None else sign(v)
+                if isinstance(v, bool) or not isinstance(v, int | float):
+                    raise TypeError(f"unary '{symbol}' needs a number, got {kind(v)}")
+                return sign(v)
 
             return unary
         symbol = _OPERATOR_SYMBOLS.get(type(node.op), type(node.op).__name__)
@@ -295,7 +299,12 @@ class _Compiler:
         if n < lo or (hi is not None and n > hi):
             expected = str(lo) if lo == hi else f"{lo} or more" if hi is None else f"{lo} to {hi}"
             self.fail(node, f"{name}() takes {expected} argument(s), got {n}")
+        if name == "has" and not isinstance(node.args[0], ast.Name | ast.Attribute
+                                                 | ast.Subscript):
+            self.fail(node, "has() takes a field, e.g. has(user.name)")
         args = [self.compile(a) for a in node.args]
+        if name in LENIENT:
+            return _lenient(name, fn, args)
         if n == 0:
             return lambda e: fn()
         if n == 1:
@@ -319,6 +328,38 @@ class _Compiler:
         return lambda e: {k(e): v(e) for k, v in pairs}
 
 
+def _path_text(node: ast.AST) -> str:
+    """How a lookup is named in errors: ``user.name``, ``items[0]``."""
+    return ast.unparse(node)
+
+
+def _lenient(name: str, fn: Any, args: list[Fn]) -> Fn:
+    """``has``/``get``/``coalesce``: a missing field is not an error for these."""
+
+    def soft(a: Fn) -> Fn:
+        def read(e: Any) -> Any:
+            try:
+                return a(e)
+            except MissingField:
+                return None
+
+        return read
+
+    if name == "has":
+        field = args[0]
+
+        def has(e: Any) -> bool:
+            try:
+                field(e)
+            except MissingField:
+                return False
+            return True
+
+        return has
+    softs = [soft(a) for a in args[:1]] + args[1:] if name == "get" else [soft(a) for a in args]
+    return lambda e: fn(*[a(e) for a in softs])
+
+
 class Expression:
     """A compiled expression; :meth:`evaluate` is cheap and thread-safe."""
 
@@ -334,6 +375,8 @@ class Expression:
             return self._fn(event)
         except ExpressionError:
             raise
+        except (MissingField, TypeError, ValueError) as exc:
+            raise EvaluationError(str(exc), text=self.text) from exc
         except Exception as exc:
             raise EvaluationError(f"{type(exc).__name__}: {exc}", text=self.text) from exc
 

@@ -1,13 +1,17 @@
 """The run-time side of the expression language: what a compiled expression calls per event.
 
+Errors are errors: a field the event does not have raises :class:`MissingField`
+("field 'amont' is not in the event"), and an operator or function given the wrong kinds
+of values raises ``TypeError`` ("'*' needs two numbers, got string and number"); both
+fail that one event (counted, dead-lettered with the reason). Optional data is written
+explicitly: ``has(x)``, ``get(x, default)``, ``coalesce(a, b, ...)`` (the compiler makes
+their arguments lenient).
+
 * :data:`FUNCTIONS`, the whitelist of callable functions (with their argument counts);
 * :data:`CONSTANTS` (``true`` / ``false`` / ``null``);
-* :data:`BINOPS` and :data:`CMPOPS`, the operators with the rules of
-  :mod:`.compiler`: ``None`` propagates through arithmetic, an ordering
-  comparison with ``None`` is false, ``x in None`` is false, ``*`` and ``**`` refuse results
-  over :data:`MAX_SEQUENCE` items / :data:`MAX_INT_BITS` bits, ``%`` refuses strings;
-* :func:`key_getter` and :func:`field_getter`, lookups where a missing key, index or field
-  is ``None``.
+* :data:`BINOPS` and :data:`CMPOPS`, the operators with those rules; ``*`` and ``**``
+  refuse results over :data:`MAX_SEQUENCE` items / :data:`MAX_INT_BITS` bits;
+* :func:`key_getter` and :func:`field_getter`, lookups that name the missing path.
 
 Nothing here parses or checks expression text; that is :mod:`.compiler`.
 """
@@ -23,8 +27,8 @@ from typing import Any
 import msgspec
 
 __all__ = [
-    "BINOPS", "CMPOPS", "CONSTANTS", "FUNCTIONS", "LOOKUP_ERRORS", "MAX_INT_BITS",
-    "MAX_SEQUENCE", "Fn", "field_getter", "key_getter",
+    "BINOPS", "CMPOPS", "CONSTANTS", "FUNCTIONS", "LENIENT", "MAX_INT_BITS",
+    "MAX_SEQUENCE", "Fn", "MissingField", "field_getter", "key_getter", "kind",
 ]
 
 Fn = Callable[[Any], Any]
@@ -32,16 +36,58 @@ Fn = Callable[[Any], Any]
 MAX_SEQUENCE = 1_000_000  # items/characters a `*` may produce
 MAX_INT_BITS = 1_000_000  # bits an integer `**` may produce
 
-LOOKUP_ERRORS = (KeyError, IndexError, TypeError)
 
 
-def _none_safe(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    return lambda x: None if x is None else fn(x)
+class MissingField(LookupError):
+    """An expression read a field (key, index) the event does not have."""
+
+    def __init__(self, path: str, detail: str = "") -> None:
+        self.path = path
+        super().__init__(detail or f"field '{path}' is not in the event")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def kind(x: Any) -> str:
+    """The name of a value's kind in messages: null, bool, number, string, list, object."""
+    if x is None:
+        return "null"
+    if isinstance(x, bool):
+        return "bool"
+    if isinstance(x, int | float):
+        return "number"
+    if isinstance(x, str):
+        return "string"
+    if isinstance(x, list | tuple):
+        return "list"
+    if isinstance(x, dict):
+        return "object"
+    return type(x).__name__
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _typed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with a message that names the function and the kinds it was given."""
+
+    def call(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except (TypeError, AttributeError):
+            got = ", ".join(kind(a) for a in args)
+            raise TypeError(f"{name}() cannot take ({got})") from None
+
+    return call
 
 
 def _to_str(x: Any) -> str:
     if isinstance(x, str):
         return x
+    if x is None:
+        return "null"
     if isinstance(x, bool):
         return "true" if x else "false"
     if isinstance(x, dict | list | tuple):
@@ -58,98 +104,152 @@ def _extreme(pick: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-#: name -> (function, minimum arguments, maximum arguments or None for any)
+def _coalesce(*args: Any) -> Any:
+    return next((x for x in args if x is not None), None)
+
+
+def _str_fn(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def call(s: Any, *rest: Any) -> Any:
+        if not isinstance(s, str):
+            raise TypeError(f"{name}() needs a string, got {kind(s)}")
+        return fn(s, *rest)
+
+    return call
+
+
+def _contains(container: Any, x: Any) -> bool:
+    return _in(x, container)
+
+
+#: name -> (function, minimum arguments, maximum arguments or None for any).
+#: ``has``, ``get`` and ``coalesce`` read their arguments leniently (see the compiler).
 FUNCTIONS: dict[str, tuple[Callable[..., Any], int, int | None]] = {
-    "len": (_none_safe(len), 1, 1),
-    "str": (_none_safe(_to_str), 1, 1),
-    "int": (_none_safe(int), 1, 1),
-    "float": (_none_safe(float), 1, 1),
+    "len": (_typed("len", len), 1, 1),
+    "str": (_to_str, 1, 1),
+    "int": (_typed("int", int), 1, 1),
+    "float": (_typed("float", float), 1, 1),
     "bool": (bool, 1, 1),
-    "abs": (_none_safe(abs), 1, 1),
-    "min": (_extreme(min), 1, None),
-    "max": (_extreme(max), 1, None),
-    "round": (lambda x, n=None: None if x is None else round(x, n), 1, 2),
-    "lower": (_none_safe(str.lower), 1, 1),
-    "upper": (_none_safe(str.upper), 1, 1),
-    "startswith": (lambda s, p: s is not None and str.startswith(s, p), 2, 2),
-    "endswith": (lambda s, p: s is not None and str.endswith(s, p), 2, 2),
-    "contains": (lambda c, x: c is not None and x in c, 2, 2),
+    "abs": (_typed("abs", abs), 1, 1),
+    "min": (_typed("min", _extreme(min)), 1, None),
+    "max": (_typed("max", _extreme(max)), 1, None),
+    "round": (_typed("round", lambda x, n=None: round(x, n)), 1, 2),
+    "lower": (_str_fn("lower", str.lower), 1, 1),
+    "upper": (_str_fn("upper", str.upper), 1, 1),
+    "startswith": (_str_fn("startswith", _typed("startswith", str.startswith)), 2, 2),
+    "endswith": (_str_fn("endswith", _typed("endswith", str.endswith)), 2, 2),
+    "contains": (_contains, 2, 2),
     "now": (time.time, 0, 0),
-    "coalesce": (lambda *a: next((x for x in a if x is not None), None), 1, None),
+    "coalesce": (_coalesce, 1, None),
+    "has": (lambda present: present, 1, 1),
+    "get": (lambda value, default=None: default if value is None else value, 1, 2),
 }
+#: Functions whose arguments may name missing fields (a missing field reads as null;
+#: ``has`` receives whether its field is there).
+LENIENT = frozenset({"coalesce", "get", "has"})
 
 CONSTANTS = {"true": True, "false": False, "null": None}
 
 
-def _mul(a: Any, b: Any) -> Any:
-    for seq, n in ((a, b), (b, a)):
-        sized = isinstance(seq, str | list | tuple) and isinstance(n, int)
-        if sized and len(seq) * n > MAX_SEQUENCE:
-            raise ValueError(f"result of * would exceed {MAX_SEQUENCE} items")
-    return a * b
+def _numbers(symbol: str, a: Any, b: Any) -> None:
+    if not (_is_number(a) and _is_number(b)):
+        raise TypeError(f"'{symbol}' needs two numbers, got {kind(a)} and {kind(b)}")
+
+
+def _add(a: Any, b: Any) -> Any:
+    if _is_number(a) and _is_number(b):
+        return a + b
+    for cls in (str, list):
+        if isinstance(a, cls) and isinstance(b, cls):
+            if len(a) + len(b) > MAX_SEQUENCE:
+                raise ValueError(f"result of + would exceed {MAX_SEQUENCE} items")
+            return a + b
+    raise TypeError(f"'+' needs two numbers, two strings or two lists, got {kind(a)} and "
+                    f"{kind(b)}")
+
+
+def _arith(symbol: str, op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def fn(a: Any, b: Any) -> Any:
+        _numbers(symbol, a, b)
+        return op(a, b)
+
+    return fn
 
 
 def _pow(a: Any, b: Any) -> Any:
+    _numbers("**", a, b)
     if isinstance(a, int) and isinstance(b, int) and b > 0 and a.bit_length() * b > MAX_INT_BITS:
         raise ValueError("result of ** is too large")
     return a**b
 
 
-def _mod(a: Any, b: Any) -> Any:
-    if isinstance(a, str):
-        raise TypeError("string formatting with % is not supported; use str() and +")
-    return a % b
-
-
 BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: _mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: _mod,
+    ast.Add: _add,
+    ast.Sub: _arith("-", operator.sub),
+    ast.Mult: _arith("*", operator.mul),
+    ast.Div: _arith("/", operator.truediv),
+    ast.FloorDiv: _arith("//", operator.floordiv),
+    ast.Mod: _arith("%", operator.mod),
     ast.Pow: _pow,
 }
 
 
-def _ordering(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-    return lambda a, b: False if a is None or b is None else op(a, b)
+def _ordering(symbol: str, op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def fn(a: Any, b: Any) -> Any:
+        if (_is_number(a) and _is_number(b)) or (isinstance(a, str) and isinstance(b, str)):
+            return op(a, b)
+        raise TypeError(f"cannot compare {kind(a)} {symbol} {kind(b)}")
+
+    return fn
+
+
+def _in(a: Any, b: Any) -> bool:
+    if isinstance(b, str) and not isinstance(a, str):
+        raise TypeError(f"'in' a string needs a string, got {kind(a)}")
+    if not isinstance(b, str | list | tuple | dict):
+        raise TypeError(f"'in' needs a list, string or object on the right, got {kind(b)}")
+    return a in b
 
 
 CMPOPS: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
     ast.Eq: operator.eq,
     ast.NotEq: operator.ne,
-    ast.Lt: _ordering(operator.lt),
-    ast.LtE: _ordering(operator.le),
-    ast.Gt: _ordering(operator.gt),
-    ast.GtE: _ordering(operator.ge),
-    ast.In: lambda a, b: b is not None and a in b,
-    ast.NotIn: lambda a, b: b is None or a not in b,
+    ast.Lt: _ordering("<", operator.lt),
+    ast.LtE: _ordering("<=", operator.le),
+    ast.Gt: _ordering(">", operator.gt),
+    ast.GtE: _ordering(">=", operator.ge),
+    ast.In: _in,
+    ast.NotIn: lambda a, b: not _in(a, b),
     ast.Is: operator.is_,
     ast.IsNot: operator.is_not,
 }
 
 
-def key_getter(base: Fn, key: Any) -> Fn:
-    """``base(e)[key]`` as a function of the event; None when it is missing."""
-
-    def get(e: Any) -> Any:
-        obj = base(e)
+def lookup(obj: Any, key: Any, path: str) -> Any:
+    """``obj[key]``, raising :class:`MissingField` that names ``path`` when it is not there."""
+    if isinstance(obj, dict):
         try:
             return obj[key]
-        except LOOKUP_ERRORS:
-            return None
+        except KeyError:
+            raise MissingField(path) from None
+        except TypeError:  # an unhashable key
+            raise TypeError(f"'{path}': {kind(key)} is not a key") from None
+    if isinstance(key, str):
+        raise MissingField(path, f"field '{path}' is not in the event ({kind(obj)} has no fields)")
+    if isinstance(obj, list | tuple | str):
+        if not isinstance(key, int) or isinstance(key, bool):
+            raise TypeError(f"'{path}': a {kind(obj)} is indexed by a number, not {kind(key)}")
+        try:
+            return obj[key]
+        except IndexError:
+            raise MissingField(path, f"'{path}' is out of range (length {len(obj)})") from None
+    raise MissingField(path, f"field '{path}' is not in the event ({kind(obj)} has no fields)")
 
-    return get
+
+def key_getter(base: Fn, key: Any, path: str) -> Fn:
+    """``base(e)[key]`` as a function of the event (``path`` names it in errors)."""
+    return lambda e: lookup(base(e), key, path)
 
 
 def field_getter(name: str) -> Fn:
-    """The top-level field ``name`` of the event; None when it is missing."""
-
-    def get(e: Any) -> Any:
-        try:
-            return e[name]
-        except LOOKUP_ERRORS:
-            return None
-
-    return get
+    """The top-level field ``name`` of the event."""
+    return lambda e: lookup(e, name, name)

@@ -1,0 +1,195 @@
+"""The data plane's own room: a thread with its own event loop and NATS connection, where
+every replica of the agent runs.
+
+Why a thread: user code and data traffic must never stall or disconnect the agent's
+control work (heartbeats, the leader lease, the config watch, status writes). Those run
+on the agent's loop with the agent's connection; replicas run here. A component that
+blocks this loop delays only other replicas' events (and is found and reported, see
+:meth:`DataLoop.culprit`); a slow-consumer disconnect of this connection takes no
+heartbeat with it. The control side talks to this loop only through :meth:`call` and
+reads plain attributes (counters, states) that the GIL keeps consistent.
+
+This object is the runners' :class:`~componentmanager.runners.base.ReplicaHost`: ``nc`` is
+the data connection; ``changed`` hands a replica's status to the agent's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import sys
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import msgspec
+import structlog
+
+from componentmanager.dataplane.accounting import DropRouter, Throttle
+from componentmanager.runners.base import Replica
+from flowstore.models import logs_subject, utcnow
+from flowstore.nats import NatsOptions, connect
+
+log = structlog.get_logger("flowctl.dataloop")
+
+#: The loop ticks this often; a tick later than this is lag.
+TICK_S = 0.05
+#: Log lines of components waiting to be published; beyond that they are counted and lost.
+LOG_QUEUE = 10_000
+
+
+class DataLoop:
+    """Owns the data thread, its loop and connection. Start and close from the agent's loop."""
+
+    def __init__(self, options: NatsOptions, agent_name: str, *, log_dir: str,
+                 allow_inline_code: bool, heartbeat_s: float,
+                 on_changed: Callable[[Replica], None]) -> None:
+        self.nats_options = options
+        self.agent_name = agent_name
+        self.log_dir = log_dir
+        self.allow_inline_code = allow_inline_code
+        self.heartbeat_s = heartbeat_s
+        self._on_changed = on_changed
+        self.drops = DropRouter()
+        self.throttle = Throttle()
+        self.nc: Any = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop: asyncio.Event | None = None
+        self._beat = time.monotonic()
+        self._max_lag = 0.0
+        self.logs_lost = 0
+
+    # -- ReplicaHost ---------------------------------------------------------------------
+    def changed(self, replica: Replica) -> None:
+        self._on_changed(replica)
+
+    def log_line(self, replica: Replica, line: str, stream: str = "stdout") -> None:
+        """A component's log line: logged here and published on ``flowctl.logs.<flow>.<node>``."""
+        if self.throttle.admit(("log", replica.key, line)):
+            log.info(line, replica=replica.key, stream=stream)
+        if self.nc is None or self.nc.is_closed:
+            return
+        body = msgspec.json.encode({
+            "ts": utcnow(), "flow": replica.cfg.flow, "node": replica.cfg.node,
+            "replica": replica.index, "agent": self.agent_name, "stream": stream, "line": line,
+        })
+        subject = logs_subject(replica.cfg.flow, replica.cfg.node)
+        if threading.current_thread() is self._thread:
+            self._queue_log(subject, body)
+        elif self.loop is not None:
+            self.loop.call_soon_threadsafe(self._queue_log, subject, body)
+
+    def _queue_log(self, subject: str, body: bytes) -> None:
+        try:
+            self._logs.put_nowait((subject, body))
+        except asyncio.QueueFull:
+            self.logs_lost += 1
+
+    # -- lifecycle (called from the agent's loop) -----------------------------------------
+    async def start(self) -> None:
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._main, args=(ready,), name=f"flowctl-data-{self.agent_name}",
+            daemon=True)
+        self._thread.start()
+        await asyncio.wrap_future(ready)
+
+    def _main(self, ready: concurrent.futures.Future[None]) -> None:
+        loop = asyncio.new_event_loop()
+        self.loop = loop
+        try:
+            loop.run_until_complete(self._serve(ready))
+        finally:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _serve(self, ready: concurrent.futures.Future[None]) -> None:
+        self._stop = asyncio.Event()
+        self._logs: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=LOG_QUEUE)
+        try:
+            self.nc = await connect(self.nats_options, name=f"flowctl-data-{self.agent_name}",
+                                    reconnect=True, error_cb=self._on_error,
+                                    disconnected_cb=self._on_disconnect)
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        tasks = [asyncio.create_task(self._tick()), asyncio.create_task(self._logs_pump())]
+        await self._stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.nc.flush(timeout=2)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.nc.close(), 5)
+
+    async def call(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run ``coro`` on the data loop; await its result from the agent's loop."""
+        assert self.loop is not None
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    async def close(self) -> None:
+        """Close the data connection and end the thread (replicas are stopped before)."""
+        if self.loop is None or self._stop is None or self._thread is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop may be gone already
+            self.loop.call_soon_threadsafe(self._stop.set)
+        await asyncio.to_thread(self._thread.join, 10)
+
+    # -- health ----------------------------------------------------------------------------
+    async def _tick(self) -> None:
+        while True:
+            self._beat = time.monotonic()
+            await asyncio.sleep(TICK_S)
+            late = time.monotonic() - self._beat - TICK_S
+            self._max_lag = max(self._max_lag, late)
+            for (kind, *what), held in self.throttle.due():
+                log.warning("repeated", kind=kind, what=" ".join(map(str, what)),
+                            more=held, seconds=self.throttle.interval)
+
+    def stalled_for(self) -> float:
+        """How long the data loop has not ticked (seconds beyond its tick)."""
+        return max(0.0, time.monotonic() - self._beat - TICK_S)
+
+    def take_max_lag(self) -> float:
+        """The worst lag since the last call (including a stall in progress); resets."""
+        lag, self._max_lag = max(self._max_lag, self.stalled_for()), 0.0
+        return lag
+
+    def culprit(self) -> Replica | None:
+        """The replica whose code is on the data thread's stack right now (called from the
+        agent's loop while the data loop is stalled: that replica is holding it)."""
+        if self._thread is None or self._thread.ident is None:
+            return None
+        frame = sys._current_frames().get(self._thread.ident)
+        while frame is not None:
+            owner = frame.f_locals.get("self")
+            if isinstance(owner, Replica):
+                return owner
+            ctx = getattr(owner, "ctx", None)
+            if isinstance(ctx, Replica):
+                return ctx
+            frame = frame.f_back
+        return None
+
+    # -- the connection's callbacks ----------------------------------------------------------
+    async def _on_error(self, error: Exception) -> None:
+        if self.drops.route(error):
+            return
+        what = f"{type(error).__name__}: {error}"
+        if self.throttle.admit(("nats", what)):
+            log.warning("data connection error", agent=self.agent_name, error=what)
+
+    async def _on_disconnect(self) -> None:
+        log.warning("data connection lost; reconnecting", agent=self.agent_name)
+
+    async def _logs_pump(self) -> None:
+        while True:
+            subject, body = await self._logs.get()
+            with contextlib.suppress(Exception):
+                await self.nc.publish(subject, body)

@@ -1,0 +1,26 @@
+"""User functions for the isolation tests, written the way users write them: blocking."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def sleepy(event: dict[str, Any]) -> dict[str, Any]:
+    """A sync function that blocks 5 ms per event (a slow lookup, say)."""
+    time.sleep(0.005)
+    return event
+
+
+async def hog(event: dict[str, Any]) -> dict[str, Any]:
+    """An async function that blocks anyway: it holds the event loop 50 ms per event."""
+    time.sleep(0.05)
+    return event
+
+
+def spin(event: dict[str, Any]) -> dict[str, Any]:
+    """CPU work of about 0.3 ms per event, inline (too short to move to a thread)."""
+    end = time.perf_counter() + 0.0003
+    while time.perf_counter() < end:
+        pass
+    return {"seq": event["seq"]}
