@@ -292,10 +292,11 @@ class Embedded:
         final = getattr(self, "final", None)
         if final:
             rows = [[s.node, s.replica, s.agent or "-", s.state.value, s.counters.in_,
-                     s.counters.out, s.counters.errors, s.last_error or ""] for s in final]
+                     s.counters.out, s.counters.filtered, s.counters.errors,
+                     s.counters.dropped, s.reason or s.last_error or ""] for s in final]
             with contextlib.redirect_stdout(sys.stderr):
-                table(["NODE", "REPLICA", "AGENT", "STATE", "IN", "OUT", "ERRORS",
-                       "LAST ERROR"], rows)
+                table(["NODE", "REPLICA", "AGENT", "STATE", "IN", "OUT", "FILTERED", "ERRORS",
+                       "DROPPED", "REASON / LAST ERROR"], rows)
 
     async def _teardown(self) -> None:
         if self.engine is not None and self.applied:

@@ -66,7 +66,8 @@ def _status_rows(statuses: list[dict[str, Any]]) -> list[list[Any]]:
         c = s.get("counters", {})
         rows.append([
             s["node"], s["replica"], s.get("agent") or "-", s["state"], c.get("in", 0),
-            c.get("out", 0), c.get("errors", 0), _rate(s), (s.get("last_error") or "")[:80],
+            c.get("out", 0), c.get("filtered", 0), c.get("errors", 0), c.get("dropped", 0),
+            _rate(s), (s.get("reason") or s.get("last_error") or "")[:100],
         ])
     return rows
 
@@ -99,7 +100,8 @@ async def _until_interrupted() -> None:
     await _stop_event().wait()
 
 
-STATUS_COLUMNS = ["NODE", "REPLICA", "AGENT", "STATE", "IN", "OUT", "ERRORS", "RATE", "LAST ERROR"]
+STATUS_COLUMNS = ["NODE", "REPLICA", "AGENT", "STATE", "IN", "OUT", "FILTERED", "ERRORS",
+                  "DROPPED", "RATE", "REASON / LAST ERROR"]
 
 
 async def _status_data(engine: Any, name: str | None) -> list[dict[str, Any]]:
@@ -204,7 +206,8 @@ def describe(name: NameArg, output: OutputOpt = Format.yaml) -> None:
 
 @app.command()
 def agents(output: OutputOpt = Format.table) -> None:
-    """Agents with labels, heartbeat age, components, CPU and memory.
+    """Agents with labels, heartbeat age, components, CPU, memory and data-loop lag (the
+    longest stall of the loop its replicas run on, last heartbeat interval).
 
     Example: flowctl agents -o json
     """
@@ -225,10 +228,11 @@ def agents(output: OutputOpt = Format.table) -> None:
             for r in sorted(records, key=lambda r: r.name)
         ]
         show(data, output, ["NAME", "HOST", "LABELS", "HEARTBEAT", "LIVE", "COMPONENTS",
-                            "CPU%", "MEM MB"], lambda d: [
+                            "CPU%", "MEM MB", "LOOP LAG"], lambda d: [
             [a["name"], a["host"], ",".join(f"{k}={v}" for k, v in a["labels"].items()),
              f"{a['age_s']}s ago", "yes" if a["live"] else "NO", len(a["components"]),
-             a["cpu_percent"], a["memory_mb"]] for a in d])
+             a["cpu_percent"], a["memory_mb"], f"{a.get('loop_lag_ms', 0):.0f} ms"]
+            for a in d])
 
     run(go())
 

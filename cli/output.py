@@ -45,11 +45,15 @@ def table(columns: Sequence[str], rows: list[Sequence[Any]], title: str | None =
     from rich.table import Table
 
     t = Table(title=title, box=None, header_style="bold", pad_edge=False)
-    for col in columns:
-        t.add_column(col, overflow="fold")
+    for i, col in enumerate(columns):
+        last = i == len(columns) - 1  # only the last (free text) column may fold
+        t.add_column(col, overflow="fold", no_wrap=not last)
     for row in rows:
         t.add_row(*("" if v is None else str(v) for v in row))
-    Console(soft_wrap=True).print(t)
+    console = Console(soft_wrap=True)
+    if not console.is_terminal:  # a pipe or file: one line per row, never folded
+        console = Console(soft_wrap=True, width=1000)
+    console.print(t)
 
 
 def age(ts: str | None) -> str:

@@ -30,6 +30,11 @@ from typing import Any, ClassVar, Protocol
 from pydantic import BaseModel
 
 
+class EventError(Exception):
+    """An event this component cannot handle, with a message meant for the user (it
+    becomes the dead letter's reason and the replica's last error as it is)."""
+
+
 class Context(Protocol):
     """What the runtime gives a component."""
 

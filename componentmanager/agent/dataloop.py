@@ -149,8 +149,8 @@ class DataLoop:
             late = time.monotonic() - self._beat - TICK_S
             self._max_lag = max(self._max_lag, late)
             for (kind, *what), held in self.throttle.due():
-                log.warning("repeated", kind=kind, what=" ".join(map(str, what)),
-                            more=held, seconds=self.throttle.interval)
+                log.warning(f"{kind}: {held} more like it in the last "
+                            f"{self.throttle.interval:g} s", what=" ".join(map(str, what)))
 
     def stalled_for(self) -> float:
         """How long the data loop has not ticked (seconds beyond its tick)."""
@@ -186,7 +186,8 @@ class DataLoop:
             log.warning("data connection error", agent=self.agent_name, error=what)
 
     async def _on_disconnect(self) -> None:
-        log.warning("data connection lost; reconnecting", agent=self.agent_name)
+        if self._stop is not None and not self._stop.is_set():
+            log.warning("data connection lost; reconnecting", agent=self.agent_name)
 
     async def _logs_pump(self) -> None:
         while True:

@@ -14,6 +14,7 @@ No NATS I/O here; pure bookkeeping the data loop drives.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -86,6 +87,15 @@ class Throttle:
             else:
                 del self._windows[key]
         return out
+
+
+_DIGITS = re.compile(r"\d+")
+
+
+def shape(message: str) -> str:
+    """``message`` with its numbers blanked: failures that differ only by a line number,
+    an id or a value share one throttle key."""
+    return _DIGITS.sub("#", message)
 
 
 class DropWindow:

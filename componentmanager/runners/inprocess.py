@@ -28,7 +28,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from componentmanager.component import Component
+from componentmanager.component import Component, EventError
 from componentmanager.dataplane import (
     DEFAULT_ACK_WAIT_S,
     DEFAULT_MAX_DELIVER,
@@ -41,6 +41,7 @@ from componentmanager.dataplane import (
     ensure_consumer,
     ensure_stream,
 )
+from componentmanager.dataplane.accounting import shape
 from componentmanager.registry import get_type
 from componentmanager.runners.base import Replica, ReplicaHost
 from flowstore.models import ComponentConfig, ReplicaState, dlq_subject, status_key, stream_name
@@ -308,7 +309,7 @@ class InProcessReplica(Replica):
 
     async def _failed_event(self, port: str, msg: Msg, exc: Exception) -> None:
         """Count, log with context, dead-letter where the delivery allows, go on."""
-        error = f"{type(exc).__name__}: {exc}"
+        error = str(exc) if isinstance(exc, EventError) else f"{type(exc).__name__}: {exc}"
         self._count_error(f"event on port {port}: {error}")
         if self._acked:
             meta = msg.metadata
@@ -325,7 +326,7 @@ class InProcessReplica(Replica):
     def _count_error(self, error: str) -> None:
         self.counters.errors += 1
         self.last_error = error
-        if self.host.throttle.admit(("event failed", self.key, error)):
+        if self.host.throttle.admit(("event failed", self.key, shape(error))):
             log.warning("event failed", replica=self.key, error=error)
 
     async def _dead_letter(self, data: bytes, headers: dict[str, str], error: str,

@@ -42,6 +42,7 @@ from typing import Annotated, Any, NoReturn
 
 from pydantic import AfterValidator, Field
 
+from componentmanager.component import EventError
 from componentmanager.components.expressions.functions import (
     BINOPS,
     CMPOPS,
@@ -82,7 +83,7 @@ class ExpressionError(ValueError):
         super().__init__(f"{message}{where} in expression {text!r}" if text else message + where)
 
 
-class EvaluationError(ExpressionError):
+class EvaluationError(ExpressionError, EventError):
     """A valid expression that failed on one event (e.g. ``"a" < 1``)."""
 
 

@@ -1,0 +1,80 @@
+"""The pure bookkeeping behind "every event accounted for": throttled logging, drop
+windows, slow-consumer routing and the ``degraded`` decision. Plain data, no NATS."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from nats.errors import SlowConsumerError
+
+from componentmanager.agent.health import HOLDING_S, ReplicaHealth, assess
+from componentmanager.dataplane.accounting import DropRouter, DropWindow, Throttle, shape
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_throttle_logs_once_per_interval_and_counts_the_rest() -> None:
+    clock = Clock()
+    t = Throttle(interval=10, clock=clock)
+    assert t.admit("boom")
+    assert not any(t.admit("boom") for _ in range(599_999))
+    assert t.admit("other")  # another message has its own interval
+    assert t.due() == []
+    clock.now = 10.0
+    assert t.due() == [("boom", 599_999)]
+    assert t.admit("other")  # its interval passed with nothing held back
+    clock.now = 20.0
+    assert t.due() == []
+    assert t.admit("boom")
+
+
+def test_failures_that_differ_only_by_numbers_share_a_key() -> None:
+    assert shape("events.jsonl:3 is not JSON (byte 4)") == shape("events.jsonl:17 is not "
+                                                                  "JSON (byte 9)")
+
+
+def test_drop_window_counts_what_was_lost_lately() -> None:
+    w = DropWindow(span=10)
+    assert w.add(0, 0) == 0
+    assert w.add(2, 500) == 500
+    assert w.add(9, 12_345) == 12_345
+    assert w.add(12, 12_345) == 11_845  # the sample at 2 s is the baseline now
+    assert w.add(30, 12_345) == 0
+
+
+def test_slow_consumer_reports_are_counted_on_the_owner() -> None:
+    router, counted = DropRouter(), []
+    sub = SimpleNamespace(_id=7)
+    router.own(sub, counted.append)
+    assert router.route(SlowConsumerError(subject="s", reply="", sid=7, sub=sub))
+    assert not router.route(SlowConsumerError(subject="s", reply="", sid=8, sub=sub))
+    assert not router.route(RuntimeError("something else"))
+    router.release(sub)
+    assert not router.route(SlowConsumerError(subject="s", reply="", sid=7, sub=sub))
+    assert counted == [1]
+
+
+def test_degraded_reasons() -> None:
+    assert assess(0, None, 0.0) is None
+    assert assess(12_345, "overload (input queue full)", 0.0) == (
+        "dropping: overload (input queue full), 12,345 lost in the last 10 s")
+    holding = assess(0, None, HOLDING_S + 1)
+    assert holding is not None and holding.startswith("holding the agent's event loop: 1.5 s")
+    both = assess(3, None, 4.0)
+    assert both is not None and both.startswith("dropping: overload, 3 lost")
+    assert "holding" in both
+
+
+def test_stalls_age_out_of_the_window() -> None:
+    h = ReplicaHealth()
+    h.stalled(0.0, 0.3)
+    h.stalled(5.0, 0.4)
+    assert abs(h.stalled_within(6.0) - 0.7) < 1e-9
+    assert abs(h.stalled_within(12.0) - 0.4) < 1e-9
+    assert h.stalled_within(20.0) == 0
