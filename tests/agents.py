@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -56,6 +57,9 @@ class AgentProcess:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            with contextlib.suppress(Exception):  # where it hangs, for the failure report
+                subprocess.run(["py-spy", "dump", "--pid", str(self.proc.pid)], timeout=20)
+            print(f"agent {self.name} did not stop; its log:\n{self.output()[1][-4000:]}")
             self.proc.kill()
             self.proc.wait()
             return -999  # "did not stop in time": fails the caller's assert, leaves nothing

@@ -112,6 +112,7 @@ class Agent:
         self.ready = asyncio.Event()
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._reconcile_lock = asyncio.Lock()
+        self._closing = False
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._health: dict[str, ReplicaHealth] = {}
         self._degraded_logged: dict[str, float] = {}
@@ -266,14 +267,19 @@ class Agent:
 
     # -- reconciliation ---------------------------------------------------------------
     async def _reconcile_loop(self) -> None:
-        while True:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel that
+        # arrives as the event fires, and this loop would then wait on the lock forever.
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), self.settings.resync_interval)
+                async with asyncio.timeout(self.settings.resync_interval):
+                    await self._dirty.wait()
             if not self._dirty.is_set():
                 with contextlib.suppress(Exception):
                     await self.view.resync()  # periodic full resync: never trust the watch
             self._dirty.clear()
             async with self._reconcile_lock:  # shutdown never cancels a reconcile midway
+                if self._closing:
+                    return
                 try:
                     await self.reconcile_once()
                 except Exception as exc:
@@ -415,10 +421,15 @@ class Agent:
         """Stop every replica cleanly, write final statuses, remove our entry, close."""
         log.info("agent stopping", agent=self.agent_name, replicas=len(self.replicas))
         t0 = time.monotonic()
+        self._closing = True
+        self._dirty.set()
         async with self._reconcile_lock:  # wait for a reconcile in progress to finish
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            pass
+        for task in self._tasks:
+            task.cancel()
+        _, stuck = await asyncio.wait(self._tasks, timeout=5) if self._tasks else ((), ())
+        for task in stuck:  # never hang on exit
+            log.error("agent task did not stop; abandoning it", task=task.get_name())
         self._tasks.clear()
         with contextlib.suppress(Exception):
             await self.view.close()

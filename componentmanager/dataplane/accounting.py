@@ -36,7 +36,7 @@ class DropRouter:
         self._owners[sub._id] = on_drop
 
     def release(self, sub: Any) -> None:
-        self._owners.pop(sub._id, None)
+        self._owners.pop(getattr(sub, "_id", None), None)  # type: ignore[arg-type]
 
     def route(self, error: Exception) -> bool:
         """Count ``error`` when it is a slow-consumer report of an owned subscription."""
