@@ -36,7 +36,7 @@ def stop_all(procs: list[subprocess.Popen]) -> None:
 
 
 class Counter:
-    """Counts messages on a subject; records the time of the first and the n-th."""
+    """Counts messages on a subject; records the time of the first and the latest."""
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -47,11 +47,11 @@ class Counter:
 
     async def on_msg(self, _msg: Any) -> None:
         self.count += 1
+        self.last = time.perf_counter()
         if self.count == 1:
-            self.first = time.perf_counter()
+            self.first = self.last
         if self.count == self.n:
-            self.last = time.perf_counter()
             self.done.set()
 
     def rate(self) -> float:
-        return (self.n - 1) / (self.last - self.first)
+        return (self.count - 1) / (self.last - self.first) if self.count > 1 else 0.0

@@ -36,7 +36,7 @@ BODY = """\
 
 
 async def test_missing_and_mistyped_fields_fail_events(nc, agents) -> None:
-    agents("acc")
+    agent = agents("acc")
     await wait_until(lambda: live_agent(nc, "acc"), what="agent")
     letters: dict[str, list[str]] = {"typo": [], "calc": []}
 
@@ -66,3 +66,5 @@ async def test_missing_and_mistyped_fields_fail_events(nc, agents) -> None:
     assert len(letters["typo"]) == 6 and all(
         "field 'amont' is not in the event" in reason for reason in letters["typo"])
     assert len(letters["calc"]) == 6 and all("needs two numbers" in r for r in letters["calc"])
+    _, err = agent.output()
+    assert err.count("event failed") == 2, "identical failures: one line per interval"
