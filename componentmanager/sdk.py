@@ -27,15 +27,17 @@ A source (returns when it is done; the program then exits 0)::
 The SDK reads the contract environment (:mod:`componentmanager.runners.env`), connects
 with :meth:`flowstore.nats.NatsOptions.from_env`, subscribes to every input subject in
 ``FLOWCTL_QUEUE`` (core NATS: replicas share the work), publishes JSON bodies (msgspec)
-with the ``Flowctl-Id``/``Flowctl-Source``/``Flowctl-Time`` headers, answers
+with the one ``Flowctl`` metadata header, takes frames as well as single events, answers
 ``GET /health`` on ``FLOWCTL_HEALTH_PORT`` (200 once subscribed, else 503), and on
 SIGTERM/SIGINT drains (events in flight are handled and their outputs flushed) and exits
 0. ``c.config`` is the node's ``config``. A source waits until the downstream replicas
 report ``running`` before it calls ``produce`` (as in-process sources do).
 
-Delivery: **at-most-once only**. In an at-least-once flow the outputs still land in the
-flow's stream (the SDK makes sure it exists), but inputs are read live with core NATS,
-without acks or redelivery: an event in flight when the program dies is lost.
+Delivery follows the flow. at-most-once: core subscriptions in the queue group.
+at-least-once: each input is pulled from its durable consumer (``FLOWCTL_CONSUMERS``),
+outputs are published to the stream with acks (waiting while the stream is full), and
+an input message is acked once the outputs it caused are stored; a program killed
+mid-way gets its unacked inputs again (duplicates possible, nothing lost).
 """
 
 from __future__ import annotations
@@ -52,22 +54,21 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from componentmanager.dataplane import (
-    HDR_ERROR,
-    HDR_ID,
-    HDR_SOURCE,
-    HDR_TIME,
+    HDR_META,
+    AckedPublisher,
     EventIds,
-    decode,
+    PublishFailed,
+    Puller,
+    dead_letter_headers,
+    decode_frame,
     encode,
-    ensure_stream,
+    frame_count,
 )
 from flowstore.models import DEFAULT_OUTPUT_PORT, dlq_subject, status_key
 from flowstore.nats import STATUS_BUCKET, NatsOptions, connect, open_bucket
 
 __all__ = [
-    "HDR_ID",
-    "HDR_SOURCE",
-    "HDR_TIME",
+    "HDR_META",
     "Component",
     "run",
     "run_component",
@@ -95,6 +96,8 @@ class Component:
         self.delivery = e.get("FLOWCTL_DELIVERY", "at-most-once")
         self.config: dict[str, Any] = json.loads(e.get("FLOWCTL_CONFIG") or "{}")
         self.downstream: dict[str, int] = json.loads(e.get("FLOWCTL_DOWNSTREAM") or "{}")
+        self.stream = e.get("FLOWCTL_STREAM") or ""
+        self.consumers: dict[str, str] = json.loads(e.get("FLOWCTL_CONSUMERS") or "{}")
         port = e.get("FLOWCTL_HEALTH_PORT")
         self.health_port = int(port) if port else None
         self.nats = NatsOptions.from_env(dict(e))
@@ -103,6 +106,9 @@ class Component:
         self.received = self.emitted = self.errors = 0
         self._ids = EventIds(self.node, self.replica, secrets.token_hex(3))
         self._stop = asyncio.Event()
+        self._publisher: AckedPublisher | None = None
+        self._pullers: list[Puller] = []
+        self._unacked: list[Any] = []
 
     @property
     def service_id(self) -> str:
@@ -110,42 +116,72 @@ class Component:
 
     async def connect(self) -> None:
         self.nc = await connect(self.nats, name=f"flowctl-sdk {self.service_id}", reconnect=True)
-        if self.delivery == "at-least-once" and self.flow:
-            await ensure_stream(self.nc, self.flow, self.nats.kv_replicas)
+        if self.delivery == "at-least-once":
+            self._publisher = await AckedPublisher(self.nc).open()
 
     async def emit(self, event: Any, port: str = DEFAULT_OUTPUT_PORT) -> None:
         """Publish one event on an output port (``out`` by default)."""
         subject = self.outputs.get(port)
         if subject is None:
             raise ValueError(f"{self.node} has no output port '{port}' (has {list(self.outputs)})")
-        await self.nc.publish(subject, encode(event), headers=self._ids.headers())
+        if self._publisher is not None:
+            await self._publisher.publish(subject, encode(event), self._ids.header(1))
+        else:
+            await self.nc.publish(subject, encode(event), headers=self._ids.header(1))
         self.emitted += 1
 
     async def subscribe(self, handler: Handler) -> None:
         """Subscribe to every input subject; each event goes to ``handler(event, port)``."""
         for port, subjects in self.inputs.items():
+            if self._publisher is not None and port in self.consumers:
+                puller = Puller(self.nc, self.stream, self.consumers[port],
+                                self._on_msg(handler, port), self._settle)
+                self._pullers.append(puller)
+                await puller.start()
+                continue
             for subject in subjects:
                 cb = self._on_msg(handler, port)
                 await self.nc.subscribe(subject, queue=self.queue or "", cb=cb)
 
     def _on_msg(self, handler: Handler, port: str) -> Callable[[Any], Awaitable[None]]:
         async def on_msg(msg: Any) -> None:
-            self.received += 1
-            try:
-                result = handler(decode(msg.data), port)
-                if inspect.isawaitable(result):
-                    result = await result
-                await self._publish(result)
-            except Exception as exc:
-                self.errors += 1
-                _log(f"{self.service_id}: event on port {port} failed: {type(exc).__name__}: {exc}")
-                headers = dict(msg.headers or {})
-                headers[HDR_ERROR] = f"{type(exc).__name__}: {exc}"[:1000]
-                dlq = dlq_subject(self.flow, self.node)
-                with contextlib.suppress(Exception):
-                    await self.nc.publish(dlq, msg.data, headers=headers)
+            events = decode_frame(msg.data, frame_count(msg.headers))
+            for index, event in enumerate(events):
+                self.received += 1
+                try:
+                    result = handler(event, port)
+                    if inspect.isawaitable(result):
+                        result = await result
+                    await self._publish(result)
+                except Exception as exc:
+                    self.errors += 1
+                    error = f"{type(exc).__name__}: {exc}"
+                    _log(f"{self.service_id}: event on port {port} failed: {error}")
+                    headers = dead_letter_headers(msg.headers, index, error)
+                    with contextlib.suppress(Exception):
+                        await self.nc.publish(dlq_subject(self.flow, self.node), encode(event),
+                                              headers=headers)
+            if self._publisher is not None:
+                self._unacked.append(msg)
 
         return on_msg
+
+    async def _settle(self) -> None:
+        """at-least-once: ack the inputs handled so far once their outputs are stored."""
+        if not self._unacked or self._publisher is None:
+            return
+        batch, self._unacked = self._unacked, []
+        try:
+            await self._publisher.wait()
+        except PublishFailed as exc:
+            _log(f"{self.service_id}: outputs not stored ({exc}); inputs redelivered")
+            for msg in batch:
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=1.0)
+            return
+        for msg in batch:
+            with contextlib.suppress(Exception):
+                await msg.ack()
 
     async def _publish(self, result: Any) -> None:
         if result is None:
@@ -185,6 +221,12 @@ class Component:
 
     async def close(self) -> None:
         """Drain: stop taking input, finish the events in flight, flush outputs, close."""
+        for puller in self._pullers:
+            await puller.stop()
+        await self._settle()
+        if self._publisher is not None:
+            with contextlib.suppress(Exception):
+                await self._publisher.wait()
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.drain(), 10.0)

@@ -50,6 +50,7 @@ from flowstore.nats import (
 )
 from flowstore.placement import place
 from flowstore.store import FlowStore, is_delete, read_all
+from flowstore.streams import ensure_dlq_stream, ensure_flow_streams
 
 ATTEMPTS = 5
 
@@ -90,8 +91,9 @@ class FlowKV:
     """The flowctl buckets of one connection, and the config writes under every action."""
 
     def __init__(self, flows: FlowStore, configs: KeyValue, status: KeyValue,
-                 agents: KeyValue, *, nc: NatsClient) -> None:
+                 agents: KeyValue, *, nc: NatsClient, kv_replicas: int = 1) -> None:
         self.flows = flows
+        self.kv_replicas = kv_replicas
         self.configs = configs
         self.status = status
         self.agents = agents
@@ -105,7 +107,7 @@ class FlowKV:
             await open_bucket(nc, CONFIG_BUCKET, replicas=kv_replicas),
             await open_bucket(nc, STATUS_BUCKET, replicas=kv_replicas),
             await open_bucket(nc, AGENTS_BUCKET, replicas=kv_replicas),
-            nc=nc,
+            nc=nc, kv_replicas=kv_replicas,
         )
 
     # -- reads -----------------------------------------------------------------------------
@@ -201,6 +203,8 @@ class FlowKV:
         for key in changed:
             old = current.get(key)
             desired[key].assignments = list(old.assignments) if old else []
+        if changed:  # the streams and consumers exist before any replica may publish
+            await self._ensure_streams(name, spec, list(desired.values()))
         placed = place([desired[k] for k in changed], agents, others=others)
         for key in changed:
             cfg = desired[key]
@@ -240,6 +244,13 @@ class FlowKV:
                 await self.status.delete(key)
                 if key not in changes.status_removed:
                     changes.status_removed.append(key)
+
+    async def _ensure_streams(self, name: str, spec: FlowSpec,
+                              configs: list[ComponentConfig]) -> None:
+        if spec.delivery == "at-least-once":
+            await ensure_flow_streams(self.nc, name, configs, spec.buffer, self.kv_replicas)
+        else:
+            await ensure_dlq_stream(self.nc, self.kv_replicas)
 
     async def _remove_all(self, name: str, action: str) -> ConfigChanges:
         """Delete every config key of the flow and verify none is left; then its status

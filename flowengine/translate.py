@@ -79,11 +79,8 @@ def _output_ports(ctype: ComponentType | None, role: Role | None, config: dict[s
     return list(dict.fromkeys([*declared, *used]))
 
 
-def _downstream(spec: FlowSpec, start: str) -> dict[str, int]:
-    """Every node reachable from ``start`` (not itself) -> its replicas, in flow order."""
-    succ: dict[str, list[str]] = {}
-    for conn in spec.connections:
-        succ.setdefault(conn.source[0], []).append(conn.target[0])
+def _reachable(succ: dict[str, list[str]], start: str) -> set[str]:
+    """Every node reachable from ``start`` (not itself)."""
     seen: set[str] = set()
     stack = list(succ.get(start, []))
     while stack:
@@ -92,7 +89,15 @@ def _downstream(spec: FlowSpec, start: str) -> dict[str, int]:
             continue
         seen.add(node)
         stack.extend(succ.get(node, []))
-    return {n.id: n.replicas for n in spec.nodes if n.id in seen}
+    return seen
+
+
+def _downstream(spec: FlowSpec, succ: dict[str, list[str]], start: str,
+                order: dict[str, int]) -> dict[str, int]:
+    """Every node reachable from ``start`` -> its replicas, in flow order. Only sources
+    wait for their downstream, so other nodes get {} (keeps translate linear)."""
+    replicas = {n.id: n.replicas for n in spec.nodes}
+    return {n: replicas[n] for n in sorted(_reachable(succ, start), key=order.__getitem__)}
 
 
 def translate(
@@ -101,7 +106,11 @@ def translate(
     """One ComponentConfig per node of flow ``name``, keyed ``<flow>.<node>``, in node order."""
     inputs: dict[str, dict[str, list[str]]] = {}
     reads: dict[str, list[str]] = {}
+    succ: dict[str, list[str]] = {}
+    readers: dict[tuple[str, str], list[str]] = {}
     for conn in spec.connections:
+        succ.setdefault(conn.source[0], []).append(conn.target[0])
+        readers.setdefault(conn.source, []).append(conn.target[0])
         (src, sport), (dst, dport) = conn.source, conn.target
         subjects = inputs.setdefault(dst, {}).setdefault(dport, [])
         subject = data_subject(name, src, sport)
@@ -109,6 +118,8 @@ def translate(
             subjects.append(subject)
         reads.setdefault(src, []).append(sport)
 
+    order = {n.id: i for i, n in enumerate(spec.nodes)}
+    takes_frames = {n.id: n.kind == "inprocess" or n.frames for n in spec.nodes}
     out: dict[str, ComponentConfig] = {}
     for node in spec.nodes:
         ctype = resolve_type(node, spec)
@@ -130,6 +141,8 @@ def translate(
             config=config,
             inputs=inputs.get(node.id, {}),
             outputs={port: data_subject(name, node.id, port) for port in ports},
+            frame_ports=[p for p in ports
+                         if all(takes_frames.get(r, False) for r in readers.get((node.id, p), []))],
             queue=queue_group(name, node.id),
             replicas=node.replicas,
             placement=node.placement,
@@ -137,7 +150,7 @@ def translate(
             enabled=enabled,
             delivery=spec.delivery,
             flow_revision=flow_revision,
-            downstream=_downstream(spec, node.id),
+            downstream=_downstream(spec, succ, node.id, order) if role == "source" else {},
             external=external,
         )
     return out

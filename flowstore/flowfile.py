@@ -18,8 +18,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from flowstore.models import (
+    DEFAULT_BUFFER,
     DEFAULT_INPUT_PORT,
     DEFAULT_OUTPUT_PORT,
+    ByteSize,
     Connection,
     Delivery,
     ExternalFields,
@@ -59,7 +61,16 @@ class Metadata(BaseModel):
 class FileSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    delivery: Delivery = "at-most-once"
+    delivery: Delivery = Field(
+        default="at-least-once",
+        description="at-least-once (the default): events kept in a JetStream stream until "
+        "every consumer acked them; at-most-once: core NATS, overload drops (counted).",
+    )
+    buffer: ByteSize = Field(
+        default=DEFAULT_BUFFER,
+        description="at-least-once: how much the flow's stream may hold (bytes, or e.g. "
+        "64MiB, 1GB); past it, publishers wait (backpressure).",
+    )
     sources: list[ComponentEntry] = Field(default_factory=list)
     processors: list[ComponentEntry] = Field(default_factory=list)
     sinks: list[ComponentEntry] = Field(default_factory=list)
@@ -99,6 +110,7 @@ class FlowFile(BaseModel):
             description=self.metadata.description,
             labels=self.metadata.labels,
             delivery=self.spec.delivery,
+            buffer=self.spec.buffer,
             nodes=nodes,
             connections=connections,
         )
@@ -129,7 +141,7 @@ class CanvasFlow(BaseModel):
 
     name: Name
     description: str | None = None
-    delivery: Delivery = "at-most-once"
+    delivery: Delivery = "at-least-once"
     nodes: list[CanvasNode]
     connections: list[CanvasConnection] = Field(default_factory=list)
 

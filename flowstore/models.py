@@ -11,12 +11,38 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_serializer
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=63)]
 
 Delivery = Literal["at-most-once", "at-least-once"]
+
+#: The default of ``spec.buffer``: what an at-least-once flow's stream may hold.
+DEFAULT_BUFFER = 256 * 2**20
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20,
+          "gib": 2**30}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from ``268435456``, ``"256MiB"``, ``"64MB"`` or ``"1 GiB"``."""
+    if isinstance(value, bool):
+        raise ValueError("a size is a number of bytes or a string like 256MiB")
+    if isinstance(value, int):
+        n = value
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = text[len(digits):]
+        if not digits or unit not in _UNITS:
+            raise ValueError(f"{value!r} is not a size: write bytes or e.g. 64MiB, 1GB")
+        n = int(float(digits) * _UNITS[unit])
+    if n < 2**20:
+        raise ValueError(f"{value!r} is too small: at least 1MiB")
+    return n
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
 RestartPolicy = Literal["always", "on-failure", "never"]
 Role = Literal["source", "processor", "sink"]
 Kind = Literal["inprocess", "process", "container"]
@@ -108,6 +134,12 @@ class ExternalFields(BaseModel):
         default_factory=list, description='Containers only: "host_path:container_path[:ro]".'
     )
     depends_on: list[str] = Field(default_factory=list)
+    frames: bool = Field(
+        default=False,
+        description="The program accepts frames (several events per message, JSON lines; "
+        "the SDK does): upstream nodes may then send it frames. Without it, it gets one "
+        "event per message.",
+    )
 
     @property
     def kind(self) -> Kind:
@@ -161,7 +193,8 @@ class FlowSpec(BaseModel):
 
     description: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
-    delivery: Delivery = "at-most-once"
+    delivery: Delivery = "at-least-once"
+    buffer: ByteSize = DEFAULT_BUFFER
     nodes: list[Node] = Field(default_factory=list)
     connections: list[Connection] = Field(default_factory=list)
 
@@ -208,6 +241,8 @@ class ComponentConfig(Record):
     config: dict[str, Any] = Field(default_factory=dict)
     inputs: dict[str, list[str]] = Field(default_factory=dict)
     outputs: dict[str, str] = Field(default_factory=dict)
+    #: output ports whose every reader takes frames (several events per message)
+    frame_ports: list[str] = Field(default_factory=list)
     queue: str
     replicas: int = 1
     placement: Placement | None = None

@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from nats.js.errors import NotFoundError
 
-from componentmanager.dataplane import ensure_stream
 from flowengine import FlowEngine
 from flowengine.stopping import stop_waves
 from flowengine.translate import translate
 from flowstore.models import FlowState, stream_name
 from flowstore.nats import delete_flow_stream
+from flowstore.streams import ensure_flow_stream
 from tests.agents import all_in_state, flow_yaml, live_agent, read_lines, run_flow, wait_until
 from tests.lifecycle_context import (
     FLOW,
@@ -110,6 +110,11 @@ async def test_stop_gives_up_waiting_after_its_timeout(engine: FlowEngine, nc: A
     assert result.to_dict()["changes"]["not_stopped"] == ["demo.gen.0"]
 
 
+async def ensure_stream(nc: Any, flow: str) -> None:
+    """A stream of ``flow`` made outside the engine (a leftover)."""
+    await ensure_flow_stream(nc, flow, [f"flowctl.{flow}.x.out"], 2**24)
+
+
 async def _stream_exists(nc: Any, flow: str) -> bool:
     try:
         await nc.jetstream().stream_info(stream_name(flow))
@@ -124,15 +129,16 @@ async def test_undeploy_and_delete_remove_the_flow_stream(engine: FlowEngine, nc
     await engine.apply("other", alo)
     await engine.deploy("demo")
     await engine.start("demo")
-    for flow in ("demo", "other", "demo-2"):
-        await ensure_stream(nc, flow)  # what the agents do when a replica starts
+    assert await _stream_exists(nc, "demo")  # the engine made it at deploy
+    for flow in ("other", "demo-2"):
+        await ensure_stream(nc, flow)
     result = await engine.undeploy("demo", force=True)
     assert result.changes.streams_removed == ["FLOWCTL_demo"]
     assert not await _stream_exists(nc, "demo")
     assert await _stream_exists(nc, "other") and await _stream_exists(nc, "demo-2")
 
     await engine.deploy("demo")
-    await ensure_stream(nc, "demo")
+    assert await _stream_exists(nc, "demo")
     deleted = await engine.delete("demo", force=True)
     assert deleted.changes.streams_removed == ["FLOWCTL_demo"]
     assert not await _stream_exists(nc, "demo")

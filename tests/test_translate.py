@@ -93,6 +93,7 @@ def test_the_source_config_in_full() -> None:
         "config": {"count": 3, "interval": 0.0},  # defaults made explicit
         "inputs": {},
         "outputs": {"out": "flowctl.orders.gen.out"},
+        "frame_ports": [],  # box, a container without frames: true, reads it
         "queue": "flowctl.orders.gen",
         "replicas": 1,
         "assignments": [],
@@ -109,7 +110,8 @@ def test_inputs_outputs_and_downstream() -> None:
     assert split.inputs == {"in": ["flowctl.orders.gen.out"]}
     assert split.outputs == {"big": "flowctl.orders.split.big",
                              "small": "flowctl.orders.split.small"}
-    assert split.downstream == {"tag": 1, "out": 3}
+    assert split.downstream == {}  # only sources wait for their downstream
+    assert split.frame_ports == ["small"]  # big is read by a program without frames: true
     assert tag.inputs == {"in": ["flowctl.orders.split.big"]}  # the repeat is dropped
     assert out.inputs == {"in": ["flowctl.orders.tag.out", "flowctl.orders.split.small"]}
     assert out.outputs == {}

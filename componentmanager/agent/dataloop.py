@@ -25,6 +25,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgspec
+import nats.aio.client
 import structlog
 
 from componentmanager.dataplane.accounting import DropRouter, Throttle
@@ -38,6 +39,12 @@ log = structlog.get_logger("flowctl.dataloop")
 TICK_S = 0.05
 #: Log lines of components waiting to be published; beyond that they are counted and lost.
 LOG_QUEUE = 10_000
+#: How much nats-py's reader takes off the socket per turn of the loop. Its default
+#: (32 KiB) lets a fast producer outrun a busy consumer's reader until the server cuts
+#: the connection as a slow consumer, losing events nobody can count; with a few MiB per
+#: turn the reader keeps up and overload is shed (and counted) in the input queues.
+#: nats-py reads this module constant at connect and on every read.
+READ_BUFFER = 4 * 2**20
 
 
 class DataLoop:
@@ -108,6 +115,8 @@ class DataLoop:
             loop.close()
 
     async def _serve(self, ready: concurrent.futures.Future[None]) -> None:
+        nats.aio.client.DEFAULT_BUFFER_SIZE = max(nats.aio.client.DEFAULT_BUFFER_SIZE,
+                                                  READ_BUFFER)
         self._stop = asyncio.Event()
         self._logs: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=LOG_QUEUE)
         try:

@@ -1,30 +1,35 @@
-"""The NATS data plane: what travels on a subject (:mod:`.wire`, pure), the JetStream
-plumbing of at-least-once flows (:mod:`.streams`) and the accounting of what is lost
-(:mod:`.accounting`). Runners and the SDK import from here.
+"""The NATS data plane: what travels on a subject (:mod:`.wire`, pure), adaptive framing of
+outputs (:mod:`.emit`), the JetStream side of at-least-once flows (:mod:`.streams`) and
+the accounting of what is lost (:mod:`.accounting`). Runners and the SDK import from here.
 """
 
+from componentmanager.dataplane.emit import Outbox
 from componentmanager.dataplane.streams import (
+    ACK_WINDOW,
     DEFAULT_ACK_WAIT_S,
-    DEFAULT_MAX_ACK_PENDING,
     DEFAULT_MAX_DELIVER,
-    STREAM_MAX_AGE_S,
     AckedPublisher,
     PublishFailed,
-    ensure_consumer,
-    ensure_stream,
+    Puller,
 )
 from componentmanager.dataplane.wire import (
+    FRAME_BYTES,
+    FRAME_EVENTS,
     HDR_ERROR,
-    HDR_ID,
-    HDR_SOURCE,
-    HDR_TIME,
+    HDR_META,
     EventIds,
+    dead_letter_headers,
     decode,
+    decode_frame,
     encode,
+    event_id,
+    frame_count,
+    split_frame,
 )
 
 __all__ = [
-    "DEFAULT_ACK_WAIT_S", "DEFAULT_MAX_ACK_PENDING", "DEFAULT_MAX_DELIVER", "HDR_ERROR",
-    "HDR_ID", "HDR_SOURCE", "HDR_TIME", "STREAM_MAX_AGE_S", "AckedPublisher", "EventIds",
-    "PublishFailed", "decode", "encode", "ensure_consumer", "ensure_stream",
+    "ACK_WINDOW", "DEFAULT_ACK_WAIT_S", "DEFAULT_MAX_DELIVER", "FRAME_BYTES", "FRAME_EVENTS",
+    "HDR_ERROR", "HDR_META", "AckedPublisher", "EventIds", "Outbox", "PublishFailed", "Puller",
+    "dead_letter_headers", "decode", "decode_frame", "encode", "event_id", "frame_count",
+    "split_frame",
 ]

@@ -1,147 +1,148 @@
-"""JetStream plumbing of at-least-once flows: the flow's stream, the node inputs' durable
-consumers and :class:`AckedPublisher`.
+"""JetStream plumbing of at-least-once flows, seen from a replica: publishing with
+pipelined acks and backpressure (:class:`AckedPublisher`) and pulling a durable consumer
+without nats-py's per-message ``fetch()`` machinery (:class:`Puller`).
 
-* at-most-once: core NATS publish; inputs are queue subscriptions (``flowctl.<flow>.<node>``)
-  so replicas share the work (the runners do that directly).
-* at-least-once: one stream per flow over ``flowctl.<flow>.>`` (limits retention, kept a
-  day, so a late consumer loses nothing; the engine deletes it on undeploy/delete); a
-  durable pull consumer per node input shared by the replicas; outputs are published
-  with pipelined JetStream acks (:class:`AckedPublisher`) and inputs are acked only after
-  their outputs are stored (and, for buffering components, flushed).
+The flow's stream and consumers are defined in :mod:`flowstore.streams` (the engine creates
+them at deploy). Inputs are acked only after the outputs they caused are stored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
 
-from flowstore.models import consumer_name, stream_name
+from flowstore.streams import DEFAULT_ACK_WAIT_S, DEFAULT_MAX_DELIVER
 
-STREAM_MAX_AGE_S = 24 * 3600.0
-DEFAULT_MAX_DELIVER = 5
-DEFAULT_MAX_ACK_PENDING = 1000
-DEFAULT_ACK_WAIT_S = 10.0
+__all__ = [
+    "ACK_WINDOW", "DEFAULT_ACK_WAIT_S", "DEFAULT_MAX_DELIVER", "AckedPublisher", "PublishFailed",
+    "Puller",
+]
 
-
-async def ensure_stream(nc: NatsClient, flow: str, replicas: int = 1) -> None:
-    """Create the flow's stream if it does not exist (idempotent, safe under races)."""
-    js = nc.jetstream()
-    name = stream_name(flow)
-    try:
-        await js.stream_info(name)
-        return
-    except NotFoundError:
-        pass
-    config = StreamConfig(
-        name=name,
-        subjects=[f"flowctl.{flow}.>"],
-        retention=RetentionPolicy.LIMITS,
-        max_age=STREAM_MAX_AGE_S,
-        num_replicas=replicas,
-        description=f"flowctl at-least-once flow {flow}",
-    )
-    try:
-        await js.add_stream(config)
-    except BadRequestError:
-        await js.stream_info(name)  # created concurrently by another replica
-
-
-async def ensure_consumer(
-    nc: NatsClient,
-    flow: str,
-    node: str,
-    port: str,
-    subjects: list[str],
-    *,
-    max_deliver: int = DEFAULT_MAX_DELIVER,
-    max_ack_pending: int = DEFAULT_MAX_ACK_PENDING,
-    ack_wait: float = DEFAULT_ACK_WAIT_S,
-) -> str:
-    """The durable pull consumer of one node input; its settings follow the config."""
-    js = nc.jetstream()
-    durable = consumer_name(node, port)
-    config = ConsumerConfig(
-        durable_name=durable,
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=ack_wait,
-        max_deliver=max_deliver,
-        max_ack_pending=max_ack_pending,
-        filter_subjects=subjects if len(subjects) > 1 else None,
-        filter_subject=subjects[0] if len(subjects) == 1 else None,
-    )
-    try:
-        await js.add_consumer(stream_name(flow), config)
-    except BadRequestError:
-        # Exists with other settings (the flow changed): replace it.
-        await js.delete_consumer(stream_name(flow), durable)
-        await js.add_consumer(stream_name(flow), config)
-    return durable
+#: At most this many published messages (frames) may wait for their JetStream ack.
+ACK_WINDOW = 256
+#: A publisher that hears no ack at all for this long gives up (NATS is not answering).
+ACK_SILENCE_S = 10.0
+#: Messages a pull request asks for, and how long it waits for them on the server.
+PULL_BATCH = 256
+PULL_EXPIRES_S = 5.0
 
 
 class PublishFailed(Exception):
     pass
 
 
-class AckedPublisher:
-    """Publish to JetStream without a round trip per message.
+def _stream_full(reply: bytes) -> bool:
+    """A PubAck error that means "the stream is at its limit": publish again later."""
+    return b"maximum" in reply and b"exceeded" in reply
 
-    Messages go out with a reply subject; one subscription counts the PubAcks. ``wait()``
-    returns when every message published so far is stored, or raises
-    :class:`PublishFailed`. After a timeout the publisher moves to a new generation (a
-    new reply subject): late acks of the abandoned messages are ignored, never counted
-    against newer ones.
+
+class AckedPublisher:
+    """Publish to JetStream without a round trip per message, with backpressure.
+
+    Every message goes out with its own reply subject; one subscription takes the PubAcks.
+    A message the stream refuses because it is full (the flow's ``buffer``) is published
+    again after a short, growing pause, so a fast producer waits for a slow consumer
+    instead of losing events or growing the stream. At most :data:`ACK_WINDOW` messages
+    are in flight: ``publish`` waits for room. ``wait()`` returns when every message
+    published so far is stored; it raises :class:`PublishFailed` on any other error, or
+    when no ack at all arrived for :data:`ACK_SILENCE_S` (then the publisher moves to a
+    new generation of reply subjects: late acks of abandoned messages are ignored).
     """
 
     def __init__(self, nc: NatsClient) -> None:
         self.nc = nc
         self._base = nc.new_inbox()
         self._generation = 0
-        self.reply = f"{self._base}.0"
-        self.outstanding = 0
+        self._n = 0
+        self._pending: dict[int, tuple[str, bytes, dict[str, str], int]] = {}
         self.error: str | None = None
-        self._all_acked = asyncio.Event()
-        self._all_acked.set()
+        self.full_since: float | None = None  # the stream refused us as full since then
+        self._progress = time.monotonic()
+        self._changed = asyncio.Event()
+        self._retries: set[asyncio.Future[None]] = set()
         self._sub: Any = None
 
+    @property
+    def outstanding(self) -> int:
+        return len(self._pending)
+
     async def open(self) -> AckedPublisher:
-        self._sub = await self.nc.subscribe(f"{self._base}.*", cb=self._on_ack)
+        self._sub = await self.nc.subscribe(f"{self._base}.>", cb=self._on_ack)
         return self
 
-    async def _on_ack(self, msg: Msg) -> None:
-        if msg.subject != self.reply:
-            return  # an ack of an abandoned generation
-        if b'"error"' in msg.data or not msg.data:
-            self.error = msg.data.decode("utf-8", "replace") or "no responders (no stream?)"
-        self.outstanding -= 1
-        if self.outstanding <= 0:
-            self._all_acked.set()
+    def _reply(self, n: int) -> str:
+        return f"{self._base}.{self._generation}.{n}"
 
     async def publish(self, subject: str, body: bytes, headers: dict[str, str]) -> None:
-        self.outstanding += 1
-        self._all_acked.clear()
-        await self.nc.publish(subject, body, reply=self.reply, headers=headers)
+        while len(self._pending) >= ACK_WINDOW:
+            await self._wait_change()
+        self._n += 1
+        self._pending[self._n] = (subject, body, headers, 0)
+        await self.nc.publish(subject, body, reply=self._reply(self._n), headers=headers)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        _, gen, n = msg.subject.rsplit(".", 2)
+        entry = self._pending.get(int(n)) if int(gen) == self._generation else None
+        if entry is None:
+            return  # an ack of an abandoned generation, or a duplicate
+        self._progress = time.monotonic()
+        data = msg.data
+        if data and b'"error"' in data:
+            if _stream_full(data):
+                self.full_since = self.full_since or self._progress
+                subject, body, headers, tries = entry
+                self._pending[int(n)] = (subject, body, headers, tries + 1)
+                delay = min(0.02 * 2**tries, 1.0)
+                asyncio.get_running_loop().call_later(delay, self._republish, int(n), int(gen))
+                return
+            self.error = msgspec.json.decode(data).get("error", {}).get("description", "error")
+        elif not data:
+            self.error = "no responders (the flow's stream is missing: deploy it again)"
+        else:
+            self.full_since = None
+        del self._pending[int(n)]
+        self._changed.set()
+
+    def _republish(self, n: int, generation: int) -> None:
+        entry = self._pending.get(n)
+        if entry is None or generation != self._generation or self.nc.is_closed:
+            return
+        subject, body, headers, _ = entry
+        task = asyncio.ensure_future(self.nc.publish(subject, body, reply=self._reply(n),
+                                                     headers=headers))
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    async def _wait_change(self) -> None:
+        self._changed.clear()
+        try:
+            async with asyncio.timeout(1.0):
+                await self._changed.wait()
+        except TimeoutError:
+            pass
+        if self._pending and time.monotonic() - self._progress > ACK_SILENCE_S:
+            self._abandon()
+            raise PublishFailed(f"no JetStream ack for {ACK_SILENCE_S:g} s")
 
     def _abandon(self) -> None:
         self._generation += 1
-        self.reply = f"{self._base}.{self._generation}"
-        self.outstanding = 0
+        self._pending.clear()
         self.error = None
-        self._all_acked.set()
+        self.full_since = None
 
-    async def wait(self, timeout: float = 10.0) -> None:
-        if self.outstanding > 0:
+    async def wait(self) -> None:
+        """Return when everything published so far is stored (see the class doc)."""
+        if self._pending:
             await self.nc.flush()
-            try:
-                await asyncio.wait_for(self._all_acked.wait(), timeout)
-            except TimeoutError:
-                self._abandon()
-                raise PublishFailed("timed out waiting for JetStream acks") from None
+            self._progress = max(self._progress, time.monotonic() - ACK_SILENCE_S / 2)
+        while self._pending:
+            await self._wait_change()
         if self.error is not None:
             error, self.error = self.error, None
             raise PublishFailed(error)
@@ -150,3 +151,93 @@ class AckedPublisher:
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
+
+
+class Puller:
+    """Pulls a durable consumer into ``handle`` (one call per message, in order).
+
+    One pull request of :data:`PULL_BATCH` messages at a time, each with its own reply
+    subject; messages are handled as they arrive (no per-message task, uuid or
+    ``wait_for``). ``settle`` runs when a request is complete and whenever the input goes
+    idle, so acks are batched under load and prompt at low rates.
+    """
+
+    def __init__(self, nc: NatsClient, stream: str, durable: str,
+                 handle: Callable[[Msg], Awaitable[None]],
+                 settle: Callable[[], Awaitable[None]]) -> None:
+        self.nc = nc
+        self._api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._handle = handle
+        self._settle = settle
+        self._inbox = nc.new_inbox()
+        self._k = 0
+        self._remaining = 0
+        self._done = asyncio.Event()
+        self._sub: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._request = msgspec.json.encode(
+            {"batch": PULL_BATCH, "expires": int(PULL_EXPIRES_S * 1e9)})
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_msg,
+                                            pending_msgs_limit=4 * PULL_BATCH + 64)
+        self._task = asyncio.create_task(self._loop(), name=f"pull {self._api}")
+
+    async def _loop(self) -> None:
+        while True:
+            self._k += 1
+            self._remaining = PULL_BATCH
+            self._done.clear()
+            try:
+                await self.nc.publish(self._api, self._request, reply=f"{self._inbox}.{self._k}")
+                async with asyncio.timeout(PULL_EXPIRES_S + 2):
+                    await self._done.wait()
+            except TimeoutError:
+                pass  # lost with a reconnect: ask again
+            except Exception:  # not connected: wait, then ask again
+                await asyncio.sleep(0.5)
+            await self._settle()
+
+    async def _on_msg(self, msg: Msg) -> None:
+        current = msg.subject.endswith(f".{self._k}")
+        if msg.headers and msg.headers.get("Status"):
+            if current and msg.headers["Status"] != "100":
+                self._done.set()  # 408 expired, 409 ...: this request is over
+            return
+        if self._closing:
+            return  # never acked: delivered again after the ack wait
+        self._idle.clear()
+        try:
+            await self._handle(msg)
+        finally:
+            self._idle.set()
+        if current:
+            self._remaining -= 1
+            if self._remaining <= 0:
+                self._done.set()
+                return
+        if self._sub is not None and self._sub.pending_msgs == 0:
+            await self._settle()  # idle: ack what is done now
+
+    async def stop(self) -> None:
+        """Stop asking; a message being handled finishes. What was delivered but not
+        handled is never acked: the server delivers it again after the ack wait."""
+        self._closing = True
+        try:
+            async with asyncio.timeout(3.0):
+                await self._idle.wait()
+        except TimeoutError:
+            pass
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                return

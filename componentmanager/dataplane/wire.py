@@ -1,12 +1,19 @@
-"""What travels on a data subject, as pure functions: event encoding and metadata headers.
+"""What travels on a data subject, as pure functions: events, frames and the one header.
 
-* Events travel as JSON bodies (msgspec, encoded once per event) on
-  ``flowctl.<flow>.<node>.<port>``; metadata rides in headers (:data:`HDR_ID`,
-  :data:`HDR_SOURCE`, :data:`HDR_TIME`), so ``nats sub 'flowctl.orders.>'`` shows
-  readable events and anything that publishes JSON to a subject can feed a flow.
-* Dead letters carry the reason in :data:`HDR_ERROR`.
+A data message carries **one event** or a **frame** of N events:
 
-No I/O here; publishing and consuming are :mod:`.streams` and the runners.
+* one event: its JSON (msgspec, never containing a newline), e.g. ``{"seq":1}``;
+* a frame: the events' JSON joined by newlines (JSON lines, readable in ``nats sub``).
+
+Every message a flowctl component publishes has one metadata header, :data:`HDR_META`
+(``Flowctl``): ``<id of the first event> <count> <unix time>``, e.g.
+``gen.0.a1b2c3-1025 64 1764080000.123456``. Event ``i`` of the frame has the id
+``gen.0.a1b2c3-<1025+i>`` (``<node>.<replica>.<instance>-<n>``). A message without the
+header is one event (anything that publishes JSON to a subject can feed a flow); a
+message with a count of 1 is one event too. Dead letters carry the reason in
+:data:`HDR_ERROR` and the failed event's own id in :data:`HDR_META` (count 1).
+
+No I/O here; publishing and consuming are :mod:`.emit`, :mod:`.streams` and the runners.
 """
 
 from __future__ import annotations
@@ -16,10 +23,12 @@ from typing import Any
 
 import msgspec
 
-HDR_ID = "Flowctl-Id"
-HDR_SOURCE = "Flowctl-Source"
-HDR_TIME = "Flowctl-Time"
+HDR_META = "Flowctl"
 HDR_ERROR = "Flowctl-Error"
+
+#: A frame is cut at this many events or bytes (whichever comes first).
+FRAME_EVENTS = 128
+FRAME_BYTES = 128 * 1024
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
@@ -37,20 +46,66 @@ def decode(data: bytes) -> Any:
         return {"data": data.decode("utf-8", "replace")}
 
 
-class EventIds:
-    """Metadata headers for one emitting replica: ids are ``<node>.<replica>.<instance>-<n>``."""
+def frame_count(headers: dict[str, str] | None) -> int:
+    """How many events a message carries (1 without a flowctl header)."""
+    meta = headers.get(HDR_META) if headers else None
+    if not meta:
+        return 1
+    try:
+        return max(1, int(meta.split(" ", 2)[1]))
+    except (IndexError, ValueError):
+        return 1
 
-    __slots__ = ("_n", "_prefix", "source")
+
+def split_frame(data: bytes, count: int) -> list[bytes]:
+    """The events' bodies in a message that carries ``count`` events."""
+    return data.split(b"\n") if count > 1 else [data]
+
+
+def decode_frame(data: bytes, count: int) -> list[Any]:
+    """The events of a message (one JSON array decode for a well-formed frame; a frame
+    with a line that is not JSON falls back to line by line, that line becoming
+    ``{"data": text}`` as a single event would)."""
+    if count <= 1:
+        return [decode(data)]
+    try:
+        return _decoder.decode(b"[" + data.replace(b"\n", b",") + b"]")
+    except msgspec.DecodeError:
+        return [decode(line) for line in data.split(b"\n")]
+
+
+def event_id(headers: dict[str, str] | None, index: int) -> str | None:
+    """The id of event ``index`` of a message, derived from its header."""
+    meta = headers.get(HDR_META) if headers else None
+    if not meta:
+        return None
+    first = meta.split(" ", 1)[0]
+    prefix, _, n = first.rpartition("-")
+    return f"{prefix}-{int(n) + index}" if n.isdigit() else first
+
+
+class EventIds:
+    """Ids for one emitting replica: ``<node>.<replica>.<instance>-<n>``, n from 1."""
+
+    __slots__ = ("_n", "_prefix")
 
     def __init__(self, node: str, replica: int, instance: str) -> None:
-        self.source = node
         self._prefix = f"{node}.{replica}.{instance}-"
         self._n = 0
 
-    def headers(self) -> dict[str, str]:
-        self._n += 1
-        return {
-            HDR_ID: f"{self._prefix}{self._n}",
-            HDR_SOURCE: self.source,
-            HDR_TIME: f"{time.time():.6f}",
-        }
+    def header(self, count: int) -> dict[str, str]:
+        """The header of the next message, carrying ``count`` events."""
+        first = self._n + 1
+        self._n += count
+        return {HDR_META: f"{self._prefix}{first} {count} {time.time():.6f}"}
+
+
+def dead_letter_headers(headers: dict[str, str] | None, index: int, error: str) -> dict[str, str]:
+    """Headers of the dead letter of event ``index`` of a message."""
+    out = {HDR_ERROR: error[:1000]}
+    eid = event_id(headers, index)
+    if eid is not None:
+        meta = headers.get(HDR_META, "") if headers else ""
+        stamp = meta.split(" ")[2] if meta.count(" ") >= 2 else f"{time.time():.6f}"
+        out[HDR_META] = f"{eid} 1 {stamp}"
+    return out

@@ -28,12 +28,19 @@ Variable                       Value
                                replica`` (so replicas on one host do not collide; replica 0
                                gets ``health_port`` itself). The program must answer
                                ``GET /health`` there with 200 once it is ready
+``FLOWCTL_FRAME_PORTS``        JSON list: output ports whose readers all take frames (the
+                               program may publish frames there; single events are fine)
+``FLOWCTL_STREAM``             at-least-once flows, nodes with inputs: the flow's stream
+``FLOWCTL_CONSUMERS``          and its durable pull consumer per input port (JSON object);
+                               the program reads its inputs there and acks each message
+                               once its outputs are stored (the SDK does)
 ``ENABLE_FLOWCTL``             ``true`` (flowctl compatibility)
 ``FLOWCTL_HEARTBEAT_INTERVAL`` the agent's heartbeat as a Go-style duration, e.g. ``2s``
 =============================  ==========================================================
 
-Events are JSON bodies; metadata rides in the headers ``Flowctl-Id``, ``Flowctl-Source``
-and ``Flowctl-Time`` (see :mod:`componentmanager.dataplane`). A process additionally
+A message is one JSON event, or (with ``frames: true`` on the node) a frame of events as
+JSON lines; the header ``Flowctl`` says how many (see :mod:`componentmanager.dataplane.wire`).
+A process additionally
 inherits the agent's own environment (``PATH``, ``HOME``, ...); a container gets only
 the variables above.
 
@@ -51,7 +58,7 @@ import json
 import re
 from collections.abc import Mapping
 
-from flowstore.models import ComponentConfig
+from flowstore.models import ComponentConfig, consumer_name, stream_name
 
 _VAR = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -124,6 +131,7 @@ def component_env(
             "FLOWCTL_DELIVERY": cfg.delivery,
             "FLOWCTL_CONFIG": _json(cfg.config),
             "FLOWCTL_DOWNSTREAM": _json(cfg.downstream),
+            "FLOWCTL_FRAME_PORTS": _json(cfg.frame_ports),
             "ENABLE_FLOWCTL": "true",
             "FLOWCTL_HEARTBEAT_INTERVAL": format_duration(heartbeat_s),
         }
@@ -133,6 +141,10 @@ def component_env(
         port = health_port(cfg, index)
         if port is not None:
             env["FLOWCTL_HEALTH_PORT"] = str(port)
+        if cfg.delivery == "at-least-once" and cfg.inputs:
+            env["FLOWCTL_STREAM"] = stream_name(cfg.flow)
+            env["FLOWCTL_CONSUMERS"] = _json(
+                {port: consumer_name(cfg.node, port) for port in cfg.inputs})
         for key, value in ext.env.items():
             env[key] = expand(str(value), agent_environ, key)
     return env

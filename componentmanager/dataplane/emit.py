@@ -1,0 +1,68 @@
+"""Adaptive framing of what a replica emits: :class:`Outbox`.
+
+``put`` adds an encoded event to its subject's pending frame. The frame goes out at once
+when it is full (:data:`~.wire.FRAME_EVENTS` events or :data:`~.wire.FRAME_BYTES`), or
+when the subject's readers take only single events; otherwise the replica's flusher
+sends it as soon as the emitting code gives the event loop a turn (a linger of zero).
+So a lone event leaves immediately on an idle link, and under load events coalesce into
+frames without any timer: latency stays low at low rates, throughput rises at high ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from componentmanager.dataplane.wire import FRAME_BYTES, FRAME_EVENTS, EventIds
+
+Publish = Callable[[str, bytes, dict[str, str], int], Awaitable[None]]
+
+
+class Outbox:
+    """Pending frames per subject; ``publish(subject, body, headers, count)`` sends one."""
+
+    def __init__(self, ids: EventIds, publish: Publish, framed: set[str]) -> None:
+        self._ids = ids
+        self._publish = publish
+        self._framed = framed  # subjects whose readers all take frames
+        self._frames: dict[str, list[bytes]] = {}
+        self._sizes: dict[str, int] = {}
+        self._wake = asyncio.Event()
+
+    @property
+    def pending(self) -> int:
+        return sum(len(f) for f in self._frames.values())
+
+    async def put(self, subject: str, body: bytes) -> None:
+        if subject not in self._framed:
+            await self._publish(subject, body, self._ids.header(1), 1)
+            return
+        frame = self._frames.get(subject)
+        if frame is None:
+            frame = self._frames[subject] = []
+            self._sizes[subject] = 0
+        frame.append(body)
+        self._sizes[subject] += len(body) + 1
+        if len(frame) >= FRAME_EVENTS or self._sizes[subject] >= FRAME_BYTES:
+            await self._send(subject)
+        else:
+            self._wake.set()
+
+    async def _send(self, subject: str) -> None:
+        frame = self._frames.pop(subject, None)
+        self._sizes.pop(subject, None)
+        if frame:
+            body = frame[0] if len(frame) == 1 else b"\n".join(frame)
+            await self._publish(subject, body, self._ids.header(len(frame)), len(frame))
+
+    async def flush(self) -> None:
+        """Send every pending frame now."""
+        self._wake.clear()
+        for subject in list(self._frames):
+            await self._send(subject)
+
+    async def run_flusher(self) -> None:
+        """The replica's flusher task: sends pending frames whenever the loop turns."""
+        while True:
+            await self._wake.wait()
+            await self.flush()

@@ -1,0 +1,270 @@
+"""How an in-process replica takes its inputs, per delivery mode, and settles them.
+
+* at-most-once: core queue subscriptions. A message is one event or a frame
+  (:mod:`componentmanager.dataplane.wire`). When more than :data:`INPUT_PENDING_MSGS`
+  messages or :data:`INPUT_PENDING_BYTES` wait, the oldest are dropped, each counted
+  with the number of events it carried ("overload (input queue full)"), so memory stays
+  bounded and the connection's reader keeps up (the server never cuts it as a slow
+  consumer). What is still queued when the replica stops is dropped and counted too.
+* at-least-once: a :class:`~componentmanager.dataplane.streams.Puller` per input. An
+  input message is acked once every output it caused is stored (and, for a buffering
+  component, flushed: see :meth:`InputDelivery._settle`). A failing event is retried in
+  place (an :class:`~componentmanager.component.EventError`, like a missing field, is
+  not: it would fail the same way) and then dead-lettered; the frame's other events
+  are not repeated.
+
+Either way an event that fails is counted in ``errors``, dead-lettered to
+``flowctl.<flow>.<node>.dlq`` with the reason, and the replica goes on; once stopped, a
+replica never processes or dead-letters another event. Input handling gives the loop a
+turn every :data:`YIELD_EVERY` events, so one busy input cannot starve the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+from nats.aio.msg import Msg
+
+from componentmanager.component import EventError
+from componentmanager.dataplane import (
+    DEFAULT_ACK_WAIT_S,
+    DEFAULT_MAX_DELIVER,
+    PublishFailed,
+    Puller,
+    dead_letter_headers,
+    decode_frame,
+    encode,
+    frame_count,
+)
+from componentmanager.dataplane.accounting import shape
+from flowstore.models import dlq_subject, stream_name
+from flowstore.streams import ensure_consumer
+
+log = structlog.get_logger("flowctl.replica")
+
+#: A core input's queue: past this, the oldest messages are dropped (counted).
+INPUT_PENDING_MSGS = 8192
+INPUT_PENDING_BYTES = 32 * 2**20
+#: Inputs held unacked by a buffering component before it is flushed (keep below the
+#: consumer's max_ack_pending) and how long they may wait (below its ack_wait).
+HOLD_MAX = 500
+HOLD_AGE_S = DEFAULT_ACK_WAIT_S / 2
+#: Pauses between the in-place attempts of a failing event (at-least-once).
+RETRY_PAUSES_S = (0.1, 0.2, 0.4, 0.8)[: DEFAULT_MAX_DELIVER - 1]
+#: Input handling gives the loop a turn after this many events.
+YIELD_EVERY = 8
+
+
+class InputDelivery:
+    """Mixin of :class:`~componentmanager.runners.inprocess.InProcessReplica`: inputs."""
+
+    # provided by the replica
+    nc: Any
+    flow: str
+    node: str
+    key: str
+    cfg: Any
+    host: Any
+    counters: Any
+    component: Any
+    last_error: str | None
+    _acked: bool
+    _publisher: Any
+    _outbox: Any
+    _subs: list[Any]
+    _pullers: list[Puller]
+    _unacked: list[Msg]
+    _unacked_since: float | None
+    _settling: asyncio.Lock
+    _inflight: int = 0
+    _since_yield: int = 0
+
+    async def _open_inputs(self) -> None:
+        for port, subjects in self.cfg.inputs.items():
+            if not subjects:
+                continue
+            if self._acked:
+                durable = await ensure_consumer(self.nc, self.flow, self.node, port, subjects)
+                puller = Puller(self.nc, stream_name(self.flow), durable,
+                                self._pulled_handler(port), self._settle)
+                self._pullers.append(puller)
+                await puller.start()
+                continue
+            for subject in subjects:
+                holder: list[Any] = []
+                sub = await self.nc.subscribe(
+                    subject, queue=self.cfg.queue, cb=self._core_handler(port, holder),
+                    pending_msgs_limit=4 * INPUT_PENDING_MSGS,
+                    pending_bytes_limit=4 * INPUT_PENDING_BYTES,
+                )
+                holder.append(sub)
+                self.host.drops.own(sub, self._overflowed)  # the safety net's drops
+                self._subs.append(sub)
+
+    def _overflowed(self, count: int) -> None:
+        self.counters.drop(count, "overload (input queue full)")
+
+    # -- at-most-once -----------------------------------------------------------------------
+    def _core_handler(self, port: str, holder: list[Any]):  # type: ignore[no-untyped-def]
+        async def on_msg(msg: Msg) -> None:
+            comp = self.component
+            if comp is None:  # stopped: never process or dead-letter another event
+                self.counters.drop(frame_count(msg.headers), "replica stopped with events queued")
+                return
+            sub = holder[0] if holder else None
+            if sub is not None and (sub.pending_msgs > INPUT_PENDING_MSGS
+                                    or sub.pending_bytes > INPUT_PENDING_BYTES):
+                self._overflowed(frame_count(msg.headers))  # shed the oldest, counted
+                return
+            events = decode_frame(msg.data, frame_count(msg.headers))
+            self._inflight += 1
+            try:
+                for index, event in enumerate(events):
+                    if self.component is not comp:  # stopped mid-frame
+                        self.counters.drop(len(events) - index, "replica stopped")
+                        return
+                    self.counters.in_ += 1
+                    try:
+                        await comp.process(port, event)
+                    except Exception as exc:
+                        await self._failed_event(port, msg, index, event, exc)
+                    await self._take_turns()
+            finally:
+                self._inflight -= 1
+
+        return on_msg
+
+    async def _take_turns(self) -> None:
+        """A turn for the connection's reader and the other inputs every YIELD_EVERY
+        events, so they keep up while a big frame is processed."""
+        self._since_yield += 1
+        if self._since_yield >= YIELD_EVERY:
+            self._since_yield = 0
+            await asyncio.sleep(0)
+
+    async def _wait_inflight(self, timeout: float = 2.0) -> None:
+        """Let a handler that is mid-frame see the stop and return (bounded)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._inflight and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+
+    # -- at-least-once ----------------------------------------------------------------------
+    def _pulled_handler(self, port: str):  # type: ignore[no-untyped-def]
+        async def on_msg(msg: Msg) -> None:
+            comp = self.component
+            if comp is None:
+                return  # never acked: delivered again after the ack wait
+            events = decode_frame(msg.data, frame_count(msg.headers))
+            for index, event in enumerate(events):
+                if self.component is not comp:
+                    return  # stopped mid-frame: never acked, delivered again
+                self.counters.in_ += 1
+                await self._process_with_retries(comp, port, msg, index, event)
+                await self._take_turns()
+            async with self._settling:
+                self._unacked.append(msg)
+                if not self._unacked_since:
+                    self._unacked_since = asyncio.get_running_loop().time()
+
+        return on_msg
+
+    async def _process_with_retries(self, comp: Any, port: str, msg: Msg, index: int,
+                                    event: Any) -> None:
+        for pause in (*RETRY_PAUSES_S, None):
+            try:
+                await comp.process(port, event)
+                return
+            except EventError as exc:  # the same event fails the same way: no retry
+                await self._failed_event(port, msg, index, event, exc)
+                return
+            except Exception as exc:
+                if pause is None or self.component is None:
+                    await self._failed_event(port, msg, index, event, exc)
+                    return
+                await asyncio.sleep(pause)
+
+    async def _settle(self, force: bool = False) -> None:
+        """Ack processed inputs once their outputs are stored and nothing of them is held.
+
+        A component holding inputs (``held()``) keeps them unacked until it emits or
+        flushes; when too many (HOLD_MAX) or too old (HOLD_AGE_S) wait, it is flushed.
+        If the outputs cannot be stored, the inputs are nak'ed for redelivery.
+        """
+        comp, publisher = self.component, self._publisher
+        if comp is None or publisher is None:
+            return
+        async with self._settling:
+            if not self._unacked:
+                return
+            age = asyncio.get_running_loop().time() - (self._unacked_since or 0.0)
+            if comp.held() and (force or len(self._unacked) >= HOLD_MAX or age >= HOLD_AGE_S):
+                try:
+                    await comp.flush()
+                except Exception as exc:
+                    self.counters.errors += 1
+                    self.last_error = f"flush: {exc}"
+            try:
+                await self._outbox.flush()
+                await publisher.wait()
+            except PublishFailed as exc:
+                log.warning("outputs not stored; redelivery", replica=self.key, error=str(exc))
+                batch, self._unacked, self._unacked_since = self._unacked, [], None
+                for msg in batch:
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=1.0)
+                return
+            if comp.held():
+                return  # still buffered: acked after a later emit or flush
+            batch, self._unacked, self._unacked_since = self._unacked, [], None
+            for msg in batch:
+                with contextlib.suppress(Exception):
+                    await msg.ack()
+
+    # -- failures ---------------------------------------------------------------------------
+    async def _failed_event(self, port: str, msg: Msg | None, index: int, event: Any,
+                            exc: Exception) -> None:
+        """Count, log (once per interval for the same failure), dead-letter, go on."""
+        error = str(exc) if isinstance(exc, EventError) else f"{type(exc).__name__}: {exc}"
+        self._count_error(f"event on port {port}: {error}")
+        headers = dead_letter_headers(msg.headers if msg else None, index, error)
+        await self._dead_letter(encode(event), headers)
+
+    async def reject(self, data: bytes, reason: str) -> None:
+        self._count_error(reason)
+        await self._dead_letter(data, dead_letter_headers(None, 0, reason))
+
+    def _count_error(self, error: str) -> None:
+        self.counters.errors += 1
+        self.last_error = error
+        if self.host.throttle.admit(("event failed", self.key, shape(error))):
+            log.warning("event failed", replica=self.key, error=error)
+
+    async def _dead_letter(self, data: bytes, headers: dict[str, str]) -> None:
+        """Publish to the node's dead-letter subject (stored in FLOWCTL_DLQ); with
+        at-least-once the store is confirmed before the input can be acked."""
+        subject = dlq_subject(self.flow, self.node)
+        try:
+            if self._acked:
+                await self.nc.jetstream().publish(subject, data, headers=headers)
+            else:
+                await self.nc.publish(subject, data, headers=headers)
+        except Exception as dlq_exc:
+            if self.host.throttle.admit(("dead-letter failed", self.key, shape(str(dlq_exc)))):
+                log.warning("dead-letter failed", replica=self.key, error=str(dlq_exc))
+
+    async def _close_input(self, sub: Any, timeout: float = 2.0) -> None:
+        """Unsubscribe a core input, letting delivered messages finish (bounded); what is
+        still queued after that is lost: counted in ``dropped``. Never raises."""
+        try:
+            await asyncio.wait_for(sub.drain(), timeout)
+        except Exception:
+            queued = list(getattr(sub._pending_queue, "_queue", ()))  # events, not messages
+            left = sum(frame_count(m.headers) for m in queued) if queued else sub.pending_msgs
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            if left:
+                self.counters.drop(left, "replica stopped with events queued")
+        self.host.drops.release(sub)

@@ -1,0 +1,137 @@
+"""The JetStream streams of flows, defined once (the engine creates them at deploy; agents
+and the SDK only bind to them, recreating one only if someone removed it).
+
+* ``FLOWCTL_<flow>``: the buffer of an at-least-once flow. Its subjects are the flow's
+  output subjects (``flowctl.<flow>.<node>.<port>``). Interest retention: an event is kept
+  until every node input reading it has acked it, and each input's durable consumer
+  exists from deploy on, so nothing is lost to a late consumer. ``max_bytes`` is the
+  flow's ``spec.buffer``, with new messages refused when full: publishers wait and retry
+  (backpressure), the stream never grows past it.
+* ``FLOWCTL_DLQ``: dead letters of every flow (``flowctl.<flow>.<node>.dlq``), kept
+  :data:`DLQ_MAX_AGE_S` or up to :data:`DLQ_MAX_BYTES` (oldest dropped first); it
+  survives undeploy.
+"""
+
+from __future__ import annotations
+
+from nats.aio.client import Client as NatsClient
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+
+from flowstore.models import ComponentConfig, consumer_name, stream_name
+
+DLQ_STREAM = "FLOWCTL_DLQ"
+DLQ_SUBJECTS = ["flowctl.*.*.dlq"]
+DLQ_MAX_AGE_S = 7 * 24 * 3600.0
+DLQ_MAX_BYTES = 256 * 2**20
+
+DEFAULT_MAX_DELIVER = 5
+DEFAULT_MAX_ACK_PENDING = 1000
+DEFAULT_ACK_WAIT_S = 10.0
+
+
+def flow_stream_config(flow: str, subjects: list[str], max_bytes: int,
+                       replicas: int = 1) -> StreamConfig:
+    return StreamConfig(
+        name=stream_name(flow),
+        subjects=sorted(subjects),
+        retention=RetentionPolicy.INTEREST,
+        discard=DiscardPolicy.NEW,
+        max_bytes=max_bytes,
+        num_replicas=replicas,
+        description=f"flowctl at-least-once flow {flow}",
+    )
+
+
+def consumer_config(node: str, port: str, subjects: list[str]) -> ConsumerConfig:
+    """The durable pull consumer of one node input, shared by the node's replicas."""
+    return ConsumerConfig(
+        durable_name=consumer_name(node, port),
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=DEFAULT_ACK_WAIT_S,
+        max_deliver=DEFAULT_MAX_DELIVER,
+        max_ack_pending=DEFAULT_MAX_ACK_PENDING,
+        filter_subjects=subjects if len(subjects) > 1 else None,
+        filter_subject=subjects[0] if len(subjects) == 1 else None,
+    )
+
+
+def output_subjects(configs: list[ComponentConfig]) -> list[str]:
+    return sorted({s for cfg in configs for s in cfg.outputs.values()})
+
+
+async def ensure_flow_stream(nc: NatsClient, flow: str, subjects: list[str], max_bytes: int,
+                             replicas: int = 1) -> None:
+    """Create the flow's stream, or bring its subjects and byte limit up to date."""
+    js = nc.jetstream()
+    wanted = flow_stream_config(flow, subjects, max_bytes, replicas)
+    try:
+        info = await js.stream_info(wanted.name)
+    except NotFoundError:
+        try:
+            await js.add_stream(wanted)
+            return
+        except BadRequestError:
+            info = await js.stream_info(wanted.name)  # created concurrently
+    current = info.config
+    if sorted(current.subjects or []) != wanted.subjects or current.max_bytes != max_bytes:
+        current.subjects, current.max_bytes = wanted.subjects, max_bytes
+        await js.update_stream(current)
+
+
+async def ensure_consumer(nc: NatsClient, flow: str, node: str, port: str,
+                          subjects: list[str]) -> str:
+    """The durable consumer of one node input; replaced when its subjects changed."""
+    js = nc.jetstream()
+    config = consumer_config(node, port, subjects)
+    try:
+        await js.add_consumer(stream_name(flow), config)
+    except BadRequestError:
+        await js.delete_consumer(stream_name(flow), config.durable_name)
+        await js.add_consumer(stream_name(flow), config)
+    return str(config.durable_name)
+
+
+async def ensure_flow_streams(nc: NatsClient, flow: str, configs: list[ComponentConfig],
+                              max_bytes: int, replicas: int = 1) -> None:
+    """Everything an at-least-once flow needs before its first event: the stream and a
+    durable consumer per node input (and the shared dead-letter stream)."""
+    await ensure_dlq_stream(nc, replicas)
+    await ensure_flow_stream(nc, flow, output_subjects(configs), max_bytes, replicas)
+    for cfg in configs:
+        for port, subjects in cfg.inputs.items():
+            if subjects:
+                await ensure_consumer(nc, flow, cfg.node, port, subjects)
+
+
+async def ensure_dlq_stream(nc: NatsClient, replicas: int = 1) -> bool:
+    """Create the dead-letter stream if missing. False when the server refuses it (a
+    stream of flowctl 0.1 still covers ``flowctl.<flow>.>``): dead letters are then
+    published but not kept."""
+    js = nc.jetstream()
+    try:
+        await js.stream_info(DLQ_STREAM)
+        return True
+    except NotFoundError:
+        pass
+    config = StreamConfig(
+        name=DLQ_STREAM, subjects=DLQ_SUBJECTS, retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.OLD, max_age=DLQ_MAX_AGE_S, max_bytes=DLQ_MAX_BYTES,
+        num_replicas=replicas, description="flowctl dead letters of every flow",
+    )
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        try:
+            await js.stream_info(DLQ_STREAM)  # created concurrently
+        except NotFoundError:
+            return False
+    return True
