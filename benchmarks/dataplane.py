@@ -1,21 +1,34 @@
-"""Events per second through generate -> transform across two agent processes, next to
-a raw nats-py publish -> relay -> subscribe chain measured in the same run.
+"""Events per second through flowctl chains, next to a raw nats-py relay measured in the
+same run.
 
-    python benchmarks/dataplane.py [--events 100000] [--rounds 2]
+    python benchmarks/dataplane.py [--events 200000] [--rounds 3]
 
-Both chains have the same shape: a publishing process, a relaying process that decodes,
-adds a field and re-encodes, and this process counting what comes out. flowctl's chain
-is two real `flowctl agent`s (generate placed on one, transform on the other); its
-events also carry the metadata headers. Throughput is measured between the first and
-the last event received, so start-up is not counted. Prints the ratio flowctl / raw.
+Baseline: a raw nats-py publisher process -> a relay process (decode, add a field,
+encode, publish) -> this process counting messages (one event each).
+
+flowctl: real `flowctl agent` processes (bench-a, bench-b). "2 stages" is generate (on
+bench-a) -> transform (bench-b) -> file sink (bench-b); "8 stages" is generate -> 7
+transforms placed alternately on the two agents -> file sink. Events are counted at the
+sink: the file it writes (on tmpfs) is tailed and its lines counted, so frames are
+unpacked and nothing is counted before it was really delivered. Throughput is measured
+between the first and the last event written; start-up is not counted. For
+at-most-once, events dropped under overload are counted by flowctl and reported (the
+rate is of what was delivered).
+
+Every configuration runs ``--rounds`` times, interleaved, so the machine's noise is
+shared; the median and the spread (min-max) are printed, with ratios of medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import statistics
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -27,28 +40,62 @@ from flowstore.nats import NatsOptions, connect
 from flowstore.server import EmbeddedNats
 
 HERE = Path(__file__).resolve().parent
-
-FLOW = """\
-apiVersion: flowctl/v1
-kind: Flow
-metadata: {{name: {name}}}
-spec:
-  delivery: {delivery}
-  sources:
-    - id: gen
-      type: generate
-      config: {{count: {n}, template: {{greeting: hello}}}}
-      placement: {{agent: bench-a}}
-  processors:
-    - id: work
-      type: transform
-      inputs: [gen]
-      config: {{set: {{double: "seq * 2"}}}}
-      placement: {{agent: bench-b}}
-"""
+TMP = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
-async def raw(url: str, n: int) -> float:
+def chain_flow(name: str, n: int, delivery: str, stages: int, out: Path) -> str:
+    lines = [
+        "apiVersion: flowctl/v1", "kind: Flow", f"metadata: {{name: {name}}}", "spec:",
+        f"  delivery: {delivery}", "  sources:",
+        "    - id: gen", "      type: generate",
+        f"      config: {{count: {n}, template: {{greeting: hello}}}}",
+        "      placement: {agent: bench-a}", "  processors:",
+    ]
+    upstream = "gen"
+    for i in range(1, stages):
+        agent = "bench-b" if i % 2 else "bench-a"
+        lines += [f"    - id: t{i}", "      type: transform", f"      inputs: [{upstream}]",
+                  f'      config: {{set: {{f{i}: "seq * 2"}}}}',
+                  f"      placement: {{agent: {agent}}}"]
+        upstream = f"t{i}"
+    lines += ["  sinks:", "    - id: out", "      type: file", f"      inputs: [{upstream}]",
+              f'      config: {{path: "{out}"}}', "      placement: {agent: bench-b}"]
+    return "\n".join(lines) + "\n"
+
+
+class FileTail:
+    """Counts the lines of a growing file; the times of the first and the latest."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+        self.first = self.last = 0.0
+
+    async def until(self, done: asyncio.Event) -> None:
+        while not self.path.exists():
+            if done.is_set():
+                return
+            await asyncio.sleep(0.01)
+        with open(self.path, "rb") as fh:
+            while True:
+                chunk = fh.read(1 << 20)
+                if chunk:
+                    now = time.perf_counter()
+                    if not self.count:
+                        self.first = now
+                    self.count += chunk.count(b"\n")
+                    self.last = now
+                    continue
+                if done.is_set():
+                    return
+                await asyncio.sleep(0.005)
+
+    def rate(self) -> float:
+        span = self.last - self.first
+        return (self.count - 1) / span if self.count > 1 and span > 0 else 0.0
+
+
+async def raw(url: str, n: int) -> tuple[float, int]:
     nc = await connect(NatsOptions(url=url))
     counter = Counter(n)
     await nc.subscribe("raw.out", cb=counter.on_msg, pending_msgs_limit=2_000_000)
@@ -67,45 +114,58 @@ async def raw(url: str, n: int) -> float:
     finally:
         stop_all([relay])
         await nc.close()
-    return counter.rate()
+    return counter.rate(), 0
 
 
-async def flowctl(url: str, n: int, delivery: str, name: str) -> float:
+async def flowctl(url: str, n: int, delivery: str, stages: int, name: str) -> tuple[float, int]:
     nc = await connect(NatsOptions(url=url))
-    counter = Counter(n)
-    await nc.subscribe(f"flowctl.{name}.work.out", cb=counter.on_msg,
-                       pending_msgs_limit=2_000_000)
-    await nc.flush()
     engine = await FlowEngine.open(nc)
-    loaded = parse_flow(FLOW.format(name=name, n=n, delivery=delivery))
-    await engine.apply(loaded.name, loaded.spec)
-    await engine.deploy(loaded.name)
-    await engine.start(loaded.name)
-    try:
-        await asyncio.wait_for(_drained(engine, name, counter), 600)
-    finally:
-        await engine.undeploy(loaded.name, force=True)
-        await nc.close()
-    return counter.rate()
+    with tempfile.TemporaryDirectory(dir=TMP) as tmp:
+        out = Path(tmp) / "out.jsonl"
+        loaded = parse_flow(chain_flow(name, n, delivery, stages, out))
+        done = asyncio.Event()
+        tail = FileTail(out)
+        tailing = asyncio.create_task(tail.until(done))
+        await engine.apply(loaded.name, loaded.spec)
+        await engine.deploy(loaded.name)
+        await engine.start(loaded.name)
+        try:
+            dropped = await asyncio.wait_for(_delivered(engine, name, tail, n), 600)
+        finally:
+            done.set()
+            await tailing
+            await engine.undeploy(loaded.name, force=True)
+            await nc.close()
+    return tail.rate(), dropped
 
 
-async def _drained(engine: FlowEngine, name: str, counter: Counter) -> None:
-    """Every event arrived, or (at-most-once under overload) every event the source
-    emitted was either relayed or counted as dropped, and every relayed one arrived."""
-    while not counter.done.is_set():
-        st = {f"{s.node}": s for s in await engine.list_status(name)}
-        gen, work = st.get("gen"), st.get("work")
-        if gen and work and gen.state.value == "completed":
-            c = work.counters
-            if c.in_ + c.dropped >= gen.counters.out and counter.count >= c.out:
-                if c.dropped:
-                    print(f"  {name}: relay dropped {c.dropped:,} of {gen.counters.out:,} "
-                          "(overload, counted)")
-                return
-        await asyncio.sleep(0.2)
+async def _delivered(engine: FlowEngine, name: str, tail: FileTail, n: int) -> int:
+    """Wait until the sink wrote every event, or every event is written or counted as
+    dropped somewhere along the chain; returns the dropped count."""
+    while True:
+        await asyncio.sleep(0.1)
+        if tail.count >= n:
+            return 0
+        statuses = await engine.list_status(name)
+        dropped = sum(s.counters.dropped + s.counters.errors for s in statuses)
+        source_done = any(s.node == "gen" and s.state.value == "completed" for s in statuses)
+        if source_done and dropped and tail.count + dropped >= n:
+            await asyncio.sleep(0.5)  # the sink's last flush
+            return dropped
+
+
+def _fmt(values: list[float]) -> str:
+    return (f"{statistics.median(values):>12,.0f} {min(values):>11,.0f} "
+            f"{max(values):>11,.0f}")
 
 
 async def main(n: int, rounds: int) -> None:
+    configs = [("raw nats-py relay (baseline)", None, 0)]
+    for delivery in ("at-most-once", "at-least-once"):
+        for stages in (2, 8):
+            configs.append((f"flowctl {delivery}, {stages} stages", delivery, stages))
+    results: dict[str, list[float]] = {label: [] for label, _, _ in configs}
+    drops: dict[str, list[int]] = {label: [] for label, _, _ in configs}
     with EmbeddedNats() as server:
         url = server.url
         agents = [start_agent(url, "bench-a", "role=a"), start_agent(url, "bench-b", "role=b")]
@@ -115,27 +175,32 @@ async def main(n: int, rounds: int) -> None:
             while len(await engine.live_agents()) < 2:
                 await asyncio.sleep(0.1)
             await nc.close()
-            results: dict[str, list[float]] = {"raw": [], "at-most-once": [], "at-least-once": []}
             for r in range(rounds):
-                results["raw"].append(await raw(url, n))
-                results["at-most-once"].append(await flowctl(url, n, "at-most-once", f"amo{r}"))
-                results["at-least-once"].append(
-                    await flowctl(url, n, "at-least-once", f"alo{r}")
-                )
+                for i, (label, delivery, stages) in enumerate(configs):
+                    if delivery is None:
+                        rate, dropped = await raw(url, n)
+                    else:
+                        rate, dropped = await flowctl(url, n, delivery, stages, f"b{r}-{i}")
+                    results[label].append(rate)
+                    drops[label].append(dropped)
         finally:
             stop_all(agents)
-    best = {k: max(v) for k, v in results.items()}
-    print(f"events per run: {n}, rounds: {rounds} (best of rounds shown)")
-    print(f"{'chain':<34}{'events/s':>12}{'ratio to raw':>14}")
-    print(f"{'raw nats-py relay (baseline)':<34}{best['raw']:>12,.0f}{1.0:>14.2f}")
-    for mode in ("at-most-once", "at-least-once"):
-        label = f"flowctl {mode}"
-        print(f"{label:<34}{best[mode]:>12,.0f}{best[mode] / best['raw']:>14.2f}")
+    base = statistics.median(results[configs[0][0]])
+    print(f"events per run: {n:,}, rounds: {rounds} (median, min, max events/s)")
+    print(f"{'chain':<38}{'median':>12} {'min':>11} {'max':>11} {'ratio':>7}  dropped")
+    for label, _, _ in configs:
+        ratio = statistics.median(results[label]) / base
+        lost = f"{max(drops[label]):,}" if any(drops[label]) else "0"
+        print(f"{label:<38}{_fmt(results[label])} {ratio:>7.2f}  {lost}")
+    for delivery in ("at-most-once", "at-least-once"):
+        two = statistics.median(results[f"flowctl {delivery}, 2 stages"])
+        eight = statistics.median(results[f"flowctl {delivery}, 8 stages"])
+        print(f"{delivery}: 8 stages keep {eight / two:.2f}x the events/s of 2 stages")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     asyncio.run(main(args.events, args.rounds))

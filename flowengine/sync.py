@@ -18,11 +18,17 @@ reads, and the level-triggered writes that the actions of
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from typing import Self, TypeVar
 
 from nats.aio.client import Client as NatsClient
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import (
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+    ServerError,
+)
 from nats.js.kv import KeyValue
 
 from flowengine.errors import ConfigsNotConverged
@@ -247,10 +253,14 @@ class FlowKV:
 
     async def _ensure_streams(self, name: str, spec: FlowSpec,
                               configs: list[ComponentConfig]) -> None:
-        if spec.delivery == "at-least-once":
-            await ensure_flow_streams(self.nc, name, configs, spec.buffer, self.kv_replicas)
-        else:
-            await ensure_dlq_stream(self.nc, self.kv_replicas)
+        try:
+            if spec.delivery == "at-least-once":
+                await ensure_flow_streams(self.nc, name, configs, spec.buffer, self.kv_replicas)
+            else:
+                await ensure_dlq_stream(self.nc, self.kv_replicas)
+        except (NotFoundError, ServerError):  # an undeploy racing us removed the stream
+            await asyncio.sleep(0.05)         # (or is removing it): decide again
+            raise _Retry from None
 
     async def _remove_all(self, name: str, action: str) -> ConfigChanges:
         """Delete every config key of the flow and verify none is left; then its status

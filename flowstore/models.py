@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_serializer
@@ -257,9 +258,14 @@ class ComponentConfig(Record):
     def key(self) -> str:
         return f"{self.flow}.{self.node}"
 
-    def desired_fingerprint(self) -> str:
-        """What, if changed, requires a running replica to restart (not enabled/assignments)."""
+    @cached_property
+    def _fingerprint(self) -> str:
         return self.model_dump_json(exclude={"enabled", "assignments", "flow_revision"})
+
+    def desired_fingerprint(self) -> str:
+        """What, if changed, requires a running replica to restart (not enabled/assignments).
+        Computed once per parsed record (agents compare it on every reconcile)."""
+        return self._fingerprint
 
 
 class Counters(BaseModel):

@@ -47,10 +47,10 @@ async def test_every_transition_and_the_exact_configs(engine: FlowEngine, nc: An
         "kind": "inprocess",
         "config": {"where": "x > 1", "limit": 0},
         "inputs": {"in": ["flowctl.demo.gen.out"]},
-        "outputs": {"out": "flowctl.demo.keep.out"},
+        "outputs": {"out": "flowctl.demo.keep.out"}, "frame_ports": ["out"],
         "queue": "flowctl.demo.keep", "replicas": 2, "assignments": ["agent-1", "agent-1"],
-        "enabled": False, "delivery": "at-most-once", "flow_revision": 1,
-        "downstream": {"out": 1},
+        "enabled": False, "delivery": "at-least-once", "flow_revision": 1,
+        "downstream": {},  # only sources wait for their downstream
     }
     assert stored["demo.gen"]["downstream"] == {"keep": 2, "out": 1}
     assert json.loads(json.dumps(deployed.to_dict()))["changes"]["added"] == [

@@ -154,7 +154,8 @@ async def test_undeploy_and_delete_remove_the_flow_stream(engine: FlowEngine, nc
 async def test_undeploy_of_an_at_most_once_flow_removes_no_stream(
     engine: FlowEngine, nc: Any
 ) -> None:
-    await engine.apply("demo", spec())
+    amo = spec(FLOW.replace("spec:\n", "spec:\n  delivery: at-most-once\n"))
+    await engine.apply("demo", amo)
     await engine.deploy("demo")
     assert (await engine.undeploy("demo")).changes.streams_removed == []
 

@@ -161,7 +161,7 @@ class Agent:
         try:
             await self._announce()
             self.data = DataLoop(
-                self.nats_options, self.agent_name, log_dir=self.log_dir,
+                self.nats_options, self.agent_name, instance=self.instance, log_dir=self.log_dir,
                 allow_inline_code=self.allow_inline_code, heartbeat_s=self.settings.heartbeat,
                 on_changed=self.changed)
             await self.data.start()

@@ -50,11 +50,12 @@ READ_BUFFER = 4 * 2**20
 class DataLoop:
     """Owns the data thread, its loop and connection. Start and close from the agent's loop."""
 
-    def __init__(self, options: NatsOptions, agent_name: str, *, log_dir: str,
+    def __init__(self, options: NatsOptions, agent_name: str, *, instance: str, log_dir: str,
                  allow_inline_code: bool, heartbeat_s: float,
                  on_changed: Callable[[Replica], None]) -> None:
         self.nats_options = options
         self.agent_name = agent_name
+        self.instance = instance  # labels the agent's containers (see runners.watchdog)
         self.log_dir = log_dir
         self.allow_inline_code = allow_inline_code
         self.heartbeat_s = heartbeat_s
