@@ -141,7 +141,9 @@ async def flowctl(url: str, n: int, delivery: str, stages: int, name: str) -> tu
 
 async def _delivered(engine: FlowEngine, name: str, tail: FileTail, n: int) -> int:
     """Wait until the sink wrote every event, or every event is written or counted as
-    dropped somewhere along the chain; returns the dropped count."""
+    dropped somewhere along the chain, or nothing moved for 10 s (then what is missing
+    was lost without being counted, which is reported); returns the events not written."""
+    last, still = -1, 0.0
     while True:
         await asyncio.sleep(0.1)
         if tail.count >= n:
@@ -152,6 +154,12 @@ async def _delivered(engine: FlowEngine, name: str, tail: FileTail, n: int) -> i
         if source_done and dropped and tail.count + dropped >= n:
             await asyncio.sleep(0.5)  # the sink's last flush
             return dropped
+        still = still + 0.1 if tail.count == last else 0.0
+        last = tail.count
+        if source_done and still >= 10:
+            print(f"  {name}: {n - tail.count - dropped:,} events not accounted for "
+                  f"(dropped {dropped:,}, written {tail.count:,})", file=sys.stderr)
+            return n - tail.count
 
 
 def _fmt(values: list[float]) -> str:

@@ -82,7 +82,11 @@ def agent(
         stop = asyncio.Event()
         _stop_on_signals(stop)
         opts = globals_().options()
-        await Agent(settings, opts).run(stop)
+        the_agent = Agent(settings, opts)
+        # `kill -USR1 <pid>`: every task of both loops with its stack, on stderr.
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGUSR1, the_agent.dump_tasks, sys.stderr)
+        await the_agent.run(stop)
 
     run(go())
 

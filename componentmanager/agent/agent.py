@@ -119,6 +119,17 @@ class Agent:
         self._loop_lag_s = 0.0
         self.data: DataLoop | None = None
 
+    def dump_tasks(self, out: Any) -> None:
+        """Print every task of the control and the data loop with its stack (SIGUSR1)."""
+        loops = [("control", self._control_loop)]
+        if self.data is not None and self.data.loop is not None:
+            loops.append(("data", self.data.loop))
+        for name, loop in loops:
+            for task in list(asyncio.all_tasks(loop)):
+                print(f"--- {name} loop: {task.get_name()}", file=out)
+                task.print_stack(limit=12, file=out)
+        out.flush()
+
     def changed(self, replica: Replica) -> None:
         """A replica's status changed (any thread): the status writer writes it."""
         if threading.get_ident() == self._control_thread:

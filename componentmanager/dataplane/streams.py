@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
@@ -23,6 +24,8 @@ __all__ = [
     "ACK_WINDOW", "DEFAULT_ACK_WAIT_S", "DEFAULT_MAX_DELIVER", "AckedPublisher", "PublishFailed",
     "Puller",
 ]
+
+log = structlog.get_logger("flowctl.streams")
 
 #: At most this many published messages (frames) may wait for their JetStream ack.
 ACK_WINDOW = 256
@@ -157,9 +160,10 @@ class Puller:
     """Pulls a durable consumer into ``handle`` (one call per message, in order).
 
     One pull request of :data:`PULL_BATCH` messages at a time, each with its own reply
-    subject; messages are handled as they arrive (no per-message task, uuid or
-    ``wait_for``). ``settle`` runs when a request is complete and whenever the input goes
-    idle, so acks are batched under load and prompt at low rates.
+    subject (for its status messages); messages are handled as they arrive (no
+    per-message task, uuid or ``wait_for``). ``settle`` runs when a request is complete
+    and whenever the input goes idle, so acks are batched under load and prompt at low
+    rates.
     """
 
     def __init__(self, nc: NatsClient, stream: str, durable: str,
@@ -195,16 +199,19 @@ class Puller:
                 await self.nc.publish(self._api, self._request, reply=f"{self._inbox}.{self._k}")
                 async with asyncio.timeout(PULL_EXPIRES_S + 2):
                     await self._done.wait()
+                await self._settle()
             except TimeoutError:
                 pass  # lost with a reconnect: ask again
-            except Exception:  # not connected: wait, then ask again
+            except Exception as exc:  # never let the pulling die: wait, then ask again
+                log.warning("pull failed", consumer=self._api, error=f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(0.5)
-            await self._settle()
 
     async def _on_msg(self, msg: Msg) -> None:
-        current = msg.subject.endswith(f".{self._k}")
+        # A delivered message keeps its stream subject; only status messages come on the
+        # request's reply subject. One request is open at a time, so every message
+        # counts towards it.
         if msg.headers and msg.headers.get("Status"):
-            if current and msg.headers["Status"] != "100":
+            if msg.subject.endswith(f".{self._k}") and msg.headers["Status"] != "100":
                 self._done.set()  # 408 expired, 409 ...: this request is over
             return
         if self._closing:
@@ -214,11 +221,10 @@ class Puller:
             await self._handle(msg)
         finally:
             self._idle.set()
-        if current:
-            self._remaining -= 1
-            if self._remaining <= 0:
-                self._done.set()
-                return
+        self._remaining -= 1
+        if self._remaining <= 0:
+            self._done.set()
+            return
         if self._sub is not None and self._sub.pending_msgs == 0:
             await self._settle()  # idle: ack what is done now
 
