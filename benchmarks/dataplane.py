@@ -7,8 +7,9 @@ Baseline: a raw nats-py publisher process -> a relay process (decode, add a fiel
 encode, publish) -> this process counting messages (one event each).
 
 flowctl: real `flowctl agent` processes (bench-a, bench-b). "2 stages" is generate (on
-bench-a) -> transform (bench-b) -> file sink (bench-b); "8 stages" is generate -> 7
-transforms placed alternately on the two agents -> file sink. Events are counted at the
+bench-a) -> transform (bench-b) -> file sink (bench-a); "8 stages" is generate -> 7
+transforms placed alternately on the two agents -> file sink (on the other agent than
+the last transform), so every hop crosses NATS. Events are counted at the
 sink: the file it writes (on tmpfs) is tailed and its lines counted, so frames are
 unpacked and nothing is counted before it was really delivered. Throughput is measured
 between the first and the last event written; start-up is not counted. For
@@ -58,8 +59,9 @@ def chain_flow(name: str, n: int, delivery: str, stages: int, out: Path) -> str:
                   f'      config: {{set: {{f{i}: "seq * 2"}}}}',
                   f"      placement: {{agent: {agent}}}"]
         upstream = f"t{i}"
+    sink_agent = "bench-a" if (stages - 1) % 2 else "bench-b"  # not where the last stage is
     lines += ["  sinks:", "    - id: out", "      type: file", f"      inputs: [{upstream}]",
-              f'      config: {{path: "{out}"}}', "      placement: {agent: bench-b}"]
+              f'      config: {{path: "{out}"}}', f"      placement: {{agent: {sink_agent}}}"]
     return "\n".join(lines) + "\n"
 
 

@@ -2,16 +2,19 @@
 
 ``put`` adds an encoded event to its subject's pending frame. The frame goes out at once
 when it is full (:data:`~.wire.FRAME_EVENTS` events or :data:`~.wire.FRAME_BYTES`), or
-when the subject's readers take only single events; otherwise the replica's flusher
-sends it as soon as the emitting code gives the event loop a turn (a linger of zero).
-So a lone event leaves immediately on an idle link, and under load events coalesce into
-frames without any timer: latency stays low at low rates, throughput rises at high ones.
+when the subject's readers take only single events. Otherwise: while an input message
+is being handled (:meth:`Outbox.handling`), at its end, so one input frame makes one
+output frame; else (a source, a timer) the replica's flusher sends it as soon as the
+emitting code gives the event loop a turn (a linger of zero). So a lone event leaves
+immediately on an idle link, and under load events coalesce into frames without any
+timer: latency stays low at low rates, throughput rises at high ones.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from componentmanager.dataplane.wire import FRAME_BYTES, FRAME_EVENTS, EventIds
 
@@ -28,6 +31,7 @@ class Outbox:
         self._frames: dict[str, list[bytes]] = {}
         self._sizes: dict[str, int] = {}
         self._wake = asyncio.Event()
+        self._handling = 0
 
     @property
     def pending(self) -> int:
@@ -45,8 +49,19 @@ class Outbox:
         self._sizes[subject] += len(body) + 1
         if len(frame) >= FRAME_EVENTS or self._sizes[subject] >= FRAME_BYTES:
             await self._send(subject)
-        else:
+        elif not self._handling:
             self._wake.set()
+
+    @contextlib.asynccontextmanager
+    async def handling(self) -> AsyncIterator[None]:
+        """Around the handling of one input message: what it emits leaves at its end."""
+        self._handling += 1
+        try:
+            yield
+        finally:
+            self._handling -= 1
+        if not self._handling:
+            await self.flush()
 
     async def _send(self, subject: str) -> None:
         frame = self._frames.pop(subject, None)

@@ -122,16 +122,17 @@ class InputDelivery:
             events = decode_frame(msg.data, frame_count(msg.headers))
             self._inflight += 1
             try:
-                for index, event in enumerate(events):
-                    if self.component is not comp:  # stopped mid-frame
-                        self.counters.drop(len(events) - index, "replica stopped")
-                        return
-                    self.counters.in_ += 1
-                    try:
-                        await comp.process(port, event)
-                    except Exception as exc:
-                        await self._failed_event(port, msg, index, event, exc)
-                    await self._take_turns()
+                async with self._outbox.handling():
+                    for index, event in enumerate(events):
+                        if self.component is not comp:  # stopped mid-frame
+                            self.counters.drop(len(events) - index, "replica stopped")
+                            return
+                        self.counters.in_ += 1
+                        try:
+                            await comp.process(port, event)
+                        except Exception as exc:
+                            await self._failed_event(port, msg, index, event, exc)
+                        await self._take_turns()
             finally:
                 self._inflight -= 1
 
@@ -158,22 +159,34 @@ class InputDelivery:
             if comp is None:
                 return  # never acked: delivered again after the ack wait
             events = decode_frame(msg.data, frame_count(msg.headers))
-            for index, event in enumerate(events):
-                if self.component is not comp:
-                    return  # stopped mid-frame: never acked, delivered again
-                self.counters.in_ += 1
-                await self._process_with_retries(comp, port, msg, index, event)
-                await self._take_turns()
-            async with self._settling:
-                self._unacked.append(msg)
-                if not self._unacked_since:
-                    self._unacked_since = asyncio.get_running_loop().time()
+            async with self._outbox.handling():  # its outputs are published at the end
+                for index, event in enumerate(events):
+                    if self.component is not comp:
+                        return  # stopped mid-frame: never acked, delivered again
+                    self.counters.in_ += 1
+                    await self._process_with_retries(comp, port, msg, index, event)
+                    await self._take_turns()
+            # No await from here to the append: _settle acks it only after a publisher
+            # wait that began after its outputs were published.
+            self._unacked.append(msg)
+            if not self._unacked_since:
+                self._unacked_since = asyncio.get_running_loop().time()
 
         return on_msg
 
     async def _process_with_retries(self, comp: Any, port: str, msg: Msg, index: int,
                                     event: Any) -> None:
-        for pause in (*RETRY_PAUSES_S, None):
+        try:
+            await comp.process(port, event)  # the common case, without the retry loop
+            return
+        except EventError as exc:
+            await self._failed_event(port, msg, index, event, exc)
+            return
+        except Exception:
+            if self.component is None:
+                return
+            await asyncio.sleep(RETRY_PAUSES_S[0])
+        for pause in (*RETRY_PAUSES_S[1:], None):
             try:
                 await comp.process(port, event)
                 return
