@@ -105,3 +105,43 @@ async def test_slow_stage_behind_an_unpaced_source_loses_nothing(nc, agents, tmp
     assert seqs == list(range(count)), "every event exactly once"
     assert 0 < peak <= 2**20, f"the stream held {peak} bytes"
     print(f"slow stage: stream peak {peak / 2**20:.2f} MiB of a 1 MiB buffer")
+
+
+KILL = """\
+  sources:
+    - {{id: gen, type: generate, placement: {{agent: k1}}, config: {{count: {count}}}}}
+  processors:
+    - {{id: work, type: python, placement: {{labels: {{zone: w}}}}, inputs: [gen],
+       config: {{function: "udfs:spin"}}}}
+  sinks:
+    - {{id: out, type: file, placement: {{agent: k1}}, inputs: [work],
+       config: {{path: "{out}"}}}}
+"""
+
+
+async def test_sigkill_of_an_agent_mid_frame_loses_nothing(nc, agents, tmp_path) -> None:
+    count = 6000
+    procs = {name: agents(name, "zone=w" if name != "k1" else "", heartbeat=0.5,
+                          extra=["--python-path", str(PROGRAMS)])
+             for name in ("k1", "k2", "k3")}
+    for name in procs:
+        await wait_until(lambda n=name: live_agent(nc, n), what=f"agent {name}")
+    out = tmp_path / "out.jsonl"
+    text = flow_yaml("kill", KILL.format(count=count, out=out))
+    await run_flow(nc, text.replace("  delivery: at-most-once\n", "  delivery: at-least-once\n"))
+
+    async def busy() -> str | None:
+        w = (await statuses(nc, "kill")).get("kill.work.0")
+        return w.agent if w and w.counters.in_ > 500 else None
+
+    victim = await wait_until(busy, what="the work replica busy")
+    procs[victim].kill()  # mid-frame: its unacked inputs are delivered again elsewhere
+
+    async def all_there() -> bool:
+        return len({json.loads(x)["seq"] for x in read_lines(out)}) >= count
+
+    await wait_until(all_there, timeout=60, what="every event, after the failover")
+    seqs = {json.loads(x)["seq"] for x in read_lines(out)}
+    assert seqs == set(range(count))
+    moved = (await statuses(nc, "kill"))["kill.work.0"].agent
+    assert moved in {"k2", "k3"} - {victim}
