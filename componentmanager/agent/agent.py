@@ -37,10 +37,10 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from componentmanager.agent.configwatch import ConfigView
 from componentmanager.agent.dataloop import DataLoop
-from componentmanager.agent.health import STALL_S, WINDOW_S, ReplicaHealth, assess
 from componentmanager.agent.leader import Leader
 from componentmanager.agent.reconcile import Restart, Start, Stop, desired_replicas, reconcile
 from componentmanager.agent.statuswriter import StatusWriter
+from componentmanager.agent.watch import HealthWatch
 from componentmanager.runners import make_replica, reap_leftovers, watchdog
 from componentmanager.runners.base import Replica
 from flowstore.models import AgentRecord, ReplicaState, ReplicaStatus, utcnow
@@ -60,8 +60,6 @@ VERSION = "0.1.0"
 #: A replica that has not stopped by then is abandoned with an error in the log
 #: (process runners escalate to SIGKILL well before: grace 5 s).
 REPLICA_STOP_TIMEOUT_S = 20.0
-#: How often the agent looks whether the data loop is stalled (and by whom).
-STALL_CHECK_S = 0.1
 
 
 class AgentNameTaken(Exception):
@@ -114,8 +112,7 @@ class Agent:
         self._reconcile_lock = asyncio.Lock()
         self._closing = False
         self._heartbeat_task: asyncio.Task[None] | None = None
-        self._health: dict[str, ReplicaHealth] = {}
-        self._degraded_logged: dict[str, float] = {}
+        self.health: HealthWatch | None = None
         self._loop_lag_s = 0.0
         self.data: DataLoop | None = None
 
@@ -193,7 +190,8 @@ class Agent:
         self._spawn(self._reconcile_loop(), "reconcile")
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
         self._spawn(self._status_refresh_loop(), "status refresh")
-        self._spawn(self._stall_watch(), "stall watch")
+        self.health = HealthWatch(self.data)
+        self._spawn(self.health.run(), "stall watch")
         if self.leader is not None:
             self._spawn(self.leader.run(), "leader")
         log.info("agent started", agent=self.agent_name, labels=self.settings.labels)
@@ -350,7 +348,8 @@ class Agent:
         key = replica.key
         self.replicas[key] = replica
         self.fingerprints[key] = cfg.desired_fingerprint()
-        self._health[key] = ReplicaHealth()
+        if self.health is not None:
+            self.health.add(key)
         log.info("starting replica", replica=key, type=cfg.type, kind=cfg.kind)
         self.changed(replica)
         await self.data.call(replica.start())
@@ -358,8 +357,8 @@ class Agent:
     async def _stop_replica(self, key: str, reason: str) -> None:
         replica = self.replicas.pop(key, None)
         self.fingerprints.pop(key, None)
-        self._health.pop(key, None)
-        self._degraded_logged.pop(key, None)
+        if self.health is not None:
+            self.health.remove(key)
         if replica is None or self.data is None:
             return
         log.info("stopping replica", replica=key, reason=reason)
@@ -394,38 +393,9 @@ class Agent:
             await asyncio.sleep(self.settings.status_interval)
             now = time.monotonic()
             for key, replica in list(self.replicas.items()):
-                self._judge(key, replica, now)
+                if self.health is not None:
+                    self.health.judge(key, replica, now)
                 self.changed(replica)
-
-    def _judge(self, key: str, replica: Replica, now: float) -> None:
-        health = self._health.get(key)
-        if health is None:
-            return
-        counters = replica.counters
-        lost = health.drops.add(now, counters.dropped)
-        reason = assess(lost, counters.drop_reason, health.stalled_within(now))
-        replica.degraded = reason
-        if reason is None:
-            self._degraded_logged.pop(key, None)
-        elif now - self._degraded_logged.get(key, -WINDOW_S) >= WINDOW_S:
-            self._degraded_logged[key] = now  # once per interval, never per event
-            log.warning("replica degraded", replica=key, reason=reason,
-                        dropped=counters.dropped, errors=counters.errors)
-
-    async def _stall_watch(self) -> None:
-        """Find who holds the data loop: while it is stalled, the replica whose code is on
-        the data thread's stack is charged for the time."""
-        last = time.monotonic()
-        while True:
-            await asyncio.sleep(STALL_CHECK_S)
-            now = time.monotonic()
-            elapsed, last = now - last, now
-            if self.data is None or self.data.stalled_for() < STALL_S:
-                continue
-            culprit = self.data.culprit()
-            health = self._health.get(culprit.key) if culprit is not None else None
-            if health is not None:
-                health.stalled(now, elapsed)
 
     # -- shutdown ---------------------------------------------------------------------
     async def shutdown(self) -> None:

@@ -54,6 +54,7 @@ from componentmanager.components.expressions.functions import (
     field_getter,
     key_getter,
     kind,
+    lenient,
     lookup,
 )
 
@@ -305,7 +306,7 @@ class _Compiler:
             self.fail(node, "has() takes a field, e.g. has(user.name)")
         args = [self.compile(a) for a in node.args]
         if name in LENIENT:
-            return _lenient(name, fn, args)
+            return lenient(name, fn, args)
         if n == 0:
             return lambda e: fn()
         if n == 1:
@@ -332,33 +333,6 @@ class _Compiler:
 def _path_text(node: ast.AST) -> str:
     """How a lookup is named in errors: ``user.name``, ``items[0]``."""
     return ast.unparse(node)
-
-
-def _lenient(name: str, fn: Any, args: list[Fn]) -> Fn:
-    """``has``/``get``/``coalesce``: a missing field is not an error for these."""
-
-    def soft(a: Fn) -> Fn:
-        def read(e: Any) -> Any:
-            try:
-                return a(e)
-            except MissingField:
-                return None
-
-        return read
-
-    if name == "has":
-        field = args[0]
-
-        def has(e: Any) -> bool:
-            try:
-                field(e)
-            except MissingField:
-                return False
-            return True
-
-        return has
-    softs = [soft(a) for a in args[:1]] + args[1:] if name == "get" else [soft(a) for a in args]
-    return lambda e: fn(*[a(e) for a in softs])
 
 
 class Expression:

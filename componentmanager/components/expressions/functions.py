@@ -28,7 +28,8 @@ import msgspec
 
 __all__ = [
     "BINOPS", "CMPOPS", "CONSTANTS", "FUNCTIONS", "LENIENT", "MAX_INT_BITS",
-    "MAX_SEQUENCE", "Fn", "MissingField", "field_getter", "key_getter", "kind",
+    "MAX_SEQUENCE", "Fn", "MissingField", "field_getter", "key_getter", "kind", "lenient",
+    "lookup",
 ]
 
 Fn = Callable[[Any], Any]
@@ -253,3 +254,30 @@ def key_getter(base: Fn, key: Any, path: str) -> Fn:
 def field_getter(name: str) -> Fn:
     """The top-level field ``name`` of the event."""
     return lambda e: lookup(e, name, name)
+
+
+def lenient(name: str, fn: Any, args: list[Fn]) -> Fn:
+    """``has``/``get``/``coalesce``: a missing field is not an error for these."""
+
+    def soft(a: Fn) -> Fn:
+        def read(e: Any) -> Any:
+            try:
+                return a(e)
+            except MissingField:
+                return None
+
+        return read
+
+    if name == "has":
+        field = args[0]
+
+        def has(e: Any) -> bool:
+            try:
+                field(e)
+            except MissingField:
+                return False
+            return True
+
+        return has
+    softs = [soft(a) for a in args[:1]] + args[1:] if name == "get" else [soft(a) for a in args]
+    return lambda e: fn(*[a(e) for a in softs])
