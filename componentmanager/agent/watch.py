@@ -31,7 +31,11 @@ class HealthWatch:
         self._logged: dict[str, float] = {}
 
     def add(self, key: str) -> None:
-        self._health[key] = ReplicaHealth()
+        """A new replica: its counters start at 0 now (the baseline of its drop window,
+        so drops before its first status refresh are seen too)."""
+        health = ReplicaHealth()
+        health.drops.add(time.monotonic(), 0)
+        self._health[key] = health
 
     def remove(self, key: str) -> None:
         self._health.pop(key, None)
