@@ -2,7 +2,10 @@
 
 * :class:`DropRouter` turns nats-py's slow-consumer reports (one ``SlowConsumerError`` per
   message a subscription's full pending queue refused) into a count on the replica that
-  owns the subscription, so an overloaded at-most-once input loses events *counted*.
+  owns the subscription. It is the safety net behind the input queue's own bound
+  (:mod:`componentmanager.runners.delivery` sheds and counts events, by their frame
+  counts, long before); nats-py's report does not carry the message, so a frame refused
+  here counts as one event.
 * :class:`Throttle` lets a repeated message through once per interval and keeps count
   of the rest, so 600,000 identical failures make a handful of log lines with counts,
   not 600,000 lines.
