@@ -27,7 +27,8 @@ A source (returns when it is done; the program then exits 0)::
 The SDK reads the contract environment (:mod:`componentmanager.runners.env`), connects
 with :meth:`flowstore.nats.NatsOptions.from_env`, subscribes to every input subject in
 ``FLOWCTL_QUEUE`` (core NATS: replicas share the work), publishes JSON bodies (msgspec)
-with the one ``Flowctl`` metadata header, takes frames as well as single events, answers
+with the one ``Flowctl`` metadata header (frames where ``FLOWCTL_FRAME_PORTS`` allows),
+takes frames as well as single events, answers
 ``GET /health`` on ``FLOWCTL_HEALTH_PORT`` (200 once subscribed, else 503), and on
 SIGTERM/SIGINT drains (events in flight are handled and their outputs flushed) and exits
 0. ``c.config`` is the node's ``config``. A source waits until the downstream replicas
@@ -57,6 +58,7 @@ from componentmanager.dataplane import (
     HDR_META,
     AckedPublisher,
     EventIds,
+    Outbox,
     PublishFailed,
     Puller,
     dead_letter_headers,
@@ -104,7 +106,11 @@ class Component:
         self.nc: Any = None
         self.ready = False
         self.received = self.emitted = self.errors = 0
-        self._ids = EventIds(self.node, self.replica, secrets.token_hex(3))
+        frame_ports = json.loads(e.get("FLOWCTL_FRAME_PORTS") or "[]")
+        self._outbox = Outbox(EventIds(self.node, self.replica, secrets.token_hex(3)),
+                              self._send, {self.outputs[p] for p in frame_ports
+                                           if p in self.outputs})
+        self._flusher: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._publisher: AckedPublisher | None = None
         self._pullers: list[Puller] = []
@@ -118,17 +124,22 @@ class Component:
         self.nc = await connect(self.nats, name=f"flowctl-sdk {self.service_id}", reconnect=True)
         if self.delivery == "at-least-once":
             self._publisher = await AckedPublisher(self.nc).open()
+        self._flusher = asyncio.ensure_future(self._outbox.run_flusher())
 
     async def emit(self, event: Any, port: str = DEFAULT_OUTPUT_PORT) -> None:
-        """Publish one event on an output port (``out`` by default)."""
+        """Publish one event on an output port (``out`` by default); events coalesce into
+        frames where the readers take them (``FLOWCTL_FRAME_PORTS``)."""
         subject = self.outputs.get(port)
         if subject is None:
             raise ValueError(f"{self.node} has no output port '{port}' (has {list(self.outputs)})")
-        if self._publisher is not None:
-            await self._publisher.publish(subject, encode(event), self._ids.header(1))
-        else:
-            await self.nc.publish(subject, encode(event), headers=self._ids.header(1))
+        await self._outbox.put(subject, encode(event))
         self.emitted += 1
+
+    async def _send(self, subject: str, body: bytes, headers: dict[str, str], count: int) -> None:
+        if self._publisher is not None:
+            await self._publisher.publish(subject, body, headers)
+        else:
+            await self.nc.publish(subject, body, headers=headers)
 
     async def subscribe(self, handler: Handler) -> None:
         """Subscribe to every input subject; each event goes to ``handler(event, port)``."""
@@ -146,21 +157,22 @@ class Component:
     def _on_msg(self, handler: Handler, port: str) -> Callable[[Any], Awaitable[None]]:
         async def on_msg(msg: Any) -> None:
             events = decode_frame(msg.data, frame_count(msg.headers))
-            for index, event in enumerate(events):
-                self.received += 1
-                try:
-                    result = handler(event, port)
-                    if inspect.isawaitable(result):
-                        result = await result
-                    await self._publish(result)
-                except Exception as exc:
-                    self.errors += 1
-                    error = f"{type(exc).__name__}: {exc}"
-                    _log(f"{self.service_id}: event on port {port} failed: {error}")
-                    headers = dead_letter_headers(msg.headers, index, error)
-                    with contextlib.suppress(Exception):
-                        await self.nc.publish(dlq_subject(self.flow, self.node), encode(event),
-                                              headers=headers)
+            async with self._outbox.handling():  # one output frame per input message
+                for index, event in enumerate(events):
+                    self.received += 1
+                    try:
+                        result = handler(event, port)
+                        if inspect.isawaitable(result):
+                            result = await result
+                        await self._publish(result)
+                    except Exception as exc:
+                        self.errors += 1
+                        error = f"{type(exc).__name__}: {exc}"
+                        _log(f"{self.service_id}: event on port {port} failed: {error}")
+                        headers = dead_letter_headers(msg.headers, index, error)
+                        with contextlib.suppress(Exception):
+                            await self.nc.publish(dlq_subject(self.flow, self.node),
+                                                  encode(event), headers=headers)
             if self._publisher is not None:
                 self._unacked.append(msg)
 
@@ -172,6 +184,7 @@ class Component:
             return
         batch, self._unacked = self._unacked, []
         try:
+            await self._outbox.flush()
             await self._publisher.wait()
         except PublishFailed as exc:
             _log(f"{self.service_id}: outputs not stored ({exc}); inputs redelivered")
@@ -223,6 +236,10 @@ class Component:
         """Drain: stop taking input, finish the events in flight, flush outputs, close."""
         for puller in self._pullers:
             await puller.stop()
+        with contextlib.suppress(Exception):
+            await self._outbox.flush()
+        if self._flusher is not None:
+            self._flusher.cancel()
         await self._settle()
         if self._publisher is not None:
             with contextlib.suppress(Exception):

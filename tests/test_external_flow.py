@@ -36,6 +36,7 @@ def mixed_flow(out_dir: Path, image: str) -> str:
   processors:
     - id: upper
       type: sdk-upper
+      frames: true
       command: {sys.executable}
       args: ["{PROGRAMS / 'sdk_upper.py'}"]
       health_port: {_free_port()}
@@ -43,6 +44,7 @@ def mixed_flow(out_dir: Path, image: str) -> str:
   sinks:
     - id: store
       type: sdk-file-sink
+      frames: true                 # the SDK takes frames: upper (SDK) sends it frames
       image: {image}
       command: /opt/flowctl/bin/python
       args: ["/programs/sdk_file_sink.py"]
