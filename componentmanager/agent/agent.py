@@ -174,8 +174,9 @@ class Agent:
                 on_changed=self.changed)
             await self.data.start()
         except BaseException:
-            with contextlib.suppress(Exception):
-                await self.agents_kv.delete(self.agent_name, last=self._agent_rev)
+            if self._agent_rev:  # we announced: take our record back (never another's)
+                with contextlib.suppress(Exception):
+                    await self.agents_kv.delete(self.agent_name, last=self._agent_rev)
             await self.nc.close()
             raise
         Path(self.log_dir).mkdir(parents=True, exist_ok=True)
