@@ -233,8 +233,11 @@ class Agent:
             entry = None
         if entry is not None and entry.value:
             existing = AgentRecord.from_json(entry.value)
-            same_host_alive = existing.host == socket.gethostname() and pid_alive(existing.pid)
-            if existing.instance != self.instance and (existing.is_live() or same_host_alive):
+            # On this host the process table decides (a crashed agent restarted at once
+            # takes its name back); elsewhere, a record that is still fresh does.
+            same_host = existing.host == socket.gethostname()
+            taken = pid_alive(existing.pid) if same_host else existing.is_live()
+            if existing.instance != self.instance and taken:
                 raise AgentNameTaken(existing)
             self._agent_rev = await self.agents_kv.update(
                 self.agent_name, data, last=entry.revision
