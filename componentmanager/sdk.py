@@ -66,7 +66,7 @@ from componentmanager.dataplane import (
     encode,
     frame_count,
 )
-from flowstore.models import DEFAULT_OUTPUT_PORT, dlq_subject, status_key
+from flowstore.models import DEFAULT_OUTPUT_PORT, dlq_subject, status_key, stream_name
 from flowstore.nats import STATUS_BUCKET, NatsOptions, connect, open_bucket
 
 __all__ = [
@@ -123,7 +123,8 @@ class Component:
     async def connect(self) -> None:
         self.nc = await connect(self.nats, name=f"flowctl-sdk {self.service_id}", reconnect=True)
         if self.delivery == "at-least-once":
-            self._publisher = await AckedPublisher(self.nc).open()
+            source_of = stream_name(self.flow) if not self.inputs else None
+            self._publisher = await AckedPublisher(self.nc, source_of).open()
         self._flusher = asyncio.ensure_future(self._outbox.run_flusher())
 
     async def emit(self, event: Any, port: str = DEFAULT_OUTPUT_PORT) -> None:

@@ -31,6 +31,8 @@ log = structlog.get_logger("flowctl.streams")
 ACK_WINDOW = 256
 #: A publisher that hears no ack at all for this long gives up (NATS is not answering).
 ACK_SILENCE_S = 10.0
+#: A source publishes only while its flow's stream is at most this full.
+SOURCE_SHARE = 0.5
 #: Messages a pull request asks for, and how long it waits for them on the server.
 PULL_BATCH = 256
 PULL_EXPIRES_S = 5.0
@@ -58,8 +60,10 @@ class AckedPublisher:
     new generation of reply subjects: late acks of abandoned messages are ignored).
     """
 
-    def __init__(self, nc: NatsClient) -> None:
+    def __init__(self, nc: NatsClient, source_of: str | None = None) -> None:
         self.nc = nc
+        self._source_of = source_of  # a source's stream: it leaves headroom (see _headroom)
+        self._room = 0  # bytes a source may still publish before it looks again
         self._base = nc.new_inbox()
         self._generation = 0
         self._n = 0
@@ -85,9 +89,37 @@ class AckedPublisher:
     async def publish(self, subject: str, body: bytes, headers: dict[str, str]) -> None:
         while len(self._pending) >= ACK_WINDOW:
             await self._wait_change()
+        if self._source_of is not None:
+            if self._room <= len(body):
+                await self._headroom()
+            self._room -= len(body)
         self._n += 1
         self._pending[self._n] = (subject, body, headers, 0)
         await self.nc.publish(subject, body, reply=self._reply(self._n), headers=headers)
+
+    async def _headroom(self) -> None:
+        """A source waits while the stream is more than :data:`SOURCE_SHARE` full, so the
+        stages downstream always have room for their outputs (one byte limit is shared
+        by every stage of a flow: a source that filled it would leave them unable to
+        emit, and their inputs would be delivered again). It looks at the stream again
+        once it has published what was left of its share when it last looked."""
+        js = self.nc.jetstream()
+        while True:
+            try:
+                info = await js.stream_info(self._source_of)
+            except Exception:
+                self._room = 2**20  # cannot tell: the stream's own limit still holds
+                return
+            limit = info.config.max_bytes or 0
+            if limit <= 0:
+                self._room = 2**62
+                return
+            room = int(SOURCE_SHARE * limit) - info.state.bytes
+            if room > 0:
+                self._room = max(room, 1)
+                return
+            self.full_since = self.full_since or time.monotonic()
+            await asyncio.sleep(0.05)
 
     async def _on_ack(self, msg: Msg) -> None:
         _, gen, n = msg.subject.rsplit(".", 2)

@@ -132,19 +132,14 @@ class InputDelivery:
                             await comp.process(port, event)
                         except Exception as exc:
                             await self._failed_event(port, msg, index, event, exc)
-                        await self._take_turns()
+                        self._since_yield += 1  # inline: this runs once per event
+                        if self._since_yield >= YIELD_EVERY:
+                            self._since_yield = 0
+                            await asyncio.sleep(0)
             finally:
                 self._inflight -= 1
 
         return on_msg
-
-    async def _take_turns(self) -> None:
-        """A turn for the connection's reader and the other inputs every YIELD_EVERY
-        events, so they keep up while a big frame is processed."""
-        self._since_yield += 1
-        if self._since_yield >= YIELD_EVERY:
-            self._since_yield = 0
-            await asyncio.sleep(0)
 
     async def _wait_inflight(self, timeout: float = 2.0) -> None:
         """Let a handler that is mid-frame see the stop and return (bounded)."""
@@ -164,8 +159,14 @@ class InputDelivery:
                     if self.component is not comp:
                         return  # stopped mid-frame: never acked, delivered again
                     self.counters.in_ += 1
-                    await self._process_with_retries(comp, port, msg, index, event)
-                    await self._take_turns()
+                    try:
+                        await comp.process(port, event)  # the common case, inline
+                    except Exception as exc:
+                        await self._retry(comp, port, msg, index, event, exc)
+                    self._since_yield += 1
+                    if self._since_yield >= YIELD_EVERY:
+                        self._since_yield = 0
+                        await asyncio.sleep(0)
             # No await from here to the append: _settle acks it only after a publisher
             # wait that began after its outputs were published.
             self._unacked.append(msg)
@@ -174,30 +175,20 @@ class InputDelivery:
 
         return on_msg
 
-    async def _process_with_retries(self, comp: Any, port: str, msg: Msg, index: int,
-                                    event: Any) -> None:
-        try:
-            await comp.process(port, event)  # the common case, without the retry loop
-            return
-        except EventError as exc:
-            await self._failed_event(port, msg, index, event, exc)
-            return
-        except Exception:
-            if self.component is None:
+    async def _retry(self, comp: Any, port: str, msg: Msg, index: int, event: Any,
+                     exc: Exception) -> None:
+        """An event failed: a data error is final; anything else is tried again in place
+        (the other events of its frame are not repeated), then dead-lettered."""
+        for pause in (*RETRY_PAUSES_S, None):
+            if isinstance(exc, EventError) or pause is None or self.component is None:
+                await self._failed_event(port, msg, index, event, exc)
                 return
-            await asyncio.sleep(RETRY_PAUSES_S[0])
-        for pause in (*RETRY_PAUSES_S[1:], None):
+            await asyncio.sleep(pause)
             try:
                 await comp.process(port, event)
                 return
-            except EventError as exc:  # the same event fails the same way: no retry
-                await self._failed_event(port, msg, index, event, exc)
-                return
-            except Exception as exc:
-                if pause is None or self.component is None:
-                    await self._failed_event(port, msg, index, event, exc)
-                    return
-                await asyncio.sleep(pause)
+            except Exception as again:
+                exc = again
 
     async def _settle(self, force: bool = False) -> None:
         """Ack processed inputs once their outputs are stored and nothing of them is held.

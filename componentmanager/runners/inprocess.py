@@ -25,7 +25,7 @@ from componentmanager.dataplane import AckedPublisher, EventIds, Outbox, Puller,
 from componentmanager.registry import get_type
 from componentmanager.runners.base import Replica, ReplicaHost
 from componentmanager.runners.delivery import InputDelivery
-from flowstore.models import ComponentConfig, ReplicaState, status_key
+from flowstore.models import ComponentConfig, ReplicaState, status_key, stream_name
 from flowstore.nats import STATUS_BUCKET, open_bucket
 
 log = structlog.get_logger("flowctl.replica")
@@ -117,7 +117,8 @@ class InProcessReplica(InputDelivery, Replica):
         config = ctype.config_model.model_validate(self.cfg.config)
         self.component = ctype.load_class()(config, self)
         if self._acked:
-            self._publisher = await AckedPublisher(self.nc).open()
+            source_of = stream_name(self.flow) if ctype.role == "source" else None
+            self._publisher = await AckedPublisher(self.nc, source_of).open()
         self._tasks.append(asyncio.create_task(self._outbox.run_flusher()))
         await self.component.start()
         await self._open_inputs()
