@@ -24,12 +24,10 @@ from componentmanager.dataplane.wire import (
     encode,
     event_id,
     frame_count,
-    split_frame,
 )
 
 __all__ = [
     "ACK_WINDOW", "DEFAULT_ACK_WAIT_S", "DEFAULT_MAX_DELIVER", "FRAME_BYTES", "FRAME_EVENTS",
     "HDR_ERROR", "HDR_META", "AckedPublisher", "EventIds", "Outbox", "PublishFailed", "Puller",
     "dead_letter_headers", "decode", "decode_frame", "encode", "event_id", "frame_count",
-    "split_frame",
 ]

@@ -57,11 +57,6 @@ def frame_count(headers: dict[str, str] | None) -> int:
         return 1
 
 
-def split_frame(data: bytes, count: int) -> list[bytes]:
-    """The events' bodies in a message that carries ``count`` events."""
-    return data.split(b"\n") if count > 1 else [data]
-
-
 def decode_frame(data: bytes, count: int) -> list[Any]:
     """The events of a message (one JSON array decode for a well-formed frame; a frame
     with a line that is not JSON falls back to line by line, that line becoming

@@ -1,0 +1,44 @@
+"""The wire format as pure functions: one event or a frame of JSON lines, one header."""
+
+from __future__ import annotations
+
+from componentmanager.dataplane import (
+    HDR_ERROR,
+    HDR_META,
+    EventIds,
+    dead_letter_headers,
+    decode_frame,
+    event_id,
+    frame_count,
+)
+
+
+def test_a_message_without_the_header_is_one_event() -> None:
+    assert frame_count(None) == frame_count({}) == 1
+    assert decode_frame(b'{"a": 1}', 1) == [{"a": 1}]
+    assert decode_frame(b"not json", 1) == [{"data": "not json"}]
+
+
+def test_ids_and_counts_ride_in_one_header() -> None:
+    ids = EventIds("gen", 0, "abc")
+    first, second = ids.header(64), ids.header(1)
+    assert list(first) == [HDR_META]
+    assert first[HDR_META].startswith("gen.0.abc-1 64 ")
+    assert second[HDR_META].startswith("gen.0.abc-65 1 ")
+    assert frame_count(first) == 64
+    assert event_id(first, 0) == "gen.0.abc-1" and event_id(first, 63) == "gen.0.abc-64"
+    assert event_id(None, 3) is None
+
+
+def test_frames_are_json_lines_and_a_bad_line_does_not_spoil_the_rest() -> None:
+    assert decode_frame(b'{"n": 1}\n{"n": 2}\n[3]', 3) == [{"n": 1}, {"n": 2}, [3]]
+    assert decode_frame(b'{"n": 1}\nnope\n{"n": 3}', 3) == [{"n": 1}, {"data": "nope"},
+                                                             {"n": 3}]
+
+
+def test_a_dead_letter_names_its_event_and_the_reason() -> None:
+    header = {HDR_META: "gen.0.abc-10 3 1764080000.5"}
+    dl = dead_letter_headers(header, 2, "field 'x' is not in the event")
+    assert dl == {HDR_ERROR: "field 'x' is not in the event",
+                  HDR_META: "gen.0.abc-12 1 1764080000.5"}
+    assert list(dead_letter_headers(None, 0, "bad line")) == [HDR_ERROR]
