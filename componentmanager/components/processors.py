@@ -359,8 +359,8 @@ class Python(Component):
             await self.ctx.emit("out", item)
 
     async def stop(self) -> None:
-        if self._worker is not None:
-            await asyncio.to_thread(self._worker.shutdown)
+        if self._worker is not None:  # a call in progress finishes; nothing new starts
+            self._worker.shutdown(wait=False, cancel_futures=True)
             self._worker = None
 
 
