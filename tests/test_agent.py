@@ -240,7 +240,7 @@ async def test_two_replicas_share_the_work(nc, agents, tmp_path) -> None:
   sources:
     - id: gen
       type: generate
-      config: {{count: 400}}
+      config: {{count: 400, rate: 400}}  # paced: many small frames, for both replicas
   processors:
     - id: work
       type: transform
