@@ -1,44 +1,137 @@
-"""When is a flow done? A pure check used by ``flowctl run --until-done``.
+"""When is a flow done, and did it go well? Pure checks used by ``flowctl run --until-done``.
 
-Done means: every source replica reports ``completed``, and every other node has taken
-in (summed over its replicas) at least what its upstreams emitted on the connected
-ports. Failures are reported separately so the caller can stop early.
+Done means: every source replica reports ``completed``; every node that counts (the
+in-process ones) took in, summed over its replicas, at least what its upstreams emitted
+on the connected ports; and, for an at-least-once flow, no input of any node (external
+ones included) has a message waiting, delivered but unacked, or being redelivered. A node
+of an at-most-once flow that reports no counters (a ``command:`` or ``image:`` node) can
+only be judged by silence: :attr:`Progress.unjudged` names them, and the caller waits
+for the counters to stay still a while longer. Failures are reported separately so the
+caller can stop early.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 
-def drained(spec: Any, configs: list[Any], statuses: list[Any]) -> tuple[bool, list[str]]:
+@dataclass
+class Progress:
+    done: bool = False
+    failed: list[str] = field(default_factory=list)
+    #: why not done yet (one short phrase), for the progress line
+    waiting: str = ""
+    #: nodes whose consumption cannot be checked (no counters, no stream)
+    unjudged: list[str] = field(default_factory=list)
+
+
+def reports_counters(config: Any) -> bool:
+    return config.kind == "inprocess"
+
+
+def drained(spec: Any, configs: list[Any], statuses: list[Any],
+            backlog: dict[str, int] | None = None) -> Progress:
+    """``backlog``: unacked messages per durable consumer (at-least-once flows)."""
     if not configs:
-        return False, []
-    roles = {c.node: c.role for c in configs}
-    expected_replicas = {c.node: c.replicas for c in configs}
+        return Progress(waiting="no component configs yet")
+    by_node = {c.node: c for c in configs}
     seen: dict[str, int] = defaultdict(int)
     took_in: dict[str, int] = defaultdict(int)
     emitted: dict[tuple[str, str], int] = defaultdict(int)
-    failed: list[str] = []
-    sources_done = True
+    progress = Progress()
+    sources_running = []
     for s in statuses:
         seen[s.node] += 1
         took_in[s.node] += s.counters.in_ + s.counters.dropped
         for port, n in s.counters.out_ports.items():
             emitted[(s.node, port)] += n
         if s.state.value == "failed":
-            failed.append(f"{s.node}.{s.replica}: {s.last_error}")
-        if roles.get(s.node) == "source" and s.state.value != "completed":
-            sources_done = False
-    if failed:
-        return False, failed
-    if any(seen[n] < k for n, k in expected_replicas.items()) or not sources_done:
-        return False, []
+            progress.failed.append(f"{s.node}.{s.replica}: {s.last_error}")
+        config = by_node.get(s.node)
+        if config is not None and config.role == "source" and s.state.value != "completed":
+            sources_running.append(s.node)
+    if progress.failed:
+        return progress
+    missing = [n for n, c in by_node.items() if seen[n] < c.replicas]
+    if missing:
+        progress.waiting = f"waiting for {', '.join(missing)} to report"
+        return progress
+    if sources_running:
+        progress.waiting = f"source {', '.join(dict.fromkeys(sources_running))} running"
+        return progress
     expected_in: dict[str, int] = defaultdict(int)
+    unknown_upstream: set[str] = set()
     for conn in spec.connections:
         (src, sport), (dst, _) = conn.source, conn.target
         expected_in[dst] += emitted[(src, sport)]
-    for node, role in roles.items():
-        if role != "source" and took_in[node] < expected_in[node]:
-            return False, []
-    return True, []
+        if src in by_node and not reports_counters(by_node[src]):
+            unknown_upstream.add(dst)
+    for node, config in by_node.items():
+        if config.role == "source" or not reports_counters(config):
+            continue
+        if node not in unknown_upstream and took_in[node] < expected_in[node]:
+            progress.waiting = (f"{node} took in {took_in[node]:,} of "
+                                f"{expected_in[node]:,} events")
+            return progress
+    unacked = {k: n for k, n in (backlog or {}).items() if n}
+    if unacked:
+        progress.waiting = "unacked input messages: " + ", ".join(
+            f"{k} {n:,}" for k, n in sorted(unacked.items()))
+        return progress
+    if backlog is None or not any(c.delivery == "at-least-once" for c in configs):
+        progress.unjudged = [n for n, c in by_node.items()
+                             if c.role != "source" and not reports_counters(c)]
+    progress.done = True
+    return progress
+
+
+@dataclass
+class Outcome:
+    """What a finished run did, per node (replicas summed), and whether it lost anything."""
+
+    rows: list[list[Any]]
+    errors: int
+    dropped: int
+    dead_letters: int
+
+    @property
+    def ok(self) -> bool:
+        return not (self.errors or self.dropped or self.dead_letters)
+
+    def sentence(self) -> str:
+        parts = [f"{n:,} {what}" for n, what in ((self.errors, "failed"),
+                                                  (self.dropped, "dropped"),
+                                                  (self.dead_letters, "dead-lettered"))
+                 if n]
+        return ", ".join(parts)
+
+
+SUMMARY_COLUMNS = ["NODE", "REPLICAS", "AGENTS", "STATE", "IN", "OUT", "FILTERED", "ERRORS",
+                   "DROPPED", "DEAD-LETTERED", "REASON / LAST ERROR"]
+
+
+def outcome(spec: Any, statuses: list[Any], dead_letters: dict[str, int],
+            uncounted: set[str] = frozenset()) -> Outcome:  # type: ignore[assignment]
+    """One row per node in flow order; ``dead_letters``: new dead letters per node;
+    ``uncounted``: nodes that report no counters (shown as ``-``)."""
+    order = [n.id for n in spec.nodes]
+    by_node: dict[str, list[Any]] = defaultdict(list)
+    for s in statuses:
+        by_node[s.node].append(s)
+    rows = []
+    errors = dropped = 0
+    for node in order:
+        group = by_node.get(node, [])
+        states = sorted({s.state.value for s in group}) or ["-"]
+        c = [sum(getattr(s.counters, f) for s in group)
+             for f in ("in_", "out", "filtered", "errors", "dropped")]
+        notes = [s.reason or s.last_error for s in group if s.reason or s.last_error]
+        shown: list[Any] = ["-"] * 5 if node in uncounted else c
+        agents = ",".join(sorted({s.agent for s in group if s.agent})) or "-"
+        rows.append([node, len(group), agents, "/".join(states), *shown, dead_letters.get(node, 0),
+                     notes[0] if notes else ""])
+        errors += c[3]
+        dropped += c[4]
+    return Outcome(rows, errors=errors, dropped=dropped, dead_letters=sum(dead_letters.values()))

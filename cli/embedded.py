@@ -1,10 +1,13 @@
-"""Process commands: ``flowctl agent`` and the one-command ``flowctl run``
-(``flowctl server`` is in :mod:`cli.server`).
+"""The one-command ``flowctl run``.
 
 ``run`` owns everything it starts (an embedded nats-server unless ``--nats-url`` is
 given, one in-process agent per distinct placement of the flow, the flow itself) and
 tears it all down in reverse order on Ctrl+C, SIGTERM or, with ``--until-done``, once
-every source has completed and every node has consumed what its upstreams produced.
+the flow is done (:mod:`cli.drain`). It never touches a flow it did not create: when a
+flow of that name exists on the server it refuses (``--name`` runs it under another
+name), and at the end it stops, undeploys and deletes only the flow it created. The
+end prints a summary per node; the exit code is 1 when an event failed, was dropped or
+dead-lettered, or a replica failed.
 
 A run has an id, ``run-<pid>``. Its agents carry the label ``flowctl.run=<id>`` and the
 flow it applies requires that label on every node (besides the node's own placement),
@@ -17,79 +20,17 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from cli.agent import stop_on_signals
+from cli.drain import SUMMARY_COLUMNS, drained, outcome, reports_counters
 from cli.errors import EXIT_FAILED, run
 from cli.main import app, globals_, valid_name
 from cli.output import info, spinner, table
-
-
-def _labels(text: str) -> dict[str, str]:
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"'{part}' is not k=v", param_hint="--labels")
-        out[key] = value
-    return out
-
-
-def _stop_on_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
-
-@app.command()
-def agent(
-    name: Annotated[str, typer.Option("--name", help="Unique agent name.",
-                                      callback=valid_name("agent"))],
-    labels: Annotated[str, typer.Option(help="Labels k=v,k2=v2 for placement.")] = "",
-    heartbeat: Annotated[float, typer.Option(help="Heartbeat interval, seconds.")] = 2.0,
-    status_interval: Annotated[float, typer.Option(help="Status refresh, seconds.")] = 2.0,
-    log_dir: Annotated[str | None, typer.Option(help="Component log files.")] = None,
-    allow_inline_code: Annotated[
-        bool, typer.Option("--allow-inline-code", help="Allow `python` nodes with code:.")
-    ] = False,
-    python_path: Annotated[
-        list[Path] | None,
-        typer.Option("--python-path", help="Directory to import `python` node modules "
-                     "from (repeatable; PYTHONPATH works too).", file_okay=False),
-    ] = None,
-) -> None:
-    """Run the agent: runs the component replicas assigned to NAME until Ctrl+C/SIGTERM.
-
-    Example: flowctl agent --name edge-1 --labels zone=a,gpu=false --python-path ./flows
-    """
-    from componentmanager.agent import Agent, AgentSettings
-
-    for directory in reversed(python_path or []):
-        sys.path.insert(0, str(directory.resolve()))
-
-    settings = AgentSettings(
-        name=name, labels=_labels(labels), heartbeat=heartbeat,
-        status_interval=status_interval, allow_inline_code=allow_inline_code,
-    )
-    if log_dir:
-        settings.log_dir = log_dir
-
-    async def go() -> None:
-        stop = asyncio.Event()
-        _stop_on_signals(stop)
-        opts = globals_().options()
-        the_agent = Agent(settings, opts)
-        # `kill -USR1 <pid>`: every task of both loops with its stack, on stderr.
-        asyncio.get_running_loop().add_signal_handler(
-            signal.SIGUSR1, the_agent.dump_tasks, sys.stderr)
-        await the_agent.run(stop)
-
-    run(go())
-
 
 #: The label every agent of a `flowctl run` carries and every node of its flow requires.
 RUN_LABEL = "flowctl.run"
@@ -132,17 +73,25 @@ def _placements(spec: Any) -> list[tuple[str | None, dict[str, str]]]:
 def run_flow(
     file: Annotated[Path, typer.Argument(help="The flow file to run.")],
     until_done: Annotated[
-        bool, typer.Option("--until-done", help="Exit when sources finished and drained.")
+        bool, typer.Option("--until-done", help="Exit once the flow is done: sources "
+                           "finished, everything consumed, nothing pending.")
     ] = False,
     timeout: Annotated[float, typer.Option(help="With --until-done: give up after N s.")] = 0,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Run under this name, not metadata.name.",
+                                 callback=valid_name("flow"))
+    ] = None,
     allow_inline_code: Annotated[bool, typer.Option("--allow-inline-code")] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Agent logs.")] = False,
 ) -> None:
     """The one-command mode: embedded NATS + agent, apply/deploy/start the flow, show
-    status and sink output; Ctrl+C (or --until-done) stops, undeploys, shuts all down.
+    status and sink output; Ctrl+C (or --until-done) stops it, prints a summary per node
+    and removes what the run created. Exit 1 when an event failed or was lost.
 
     Example: flowctl run examples/hello.yaml --until-done
     """
+    import dataclasses
+
     from cli.logging import configure
     from flowengine import ValidationFailed
     from flowengine import validate as check
@@ -153,13 +102,16 @@ def run_flow(
 
     async def go() -> int:
         loaded = load_flow(file)
+        if name:
+            loaded = dataclasses.replace(loaded, name=name)
         checked = check(loaded.spec, source=loaded.source, name=loaded.name)
         if not checked.ok:
             raise ValidationFailed(checked, loaded.name)
         # `python` nodes import `module:function`: modules next to the flow file resolve.
         sys.path.insert(0, str(file.resolve().parent))
         async with Embedded(loaded, allow_inline_code) as emb:
-            return await emb.watch(until_done, timeout)
+            code = await emb.watch(until_done, timeout)
+        return code or emb.exit_code
 
     raise typer.Exit(run(go()))
 
@@ -179,7 +131,9 @@ class Embedded:
         self.engine: Any = None
         self.nc: Any = None
         self.run_id = run_id()
-        self.applied = False  # teardown undeploys only what this run applied
+        self.created = False  # teardown removes only the flow this run created
+        self.dead_letters_before: dict[str, int] = {}
+        self.exit_code = 0
 
     async def __aenter__(self) -> Embedded:
         from cli.main import connect_nats
@@ -187,7 +141,7 @@ class Embedded:
         from flowstore.errors import FlowctlError
         from flowstore.server import EmbeddedNats
 
-        _stop_on_signals(self.interrupted)
+        stop_on_signals(self.interrupted)
         g = globals_()
         opts = g.options()
         placements = _placements(self.loaded.spec)
@@ -203,6 +157,7 @@ class Embedded:
                     info(f"embedded nats-server on {opts.url}")
                 self.nc = await connect_nats(opts)
                 self.engine = await FlowEngine.open(self.nc, kv_replicas=opts.kv_replicas)
+                await self._refuse_existing(opts.url)
                 self._start_agents(placements, opts)
                 try:
                     await asyncio.wait_for(_all_ready(self.agents, self.agent_tasks),
@@ -212,24 +167,42 @@ class Embedded:
                         f"the embedded agents were not ready within {READY_TIMEOUT_S:g}s "
                         f"(is NATS at {opts.url} slow or overloaded? --verbose shows their "
                         "logs)") from None
-            # Only this run's agents may take the flow's replicas (see the module doc).
-            spec = pinned_to_run(self.loaded.spec, self.run_id)
-            result = await self.engine.apply(self.name, spec)
-            self.applied = True
-            info(f"flow/{self.name} applied (revision {result.flow.revision})")
-            record = await self.engine.flows.get(self.name)
-            if record.state == "running":
-                await self.engine.stop(self.name)
-                record = await self.engine.flows.get(self.name)
-            if record.state == "not_deployed":
-                r = await self.engine.deploy(self.name)
-                info(f"flow/{self.name} deployed: {len(r.changes.written)} component config(s)")
-            await self.engine.start(self.name)
-            info(f"flow/{self.name} started; Ctrl+C stops it")
+            await self._create_and_start(opts.url)
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
         return self
+
+    async def _refuse_existing(self, url: str) -> None:
+        from flowstore.errors import FlowctlError, FlowNotFound
+
+        try:
+            record = await self.engine.flows.get(self.name)
+        except FlowNotFound:
+            return
+        raise FlowctlError(
+            f"flow/{self.name} already exists on NATS at {url} ({record.state.value}, "
+            f"revision {record.revision}); `flowctl run` never changes a flow it did not "
+            f"create: run this file under another name with --name, or change that flow "
+            f"with `flowctl apply -f` and `flowctl start`")
+
+    async def _create_and_start(self, url: str) -> None:
+        from flowstore.errors import FlowExists
+
+        # Only this run's agents may take the flow's replicas (see the module doc).
+        spec = pinned_to_run(self.loaded.spec, self.run_id)
+        self.dead_letters_before = await self.engine.dead_letters(self.name)
+        try:
+            result = await self.engine.apply(self.name, spec)
+        except FlowExists:  # created by someone else since the check
+            await self._refuse_existing(url)
+            raise
+        self.created = True
+        info(f"flow/{self.name} created (revision {result.flow.revision})")
+        r = await self.engine.deploy(self.name)
+        info(f"flow/{self.name} deployed: {len(r.changes.written)} component config(s)")
+        await self.engine.start(self.name)
+        info(f"flow/{self.name} started; Ctrl+C stops it")
 
     def _start_agents(self, placements: list[tuple[str | None, dict[str, str]]],
                       opts: Any) -> None:
@@ -255,60 +228,74 @@ class Embedded:
             self.agent_tasks.append(asyncio.create_task(agent.run(self.stop_agents)))
 
     async def watch(self, until_done: bool, timeout: float) -> int:
-        from cli.drain import drained
-
+        """Until Ctrl+C/SIGTERM or, with ``until_done``, the flow is done; the exit code."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout if timeout else None
         last_print = loop.time()
-        stable = 0
+        judge = DoneJudge(self.loaded.spec) if until_done else None
         while not self.interrupted.is_set():
             if any(t.done() for t in self.agent_tasks):
                 info("an embedded agent stopped unexpectedly")
                 return EXIT_FAILED
             await asyncio.sleep(0.25)
-            if not until_done and not sys.stderr.isatty():
+            if judge is None and not sys.stderr.isatty():
                 continue
             configs = await self.engine.list_configs(self.name)
             statuses = await self.engine.list_status(self.name)
             if sys.stderr.isatty() and loop.time() - last_print > 2:
                 last_print = loop.time()
-                info(_one_line(statuses))
-            if until_done:
-                done, failed = drained(self.loaded.spec, configs, statuses)
-                stable = stable + 1 if done else 0
-                if failed:
-                    self.final = statuses
-                    info("a replica failed: " + "; ".join(failed))
-                    return EXIT_FAILED
-                if stable >= 3:
-                    self.final = statuses
-                    return 0
-                if deadline is not None and loop.time() > deadline:
-                    info(f"not done after {timeout:g}s")
-                    self.final = statuses
-                    return EXIT_FAILED
+                info(_one_line(statuses) + (f"  ({judge.waiting})" if judge else ""))
+            if judge is None:
+                continue
+            backlog = await self.engine.input_backlog(self.name)
+            verdict = judge.look(configs, statuses, backlog)
+            if verdict is not None:
+                return verdict
+            if deadline is not None and loop.time() > deadline:
+                info(f"not done after {timeout:g}s: {judge.waiting}")
+                return EXIT_FAILED
         info("interrupted: stopping")
         return 0
 
     async def __aexit__(self, *exc: object) -> None:
         with spinner("stopping"):
+            summary = await self._stop_and_summarize()
             await self._teardown()
-        final = getattr(self, "final", None)
-        if final:
-            rows = [[s.node, s.replica, s.agent or "-", s.state.value, s.counters.in_,
-                     s.counters.out, s.counters.filtered, s.counters.errors,
-                     s.counters.dropped, s.reason or s.last_error or ""] for s in final]
+        if summary is not None:
             with contextlib.redirect_stdout(sys.stderr):
-                table(["NODE", "REPLICA", "AGENT", "STATE", "IN", "OUT", "FILTERED", "ERRORS",
-                       "DROPPED", "REASON / LAST ERROR"], rows)
+                table(SUMMARY_COLUMNS, summary.rows)
+            if not summary.ok:
+                info(f"flow/{self.name}: {summary.sentence()}; REASON / LAST ERROR says "
+                     "why, --verbose shows the agents' logs")
+                self.exit_code = EXIT_FAILED
+
+    async def _stop_and_summarize(self) -> Any:
+        """Stop the flow (sources first), then read what every node did."""
+        if self.engine is None or not self.created:
+            return None
+        try:
+            await self.engine.stop(self.name)
+        except Exception as exc:
+            info(f"could not stop flow/{self.name}: {exc or type(exc).__name__}")
+        try:
+            configs = await self.engine.list_configs(self.name)
+            statuses = await self.engine.list_status(self.name)
+            after = await self.engine.dead_letters(self.name)
+        except Exception as exc:
+            info(f"could not read the status of flow/{self.name}: {exc}")
+            return None
+        new = {n: k - self.dead_letters_before.get(n, 0) for n, k in after.items()}
+        uncounted = {c.node for c in configs if not reports_counters(c)}
+        return outcome(self.loaded.spec, statuses, {n: k for n, k in new.items() if k > 0},
+                       uncounted)
 
     async def _teardown(self) -> None:
-        if self.engine is not None and self.applied:
+        if self.engine is not None and self.created:
             try:
-                await self.engine.undeploy(self.name, force=True)
-                info(f"flow/{self.name} stopped and undeployed")
+                await self.engine.delete(self.name, force=True)
+                info(f"flow/{self.name} stopped, undeployed and deleted")
             except Exception as exc:
-                info(f"could not undeploy flow/{self.name}: {exc or type(exc).__name__}")
+                info(f"could not remove flow/{self.name}: {exc or type(exc).__name__}")
         self.stop_agents.set()
         if self.agent_tasks:
             _, late = await asyncio.wait(self.agent_tasks, timeout=45)
@@ -321,6 +308,45 @@ class Embedded:
                 await self.nc.close()
         if self.server is not None:
             await asyncio.to_thread(self.server.stop)
+
+
+class DoneJudge:
+    """Applies :func:`cli.drain.drained` over successive looks: done must hold three looks
+    in a row (or, with nodes judged only by silence, counters unchanged for
+    :attr:`QUIET_S`); a failed replica ends the run at once."""
+
+    QUIET_S = 3.0
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+        self.stable = 0
+        self.waiting = "starting"
+        self.told_unjudged = False
+        self.last_counters: Any = None
+        self.quiet_since = 0.0
+
+    def look(self, configs: list[Any], statuses: list[Any],
+             backlog: dict[str, int]) -> int | None:
+        """None: not done yet; else the exit code."""
+        progress = drained(self.spec, configs, statuses, backlog)
+        if progress.failed:
+            info("a replica failed: " + "; ".join(progress.failed))
+            return EXIT_FAILED
+        self.waiting = progress.waiting or "draining"
+        self.stable = self.stable + 1 if progress.done else 0
+        if self.stable < 3:
+            return None
+        if not progress.unjudged:
+            return 0
+        if not self.told_unjudged:
+            self.told_unjudged = True
+            info(f"{', '.join(progress.unjudged)} report no counters (at-most-once): "
+                 f"done once nothing moved for {self.QUIET_S:g}s")
+        counters = [(s.node, s.replica, s.counters.in_, s.counters.out) for s in statuses]
+        now = asyncio.get_running_loop().time()
+        if counters != self.last_counters:
+            self.last_counters, self.quiet_since = counters, now
+        return 0 if now - self.quiet_since >= self.QUIET_S else None
 
 
 async def _all_ready(agents: list[Any], tasks: list[asyncio.Task[None]]) -> None:

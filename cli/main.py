@@ -359,7 +359,7 @@ def schema() -> None:
 
 
 def main() -> None:
-    from cli import embedded, observe, server  # noqa: F401  (registers their commands)
+    from cli import agent, embedded, observe, server  # noqa: F401  (register commands)
 
     app()
 

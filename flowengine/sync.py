@@ -56,7 +56,12 @@ from flowstore.nats import (
 )
 from flowstore.placement import place
 from flowstore.store import FlowStore, is_delete, read_all
-from flowstore.streams import ensure_dlq_stream, ensure_flow_streams
+from flowstore.streams import (
+    dead_letter_counts,
+    ensure_dlq_stream,
+    ensure_flow_streams,
+    input_backlog,
+)
 
 ATTEMPTS = 5
 
@@ -137,6 +142,15 @@ class FlowKV:
             if status is not None and status.flow == name:
                 out.append(status)
         return sorted(out, key=lambda s: (s.node, s.replica))
+
+    async def input_backlog(self, name: str) -> dict[str, int]:
+        """Unacked messages per durable consumer (``<node>-<port>``) of an at-least-once
+        flow's stream; empty for at-most-once."""
+        return await input_backlog(self.nc, name)
+
+    async def dead_letters(self, name: str) -> dict[str, int]:
+        """Dead letters of the flow kept in FLOWCTL_DLQ, per node."""
+        return await dead_letter_counts(self.nc, name)
 
     async def live_agents(self) -> list[AgentRecord]:
         """Agents whose last heartbeat is recent enough, sorted by name."""

@@ -135,3 +135,31 @@ async def ensure_dlq_stream(nc: NatsClient, replicas: int = 1) -> bool:
         except NotFoundError:
             return False
     return True
+
+
+async def input_backlog(nc: NatsClient, flow: str) -> dict[str, int]:
+    """Per durable consumer of the flow's stream (``<node>-<port>``): the messages not yet
+    acked (waiting, delivered but unacked, or being redelivered). Empty when the flow has
+    no stream (at-most-once)."""
+    js = nc.jetstream()
+    backlog: dict[str, int] = {}
+    while True:  # the server answers at most 256 consumers per request
+        try:
+            page = await js.consumers_info(stream_name(flow), offset=len(backlog))
+        except NotFoundError:
+            return backlog
+        for c in page:
+            backlog[str(c.name)] = int(c.num_pending or 0) + int(c.num_ack_pending or 0)
+        if len(page) < 256:
+            return backlog
+
+
+async def dead_letter_counts(nc: NatsClient, flow: str) -> dict[str, int]:
+    """Dead letters of the flow kept in :data:`DLQ_STREAM`, per node."""
+    js = nc.jetstream()
+    try:
+        info = await js.stream_info(DLQ_STREAM, subjects_filter=f"flowctl.{flow}.*.dlq")
+    except NotFoundError:
+        return {}
+    subjects = info.state.subjects or {}
+    return {subject.split(".")[2]: int(n) for subject, n in subjects.items()}

@@ -70,7 +70,7 @@ def check_two_agents(run: Flowctl, workdir: Path) -> None:
     err = run.err()
     edge = next(line.split()[1] for line in err.splitlines() if line.endswith("(zone=edge)"))
     core = next(line.split()[1] for line in err.splitlines() if line.endswith("(zone=core)"))
-    rows = table_rows(err, "NODE")  # the final status: NODE REPLICA AGENT STATE ...
+    rows = table_rows(err, "NODE")  # the summary: NODE REPLICAS AGENTS STATE ...
     assert (rows["sensor"][2], rows["tag"][2], rows["store"][2]) == (edge, edge, core)
 
 
@@ -117,7 +117,7 @@ def test_example_runs_until_done(example: str, tmp_path: Path) -> None:
              "the embedded nats-server")
     assert run.wait(90) == 0, run.err()
     assert "Traceback" not in run.err()
-    assert "stopped and undeployed" in run.err()
+    assert "stopped, undeployed and deleted" in run.err()
     assert run.descendant_names() == ["nats-server"]
     run.assert_no_leftovers()  # the nats-server included
     CHECKS[example](run, workdir)
@@ -137,7 +137,7 @@ def test_endless_example_runs_until_ctrl_c(example: str, tmp_path: Path, nats_ur
     finally:
         if run.proc.poll() is None:
             run.kill()
-    assert "stopped and undeployed" in run.err()
+    assert "stopped, undeployed and deleted" in run.err()
     run.assert_no_leftovers()
     assert read_kv(nats_url, "flowctl_config") == {}
     ENDLESS[example](run, workdir)

@@ -54,6 +54,8 @@ HOLD_MAX = 500
 HOLD_AGE_S = DEFAULT_ACK_WAIT_S / 2
 #: Pauses between the in-place attempts of a failing event (at-least-once).
 RETRY_PAUSES_S = (0.1, 0.2, 0.4, 0.8)[: DEFAULT_MAX_DELIVER - 1]
+#: A frame handled for this long is reported in progress (resets its ack wait).
+PROGRESS_EVERY_S = DEFAULT_ACK_WAIT_S / 4
 #: Input handling gives the loop a turn after this many events.
 YIELD_EVERY = 8
 
@@ -81,6 +83,7 @@ class InputDelivery:
     _settling: asyncio.Lock
     _inflight: int = 0
     _since_yield: int = 0
+    _progress_at: dict[str, float]  # per input port: when its frame last reported progress
 
     async def _open_inputs(self) -> None:
         for port, subjects in self.cfg.inputs.items():
@@ -154,6 +157,7 @@ class InputDelivery:
             if comp is None:
                 return  # never acked: delivered again after the ack wait
             events = decode_frame(msg.data, frame_count(msg.headers))
+            self._progress_at[port] = asyncio.get_running_loop().time()
             async with self._outbox.handling():  # its outputs are published at the end
                 for index, event in enumerate(events):
                     if self.component is not comp:
@@ -166,6 +170,7 @@ class InputDelivery:
                     self._since_yield += 1
                     if self._since_yield >= YIELD_EVERY:
                         self._since_yield = 0
+                        await self._still_working(port, msg)
                         await asyncio.sleep(0)
             # No await from here to the append: _settle acks it only after a publisher
             # wait that began after its outputs were published.
@@ -175,6 +180,15 @@ class InputDelivery:
 
         return on_msg
 
+    async def _still_working(self, port: str, msg: Msg) -> None:
+        """A frame handled for long (slow code, retries) tells the server it is still being
+        worked on, so it is not delivered again to another replica after the ack wait."""
+        now = asyncio.get_running_loop().time()
+        if msg.reply and now - self._progress_at.get(port, now) >= PROGRESS_EVERY_S:
+            self._progress_at[port] = now
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
     async def _retry(self, comp: Any, port: str, msg: Msg, index: int, event: Any,
                      exc: Exception) -> None:
         """An event failed: a data error is final; anything else is tried again in place
@@ -183,6 +197,7 @@ class InputDelivery:
             if isinstance(exc, EventError) or pause is None or self.component is None:
                 await self._failed_event(port, msg, index, event, exc)
                 return
+            await self._still_working(port, msg)
             await asyncio.sleep(pause)
             try:
                 await comp.process(port, event)

@@ -52,6 +52,7 @@ class InProcessReplica(InputDelivery, Replica):
         self._tasks: list[asyncio.Task[None]] = []
         self._unacked: list[Msg] = []  # processed inputs not acked yet (see _settle)
         self._unacked_since: float | None = None
+        self._progress_at: dict[str, float] = {}
         self._settling = asyncio.Lock()
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None

@@ -1,0 +1,77 @@
+"""``flowctl agent``: one per host, runs the component replicas assigned to it."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.errors import run
+from cli.main import app, globals_, valid_name
+
+
+def _labels(text: str) -> dict[str, str]:
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"'{part}' is not k=v", param_hint="--labels")
+        out[key] = value
+    return out
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+@app.command()
+def agent(
+    name: Annotated[str, typer.Option("--name", help="Unique agent name.",
+                                      callback=valid_name("agent"))],
+    labels: Annotated[str, typer.Option(help="Labels k=v,k2=v2 for placement.")] = "",
+    heartbeat: Annotated[float, typer.Option(help="Heartbeat interval, seconds.")] = 2.0,
+    status_interval: Annotated[float, typer.Option(help="Status refresh, seconds.")] = 2.0,
+    log_dir: Annotated[str | None, typer.Option(help="Component log files.")] = None,
+    allow_inline_code: Annotated[
+        bool, typer.Option("--allow-inline-code", help="Allow `python` nodes with code:.")
+    ] = False,
+    python_path: Annotated[
+        list[Path] | None,
+        typer.Option("--python-path", help="Directory to import `python` node modules "
+                     "from (repeatable; PYTHONPATH works too).", file_okay=False),
+    ] = None,
+) -> None:
+    """Run the agent: runs the component replicas assigned to NAME until Ctrl+C/SIGTERM.
+
+    Example: flowctl agent --name edge-1 --labels zone=a,gpu=false --python-path ./flows
+    """
+    from componentmanager.agent import Agent, AgentSettings
+
+    for directory in reversed(python_path or []):
+        sys.path.insert(0, str(directory.resolve()))
+
+    settings = AgentSettings(
+        name=name, labels=_labels(labels), heartbeat=heartbeat,
+        status_interval=status_interval, allow_inline_code=allow_inline_code,
+    )
+    if log_dir:
+        settings.log_dir = log_dir
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        opts = globals_().options()
+        the_agent = Agent(settings, opts)
+        # `kill -USR1 <pid>`: every task of both loops with its stack, on stderr.
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGUSR1, the_agent.dump_tasks, sys.stderr)
+        await the_agent.run(stop)
+
+    run(go())
+
