@@ -134,6 +134,15 @@ def other_error(exc: Exception) -> tuple[str, int]:
             EXIT_FAILED)
 
 
+def quiet_broken_pipe() -> NoReturn:
+    """The reader of stdout went away (``flowctl status | head -2``): that is a normal
+    end, exit 0 without a word (stdout is pointed at /dev/null so Python's final flush
+    does not complain)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    raise SystemExit(EXIT_OK)
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command's coroutine, mapping every error to one sentence and an exit code."""
     import typer
@@ -141,6 +150,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
     try:
         return asyncio.run(coro)
+    except BrokenPipeError:
+        quiet_broken_pipe()
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         raise SystemExit(130) from None

@@ -7,9 +7,11 @@ the commands, so ``flowctl --help`` stays fast.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -54,7 +56,7 @@ def valid_name(kind: str) -> Callable[[str | None], str | None]:
     return check
 
 
-OutputOpt = Annotated[Format, typer.Option("-o", "--output", help="table, json or yaml.")]
+OutputOpt = Annotated[Format, typer.Option("-o", "--output", help="table, wide, json or yaml.")]
 NameArg = Annotated[
     str, typer.Argument(help="The flow's name (metadata.name).", callback=valid_name("flow"))
 ]
@@ -107,11 +109,38 @@ def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
 
+#: URL schemes nats-py speaks.
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def _check_nats_url(value: str) -> str:
+    """A URL (or a comma-separated list of cluster URLs) with a scheme NATS speaks."""
+    for url in filter(None, (u.strip() for u in value.split(","))):
+        scheme, sep, _ = url.partition("://")
+        if sep and scheme.lower() not in NATS_SCHEMES:
+            raise typer.BadParameter(
+                f"{url!r} has the scheme {scheme}://, which NATS does not speak; use "
+                f"nats://host:4222 (or tls://, ws://, wss://)")
+    return value
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"flowctl {version('flowctl')}")
+        except PackageNotFoundError:
+            print("flowctl (not installed as a package)")
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
     ctx: typer.Context,
     nats_url: Annotated[
-        str, typer.Option("--nats-url", envvar="NATS_URL", help="NATS server URL.")
+        str, typer.Option("--nats-url", envvar="NATS_URL", help="NATS server URL(s).",
+                          callback=_check_nats_url)
     ] = "nats://127.0.0.1:4222",
     creds: Annotated[Path | None, _file_option("--creds", "NATS credentials file.")] = None,
     user: Annotated[str | None, typer.Option(help="NATS user.")] = None,
@@ -130,6 +159,8 @@ def main_options(
         ),
     ] = 1,
     log_json: Annotated[bool, typer.Option("--log-json", help="Logs as JSON lines.")] = False,
+    _version: Annotated[bool, typer.Option("--version", help="Print the version and exit.",
+                                           is_eager=True, callback=_print_version)] = False,
 ) -> None:
     """Global options apply to every command."""
     global G
@@ -145,14 +176,15 @@ def main_options(
         configure(json_logs=log_json)
 
 
-async def connect_nats(opts: NatsOptions | None = None) -> Any:
-    """A NATS connection for a command (:func:`flowstore.nats.connect` fails fast)."""
+async def connect_nats(opts: NatsOptions | None = None, reconnect: bool = False) -> Any:
+    """A NATS connection for a command (:func:`flowstore.nats.connect` fails fast);
+    ``reconnect`` for commands that run until Ctrl+C (they ride out server restarts)."""
     from flowstore.nats import connect
 
-    return await connect(opts or globals_().options())
+    return await connect(opts or globals_().options(), reconnect=reconnect)
 
 
-async def engine_session() -> Any:
+async def engine_session(reconnect: bool = False) -> Any:
     """A connected FlowEngine (use as ``async with engine_session() as engine``)."""
     from contextlib import asynccontextmanager
 
@@ -161,7 +193,7 @@ async def engine_session() -> Any:
     @asynccontextmanager
     async def session():  # type: ignore[no-untyped-def]
         g = globals_()
-        nc = await connect_nats(g.options())
+        nc = await connect_nats(g.options(), reconnect=reconnect)
         try:
             yield await FlowEngine.open(nc, kv_replicas=g.kv_replicas)
         finally:
@@ -170,7 +202,7 @@ async def engine_session() -> Any:
     return session()
 
 
-def _print_changes(changes: Any) -> None:
+def print_changes(changes: Any) -> None:
     for key in changes.added:
         info(f"  + config {key}")
     for key in changes.updated:
@@ -185,79 +217,40 @@ def _print_changes(changes: Any) -> None:
         info(f"  - stream {stream}")
 
 
-@app.command()
-def validate(
-    file: Annotated[Path, typer.Argument(help="A flow file (YAML or JSON).")],
-    output: OutputOpt = Format.table,
-) -> None:
-    """Check a flow file without touching NATS; exit 1 on errors.
-
-    Example: flowctl validate examples/hello.yaml -o json
-    """
-    from flowengine import validate as check
-    from flowstore import load_flow
-
-    async def go() -> int:
-        loaded = load_flow(file)
-        result = check(loaded.spec, source=loaded.source, name=loaded.name)
-        data = result.to_dict()
-        if output != Format.table:
-            show(data, output)
-        else:
-            for issue in [*result.errors, *result.warnings]:
-                print(f"{file}: {issue}")
-            print(f"{file}: {result.status} ({len(result.errors)} error(s), "
-                  f"{len(result.warnings)} warning(s))")
-        return 0 if result.ok else 1
-
-    raise typer.Exit(run(go()))
-
-
-@app.command()
-def apply(
-    file: Annotated[Path, typer.Option("-f", "--file", help="The flow file to apply.")],
-    output: OutputOpt = Format.table,
-) -> None:
-    """Validate a flow file, then create or update the flow; prints its revision.
-
-    Example: flowctl apply -f examples/hello.yaml
-    """
-    from flowengine import ValidationFailed
-    from flowengine import validate as check
-    from flowstore import load_flow
-
-    async def go() -> None:
-        loaded = load_flow(file)
-        # Check locally first: errors then point at lines of the file.
-        checked = check(loaded.spec, source=loaded.source, name=loaded.name)
-        if not checked.ok:
-            raise ValidationFailed(checked, loaded.name)
-        async with await engine_session() as engine:
-            result = await engine.apply(loaded.name, loaded.spec)
-        flow, changes = result.flow, result.changes
-        if output != Format.table:
-            show({"flow": flow.name, "created": result.created, "revision": flow.revision,
-                  "state": flow.state.value, "changes": changes.to_dict()}, output)
-            return
-        verb = "created" if result.created else ("configured" if changes.spec_changed
-                                                  else "unchanged")
-        print(f"flow/{flow.name} {verb} (revision {flow.revision}, {flow.state.value})")
-        if changes.validation is not None:
-            for warning in changes.validation.warnings:
-                info(f"  warning: {warning}")
-        _print_changes(changes)
-
-    run(go())
+#: (action, state) pairs where the action has nothing to do: the flow is already there.
+ALREADY = {
+    ("deploy", "deployed_stopped"): "already deployed",
+    ("deploy", "running"): "already deployed and running",
+    ("start", "running"): "already running",
+    ("stop", "deployed_stopped"): "already stopped",
+    ("stop", "not_deployed"): "not deployed, so nothing runs",
+    ("undeploy", "not_deployed"): "already not deployed",
+}
 
 
 def _transition(action: str, name: str, output: Format, **kwargs: Any) -> None:
+    """Run a lifecycle action; one that finds the flow already where it leads exits 0 and
+    says so (``start`` on a running flow), as kubectl and systemctl do."""
+    from flowstore.errors import InvalidTransition
+
     async def go() -> None:
         async with await engine_session() as engine:
-            result = await getattr(engine, action)(name, **kwargs)
-        if output != Format.table:
+            try:
+                result = await getattr(engine, action)(name, **kwargs)
+            except InvalidTransition as exc:
+                already = ALREADY.get((exc.action, exc.state))
+                if already is None:
+                    raise
+                if not output.tabular:
+                    show({"flow": name, "action": action, "state": exc.state,
+                          "changed": False}, output)
+                else:
+                    print(f"flow/{name} is {already}; nothing to do")
+                return
+        if not output.tabular:
             show(result.to_dict(), output)
             return
-        _print_changes(result.changes)
+        print_changes(result.changes)
         if result.changes.validation is not None:
             for warning in result.changes.validation.warnings:
                 info(f"  warning: {warning}")
@@ -323,26 +316,50 @@ def delete(
 @app.command()
 def rollback(
     name: NameArg,
-    revision: Annotated[int, typer.Option("--revision", "-r", help="Revision to restore.")],
+    revision: Annotated[int | None, typer.Option(
+        "--revision", "-r", help="Revision to restore (default: the previous spec).")] = None,
     output: OutputOpt = Format.table,
 ) -> None:
-    """Apply the spec of an earlier revision as a new revision.
+    """Apply the spec of an earlier revision (default: the previous one) as a new revision.
 
     Example: flowctl rollback orders --revision 2
     """
 
     async def go() -> None:
         async with await engine_session() as engine:
+            before = await engine.flows.get(name)
             result = await engine.rollback(name, revision)
-        if output != Format.table:
+        if not output.tabular:
             show({"flow": name, "revision": result.flow.revision, "from_revision": revision,
-                  "changes": result.changes.to_dict()}, output)
+                  "previous_revision": before.revision, "changes": result.changes.to_dict()},
+                 output)
             return
-        _print_changes(result.changes)
-        print(f"flow/{name} rolled back to the spec of revision {revision} "
-              f"(now revision {result.flow.revision})")
+        print_changes(result.changes)
+        what = (f"the spec of revision {revision}" if revision is not None
+                else f"the spec before revision {before.revision}")
+        print(f"flow/{name} rolled back to {what} (now revision {result.flow.revision})")
 
     run(go())
+
+
+class Shell(StrEnum):
+    bash = "bash"
+    zsh = "zsh"
+    fish = "fish"
+    powershell = "powershell"
+
+
+@app.command()
+def completion(shell: Annotated[Shell, typer.Argument(help="bash, zsh, fish or powershell.")]
+               ) -> None:
+    """Print the shell completion script (commands and options; flow names are not completed).
+
+    Example: flowctl completion bash > ~/.local/share/bash-completion/completions/flowctl
+    """
+    from typer._completion_shared import get_completion_script
+
+    print(get_completion_script(prog_name="flowctl", complete_var="_FLOWCTL_COMPLETE",
+                                shell=shell.value))
 
 
 @app.command()
@@ -359,9 +376,25 @@ def schema() -> None:
 
 
 def main() -> None:
-    from cli import agent, embedded, observe, server  # noqa: F401  (register commands)
+    from cli import agent, embedded, files, observe, server, status  # noqa: F401
+    from cli.argv import hoist_globals
+    from cli.errors import quiet_broken_pipe
 
-    app()
+    if "_FLOWCTL_COMPLETE" in os.environ:  # a shell asking for completions
+        from typer._completion_classes import completion_init
+
+        completion_init()
+        app(prog_name="flowctl")
+        return
+    try:
+        app(args=hoist_globals(sys.argv[1:]), prog_name="flowctl")
+    except BrokenPipeError:
+        quiet_broken_pipe()
+    finally:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            quiet_broken_pipe()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Reading commands: get/list, describe, status, agents, components, history, logs.
+"""Reading commands: get/list, describe, agents, components, history, logs (status is in
+:mod:`cli.status`).
 
 Each builds JSON-ready data and hands it to :func:`cli.output.show`, so ``-o json`` and
 ``-o yaml`` carry everything the table shows and more.
@@ -7,22 +8,48 @@ Each builds JSON-ready data and hands it to :func:`cli.output.show`, so ``-o jso
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 from typing import Annotated, Any
 
 import typer
 
 from cli.errors import fail, run
 from cli.main import NameArg, OutputOpt, app, connect_nats, engine_session, valid_name
-from cli.output import Format, age, info, show, table
+from cli.output import Format, age, info, show
 
 
 def _flow_row(f: dict[str, Any]) -> list[Any]:
     return [f["name"], f["state"], len(f["spec"]["nodes"]), f["revision"], age(f["updated_at"])]
 
 
+def _flow_row_wide(f: dict[str, Any]) -> list[Any]:
+    spec = f["spec"]
+    return [f["name"], f["state"], len(spec["nodes"]), f["revision"],
+            f.get("deployed_revision") or "-", spec.get("delivery", ""),
+            age(f["updated_at"]), spec.get("description") or ""]
+
+
 FLOW_COLUMNS = ["NAME", "STATE", "NODES", "REVISION", "UPDATED"]
+FLOW_COLUMNS_WIDE = ["NAME", "STATE", "NODES", "REVISION", "DEPLOYED", "DELIVERY", "UPDATED",
+                     "DESCRIPTION"]
+
+WatchOpt = Annotated[bool, typer.Option("--watch", "-w", help="Redraw live until Ctrl+C.")]
+IntervalOpt = Annotated[float, typer.Option(help="Redraw interval with --watch, seconds.")]
+
+
+def reading(fetch: Any, draw: Any, watch: bool, interval: float) -> None:
+    """Fetch once and draw, or (``--watch``) redraw until Ctrl+C, riding out NATS outages."""
+
+    async def go() -> None:
+        async with await engine_session(reconnect=watch) as engine:
+            if not watch:
+                draw(await fetch(engine))
+                return
+            from cli.live import watch as live
+            from cli.main import globals_
+
+            await live(lambda: fetch(engine), draw, interval, globals_().nats_url)
+
+    run(go())
 
 
 @app.command("get")
@@ -30,145 +57,41 @@ def get_flows(
     name: Annotated[str | None, typer.Argument(help="One flow; all when omitted.",
                                                callback=valid_name("flow"))] = None,
     output: OutputOpt = Format.table,
+    watch: WatchOpt = False,
+    interval: IntervalOpt = 2.0,
 ) -> None:
     """Show flows: name, desired state, nodes, revision, last update.
 
-    Example: flowctl get orders -o yaml
+    -o yaml prints a flow file that `flowctl apply -f` takes back unchanged.
+
+    Example: flowctl get orders -o yaml > orders.yaml
     """
 
-    async def go() -> None:
-        async with await engine_session() as engine:
-            if name:
-                flows = [await engine.flows.get(name)]
-            else:
-                flows = await engine.flows.list()
-        data = [f.model_dump(mode="json") for f in flows]
-        if name and output != Format.table:
-            show(data[0], output)
-        else:
-            show(data, output, FLOW_COLUMNS, lambda d: [_flow_row(f) for f in d])
+    async def fetch(engine: Any) -> Any:
+        flows = [await engine.flows.get(name)] if name else await engine.flows.list()
+        return [f.model_dump(mode="json") for f in flows]
 
-    run(go())
+    def draw(data: Any) -> None:
+        if not output.tabular:
+            from flowstore.flowfile import flow_document
+
+            documents = [flow_document(f) for f in data]
+            show(documents[0] if name else documents, output)
+        else:
+            show(data, output, FLOW_COLUMNS, lambda d: [_flow_row(f) for f in d],
+                 wide=(FLOW_COLUMNS_WIDE, lambda d: [_flow_row_wide(f) for f in d]))
+
+    reading(fetch, draw, watch, interval)
 
 
 @app.command("list")
-def list_flows(output: OutputOpt = Format.table) -> None:
+def list_flows(output: OutputOpt = Format.table, watch: WatchOpt = False,
+               interval: IntervalOpt = 2.0) -> None:
     """List every flow.
 
-    Example: flowctl list -o json
+    Example: flowctl list -o wide
     """
-    get_flows(None, output)
-
-
-def _status_rows(statuses: list[dict[str, Any]]) -> list[list[Any]]:
-    rows = []
-    for s in statuses:
-        c = s.get("counters", {})
-        rows.append([
-            s["node"], s["replica"], s.get("agent") or "-", s["state"], c.get("in", 0),
-            c.get("out", 0), c.get("filtered", 0), c.get("errors", 0), c.get("dropped", 0),
-            _rate(s), (s.get("reason") or s.get("last_error") or "")[:100],
-        ])
-    return rows
-
-
-def _rate(s: dict[str, Any]) -> str:
-    """Average events/s since the replica started (in for sinks, else out)."""
-    from datetime import datetime
-
-    started, updated = s.get("started_at"), s.get("updated_at")
-    if not started or not updated:
-        return ""
-    t0 = datetime.fromisoformat(started.replace("Z", "+00:00"))
-    t1 = datetime.fromisoformat(updated.replace("Z", "+00:00"))
-    secs = (t1 - t0).total_seconds()
-    c = s.get("counters", {})
-    n = c.get("out", 0) or c.get("in", 0)
-    return f"{n / secs:.0f}/s" if secs > 0.5 else ""
-
-
-def _stop_event() -> asyncio.Event:
-    """Set on Ctrl+C or SIGTERM: the normal end of --watch and --follow (exit 0)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
-
-
-async def _until_interrupted() -> None:
-    await _stop_event().wait()
-
-
-STATUS_COLUMNS = ["NODE", "REPLICA", "AGENT", "STATE", "IN", "OUT", "FILTERED", "ERRORS",
-                  "DROPPED", "RATE", "REASON / LAST ERROR"]
-
-
-async def _status_data(engine: Any, name: str | None) -> list[dict[str, Any]]:
-    names = [name] if name else [f.name for f in await engine.flows.list()]
-    out = []
-    for flow in names:
-        eff = await engine.effective_state(flow)
-        statuses = await engine.list_status(flow)
-        out.append({
-            "flow": flow,
-            "effective": eff.to_dict(),
-            "replicas": [s.model_dump(mode="json", by_alias=True) for s in statuses],
-        })
-    return out
-
-
-def _print_status(data: list[dict[str, Any]]) -> None:
-    for flow in data:
-        eff = flow["effective"]
-        print(f"flow/{flow['flow']}: {eff['observed']} (desired {eff['desired']}, "
-              f"{eff['replicas']} replica(s))")
-        for reason in eff.get("reasons", [])[:10]:
-            print(f"  {reason}")
-        if flow["replicas"]:
-            table(STATUS_COLUMNS, _status_rows(flow["replicas"]))
-        print()
-
-
-@app.command()
-def status(
-    name: Annotated[str | None, typer.Argument(help="One flow; all when omitted.",
-                                               callback=valid_name("flow"))] = None,
-    watch: Annotated[bool, typer.Option("--watch", "-w", help="Redraw live.")] = False,
-    interval: Annotated[float, typer.Option(help="Redraw interval with --watch.")] = 1.0,
-    output: OutputOpt = Format.table,
-) -> None:
-    """Observed state per replica (node, agent, state, counters, rate, last error)
-    and each flow's effective state, from what agents report.
-
-    Example: flowctl status orders --watch
-    """
-
-    async def go() -> None:
-        async with await engine_session() as engine:
-            if not watch:
-                data = await _status_data(engine, name)
-                if output != Format.table:
-                    show(data[0] if name else data, output)
-                else:
-                    _print_status(data)
-                return
-            from rich.console import Console
-            from rich.live import Live
-            from rich.text import Text
-
-            console = Console()
-            stop = _stop_event()
-            with Live(console=console, auto_refresh=False) as live:
-                while not stop.is_set():
-                    data = await _status_data(engine, name)
-                    with console.capture() as cap:
-                        _print_status(data)
-                    live.update(Text.from_ansi(cap.get()), refresh=True)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), interval)
-
-    run(go())
+    get_flows(None, output, watch, interval)
 
 
 @app.command()
@@ -199,42 +122,51 @@ def describe(name: NameArg, output: OutputOpt = Format.yaml) -> None:
                 for c in configs
             ],
         }
-        show(data, Format.yaml if output == Format.table else output)
+        show(data, Format.yaml if output.tabular else output)
 
     run(go())
+
+
+AGENT_COLUMNS = ["NAME", "HOST", "LABELS", "HEARTBEAT", "LIVE", "COMPONENTS", "CPU%",
+                 "MEM MB", "LOOP LAG"]
+
+
+def _agent_row(a: dict[str, Any]) -> list[Any]:
+    return [a["name"], a["host"], ",".join(f"{k}={v}" for k, v in a["labels"].items()),
+            f"{a['age_s']}s ago", "yes" if a["live"] else "NO", len(a["components"]),
+            a["cpu_percent"], a["memory_mb"], f"{a.get('loop_lag_ms', 0):.0f} ms"]
+
+
+def _agent_row_wide(a: dict[str, Any]) -> list[Any]:
+    return [*_agent_row(a), a["pid"], a["version"], age(a["started_at"]),
+            ",".join(a["components"])]
 
 
 @app.command()
-def agents(output: OutputOpt = Format.table) -> None:
+def agents(output: OutputOpt = Format.table, watch: WatchOpt = False,
+           interval: IntervalOpt = 2.0) -> None:
     """Agents with labels, heartbeat age, components, CPU, memory and data-loop lag (the
     longest stall of the loop its replicas run on, last heartbeat interval).
 
-    Example: flowctl agents -o json
+    Example: flowctl agents -o wide --watch
     """
 
-    async def go() -> None:
+    async def fetch(engine: Any) -> Any:
         from flowstore import AgentRecord, read_all
-        from flowstore.nats import AGENTS_BUCKET, open_bucket
 
-        nc = await connect_nats()
-        try:
-            kv = await open_bucket(nc, AGENTS_BUCKET)
-            entries = await read_all(kv)
-        finally:
-            await nc.close()
-        records = [AgentRecord.from_json(e.value) for e in entries.values()]
-        data = [
+        records = [AgentRecord.from_json(e.value)
+                   for e in (await read_all(engine.agents)).values()]
+        return [
             {**r.model_dump(mode="json"), "live": r.is_live(), "age_s": round(r.age_s(), 1)}
             for r in sorted(records, key=lambda r: r.name)
         ]
-        show(data, output, ["NAME", "HOST", "LABELS", "HEARTBEAT", "LIVE", "COMPONENTS",
-                            "CPU%", "MEM MB", "LOOP LAG"], lambda d: [
-            [a["name"], a["host"], ",".join(f"{k}={v}" for k, v in a["labels"].items()),
-             f"{a['age_s']}s ago", "yes" if a["live"] else "NO", len(a["components"]),
-             a["cpu_percent"], a["memory_mb"], f"{a.get('loop_lag_ms', 0):.0f} ms"]
-            for a in d])
 
-    run(go())
+    def draw(data: Any) -> None:
+        show(data, output, AGENT_COLUMNS, lambda d: [_agent_row(a) for a in d],
+             wide=([*AGENT_COLUMNS, "PID", "VERSION", "UP", "REPLICAS"],
+                   lambda d: [_agent_row_wide(a) for a in d]))
+
+    reading(fetch, draw, watch, interval)
 
 
 @app.command()
@@ -301,7 +233,7 @@ def logs(
             try:
                 d = json.loads(msg.data)
                 text = (f"{d['ts']} {d['node']}.{d['replica']}@{d['agent']} {d['line']}"
-                        if output == Format.table else _one_record(d, output))
+                        if output.tabular else _one_record(d, output))
             except (ValueError, KeyError, TypeError):
                 text = msg.data.decode("utf-8", "replace")
             print(text, flush=True)
@@ -312,7 +244,9 @@ def logs(
             await nc.flush()  # the subscription is in place: nothing published now is missed
             if follow:
                 info(f"following {subject} (Ctrl+C stops)")
-                await _until_interrupted()
+                from cli.live import stop_event
+
+                await stop_event().wait()
             else:
                 info(f"listening on {subject} for {wait:g}s")
                 await asyncio.sleep(wait)

@@ -17,24 +17,40 @@ from typing import Any
 
 class Format(StrEnum):
     table = "table"
+    wide = "wide"
     json = "json"
     yaml = "yaml"
+
+    @property
+    def tabular(self) -> bool:
+        """table or wide: text for people, not data."""
+        return self in (Format.table, Format.wide)
+
+
+#: Set by ``--watch`` on a terminal: tables drawn into a buffer get the terminal's width.
+FORCE_WIDTH: int | None = None
+
+Rows = Callable[[Any], list[Sequence[Any]]]
 
 
 def show(
     data: Any,
     fmt: Format,
     columns: Sequence[str] | None = None,
-    rows: Callable[[Any], list[Sequence[Any]]] | None = None,
+    rows: Rows | None = None,
     title: str | None = None,
+    wide: tuple[Sequence[str], Rows] | None = None,
 ) -> None:
-    """Print ``data`` in ``fmt``; for tables, ``rows(data)`` gives one row per item."""
+    """Print ``data`` in ``fmt``; for tables, ``rows(data)`` gives one row per item;
+    ``-o wide`` uses ``wide`` (columns, rows) when given, else the table."""
     if fmt == Format.json:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     elif fmt == Format.yaml:
         import yaml
 
         sys.stdout.write(yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+    elif fmt == Format.wide and wide is not None:
+        table(wide[0], wide[1](data), title)
     else:
         assert columns is not None and rows is not None
         table(columns, rows(data), title)
@@ -50,8 +66,8 @@ def table(columns: Sequence[str], rows: list[Sequence[Any]], title: str | None =
         t.add_column(col, overflow="fold", no_wrap=not last)
     for row in rows:
         t.add_row(*("" if v is None else str(v) for v in row))
-    console = Console(soft_wrap=True)
-    if not console.is_terminal:  # a pipe or file: one line per row, never folded
+    console = Console(soft_wrap=True, width=FORCE_WIDTH)
+    if FORCE_WIDTH is None and not console.is_terminal:  # a pipe or file: never folded
         console = Console(soft_wrap=True, width=1000)
     console.print(t)
 

@@ -224,9 +224,13 @@ class FlowEngine(FlowKV):
         await self._settled(name, "delete", changes, work())
         return TransitionResult(record, "delete", previous, changes)
 
-    async def rollback(self, name: str, revision: int) -> ApplyResult:
-        """Apply the spec of history ``revision`` as a new revision."""
-        old = await self.flows.at_revision(name, revision)
+    async def rollback(self, name: str, revision: int | None = None) -> ApplyResult:
+        """Apply the spec of history ``revision`` (default: the previous spec) as a new
+        revision."""
+        if revision is None:
+            old = await self.flows.previous_spec(name, await self.flows.get(name))
+        else:
+            old = await self.flows.at_revision(name, revision)
         return await self.apply(name, old.spec)
 
     async def effective_state(self, name: str) -> EffectiveState:

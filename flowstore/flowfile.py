@@ -85,6 +85,8 @@ class FlowFile(BaseModel):
     kind: Literal["Flow", "Pipeline"]
     metadata: Metadata
     spec: FileSpec
+    status: dict[str, Any] | None = Field(
+        default=None, description="Ignored on apply: what `flowctl get -o yaml` reports.")
 
     def to_spec(self) -> FlowSpec:
         nodes: list[Node] = []
@@ -158,6 +160,45 @@ class CanvasFlow(BaseModel):
                 for c in self.connections
             ],
         )
+
+
+_SECTIONS: dict[str, str] = {"source": "sources", "processor": "processors", "sink": "sinks"}
+
+
+def flow_document(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored flow (a ``FlowRecord`` dumped as JSON) as the flow file that made it:
+    ``flowctl apply -f`` takes it back unchanged (``flowctl get NAME -o yaml``). Default
+    fields are left out; a node without a role (a canvas export) goes where its
+    connections put it. ``status`` (state, revisions, times) is ignored by apply."""
+    spec = record["spec"]
+    inputs: dict[str, list[str]] = {}
+    has_outputs: set[str] = set()
+    for conn in spec.get("connections", []):
+        source = conn.get("from") or conn.get("from_", "")
+        node, _, port = source.partition(".")
+        inputs.setdefault(conn["to"].partition(".")[0], []).append(
+            node if port == DEFAULT_OUTPUT_PORT else source)
+        has_outputs.add(node)
+    sections: dict[str, list[dict[str, Any]]] = {"sources": [], "processors": [], "sinks": []}
+    for node in spec.get("nodes", []):
+        entry = {k: v for k, v in node.items() if k != "role"}
+        if inputs.get(node["id"]):
+            entry["inputs"] = inputs[node["id"]]
+        role = node.get("role") or ("source" if not entry.get("inputs") else
+                                    "processor" if node["id"] in has_outputs else "sink")
+        sections[_SECTIONS[role]].append(entry)
+    metadata: dict[str, Any] = {"name": record["name"]}
+    for key in ("description", "labels"):
+        if spec.get(key):
+            metadata[key] = spec[key]
+    file_spec: dict[str, Any] = {"delivery": spec.get("delivery", "at-least-once")}
+    if spec.get("buffer", DEFAULT_BUFFER) != DEFAULT_BUFFER:
+        file_spec["buffer"] = spec["buffer"]
+    file_spec.update({k: v for k, v in sections.items() if v})
+    status = {k: record[k] for k in ("state", "revision", "deployed_revision", "created_at",
+                                     "updated_at") if record.get(k) is not None}
+    return {"apiVersion": "flowctl/v1", "kind": "Flow", "metadata": metadata,
+            "spec": file_spec, "status": status}
 
 
 def flow_file_schema() -> dict[str, Any]:

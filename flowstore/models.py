@@ -168,7 +168,7 @@ class Node(ExternalFields):
 class Connection(BaseModel):
     """An edge ``from: node.port -> to: node.port`` (output port to input port)."""
 
-    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", serialize_by_alias=True)
 
     from_: str = Field(alias="from")
     to: str

@@ -149,8 +149,13 @@ class FlowStore:
         return record
 
     async def create(self, name: str, spec: FlowSpec) -> FlowRecord:
-        """Store a new flow (state not_deployed, revision 1). Fails if it exists."""
-        record = FlowRecord(name=name, spec=spec)
+        """Store a new flow (state not_deployed, revision 1, or the next after those of an
+        earlier, deleted flow of that name: its history goes on). Fails if it exists."""
+        try:
+            earlier = max((r.revision for r in await self.history(name)), default=0)
+        except FlowNotFound:
+            earlier = 0
+        record = FlowRecord(name=name, spec=spec, revision=earlier + 1)
         try:
             record.kv_revision = await self.kv.create(name, record.to_json())
         except KeyWrongLastSequenceError:
@@ -178,14 +183,16 @@ class FlowStore:
         state: FlowState | None = None,
         deployed_revision: int | None = None,
     ) -> FlowRecord:
-        """Write a new revision of ``record`` if nobody wrote since it was read (CAS).
+        """Write ``record`` anew if nobody wrote since it was read (CAS). ``revision``
+        counts spec changes: a new spec makes the next one, a state change keeps it.
 
         Returns the new record; raises :class:`RevisionConflict` and writes nothing when
         ``record.kv_revision`` is stale.
         """
-        changes: dict[str, object] = {"revision": record.revision + 1, "updated_at": utcnow()}
+        changes: dict[str, object] = {"updated_at": utcnow()}
         if spec is not None:
             changes["spec"] = spec
+            changes["revision"] = record.revision + 1
         if state is not None:
             changes["state"] = state
         if deployed_revision is not None:
@@ -211,12 +218,25 @@ class FlowStore:
             raise
 
     async def history(self, name: str) -> list[FlowRecord]:
-        """Every stored revision of the flow, oldest first (deletions skipped)."""
+        """Every revision (spec) of the flow, oldest first, each as last written (its
+        latest state); deletions skipped."""
         try:
             entries = await self.kv.history(name)
         except NoKeysError:
             raise FlowNotFound(name) from None
-        return [self._decode(e) for e in entries if not is_delete(e) and e.value]
+        latest: dict[int, FlowRecord] = {}
+        for entry in entries:
+            if not is_delete(entry) and entry.value:
+                record = self._decode(entry)
+                latest[record.revision] = record
+        return [latest[r] for r in sorted(latest)]
+
+    async def previous_spec(self, name: str, current: FlowRecord) -> FlowRecord:
+        """The latest revision before ``current`` whose spec differs from it."""
+        for record in reversed(await self.history(name)):
+            if record.revision < current.revision and record.spec != current.spec:
+                return record
+        raise RevisionNotFound(name, current.revision - 1)
 
     async def at_revision(self, name: str, revision: int) -> FlowRecord:
         for record in await self.history(name):

@@ -66,9 +66,12 @@ def write_flow(tmp: Path, name: str, count: int = 3) -> str:
 def test_every_command_has_help_with_an_example() -> None:
     import typer
 
+    import cli.agent
     import cli.embedded
+    import cli.files
     import cli.observe
-    import cli.server  # noqa: F401  (registers the commands)
+    import cli.server
+    import cli.status  # noqa: F401  (registers the commands)
     from cli.main import app
 
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
@@ -144,8 +147,9 @@ def test_lifecycle_with_a_real_agent(nats_url: str, tmp_path: Path,
         ["start", "greet"], nats_url=nats_url)
     assert "unchanged (revision 1" in ok(again).stdout
     record = as_json(one)
-    assert (record["name"], record["state"], record["revision"]) == ("greet", "not_deployed", 1)
-    assert [f["name"] for f in as_json(listed)] == ["greet"]
+    assert (record["metadata"]["name"], record["status"]["state"],
+            record["status"]["revision"]) == ("greet", "not_deployed", 1)
+    assert [f["metadata"]["name"] for f in as_json(listed)] == ["greet"]
     rows = ok(table).stdout.splitlines()
     assert rows[0].split() == ["NAME", "STATE", "NODES", "REVISION", "UPDATED"]
     assert rows[1].split()[:4] == ["greet", "not_deployed", "3", "1"]
@@ -155,7 +159,7 @@ def test_lifecycle_with_a_real_agent(nats_url: str, tmp_path: Path,
     assert "flow/greet not_deployed -> deployed_stopped" in deployed.stdout
     assert "+ config greet.gen" in deployed.stderr and "+ config greet.out" in deployed.stderr
     again, delete_early = many(["deploy", "greet"], ["delete", "greet"], nats_url=nats_url)
-    failed(again, 1, "cannot deploy flow 'greet'")
+    assert ok(again).stdout.strip() == "flow/greet is already deployed; nothing to do"
     failed(delete_early, 1, "undeploy it first")
     started = as_json(cli("start", "greet", "-o", "json"))
     assert (started["from"], started["to"]) == ("deployed_stopped", "running")
@@ -196,8 +200,11 @@ def test_lifecycle_with_a_real_agent(nats_url: str, tmp_path: Path,
     assert "running -> deployed_stopped" in ok(cli("stop", "greet")).stdout
     wait_for(lambda: as_json(cli("status", "greet", "-o", "json"))["effective"]["observed"]
              == "stopped", 10, "the replicas stopped", interval=0.2)
-    failed(cli("stop", "greet"), 1, "already stopped")
+    again = as_json(cli("stop", "greet", "-o", "json"))  # idempotent: exit 0, said so
+    assert again == {"flow": "greet", "action": "stop", "state": "deployed_stopped",
+                     "changed": False}
     ok(cli("undeploy", "greet"))
+    assert "already not deployed" in ok(cli("undeploy", "greet")).stdout
     assert read_kv(nats_url, "flowctl_config") == {}
     assert read_kv(nats_url, "flowctl_status") == {}
     assert "-> deleted" in ok(cli("delete", "greet")).stdout
@@ -241,7 +248,7 @@ def test_history_and_rollback(nats_url: str, tmp_path: Path) -> None:
     rolled = as_json(cli("rollback", "hist", "--revision", "1", "-o", "json"))
     assert (rolled["revision"], rolled["from_revision"]) == (3, 1)
     record = as_json(cli("get", "hist", "-o", "json"))
-    assert record["spec"]["nodes"][0]["config"]["count"] == 1
+    assert record["spec"]["sources"][0]["config"]["count"] == 1
 
 
 # ------------------------------------------------------------- live reading commands
@@ -319,7 +326,7 @@ def test_server_command(tmp_path: Path) -> None:
         listed, clash = many(["list", "-o", "json"], ["server", "--port", str(port),
                                                       "--store-dir", str(tmp_path / "other")],
                              nats_url=url)
-        assert [f["name"] for f in as_json(listed)] == ["served"]
+        assert [f["metadata"]["name"] for f in as_json(listed)] == ["served"]
         # In the foreground nats-server's own log comes first; flowctl's line ends it.
         assert clash.returncode == 1 and "Traceback" not in clash.stderr
         assert clash.stderr.strip().splitlines()[-1] == \

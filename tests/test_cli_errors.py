@@ -257,4 +257,4 @@ def test_cas_conflict_is_one_message_exit_1(nats_url: str, tmp_path: Path) -> No
         if result.returncode:
             failed(result, 1, "changed by someone else")
     record = as_json(flowctl("get", "cas", "-o", "json", nats_url=nats_url))
-    assert record["revision"] == 2 + sum(r.returncode == 0 for r in results)
+    assert record["status"]["revision"] == 2 + sum(r.returncode == 0 for r in results)

@@ -79,9 +79,9 @@ async def test_every_transition_and_the_exact_configs(engine: FlowEngine, nc: An
     assert deleted.action == "delete"
     with pytest.raises(FlowNotFound):
         await engine.flows.get("demo")
-    history = [r.state.value for r in await engine.flows.history("demo")]
-    assert history == ["not_deployed", "deployed_stopped", "running", "deployed_stopped",
-                       "not_deployed"]
+    # History counts spec changes: state changes never made a new revision.
+    history = [(r.revision, r.state.value) for r in await engine.flows.history("demo")]
+    assert history == [(1, "not_deployed")]
 
 
 async def _refused(engine: FlowEngine, nc: Any, call: Any, state: str) -> None:

@@ -42,8 +42,8 @@ async def test_create_get_list_delete(nc) -> None:
     with pytest.raises(FlowNotFound):
         await store.get("alpha")
     assert [f.name for f in await store.list()] == ["beta"]
-    # A deleted name can be created again.
-    assert (await store.create("alpha", spec("z"))).revision == 1
+    # A deleted name can be created again; its revisions go on after the old ones.
+    assert (await store.create("alpha", spec("z"))).revision == 2
 
 
 async def test_stale_update_raises_conflict_and_writes_nothing(nc) -> None:
@@ -121,10 +121,14 @@ async def test_history_and_revision_lookup(nc) -> None:
     rec = await store.create("h", spec("a"))
     rec = await store.update(rec, spec=spec("b"))
     rec = await store.update(rec, state=FlowState.DEPLOYED_STOPPED)
+    assert rec.revision == 2  # revisions count spec changes, not state changes
     history = await store.history("h")
-    assert [r.revision for r in history] == [1, 2, 3]
-    assert history[0].spec == spec("a") and history[2].state == FlowState.DEPLOYED_STOPPED
+    assert [r.revision for r in history] == [1, 2]  # each as last written
+    assert history[0].spec == spec("a") and history[1].state == FlowState.DEPLOYED_STOPPED
     assert (await store.at_revision("h", 2)).spec == spec("b")
+    assert (await store.previous_spec("h", rec)).spec == spec("a")
+    rec = await store.update(rec, spec=spec("a"))  # back to a: the previous spec is b
+    assert (await store.previous_spec("h", rec)).spec == spec("b")
     with pytest.raises(RevisionNotFound):
         await store.at_revision("h", 9)
     with pytest.raises(FlowNotFound):

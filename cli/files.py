@@ -1,0 +1,221 @@
+"""Commands that read flow files: validate, apply, up, diff.
+
+``-f`` takes a file, ``-`` (standard input) or a directory (every ``*.yaml``, ``*.yml``
+and ``*.json`` in it, sorted by name, not recursive), and may be repeated. Every file is
+loaded and checked before anything is written: one bad file applies nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.errors import EXIT_FAILED, run
+from cli.main import OutputOpt, app, engine_session, print_changes
+from cli.output import Format, info, show
+
+FLOW_SUFFIXES = (".yaml", ".yml", ".json")
+
+FilesOpt = Annotated[
+    list[str],
+    typer.Option("-f", "--file", help="A flow file, a directory of them, or - for stdin "
+                 "(repeatable)."),
+]
+
+
+def flow_paths(files: list[str]) -> list[str]:
+    """The flow files ``-f`` names: directories expanded, ``-`` kept."""
+    from flowstore.errors import FlowctlError
+
+    out: list[str] = []
+    for name in files:
+        path = Path(name)
+        if name != "-" and path.is_dir():
+            found = sorted(str(p) for p in path.iterdir()
+                           if p.suffix in FLOW_SUFFIXES and p.is_file())
+            if not found:
+                raise FlowctlError(f"{name}: no flow files (*.yaml, *.yml, *.json) in it")
+            out += found
+        else:
+            out.append(name)
+    return out
+
+
+def load(name: str) -> Any:
+    """One flow file (``-``: standard input) as a LoadedFlow; FlowFileError if broken."""
+    from flowstore import load_flow, parse_flow
+
+    if name == "-":
+        return parse_flow(sys.stdin.read(), "<stdin>")
+    return load_flow(name)
+
+
+def load_checked(files: list[str]) -> list[Any]:
+    """Every flow of ``files``, each validated locally (errors point at file lines);
+    raises on the first file with errors, before anything was written."""
+    from flowengine import ValidationFailed
+    from flowengine import validate as check
+    from flowstore.errors import FlowctlError
+
+    flows = [load(name) for name in flow_paths(files)]
+    seen: dict[str, str] = {}
+    for loaded in flows:
+        if loaded.name in seen:
+            raise FlowctlError(f"{loaded.file}: flow {loaded.name!r} is also defined in "
+                               f"{seen[loaded.name]}; names must be unique")
+        seen[loaded.name] = loaded.file
+        checked = check(loaded.spec, source=loaded.source, name=loaded.name)
+        if not checked.ok:
+            raise ValidationFailed(checked, loaded.name)
+    return flows
+
+
+@app.command()
+def validate(
+    file: Annotated[Path, typer.Argument(help="A flow file (YAML or JSON).")],
+    output: OutputOpt = Format.table,
+) -> None:
+    """Check a flow file without touching NATS; exit 1 on errors.
+
+    Example: flowctl validate examples/hello.yaml -o json
+    """
+    from flowengine import validate as check
+    from flowstore import load_flow
+
+    async def go() -> int:
+        loaded = load_flow(file)
+        result = check(loaded.spec, source=loaded.source, name=loaded.name)
+        data = result.to_dict()
+        if not output.tabular:
+            show(data, output)
+        else:
+            for issue in [*result.errors, *result.warnings]:
+                print(f"{file}: {issue}")
+            print(f"{file}: {result.status} ({len(result.errors)} error(s), "
+                  f"{len(result.warnings)} warning(s))")
+        return 0 if result.ok else 1
+
+    raise typer.Exit(run(go()))
+
+
+async def _bring_up(engine: Any, name: str) -> list[str]:
+    """Deploy and start ``name`` as far as needed; the steps taken."""
+    steps = []
+    record = await engine.flows.get(name)
+    if record.state == "not_deployed":
+        await engine.deploy(name)
+        steps.append("deployed")
+    if record.state != "running":
+        await engine.start(name)
+        steps.append("started")
+    return steps
+
+
+def _apply(files: list[str], output: Format, start: bool) -> None:
+    async def go() -> None:
+        flows = load_checked(files)
+        results = []
+        async with await engine_session() as engine:
+            for loaded in flows:
+                result = await engine.apply(loaded.name, loaded.spec)
+                steps = await _bring_up(engine, loaded.name) if start else []
+                results.append((result, steps))
+        data = []
+        for result, steps in results:
+            flow, changes = result.flow, result.changes
+            data.append({"flow": flow.name, "created": result.created,
+                         "revision": flow.revision, "state": flow.state.value,
+                         "steps": steps, "changes": changes.to_dict()})
+            if not output.tabular:
+                continue
+            verb = "created" if result.created else ("configured" if changes.spec_changed
+                                                      else "unchanged")
+            then = f"; {' and '.join(steps)}" if steps else ""
+            state = "running" if "started" in steps else flow.state.value
+            print(f"flow/{flow.name} {verb} (revision {flow.revision}, {state}){then}")
+            if changes.validation is not None:
+                for warning in changes.validation.warnings:
+                    info(f"  warning: {warning}")
+            print_changes(changes)
+        if not output.tabular:
+            show(data[0] if len(data) == 1 else data, output)
+
+    run(go())
+
+
+@app.command()
+def apply(
+    file: FilesOpt,
+    start: Annotated[bool, typer.Option("--start", help="Then deploy and start it.")] = False,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Create or update flows from files (validated first); --start also runs them.
+
+    A deployed flow picks up the change live; each flow's revision is printed.
+
+    Example: flowctl apply -f examples/hello.yaml --start
+    """
+    _apply(file, output, start)
+
+
+@app.command()
+def up(file: FilesOpt, output: OutputOpt = Format.table) -> None:
+    """Apply, deploy and start in one step (`apply --start`); idempotent.
+
+    Example: flowctl up -f examples/hello.yaml
+    """
+    _apply(file, output, True)
+
+
+@app.command()
+def diff(
+    file: FilesOpt,
+    exit_code: Annotated[bool, typer.Option(
+        "--exit-code", help="Exit 1 when something would change (as git diff does).")
+    ] = False,
+) -> None:
+    """Show what `flowctl apply -f` would change, as a unified diff.
+
+    Each stored flow (as `get -o yaml` prints it) against the file; new flows are shown
+    whole. Exit 0 (1 with --exit-code when something would change).
+
+    Example: flowctl diff -f orders.yaml
+    """
+    import difflib
+
+    import yaml
+
+    from flowstore.errors import FlowNotFound
+    from flowstore.flowfile import flow_document
+
+    def text(doc: dict[str, Any] | None) -> list[str]:
+        if doc is None:
+            return []
+        return yaml.safe_dump({k: v for k, v in doc.items() if k != "status"},
+                              sort_keys=False).splitlines(keepends=True)
+
+    async def go() -> int:
+        flows = load_checked(file)
+        changed = 0
+        async with await engine_session() as engine:
+            for loaded in flows:
+                try:
+                    stored = (await engine.flows.get(loaded.name)).model_dump(mode="json")
+                    old = flow_document(stored)
+                except FlowNotFound:
+                    old = None
+                new = flow_document({"name": loaded.name,
+                                     "spec": loaded.spec.model_dump(mode="json")})
+                lines = list(difflib.unified_diff(
+                    text(old), text(new), f"flow/{loaded.name} (stored)"
+                    if old else "/dev/null", f"flow/{loaded.name} ({loaded.file})"))
+                if lines:
+                    changed += 1
+                    sys.stdout.writelines(lines)
+        info(f"{changed} of {len(flows)} flow(s) would change")
+        return EXIT_FAILED if exit_code and changed else 0
+
+    raise typer.Exit(run(go()))
