@@ -92,23 +92,16 @@ def run_flow(
     """
     import dataclasses
 
+    from cli.files import load_checked
     from cli.logging import configure
-    from flowengine import ValidationFailed
-    from flowengine import validate as check
-    from flowstore import load_flow
 
     if not verbose:
         configure(json_logs=globals_().log_json, level=logging.WARNING)
 
     async def go() -> int:
-        loaded = load_flow(file)
+        loaded = load_checked([str(file)])[0]
         if name:
             loaded = dataclasses.replace(loaded, name=name)
-        checked = check(loaded.spec, source=loaded.source, name=loaded.name)
-        if not checked.ok:
-            raise ValidationFailed(checked, loaded.name)
-        # `python` nodes import `module:function`: modules next to the flow file resolve.
-        sys.path.insert(0, str(file.resolve().parent))
         async with Embedded(loaded, allow_inline_code) as emb:
             code = await emb.watch(until_done, timeout)
         return code or emb.exit_code

@@ -44,53 +44,95 @@ def flow_paths(files: list[str]) -> list[str]:
     return out
 
 
-def load(name: str) -> Any:
-    """One flow file (``-``: standard input) as a LoadedFlow; FlowFileError if broken."""
-    from flowstore import load_flow, parse_flow
+def check(name: str) -> tuple[Any, Any]:
+    """One flow file (``-``: standard input) loaded leniently and validated: (LoadedFlow or
+    None, ValidationResult with the file's schema, config and graph problems together).
+    Raises FlowFileError only when the file cannot be read or parsed at all."""
+    import dataclasses
+
+    from flowengine import validate_loaded
+    from flowstore.loader import load_flow_lenient, parse_flow_lenient
+    from flowstore.paths import resolve_paths
 
     if name == "-":
-        return parse_flow(sys.stdin.read(), "<stdin>")
-    return load_flow(name)
+        loaded, problems = parse_flow_lenient(sys.stdin.read(), "<stdin>")
+        base = Path.cwd()
+    else:
+        loaded, problems = load_flow_lenient(name)
+        base = Path(name).resolve().parent
+    if loaded is None:
+        return None, validate_loaded(None, problems)
+    loaded = dataclasses.replace(loaded, spec=resolve_paths(loaded.spec, base))
+    return loaded, validate_loaded(loaded, problems, extra=_path_warnings(loaded))
+
+
+def _path_warnings(loaded: Any) -> list[Any]:
+    """A warning for each path of the flow that does not exist on this machine."""
+    from flowengine import ValidationIssue
+    from flowstore.paths import missing_paths
+
+    out = []
+    for index, field, what in missing_paths(loaded.spec):
+        node = loaded.spec.nodes[index]
+        where = loaded.source.node_paths.get(node.id)
+        path = f"{where}.{field}" if where else None
+        out.append(ValidationIssue(
+            code="path_not_found", severity="warning", node=node.id, path=path,
+            line=loaded.source.line(path) or loaded.source.line(where),
+            message=f"node '{node.id}': {what}",
+            suggestion="relative paths resolve against the flow file's directory"))
+    return out
+
+
+def problems_of(exc: Any) -> Any:
+    """A FlowFileError (unreadable, not YAML, not a flow) as a ValidationResult."""
+    from flowengine import validate_loaded
+
+    return validate_loaded(None, exc.problems)
 
 
 def load_checked(files: list[str]) -> list[Any]:
     """Every flow of ``files``, each validated locally (errors point at file lines);
     raises on the first file with errors, before anything was written."""
     from flowengine import ValidationFailed
-    from flowengine import validate as check
     from flowstore.errors import FlowctlError
 
-    flows = [load(name) for name in flow_paths(files)]
+    flows = []
     seen: dict[str, str] = {}
-    for loaded in flows:
+    for name in flow_paths(files):
+        loaded, result = check(name)
+        if not result.ok:
+            raise ValidationFailed(result, loaded.name if loaded else None,
+                                   "<stdin>" if name == "-" else name)
         if loaded.name in seen:
             raise FlowctlError(f"{loaded.file}: flow {loaded.name!r} is also defined in "
                                f"{seen[loaded.name]}; names must be unique")
         seen[loaded.name] = loaded.file
-        checked = check(loaded.spec, source=loaded.source, name=loaded.name)
-        if not checked.ok:
-            raise ValidationFailed(checked, loaded.name)
+        flows.append(loaded)
     return flows
 
 
 @app.command()
 def validate(
-    file: Annotated[Path, typer.Argument(help="A flow file (YAML or JSON).")],
+    file: Annotated[str, typer.Argument(help="A flow file (YAML or JSON), or - for stdin.")],
     output: OutputOpt = Format.table,
 ) -> None:
     """Check a flow file without touching NATS; exit 1 on errors.
 
+    Schema, config and graph problems are reported together, each with its line and path;
+    -o json gives the same for every kind of problem (even a file that is not YAML).
+
     Example: flowctl validate examples/hello.yaml -o json
     """
-    from flowengine import validate as check
-    from flowstore import load_flow
+    from flowstore.loader import FlowFileError
 
     async def go() -> int:
-        loaded = load_flow(file)
-        result = check(loaded.spec, source=loaded.source, name=loaded.name)
-        data = result.to_dict()
+        try:
+            _, result = check(file)
+        except FlowFileError as exc:
+            result = problems_of(exc)
         if not output.tabular:
-            show(data, output)
+            show(result.to_dict(), output)
         else:
             for issue in [*result.errors, *result.warnings]:
                 print(f"{file}: {issue}")

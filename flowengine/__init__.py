@@ -14,7 +14,7 @@ from flowengine.lifecycle import FlowEngine
 from flowengine.observe import EffectiveState, ObservedState, observe
 from flowengine.results import ApplyResult, ConfigChanges, TransitionResult
 from flowengine.translate import infer_role, resolve_type, translate
-from flowengine.validate import ValidationIssue, ValidationResult, validate
+from flowengine.validate import ValidationIssue, ValidationResult, validate, validate_loaded
 
 __all__ = [
     "ApplyResult",
@@ -32,4 +32,5 @@ __all__ = [
     "resolve_type",
     "translate",
     "validate",
+    "validate_loaded",
 ]

@@ -13,10 +13,12 @@ if TYPE_CHECKING:
 class ValidationFailed(FlowctlError):
     """The flow has validation errors; nothing was written. ``result`` lists every issue."""
 
-    def __init__(self, result: ValidationResult, flow: str | None = None) -> None:
+    def __init__(self, result: ValidationResult, flow: str | None = None,
+                 file: str | None = None) -> None:
         self.result = result
         self.flow = flow
         what = f"flow '{flow}'" if flow else "the flow"
+        what = f"{file}: {what}" if file else what
         lines = "\n".join(f"  {issue}" for issue in result.errors)
         super().__init__(f"{what} is not valid ({len(result.errors)} error(s)):\n{lines}")
 

@@ -9,8 +9,9 @@ not. With a :class:`~flowstore.loader.SourceMap` each issue points at the file
 
 Errors: unknown_type, ambiguous_type, role_mismatch, invalid_config, duplicate_id,
 reserved_name, unknown_node, unknown_port, wrong_port_direction, source_with_inputs,
-sink_with_outputs, missing_required_input, cycle. Warnings: unused_output, disconnected_node,
-duplicate_connection, unsatisfiable_placement (only when ``agents`` is given).
+sink_with_outputs, missing_required_input, cycle, command_with_arguments. Warnings:
+unused_output, disconnected_node, duplicate_connection, unsatisfiable_placement (only
+when ``agents`` is given).
 
 A node run as a program or container (``command`` / ``image``) whose type is not
 registered is accepted: its role comes from the file section and its ports default to
@@ -32,7 +33,7 @@ from componentmanager.registry import ComponentType, all_types, types_named
 from flowengine.graph import RESERVED_PORT, GraphChecks, Shape
 from flowengine.issues import SECTION, Severity, ValidationIssue, ValidationResult, suggest
 from flowengine.translate import resolve_type
-from flowstore.loader import SourceMap, path_str
+from flowstore.loader import LoadedFlow, Problem, SourceMap, path_str, plain
 from flowstore.models import (
     DEFAULT_INPUT_PORT,
     DEFAULT_OUTPUT_PORT,
@@ -43,7 +44,8 @@ from flowstore.models import (
 )
 from flowstore.placement import unplaceable_reason
 
-__all__ = ["RESERVED_FLOW_NAMES", "Severity", "ValidationIssue", "ValidationResult", "validate"]
+__all__ = ["RESERVED_FLOW_NAMES", "Severity", "ValidationIssue", "ValidationResult",
+           "validate", "validate_loaded"]
 
 RESERVED_FLOW_NAMES = frozenset({"logs"})
 
@@ -53,8 +55,8 @@ def _config_message(err: dict[str, Any]) -> str:
     if kind == "missing":
         return "required field is missing"
     if kind == "extra_forbidden":
-        return "unknown field (`flowctl components` shows the type's config)"
-    return str(err.get("msg", "invalid value"))
+        return "unknown field"
+    return plain(str(err.get("msg", "invalid value")))
 
 
 class _Checker(GraphChecks):
@@ -126,11 +128,14 @@ class _Checker(GraphChecks):
         try:
             model = ctype.config_model.model_validate(node.config)
         except ValidationError as exc:
+            fields = {f.alias or name for name, f in ctype.config_model.model_fields.items()}
             for err in exc.errors():
                 where = path_str(("config", *err["loc"]))
+                hint = "`flowctl components` shows the config of every type"
+                if err.get("type") == "extra_forbidden" and len(err["loc"]) == 1:
+                    hint = suggest(str(err["loc"][0]), fields, hint) or hint
                 self.add("invalid_config", f"node '{node.id}': {where}: {_config_message(err)}",
-                         node=node.id, path=f"{path}.{where}",
-                         suggestion="`flowctl components` shows the config of every type")
+                         node=node.id, path=f"{path}.{where}", suggestion=hint)
             return None
         except Exception as exc:  # a custom validator raising something else
             self.add("invalid_config", f"node '{node.id}': config: {exc}", node=node.id,
@@ -145,6 +150,18 @@ class _Checker(GraphChecks):
             return list(hook(model.model_dump(mode="json", by_alias=True)))
         except Exception:
             return []
+
+    def _check_command(self, i: int, node: Node) -> None:
+        """``command: "python3 worker.py"`` runs a program named "python3 worker.py"."""
+        words = (node.command or "").split()
+        if node.image or node.args or len(words) < 2:
+            return
+        listed = ", ".join(words)
+        self.add("command_with_arguments", f"node '{node.id}': command '{node.command}' "
+                 "holds arguments; it would run a program of that whole name",
+                 node=node.id, path=f"{self.node_path[i]}.command",
+                 suggestion=f"write command: {words[0]} and args: [{', '.join(words[1:])}], "
+                 f"or command: [{listed}]")
 
     def run(self, name: str | None, agents: list[AgentRecord] | None) -> None:
         if name in RESERVED_FLOW_NAMES:
@@ -163,6 +180,7 @@ class _Checker(GraphChecks):
                 continue
             first[node.id] = i
             shapes[node.id] = self.shape(i, node)
+            self._check_command(i, node)
         edges = self._connections(shapes)
         self._graph(shapes, edges)
         if agents is not None:
@@ -189,3 +207,21 @@ def validate(
     checker = _Checker(spec, source)
     checker.run(name, agents)
     return ValidationResult.from_issues(checker.issues)
+
+
+def validate_loaded(loaded: LoadedFlow | None, problems: list[Problem], *,
+                    agents: list[AgentRecord] | None = None,
+                    extra: list[ValidationIssue] | None = None) -> ValidationResult:
+    """The problems of a leniently loaded file (:func:`flowstore.loader.parse_flow_lenient`)
+    and the checks of what could be loaded of it, in one result: schema, config and graph
+    problems are reported in one pass, in file order. ``extra``: more issues (the
+    caller's checks of the file system)."""
+    issues = [ValidationIssue(code=p.code, severity="error", message=p.message,
+                              suggestion=p.suggestion, path=p.path or None, line=p.line)
+              for p in problems]
+    if loaded is not None:
+        issues += validate(loaded.spec, source=loaded.source, agents=agents,
+                           name=loaded.name).issues
+    issues += extra or []
+    issues.sort(key=lambda i: i.line or 0)
+    return ValidationResult.from_issues(issues)

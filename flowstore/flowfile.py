@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flowstore.models import (
     DEFAULT_BUFFER,
@@ -39,7 +39,13 @@ class ComponentEntry(ExternalFields):
     model_config = ConfigDict(extra="forbid")
 
     id: Name = Field(description="Node id, unique in the flow; names its data subjects.")
-    type: str = Field(min_length=1, description="A component type (`flowctl components`).")
+    type: str | None = Field(
+        default=None, min_length=1,
+        description="A component type (`flowctl components`); optional for a program or "
+        "container (`command` / `image`), which may name its own.")
+    command: str | list[str] | None = Field(  # type: ignore[assignment]
+        default=None, description='The program to run: "python3", or a list '
+        '["python3", "worker.py"] (program, then its arguments, before `args`).')
     name: str | None = Field(default=None, description="A display name.")
     config: dict[str, Any] = Field(default_factory=dict, description="The type's config.")
     inputs: list[str] = Field(
@@ -48,6 +54,24 @@ class ComponentEntry(ExternalFields):
     )
     replicas: int = Field(default=1, ge=1, le=1000)
     placement: Placement | None = None
+
+    @model_validator(mode="after")
+    def _type_or_program(self) -> ComponentEntry:
+        if self.type is None and not (self.command or self.image):
+            raise ValueError("type is required (or command / image, for a program or a "
+                             "container)")
+        if isinstance(self.command, list) and not self.command:
+            raise ValueError("command is an empty list")
+        return self
+
+    def node_fields(self) -> dict[str, Any]:
+        """The fields of the normalized :class:`Node`: a command list split into the
+        program and its arguments; a program without a type is of type ``external``."""
+        data = self.model_dump(exclude={"inputs"})
+        if isinstance(self.command, list):
+            data["command"], data["args"] = self.command[0], [*self.command[1:], *self.args]
+        data["type"] = self.type or "external"
+        return data
 
 
 class Metadata(BaseModel):
@@ -98,8 +122,7 @@ class FlowFile(BaseModel):
         ]
         for role, entries in sections:
             for entry in entries:
-                data = entry.model_dump(exclude={"inputs"})
-                nodes.append(Node(role=role, **data))
+                nodes.append(Node(role=role, **entry.node_fields()))
                 for upstream in entry.inputs:
                     node, _, port = upstream.partition(".")
                     connections.append(

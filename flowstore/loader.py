@@ -22,13 +22,20 @@ from flowstore.models import FlowSpec
 
 @dataclass(frozen=True)
 class Problem:
+    """One problem of a file: ``code`` is stable (invalid_yaml, not_a_flow, unreadable,
+    unknown_field, missing_field, invalid_field)."""
+
     path: str
     message: str
     line: int | None = None
+    code: str = "invalid_field"
+    suggestion: str | None = None
 
     def __str__(self) -> str:
         where = f"line {self.line}: " if self.line else ""
-        return f"{where}{self.path}: {self.message}" if self.path else f"{where}{self.message}"
+        hint = f" ({self.suggestion})" if self.suggestion else ""
+        text = f"{self.path}: {self.message}" if self.path else self.message
+        return f"{where}{text}{hint}"
 
 
 class FlowFileError(Exception):
@@ -97,48 +104,129 @@ def _parse(text: str, file: str) -> tuple[Any, dict[str, int]]:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
-        raise FlowFileError(file, [Problem("", f"not valid YAML: {problem}", line)]) from None
+        raise FlowFileError(file, [Problem("", f"not valid YAML: {problem}", line,
+                                           "invalid_yaml")]) from None
     _line_index(node, (), lines)
     return data, lines
 
 
-def _message(err: dict[str, Any]) -> str:
-    kind, msg = err["type"], err["msg"]
+#: Prefixes pydantic puts before the message of a custom validator.
+LIBRARY_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+def plain(message: str) -> str:
+    """A validation message without the library's prefix."""
+    for prefix in LIBRARY_PREFIXES:
+        message = message.removeprefix(prefix)
+    return message
+
+
+def _fields_at(loc: tuple[Any, ...]) -> set[str]:
+    """The field names the flow file allows where ``loc`` points (its parent object)."""
+    from flowstore.flowfile import ComponentEntry, FileSpec, FlowFile, Metadata
+    from flowstore.models import Placement
+
+    parent = loc[:-1]
+    model: type[BaseModel] | None = None
+    if not parent:
+        model = FlowFile
+    elif parent == ("metadata",):
+        model = Metadata
+    elif parent == ("spec",):
+        model = FileSpec
+    elif len(parent) == 3 and parent[0] == "spec":
+        model = ComponentEntry
+    elif len(parent) == 4 and parent[0] == "spec" and parent[3] == "placement":
+        model = Placement
+    return set(model.model_fields) if model is not None else set()
+
+
+def _problem(err: dict[str, Any], lines: dict[str, int]) -> Problem:
+    import difflib
+
+    loc = tuple(err["loc"])
+    path = path_str(loc)
+    line, probe = lines.get(path), loc
+    while line is None and probe:
+        probe = probe[:-1]
+        line = lines.get(path_str(probe))
+    kind, msg = err["type"], plain(err["msg"])
     if kind == "extra_forbidden":
-        return "unknown field (check the spelling; `flowctl schema` lists the fields)"
+        close = difflib.get_close_matches(str(loc[-1]), sorted(_fields_at(loc)), n=1,
+                                          cutoff=0.6)
+        hint = f"did you mean '{close[0]}'?" if close else "`flowctl schema` lists the fields"
+        return Problem(path, "unknown field", line, "unknown_field", hint)
     if kind == "missing":
-        return "required field is missing"
+        return Problem(path, "required field is missing", line, "missing_field")
     if kind == "string_pattern_mismatch":
-        return (
-            f"{err.get('input')!r} is not a valid name: use lowercase letters, digits and '-', "
-            "starting and ending with a letter or digit, at most 63 characters"
-        )
+        return Problem(path, f"{err.get('input')!r} is not a valid name: use lowercase "
+                       "letters, digits and '-', starting and ending with a letter or digit, "
+                       "at most 63 characters", line)
     if kind == "literal_error":
-        return f"{msg} (got {err.get('input')!r})"
-    return msg
+        return Problem(path, f"{msg} (got {err.get('input')!r})", line)
+    return Problem(path, msg, line)
 
 
 def _problems(exc: ValidationError, lines: dict[str, int]) -> list[Problem]:
-    out = []
-    for err in exc.errors():
-        path = path_str(tuple(err["loc"]))
-        line = lines.get(path)
-        probe = tuple(err["loc"])
-        while line is None and probe:
-            probe = probe[:-1]
-            line = lines.get(path_str(probe))
-        out.append(Problem(path, _message(err), line))
-    return out
+    return [_problem(err, lines) for err in exc.errors()]
 
 
-def _source_map_for_file(model: FlowFile, lines: dict[str, int]) -> SourceMap:
+def _repair(data: Any, exc: ValidationError) -> bool:
+    """Remove from ``data`` what ``exc`` complains about, so the rest can still be
+    checked: an offending field of an entry goes (its default applies), an entry missing
+    a required field goes whole. False when nothing could be removed."""
+    removed = False
+    for err in sorted(exc.errors(), key=lambda e: len(e["loc"]), reverse=True):
+        loc = tuple(err["loc"])
+        entry = loc[:3] if len(loc) >= 3 and loc[0] == "spec" else None
+        target = loc if err["type"] != "missing" else (entry or ())
+        if not target or (err["type"] == "missing" and entry is None):
+            continue
+        parent: Any = data
+        try:
+            for part in target[:-1]:
+                parent = parent[part]
+            if isinstance(parent, dict) and target[-1] in parent:
+                del parent[target[-1]]
+                removed = True
+            elif isinstance(parent, list) and isinstance(target[-1], int) \
+                    and target[-1] < len(parent):
+                parent[target[-1]] = None  # keep the indices of the other entries
+                removed = True
+        except (KeyError, IndexError, TypeError):
+            continue
+    return removed
+
+
+SECTIONS = ("sources", "processors", "sinks")
+
+
+def _source_map_for_file(model: FlowFile, lines: dict[str, int],
+                         kept: dict[str, list[int]] | None = None) -> SourceMap:
+    """``kept``: per section, the file index of each entry of ``model`` (entries removed
+    by :func:`_repair` leave gaps)."""
     smap = SourceMap(lines=lines)
-    for section in ("sources", "processors", "sinks"):
-        for i, entry in enumerate(getattr(model.spec, section)):
+    for section in SECTIONS:
+        for n, entry in enumerate(getattr(model.spec, section)):
+            i = kept[section][n] if kept else n
             smap.node_paths.setdefault(entry.id, f"spec.{section}[{i}]")
             for j in range(len(entry.inputs)):
                 smap.connection_paths.append(f"spec.{section}[{i}].inputs[{j}]")
     return smap
+
+
+def _drop_removed(data: Any) -> dict[str, list[int]]:
+    """Take the entries :func:`_repair` removed (None) out of ``data``; the file index of
+    each entry left, per section."""
+    kept: dict[str, list[int]] = {}
+    spec = data.get("spec") if isinstance(data, dict) else None
+    for section in SECTIONS:
+        entries = spec.get(section) if isinstance(spec, dict) else None
+        if not isinstance(entries, list):
+            continue
+        kept[section] = [i for i, e in enumerate(entries) if e is not None]
+        spec[section] = [e for e in entries if e is not None]
+    return kept
 
 
 def _source_map_for_canvas(model: CanvasFlow, lines: dict[str, int]) -> SourceMap:
@@ -149,51 +237,82 @@ def _source_map_for_canvas(model: CanvasFlow, lines: dict[str, int]) -> SourceMa
     return smap
 
 
-def parse_flow(text: str, file: str = "<flow>") -> LoadedFlow:
-    """Parse flow text (YAML or JSON; flowctl file or canvas export)."""
+NOT_A_FLOW = ("not a flow: expected a mapping with apiVersion, kind, metadata and spec "
+              "(or a canvas export with name, nodes and connections)")
+
+
+def parse_flow_lenient(text: str, file: str = "<flow>"
+                       ) -> tuple[LoadedFlow | None, list[Problem]]:
+    """Parse flow text (YAML or JSON; flowctl file or canvas export). With problems, what
+    they point at is left out and the rest is still loaded (when the name survives), so a
+    validator can report the file's schema, config and graph problems in one pass."""
+    import copy
+
     data, lines = _parse(text, file)
     if not isinstance(data, dict):
-        raise FlowFileError(
-            file,
-            [
-                Problem(
-                    "",
-                    "not a flow: expected a mapping with apiVersion, kind, metadata and spec "
-                    "(or a canvas export with name, nodes and connections)",
-                    1,
-                )
-            ],
-        )
-    model: BaseModel
-    try:
-        if "nodes" in data and "spec" not in data and "apiVersion" not in data:
-            model = CanvasFlow.model_validate(data)
-            assert isinstance(model, CanvasFlow)
-            smap = _source_map_for_canvas(model, lines)
-            return LoadedFlow(model.name, model.to_spec(), smap, file)
-        model = FlowFile.model_validate(data)
-        assert isinstance(model, FlowFile)
-    except ValidationError as exc:
-        raise FlowFileError(file, _problems(exc, lines)) from None
-    return LoadedFlow(
-        model.metadata.name, model.to_spec(), _source_map_for_file(model, lines), file
-    )
+        raise FlowFileError(file, [Problem("", NOT_A_FLOW, 1, "not_a_flow")])
+    if "nodes" in data and "spec" not in data and "apiVersion" not in data:
+        try:
+            canvas = CanvasFlow.model_validate(data)
+        except ValidationError as exc:
+            return None, _problems(exc, lines)
+        return LoadedFlow(canvas.name, canvas.to_spec(), _source_map_for_canvas(canvas, lines),
+                          file), []
+    problems: list[Problem] = []
+    work = copy.deepcopy(data)
+    kept: dict[str, list[int]] | None = None
+    for _ in range(5):
+        try:
+            model = FlowFile.model_validate(work)
+        except ValidationError as exc:
+            if not problems:
+                problems = _problems(exc, lines)
+            if not _repair(work, exc):
+                return None, problems
+            now = _drop_removed(work)  # removed entries only ever come from a repair
+            kept = {k: [kept[k][i] for i in v] if kept and k in kept else v
+                    for k, v in now.items()}
+            continue
+        smap = _source_map_for_file(model, lines, kept)
+        return LoadedFlow(model.metadata.name, model.to_spec(), smap, file), problems
+    return None, problems
 
 
-def load_flow(path: str | Path) -> LoadedFlow:
-    """Read and parse a flow file. Raises :class:`FlowFileError`, never anything else."""
+def parse_flow(text: str, file: str = "<flow>") -> LoadedFlow:
+    """Parse flow text; every problem raises :class:`FlowFileError`."""
+    loaded, problems = parse_flow_lenient(text, file)
+    if problems or loaded is None:
+        raise FlowFileError(file, problems)
+    return loaded
+
+
+def read_flow_text(path: str | Path) -> str:
+    """A flow file's text; :class:`FlowFileError` when it cannot be read (or a ``.json``
+    file is not JSON)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise FlowFileError(str(p), [Problem("", "file not found")]) from None
+        raise FlowFileError(str(p), [Problem("", "file not found", None, "unreadable")]
+                            ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise FlowFileError(str(p), [Problem("", f"cannot read the file: {exc}")]) from None
+        raise FlowFileError(str(p), [Problem("", f"cannot read the file: {exc}", None,
+                                             "unreadable")]) from None
     if p.suffix == ".json":
         try:
             json.loads(text)
         except json.JSONDecodeError as exc:
-            raise FlowFileError(
-                str(p), [Problem("", f"not valid JSON: {exc.msg}", exc.lineno)]
-            ) from None
-    return parse_flow(text, str(p))
+            raise FlowFileError(str(p), [Problem("", f"not valid JSON: {exc.msg}", exc.lineno,
+                                                 "invalid_json")]) from None
+    return text
+
+
+def load_flow_lenient(path: str | Path) -> tuple[LoadedFlow | None, list[Problem]]:
+    """:func:`parse_flow_lenient` of a file (raises FlowFileError only when it cannot be
+    read or parsed at all)."""
+    return parse_flow_lenient(read_flow_text(path), str(path))
+
+
+def load_flow(path: str | Path) -> LoadedFlow:
+    """Read and parse a flow file. Raises :class:`FlowFileError`, never anything else."""
+    return parse_flow(read_flow_text(path), str(path))

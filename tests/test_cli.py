@@ -113,8 +113,12 @@ def test_validate_and_components(tmp_path: Path) -> None:
     assert as_data.returncode == 1
     data = yaml.safe_load(as_data.stdout)
     assert data["status"] == "errors" and len(data["errors"]) >= 2
-    failed(syntax, 1, "broken.yaml", "line 5", one_line=False)
-    failed(missing, 1, "missing.yaml", "file not found", one_line=False)
+    # A file that is not YAML, or not there, is reported like any other problem
+    assert syntax.returncode == 1 and "Traceback" not in syntax.stderr
+    assert "broken.yaml: line 5: not valid YAML" in syntax.stdout
+    assert "[invalid_yaml]" in syntax.stdout
+    assert missing.returncode == 1 and "missing.yaml: file not found [unreadable]" in \
+        missing.stdout
 
     table, everything, one, unknown = many(
         ["components"], ["components", "-o", "json"], ["components", "route", "-o", "json"],

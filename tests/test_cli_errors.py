@@ -62,7 +62,7 @@ def usage_text(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
-    usage = (["get", "--bogus"], ["rollback", "x"], ["get", "-o", "xml"], ["nope"],
+    usage = (["get", "--bogus"], ["rollback", "x", "-r", "one"], ["get", "-o", "xml"], ["nope"],
              ["--creds", str(tmp_path / "missing.creds"), "get"], ["apply"])
     for args, result in zip(usage, many(*usage), strict=True):
         assert result.returncode == 2, (args, result.stderr)
@@ -257,4 +257,5 @@ def test_cas_conflict_is_one_message_exit_1(nats_url: str, tmp_path: Path) -> No
         if result.returncode:
             failed(result, 1, "changed by someone else")
     record = as_json(flowctl("get", "cas", "-o", "json", nats_url=nats_url))
-    assert record["status"]["revision"] == 2 + sum(r.returncode == 0 for r in results)
+    # the other writer changed no spec (no new revision); each winner's spec is one
+    assert record["status"]["revision"] == 1 + sum(r.returncode == 0 for r in results)

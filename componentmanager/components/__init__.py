@@ -2,7 +2,8 @@
 
 Sources (:mod:`.sources`, :mod:`.http_source`): ``generate``, ``file-source``,
 ``http-source``, ``nats-source``.
-Processors (:mod:`.processors`): ``filter``, ``transform``, ``route``, ``batch``, ``python``.
+Processors (:mod:`.processors`, :mod:`.python_processor`): ``filter``, ``transform``,
+``route``, ``batch``, ``python``.
 Sinks (:mod:`.sinks`): ``stdout``, ``file-sink``, ``http-sink``, ``nats-sink``, ``kv``.
 
 The registry is keyed by (role, name), so a source and a sink share ``file``, ``http``
@@ -11,6 +12,12 @@ types on import; the classes are loaded through ``impl`` only when
 a component is created. Config expressions: :mod:`.expressions`.
 """
 
-from componentmanager.components import http_source, processors, sinks, sources
+from componentmanager.components import (
+    http_source,
+    processors,
+    python_processor,
+    sinks,
+    sources,
+)
 
-__all__ = ["http_source", "processors", "sinks", "sources"]
+__all__ = ["http_source", "processors", "python_processor", "sinks", "sources"]

@@ -1,4 +1,5 @@
-"""Built-in processors: ``filter``, ``transform``, ``route``, ``batch`` and ``python``.
+"""Built-in processors: ``filter``, ``transform``, ``route`` and ``batch`` (``python`` is
+:mod:`.python_processor`).
 
 Each takes events on the required input port ``in`` (events arriving on any other
 input port are processed the same way: a node with several inputs merges them). An
@@ -6,23 +7,14 @@ exception raised from ``process`` means "this event failed": the runtime counts 
 ``errors`` and dead-letters it with the reason (an expression that reads a field the
 event does not have fails the event; it is never a silent drop). Events a processor
 discards on purpose are counted with ``ctx.count_filtered()``.
-
-A synchronous ``python`` function runs inline while it is quick; from its first call that
-takes longer than :data:`BLOCKING_CALL_S`, it runs on a worker thread of its own (one
-call at a time, so order is kept per replica), so it cannot hold the event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
-import importlib
-import inspect
 import re
-import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from componentmanager.component import Component, Context
 from componentmanager.components.expressions import Expression, ExpressionStr, compile_expression
@@ -265,105 +257,6 @@ class Batch(Component):
         await self.ctx.emit("out", {"events": events, "count": len(events)})
 
 
-# ------------------------------------------------------------------------------- python
-
-
-class PythonConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    function: str | None = Field(
-        default=None,
-        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
-        description='"module:function" to import at start; it takes an event and returns an '
-        "event, a list of events, or None to drop it (may be async).",
-    )
-    code: str | None = Field(
-        default=None,
-        description="Inline Python source defining process(event) with the same contract "
-        "(only where the agent allows inline code).",
-    )
-
-    @model_validator(mode="after")
-    def _one_of(self) -> PythonConfig:
-        if (self.function is None) == (self.code is None):
-            raise ValueError("set exactly one of 'function' or 'code'")
-        return self
-
-    @field_validator("code")
-    @classmethod
-    def _compiles(cls, code: str | None) -> str | None:
-        if code is not None:
-            try:
-                compile(code, "<python processor>", "exec")  # parses only; runs nothing
-            except SyntaxError as exc:
-                raise ValueError(f"code does not compile: {exc.msg} (line {exc.lineno})") from None
-        return code
-
-
-#: A sync python function whose call takes longer than this moves to a worker thread.
-BLOCKING_CALL_S = 0.002
-
-
-class Python(Component):
-    """Calls a user function per event: a module function or inline ``process(event)``."""
-
-    def __init__(self, config: PythonConfig, ctx: Context) -> None:
-        super().__init__(config, ctx)
-        self.config: PythonConfig = config
-        self._fn: Any = None
-        self._worker: ThreadPoolExecutor | None = None
-
-    async def start(self) -> None:
-        cfg = self.config
-        if cfg.function is not None:
-            module_name, _, attr = cfg.function.partition(":")
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError as exc:
-                raise ImportError(f"python processor: cannot import {module_name}: {exc}") from exc
-            fn = getattr(module, attr, None)
-            where = cfg.function
-        else:
-            if not getattr(self.ctx, "allow_inline_code", False):
-                raise PermissionError(
-                    "python processor: inline 'code' is disabled on this agent; use "
-                    "'function: module:function' or start the agent with inline code allowed"
-                )
-            where = f"<{self.ctx.flow}.{self.ctx.node}>"
-            namespace: dict[str, Any] = {"__name__": f"flowctl_inline_{self.ctx.node}"}
-            exec(compile(cfg.code or "", where, "exec"), namespace)
-            fn = namespace.get("process")
-        if not callable(fn):
-            raise TypeError(f"python processor: {where} does not define a callable process")
-        self._fn = fn
-
-    async def process(self, port: str, event: Any) -> None:
-        if self._worker is not None:
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._worker, self._fn, event)
-        else:
-            t0 = time.perf_counter()
-            result = self._fn(event)
-            took = time.perf_counter() - t0
-            if took > BLOCKING_CALL_S and not inspect.isawaitable(result):
-                self._worker = ThreadPoolExecutor(
-                    1, thread_name_prefix=f"flowctl-{self.ctx.flow}.{self.ctx.node}")
-                self.ctx.log(f"the function blocks ({took * 1000:.1f} ms for one call); "
-                             "from now on it runs on a worker thread")
-        if inspect.isawaitable(result):
-            result = await result
-        if result is None:
-            self.ctx.count_filtered()
-            return
-        for item in result if isinstance(result, list) else [result]:
-            await self.ctx.emit("out", item)
-
-    async def stop(self) -> None:
-        if self._worker is not None:  # a call in progress finishes; nothing new starts
-            self._worker.shutdown(wait=False, cancel_futures=True)
-            self._worker = None
-
-
 _MOD = "componentmanager.components.processors"
 
 register(ComponentType(
@@ -395,13 +288,4 @@ register(ComponentType(
     impl=f"{_MOD}:Batch",
     docs='Emits {"events": [...], "count": n} when size events are pending, every interval '
          "seconds if set, and once more when the node stops.",
-))
-register(ComponentType(
-    name="python", role="processor", config_model=PythonConfig, inputs=IN, outputs=OUT,
-    description="Process events with a Python function.",
-    impl=f"{_MOD}:Python",
-    docs="function: module:function, or code: inline source defining process(event). "
-         "Return an event, a list of events, or None to filter it out. A sync function "
-         "that blocks (a call over 2 ms) runs on a worker thread, one call at a time (order "
-         "kept); add replicas for parallelism. Inline code needs an agent that allows it.",
 ))

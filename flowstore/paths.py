@@ -1,0 +1,102 @@
+"""Relative paths in a flow resolve against the flow file's directory, everywhere.
+
+:func:`resolve_paths` (pure) makes them absolute when a file is loaded by `flowctl apply`,
+`run`, `validate` or `dev`, so a flow behaves the same whichever directory the command
+ran in, and what is stored says exactly what will be opened:
+
+* ``file`` sources and sinks: ``config.path``;
+* ``python`` nodes: ``config.python_path`` (directories the module is imported from,
+  before the agent's ``--python-path``) defaults to the flow file's directory, so
+  ``function: enrich:enrich`` finds ``enrich.py`` next to the flow file;
+* programs (``command:``): a command with a ``/`` (``./worker.sh``), and ``working_dir``,
+  which defaults to the flow file's directory (so ``args: [worker.py]`` finds it);
+* containers: the host side of ``volumes``.
+
+:func:`missing_paths` (reads the file system) lists what does not exist on this machine,
+for validation warnings: on another host it may well exist.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from flowstore.models import FlowSpec, Node
+
+
+def _abs(base: Path, path: str) -> str:
+    expanded = os.path.expanduser(path)
+    return expanded if os.path.isabs(expanded) else str((base / expanded).resolve())
+
+
+def _volume(base: Path, volume: str) -> str:
+    host, sep, rest = volume.partition(":")
+    if not sep or not (host.startswith(".") or "/" in host) or os.path.isabs(host):
+        return volume  # a named volume, or already absolute
+    return f"{_abs(base, host)}:{rest}"
+
+
+def resolve_node(node: Node, base: Path) -> Node:
+    config: dict[str, Any] = dict(node.config)
+    update: dict[str, Any] = {}
+    if node.type == "file" and isinstance(config.get("path"), str):
+        config["path"] = _abs(base, config["path"])
+    if node.type == "python" and config.get("function"):
+        dirs = config.get("python_path") or [str(base)]
+        if isinstance(dirs, list):
+            config["python_path"] = [_abs(base, d) if isinstance(d, str) else d for d in dirs]
+    if config != node.config:
+        update["config"] = config
+    if node.command and not node.image:
+        if "/" in node.command and not os.path.isabs(node.command):
+            update["command"] = _abs(base, node.command)
+        update["working_dir"] = _abs(base, node.working_dir or ".")
+    if node.image and node.volumes:
+        update["volumes"] = [_volume(base, v) for v in node.volumes]
+    return node.model_copy(update=update) if update else node
+
+
+def resolve_paths(spec: FlowSpec, base: Path) -> FlowSpec:
+    """``spec`` with every relative path made absolute against ``base``."""
+    nodes = [resolve_node(n, base) for n in spec.nodes]
+    return spec.model_copy(update={"nodes": nodes})
+
+
+def _module_found(function: str, dirs: list[str]) -> bool:
+    module = function.partition(":")[0]
+    relative = Path(*module.split("."))
+    for d in dirs:
+        if (Path(d) / relative.with_suffix(".py")).is_file() or \
+                (Path(d) / relative / "__init__.py").is_file():
+            return True
+    top = module.split(".")[0]
+    return importlib.util.find_spec(top) is not None  # the top package only: runs nothing
+
+
+def missing_paths(spec: FlowSpec) -> list[tuple[int, str, str]]:
+    """(node index, field, what) for each path of the (resolved) spec that does not exist
+    on this machine."""
+    out: list[tuple[int, str, str]] = []
+    for i, node in enumerate(spec.nodes):
+        path = node.config.get("path")
+        if node.type == "file" and node.role == "source" and isinstance(path, str) \
+                and not Path(path).exists():
+            out.append((i, "config.path", f"file {path} does not exist"))
+        function = node.config.get("function")
+        if node.type == "python" and isinstance(function, str):
+            dirs = [d for d in node.config.get("python_path") or [] if isinstance(d, str)]
+            if not _module_found(function, dirs):
+                out.append((i, "config.function", f"module {function.partition(':')[0]} is "
+                            f"not in {', '.join(dirs) or 'the python path'}"))
+        if node.command and not node.image:
+            if "/" in node.command and not Path(node.command).exists():
+                out.append((i, "command", f"{node.command} does not exist"))
+            elif "/" not in node.command and " " not in node.command.strip() \
+                    and shutil.which(node.command) is None:
+                out.append((i, "command", f"{node.command} is not on this machine's PATH"))
+            if node.working_dir and not Path(node.working_dir).is_dir():
+                out.append((i, "working_dir", f"directory {node.working_dir} does not exist"))
+    return out
