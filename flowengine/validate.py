@@ -216,8 +216,9 @@ def validate_loaded(loaded: LoadedFlow | None, problems: list[Problem], *,
     and the checks of what could be loaded of it, in one result: schema, config and graph
     problems are reported in one pass, in file order. ``extra``: more issues (the
     caller's checks of the file system)."""
-    issues = [ValidationIssue(code=p.code, severity="error", message=p.message,
-                              suggestion=p.suggestion, path=p.path or None, line=p.line)
+    issues = [ValidationIssue(code=p.code, severity="warning" if p.severity == "warning"
+                              else "error", message=p.message, suggestion=p.suggestion,
+                              path=p.path or None, line=p.line)
               for p in problems]
     if loaded is not None:
         issues += validate(loaded.spec, source=loaded.source, agents=agents,

@@ -80,6 +80,8 @@ class Metadata(BaseModel):
     name: Name
     description: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(
+        default_factory=dict, description="Free-form notes for people and tools; kept.")
 
 
 class FileSpec(BaseModel):
@@ -134,6 +136,7 @@ class FlowFile(BaseModel):
         return FlowSpec(
             description=self.metadata.description,
             labels=self.metadata.labels,
+            annotations=self.metadata.annotations,
             delivery=self.spec.delivery,
             buffer=self.spec.buffer,
             nodes=nodes,
@@ -211,7 +214,7 @@ def flow_document(record: dict[str, Any]) -> dict[str, Any]:
                                     "processor" if node["id"] in has_outputs else "sink")
         sections[_SECTIONS[role]].append(entry)
     metadata: dict[str, Any] = {"name": record["name"]}
-    for key in ("description", "labels"):
+    for key in ("description", "labels", "annotations"):
         if spec.get(key):
             metadata[key] = spec[key]
     file_spec: dict[str, Any] = {"delivery": spec.get("delivery", "at-least-once")}

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from flowstore.compat import from_go_flowctl
 from flowstore.flowfile import CanvasFlow, FlowFile
 from flowstore.models import FlowSpec
 
@@ -30,6 +31,7 @@ class Problem:
     line: int | None = None
     code: str = "invalid_field"
     suggestion: str | None = None
+    severity: str = "error"
 
     def __str__(self) -> str:
         where = f"line {self.line}: " if self.line else ""
@@ -246,8 +248,6 @@ def parse_flow_lenient(text: str, file: str = "<flow>"
     """Parse flow text (YAML or JSON; flowctl file or canvas export). With problems, what
     they point at is left out and the rest is still loaded (when the name survives), so a
     validator can report the file's schema, config and graph problems in one pass."""
-    import copy
-
     data, lines = _parse(text, file)
     if not isinstance(data, dict):
         raise FlowFileError(file, [Problem("", NOT_A_FLOW, 1, "not_a_flow")])
@@ -258,8 +258,10 @@ def parse_flow_lenient(text: str, file: str = "<flow>"
             return None, _problems(exc, lines)
         return LoadedFlow(canvas.name, canvas.to_spec(), _source_map_for_canvas(canvas, lines),
                           file), []
+    work, notes = from_go_flowctl(data)
     problems: list[Problem] = []
-    work = copy.deepcopy(data)
+    warnings = [Problem(n.path, n.message, lines.get(n.path), "unsupported", None, n.severity)
+                for n in notes]
     kept: dict[str, list[int]] | None = None
     for _ in range(5):
         try:
@@ -268,21 +270,23 @@ def parse_flow_lenient(text: str, file: str = "<flow>"
             if not problems:
                 problems = _problems(exc, lines)
             if not _repair(work, exc):
-                return None, problems
+                return None, [*warnings, *problems]
             now = _drop_removed(work)  # removed entries only ever come from a repair
             kept = {k: [kept[k][i] for i in v] if kept and k in kept else v
                     for k, v in now.items()}
             continue
         smap = _source_map_for_file(model, lines, kept)
-        return LoadedFlow(model.metadata.name, model.to_spec(), smap, file), problems
-    return None, problems
+        return LoadedFlow(model.metadata.name, model.to_spec(), smap, file), [*warnings,
+                                                                               *problems]
+    return None, [*warnings, *problems]
 
 
 def parse_flow(text: str, file: str = "<flow>") -> LoadedFlow:
     """Parse flow text; every problem raises :class:`FlowFileError`."""
     loaded, problems = parse_flow_lenient(text, file)
-    if problems or loaded is None:
-        raise FlowFileError(file, problems)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors or loaded is None:
+        raise FlowFileError(file, errors)
     return loaded
 
 

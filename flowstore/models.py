@@ -129,6 +129,9 @@ class ExternalFields(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     working_dir: str | None = None
     health_port: int | None = Field(default=None, ge=1, le=65535)
+    health_check: str = Field(
+        default="/health", pattern=r"^/", description="The path of the health check on "
+        "health_port (GET, 200 = ready).")
     restart_policy: RestartPolicy = "on-failure"
     image: str | None = None
     volumes: list[str] = Field(
@@ -194,6 +197,7 @@ class FlowSpec(BaseModel):
 
     description: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
     delivery: Delivery = "at-least-once"
     buffer: ByteSize = DEFAULT_BUFFER
     nodes: list[Node] = Field(default_factory=list)

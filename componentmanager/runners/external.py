@@ -8,7 +8,8 @@ exponential backoff and streams its output line by line to
 ``<log_dir>/<flow>.<node>.<replica>.log`` and ``host.log_line``. A crash loop lives in
 its own task and never blocks anything else.
 
-* readiness: with ``health_port``, ``GET http://<host>:<port + replica>/health`` must answer 200
+* readiness: with ``health_port``, ``GET http://<host>:<port + replica><health_check>``
+  (default ``/health``) must answer 200
   within ``health_timeout`` (else ``failed``, the program is killed and the policy
   decides); without, ``running`` once the program has lived ``ready_after`` seconds.
 * restart: ``always`` | ``on-failure`` (non-zero exit, launch error, failed health) |
@@ -257,16 +258,17 @@ class ExternalReplica(Replica):
             await asyncio.sleep(self.ready_after)
             return None
         host = self._health_host()
+        path = self.cfg.external.health_check if self.cfg.external else "/health"
         deadline = time.monotonic() + self.health_timeout
         last = "no answer"
         while (left := deadline - time.monotonic()) > 0:
-            code = await http_status(host, port, timeout=min(1.0, left))
+            code = await http_status(host, port, path, timeout=min(1.0, left))
             if code == 200:
                 return None
             last = f"HTTP {code}" if code else "no answer"
             await asyncio.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
         return (
-            f"health check http://{host}:{port}/health not ready within "
+            f"health check http://{host}:{port}{path} not ready within "
             f"{self.health_timeout:g}s (last: {last})"
         )
 
