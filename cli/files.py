@@ -52,7 +52,7 @@ def check(name: str) -> tuple[Any, Any]:
 
     from flowengine import validate_loaded
     from flowstore.loader import load_flow_lenient, parse_flow_lenient
-    from flowstore.paths import resolve_paths
+    from flowstore.paths import resolve_paths, stamp_modules
 
     if name == "-":
         loaded, problems = parse_flow_lenient(sys.stdin.read(), "<stdin>")
@@ -62,7 +62,7 @@ def check(name: str) -> tuple[Any, Any]:
         base = Path(name).resolve().parent
     if loaded is None:
         return None, validate_loaded(None, problems)
-    loaded = dataclasses.replace(loaded, spec=resolve_paths(loaded.spec, base))
+    loaded = dataclasses.replace(loaded, spec=stamp_modules(resolve_paths(loaded.spec, base)))
     return loaded, validate_loaded(loaded, problems, extra=_path_warnings(loaded))
 
 

@@ -376,7 +376,7 @@ def schema() -> None:
 
 
 def main() -> None:
-    from cli import agent, embedded, files, observe, server, status  # noqa: F401
+    from cli import agent, dev, embedded, files, observe, server, status  # noqa: F401
     from cli.argv import hoist_globals
     from cli.errors import quiet_broken_pipe
 

@@ -66,14 +66,47 @@ def resolve_paths(spec: FlowSpec, base: Path) -> FlowSpec:
 
 
 def _module_found(function: str, dirs: list[str]) -> bool:
-    module = function.partition(":")[0]
-    relative = Path(*module.split("."))
-    for d in dirs:
-        if (Path(d) / relative.with_suffix(".py")).is_file() or \
-                (Path(d) / relative / "__init__.py").is_file():
-            return True
-    top = module.split(".")[0]
+    if module_file(function, dirs) is not None:
+        return True
+    top = function.partition(":")[0].split(".")[0]
     return importlib.util.find_spec(top) is not None  # the top package only: runs nothing
+
+
+def module_file(function: str, dirs: list[str]) -> Path | None:
+    """The file of a ``module:function``'s module in ``dirs``, if it is there."""
+    relative = Path(*function.partition(":")[0].split("."))
+    for d in dirs:
+        for candidate in (Path(d) / relative.with_suffix(".py"),
+                          Path(d) / relative / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def python_modules(spec: FlowSpec) -> dict[int, Path]:
+    """Per ``python`` node index: its module's file, when found in its python_path."""
+    out = {}
+    for i, node in enumerate(spec.nodes):
+        function = node.config.get("function")
+        dirs = node.config.get("python_path") or []
+        if node.type == "python" and isinstance(function, str) and isinstance(dirs, list):
+            found = module_file(function, [d for d in dirs if isinstance(d, str)])
+            if found is not None:
+                out[i] = found
+    return out
+
+
+def stamp_modules(spec: FlowSpec) -> FlowSpec:
+    """``spec`` with each ``python`` node's ``config.module_hash`` set from its module's
+    file (reads the files): re-applying after editing a module restarts its nodes."""
+    import hashlib
+
+    nodes = list(spec.nodes)
+    for i, path in python_modules(spec).items():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        nodes[i] = nodes[i].model_copy(update={"config": {**nodes[i].config,
+                                                          "module_hash": digest}})
+    return spec.model_copy(update={"nodes": nodes})
 
 
 def missing_paths(spec: FlowSpec) -> list[tuple[int, str, str]]:

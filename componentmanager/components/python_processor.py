@@ -38,6 +38,11 @@ class PythonConfig(BaseModel):
         description="Inline Python source defining process(event) with the same contract "
         "(only where the agent allows inline code).",
     )
+    module_hash: str | None = Field(
+        default=None,
+        description="Set by `flowctl apply`, `run` and `dev`: a hash of the module's file, so "
+        "a changed module restarts the node (and is imported afresh).",
+    )
     python_path: list[str] = Field(
         default_factory=list,
         description="Directories to import the module from, before the agent's "
@@ -61,6 +66,9 @@ class PythonConfig(BaseModel):
         return code
 
 
+#: The module_hash each module was imported with (a new hash means: reload it).
+_IMPORTED_AS: dict[str, str] = {}
+
 #: A sync python function whose call takes longer than this moves to a worker thread.
 BLOCKING_CALL_S = 0.002
 
@@ -83,6 +91,10 @@ class Python(Component):
                     sys.path.insert(0, directory)
             try:
                 module = importlib.import_module(module_name)
+                if cfg.module_hash and _IMPORTED_AS.get(module_name, cfg.module_hash) \
+                        != cfg.module_hash:
+                    module = importlib.reload(module)  # the file changed since
+                _IMPORTED_AS[module_name] = cfg.module_hash or ""
             except ImportError as exc:
                 raise ImportError(f"python processor: cannot import {module_name}: {exc}") from exc
             fn = getattr(module, attr, None)
