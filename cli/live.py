@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cli.errors import EXIT_NATS, other_error
+from flowstore.nats import redact
 
 
 def stop_event() -> asyncio.Event:
@@ -63,8 +64,9 @@ async def watch(fetch: Callable[[], Awaitable[Any]], draw: Callable[[Any], None]
                 if why is None:
                     raise
                 down_since = down_since or time.monotonic()
-                note = (f"NATS at {url} unreachable for {time.monotonic() - down_since:.0f}s "
-                        f"({why}); retrying, Ctrl+C stops\n")
+                down_for = time.monotonic() - down_since
+                note = (f"NATS at {redact(url)} unreachable for {down_for:.0f}s ({why}); "
+                        "retrying, Ctrl+C stops\n")
             if live is not None:
                 live.update(Text.from_ansi(last_text + note), refresh=True)
             elif note:

@@ -142,10 +142,16 @@ def main_options(
         str, typer.Option("--nats-url", envvar="NATS_URL", help="NATS server URL(s).",
                           callback=_check_nats_url)
     ] = "nats://127.0.0.1:4222",
-    creds: Annotated[Path | None, _file_option("--creds", "NATS credentials file.")] = None,
-    user: Annotated[str | None, typer.Option(help="NATS user.")] = None,
-    password: Annotated[str | None, typer.Option(help="NATS password.")] = None,
-    token: Annotated[str | None, typer.Option(help="NATS token.")] = None,
+    creds: Annotated[Path | None, typer.Option(
+        "--creds", help="NATS credentials file.", envvar="NATS_CREDS", exists=True,
+        dir_okay=False, readable=True)] = None,
+    user: Annotated[str | None, typer.Option(help="NATS user.", envvar="NATS_USER")] = None,
+    password: Annotated[str | None, typer.Option(
+        help="NATS password (better: the NATS_PASSWORD environment variable).",
+        envvar="NATS_PASSWORD", show_envvar=False)] = None,
+    token: Annotated[str | None, typer.Option(
+        help="NATS token (better: the NATS_TOKEN environment variable).",
+        envvar="NATS_TOKEN", show_envvar=False)] = None,
     tls_ca: Annotated[Path | None, _file_option("--tls-ca", "CA certificate.")] = None,
     tls_cert: Annotated[Path | None, _file_option("--tls-cert", "Client cert.")] = None,
     tls_key: Annotated[Path | None, _file_option("--tls-key", "Client key.")] = None,

@@ -32,6 +32,13 @@ FLOW_COLUMNS = ["NAME", "STATE", "NODES", "REVISION", "UPDATED"]
 FLOW_COLUMNS_WIDE = ["NAME", "STATE", "NODES", "REVISION", "DEPLOYED", "DELIVERY", "UPDATED",
                      "DESCRIPTION"]
 
+def say_broken(bucket: str, broken: dict[str, str]) -> None:
+    """One line per value that is not a record: skipped, never fatal."""
+    for key, why in sorted(broken.items()):
+        info(f"warning: skipped {bucket} key {key!r}: not a flowctl record ({why}); "
+             f"remove it with: nats kv del {bucket} {key}")
+
+
 WatchOpt = Annotated[bool, typer.Option("--watch", "-w", help="Redraw live until Ctrl+C.")]
 IntervalOpt = Annotated[float, typer.Option(help="Redraw interval with --watch, seconds.")]
 
@@ -69,6 +76,7 @@ def get_flows(
 
     async def fetch(engine: Any) -> Any:
         flows = [await engine.flows.get(name)] if name else await engine.flows.list()
+        say_broken("flowctl_flows", engine.flows.broken)
         return [f.model_dump(mode="json") for f in flows]
 
     def draw(data: Any) -> None:
@@ -154,8 +162,14 @@ def agents(output: OutputOpt = Format.table, watch: WatchOpt = False,
     async def fetch(engine: Any) -> Any:
         from flowstore import AgentRecord, read_all
 
-        records = [AgentRecord.from_json(e.value)
-                   for e in (await read_all(engine.agents)).values()]
+        records, broken = [], {}
+        for key, entry in (await read_all(engine.agents)).items():
+            record, why = AgentRecord.parse(entry.value)
+            if record is None:
+                broken[key] = why
+            else:
+                records.append(record)
+        say_broken("flowctl_agents", broken)
         return [
             {**r.model_dump(mode="json"), "live": r.is_live(), "age_s": round(r.age_s(), 1)}
             for r in sorted(records, key=lambda r: r.name)

@@ -84,12 +84,20 @@ def age(ts: str | None) -> str:
     return f"{secs:.0f}s" if secs >= 10 else f"{secs:.1f}s"
 
 
+def _redacted(message: str) -> str:
+    from flowstore.nats import redact
+
+    return redact(message)
+
+
 def err(message: str) -> None:
-    sys.stderr.write(f"error: {message}\n")
+    """An error line on stderr (URL secrets hidden)."""
+    sys.stderr.write(f"error: {_redacted(message)}\n")
 
 
 def info(message: str) -> None:
-    sys.stderr.write(message + "\n")
+    """A line for people on stderr (URL secrets hidden)."""
+    sys.stderr.write(_redacted(message) + "\n")
 
 
 @contextlib.contextmanager

@@ -51,7 +51,10 @@ def _rate(s: dict[str, Any]) -> str:
 
 
 async def _status_data(engine: Any, name: str | None) -> list[dict[str, Any]]:
+    from cli.observe import say_broken
+
     names = [name] if name else [f.name for f in await engine.flows.list()]
+    say_broken("flowctl_flows", engine.flows.broken if not name else {})
     out = []
     for flow in names:
         eff = await engine.effective_state(flow)

@@ -35,6 +35,11 @@ class EventError(Exception):
     becomes the dead letter's reason and the replica's last error as it is)."""
 
 
+class EventTooLarge(EventError):
+    """An emitted event is larger than the NATS server accepts (its ``max_payload``):
+    the input that produced it fails, nothing else notices."""
+
+
 class Context(Protocol):
     """What the runtime gives a component."""
 
@@ -42,6 +47,9 @@ class Context(Protocol):
     node: str
     replica: int
     nc: Any  # nats.aio.client.Client (for components that talk to NATS themselves)
+    #: The largest encoded event ``emit`` accepts. A larger one fails the input that made
+    #: it (EventTooLarge); from a source it is counted and dead-lettered as a preview.
+    max_event_bytes: int
 
     async def emit(self, port: str, event: Any) -> None: ...
 

@@ -47,3 +47,15 @@ class RevisionNotFound(FlowctlError):
         super().__init__(
             f"flow '{name}' has no revision {revision} in its history (see `flowctl history`)"
         )
+
+
+class BrokenRecord(FlowctlError):
+    """A KV value that is not a flowctl record (someone's `nats kv put`)."""
+
+    def __init__(self, bucket: str, key: str, reason: str) -> None:
+        super().__init__(
+            f"{bucket} key {key!r} does not hold a flowctl record ({reason}); put a valid "
+            f"one back or remove it: nats kv del {bucket} {key}")
+        self.bucket = bucket
+        self.key = key
+        self.reason = reason

@@ -99,6 +99,28 @@ class Record(BaseModel):
     def from_json(cls, data: bytes | str):  # type: ignore[no-untyped-def]
         return cls.model_validate_json(data)
 
+    @classmethod
+    def parse(cls, data: bytes | str | None):  # type: ignore[no-untyped-def]
+        """(record, None), or (None, why not) for a value that is not such a record (junk
+        someone put with `nats kv put`): readers skip it and say so, never fail on it."""
+        try:
+            return cls.model_validate_json(data or b""), None
+        except ValueError as exc:
+            return None, junk_reason(exc, data)
+
+
+def junk_reason(exc: Exception, data: bytes | str | None) -> str:
+    """A short reason a stored value is not a record (no library noise, no long dump)."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0] if errors() else {}
+        if first.get("type") == "json_invalid":
+            return "not JSON"
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        return f"{where}: {msg}" if where else msg
+    return "not JSON" if not data else str(exc)[:80]
+
 
 class Placement(BaseModel):
     """Where a node's replicas may run: one named agent, or agents carrying labels."""

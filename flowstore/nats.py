@@ -11,18 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import nats
 from nats.aio.client import Client as NatsClient
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
+from flowstore.connection import SupervisedClient
 from flowstore.models import stream_name
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -55,10 +56,29 @@ _BUCKET_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
+_URL_SECRET = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s]*)"
+                         r"(?::(?P<password>[^@/\s]*))?@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the secrets of URLs hidden: ``nats://user:***@host``, and the token
+    of ``nats://TOKEN@host`` as ``nats://***@host``. Every URL a message or log line
+    shows goes through here."""
+
+    def hide(m: re.Match[str]) -> str:
+        if m["password"] is not None:
+            return f"{m['scheme']}{m['user']}:***@"
+        return f"{m['scheme']}***@"
+
+    return _URL_SECRET.sub(hide, text)
+
+
 class NatsUnavailable(Exception):
-    """The NATS server cannot be reached; carries the URL for the user-facing message."""
+    """The NATS server cannot be reached; carries the URL (secrets hidden) for the
+    user-facing message."""
 
     def __init__(self, url: str, reason: str) -> None:
+        url, reason = redact(url), redact(reason)
         super().__init__(f"cannot reach NATS at {url}: {reason}")
         self.url = url
         self.reason = reason
@@ -165,8 +185,12 @@ async def connect(
     connect they ride out server restarts forever.
     """
 
-    async def _quiet(_e: Exception) -> None:
-        return None
+    nc = SupervisedClient()
+
+    async def _logged(exc: Exception) -> None:
+        if reconnect:  # long-running: say what happens, once per interval
+            nc.note(f"error {type(exc).__name__}", f"NATS connection {name}: "
+                    f"{type(exc).__name__}: {redact(str(exc))}")
 
     await probe(opts)
     kwargs: dict[str, Any] = {
@@ -176,7 +200,9 @@ async def connect(
         "allow_reconnect": reconnect,
         "max_reconnect_attempts": -1 if reconnect else 0,
         "reconnect_time_wait": 0.5,
-        "error_cb": _quiet,
+        "error_cb": _logged,
+        "ping_interval": 10,
+        "max_outstanding_pings": 3,
     }
     if opts.user:
         kwargs["user"], kwargs["password"] = opts.user, opts.password
@@ -190,12 +216,15 @@ async def connect(
     kwargs.update(extra)
     try:
         # nats-py keeps retrying a refused first connect; bound it ourselves.
-        return await asyncio.wait_for(nats.connect(**kwargs), opts.connect_timeout + 0.5)
+        await asyncio.wait_for(nc.connect(**kwargs), opts.connect_timeout + 0.5)
     except TimeoutError:
         raise NatsUnavailable(opts.url, "connection refused or timed out") from None
     except Exception as exc:  # nats-py raises several unrelated types here
         reason = str(exc) or type(exc).__name__
         raise NatsUnavailable(opts.url, reason) from exc
+    if reconnect:
+        nc.supervise(name)
+    return nc
 
 
 async def open_bucket(nc: NatsClient, bucket: str, *, replicas: int = 1) -> KeyValue:

@@ -19,7 +19,13 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from flowstore.errors import FlowExists, FlowNotFound, RevisionConflict, RevisionNotFound
+from flowstore.errors import (
+    BrokenRecord,
+    FlowExists,
+    FlowNotFound,
+    RevisionConflict,
+    RevisionNotFound,
+)
 from flowstore.models import FlowRecord, FlowSpec, FlowState, utcnow
 from flowstore.nats import FLOWS_BUCKET, open_bucket
 
@@ -137,6 +143,8 @@ class FlowStore:
 
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
+        #: keys whose value is not a flow record, with why (filled by ``list``)
+        self.broken: dict[str, str] = {}
 
     @classmethod
     async def open(cls, nc: NatsClient, *, replicas: int = 1) -> FlowStore:
@@ -144,7 +152,9 @@ class FlowStore:
 
     @staticmethod
     def _decode(entry: KeyValue.Entry) -> FlowRecord:
-        record = FlowRecord.from_json(entry.value)
+        record, why = FlowRecord.parse(entry.value)
+        if record is None:
+            raise BrokenRecord(FLOWS_BUCKET, entry.key, why or "not a flow record")
         record.kv_revision = entry.revision
         return record
 
@@ -172,8 +182,18 @@ class FlowStore:
         return self._decode(entry)
 
     async def list(self) -> list[FlowRecord]:
+        """Every flow, by name; values that are not flow records are skipped and listed in
+        :attr:`broken`."""
         entries = await read_all(self.kv)
-        return sorted((self._decode(e) for e in entries.values()), key=lambda f: f.name)
+        flows, self.broken = [], {}
+        for key, entry in entries.items():
+            record, why = FlowRecord.parse(entry.value)
+            if record is None:
+                self.broken[key] = why or "not a flow record"
+                continue
+            record.kv_revision = entry.revision
+            flows.append(record)
+        return sorted(flows, key=lambda f: f.name)
 
     async def update(
         self,
@@ -227,7 +247,10 @@ class FlowStore:
         latest: dict[int, FlowRecord] = {}
         for entry in entries:
             if not is_delete(entry) and entry.value:
-                record = self._decode(entry)
+                record, _ = FlowRecord.parse(entry.value)
+                if record is None:
+                    continue  # a junk value someone put: not a revision
+                record.kv_revision = entry.revision
                 latest[record.revision] = record
         return [latest[r] for r in sorted(latest)]
 

@@ -231,8 +231,13 @@ class Agent:
             entry = await self.agents_kv.get(self.agent_name)
         except KeyNotFoundError:
             entry = None
-        if entry is not None and entry.value:
-            existing = AgentRecord.from_json(entry.value)
+        existing = AgentRecord.parse(entry.value)[0] if entry is not None else None
+        if entry is not None and entry.value and existing is None:
+            log.warning("our agent record was not an agent record; rewriting it",
+                        agent=self.agent_name)
+            self._agent_rev = await self.agents_kv.update(self.agent_name, data,
+                                                          last=entry.revision)
+        elif entry is not None and entry.value and existing is not None:
             # On this host the process table decides (a crashed agent restarted at once
             # takes its name back); elsewhere, a record that is still fresh does.
             same_host = existing.host == socket.gethostname()
@@ -271,7 +276,14 @@ class Agent:
                 self.agent_name, self.record().to_json()
             )
             return
-        if AgentRecord.from_json(entry.value).instance == self.instance:
+        existing, why = AgentRecord.parse(entry.value)
+        if existing is None:  # someone put junk under our name: take it back
+            log.warning("our agent record was overwritten with something else; rewriting it",
+                        agent=self.agent_name, reason=why)
+            self._agent_rev = await self.agents_kv.update(
+                self.agent_name, self.record().to_json(), last=entry.revision)
+            return
+        if existing.instance == self.instance:
             self._agent_rev = entry.revision
             return
         log.error("another agent took over this name; stopping", agent=self.agent_name)

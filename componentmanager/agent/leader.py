@@ -49,6 +49,8 @@ class Leader:
         self._lease_seen: tuple[int, float] | None = None  # (revision, monotonic)
         self._last_eval: float | None = None
         self._seen: dict[str, tuple[int, float]] = {}  # agent -> (revision, monotonic)
+        #: agent -> (revision, record) of its last record that parsed
+        self._last_good: dict[str, tuple[int, AgentRecord]] = {}
         self._pending_written: dict[str, str] = {}
         self.kv = None
 
@@ -167,8 +169,15 @@ class Leader:
         entries = await read_all(agent.agents_kv)
         records: dict[str, tuple[int, AgentRecord]] = {}
         for name, entry in entries.items():
-            with contextlib.suppress(Exception):
-                records[name] = (entry.revision, AgentRecord.from_json(entry.value))
+            record, _ = AgentRecord.parse(entry.value)
+            if record is not None:
+                records[name] = self._last_good[name] = (entry.revision, record)
+            elif name in self._last_good:
+                # Junk over an agent's record proves nothing: judge the agent by its last
+                # good record (dead only if no heartbeat replaces the junk in time).
+                records[name] = self._last_good[name]
+        for gone in self._last_good.keys() - entries.keys():
+            del self._last_good[gone]
         live = self.live_agents(records)
         # One consistent snapshot (no await in between): each body with its own revision,
         # so a CAS can only succeed on exactly the body that was placed.

@@ -76,7 +76,9 @@ class StatusWriter:
             current = await self.kv.get(key)
         except KeyNotFoundError:
             return False  # deleted (undeployed): do not resurrect it
-        if current.value and ReplicaStatus.from_json(current.value).agent == self.agent:
+        existing, _ = ReplicaStatus.parse(current.value)
+        if current.value and (existing is None or existing.agent == self.agent):
+            # ours (or junk someone put there: the replica's agent writes it anew)
             self._revisions[key] = await self.kv.update(key, data, last=current.revision)
             return True
         return False

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from componentmanager.component import Component, Context
 from componentmanager.components.sources import OUT
+from componentmanager.dataplane.wire import encode
 from componentmanager.registry import ComponentType, register
 
 _REASONS = {202: "Accepted", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
@@ -124,6 +125,10 @@ class HttpSource(Component):
             keep = keep and exc.status not in (400, 413)
             await self._respond(writer, exc.status, {"error": str(exc)}, keep)
             return keep
+        too_large = self._too_large(events)
+        if too_large:
+            await self._respond(writer, 413, {"error": too_large}, False)
+            return False
         try:
             for event in events:
                 await self.ctx.emit("out", event)
@@ -133,6 +138,18 @@ class HttpSource(Component):
             return keep
         await self._respond(writer, 202, {"accepted": len(events)}, keep)
         return keep
+
+    def _too_large(self, events: list[Any]) -> str | None:
+        """Why the request cannot be taken whole (an event larger than NATS takes)."""
+        limit = getattr(self.ctx, "max_event_bytes", None)
+        if limit is None:
+            return None
+        for i, event in enumerate(events):
+            size = len(encode(event))
+            if size > limit:
+                return (f"event {i} is {size:,} bytes; the largest event this flow can carry "
+                        f"is {limit:,} bytes (the NATS server's max_payload)")
+        return None
 
     async def _body(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                     headers: dict[str, str]) -> bytes:

@@ -1,7 +1,9 @@
 """Adaptive framing of what a replica emits: :class:`Outbox`.
 
 ``put`` adds an encoded event to its subject's pending frame. The frame goes out at once
-when it is full (:data:`~.wire.FRAME_EVENTS` events or :data:`~.wire.FRAME_BYTES`), or
+when it is full (:data:`~.wire.FRAME_EVENTS` events or :data:`~.wire.FRAME_BYTES`; an
+event that would take it past that goes into the next frame, so a frame is never larger
+than the larger of FRAME_BYTES and one event), or
 when the subject's readers take only single events. Otherwise: while an input message
 is being handled (:meth:`Outbox.handling`), at its end, so one input frame makes one
 output frame; else (a source, a timer) the replica's flusher sends it as soon as the
@@ -42,6 +44,9 @@ class Outbox:
             await self._publish(subject, body, self._ids.header(1), 1)
             return
         frame = self._frames.get(subject)
+        if frame and self._sizes[subject] + len(body) + 1 > FRAME_BYTES:
+            await self._send(subject)  # a frame never outgrows FRAME_BYTES with a big event
+            frame = None
         if frame is None:
             frame = self._frames[subject] = []
             self._sizes[subject] = 0

@@ -9,6 +9,7 @@ them at deploy). Inputs are acked only after the outputs they caused are stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -174,7 +175,8 @@ class AckedPublisher:
     async def wait(self) -> None:
         """Return when everything published so far is stored (see the class doc)."""
         if self._pending:
-            await self.nc.flush()
+            with contextlib.suppress(Exception):  # a silent server is judged below
+                await self.nc.flush(timeout=ACK_SILENCE_S / 2)
             self._progress = max(self._progress, time.monotonic() - ACK_SILENCE_S / 2)
         while self._pending:
             await self._wait_change()
@@ -216,6 +218,11 @@ class Puller:
         self._idle.set()
         self._request = msgspec.json.encode(
             {"batch": PULL_BATCH, "expires": int(PULL_EXPIRES_S * 1e9)})
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The pulling task (watched by the replica: it must never end on its own)."""
+        return self._task
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_msg,

@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 from nats.aio.msg import Msg
 
-from componentmanager.component import Component
+from componentmanager.component import Component, EventTooLarge
 from componentmanager.dataplane import AckedPublisher, EventIds, Outbox, Puller, encode
 from componentmanager.registry import get_type
 from componentmanager.runners.base import Replica, ReplicaHost
@@ -31,6 +31,10 @@ from flowstore.nats import STATUS_BUCKET, open_bucket
 log = structlog.get_logger("flowctl.replica")
 
 RESTART_BACKOFF_S = (0.5, 30.0)
+#: Room left in a message for its header (the event's metadata).
+HEADER_ROOM = 512
+#: What a dead letter keeps of an event too large to store.
+PREVIEW_BYTES = 1024
 
 
 class InProcessReplica(InputDelivery, Replica):
@@ -58,11 +62,25 @@ class InProcessReplica(InputDelivery, Replica):
         self._supervisor: asyncio.Task[None] | None = None
 
     # -- the Context a component sees -------------------------------------------------
+    @property
+    def max_event_bytes(self) -> int:
+        """The largest encoded event the server takes (its max_payload, less room for
+        the header)."""
+        return max(1024, int(self.nc.max_payload or 1 << 20) - HEADER_ROOM)
+
     async def emit(self, port: str, event: Any) -> None:
         subject = self.cfg.outputs.get(port)
         if subject is None:
             raise ValueError(f"{self.node} has no output port '{port}'")
-        await self._outbox.put(subject, encode(event))
+        body = encode(event)
+        if len(body) > self.max_event_bytes:
+            reason = (f"an event of {len(body):,} bytes on port {port} is larger than the "
+                      f"server allows ({self.max_event_bytes:,} bytes, its max_payload)")
+            if self.cfg.role != "source":
+                raise EventTooLarge(reason)  # the input that made it fails (dead-lettered)
+            await self.reject(body[:PREVIEW_BYTES], reason)  # counted, a preview kept
+            return
+        await self._outbox.put(subject, body)
 
     async def _send(self, subject: str, body: bytes, headers: dict[str, str], count: int) -> None:
         """One message (an event or a frame of ``count``) out; counted once it is out."""
@@ -94,6 +112,8 @@ class InProcessReplica(InputDelivery, Replica):
         while not self._stopping:
             try:
                 await self._run_once()
+                if self.state != ReplicaState.COMPLETED:
+                    await self._until_a_task_dies()
                 return
             except asyncio.CancelledError:
                 raise
@@ -120,24 +140,52 @@ class InProcessReplica(InputDelivery, Replica):
         if self._acked:
             source_of = stream_name(self.flow) if ctype.role == "source" else None
             self._publisher = await AckedPublisher(self.nc, source_of).open()
-        self._tasks.append(asyncio.create_task(self._outbox.run_flusher()))
+        self._tasks.append(asyncio.create_task(self._outbox.run_flusher(),
+                                               name=f"output flusher {self.key}"))
         await self.component.start()
         await self._open_inputs()
         interval = getattr(self.component, "flush_interval", None)
         if interval:
-            self._tasks.append(asyncio.create_task(self._flush_loop(interval)))
+            self._tasks.append(asyncio.create_task(self._flush_loop(interval),
+                                                   name=f"flush loop {self.key}"))
         if ctype.role != "source":
             self.set_state(ReplicaState.RUNNING)
             return
         if not self._acked:
             await self._wait_for_downstream()
         self.set_state(ReplicaState.RUNNING)
-        await self.component.run()
+        running = asyncio.create_task(self.component.run(), name=f"run {self.key}")
+        try:
+            await self._until_a_task_dies(running)
+        finally:
+            if not running.done():
+                running.cancel()
+                await asyncio.gather(running, return_exceptions=True)
+        running.result()  # the source's own failure
         await self._outbox.flush()
         if self._publisher is not None:
             await self._publisher.wait()
         await self.nc.flush()
         self.set_state(ReplicaState.COMPLETED)
+
+    async def _until_a_task_dies(self, main: asyncio.Task[None] | None = None) -> None:
+        """Watch the replica's long-running tasks (output flusher, flush loop, input pulls):
+        return when ``main`` ends; raise when one of them ends while the replica runs, so
+        it is reported failed and restarted, never left `running` over a dead task."""
+        while not self._stopping:
+            tasks = [*self._tasks, *(p.task for p in self._pullers if p.task is not None)]
+            watched = [t for t in (main, *tasks) if t is not None]
+            if not watched:
+                return
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            if main is not None and main in done:
+                return
+            if self._stopping:
+                return
+            dead = next(iter(done))
+            error = None if dead.cancelled() else dead.exception()
+            raise RuntimeError(f"internal task {dead.get_name()!r} ended"
+                               + (f": {type(error).__name__}: {error}" if error else ""))
 
     async def _wait_for_downstream(self) -> None:
         keys = [
