@@ -97,9 +97,56 @@ def _line_index(node: yaml.Node | None, prefix: tuple[Any, ...], into: dict[str,
             _line_index(item, (*prefix, i), into)
 
 
+#: Hostile files are refused before anything is built from them: YAML aliases expand
+#: (nine lines can stand for a billion nodes), nesting recurses.
+MAX_NODES = 100_000
+MAX_DEPTH = 64
+MAX_BYTES = 4 * 2**20
+
+
+def _check_shape(text: str, file: str) -> None:
+    """Refuse, with a clear message, a file too large, that would expand (through
+    aliases) to more than MAX_NODES values, or nested too deep: one pass over the
+    parser's events, counting what each anchor stands for; nothing is constructed."""
+    def refuse(message: str, line: int | None) -> None:
+        raise FlowFileError(file, [Problem("", message, line, "refused")])
+
+    if len(text) > MAX_BYTES:
+        refuse(f"the file is {len(text):,} bytes; a flow file may have at most "
+               f"{MAX_BYTES:,}", None)
+    sizes: dict[str, int] = {}  # anchor -> values it expands to
+    stack: list[list[Any]] = [[0, None]]  # per open collection: [values, anchor]
+    total = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        added = 0
+        if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+            stack.append([1, event.anchor])
+            if len(stack) > MAX_DEPTH:
+                refuse(f"nested more than {MAX_DEPTH} levels deep: refused",
+                       event.start_mark.line + 1)
+            continue
+        if isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+            added, anchor = stack.pop()
+            if anchor:
+                sizes[anchor] = added
+        elif isinstance(event, yaml.ScalarEvent):
+            added = 1
+            if event.anchor:
+                sizes[event.anchor] = 1
+        elif isinstance(event, yaml.AliasEvent):
+            added = sizes.get(event.anchor, 1)
+            total += added
+            if total > MAX_NODES:
+                refuse(f"its YAML aliases (*{event.anchor}) expand to more than "
+                       f"{MAX_NODES:,} values: refused; write the values out",
+                       event.start_mark.line + 1)
+        stack[-1][0] += added
+
+
 def _parse(text: str, file: str) -> tuple[Any, dict[str, int]]:
     lines: dict[str, int] = {}
     try:
+        _check_shape(text, file)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -305,6 +352,8 @@ def read_flow_text(path: str | Path) -> str:
     if p.suffix == ".json":
         try:
             json.loads(text)
+        except RecursionError:
+            pass  # nested too deep: refused with its line by the shape check
         except json.JSONDecodeError as exc:
             raise FlowFileError(str(p), [Problem("", f"not valid JSON: {exc.msg}", exc.lineno,
                                                  "invalid_json")]) from None

@@ -177,3 +177,28 @@ def test_a_go_flowctl_pipeline_file_loads_with_notes(tmp_path: Path) -> None:
     flow.write_text(GO_PIPELINE.replace("type: stdout", "type: stdout@v2"))
     shown = flowctl("validate", str(flow))
     assert shown.returncode == 1 and "unknown component type 'stdout@v2'" in shown.stdout
+
+
+def test_hostile_files_are_refused_quickly(tmp_path: Path) -> None:
+    import time
+
+    laughs = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        laughs.append(f"{name}: &{name} [{','.join([f'*{prev}'] * 9)}]")
+    files = {
+        "bomb.yaml": "\n".join(laughs) + "\n",
+        "deep.yaml": "a: " + "[" * 5000 + "]" * 5000 + "\n",
+        "deep.json": '{"a": ' + "[" * 5000 + "]" * 5000 + "}\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+        started = time.monotonic()
+        result = flowctl("validate", str(tmp_path / name), "-o", "json")
+        took = time.monotonic() - started
+        errors = json.loads(result.stdout)["errors"]
+        assert result.returncode == 1 and [e["code"] for e in errors] == ["refused"], name
+        assert took < 3, (name, took)  # (the CLI's own start-up included)
+        assert "Traceback" not in result.stderr
+    applied = flowctl("apply", "-f", str(tmp_path / "bomb.yaml"), "--nats-url",
+                      "nats://127.0.0.1:1")
+    assert applied.returncode == 1 and "expand to more than 100,000 values" in applied.stderr
