@@ -62,6 +62,16 @@ class Context(Protocol):
         ``errors``, shown as the last error and dead-lettered with ``reason``."""
         ...
 
+    async def resume_position(self) -> Any:
+        """Sources: where to resume (the last position stored with the stream, see
+        :meth:`advance`); None to start from the beginning."""
+        ...
+
+    def advance(self, position: Any) -> None:
+        """Sources: everything emitted so far is covered by ``position`` (a JSON value:
+        a sequence, a byte offset). At-least-once flows keep the latest position whose
+        events are all stored, so a restarted source resumes there instead of replaying."""
+
     def count_filtered(self, count: int = 1) -> None:
         """Input events discarded on purpose (a filter said no, nothing matched): counted
         in ``filtered``, so every event is accounted for."""

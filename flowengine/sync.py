@@ -49,6 +49,7 @@ from flowstore.models import (
 )
 from flowstore.nats import (
     AGENTS_BUCKET,
+    CHECKPOINTS_BUCKET,
     CONFIG_BUCKET,
     STATUS_BUCKET,
     delete_flow_stream,
@@ -102,8 +103,10 @@ class FlowKV:
     """The flowctl buckets of one connection, and the config writes under every action."""
 
     def __init__(self, flows: FlowStore, configs: KeyValue, status: KeyValue,
-                 agents: KeyValue, *, nc: NatsClient, kv_replicas: int = 1) -> None:
+                 agents: KeyValue, *, nc: NatsClient, kv_replicas: int = 1,
+                 checkpoints: KeyValue | None = None) -> None:
         self.flows = flows
+        self.checkpoints = checkpoints
         self.kv_replicas = kv_replicas
         self.configs = configs
         self.status = status
@@ -119,6 +122,7 @@ class FlowKV:
             await open_bucket(nc, STATUS_BUCKET, replicas=kv_replicas),
             await open_bucket(nc, AGENTS_BUCKET, replicas=kv_replicas),
             nc=nc, kv_replicas=kv_replicas,
+            checkpoints=await open_bucket(nc, CHECKPOINTS_BUCKET, replicas=kv_replicas),
         )
 
     # -- reads -----------------------------------------------------------------------------
@@ -296,6 +300,10 @@ class FlowKV:
             if _flow_of(key) == name:
                 await self.status.delete(key)
                 changes.status_removed.append(key)
+        if self.checkpoints is not None:  # a redeployed flow's sources start over
+            for key in sorted(await read_all(self.checkpoints, f"{name}.*.*")):
+                if _flow_of(key) == name:
+                    await self.checkpoints.delete(key)
         if await delete_flow_stream(self.nc, name):
             changes.streams_removed.append(stream_name(name))
         return changes

@@ -33,6 +33,7 @@ CONFIG_BUCKET = "flowctl_config"
 STATUS_BUCKET = "flowctl_status"
 AGENTS_BUCKET = "flowctl_agents"
 LEADER_BUCKET = "flowctl_leader"
+CHECKPOINTS_BUCKET = "flowctl_checkpoints"
 
 #: Agent records vanish on their own this long after the last heartbeat.
 AGENT_RECORD_TTL_S = 60.0
@@ -47,6 +48,10 @@ _BUCKET_SETTINGS: dict[str, dict[str, Any]] = {
         "history": 1,
         "ttl": AGENT_RECORD_TTL_S,
         "description": "flowctl agents: key = agent name, refreshed by heartbeats",
+    },
+    CHECKPOINTS_BUCKET: {
+        "history": 1,
+        "description": "flowctl source positions: <flow>.<node>.<replica>",
     },
     LEADER_BUCKET: {
         "history": 1,

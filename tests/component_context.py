@@ -33,6 +33,12 @@ class Ctx:
     def log(self, message: str, **fields: Any) -> None:
         self.logs.append((message, fields))
 
+    async def resume_position(self) -> Any:
+        return getattr(self, "resume_from", None)
+
+    def advance(self, position: Any) -> None:
+        self.position = position
+
     def count_filtered(self, count: int = 1) -> None:
         self.filtered += count
 

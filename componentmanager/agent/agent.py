@@ -46,6 +46,7 @@ from componentmanager.runners.base import Replica
 from flowstore.models import AgentRecord, ReplicaState, ReplicaStatus, utcnow
 from flowstore.nats import (
     AGENTS_BUCKET,
+    CHECKPOINTS_BUCKET,
     CONFIG_BUCKET,
     STATUS_BUCKET,
     NatsOptions,
@@ -166,6 +167,7 @@ class Agent:
         self.agents_kv = await open_bucket(self.nc, AGENTS_BUCKET, replicas=replicas)
         self.config_kv = await open_bucket(self.nc, CONFIG_BUCKET, replicas=replicas)
         self.status_kv = await open_bucket(self.nc, STATUS_BUCKET, replicas=replicas)
+        await open_bucket(self.nc, CHECKPOINTS_BUCKET, replicas=replicas)  # for sources
         try:
             await self._announce()
             self.data = DataLoop(

@@ -21,14 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import msgspec
 import structlog
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from flowstore.models import AgentRecord, ReplicaState, ReplicaStatus, parse_time, utcnow
+from flowstore.models import AgentRecord, ReplicaState, ReplicaStatus, utcnow
 from flowstore.nats import LEADER_BUCKET, LEADER_LEASE_TTL_S, open_bucket
 from flowstore.placement import place
 from flowstore.store import read_all
@@ -40,6 +39,8 @@ log = structlog.get_logger("flowctl.leader")
 
 LEASE_KEY = "leader"
 DEAD_AFTER_HEARTBEATS = 2.5
+#: How long agents that all went silent at once are still held live.
+HOLD_ALL_SILENT_S = 30.0
 
 
 class Leader:
@@ -49,6 +50,11 @@ class Leader:
         self._lease_seen: tuple[int, float] | None = None  # (revision, monotonic)
         self._last_eval: float | None = None
         self._seen: dict[str, tuple[int, float]] = {}  # agent -> (revision, monotonic)
+        #: since when this leader has watched the agents without interruption (None: not
+        #: yet, or it could not reach NATS): only then is an agent's silence evidence
+        self._watching_since: float | None = None
+        self._live_before: set[str] = set()
+        self._holding_since: float | None = None
         #: agent -> (revision, record) of its last record that parsed
         self._last_good: dict[str, tuple[int, AgentRecord]] = {}
         self._pending_written: dict[str, str] = {}
@@ -75,6 +81,7 @@ class Leader:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self._watching_since = None  # what we saw is no evidence any more
                 log.warning("leader tick failed", error=str(exc) or repr(exc))
             await asyncio.sleep(self.tick)
 
@@ -104,6 +111,7 @@ class Leader:
         self._seen.clear()
         self._last_eval = None
         self._pending_written.clear()
+        self._watching_since = None  # judge nobody before a full grace period
         log.info("became leader", agent=self.agent.agent_name)
 
     async def _take_over_stale_lease(self, value: bytes) -> bool:
@@ -127,6 +135,7 @@ class Leader:
             self.lease_rev = await self.kv.update(LEASE_KEY, value, last=entry.revision)
         except KeyWrongLastSequenceError:
             return False
+        self._watching_since = None
         log.info("took over a stale leader lease", agent=self.agent.agent_name)
         return True
 
@@ -136,10 +145,32 @@ class Leader:
                 await self.kv.delete(LEASE_KEY, last=self.lease_rev)
         self.lease_rev = None
 
+    def _all_silent_at_once(self, live: list[AgentRecord], silent: list[AgentRecord],
+                            now: float) -> list[AgentRecord]:
+        """Every other agent going silent in the same moment is more likely a cut between
+        them and NATS (or this leader's own view) than a mass death: they are held live
+        for up to :data:`HOLD_ALL_SILENT_S` while fresh heartbeats are awaited. Returns
+        the silent agents to keep treating as live."""
+        me = self.agent.agent_name
+        if any(r.name != me for r in live) or not silent:
+            self._holding_since = None
+            self._live_before = {r.name for r in live}
+            return []
+        if self._holding_since is None:
+            newly = [r for r in silent if r.name in self._live_before]
+            self._live_before = {r.name for r in live}
+            if len(newly) < 2:
+                return []  # one agent died (the others were gone already): fail over
+            self._holding_since = now
+            log.warning("every other agent went silent at once; waiting for fresh "
+                        "heartbeats before moving anything", agents=len(newly))
+        if now - self._holding_since < HOLD_ALL_SILENT_S:
+            return silent
+        return []
+
     def live_agents(self, records: dict[str, tuple[int, AgentRecord]]) -> list[AgentRecord]:
         """Agents whose record changed recently, judged on this leader's clock."""
         now = time.monotonic()
-        wall = datetime.now(UTC)
         # If this leader itself was stalled (CPU starved, paused), the silence it sees is
         # its own: shift every observation forward by the stall instead of declaring
         # everyone dead at once.
@@ -148,18 +179,22 @@ class Leader:
             if stall > 0:
                 self._seen = {n: (rev, t + stall) for n, (rev, t) in self._seen.items()}
         self._last_eval = now
-        live = []
+        if self._watching_since is None:
+            # Just became leader, or could not reach NATS: nobody's silence is evidence
+            # yet. Every agent gets a full grace period from now, on this leader's clock.
+            self._watching_since = now
+            self._seen = {n: (rev, now) for n, (rev, _) in self._seen.items()}
+        live, silent = [], []
         for name, (revision, record) in records.items():
             seen = self._seen.get(name)
             if seen is None or seen[0] != revision:
-                # First sight: trust the record's own timestamp for how old it is.
-                age = 0.0
-                if seen is None:
-                    age = max(0.0, (wall - parse_time(record.heartbeat_at)).total_seconds())
-                self._seen[name] = (revision, now - age)
+                self._seen[name] = (revision, now)  # first sight or a heartbeat: alive now
             mine = name == self.agent.agent_name  # we are evidently alive
             if mine or now - self._seen[name][1] < DEAD_AFTER_HEARTBEATS * record.heartbeat_s:
                 live.append(record)
+            else:
+                silent.append(record)
+        live += self._all_silent_at_once(live, silent, now)
         for gone in self._seen.keys() - records.keys():
             del self._seen[gone]
         return live

@@ -24,6 +24,7 @@ from componentmanager.registry import ComponentType, Port, register
 OUT = (Port("out", description="the events this source produces"),)
 PACE_TICK_S = 0.005  # a paced generator sleeps once per this much of its schedule
 YIELD_EVERY = 1000  # an unpaced generator yields to the event loop this often
+ADVANCE_EVERY = 64  # a source reports its position (ctx.advance) this often
 
 
 def decode_body(data: bytes) -> Any:
@@ -89,18 +90,21 @@ class GenerateSource(Component):
         count, rate, emit = self.config.count, self.config.rate, self.ctx.emit
         loop = asyncio.get_running_loop()
         begin = loop.time()
-        seq = 0
+        first = seq = int(await self.ctx.resume_position() or 0)  # resume after a restart
         while count is None or seq < count:
             if rate is not None:
-                ahead = begin + seq / rate - loop.time()
+                ahead = begin + (seq - first) / rate - loop.time()
                 if ahead >= PACE_TICK_S:  # sleep per batch, never per event at high rates
                     await asyncio.sleep(ahead)
                 elif ahead < -1.0:  # fell behind by over a second: don't burst to catch up
-                    begin = loop.time() - seq / rate
+                    begin = loop.time() - (seq - first) / rate
             elif seq and seq % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
             await emit("out", self.make_event(seq))
             seq += 1
+            if seq % ADVANCE_EVERY == 0 or (rate is not None and rate < ADVANCE_EVERY):
+                self.ctx.advance(seq)  # the next sequence: where a restart resumes
+        self.ctx.advance(seq)
 
 
 # ---------------------------------------------------------------------------------- file
@@ -150,18 +154,34 @@ class FileSource(Component):
         except FileNotFoundError:
             raise FileNotFoundError(f"file source: {self.config.path} does not exist") from None
 
+    async def _resume(self) -> int:
+        """Seek to the byte offset a restart resumes at (0: a fresh start, or the file
+        is now shorter than that: truncated or replaced)."""
+        offset = await self.ctx.resume_position()
+        size = os.fstat(self._fh.fileno()).st_size
+        if not isinstance(offset, int) or offset <= 0 or offset > size:
+            return 0
+        self._fh.seek(offset)
+        return offset
+
     async def run(self) -> None:
         pending = b""
+        offset = await self._resume()  # of the first byte not emitted yet
         while True:
             chunk = await asyncio.to_thread(self._fh.read, self.CHUNK)
             if chunk:
                 *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
+                for i, line in enumerate(lines, 1):
                     await self._emit_line(line)
+                    offset += len(line) + 1
+                    if i % ADVANCE_EVERY == 0:
+                        self.ctx.advance(offset)
+                self.ctx.advance(offset)
                 continue
             if not self.config.follow:
                 if pending:
                     await self._emit_line(pending)
+                    self.ctx.advance(offset + len(pending))
                 return
             if self._replaced():
                 if pending:
@@ -169,6 +189,8 @@ class FileSource(Component):
                     pending = b""
                 self._fh.close()
                 self._fh = open(self.config.path, "rb")  # noqa: SIM115
+                offset = 0
+                self.ctx.advance(offset)
                 continue
             await asyncio.sleep(self.config.poll_interval)
 

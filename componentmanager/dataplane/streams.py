@@ -58,7 +58,10 @@ class AckedPublisher:
     are in flight: ``publish`` waits for room. ``wait()`` returns when every message
     published so far is stored; it raises :class:`PublishFailed` on any other error, or
     when no ack at all arrived for :data:`ACK_SILENCE_S` (then the publisher moves to a
-    new generation of reply subjects: late acks of abandoned messages are ignored).
+    new generation of reply subjects: late acks of abandoned messages are ignored). A
+    source's publisher never gives up: after such a silence it publishes what is unacked
+    again (see :meth:`_resend_all`). :meth:`stored_events` tells how many of the events
+    published so far, in order, are surely stored (source checkpoints follow it).
     """
 
     def __init__(self, nc: NatsClient, source_of: str | None = None) -> None:
@@ -75,6 +78,8 @@ class AckedPublisher:
         self._changed = asyncio.Event()
         self._retries: set[asyncio.Future[None]] = set()
         self._sub: Any = None
+        self._published_events = 0
+        self._events_before: dict[int, int] = {}  # pending message -> events published before it
 
     @property
     def outstanding(self) -> int:
@@ -87,7 +92,14 @@ class AckedPublisher:
     def _reply(self, n: int) -> str:
         return f"{self._base}.{self._generation}.{n}"
 
-    async def publish(self, subject: str, body: bytes, headers: dict[str, str]) -> None:
+    def stored_events(self) -> int:
+        """How many of the events published so far (in order) are surely stored."""
+        if not self._pending:
+            return self._published_events
+        return self._events_before[min(self._pending)]
+
+    async def publish(self, subject: str, body: bytes, headers: dict[str, str],
+                      count: int = 1) -> None:
         while len(self._pending) >= ACK_WINDOW:
             await self._wait_change()
         if self._source_of is not None:
@@ -96,6 +108,8 @@ class AckedPublisher:
             self._room -= len(body)
         self._n += 1
         self._pending[self._n] = (subject, body, headers, 0)
+        self._events_before[self._n] = self._published_events
+        self._published_events += count
         await self.nc.publish(subject, body, reply=self._reply(self._n), headers=headers)
 
     async def _headroom(self) -> None:
@@ -143,6 +157,7 @@ class AckedPublisher:
         else:
             self.full_since = None
         del self._pending[int(n)]
+        self._events_before.pop(int(n), None)
         self._changed.set()
 
     def _republish(self, n: int, generation: int) -> None:
@@ -163,14 +178,28 @@ class AckedPublisher:
         except TimeoutError:
             pass
         if self._pending and time.monotonic() - self._progress > ACK_SILENCE_S:
+            if self._source_of is not None:  # a source has no input to be redelivered:
+                self._resend_all()          # publish again; the stream drops duplicates
+                return
             self._abandon()
             raise PublishFailed(f"no JetStream ack for {ACK_SILENCE_S:g} s")
 
     def _abandon(self) -> None:
         self._generation += 1
         self._pending.clear()
+        self._events_before.clear()
         self.error = None
         self.full_since = None
+
+    def _resend_all(self) -> None:
+        """Publish every unacknowledged message again under a new generation (acks of the
+        old one are ignored). Each carries its ``Nats-Msg-Id``: what the stream already
+        stored is dropped as a duplicate, so a publish retried after a lost ack is
+        stored once."""
+        self._generation += 1
+        self._progress = time.monotonic()
+        for n in sorted(self._pending):
+            self._republish(n, self._generation)
 
     async def wait(self) -> None:
         """Return when everything published so far is stored (see the class doc)."""

@@ -83,6 +83,8 @@ class Replica:
         self.counters = ReplicaCounters()
         #: set by the agent while a running replica is not keeping up (see agent.health)
         self.degraded: str | None = None
+        #: why the state is what it is, when not obvious (shown as the status reason)
+        self.note: str | None = None
 
     @property
     def key(self) -> str:
@@ -106,7 +108,7 @@ class Replica:
             node=self.cfg.node,
             replica=self.index,
             state=ReplicaState.DEGRADED if degraded else self.state,
-            reason=self.degraded if degraded else None,
+            reason=self.degraded if degraded else self.note,
             agent=self.host.agent_name,
             started_at=self.started_at,
             restarts=self.restarts,

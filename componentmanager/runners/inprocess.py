@@ -22,8 +22,10 @@ from nats.aio.msg import Msg
 
 from componentmanager.component import Component, EventTooLarge
 from componentmanager.dataplane import AckedPublisher, EventIds, Outbox, Puller, encode
+from componentmanager.dataplane.wire import HDR_META
 from componentmanager.registry import get_type
 from componentmanager.runners.base import Replica, ReplicaHost
+from componentmanager.runners.checkpoint import SourceCheckpoint
 from componentmanager.runners.delivery import InputDelivery
 from flowstore.models import ComponentConfig, ReplicaState, status_key, stream_name
 from flowstore.nats import STATUS_BUCKET, open_bucket
@@ -57,6 +59,8 @@ class InProcessReplica(InputDelivery, Replica):
         self._unacked: list[Msg] = []  # processed inputs not acked yet (see _settle)
         self._unacked_since: float | None = None
         self._progress_at: dict[str, float] = {}
+        self._checkpoint: SourceCheckpoint | None = None
+        self._emitted = 0  # events emitted in this run (source checkpoints count them)
         self._settling = asyncio.Lock()
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
@@ -73,6 +77,7 @@ class InProcessReplica(InputDelivery, Replica):
         if subject is None:
             raise ValueError(f"{self.node} has no output port '{port}'")
         body = encode(event)
+        self._emitted += 1
         if len(body) > self.max_event_bytes:
             reason = (f"an event of {len(body):,} bytes on port {port} is larger than the "
                       f"server allows ({self.max_event_bytes:,} bytes, its max_payload)")
@@ -85,7 +90,9 @@ class InProcessReplica(InputDelivery, Replica):
     async def _send(self, subject: str, body: bytes, headers: dict[str, str], count: int) -> None:
         """One message (an event or a frame of ``count``) out; counted once it is out."""
         if self._publisher is not None:
-            await self._publisher.publish(subject, body, headers)
+            if self.cfg.role == "source":  # the stream stores a retried publish once
+                headers = {**headers, "Nats-Msg-Id": headers[HDR_META].split(" ", 1)[0]}
+            await self._publisher.publish(subject, body, headers, count)
         else:
             try:
                 await self.nc.publish(subject, body, headers=headers)
@@ -95,6 +102,15 @@ class InProcessReplica(InputDelivery, Replica):
         c, port = self.counters, self._port_of[subject]
         c.out += count
         c.out_ports[port] = c.out_ports.get(port, 0) + count
+
+    async def resume_position(self) -> Any:
+        """Where a source resumes (its last stored position), None to start over."""
+        return self._checkpoint.position if self._checkpoint is not None else None
+
+    def advance(self, position: Any) -> None:
+        """A source: everything emitted so far is covered by ``position``."""
+        if self._checkpoint is not None:
+            self._checkpoint.advance(self._emitted, position)
 
     def log(self, message: str, **fields: Any) -> None:
         self.host.log_line(self, message + "".join(f" {k}={v}" for k, v in fields.items()))
@@ -153,6 +169,18 @@ class InProcessReplica(InputDelivery, Replica):
             return
         if not self._acked:
             await self._wait_for_downstream()
+        elif self._publisher is not None:
+            self._checkpoint = SourceCheckpoint(self.nc, self.cfg, self.index,
+                                                self._publisher.stored_events)
+            await self._checkpoint.load()
+            if self._checkpoint.completed:  # finished in an earlier run: stays finished
+                self.note = (f"completed in an earlier run "
+                             f"({self._checkpoint.events_before:,} events)")
+                self.set_state(ReplicaState.COMPLETED)
+                return
+            self._tasks.append(asyncio.create_task(self._checkpoint.run(),
+                                                   name=f"checkpoint {self.key}"))
+        self._emitted = 0
         self.set_state(ReplicaState.RUNNING)
         running = asyncio.create_task(self.component.run(), name=f"run {self.key}")
         try:
@@ -165,6 +193,8 @@ class InProcessReplica(InputDelivery, Replica):
         await self._outbox.flush()
         if self._publisher is not None:
             await self._publisher.wait()
+        if self._checkpoint is not None:
+            await self._checkpoint.complete(self._emitted)
         await self.nc.flush()
         self.set_state(ReplicaState.COMPLETED)
 
