@@ -301,7 +301,9 @@ class Counters(BaseModel):
     may emit several per input), ``filtered`` (discarded on purpose: a filter said no, a
     function returned None, no route matched), ``errors`` (failed: dead-lettered with the
     reason) or ``dropped`` (lost: overload, a full buffer, a slow consumer, a publish that
-    NATS refused, a replica stopped with events still queued).
+    NATS refused, a replica stopped with events still queued). ``redelivered`` counts
+    input messages delivered again after their ack was lost, acked again without being
+    processed twice (not events taken in).
     """
 
     in_: int = Field(default=0, alias="in")
@@ -309,6 +311,7 @@ class Counters(BaseModel):
     filtered: int = 0
     errors: int = 0
     dropped: int = 0
+    redelivered: int = 0
     out_ports: dict[str, int] = Field(default_factory=dict)
 
     model_config = ConfigDict(populate_by_name=True, extra="allow")

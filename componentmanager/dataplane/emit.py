@@ -34,6 +34,8 @@ class Outbox:
         self._sizes: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._handling = 0
+        self._origin: str | None = None
+        self._sent: dict[str, int] = {}
 
     @property
     def pending(self) -> int:
@@ -58,22 +60,33 @@ class Outbox:
             self._wake.set()
 
     @contextlib.asynccontextmanager
-    async def handling(self) -> AsyncIterator[None]:
-        """Around the handling of one input message: what it emits leaves at its end."""
+    async def handling(self, origin: str | None = None) -> AsyncIterator[None]:
+        """Around the handling of one input message: what it emits leaves at its end.
+
+        ``origin`` (the input's stream sequence, for components that emit the same for
+        the same input) gives every output message a ``Nats-Msg-Id`` of
+        ``<subject>:<origin>:<k>``: when the input is delivered again (its ack was lost),
+        the stream stores the outputs once."""
         self._handling += 1
+        self._origin, self._sent = origin, {}
         try:
             yield
         finally:
             self._handling -= 1
         if not self._handling:
             await self.flush()
+            self._origin = None
 
     async def _send(self, subject: str) -> None:
         frame = self._frames.pop(subject, None)
         self._sizes.pop(subject, None)
         if frame:
             body = frame[0] if len(frame) == 1 else b"\n".join(frame)
-            await self._publish(subject, body, self._ids.header(len(frame)), len(frame))
+            headers = self._ids.header(len(frame))
+            if self._origin is not None:
+                k = self._sent[subject] = self._sent.get(subject, -1) + 1
+                headers["Nats-Msg-Id"] = f"{subject}:{self._origin}:{k}"
+            await self._publish(subject, body, headers, len(frame))
 
     async def flush(self) -> None:
         """Send every pending frame now."""

@@ -104,3 +104,20 @@ def dead_letter_headers(headers: dict[str, str] | None, index: int, error: str) 
         stamp = meta.split(" ")[2] if meta.count(" ") >= 2 else f"{time.time():.6f}"
         out[HDR_META] = f"{eid} 1 {stamp}"
     return out
+
+
+def delivery_of(reply: str | None) -> tuple[int, int] | None:
+    """(stream sequence, times delivered) of a JetStream delivery, from its ack subject
+    (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``,
+    or the longer form with a domain and an account hash); None for anything else."""
+    if not reply or not reply.startswith("$JS.ACK."):
+        return None
+    tokens = reply.split(".")
+    try:
+        if len(tokens) == 9:
+            return int(tokens[5]), int(tokens[4])
+        if len(tokens) >= 11:
+            return int(tokens[7]), int(tokens[6])
+    except ValueError:
+        return None
+    return None

@@ -47,6 +47,7 @@ class ReplicaCounters:
     filtered: int = 0
     errors: int = 0
     dropped: int = 0
+    redelivered: int = 0
     out_ports: dict[str, int] = field(default_factory=dict)
     #: why events were dropped most recently ("overload (slow consumer)", ...)
     drop_reason: str | None = None
@@ -62,6 +63,7 @@ class ReplicaCounters:
             filtered=self.filtered,
             errors=self.errors,
             dropped=self.dropped,
+            redelivered=self.redelivered,
             out_ports=dict(self.out_ports),
         )
 

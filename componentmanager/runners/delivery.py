@@ -22,13 +22,14 @@ turn every :data:`YIELD_EVERY` events, so one busy input cannot starve the other
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from typing import Any
 
 import structlog
 from nats.aio.msg import Msg
 
-from componentmanager.component import EventError
+from componentmanager.component import Component, EventError
 from componentmanager.dataplane import (
     DEFAULT_ACK_WAIT_S,
     DEFAULT_MAX_DELIVER,
@@ -40,6 +41,7 @@ from componentmanager.dataplane import (
     frame_count,
 )
 from componentmanager.dataplane.accounting import shape
+from componentmanager.dataplane.wire import delivery_of
 from flowstore.models import dlq_subject, stream_name
 from flowstore.streams import ensure_consumer
 
@@ -54,6 +56,37 @@ HOLD_MAX = 500
 HOLD_AGE_S = DEFAULT_ACK_WAIT_S / 2
 #: Pauses between the in-place attempts of a failing event (at-least-once).
 RETRY_PAUSES_S = (0.1, 0.2, 0.4, 0.8)[: DEFAULT_MAX_DELIVER - 1]
+#: How many acked stream sequences a replica remembers (a redelivery of one is acked
+#: again without being processed twice).
+DONE_REMEMBERED = 65536
+
+
+class DoneInputs:
+    """The stream sequences a replica acked lately (bounded, oldest forgotten first)."""
+
+    def __init__(self, size: int = DONE_REMEMBERED) -> None:
+        self._order: collections.deque[int] = collections.deque(maxlen=size)
+        self._set: set[int] = set()
+
+    def remember(self, reply: str | None) -> None:
+        delivery = delivery_of(reply)
+        if delivery is None:
+            return
+        if len(self._order) == self._order.maxlen:
+            self._set.discard(self._order[0])
+        self._order.append(delivery[0])
+        self._set.add(delivery[0])
+
+    def __contains__(self, seq: int) -> bool:
+        return seq in self._set
+
+
+def _emits_per_input(comp: Any) -> bool:
+    """A component that buffers nothing emits, for an input, what it emitted for it
+    before: its outputs can carry ids derived from the input."""
+    return type(comp).held is Component.held
+
+
 #: A frame handled for this long is reported in progress (resets its ack wait).
 PROGRESS_EVERY_S = DEFAULT_ACK_WAIT_S / 4
 #: Input handling gives the loop a turn after this many events.
@@ -84,6 +117,7 @@ class InputDelivery:
     _inflight: int = 0
     _since_yield: int = 0
     _progress_at: dict[str, float]  # per input port: when its frame last reported progress
+    _done: DoneInputs  # stream sequences this replica acked lately
 
     async def _open_inputs(self) -> None:
         for port, subjects in self.cfg.inputs.items():
@@ -156,9 +190,14 @@ class InputDelivery:
             comp = self.component
             if comp is None:
                 return  # never acked: delivered again after the ack wait
+            delivery = delivery_of(msg.reply)
+            if delivery and delivery[1] > 1 and delivery[0] in self._done:
+                await self._ack_again(msg)  # done here already; only the ack was lost
+                return
             events = decode_frame(msg.data, frame_count(msg.headers))
             self._progress_at[port] = asyncio.get_running_loop().time()
-            async with self._outbox.handling():  # its outputs are published at the end
+            origin = str(delivery[0]) if delivery and _emits_per_input(comp) else None
+            async with self._outbox.handling(origin):  # outputs are published at the end
                 for index, event in enumerate(events):
                     if self.component is not comp:
                         return  # stopped mid-frame: never acked, delivered again
@@ -179,6 +218,14 @@ class InputDelivery:
                 self._unacked_since = asyncio.get_running_loop().time()
 
         return on_msg
+
+    async def _ack_again(self, msg: Msg) -> None:
+        self.counters.redelivered += 1
+        if self.host.throttle.admit(("redelivered", self.key)):
+            log.info("inputs delivered again after their ack was lost: acked again, not "
+                     "processed twice", replica=self.key)
+        with contextlib.suppress(Exception):
+            await msg.ack()
 
     async def _still_working(self, port: str, msg: Msg) -> None:
         """A frame handled for long (slow code, retries) tells the server it is still being
@@ -241,6 +288,7 @@ class InputDelivery:
             for msg in batch:
                 with contextlib.suppress(Exception):
                     await msg.ack()
+                self._done.remember(msg.reply)
 
     # -- failures ---------------------------------------------------------------------------
     async def _failed_event(self, port: str, msg: Msg | None, index: int, event: Any,

@@ -26,7 +26,7 @@ from componentmanager.dataplane.wire import HDR_META
 from componentmanager.registry import get_type
 from componentmanager.runners.base import Replica, ReplicaHost
 from componentmanager.runners.checkpoint import SourceCheckpoint
-from componentmanager.runners.delivery import InputDelivery
+from componentmanager.runners.delivery import DoneInputs, InputDelivery
 from flowstore.models import ComponentConfig, ReplicaState, status_key, stream_name
 from flowstore.nats import STATUS_BUCKET, open_bucket
 
@@ -59,6 +59,7 @@ class InProcessReplica(InputDelivery, Replica):
         self._unacked: list[Msg] = []  # processed inputs not acked yet (see _settle)
         self._unacked_since: float | None = None
         self._progress_at: dict[str, float] = {}
+        self._done = DoneInputs()
         self._checkpoint: SourceCheckpoint | None = None
         self._emitted = 0  # events emitted in this run (source checkpoints count them)
         self._settling = asyncio.Lock()
