@@ -46,10 +46,23 @@ def agent(
         typer.Option("--python-path", help="Directory to import `python` node modules "
                      "from (repeatable; PYTHONPATH works too).", file_okay=False),
     ] = None,
+    allow_commands: Annotated[
+        list[str] | None,
+        typer.Option("--allow-commands", help="Run `command:` nodes whose executable "
+                     "matches this glob (repeatable; '*' for any). None by default."),
+    ] = None,
+    allow_images: Annotated[
+        list[str] | None,
+        typer.Option("--allow-images", help="Run `image:` nodes whose image matches this "
+                     "glob (repeatable; '*' for any). None by default."),
+    ] = None,
 ) -> None:
     """Run the agent: runs the component replicas assigned to NAME until Ctrl+C/SIGTERM.
 
-    Example: flowctl agent --name edge-1 --labels zone=a,gpu=false --python-path ./flows
+    Programs and containers run only where allowed (--allow-commands, --allow-images);
+    inline Python code only with --allow-inline-code. NATS waits are retried.
+
+    Example: flowctl agent --name edge-1 --labels zone=a --allow-commands 'python3'
     """
     from componentmanager.agent import Agent, AgentSettings
 
@@ -59,6 +72,8 @@ def agent(
     settings = AgentSettings(
         name=name, labels=_labels(labels), heartbeat=heartbeat,
         status_interval=status_interval, allow_inline_code=allow_inline_code,
+        allow_commands=tuple(allow_commands or ()), allow_images=tuple(allow_images or ()),
+        wait_for_nats=True,
     )
     if log_dir:
         settings.log_dir = log_dir

@@ -109,6 +109,12 @@ def dev(
                                  callback=valid_name("flow"))
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Agent logs.")] = False,
+    allow_inline_code: Annotated[bool, typer.Option(
+        "--allow-inline-code/--no-inline-code", help="Run inline `code:` (default: yes).")
+    ] = True,
+    commands: Annotated[bool, typer.Option(
+        "--commands/--no-commands", help="Run `command:` and `image:` nodes (default: yes).")
+    ] = True,
 ) -> None:
     """Run a flow and re-apply it live whenever its file or Python modules change.
 
@@ -130,7 +136,7 @@ def dev(
         loaded = load_checked([str(file)])[0]
         if name:
             loaded = dataclasses.replace(loaded, name=name)
-        async with Embedded(loaded, allow_inline_code=True) as emb:
+        async with Embedded(loaded, allow_inline_code, commands) as emb:
             info(f"dev: watching {file} and the modules it imports (Ctrl+C stops)")
             watcher = asyncio.create_task(reload_on_save(emb, file))
             try:

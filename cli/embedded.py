@@ -81,7 +81,12 @@ def run_flow(
         str | None, typer.Option("--name", help="Run under this name, not metadata.name.",
                                  callback=valid_name("flow"))
     ] = None,
-    allow_inline_code: Annotated[bool, typer.Option("--allow-inline-code")] = True,
+    allow_inline_code: Annotated[bool, typer.Option(
+        "--allow-inline-code/--no-inline-code", help="Run inline `code:` (default: yes, "
+        "your own machine).")] = True,
+    commands: Annotated[bool, typer.Option(
+        "--commands/--no-commands", help="Run `command:` and `image:` nodes (default: yes, "
+        "your own machine).")] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Agent logs.")] = False,
 ) -> None:
     """The one-command mode: embedded NATS + agent, apply/deploy/start the flow, show
@@ -102,7 +107,7 @@ def run_flow(
         loaded = load_checked([str(file)])[0]
         if name:
             loaded = dataclasses.replace(loaded, name=name)
-        async with Embedded(loaded, allow_inline_code) as emb:
+        async with Embedded(loaded, allow_inline_code, commands) as emb:
             code = await emb.watch(until_done, timeout)
         return code or emb.exit_code
 
@@ -112,10 +117,11 @@ def run_flow(
 class Embedded:
     """Everything `flowctl run` starts, owned and torn down in reverse order."""
 
-    def __init__(self, loaded: Any, allow_inline_code: bool) -> None:
+    def __init__(self, loaded: Any, allow_inline_code: bool, commands: bool = True) -> None:
         self.loaded = loaded
         self.name = loaded.name
         self.allow_inline_code = allow_inline_code
+        self.allowed = ("*",) if commands else ()  # programs and images, your machine
         self.server: Any = None
         self.agents: list[Any] = []
         self.agent_tasks: list[asyncio.Task[None]] = []
@@ -211,6 +217,8 @@ class Embedded:
                 # empty config bucket that is one resync interval, so keep it short.
                 resync_interval=0.5,
                 allow_inline_code=self.allow_inline_code,
+                allow_commands=self.allowed,
+                allow_images=self.allowed,
                 lead=True,
             )
             agent = Agent(settings, opts)

@@ -202,11 +202,16 @@ def test_remaining_nats_errors_are_one_line(monkeypatch: pytest.MonkeyPatch,
 def test_nats_unreachable_is_one_line_exit_3_within_2s(tmp_path: Path) -> None:
     url = f"nats://127.0.0.1:{free_port()}"
     flow = str(EXAMPLES / "hello.yaml")
-    for args in (["get"], ["apply", "-f", flow], ["agent", "--name", "a", "--log-dir",
-                                                  str(tmp_path)], ["run", flow]):
+    for args in (["get"], ["apply", "-f", flow], ["run", flow]):
         result, secs = timed(*args, nats_url=url)
         failed(result, 3, url, "flowctl server")
         assert secs < 2.0, f"{args}: {secs:.2f}s"
+    # An agent is a daemon: it waits for NATS, saying so, until stopped (exit 0).
+    agent = Flowctl("agent", "--name", "a", "--log-dir", str(tmp_path), log_dir=tmp_path,
+                    nats_url=url, name="waiting")
+    agent.wait_output("waiting for NATS")
+    assert "retry_in_s" in agent.err() and "Traceback" not in agent.err()
+    assert agent.stop() == 0
     for result in many(["list", "-o", "json"], ["deploy", "x"], ["status"], ["agents"],
                        ["history", "x"], ["logs", "x", "--follow"], nats_url=url):
         failed(result, 3, url, "flowctl server")

@@ -7,6 +7,7 @@ disconnect the control work.
 Arrows point one way: ``agent -> runners -> dataplane``.
 """
 
-from componentmanager.agent.agent import Agent, AgentFenced, AgentNameTaken, AgentSettings
+from componentmanager.agent.agent import Agent, AgentSettings
+from componentmanager.agent.identity import AgentFenced, AgentNameTaken
 
 __all__ = ["Agent", "AgentFenced", "AgentNameTaken", "AgentSettings"]

@@ -33,12 +33,18 @@ from typing import Any
 
 import psutil
 import structlog
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 
 from componentmanager.agent.configwatch import ConfigView
 from componentmanager.agent.dataloop import DataLoop
+from componentmanager.agent.identity import (
+    AgentFenced,
+    announce,
+    check_fenced,
+)
 from componentmanager.agent.leader import Leader
 from componentmanager.agent.reconcile import Restart, Start, Stop, desired_replicas, reconcile
+from componentmanager.agent.startup import start_when_nats_is_ready
 from componentmanager.agent.statuswriter import StatusWriter
 from componentmanager.agent.watch import HealthWatch
 from componentmanager.runners import make_replica, reap_leftovers, watchdog
@@ -53,7 +59,6 @@ from flowstore.nats import (
     connect,
     open_bucket,
 )
-from flowstore.server import pid_alive
 
 log = structlog.get_logger("flowctl.agent")
 
@@ -61,19 +66,6 @@ VERSION = "0.1.0"
 #: A replica that has not stopped by then is abandoned with an error in the log
 #: (process runners escalate to SIGKILL well before: grace 5 s).
 REPLICA_STOP_TIMEOUT_S = 20.0
-
-
-class AgentNameTaken(Exception):
-    def __init__(self, record: AgentRecord) -> None:
-        super().__init__(
-            f"an agent named '{record.name}' is already running on {record.host} "
-            f"(pid {record.pid}, heartbeat {record.age_s():.1f}s ago); "
-            "choose another --name or stop that agent"
-        )
-
-
-class AgentFenced(Exception):
-    """Another process took over this agent's name while we were unreachable."""
 
 
 @dataclass
@@ -85,6 +77,11 @@ class AgentSettings:
     resync_interval: float = 5.0
     log_dir: str = field(default_factory=lambda: str(Path.home() / ".flowctl" / "logs"))
     allow_inline_code: bool = False
+    #: globs of the programs and images this agent runs (none by default: permits.py)
+    allow_commands: tuple[str, ...] = ()
+    allow_images: tuple[str, ...] = ()
+    #: wait (with backoff) while NATS is not reachable at start, instead of failing
+    wait_for_nats: bool = False
     lead: bool = True  # take part in leader election (placement and failover)
 
 
@@ -139,7 +136,11 @@ class Agent:
     # -- lifecycle --------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Start, run until ``stop`` is set (or the agent is fenced), shut down cleanly."""
-        await self.start()
+        if self.settings.wait_for_nats:
+            if not await start_when_nats_is_ready(self, stop):
+                return  # stopped while waiting
+        else:
+            await self.start()
         try:
             stop_wait = asyncio.create_task(stop.wait())
             fenced_wait = asyncio.create_task(self._fenced_event.wait())
@@ -173,6 +174,8 @@ class Agent:
             self.data = DataLoop(
                 self.nats_options, self.agent_name, instance=self.instance, log_dir=self.log_dir,
                 allow_inline_code=self.allow_inline_code, heartbeat_s=self.settings.heartbeat,
+                allow_commands=self.settings.allow_commands,
+                allow_images=self.settings.allow_images,
                 on_changed=self.changed)
             await self.data.start()
         except BaseException:
@@ -227,30 +230,7 @@ class Agent:
         )
 
     async def _announce(self) -> None:
-        """Create our entry; refuse when a live agent already has the name."""
-        data = self.record().to_json()
-        try:
-            entry = await self.agents_kv.get(self.agent_name)
-        except KeyNotFoundError:
-            entry = None
-        existing = AgentRecord.parse(entry.value)[0] if entry is not None else None
-        if entry is not None and entry.value and existing is None:
-            log.warning("our agent record was not an agent record; rewriting it",
-                        agent=self.agent_name)
-            self._agent_rev = await self.agents_kv.update(self.agent_name, data,
-                                                          last=entry.revision)
-        elif entry is not None and entry.value and existing is not None:
-            # On this host the process table decides (a crashed agent restarted at once
-            # takes its name back); elsewhere, a record that is still fresh does.
-            same_host = existing.host == socket.gethostname()
-            taken = pid_alive(existing.pid) if same_host else existing.is_live()
-            if existing.instance != self.instance and taken:
-                raise AgentNameTaken(existing)
-            self._agent_rev = await self.agents_kv.update(
-                self.agent_name, data, last=entry.revision
-            )
-        else:
-            self._agent_rev = await self.agents_kv.create(self.agent_name, data)
+        await announce(self)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -268,29 +248,7 @@ class Agent:
                 log.warning("heartbeat failed", error=str(exc) or repr(exc))
 
     async def _check_fenced(self) -> None:
-        try:
-            entry = await self.agents_kv.get(self.agent_name)
-        except KeyNotFoundError:
-            entry = None
-        if entry is None or not entry.value:
-            # Our record expired while we could not write: announce again.
-            self._agent_rev = await self.agents_kv.create(
-                self.agent_name, self.record().to_json()
-            )
-            return
-        existing, why = AgentRecord.parse(entry.value)
-        if existing is None:  # someone put junk under our name: take it back
-            log.warning("our agent record was overwritten with something else; rewriting it",
-                        agent=self.agent_name, reason=why)
-            self._agent_rev = await self.agents_kv.update(
-                self.agent_name, self.record().to_json(), last=entry.revision)
-            return
-        if existing.instance == self.instance:
-            self._agent_rev = entry.revision
-            return
-        log.error("another agent took over this name; stopping", agent=self.agent_name)
-        self.fenced = True
-        self._fenced_event.set()
+        await check_fenced(self)
 
     # -- reconciliation ---------------------------------------------------------------
     async def _reconcile_loop(self) -> None:

@@ -52,12 +52,16 @@ class DataLoop:
 
     def __init__(self, options: NatsOptions, agent_name: str, *, instance: str, log_dir: str,
                  allow_inline_code: bool, heartbeat_s: float,
-                 on_changed: Callable[[Replica], None]) -> None:
+                 on_changed: Callable[[Replica], None],
+                 allow_commands: tuple[str, ...] = (),
+                 allow_images: tuple[str, ...] = ()) -> None:
         self.nats_options = options
         self.agent_name = agent_name
         self.instance = instance  # labels the agent's containers (see runners.watchdog)
         self.log_dir = log_dir
         self.allow_inline_code = allow_inline_code
+        self.allow_commands = allow_commands
+        self.allow_images = allow_images
         self.heartbeat_s = heartbeat_s
         self._on_changed = on_changed
         self.drops = DropRouter()

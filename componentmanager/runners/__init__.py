@@ -19,7 +19,33 @@ if TYPE_CHECKING:
 log = structlog.get_logger("flowctl.runners")
 
 
+class RefusedReplica(Replica):
+    """A program or container this agent is not allowed to run: ``failed`` with why."""
+
+    def __init__(self, cfg: ComponentConfig, index: int, host: ReplicaHost,
+                 reason: str) -> None:
+        super().__init__(cfg, index, host)
+        self.reason = reason
+
+    async def start(self) -> None:
+        from flowstore.models import ReplicaState
+
+        log.warning("refused to run", replica=self.key, reason=self.reason)
+        self.set_state(ReplicaState.FAILED, self.reason)
+
+    async def stop(self) -> None:
+        from flowstore.models import ReplicaState
+
+        self.set_state(ReplicaState.STOPPED)
+
+
 def make_replica(cfg: ComponentConfig, index: int, host: ReplicaHost) -> Replica:
+    from componentmanager.runners.permits import refusal
+
+    refused = refusal(cfg, getattr(host, "allow_commands", ()),
+                      getattr(host, "allow_images", ()))
+    if refused is not None:
+        return RefusedReplica(cfg, index, host, refused)
     if cfg.kind == "process":
         from componentmanager.runners.process import ProcessReplica
 

@@ -24,6 +24,8 @@ class ReplicaHost(Protocol):
     nats_options: NatsOptions
     log_dir: str
     allow_inline_code: bool
+    allow_commands: tuple[str, ...]  # globs of the executables it may run (permits.py)
+    allow_images: tuple[str, ...]  # globs of the images it may run
     heartbeat_s: float
     drops: Any  # a componentmanager.dataplane.accounting.DropRouter
     throttle: Any  # a componentmanager.dataplane.accounting.Throttle

@@ -264,7 +264,8 @@ def cli_agent_fixture(nats_url: str, tmp_path: Path) -> Iterator[Callable[..., F
         args = [*(["--log-json"] if log_json else []), "agent", "--name", name,
                 "--heartbeat", "0.5", "--status-interval", "0.5",
                 "--log-dir", str(tmp_path / "component-logs"),
-                "--python-path", str(EXAMPLES)]  # enrich.py for `python` nodes
+                "--python-path", str(EXAMPLES),  # enrich.py for `python` nodes
+                "--allow-commands", "*", "--allow-images", "*"]
         agent = Flowctl(*args, *(["--labels", labels] if labels else []),
                         log_dir=tmp_path, nats_url=nats_url, name=f"agent-{name}")
         started.append(agent)
