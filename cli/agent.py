@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +31,12 @@ def stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
+class CutOffMode(StrEnum):
+    external = "external"
+    all = "all"
+    none = "none"
+
+
 @app.command()
 def agent(
     name: Annotated[str, typer.Option("--name", help="Unique agent name.",
@@ -51,6 +58,11 @@ def agent(
         typer.Option("--allow-commands", help="Run `command:` nodes whose executable "
                      "matches this glob (repeatable; '*' for any). None by default."),
     ] = None,
+    stop_when_cut_off: Annotated[
+        CutOffMode, typer.Option("--stop-when-cut-off", help="While cut off from NATS past "
+                                 "the failover bound, stop: external (programs, containers, "
+                                 "http sources), all, or none.")
+    ] = CutOffMode.external,
     allow_images: Annotated[
         list[str] | None,
         typer.Option("--allow-images", help="Run `image:` nodes whose image matches this "
@@ -73,7 +85,7 @@ def agent(
         name=name, labels=_labels(labels), heartbeat=heartbeat,
         status_interval=status_interval, allow_inline_code=allow_inline_code,
         allow_commands=tuple(allow_commands or ()), allow_images=tuple(allow_images or ()),
-        wait_for_nats=True,
+        wait_for_nats=True, stop_when_cut_off=stop_when_cut_off.value,  # type: ignore[arg-type]
     )
     if log_dir:
         settings.log_dir = log_dir

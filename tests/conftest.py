@@ -104,8 +104,8 @@ def run_cli(
 def agents(nats_url: str) -> Iterator[object]:
     started: list[AgentProcess] = []
 
-    def start(name: str, labels: str = "", **kw) -> AgentProcess:
-        a = AgentProcess(nats_url, name, labels, **kw)
+    def start(name: str, labels: str = "", url: str | None = None, **kw) -> AgentProcess:
+        a = AgentProcess(url or nats_url, name, labels, **kw)
         started.append(a)
         return a
 

@@ -36,6 +36,7 @@ import structlog
 from nats.js.errors import KeyWrongLastSequenceError
 
 from componentmanager.agent.configwatch import ConfigView
+from componentmanager.agent.cutoff import CutOff, StopWhenCutOff
 from componentmanager.agent.dataloop import DataLoop
 from componentmanager.agent.identity import (
     AgentFenced,
@@ -82,6 +83,8 @@ class AgentSettings:
     allow_images: tuple[str, ...] = ()
     #: wait (with backoff) while NATS is not reachable at start, instead of failing
     wait_for_nats: bool = False
+    #: what to stop while cut off from NATS (see agent.cutoff)
+    stop_when_cut_off: StopWhenCutOff = "external"
     lead: bool = True  # take part in leader election (placement and failover)
 
 
@@ -95,6 +98,7 @@ class Agent:
         self.log_dir = settings.log_dir
         self.allow_inline_code = settings.allow_inline_code
         self.instance = secrets.token_hex(4)
+        self.cut_off = CutOff(settings.heartbeat, settings.stop_when_cut_off)
         self.started_at = utcnow()
         self.nc: Any = None
         self.replicas: dict[str, Replica] = {}
@@ -124,6 +128,10 @@ class Agent:
                 print(f"--- {name} loop: {task.get_name()}", file=out)
                 task.print_stack(limit=12, file=out)
         out.flush()
+
+    def changed_configs(self) -> None:
+        """Something decides what runs here differently now: reconcile soon."""
+        self._dirty.set()
 
     def changed(self, replica: Replica) -> None:
         """A replica's status changed (any thread): the status writer writes it."""
@@ -195,6 +203,7 @@ class Agent:
         self.leader = Leader(self) if self.settings.lead else None
         self._spawn(self._reconcile_loop(), "reconcile")
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        self._spawn(self.cut_off.watch(self), "cut-off watch")
         self._spawn(self._status_refresh_loop(), "status refresh")
         self.health = HealthWatch(self.data)
         self._spawn(self.health.run(), "stall watch")
@@ -244,6 +253,7 @@ class Agent:
                     )
                 except KeyWrongLastSequenceError:
                     await self._check_fenced()
+                self.cut_off.contact()
             except Exception as exc:  # never let the heartbeat die: retry next interval
                 log.warning("heartbeat failed", error=str(exc) or repr(exc))
 
@@ -296,6 +306,7 @@ class Agent:
                     if replica.cfg.key == config_key and replica.last_error == reason:
                         replica.last_error = None
                         self.changed(replica)
+        await self.cut_off.filter(desired, why, self.config_kv)
         actions = reconcile(desired, self.fingerprints, why)
         await self._stop_in_flow_order(
             [(a.key, _reason(a)) for a in actions if isinstance(a, Stop | Restart)]
