@@ -121,3 +121,14 @@ def delivery_of(reply: str | None) -> tuple[int, int] | None:
     except ValueError:
         return None
     return None
+
+
+def message_identity(headers: dict[str, str] | None, reply: str | None) -> str | None:
+    """What names a message across redeliveries and re-stores: the id of its first event
+    (the same when a publish retried after a lost ack was stored twice), else its stream
+    sequence; None when neither is known."""
+    meta = headers.get(HDR_META) if headers else None
+    if meta:
+        return meta.split(" ", 1)[0]
+    delivery = delivery_of(reply)
+    return f"#{delivery[0]}" if delivery else None

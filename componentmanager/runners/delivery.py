@@ -41,7 +41,7 @@ from componentmanager.dataplane import (
     frame_count,
 )
 from componentmanager.dataplane.accounting import shape
-from componentmanager.dataplane.wire import delivery_of
+from componentmanager.dataplane.wire import message_identity
 from flowstore.models import dlq_subject, stream_name
 from flowstore.streams import ensure_consumer
 
@@ -62,23 +62,24 @@ DONE_REMEMBERED = 65536
 
 
 class DoneInputs:
-    """The stream sequences a replica acked lately (bounded, oldest forgotten first)."""
+    """The input messages a replica acked lately, by :func:`message_identity` (bounded,
+    oldest forgotten first): one delivered again after its ack was lost, or stored twice
+    after its producer's publish ack was lost, is acked again, not processed twice."""
 
     def __init__(self, size: int = DONE_REMEMBERED) -> None:
-        self._order: collections.deque[int] = collections.deque(maxlen=size)
-        self._set: set[int] = set()
+        self._order: collections.deque[str] = collections.deque(maxlen=size)
+        self._set: set[str] = set()
 
-    def remember(self, reply: str | None) -> None:
-        delivery = delivery_of(reply)
-        if delivery is None:
+    def remember(self, ident: str | None) -> None:
+        if ident is None:
             return
         if len(self._order) == self._order.maxlen:
             self._set.discard(self._order[0])
-        self._order.append(delivery[0])
-        self._set.add(delivery[0])
+        self._order.append(ident)
+        self._set.add(ident)
 
-    def __contains__(self, seq: int) -> bool:
-        return seq in self._set
+    def __contains__(self, ident: str) -> bool:
+        return ident in self._set
 
 
 def _emits_per_input(comp: Any) -> bool:
@@ -117,7 +118,8 @@ class InputDelivery:
     _inflight: int = 0
     _since_yield: int = 0
     _progress_at: dict[str, float]  # per input port: when its frame last reported progress
-    _done: DoneInputs  # stream sequences this replica acked lately
+    _done: DoneInputs  # input messages this replica acked lately
+    _handled: set[str]  # input messages handled here whose ack is still to be sent
 
     async def _open_inputs(self) -> None:
         for port, subjects in self.cfg.inputs.items():
@@ -190,13 +192,17 @@ class InputDelivery:
             comp = self.component
             if comp is None:
                 return  # never acked: delivered again after the ack wait
-            delivery = delivery_of(msg.reply)
-            if delivery and delivery[1] > 1 and delivery[0] in self._done:
+            ident = message_identity(msg.headers, msg.reply)
+            if ident is not None and ident in self._done:
                 await self._ack_again(msg)  # done here already; only the ack was lost
+                return
+            if ident is not None and ident in self._handled:
+                self.counters.redelivered += 1  # handled here, its ack still to come:
+                self._unacked.append(msg)       # acked with the first delivery
                 return
             events = decode_frame(msg.data, frame_count(msg.headers))
             self._progress_at[port] = asyncio.get_running_loop().time()
-            origin = str(delivery[0]) if delivery and _emits_per_input(comp) else None
+            origin = ident if ident and _emits_per_input(comp) else None
             async with self._outbox.handling(origin):  # outputs are published at the end
                 for index, event in enumerate(events):
                     if self.component is not comp:
@@ -214,6 +220,8 @@ class InputDelivery:
             # No await from here to the append: _settle acks it only after a publisher
             # wait that began after its outputs were published.
             self._unacked.append(msg)
+            if ident is not None:
+                self._handled.add(ident)
             if not self._unacked_since:
                 self._unacked_since = asyncio.get_running_loop().time()
 
@@ -279,6 +287,7 @@ class InputDelivery:
                 log.warning("outputs not stored; redelivery", replica=self.key, error=str(exc))
                 batch, self._unacked, self._unacked_since = self._unacked, [], None
                 for msg in batch:
+                    self._handled.discard(message_identity(msg.headers, msg.reply))
                     with contextlib.suppress(Exception):
                         await msg.nak(delay=1.0)
                 return
@@ -288,7 +297,9 @@ class InputDelivery:
             for msg in batch:
                 with contextlib.suppress(Exception):
                     await msg.ack()
-                self._done.remember(msg.reply)
+                ident = message_identity(msg.headers, msg.reply)
+                self._done.remember(ident)
+                self._handled.discard(ident)
 
     # -- failures ---------------------------------------------------------------------------
     async def _failed_event(self, port: str, msg: Msg | None, index: int, event: Any,

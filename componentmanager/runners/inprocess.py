@@ -60,6 +60,7 @@ class InProcessReplica(InputDelivery, Replica):
         self._unacked_since: float | None = None
         self._progress_at: dict[str, float] = {}
         self._done = DoneInputs()
+        self._handled: set[str] = set()
         self._checkpoint: SourceCheckpoint | None = None
         self._emitted = 0  # events emitted in this run (source checkpoints count them)
         self._settling = asyncio.Lock()
