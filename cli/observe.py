@@ -43,10 +43,25 @@ WatchOpt = Annotated[bool, typer.Option("--watch", "-w", help="Redraw live until
 IntervalOpt = Annotated[float, typer.Option(help="Redraw interval with --watch, seconds.")]
 
 
-def reading(fetch: Any, draw: Any, watch: bool, interval: float) -> None:
-    """Fetch once and draw, or (``--watch``) redraw until Ctrl+C, riding out NATS outages."""
+#: A reading command that connected but got no answer (a cluster electing the leader of
+#: a bucket after losing a node) asks again for up to this long.
+READ_RETRY_S = 20.0
 
-    async def go() -> None:
+
+def reading(fetch: Any, draw: Any, watch: bool, interval: float) -> None:
+    """Fetch once and draw, or (``--watch``) redraw until Ctrl+C, riding out NATS outages.
+    Once connected, a fetch without an answer is retried for :data:`READ_RETRY_S`."""
+    from cli.errors import other_error
+
+    def unanswered(exc: Exception) -> str | None:
+        """A request that got no answer in time (worth asking again), with why."""
+        if isinstance(exc, TimeoutError) or type(exc).__name__ in (
+                "TimeoutError", "FlushTimeoutError", "ConnectionReconnectingError",
+                "StaleConnectionError"):
+            return other_error(exc)[0]
+        return None
+
+    async def once() -> None:
         async with await engine_session(reconnect=watch) as engine:
             if not watch:
                 draw(await fetch(engine))
@@ -55,6 +70,22 @@ def reading(fetch: Any, draw: Any, watch: bool, interval: float) -> None:
             from cli.main import globals_
 
             await live(lambda: fetch(engine), draw, interval, globals_().nats_url)
+
+    async def go() -> None:
+        deadline = asyncio.get_running_loop().time() + READ_RETRY_S
+        told = False
+        while True:
+            try:
+                return await once()
+            except Exception as exc:
+                why = unanswered(exc)
+                if why is None or asyncio.get_running_loop().time() > deadline:
+                    raise
+                if not told:
+                    told = True
+                    info(f"NATS did not answer ({why}); asking again for up to "
+                         f"{READ_RETRY_S:g}s")
+            await asyncio.sleep(1.0)
 
     run(go())
 
