@@ -201,18 +201,33 @@ class Agent:
         self.view.start()
         self._dirty.set()  # reconcile once at start even when there is nothing to watch
         self.leader = Leader(self) if self.settings.lead else None
-        self._spawn(self._reconcile_loop(), "reconcile")
+        self._spawn(self._reconcile_loop, "reconcile")
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
-        self._spawn(self.cut_off.watch(self), "cut-off watch")
-        self._spawn(self._status_refresh_loop(), "status refresh")
+        self._spawn(lambda: self.cut_off.watch(self), "cut-off watch")
+        self._spawn(self._status_refresh_loop, "status refresh")
         self.health = HealthWatch(self.data)
-        self._spawn(self.health.run(), "stall watch")
+        self._spawn(self.health.run, "stall watch")
         if self.leader is not None:
-            self._spawn(self.leader.run(), "leader")
+            self._spawn(self.leader.run, "leader")
         log.info("agent started", agent=self.agent_name, labels=self.settings.labels)
 
-    def _spawn(self, coro: Any, name: str) -> None:
-        self._tasks.append(asyncio.create_task(coro, name=f"agent {name}"))
+    def _spawn(self, make: Any, name: str) -> None:
+        """Run ``make()`` as a supervised task: these loops never end on their own, so one
+        that does (a bug, an unexpected error) is logged and started again."""
+        task = asyncio.create_task(make(), name=f"agent {name}")
+        self._tasks.append(task)
+
+        def ended(done: asyncio.Task[None]) -> None:
+            if self._closing or done.cancelled():
+                return
+            error = done.exception()
+            log.error("agent task ended; restarting it", task=name,
+                      error=f"{type(error).__name__}: {error}" if error else "returned")
+            with contextlib.suppress(ValueError):
+                self._tasks.remove(done)
+            self._spawn(make, name)
+
+        task.add_done_callback(ended)
 
     async def _on_reconnect(self) -> None:
         log.info("reconnected to NATS; rebuilding the config watcher")
