@@ -196,12 +196,14 @@ class FlowKV:
         if agents is None:
             agents = await self.live_agents()
         changes = ConfigChanges() if changes is None else changes
-        for _ in range(ATTEMPTS):
+        for attempt in range(ATTEMPTS):
             try:
                 await self._sync_once(name, spec, enabled, revision, agents, changes, guard)
                 return changes
             except _Retry:
-                continue
+                # a key changed under us (or a busy server's snapshot lagged a write):
+                # read again after a short, growing pause
+                await asyncio.sleep(0.02 * 2**attempt)
         raise ConfigsNotConverged(name, action, changes.written)
 
     async def _sync_once(self, name: str, spec: FlowSpec, enabled: bool | frozenset[str],
