@@ -75,7 +75,7 @@ async def reload_on_save(emb: Embedded, file: Path) -> None:
                  "running:\n  " + "\n  ".join(broken))
             continue
         try:
-            loaded, result = check(str(file))
+            loaded, result = check(str(file))[0]
         except Exception as exc:  # not YAML, unreadable: say so, keep running
             info(f"dev: {file} cannot be loaded; the last good version keeps running:\n{exc}")
             continue
@@ -136,7 +136,7 @@ def dev(
         loaded = load_checked([str(file)])[0]
         if name:
             loaded = dataclasses.replace(loaded, name=name)
-        async with Embedded(loaded, allow_inline_code, commands) as emb:
+        async with Embedded(loaded, allow_inline_code, commands, "dev") as emb:
             info(f"dev: watching {file} and the modules it imports (Ctrl+C stops)")
             watcher = asyncio.create_task(reload_on_save(emb, file))
             try:

@@ -135,3 +135,33 @@ def outcome(spec: Any, statuses: list[Any], dead_letters: dict[str, int],
         errors += c[3]
         dropped += c[4]
     return Outcome(rows, errors=errors, dropped=dropped, dead_letters=sum(dead_letters.values()))
+
+
+def unconfirmed(spec: Any, configs: list[Any], statuses: list[Any]) -> list[str]:
+    """Nodes without counters (at-most-once programs) that handed on fewer events than
+    they were given, as seen by the counted nodes right after them: a sign that events
+    were lost or are still inside (a 1:1 worker would hand on as many). One sentence each."""
+    by_node = {c.node: c for c in configs}
+    took_in: dict[str, int] = defaultdict(int)
+    emitted: dict[tuple[str, str], int] = defaultdict(int)
+    for s in statuses:
+        took_in[s.node] += s.counters.in_ + s.counters.dropped
+        for port, n in s.counters.out_ports.items():
+            emitted[(s.node, port)] += n
+    given: dict[str, int] = defaultdict(int)
+    for conn in spec.connections:
+        (src, sport), (dst, _) = conn.source, conn.target
+        given[dst] += emitted[(src, sport)]
+    out = []
+    for node, config in by_node.items():
+        if reports_counters(config) or config.role == "source":
+            continue
+        after = {c.target[0] for c in spec.connections if c.source[0] == node}
+        counted = [d for d in after if d in by_node and reports_counters(by_node[d])]
+        if counted and given[node] and all(took_in[d] < given[node] for d in counted):
+            reached = max(took_in[d] for d in counted)
+            out.append(f"{node} (a program without counters) was given {given[node]:,} "
+                       f"events and {reached:,} reached {', '.join(sorted(counted))}: events "
+                       "may be lost or still inside it (at-least-once, the default, waits "
+                       "for them)")
+    return out

@@ -27,7 +27,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.agent import stop_on_signals
-from cli.drain import SUMMARY_COLUMNS, drained, outcome, reports_counters
+from cli.drain import SUMMARY_COLUMNS, drained, outcome, reports_counters, unconfirmed
 from cli.errors import EXIT_FAILED, run
 from cli.main import app, globals_, valid_name
 from cli.output import info, spinner, table
@@ -100,6 +100,9 @@ def run_flow(
     from cli.files import load_checked
     from cli.logging import configure
 
+    if timeout and not until_done:
+        raise typer.BadParameter("--timeout only applies with --until-done",
+                                 param_hint="--timeout")
     if not verbose:
         configure(json_logs=globals_().log_json, level=logging.WARNING)
 
@@ -117,7 +120,9 @@ def run_flow(
 class Embedded:
     """Everything `flowctl run` starts, owned and torn down in reverse order."""
 
-    def __init__(self, loaded: Any, allow_inline_code: bool, commands: bool = True) -> None:
+    def __init__(self, loaded: Any, allow_inline_code: bool, commands: bool = True,
+                 command: str = "run") -> None:
+        self.command = command  # the command that runs it: run or dev (for messages)
         self.loaded = loaded
         self.name = loaded.name
         self.allow_inline_code = allow_inline_code
@@ -181,8 +186,8 @@ class Embedded:
             return
         raise FlowctlError(
             f"flow/{self.name} already exists on NATS at {url} ({record.state.value}, "
-            f"revision {record.revision}); `flowctl run` never changes a flow it did not "
-            f"create: run this file under another name with --name, or change that flow "
+            f"revision {record.revision}); `flowctl {self.command}` never changes a flow it "
+            f"did not create: run this file under another name with --name, or change that flow "
             f"with `flowctl apply -f` and `flowctl start`")
 
     async def _create_and_start(self, url: str) -> None:
@@ -266,8 +271,8 @@ class Embedded:
             with contextlib.redirect_stdout(sys.stderr):
                 table(SUMMARY_COLUMNS, summary.rows)
             if not summary.ok:
-                info(f"flow/{self.name}: {summary.sentence()}; REASON / LAST ERROR says "
-                     "why, --verbose shows the agents' logs")
+                info(f"flow/{self.name}: {summary.sentence()} (REASON / LAST ERROR says why "
+                     "where a node reports it; --verbose shows the agents' logs)")
                 self.exit_code = EXIT_FAILED
 
     async def _stop_and_summarize(self) -> Any:
@@ -287,6 +292,9 @@ class Embedded:
             return None
         new = {n: k - self.dead_letters_before.get(n, 0) for n, k in after.items()}
         uncounted = {c.node for c in configs if not reports_counters(c)}
+        for doubt in unconfirmed(self.loaded.spec, configs, statuses):
+            info(f"warning: {doubt}")
+            self.exit_code = EXIT_FAILED
         return outcome(self.loaded.spec, statuses, {n: k for n, k in new.items() if k > 0},
                        uncounted)
 

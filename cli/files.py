@@ -44,26 +44,31 @@ def flow_paths(files: list[str]) -> list[str]:
     return out
 
 
-def check(name: str) -> tuple[Any, Any]:
-    """One flow file (``-``: standard input) loaded leniently and validated: (LoadedFlow or
-    None, ValidationResult with the file's schema, config and graph problems together).
-    Raises FlowFileError only when the file cannot be read or parsed at all."""
+def check(name: str) -> list[tuple[Any, Any]]:
+    """The flows of a file (``-``: standard input; several YAML documents or a list of
+    flow files give several), each loaded leniently and validated: (LoadedFlow or None,
+    ValidationResult with its schema, config and graph problems together). Raises
+    FlowFileError only when the file cannot be read or parsed at all."""
     import dataclasses
 
     from flowengine import validate_loaded
-    from flowstore.loader import load_flow_lenient, parse_flow_lenient
+    from flowstore.loader import parse_flow_lenient, read_flow_text, split_documents
     from flowstore.paths import resolve_paths, stamp_modules
 
     if name == "-":
-        loaded, problems = parse_flow_lenient(sys.stdin.read(), "<stdin>")
-        base = Path.cwd()
+        text, label, base = sys.stdin.read(), "<stdin>", Path.cwd()
     else:
-        loaded, problems = load_flow_lenient(name)
-        base = Path(name).resolve().parent
-    if loaded is None:
-        return None, validate_loaded(None, problems)
-    loaded = dataclasses.replace(loaded, spec=stamp_modules(resolve_paths(loaded.spec, base)))
-    return loaded, validate_loaded(loaded, problems, extra=_path_warnings(loaded))
+        text, label, base = read_flow_text(name), name, Path(name).resolve().parent
+    out = []
+    for doc in split_documents(text, label):
+        loaded, problems = parse_flow_lenient(doc, label)
+        if loaded is None:
+            out.append((None, validate_loaded(None, problems)))
+            continue
+        loaded = dataclasses.replace(loaded,
+                                     spec=stamp_modules(resolve_paths(loaded.spec, base)))
+        out.append((loaded, validate_loaded(loaded, problems, extra=_path_warnings(loaded))))
+    return out
 
 
 def _path_warnings(loaded: Any) -> list[Any]:
@@ -99,11 +104,12 @@ def load_checked(files: list[str]) -> list[Any]:
 
     flows = []
     seen: dict[str, str] = {}
-    for name in flow_paths(files):
-        loaded, result = check(name)
+    for name, (loaded, result) in ((n, r) for n in flow_paths(files) for r in check(n)):
         if not result.ok:
             raise ValidationFailed(result, loaded.name if loaded else None,
                                    "<stdin>" if name == "-" else name)
+        for warning in result.warnings:
+            info(f"{'<stdin>' if name == '-' else name}: warning: {warning}")
         if loaded.name in seen:
             raise FlowctlError(f"{loaded.file}: flow {loaded.name!r} is also defined in "
                                f"{seen[loaded.name]}; names must be unique")
@@ -114,7 +120,8 @@ def load_checked(files: list[str]) -> list[Any]:
 
 @app.command()
 def validate(
-    file: Annotated[str, typer.Argument(help="A flow file (YAML or JSON), or - for stdin.")],
+    file: Annotated[str, typer.Argument(help="A flow file (YAML or JSON), a directory of "
+                                        "them, or - for stdin.")],
     output: OutputOpt = Format.table,
 ) -> None:
     """Check a flow file without touching NATS; exit 1 on errors.
@@ -127,18 +134,22 @@ def validate(
     from flowstore.loader import FlowFileError
 
     async def go() -> int:
-        try:
-            _, result = check(file)
-        except FlowFileError as exc:
-            result = problems_of(exc)
+        results = []
+        for name in flow_paths([file]):
+            try:
+                results += [(name, result) for _, result in check(name)]
+            except FlowFileError as exc:
+                results.append((name, problems_of(exc)))
         if not output.tabular:
-            show(result.to_dict(), output)
+            data = [r.to_dict() for _, r in results]
+            show(data[0] if len(data) == 1 else data, output)
         else:
-            for issue in [*result.errors, *result.warnings]:
-                print(f"{file}: {issue}")
-            print(f"{file}: {result.status} ({len(result.errors)} error(s), "
-                  f"{len(result.warnings)} warning(s))")
-        return 0 if result.ok else 1
+            for name, result in results:
+                for issue in [*result.errors, *result.warnings]:
+                    print(f"{name}: {issue}")
+                print(f"{name}: {result.status} ({len(result.errors)} error(s), "
+                      f"{len(result.warnings)} warning(s))")
+        return 0 if all(r.ok for _, r in results) else 1
 
     raise typer.Exit(run(go()))
 

@@ -69,7 +69,16 @@ def table(columns: Sequence[str], rows: list[Sequence[Any]], title: str | None =
     console = Console(soft_wrap=True, width=FORCE_WIDTH)
     if FORCE_WIDTH is None and not console.is_terminal:  # a pipe or file: never folded
         console = Console(soft_wrap=True, width=1000)
+    console.on_broken_pipe = _reader_gone  # type: ignore[method-assign]
     console.print(t)
+
+
+def _reader_gone() -> None:
+    """rich's own handling of a closed pipe exits 1; the reader going away (`| head`)
+    is a normal end: exit 0, quietly."""
+    from cli.errors import quiet_broken_pipe
+
+    quiet_broken_pipe()
 
 
 def age(ts: str | None) -> str:

@@ -41,7 +41,7 @@ def _status_rows_wide(statuses: list[dict[str, Any]]) -> list[list[Any]]:
 def _rate(s: dict[str, Any]) -> str:
     """Average events/s since the replica started (in for sinks, else out)."""
     started, updated = s.get("started_at"), s.get("updated_at")
-    if not started or not updated:
+    if not started or not updated or s.get("state") not in ("running", "degraded"):
         return ""
     t0 = datetime.fromisoformat(started.replace("Z", "+00:00"))
     t1 = datetime.fromisoformat(updated.replace("Z", "+00:00"))

@@ -293,6 +293,10 @@ async def run(
         if handler is not None:
             await comp.subscribe(handler)
         comp.ready = True
+        ready_subject = os.environ.get("FLOWCTL_READY_SUBJECT")
+        if ready_subject:  # tell the agent: subscribed, events may come
+            await comp.nc.publish(ready_subject, b"")
+            await comp.nc.flush()
         _log(f"{comp.service_id}: ready (inputs {comp.inputs}, outputs {comp.outputs})")
         if source is None:
             await comp.wait_stopped()

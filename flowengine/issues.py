@@ -93,19 +93,25 @@ class IssueCollector:
         self.ids = [n.id for n in spec.nodes]
 
     def _node_paths(self) -> list[str]:
+        """Each node's path in the file: where the loader found its id (exact, also when
+        entries before it were left out for schema errors); for a second node of the
+        same id, its position among the nodes of its role."""
         seen: dict[str, int] = {}
+        ids: set[str] = set()
         out = []
         for i, node in enumerate(self.spec.nodes):
             path = f"nodes[{i}]"
+            derived = None
+            if node.role:
+                k = seen[node.role] = seen.get(node.role, -1) + 1
+                derived = f"spec.{SECTION[node.role]}[{k}]"
             if self.source is not None:
-                derived = None
-                if node.role:
-                    k = seen[node.role] = seen.get(node.role, -1) + 1
-                    derived = f"spec.{SECTION[node.role]}[{k}]"
-                if derived and derived in self.source.lines:
+                found = self.source.node_paths.get(node.id) if node.id not in ids else None
+                if found is not None:
+                    path = found
+                elif derived and derived in self.source.lines:
                     path = derived
-                else:
-                    path = self.source.node_paths.get(node.id, path)
+            ids.add(node.id)
             out.append(path)
         return out
 

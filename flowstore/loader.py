@@ -369,3 +369,33 @@ def load_flow_lenient(path: str | Path) -> tuple[LoadedFlow | None, list[Problem
 def load_flow(path: str | Path) -> LoadedFlow:
     """Read and parse a flow file. Raises :class:`FlowFileError`, never anything else."""
     return parse_flow(read_flow_text(path), str(path))
+
+
+def split_documents(text: str, file: str = "<flow>") -> list[str]:
+    """The flow documents of a text: YAML documents separated by ``---`` lines (each padded
+    with blank lines, so line numbers stay those of the file), and the items of a
+    top-level list of flow files (what `flowctl get -o yaml` prints for several flows)."""
+    import re
+
+    starts = [0] + [i for i, line in enumerate(text.splitlines())
+                    if re.fullmatch(r"---\s*", line)]
+    lines = text.splitlines(keepends=True)
+    docs = []
+    for k, start in enumerate(starts):
+        end = starts[k + 1] if k + 1 < len(starts) else len(lines)
+        body = lines[start + (1 if k else 0):end]
+        if any(x.strip() and not x.lstrip().startswith("#") for x in body):
+            docs.append("\n" * (start + (1 if k else 0)) + "".join(body))
+    out = []
+    for doc in docs or [text]:
+        try:
+            _check_shape(doc, file)
+            data = yaml.safe_load(doc)
+        except yaml.YAMLError:
+            out.append(doc)  # reported with its line by the parse
+            continue
+        if isinstance(data, list) and data and all(isinstance(d, dict) for d in data):
+            out += [yaml.safe_dump(d, sort_keys=False) for d in data]
+        else:
+            out.append(doc)
+    return out

@@ -21,6 +21,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from flowstore.errors import (
     BrokenRecord,
+    FlowctlError,
     FlowExists,
     FlowNotFound,
     RevisionConflict,
@@ -151,8 +152,17 @@ class FlowStore:
         return cls(await open_bucket(nc, FLOWS_BUCKET, replicas=replicas))
 
     @staticmethod
-    def _decode(entry: KeyValue.Entry) -> FlowRecord:
-        record, why = FlowRecord.parse(entry.value)
+    def _parse(key: str, value: bytes | None) -> tuple[FlowRecord | None, str | None]:
+        """A flow record, or why the value under ``key`` is not one (its ``name`` must be
+        its key: a copy under another key would act on the wrong flow)."""
+        record, why = FlowRecord.parse(value)
+        if record is not None and record.name != key:
+            return None, f"its name {record.name!r} is not its key"
+        return record, why
+
+    @classmethod
+    def _decode(cls, entry: KeyValue.Entry) -> FlowRecord:
+        record, why = cls._parse(entry.key, entry.value)
         if record is None:
             raise BrokenRecord(FLOWS_BUCKET, entry.key, why or "not a flow record")
         record.kv_revision = entry.revision
@@ -187,7 +197,7 @@ class FlowStore:
         entries = await read_all(self.kv)
         flows, self.broken = [], {}
         for key, entry in entries.items():
-            record, why = FlowRecord.parse(entry.value)
+            record, why = self._parse(key, entry.value)
             if record is None:
                 self.broken[key] = why or "not a flow record"
                 continue
@@ -247,7 +257,7 @@ class FlowStore:
         latest: dict[int, FlowRecord] = {}
         for entry in entries:
             if not is_delete(entry) and entry.value:
-                record, _ = FlowRecord.parse(entry.value)
+                record, _ = self._parse(name, entry.value)
                 if record is None:
                     continue  # a junk value someone put: not a revision
                 record.kv_revision = entry.revision
@@ -259,7 +269,8 @@ class FlowStore:
         for record in reversed(await self.history(name)):
             if record.revision < current.revision and record.spec != current.spec:
                 return record
-        raise RevisionNotFound(name, current.revision - 1)
+        raise FlowctlError(f"flow '{name}' has had one spec so far (revision "
+                           f"{current.revision}): there is nothing to roll back to")
 
     async def at_revision(self, name: str, revision: int) -> FlowRecord:
         for record in await self.history(name):

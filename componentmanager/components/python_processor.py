@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,6 @@ class PythonConfig(BaseModel):
 
     function: str | None = Field(
         default=None,
-        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
         description='"module:function" to import at start; it takes an event and returns an '
         "event, a list of events, or None to drop it (may be async).",
     )
@@ -54,6 +54,14 @@ class PythonConfig(BaseModel):
         if (self.function is None) == (self.code is None):
             raise ValueError("set exactly one of 'function' or 'code'")
         return self
+
+    @field_validator("function")
+    @classmethod
+    def _module_and_name(cls, function: str | None) -> str | None:
+        if function is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", function):
+            raise ValueError(f"function {function!r} must be module:function, e.g. "
+                             "enrich:enrich (enrich.py next to the flow file)")
+        return function
 
     @field_validator("code")
     @classmethod

@@ -106,6 +106,12 @@ def _json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
+def ready_subject(flow: str, node: str, index: int) -> str:
+    """Where a program says it is subscribed and ready (the SDK does), so the agent
+    reports it running, and upstream sources start, no earlier."""
+    return f"flowctl.ready.{flow}.{node}.{index}"
+
+
 def component_env(
     cfg: ComponentConfig,
     index: int,
@@ -132,6 +138,7 @@ def component_env(
             "FLOWCTL_CONFIG": _json(cfg.config),
             "FLOWCTL_DOWNSTREAM": _json(cfg.downstream),
             "FLOWCTL_FRAME_PORTS": _json(cfg.frame_ports),
+            "FLOWCTL_READY_SUBJECT": ready_subject(cfg.flow, cfg.node, index),
             "ENABLE_FLOWCTL": "true",
             "FLOWCTL_HEARTBEAT_INTERVAL": format_duration(heartbeat_s),
         }

@@ -31,16 +31,24 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from componentmanager.runners.base import Replica, ReplicaHost
-from componentmanager.runners.env import UndefinedVariableError, component_env, health_port
+from componentmanager.runners.env import (
+    UndefinedVariableError,
+    component_env,
+    health_port,
+    ready_subject,
+)
 from flowstore.models import ComponentConfig, ExternalFields, ReplicaState
 
 BACKOFF_INITIAL_S = 0.5
 BACKOFF_MAX_S = 30.0
 BACKOFF_RESET_S = 10.0
 READY_AFTER_S = 0.5
+#: Without a health port, how long a program may take to say it is ready (the SDK does)
+#: before it is reported running anyway (a program without the SDK never says so).
+SAID_READY_WAIT_S = 3.0
 HEALTH_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
 MAX_LINE = 64 * 1024
@@ -220,6 +228,12 @@ class ExternalReplica(Replica):
     async def _run_once(self, env: dict[str, str]) -> tuple[int | None, str | None]:
         """Launch, wait for readiness, wait for the exit (or a stop). Returns (rc, error)."""
         self.set_state(ReplicaState.STARTING)
+        self._said_ready = asyncio.Event()
+        said = None
+        with contextlib.suppress(Exception):
+            said = await self.host.nc.subscribe(
+                ready_subject(self.cfg.flow, self.cfg.node, self.index),
+                cb=self._on_said_ready)
         try:
             await self._launch(env)
         except LaunchError as exc:
@@ -247,15 +261,27 @@ class ExternalReplica(Replica):
                 task.cancel()
             await asyncio.gather(exit_task, stop_task, ready_task, return_exceptions=True)
             await self._cleanup()
+            if said is not None:
+                with contextlib.suppress(Exception):
+                    await said.unsubscribe()
         if error is None and rc != 0:
             error = describe_exit(rc)
         return rc, error
+
+    async def _on_said_ready(self, _msg: Any) -> None:
+        self._said_ready.set()
 
     async def _ready(self) -> str | None:
         """None once the program is ready, else why it is not (health timeout)."""
         port = health_port(self.cfg, self.index)
         if port is None:
-            await asyncio.sleep(self.ready_after)
+            # ready when it says so (the SDK publishes on FLOWCTL_READY_SUBJECT once
+            # subscribed), else once it has lived a while (a program without the SDK)
+            with contextlib.suppress(TimeoutError):
+                wait = SAID_READY_WAIT_S if self.ready_after == READY_AFTER_S else \
+                    self.ready_after  # (tests set their own)
+                async with asyncio.timeout(wait):
+                    await self._said_ready.wait()
             return None
         host = self._health_host()
         path = self.cfg.external.health_check if self.cfg.external else "/health"
