@@ -60,7 +60,8 @@ def make_cfg(node: str, *, flow: str = "cf", **ext: Any) -> ComponentConfig:
 
 
 def containers_of(client: Any, flow: str) -> list[Any]:
-    return client.containers.list(all=True, filters={"label": f"{LABEL_FLOW}={flow}"})
+    return client.containers.list(all=True, sparse=True,
+                                  filters={"label": f"{LABEL_FLOW}={flow}"})
 
 
 @pytest.fixture(scope="session")

@@ -75,7 +75,9 @@ def _flow_containers(flow: str) -> list:
 
     client = docker.from_env()
     try:
-        return client.containers.list(all=True, filters={"label": f"flowctl.flow={flow}"})
+        # sparse: no inspect of each one (a container removed meanwhile would 404)
+        return client.containers.list(all=True, sparse=True,
+                                      filters={"label": f"flowctl.flow={flow}"})
     finally:
         client.close()
 

@@ -287,11 +287,13 @@ async def reap_orphan_containers(
         removed = []
         try:
             label = f"{LABEL_AGENT}={agent_name}"
-            found = client.containers.list(all=True, filters={"label": label})
+            # sparse: no inspect per container (one removed meanwhile would 404 the list)
+            found = client.containers.list(all=True, sparse=True, filters={"label": label})
             for container in found:
                 with contextlib.suppress(NotFound, APIError):
                     container.remove(force=True)
-                    removed.append(container.name)
+                    names = container.attrs.get("Names") or [container.id[:12]]
+                    removed.append(names[0].lstrip("/"))
         finally:
             client.close()
         return removed

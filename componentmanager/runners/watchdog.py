@@ -30,10 +30,10 @@ def remove_instance_containers(instance: str) -> list[str]:
         client = docker.from_env(timeout=30)
         removed = []
         mine = {"label": f"{LABEL_INSTANCE}={instance}"}
-        for c in client.containers.list(all=True, filters=mine):
+        for c in client.containers.list(all=True, sparse=True, filters=mine):
             try:
                 c.remove(force=True)
-                removed.append(c.name)
+                removed.append((c.attrs.get("Names") or [c.id[:12]])[0].lstrip("/"))
             except Exception:
                 continue
         return removed
