@@ -105,10 +105,15 @@ async def all_in_state(nc: Any, flow: str, keys: list[str], *states: str) -> boo
 
 
 def read_lines(path: Path) -> list[str]:
+    """The complete lines of a file a sink may be writing (a last line without its
+    newline is still being written: left out)."""
     try:
-        return [line for line in path.read_text().splitlines() if line]
+        text = path.read_text()
     except FileNotFoundError:
         return []
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    return [line for line in text.splitlines() if line]
 
 
 def flow_yaml(name: str, body: str, delivery: str = "at-most-once") -> str:
