@@ -12,15 +12,14 @@ last good version keeps running. Inline ``code:`` is allowed (your own machine).
 from __future__ import annotations
 
 import asyncio
-import logging
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from cli.embedded import Embedded, pinned_to_run
+from cli.embedded import Embedded, load_to_run, pinned_to_run, quiet_agents
 from cli.errors import other_error, own_error, run
-from cli.main import app, globals_, print_changes, valid_name
+from cli.main import app, print_changes, valid_name
 from cli.output import info
 
 #: How often the files are looked at, seconds.
@@ -124,18 +123,10 @@ def dev(
 
     Example: flowctl dev examples/enrich.yaml
     """
-    import dataclasses
-
-    from cli.files import load_checked
-    from cli.logging import configure
-
-    if not verbose:
-        configure(json_logs=globals_().log_json, level=logging.WARNING)
+    quiet_agents(verbose)
 
     async def go() -> int:
-        loaded = load_checked([str(file)])[0]
-        if name:
-            loaded = dataclasses.replace(loaded, name=name)
+        loaded = load_to_run(file, name)
         async with Embedded(loaded, allow_inline_code, commands, "dev") as emb:
             info(f"dev: watching {file} and the modules it imports (Ctrl+C stops)")
             watcher = asyncio.create_task(reload_on_save(emb, file))

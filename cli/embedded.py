@@ -95,26 +95,36 @@ def run_flow(
 
     Example: flowctl run examples/hello.yaml --until-done
     """
-    import dataclasses
-
-    from cli.files import load_checked
-    from cli.logging import configure
-
     if timeout and not until_done:
         raise typer.BadParameter("--timeout only applies with --until-done",
                                  param_hint="--timeout")
-    if not verbose:
-        configure(json_logs=globals_().log_json, level=logging.WARNING)
+    quiet_agents(verbose)
 
     async def go() -> int:
-        loaded = load_checked([str(file)])[0]
-        if name:
-            loaded = dataclasses.replace(loaded, name=name)
+        loaded = load_to_run(file, name)
         async with Embedded(loaded, allow_inline_code, commands) as emb:
             code = await emb.watch(until_done, timeout)
         return code or emb.exit_code
 
     raise typer.Exit(run(go()))
+
+
+def quiet_agents(verbose: bool) -> None:
+    """The embedded agents log only warnings unless ``--verbose``."""
+    if not verbose:
+        from cli.logging import configure
+
+        configure(json_logs=globals_().log_json, level=logging.WARNING)
+
+
+def load_to_run(file: Path, name: str | None) -> Any:
+    """The flow of ``file``, checked (errors raise), under ``--name`` when given."""
+    import dataclasses
+
+    from cli.files import load_checked
+
+    loaded = load_checked([str(file)])[0]
+    return dataclasses.replace(loaded, name=name) if name else loaded
 
 
 class Embedded:

@@ -5,6 +5,7 @@ recovery took (run with -s to see the figures; the README's fault table quotes t
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import itertools
 import json
@@ -71,7 +72,7 @@ async def test_a_frozen_server_costs_a_stall_not_a_wedge(nc, nats_server, agents
     await wait_until(lambda: _count(out, 2000), what="events flowing", timeout=30)
     placed = await _where(nc, "frozen")
     os.kill(nats_server.proc.pid, signal.SIGSTOP)
-    time.sleep(15)
+    await asyncio.sleep(15)
     os.kill(nats_server.proc.pid, signal.SIGCONT)
     resumed = time.monotonic()
     await wait_until(lambda: _everything(out), timeout=120, what=f"all {TOTAL} events")
@@ -115,7 +116,7 @@ async def test_nats_killed_while_outputs_await_acks(nc, nats_server, agents, tmp
     await wait_until(lambda: _count(out, 2000), what="events flowing", timeout=30)
     nats_server.proc.kill()
     nats_server.proc.wait()
-    time.sleep(8)
+    await asyncio.sleep(8)
     nats_server.restart()
     restarted = time.monotonic()
     await wait_until(lambda: _everything(out), timeout=120, what=f"all {TOTAL} events")
@@ -183,11 +184,6 @@ async def test_an_oversized_event_fails_alone(nc, agents, tmp_path) -> None:
     st = (await statuses(nc, "big"))["big.blow-up.0"]
     assert st.state.value == "running" and "max_payload" in (st.last_error or "")
 
-
-async def _sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
 
 
 async def _count(path: Path, n: int) -> bool:

@@ -4,6 +4,7 @@ program before the leader starts it elsewhere, so two copies never run at once."
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import itertools
 import json
@@ -76,7 +77,7 @@ async def test_one_agent_cut_off_never_leaves_two_copies(nc, nats_server, agents
         moved = time.monotonic() - cut_at
         await wait_until(lambda: _ticks_by_two(ticks), what="a2's copy ticking", timeout=20)
         proxy.heal()
-        time.sleep(3)  # a1 back in touch: it must not start its copy again
+        await asyncio.sleep(3)  # a1 back in touch: it must not start its copy again
         both = overlap_s(ticks)
         print(f"\none agent cut off: program moved after {moved:.1f} s, two copies ran "
               f"side by side for {both:.2f} s")
@@ -122,7 +123,7 @@ async def test_a_partition_of_every_agent_moves_nothing(nc, nats_server, agents,
         await wait_until(lambda: _ticks(out, 100), what="events flowing", timeout=30)
         before = {k: s.agent for k, s in (await statuses(nc, "parted")).items()}
         proxy.cut()
-        time.sleep(8)
+        await asyncio.sleep(8)
         proxy.heal()
         await wait_until(lambda: _ticks(out, 2000), what="all 2000 events", timeout=60)
         seqs = collections.Counter(json.loads(x)["seq"] for x in read_lines(out))
