@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cli.errors import run
+from cli.errors import fail, run
 from cli.main import app, globals_, valid_name
 
 
@@ -68,6 +68,14 @@ def agent(
         typer.Option("--allow-images", help="Run `image:` nodes whose image matches this "
                      "glob (repeatable; '*' for any). None by default."),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option("--metrics-port", min=0, max=65535,
+                     help="Serve Prometheus metrics on this port (/metrics). Off by default."),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="Address the metrics endpoint binds to.")
+    ] = "0.0.0.0",
 ) -> None:
     """Run the agent: runs the component replicas assigned to NAME until Ctrl+C/SIGTERM.
 
@@ -86,6 +94,7 @@ def agent(
         status_interval=status_interval, allow_inline_code=allow_inline_code,
         allow_commands=tuple(allow_commands or ()), allow_images=tuple(allow_images or ()),
         wait_for_nats=True, stop_when_cut_off=stop_when_cut_off.value,  # type: ignore[arg-type]
+        metrics_port=metrics_port, metrics_host=metrics_host,
     )
     if log_dir:
         settings.log_dir = log_dir
@@ -95,6 +104,13 @@ def agent(
         stop_on_signals(stop)
         opts = globals_().options()
         the_agent = Agent(settings, opts)
+        if metrics_port is not None:
+            try:
+                print(f"metrics: {the_agent.serve_metrics(metrics_host, metrics_port)}",
+                      file=sys.stderr, flush=True)
+            except OSError as exc:
+                fail(f"cannot serve metrics on {metrics_host}:{metrics_port}: "
+                     f"{exc.strerror or exc}; pick another --metrics-port (0 picks a free one)")
         # `kill -USR1 <pid>`: every task of both loops with its stack, on stderr.
         asyncio.get_running_loop().add_signal_handler(
             signal.SIGUSR1, the_agent.dump_tasks, sys.stderr)

@@ -88,6 +88,9 @@ def run_flow(
         "--commands/--no-commands", help="Run `command:` and `image:` nodes (default: yes, "
         "your own machine).")] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Agent logs.")] = False,
+    metrics_port: Annotated[int, typer.Option(
+        "--metrics-port", min=0, max=65535, help="Serve the agent's Prometheus metrics on "
+        "127.0.0.1:PORT (0: a free port, printed; more agents: PORT+1, ...).")] = 0,
 ) -> None:
     """The one-command mode: embedded NATS + agent, apply/deploy/start the flow, show
     status and sink output; Ctrl+C (or --until-done) stops it, prints a summary per node
@@ -102,7 +105,8 @@ def run_flow(
 
     async def go() -> int:
         loaded = load_to_run(file, name)
-        async with Embedded(loaded, allow_inline_code, commands) as emb:
+        async with Embedded(loaded, allow_inline_code, commands,
+                            metrics_port=metrics_port) as emb:
             code = await emb.watch(until_done, timeout)
         return code or emb.exit_code
 
@@ -131,8 +135,9 @@ class Embedded:
     """Everything `flowctl run` starts, owned and torn down in reverse order."""
 
     def __init__(self, loaded: Any, allow_inline_code: bool, commands: bool = True,
-                 command: str = "run") -> None:
+                 command: str = "run", metrics_port: int | None = 0) -> None:
         self.command = command  # the command that runs it: run or dev (for messages)
+        self.metrics_port = metrics_port  # None: no metrics
         self.loaded = loaded
         self.name = loaded.name
         self.allow_inline_code = allow_inline_code
@@ -240,6 +245,14 @@ class Embedded:
             if len(placements) > 1:
                 where = ",".join(f"{k}={v}" for k, v in labels.items()) or "no labels"
                 info(f"agent {settings.name} ({where})")
+            if self.metrics_port is not None:
+                port = self.metrics_port + i if self.metrics_port else 0
+                try:
+                    info(f"metrics of agent {settings.name}: "
+                         f"{agent.serve_metrics('127.0.0.1', port)}")
+                except OSError as exc:
+                    info(f"no metrics: port {port} is not free ({exc.strerror or exc}); "
+                         "pick another --metrics-port")
             self.agents.append(agent)
             self.agent_tasks.append(asyncio.create_task(agent.run(self.stop_agents)))
 

@@ -3,7 +3,6 @@ what agents report; ``--watch`` redraws it live (see :mod:`cli.live`)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 import typer
@@ -13,7 +12,7 @@ from cli.observe import IntervalOpt, WatchOpt, reading
 from cli.output import Format, age, show, table
 
 STATUS_COLUMNS = ["NODE", "REPLICA", "AGENT", "STATE", "IN", "OUT", "FILTERED", "ERRORS",
-                  "DROPPED", "RATE", "REASON / LAST ERROR"]
+                  "DROPPED", "IN/S", "OUT/S", "LAG", "REASON / LAST ERROR"]
 STATUS_COLUMNS_WIDE = [*STATUS_COLUMNS[:-1], "REDELIVERED", "RESTARTS", "PID", "REVISION",
                        "UP", "REASON / LAST ERROR"]
 
@@ -25,30 +24,32 @@ def _counts(s: dict[str, Any]) -> list[Any]:
 
 def _status_rows(statuses: list[dict[str, Any]]) -> list[list[Any]]:
     return [[s["node"], s["replica"], s.get("agent") or "-", s["state"], *_counts(s),
-             _rate(s), (s.get("reason") or s.get("last_error") or "")[:100]]
+             *live_figures(s), (s.get("reason") or s.get("last_error") or "")[:100]]
             for s in statuses]
 
 
 def _status_rows_wide(statuses: list[dict[str, Any]]) -> list[list[Any]]:
     return [[s["node"], s["replica"], s.get("agent") or "-", s["state"], *_counts(s),
-             _rate(s), s.get("counters", {}).get("redelivered", 0), s.get("restarts", 0),
-             s.get("pid") or "-",
+             *live_figures(s), s.get("counters", {}).get("redelivered", 0),
+             s.get("restarts", 0), s.get("pid") or "-",
              s.get("flow_revision") or "-", age(s.get("started_at")),
              s.get("reason") or s.get("last_error") or ""]
             for s in statuses]
 
 
-def _rate(s: dict[str, Any]) -> str:
-    """Average events/s since the replica started (in for sinks, else out)."""
-    started, updated = s.get("started_at"), s.get("updated_at")
-    if not started or not updated or s.get("state") not in ("running", "degraded"):
-        return ""
-    t0 = datetime.fromisoformat(started.replace("Z", "+00:00"))
-    t1 = datetime.fromisoformat(updated.replace("Z", "+00:00"))
-    secs = (t1 - t0).total_seconds()
-    c = s.get("counters", {})
-    n = c.get("out", 0) or c.get("in", 0)
-    return f"{n / secs:.0f}/s" if secs > 0.5 else ""
+def live_figures(s: dict[str, Any]) -> list[str]:
+    """IN/S, OUT/S (over the agent's last few seconds) and LAG (messages waiting for the
+    node's inputs); ``-`` where the replica does not run or its agent cannot tell."""
+    active = s.get("state") in ("running", "degraded", "starting")
+    rate, lag = s.get("rate") or {}, s.get("lag") or {}
+    figures = [f"{rate[k]:,.0f}" if active and k in rate else "-" for k in ("in", "out")]
+    return [*figures, f"{sum(lag.values()):,}" if active and lag else "-"]
+
+
+def in_flow_order(statuses: list[Any], nodes: list[str]) -> list[Any]:
+    """Replica records in the order of the flow's nodes (sources first, as written)."""
+    rank = {node: i for i, node in enumerate(nodes)}
+    return sorted(statuses, key=lambda s: (rank.get(s.node, len(rank)), s.node, s.replica))
 
 
 async def _status_data(engine: Any, name: str | None) -> list[dict[str, Any]]:
@@ -59,7 +60,9 @@ async def _status_data(engine: Any, name: str | None) -> list[dict[str, Any]]:
     out = []
     for flow in names:
         eff = await engine.effective_state(flow)
-        statuses = await engine.list_status(flow)
+        record = await engine.flows.get(flow)
+        statuses = in_flow_order(await engine.list_status(flow),
+                                 [n.id for n in record.spec.nodes])
         out.append({
             "flow": flow,
             "effective": eff.to_dict(),

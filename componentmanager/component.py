@@ -72,6 +72,11 @@ class Context(Protocol):
         a sequence, a byte offset). At-least-once flows keep the latest position whose
         events are all stored, so a restarted source resumes there instead of replaying."""
 
+    def wrote(self, count: int = 1) -> None:
+        """Sinks: ``count`` events were written out (printed, stored, sent): the sink's
+        ``out`` counter."""
+        ...
+
     def count_filtered(self, count: int = 1) -> None:
         """Input events discarded on purpose (a filter said no, nothing matched): counted
         in ``filtered``, so every event is accounted for."""

@@ -303,7 +303,13 @@ class Counters(BaseModel):
     reason) or ``dropped`` (lost: overload, a full buffer, a slow consumer, a publish that
     NATS refused, a replica stopped with events still queued). ``redelivered`` counts
     input messages delivered again after their ack was lost, acked again without being
-    processed twice (not events taken in).
+    processed twice (not events taken in). A sink's ``out`` counts the events it wrote
+    (printed, stored, sent). ``in_ports`` splits ``in`` by input port; ``replayed`` counts
+    the events of ``in`` that were dead letters re-injected by ``flowctl dlq replay``.
+
+    The counts belong to ``<flow>.<node>.<replica>``, not to one process: a replica
+    restarted or moved to another agent continues from the last reported record (until
+    the flow is undeployed, which deletes the records).
     """
 
     in_: int = Field(default=0, alias="in")
@@ -312,6 +318,8 @@ class Counters(BaseModel):
     errors: int = 0
     dropped: int = 0
     redelivered: int = 0
+    replayed: int = 0
+    in_ports: dict[str, int] = Field(default_factory=dict)
     out_ports: dict[str, int] = Field(default_factory=dict)
 
     model_config = ConfigDict(populate_by_name=True, extra="allow")
@@ -335,6 +343,13 @@ class ReplicaStatus(Record):
     exit_code: int | None = None
     pid: int | None = None
     counters: Counters = Field(default_factory=Counters)
+    #: events per second over the last few seconds (``in`` taken, ``out`` emitted or
+    #: written); 0 once nothing moves
+    rate: dict[str, float] = Field(default_factory=dict)
+    #: per input port, messages (an event or a frame of events) waiting for this node:
+    #: in the flow's stream for its consumer (at-least-once), or in this replica's
+    #: queue (at-most-once)
+    lag: dict[str, int] = Field(default_factory=dict)
     flow_revision: int | None = None
 
     @property

@@ -25,6 +25,7 @@ class Ctx:
         self.emitted: list[tuple[str, Any]] = []
         self.logs: list[tuple[str, dict[str, Any]]] = []
         self.filtered = 0
+        self.written = 0
         self.rejected: list[tuple[bytes, str]] = []
 
     async def emit(self, port: str, event: Any) -> None:
@@ -41,6 +42,9 @@ class Ctx:
 
     def count_filtered(self, count: int = 1) -> None:
         self.filtered += count
+
+    def wrote(self, count: int = 1) -> None:
+        self.written += count
 
     async def reject(self, data: bytes, reason: str) -> None:
         self.rejected.append((data, reason))

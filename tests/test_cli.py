@@ -187,8 +187,8 @@ def test_lifecycle_with_a_real_agent(nats_url: str, tmp_path: Path,
         ["status", "greet"], ["agents", "-o", "json"], ["agents"],
         ["describe", "greet", "-o", "json"], ["describe", "greet"], nats_url=nats_url)
     assert "flow/greet: running (desired running" in ok(text).stdout
-    assert ("NODE REPLICA AGENT STATE IN OUT FILTERED ERRORS DROPPED RATE REASON / LAST ERROR"
-            in " ".join(text.stdout.split()))
+    assert ("NODE REPLICA AGENT STATE IN OUT FILTERED ERRORS DROPPED IN/S OUT/S LAG "
+            "REASON / LAST ERROR" in " ".join(text.stdout.split()))
     [me] = as_json(agents)
     assert (me["name"], me["labels"], me["live"]) == ("cli-agent", {"zone": "a"}, True)
     assert set(me["components"]) == {"greet.gen.0", "greet.enrich.0", "greet.out.0"}

@@ -44,6 +44,8 @@ from componentmanager.agent.identity import (
     check_fenced,
 )
 from componentmanager.agent.leader import Leader
+from componentmanager.agent.metrics import MetricsServer
+from componentmanager.agent.rates import LiveFigures
 from componentmanager.agent.reconcile import Restart, Start, Stop, desired_replicas, reconcile
 from componentmanager.agent.startup import start_when_nats_is_ready
 from componentmanager.agent.statuswriter import StatusWriter
@@ -86,6 +88,9 @@ class AgentSettings:
     #: what to stop while cut off from NATS (see agent.cutoff)
     stop_when_cut_off: StopWhenCutOff = "external"
     lead: bool = True  # take part in leader election (placement and failover)
+    #: serve Prometheus metrics on this port (0: any free port; None: off)
+    metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"
 
 
 class Agent:
@@ -117,6 +122,8 @@ class Agent:
         self.health: HealthWatch | None = None
         self._loop_lag_s = 0.0
         self.data: DataLoop | None = None
+        self._heartbeat_at = time.monotonic()
+        self.metrics: MetricsServer | None = None
 
     def dump_tasks(self, out: Any) -> None:
         """Print every task of the control and the data loop with its stack (SIGUSR1)."""
@@ -144,6 +151,8 @@ class Agent:
     # -- lifecycle --------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Start, run until ``stop`` is set (or the agent is fenced), shut down cleanly."""
+        if self.settings.metrics_port is not None and self.metrics is None:
+            self.serve_metrics(self.settings.metrics_host, self.settings.metrics_port)
         if self.settings.wait_for_nats:
             if not await start_when_nats_is_ready(self, stop):
                 return  # stopped while waiting
@@ -204,6 +213,7 @@ class Agent:
         self._spawn(self._reconcile_loop, "reconcile")
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
         self._spawn(lambda: self.cut_off.watch(self), "cut-off watch")
+        self.figures = LiveFigures(self.nc)
         self._spawn(self._status_refresh_loop, "status refresh")
         self.health = HealthWatch(self.data)
         self._spawn(self.health.run, "stall watch")
@@ -266,11 +276,24 @@ class Agent:
                     self._agent_rev = await self.agents_kv.update(
                         self.agent_name, self.record().to_json(), last=self._agent_rev
                     )
+                    self._heartbeat_at = time.monotonic()
                 except KeyWrongLastSequenceError:
                     await self._check_fenced()
                 self.cut_off.contact()
             except Exception as exc:  # never let the heartbeat die: retry next interval
                 log.warning("heartbeat failed", error=str(exc) or repr(exc))
+
+    def serve_metrics(self, host: str, port: int) -> str:
+        """Serve ``/metrics`` (raises OSError when the port is taken); returns its URL."""
+        self.metrics = MetricsServer(self, host, port)
+        log.info("serving metrics", url=self.metrics.url)
+        return self.metrics.url
+
+    def loop_lag_s(self) -> float:
+        return self._loop_lag_s
+
+    def heartbeat_age_s(self) -> float:
+        return time.monotonic() - self._heartbeat_at
 
     async def _check_fenced(self) -> None:
         await check_fenced(self)
@@ -348,13 +371,23 @@ class Agent:
         assert self.data is not None
         replica = make_replica(cfg, index, self.data)
         key = replica.key
+        await self._continue_counters(replica)
         self.replicas[key] = replica
         self.fingerprints[key] = cfg.desired_fingerprint()
         if self.health is not None:
-            self.health.add(key)
+            self.health.add(key, replica.counters.dropped)
         log.info("starting replica", replica=key, type=cfg.type, kind=cfg.kind)
         self.changed(replica)
         await self.data.call(replica.start())
+
+    async def _continue_counters(self, replica: Replica) -> None:
+        """Counts belong to the replica, not this process: start from its last record."""
+        with contextlib.suppress(Exception):  # none yet, junk, or NATS busy: start at 0
+            entry = await self.status_kv.get(replica.key)
+            previous, _ = ReplicaStatus.parse(entry.value)
+            if previous is not None and previous.flow == replica.cfg.flow:
+                replica.counters.continue_from(previous.counters)
+                replica.restarts = previous.restarts
 
     async def _stop_replica(self, key: str, reason: str) -> None:
         replica = self.replicas.pop(key, None)
@@ -390,10 +423,12 @@ class Agent:
             await self.status_kv.create(status.key, status.to_json())
 
     async def _status_refresh_loop(self) -> None:
-        """Every status interval: judge each replica's health, then write its status."""
+        """Every status interval: judge each replica's health and measure its rates and
+        lag, then write its status."""
         while True:
             await asyncio.sleep(self.settings.status_interval)
             now = time.monotonic()
+            await self.figures.update(dict(self.replicas), now)
             for key, replica in list(self.replicas.items()):
                 if self.health is not None:
                     self.health.judge(key, replica, now)
@@ -439,6 +474,9 @@ class Agent:
             await self.nc.flush(timeout=2)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.nc.close(), 5)
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.close)
+            self.metrics = None
         log.info("agent stopped", agent=self.agent_name, seconds=round(time.monotonic() - t0, 2))
 
 

@@ -30,11 +30,11 @@ class HealthWatch:
         self._health: dict[str, ReplicaHealth] = {}
         self._logged: dict[str, float] = {}
 
-    def add(self, key: str) -> None:
-        """A new replica: its counters start at 0 now (the baseline of its drop window,
-        so drops before its first status refresh are seen too)."""
+    def add(self, key: str, dropped: int = 0) -> None:
+        """A new replica: its drop counter starts at ``dropped`` now (the baseline of its
+        drop window, so drops before its first status refresh are seen too)."""
         health = ReplicaHealth()
-        health.drops.add(time.monotonic(), 0)
+        health.drops.add(time.monotonic(), dropped)
         self._health[key] = health
 
     def remove(self, key: str) -> None:

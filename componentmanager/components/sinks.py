@@ -1,6 +1,7 @@
 """Built-in sinks: ``stdout``, ``file``, ``http``, ``nats`` and ``kv``.
 
-Each takes events on the required input port ``in`` and has no outputs. Every event is
+Each takes events on the required input port ``in`` and has no outputs; what it wrote
+(printed, stored, sent) it counts with ``ctx.wrote()``, the sink's ``out``. Every event is
 JSON-encoded once (msgspec). Raising from ``process`` means the event was not delivered:
 the runtime counts the error (and dead-letters the event where the delivery mode allows).
 Buffered sinks write out in ``flush()``, which the runtime calls every ``flush_interval``
@@ -49,6 +50,7 @@ class StdoutSink(Component):
         out = sys.stdout  # looked up per event: honours redirection
         out.write(self._prefix + msgspec.json.encode(event).decode() + "\n")
         out.flush()
+        self.ctx.wrote()
 
 
 # --------------------------------------------------------------------------------- file
@@ -86,6 +88,7 @@ class FileSink(Component):
     async def flush(self) -> None:
         if self._fh is not None:
             self._fh.flush()
+            self.ctx.wrote(self._unflushed)
             self._unflushed = 0
 
     def held(self) -> int:
@@ -138,6 +141,7 @@ class HttpSink(Component):
         data = msgspec.json.encode(event)
         if self.config.batch_size == 1:
             await self._post(data)
+            self.ctx.wrote()
             return
         self._pending.append(data)
         if len(self._pending) >= self.config.batch_size:
@@ -150,6 +154,7 @@ class HttpSink(Component):
         if self._pending:
             batch, self._pending = self._pending, []
             await self._post(b"[" + b",".join(batch) + b"]")
+            self.ctx.wrote(len(batch))
 
     async def _post(self, body: bytes) -> None:
         await asyncio.to_thread(self._post_sync, body)
@@ -193,6 +198,7 @@ class NatsSink(Component):
 
     async def process(self, port: str, event: Any) -> None:
         await self.ctx.nc.publish(self._subject, msgspec.json.encode(event))
+        self.ctx.wrote()
 
     async def flush(self) -> None:
         await self.ctx.nc.flush()
@@ -243,6 +249,7 @@ class KvSink(Component):
 
     async def process(self, port: str, event: Any) -> None:
         await self._kv.put(self.key_for(event), msgspec.json.encode(event))
+        self.ctx.wrote()
 
 
 _MOD = "componentmanager.components.sinks"

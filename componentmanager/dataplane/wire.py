@@ -25,6 +25,9 @@ import msgspec
 
 HDR_META = "Flowctl"
 HDR_ERROR = "Flowctl-Error"
+#: A dead letter re-injected by ``flowctl dlq replay`` into an input subject that other
+#: nodes read too carries the node it is meant for; the others let it pass.
+HDR_REPLAY_TO = "Flowctl-Replay-To"
 
 #: A frame is cut at this many events or bytes (whichever comes first).
 FRAME_EVENTS = 128

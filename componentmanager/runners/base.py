@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from componentmanager.dataplane.latency import LatencyHistogram
 from flowstore.models import ComponentConfig, Counters, ReplicaState, ReplicaStatus, utcnow
 from flowstore.nats import NatsOptions
 
@@ -50,13 +51,36 @@ class ReplicaCounters:
     errors: int = 0
     dropped: int = 0
     redelivered: int = 0
+    replayed: int = 0
+    in_ports: dict[str, int] = field(default_factory=dict)
     out_ports: dict[str, int] = field(default_factory=dict)
     #: why events were dropped most recently ("overload (slow consumer)", ...)
     drop_reason: str | None = None
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     def drop(self, count: int, reason: str) -> None:
         self.dropped += count
         self.drop_reason = reason
+
+    def taken(self, port: str, count: int) -> None:
+        """``count`` events of input ``port`` were taken in (``in`` is counted per event
+        as they are handled; this splits it by port once per message)."""
+        self.in_ports[port] = self.in_ports.get(port, 0) + count
+
+    def continue_from(self, previous: Counters) -> None:
+        """Start from what the replica reported before (restarted or moved here): the
+        counts belong to the replica, not to this process."""
+        self.in_ += previous.in_
+        self.out += previous.out
+        self.filtered += previous.filtered
+        self.errors += previous.errors
+        self.dropped += previous.dropped
+        self.redelivered += previous.redelivered
+        self.replayed += previous.replayed
+        for mine, theirs in ((self.in_ports, previous.in_ports),
+                             (self.out_ports, previous.out_ports)):
+            for port, count in theirs.items():
+                mine[port] = mine.get(port, 0) + count
 
     def to_model(self) -> Counters:
         return Counters(
@@ -66,6 +90,8 @@ class ReplicaCounters:
             errors=self.errors,
             dropped=self.dropped,
             redelivered=self.redelivered,
+            replayed=self.replayed,
+            in_ports=dict(self.in_ports),
             out_ports=dict(self.out_ports),
         )
 
@@ -89,6 +115,9 @@ class Replica:
         self.degraded: str | None = None
         #: why the state is what it is, when not obvious (shown as the status reason)
         self.note: str | None = None
+        #: set by the agent each status interval (see componentmanager.agent.rates)
+        self.rate: dict[str, float] = {}
+        self.lag: dict[str, int] = {}
 
     @property
     def key(self) -> str:
@@ -120,8 +149,15 @@ class Replica:
             exit_code=self.exit_code,
             pid=self.pid if self.pid is not None else os.getpid(),
             counters=self.counters.to_model(),
+            rate=dict(self.rate),
+            lag=dict(self.lag),
             flow_revision=self.cfg.flow_revision,
         )
+
+    def input_queues(self) -> dict[str, int]:
+        """Per input port, messages queued in this process (at-most-once inputs); {}
+        where the runner cannot tell (the agent asks the stream for at-least-once)."""
+        return {}
 
     async def start(self) -> None:
         """Start the work. Never raises: a failure becomes state ``failed`` with the reason."""

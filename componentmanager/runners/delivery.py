@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+from time import perf_counter
 from typing import Any
 
 import structlog
@@ -41,7 +42,7 @@ from componentmanager.dataplane import (
     frame_count,
 )
 from componentmanager.dataplane.accounting import shape
-from componentmanager.dataplane.wire import message_identity
+from componentmanager.dataplane.wire import HDR_REPLAY_TO, message_identity
 from flowstore.models import dlq_subject, stream_name
 from flowstore.streams import ensure_consumer
 
@@ -111,6 +112,7 @@ class InputDelivery:
     _publisher: Any
     _outbox: Any
     _subs: list[Any]
+    _sub_ports: list[tuple[str, Any]]  # (input port, core subscription)
     _pullers: list[Puller]
     _unacked: list[Msg]
     _unacked_since: float | None
@@ -142,6 +144,13 @@ class InputDelivery:
                 holder.append(sub)
                 self.host.drops.own(sub, self._overflowed)  # the safety net's drops
                 self._subs.append(sub)
+                self._sub_ports.append((port, sub))
+
+    def input_queues(self) -> dict[str, int]:
+        queued: dict[str, int] = {}
+        for port, sub in list(self._sub_ports):
+            queued[port] = queued.get(port, 0) + sub.pending_msgs
+        return queued
 
     def _overflowed(self, count: int) -> None:
         self.counters.drop(count, "overload (input queue full)")
@@ -158,8 +167,11 @@ class InputDelivery:
                                     or sub.pending_bytes > INPUT_PENDING_BYTES):
                 self._overflowed(frame_count(msg.headers))  # shed the oldest, counted
                 return
+            if not self._meant_for_me(msg):
+                return
             events = decode_frame(msg.data, frame_count(msg.headers))
             self._inflight += 1
+            began, taken = perf_counter(), 0
             try:
                 async with self._outbox.handling():
                     for index, event in enumerate(events):
@@ -167,6 +179,7 @@ class InputDelivery:
                             self.counters.drop(len(events) - index, "replica stopped")
                             return
                         self.counters.in_ += 1
+                        taken += 1
                         try:
                             await comp.process(port, event)
                         except Exception as exc:
@@ -177,6 +190,7 @@ class InputDelivery:
                             await asyncio.sleep(0)
             finally:
                 self._inflight -= 1
+                self._took(port, msg, taken, perf_counter() - began)
 
         return on_msg
 
@@ -200,14 +214,20 @@ class InputDelivery:
                 self.counters.redelivered += 1  # handled here, its ack still to come:
                 self._unacked.append(msg)       # acked with the first delivery
                 return
+            if not self._meant_for_me(msg):
+                await self._ack_again(msg, counted=False)  # a replay for another node
+                return
             events = decode_frame(msg.data, frame_count(msg.headers))
             self._progress_at[port] = asyncio.get_running_loop().time()
             origin = ident if ident and _emits_per_input(comp) else None
+            began, taken = perf_counter(), 0
             async with self._outbox.handling(origin):  # outputs are published at the end
                 for index, event in enumerate(events):
                     if self.component is not comp:
+                        self._took(port, msg, taken, perf_counter() - began)
                         return  # stopped mid-frame: never acked, delivered again
                     self.counters.in_ += 1
+                    taken += 1
                     try:
                         await comp.process(port, event)  # the common case, inline
                     except Exception as exc:
@@ -217,6 +237,7 @@ class InputDelivery:
                         self._since_yield = 0
                         await self._still_working(port, msg)
                         await asyncio.sleep(0)
+            self._took(port, msg, taken, perf_counter() - began)
             # No await from here to the append: _settle acks it only after a publisher
             # wait that began after its outputs were published.
             self._unacked.append(msg)
@@ -227,7 +248,27 @@ class InputDelivery:
 
         return on_msg
 
-    async def _ack_again(self, msg: Msg) -> None:
+    def _meant_for_me(self, msg: Msg) -> bool:
+        """A dead letter replayed into a shared input subject is meant for one node
+        (:data:`HDR_REPLAY_TO`); the other readers of the subject let it pass."""
+        target = msg.headers.get(HDR_REPLAY_TO) if msg.headers else None
+        return target is None or target == self.node
+
+    def _took(self, port: str, msg: Msg, taken: int, elapsed: float) -> None:
+        """One input message is handled: split ``in`` by port, time it, count replays."""
+        if not taken:
+            return
+        counters = self.counters
+        counters.taken(port, taken)
+        counters.latency.observe(elapsed, taken)
+        if msg.headers and HDR_REPLAY_TO in msg.headers:
+            counters.replayed += taken
+
+    async def _ack_again(self, msg: Msg, counted: bool = True) -> None:
+        if not counted:
+            with contextlib.suppress(Exception):
+                await msg.ack()
+            return
         self.counters.redelivered += 1
         if self.host.throttle.admit(("redelivered", self.key)):
             log.info("inputs delivered again after their ack was lost: acked again, not "

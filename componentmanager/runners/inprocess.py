@@ -54,6 +54,7 @@ class InProcessReplica(InputDelivery, Replica):
                               {cfg.outputs[p] for p in cfg.frame_ports if p in cfg.outputs})
         self._port_of = {subject: port for port, subject in cfg.outputs.items()}
         self._subs: list[Any] = []
+        self._sub_ports: list[tuple[str, Any]] = []
         self._pullers: list[Puller] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._unacked: list[Msg] = []  # processed inputs not acked yet (see _settle)
@@ -119,6 +120,9 @@ class InProcessReplica(InputDelivery, Replica):
 
     def count_filtered(self, count: int = 1) -> None:
         self.counters.filtered += count
+
+    def wrote(self, count: int = 1) -> None:
+        self.counters.out += count
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -287,6 +291,7 @@ class InProcessReplica(InputDelivery, Replica):
             self._publisher = None
 
     async def _close_inputs(self) -> None:
+        self._sub_ports.clear()
         for sub in self._subs:
             await self._close_input(sub)
         self._subs.clear()
