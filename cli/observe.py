@@ -1,5 +1,5 @@
-"""Reading commands: get/list, describe, agents, components, history, logs (status is in
-:mod:`cli.status`).
+"""Reading commands: get/list, describe, agents, components, history (status is in
+:mod:`cli.status`, logs in :mod:`cli.logs`).
 
 Each builds JSON-ready data and hands it to :func:`cli.output.show`, so ``-o json`` and
 ``-o yaml`` carry everything the table shows and more.
@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.errors import fail, run
-from cli.main import NameArg, OutputOpt, app, connect_nats, engine_session, valid_name
+from cli.main import NameArg, OutputOpt, app, engine_session, valid_name
 from cli.output import Format, age, info, show
 
 
@@ -250,64 +250,3 @@ def history(name: NameArg, output: OutputOpt = Format.table) -> None:
             [r["revision"], r["state"], len(r["spec"]["nodes"]), r["updated_at"]] for r in d])
 
     run(go())
-
-
-@app.command()
-def logs(
-    name: NameArg,
-    node: Annotated[str | None, typer.Argument(help="One node; all when omitted.",
-                                               callback=valid_name("node"))] = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
-    wait: Annotated[float, typer.Option(help="Seconds to listen without --follow.")] = 2.0,
-    output: OutputOpt = Format.table,
-) -> None:
-    """Component log lines that agents publish on flowctl.logs.<flow>.<node>
-    (-o json: one JSON object per line, with flow, node, replica, agent, stream, ts).
-
-    Example: flowctl logs orders big --follow
-    """
-
-    async def go() -> None:
-        import json
-
-        from flowstore.models import logs_subject
-
-        nc = await connect_nats()
-
-        async def on_msg(msg: Any) -> None:
-            try:
-                d = json.loads(msg.data)
-                text = (f"{d['ts']} {d['node']}.{d['replica']}@{d['agent']} {d['line']}"
-                        if output.tabular else _one_record(d, output))
-            except (ValueError, KeyError, TypeError):
-                text = msg.data.decode("utf-8", "replace")
-            print(text, flush=True)
-
-        subject = logs_subject(name, node or "*")
-        sub = await nc.subscribe(subject, cb=on_msg)
-        try:
-            await nc.flush()  # the subscription is in place: nothing published now is missed
-            if follow:
-                info(f"following {subject} (Ctrl+C stops)")
-                from cli.live import stop_event
-
-                await stop_event().wait()
-            else:
-                info(f"listening on {subject} for {wait:g}s")
-                await asyncio.sleep(wait)
-        finally:
-            await sub.unsubscribe()
-            await nc.close()
-
-    run(go())
-
-
-def _one_record(data: dict[str, Any], output: Format) -> str:
-    """One streamed record: a JSON line, or a YAML document."""
-    import json
-
-    if output == Format.json:
-        return json.dumps(data, separators=(",", ":"))
-    import yaml
-
-    return "---\n" + yaml.safe_dump(data, sort_keys=False).rstrip()

@@ -13,8 +13,8 @@ from cli.output import Format, age, show, table
 
 STATUS_COLUMNS = ["NODE", "REPLICA", "AGENT", "STATE", "IN", "OUT", "FILTERED", "ERRORS",
                   "DROPPED", "IN/S", "OUT/S", "LAG", "REASON / LAST ERROR"]
-STATUS_COLUMNS_WIDE = [*STATUS_COLUMNS[:-1], "REDELIVERED", "RESTARTS", "PID", "REVISION",
-                       "UP", "REASON / LAST ERROR"]
+STATUS_COLUMNS_WIDE = [*STATUS_COLUMNS[:-1], "REDELIVERED", "REPLAYED", "RESTARTS", "PID",
+                       "REVISION", "UP", "REASON / LAST ERROR"]
 
 
 def _counts(s: dict[str, Any]) -> list[Any]:
@@ -31,7 +31,7 @@ def _status_rows(statuses: list[dict[str, Any]]) -> list[list[Any]]:
 def _status_rows_wide(statuses: list[dict[str, Any]]) -> list[list[Any]]:
     return [[s["node"], s["replica"], s.get("agent") or "-", s["state"], *_counts(s),
              *live_figures(s), s.get("counters", {}).get("redelivered", 0),
-             s.get("restarts", 0), s.get("pid") or "-",
+             s.get("counters", {}).get("replayed", 0), s.get("restarts", 0), s.get("pid") or "-",
              s.get("flow_revision") or "-", age(s.get("started_at")),
              s.get("reason") or s.get("last_error") or ""]
             for s in statuses]

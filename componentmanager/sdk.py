@@ -56,6 +56,7 @@ from typing import Any
 
 from componentmanager.dataplane import (
     HDR_META,
+    HDR_REPLAY_TO,
     AckedPublisher,
     EventIds,
     Outbox,
@@ -157,6 +158,11 @@ class Component:
 
     def _on_msg(self, handler: Handler, port: str) -> Callable[[Any], Awaitable[None]]:
         async def on_msg(msg: Any) -> None:
+            target = msg.headers.get(HDR_REPLAY_TO) if msg.headers else None
+            if target is not None and target != self.node:  # a replay meant for another node
+                if self._publisher is not None:
+                    self._unacked.append(msg)
+                return
             events = decode_frame(msg.data, frame_count(msg.headers))
             async with self._outbox.handling():  # one output frame per input message
                 for index, event in enumerate(events):

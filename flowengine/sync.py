@@ -61,6 +61,7 @@ from flowstore.streams import (
     dead_letter_counts,
     ensure_dlq_stream,
     ensure_flow_streams,
+    ensure_logs_stream,
     input_backlog,
 )
 
@@ -278,6 +279,7 @@ class FlowKV:
                 await ensure_flow_streams(self.nc, name, configs, spec.buffer, self.kv_replicas)
             else:
                 await ensure_dlq_stream(self.nc, self.kv_replicas)
+            await ensure_logs_stream(self.nc, self.kv_replicas)
         except (NotFoundError, ServerError):  # an undeploy racing us removed the stream
             await asyncio.sleep(0.05)         # (or is removing it): decide again
             raise _Retry from None

@@ -384,6 +384,18 @@ class AgentRecord(Record):
         return self.age_s(now) < missed * self.heartbeat_s
 
 
+#: The one metadata header of a data message: ``<first event id> <count> <unix time>``
+#: (see componentmanager.dataplane.wire).
+HDR_META = "Flowctl"
+#: A dead letter's reason.
+HDR_ERROR = "Flowctl-Error"
+#: A dead letter re-injected by ``flowctl dlq replay`` into an input subject that other
+#: nodes read too carries the node it is meant for; the others let it pass.
+HDR_REPLAY_TO = "Flowctl-Replay-To"
+#: The id of the dead-lettered event a replayed message carries again.
+HDR_REPLAY_OF = "Flowctl-Replay-Of"
+
+
 def config_key(flow: str, node: str) -> str:
     return f"{flow}.{node}"
 
@@ -400,8 +412,9 @@ def dlq_subject(flow: str, node: str) -> str:
     return f"flowctl.{flow}.{node}.dlq"
 
 
-def logs_subject(flow: str, node: str) -> str:
-    return f"flowctl.logs.{flow}.{node}"
+def logs_subject(flow: str, node: str, replica: int | str) -> str:
+    """Where a replica's log lines go (``*`` for any node or replica when reading)."""
+    return f"flowctl.logs.{flow}.{node}.{replica}"
 
 
 def queue_group(flow: str, node: str) -> str:

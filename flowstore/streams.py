@@ -10,6 +10,10 @@ and the SDK only bind to them, recreating one only if someone removed it).
 * ``FLOWCTL_DLQ``: dead letters of every flow (``flowctl.<flow>.<node>.dlq``), kept
   :data:`DLQ_MAX_AGE_S` or up to :data:`DLQ_MAX_BYTES` (oldest dropped first); it
   survives undeploy.
+* ``FLOWCTL_LOGS``: component log lines and event failures of every flow
+  (``flowctl.logs.<flow>.<node>.<replica>``), kept :data:`LOGS_MAX_AGE_S` or up to
+  :data:`LOGS_MAX_BYTES` (oldest dropped first); ``flowctl logs`` reads it. Its subjects
+  have five tokens, so they never overlap a flow's (four) or the dead letters'.
 """
 
 from __future__ import annotations
@@ -31,6 +35,11 @@ DLQ_STREAM = "FLOWCTL_DLQ"
 DLQ_SUBJECTS = ["flowctl.*.*.dlq"]
 DLQ_MAX_AGE_S = 7 * 24 * 3600.0
 DLQ_MAX_BYTES = 256 * 2**20
+
+LOGS_STREAM = "FLOWCTL_LOGS"
+LOGS_SUBJECTS = ["flowctl.logs.*.*.*"]
+LOGS_MAX_AGE_S = 3 * 24 * 3600.0
+LOGS_MAX_BYTES = 128 * 2**20
 
 DEFAULT_MAX_DELIVER = 5
 DEFAULT_MAX_ACK_PENDING = 1000
@@ -116,22 +125,34 @@ async def ensure_dlq_stream(nc: NatsClient, replicas: int = 1) -> bool:
     """Create the dead-letter stream if missing. False when the server refuses it (a
     stream of flowctl 0.1 still covers ``flowctl.<flow>.>``): dead letters are then
     published but not kept."""
-    js = nc.jetstream()
-    try:
-        await js.stream_info(DLQ_STREAM)
-        return True
-    except NotFoundError:
-        pass
-    config = StreamConfig(
+    return await _ensure_kept(nc, StreamConfig(
         name=DLQ_STREAM, subjects=DLQ_SUBJECTS, retention=RetentionPolicy.LIMITS,
         discard=DiscardPolicy.OLD, max_age=DLQ_MAX_AGE_S, max_bytes=DLQ_MAX_BYTES,
         num_replicas=replicas, description="flowctl dead letters of every flow",
-    )
+    ))
+
+
+async def ensure_logs_stream(nc: NatsClient, replicas: int = 1) -> bool:
+    """Create the stream that keeps component logs if missing (False when refused)."""
+    return await _ensure_kept(nc, StreamConfig(
+        name=LOGS_STREAM, subjects=LOGS_SUBJECTS, retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.OLD, max_age=LOGS_MAX_AGE_S, max_bytes=LOGS_MAX_BYTES,
+        num_replicas=replicas, description="flowctl component logs of every flow",
+    ))
+
+
+async def _ensure_kept(nc: NatsClient, config: StreamConfig) -> bool:
+    js = nc.jetstream()
+    try:
+        await js.stream_info(str(config.name))
+        return True
+    except NotFoundError:
+        pass
     try:
         await js.add_stream(config)
     except BadRequestError:
         try:
-            await js.stream_info(DLQ_STREAM)  # created concurrently
+            await js.stream_info(str(config.name))  # created concurrently
         except NotFoundError:
             return False
     return True

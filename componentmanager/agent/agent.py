@@ -62,6 +62,7 @@ from flowstore.nats import (
     connect,
     open_bucket,
 )
+from flowstore.streams import ensure_logs_stream
 
 log = structlog.get_logger("flowctl.agent")
 
@@ -186,6 +187,8 @@ class Agent:
         self.config_kv = await open_bucket(self.nc, CONFIG_BUCKET, replicas=replicas)
         self.status_kv = await open_bucket(self.nc, STATUS_BUCKET, replicas=replicas)
         await open_bucket(self.nc, CHECKPOINTS_BUCKET, replicas=replicas)  # for sources
+        with contextlib.suppress(Exception):  # logs are kept from now on (best effort)
+            await ensure_logs_stream(self.nc, replicas)
         try:
             await self._announce()
             self.data = DataLoop(

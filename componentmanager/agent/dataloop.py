@@ -78,17 +78,28 @@ class DataLoop:
     def changed(self, replica: Replica) -> None:
         self._on_changed(replica)
 
-    def log_line(self, replica: Replica, line: str, stream: str = "stdout") -> None:
-        """A component's log line: logged here and published on ``flowctl.logs.<flow>.<node>``."""
-        if self.throttle.admit(("log", replica.key, line)):
+    def log_line(self, replica: Replica, line: str, stream: str = "stdout",
+                 event_id: str | None = None) -> None:
+        """A component's log line (``stream``: stdout, stderr, error for an event that
+        failed, agent for what the agent says about the replica): logged here (once per
+        interval when repeated) and published on ``flowctl.logs.<flow>.<node>.<replica>``,
+        which FLOWCTL_LOGS keeps."""
+        if stream != "error" and self.throttle.admit(("log", replica.key, line)):
             log.info(line, replica=replica.key, stream=stream)
+        self.publish_log(replica.cfg.flow, replica.cfg.node, replica.index, line, stream,
+                         event_id)
+
+    def publish_log(self, flow: str, node: str, index: int, line: str, stream: str,
+                    event_id: str | None = None) -> None:
         if self.nc is None or self.nc.is_closed:
             return
-        body = msgspec.json.encode({
-            "ts": utcnow(), "flow": replica.cfg.flow, "node": replica.cfg.node,
-            "replica": replica.index, "agent": self.agent_name, "stream": stream, "line": line,
-        })
-        subject = logs_subject(replica.cfg.flow, replica.cfg.node)
+        record: dict[str, Any] = {"ts": utcnow(), "flow": flow, "node": node,
+                                  "replica": index, "agent": self.agent_name,
+                                  "stream": stream, "line": line}
+        if event_id is not None:
+            record["event_id"] = event_id
+        body = msgspec.json.encode(record)
+        subject = logs_subject(flow, node, index)
         if threading.current_thread() is self._thread:
             self._queue_log(subject, body)
         elif self.loop is not None:
@@ -163,8 +174,11 @@ class DataLoop:
             late = time.monotonic() - self._beat - TICK_S
             self._max_lag = max(self._max_lag, late)
             for (kind, *what), held in self.throttle.due():
-                log.warning(f"{kind}: {held} more like it in the last "
-                            f"{self.throttle.interval:g} s", what=" ".join(map(str, what)))
+                said = f"{kind}: {held} more like it in the last {self.throttle.interval:g} s"
+                log.warning(said, what=" ".join(map(str, what)))
+                if kind == "event failed":  # (kind, replica key, shape of the error)
+                    flow, node, index = str(what[0]).rsplit(".", 2)
+                    self.publish_log(flow, node, int(index), f"{said}: {what[1]}", "error")
 
     def stalled_for(self) -> float:
         """How long the data loop has not ticked (seconds beyond its tick)."""

@@ -17,6 +17,7 @@ from componentmanager.dataplane.wire import (
     FRAME_EVENTS,
     HDR_ERROR,
     HDR_META,
+    HDR_REPLAY_TO,
     EventIds,
     dead_letter_headers,
     decode,
@@ -28,6 +29,7 @@ from componentmanager.dataplane.wire import (
 
 __all__ = [
     "ACK_WINDOW", "DEFAULT_ACK_WAIT_S", "DEFAULT_MAX_DELIVER", "FRAME_BYTES", "FRAME_EVENTS",
-    "HDR_ERROR", "HDR_META", "AckedPublisher", "EventIds", "Outbox", "PublishFailed", "Puller",
+    "HDR_ERROR", "HDR_META", "HDR_REPLAY_TO", "AckedPublisher", "EventIds", "Outbox",
+    "PublishFailed", "Puller",
     "dead_letter_headers", "decode", "decode_frame", "encode", "event_id", "frame_count",
 ]

@@ -23,11 +23,10 @@ from typing import Any
 
 import msgspec
 
-HDR_META = "Flowctl"
-HDR_ERROR = "Flowctl-Error"
-#: A dead letter re-injected by ``flowctl dlq replay`` into an input subject that other
-#: nodes read too carries the node it is meant for; the others let it pass.
-HDR_REPLAY_TO = "Flowctl-Replay-To"
+# The header names are the contract every package shares: defined in flowstore.models.
+from flowstore.models import HDR_ERROR as HDR_ERROR
+from flowstore.models import HDR_META as HDR_META
+from flowstore.models import HDR_REPLAY_TO as HDR_REPLAY_TO
 
 #: A frame is cut at this many events or bytes (whichever comes first).
 FRAME_EVENTS = 128

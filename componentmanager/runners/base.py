@@ -35,8 +35,10 @@ class ReplicaHost(Protocol):
         """Called on every state transition: the agent writes the status record."""
         ...
 
-    def log_line(self, replica: Replica, line: str, stream: str = "stdout") -> None:
-        """One log line of a component: logged and published on flowctl.logs.<flow>.<node>."""
+    def log_line(self, replica: Replica, line: str, stream: str = "stdout",
+                 event_id: str | None = None) -> None:
+        """One log line of a component: logged and published on
+        ``flowctl.logs.<flow>.<node>.<replica>`` (kept in FLOWCTL_LOGS)."""
         ...
 
 

@@ -39,6 +39,7 @@ from componentmanager.dataplane import (
     dead_letter_headers,
     decode_frame,
     encode,
+    event_id,
     frame_count,
 )
 from componentmanager.dataplane.accounting import shape
@@ -347,19 +348,23 @@ class InputDelivery:
                             exc: Exception) -> None:
         """Count, log (once per interval for the same failure), dead-letter, go on."""
         error = str(exc) if isinstance(exc, EventError) else f"{type(exc).__name__}: {exc}"
-        self._count_error(f"event on port {port}: {error}")
         headers = dead_letter_headers(msg.headers if msg else None, index, error)
+        self._count_error(f"event on port {port}: {error}",
+                          event_id(msg.headers if msg else None, index))
         await self._dead_letter(encode(event), headers)
 
     async def reject(self, data: bytes, reason: str) -> None:
         self._count_error(reason)
         await self._dead_letter(data, dead_letter_headers(None, 0, reason))
 
-    def _count_error(self, error: str) -> None:
+    def _count_error(self, error: str, eid: str | None = None) -> None:
+        """Count a failed event; log it (and keep it in FLOWCTL_LOGS, with its event id)
+        once per interval for failures of the same shape, with a count of the others."""
         self.counters.errors += 1
         self.last_error = error
         if self.host.throttle.admit(("event failed", self.key, shape(error))):
-            log.warning("event failed", replica=self.key, error=error)
+            log.warning("event failed", replica=self.key, error=error, event_id=eid)
+            self.host.log_line(self, f"event failed: {error}", "error", eid)
 
     async def _dead_letter(self, data: bytes, headers: dict[str, str]) -> None:
         """Publish to the node's dead-letter subject (stored in FLOWCTL_DLQ); with

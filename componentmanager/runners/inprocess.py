@@ -144,6 +144,8 @@ class InProcessReplica(InputDelivery, Replica):
                 self.counters.errors += 1
                 self.set_state(ReplicaState.FAILED, f"{type(exc).__name__}: {exc}")
                 log.warning("replica failed", replica=self.key, error=str(exc))
+                self.host.log_line(self, f"replica failed: {type(exc).__name__}: {exc}",
+                                   "agent")
                 policy = self.cfg.external.restart_policy if self.cfg.external else "on-failure"
                 if policy == "never" or self._stopping:
                     return

@@ -1,0 +1,168 @@
+"""``flowctl logs``: component log lines and event failures, read from where NATS keeps them
+(the FLOWCTL_LOGS stream), then followed live.
+
+Agents publish every component log line (stdout/stderr of programs and containers,
+``ctx.log`` of in-process components), every event failure (once per interval per kind of
+failure, with the event id, plus a count of the others) and what the agent says about a
+replica (``replica failed: ...``) on ``flowctl.logs.<flow>.<node>.<replica>``; the stream
+keeps them for a few days within a size limit (README, "Operating a flow"). Without
+``--follow`` the command prints what is stored and exits; with it, it goes on printing
+new lines until Ctrl+C. The choices (parsing ``--since``, matching ``--grep``, rendering
+a line) are pure functions below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import typer
+
+from cli.errors import run
+from cli.main import NameArg, OutputOpt, app, connect_nats, valid_name
+from cli.output import Format, info
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """``10m``, ``90s``, ``2h``, ``1d`` ago, or an ISO 8601 time (UTC unless it says)."""
+    found = _DURATION.match(text.strip())
+    if found:
+        return now - timedelta(seconds=float(found[1]) * _UNITS[found[2]])
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(
+            f"'{text}' is neither a duration (30s, 10m, 2h, 1d) nor a time "
+            "(2026-11-25T10:00:00Z)", param_hint="--since") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def compile_grep(text: str | None) -> re.Pattern[str] | None:
+    if text is None:
+        return None
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise typer.BadParameter(f"'{text}' is not a regular expression: {exc}",
+                                 param_hint="--grep") from None
+
+
+def render(record: dict[str, Any], output: Format) -> str:
+    """One stored line as the user asked for it (a record that is not ours: as is)."""
+    if output == Format.json:
+        return json.dumps(record, separators=(",", ":"))
+    if output == Format.yaml:
+        import yaml
+
+        return "---\n" + yaml.safe_dump(record, sort_keys=False).rstrip()
+    try:
+        where = f"{record['node']}.{record['replica']}@{record['agent']}"
+        stream = record.get("stream", "stdout")
+        tag = "" if stream in ("stdout", "stderr") else f"[{stream}] "
+        event = f" (event {record['event_id']})" if record.get("event_id") else ""
+        return f"{record['ts']} {where} {tag}{record['line']}{event}"
+    except (KeyError, TypeError):
+        return json.dumps(record)
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    try:
+        record = json.loads(data)
+    except ValueError:
+        record = None
+    return record if isinstance(record, dict) else {"line": data.decode("utf-8", "replace")}
+
+
+@app.command()
+def logs(
+    name: NameArg,
+    node_arg: Annotated[str | None, typer.Argument(
+        metavar="[NODE]", help="One node (same as --node); all when omitted.",
+        callback=valid_name("node"))] = None,
+    node: Annotated[str | None, typer.Option("--node", "-n", help="One node.",
+                                             callback=valid_name("node"))] = None,
+    since: Annotated[str | None, typer.Option(
+        help="Only lines since then: 30s, 10m, 2h, 1d or a time (2026-11-25T10:00:00Z). "
+        "Default: everything kept.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new "
+                                         "lines until Ctrl+C.")] = False,
+    grep: Annotated[str | None, typer.Option(
+        help="Only lines matching this regular expression.")] = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Component log lines and event failures of a flow, kept by NATS (FLOWCTL_LOGS):
+    what is stored, then (--follow) new lines as they come.
+
+    Example: flowctl logs orders --node enrich --since 10m --grep timeout --follow
+    """
+    if node and node_arg and node != node_arg:
+        raise typer.BadParameter(f"two nodes given: '{node_arg}' and '{node}'",
+                                 param_hint="--node")
+    start = parse_since(since, datetime.now(UTC)) if since else None
+    pattern = compile_grep(grep)
+    run(_read(name, node or node_arg, start, follow, pattern, output))
+
+
+async def _read(flow: str, node: str | None, start: datetime | None, follow: bool,
+                pattern: re.Pattern[str] | None, output: Format) -> None:
+    from nats.js.api import ConsumerConfig, DeliverPolicy
+    from nats.js.errors import NotFoundError
+
+    from flowstore.models import logs_subject
+    from flowstore.streams import LOGS_STREAM
+
+    subject = logs_subject(flow, node or "*", "*")
+
+    def show(data: bytes) -> None:
+        text = render(decode(data), output)
+        if pattern is None or pattern.search(text):
+            print(text, flush=True)
+
+    nc = await connect_nats(reconnect=follow)
+    try:
+        js = nc.jetstream()
+        try:
+            await js.stream_info(LOGS_STREAM)
+            stored = True
+        except NotFoundError:
+            stored = False
+            info("no logs are kept on this server yet (FLOWCTL_LOGS appears with the first "
+                 "deploy or agent of this version)")
+        if stored:
+            config = (ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
+                                     opt_start_time=start.isoformat().replace("+00:00", "Z"))
+                      if start else ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+            sub = await js.subscribe(subject, stream=LOGS_STREAM, ordered_consumer=True,
+                                     config=config)
+            pending = int((await sub.consumer_info()).num_pending or 0)
+            while pending:
+                msg = await sub.next_msg(timeout=10)
+                show(msg.data)
+                pending = int(msg.metadata.num_pending or 0)
+            if not follow:
+                await sub.unsubscribe()
+                return
+        else:
+            if not follow:
+                return
+            sub = await nc.subscribe(subject)
+        info(f"following {subject} (Ctrl+C stops)")
+        from cli.live import stop_event
+
+        stop = stop_event()
+        while not stop.is_set():
+            try:
+                msg = await sub.next_msg(timeout=0.5)
+            except TimeoutError:
+                continue
+            except asyncio.CancelledError:
+                raise
+            show(msg.data)
+    finally:
+        await nc.close()
