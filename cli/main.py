@@ -382,7 +382,7 @@ def schema() -> None:
 
 
 def main() -> None:
-    from cli import agent, dev, dlq, embedded, files, logs, observe, server, status  # noqa: F401
+    from cli import agent, dev, dlq, embedded, files, live_views, logs, observe, server, status  # noqa: F401
     from cli.argv import hoist_globals
     from cli.errors import quiet_broken_pipe
 

@@ -52,7 +52,7 @@ def in_flow_order(statuses: list[Any], nodes: list[str]) -> list[Any]:
     return sorted(statuses, key=lambda s: (rank.get(s.node, len(rank)), s.node, s.replica))
 
 
-async def _status_data(engine: Any, name: str | None) -> list[dict[str, Any]]:
+async def status_data(engine: Any, name: str | None) -> list[dict[str, Any]]:
     from cli.observe import say_broken
 
     names = [name] if name else [f.name for f in await engine.flows.list()]
@@ -101,7 +101,7 @@ def status(
     """
 
     async def fetch(engine: Any) -> Any:
-        return await _status_data(engine, name)
+        return await status_data(engine, name)
 
     def draw(data: Any) -> None:
         if output.tabular:

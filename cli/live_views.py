@@ -1,0 +1,182 @@
+"""Looking at a running flow live: ``flowctl tap`` (the events of one port) and
+``flowctl top`` (every flow's nodes with their rates, lag and losses, redrawn).
+
+``tap`` subscribes to the port's subject as one more reader (core NATS: it takes nothing
+away from the flow, and sees only what passes while it runs); frames are unpacked, so it
+prints one JSON event per line whatever the wire carried. A sink has no outputs: tapping
+it shows what reaches it (its inputs). ``NODE.dlq`` shows dead letters as they happen.
+
+``top`` sums each node's replicas (:func:`node_rows`, pure) from the same records as
+``flowctl status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+import typer
+
+from cli.errors import fail, run
+from cli.main import NameArg, OutputOpt, app, engine_session
+from cli.observe import IntervalOpt, reading
+from cli.output import Format, info, show
+from cli.status import status_data
+
+
+def tap_subjects(cfg: Any, port: str | None) -> tuple[list[str], str]:
+    """(subjects, what they are) to tap for a node's ``port`` (None: its outputs, or a
+    sink's inputs); raises ValueError with the choices when the port does not exist."""
+    from flowstore.models import dlq_subject
+
+    if port == "dlq":
+        return [dlq_subject(cfg.flow, cfg.node)], f"dead letters of '{cfg.node}'"
+    if port is None:
+        if cfg.outputs:
+            return sorted(cfg.outputs.values()), f"outputs of '{cfg.node}'"
+        subjects = sorted({s for subs in cfg.inputs.values() for s in subs})
+        return subjects, f"what reaches '{cfg.node}' (a sink: its inputs)"
+    if port in cfg.outputs:
+        return [cfg.outputs[port]], f"'{cfg.node}' port {port}"
+    if cfg.inputs.get(port):
+        return sorted(cfg.inputs[port]), f"what reaches '{cfg.node}' on input {port}"
+    ports = sorted({*cfg.outputs, *cfg.inputs, "dlq"})
+    raise ValueError(f"node '{cfg.node}' has no port '{port}' (ports: {', '.join(ports)})")
+
+
+@app.command()
+def tap(
+    name: NameArg,
+    target: Annotated[str, typer.Argument(metavar="NODE[.PORT]", help="The node, and "
+                                          "optionally its port (default: its outputs).")],
+    count: Annotated[int | None, typer.Option(min=1, help="Stop after this many events.")]
+    = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Print the live events of one node's port, one JSON event per line (frames
+    unpacked), until Ctrl+C; it reads alongside the flow and takes nothing from it.
+
+    Example: flowctl tap orders enrich.out --count 5
+    """
+    import re
+
+    from flowstore.models import NAME_PATTERN
+
+    node, _, port = target.partition(".")
+    if not re.fullmatch(NAME_PATTERN, node) or (port and not re.fullmatch(r"[\w-]+", port)):
+        raise typer.BadParameter(f"'{target}' is not NODE or NODE.PORT", param_hint="NODE")
+    run(_tap(name, node, port or None, count, output))
+
+
+async def _tap(name: str, node: str, port: str | None, count: int | None,
+               output: Format) -> None:
+    from cli.live import stop_event
+    from componentmanager.dataplane.wire import decode_frame, frame_count
+    from flowstore.models import config_key
+
+    async with await engine_session(reconnect=True) as engine:
+        configs = {c.key: c for c in await engine.list_configs(name)}
+        cfg = configs.get(config_key(name, node))
+        if cfg is None:
+            nodes = ", ".join(sorted(c.node for c in configs.values())) or "none: not deployed"
+            fail(f"flow/{name} has no deployed node '{node}' (nodes: {nodes})")
+        try:
+            subjects, what = tap_subjects(cfg, port)
+        except ValueError as exc:
+            fail(str(exc))
+        stop, seen = stop_event(), 0
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=10_000)
+
+        async def on_msg(msg: Any) -> None:
+            if not queue.full():
+                queue.put_nowait(msg)
+
+        subs = [await engine.nc.subscribe(s, cb=on_msg) for s in subjects]
+        await engine.nc.flush()
+        info(f"tapping {what}: {', '.join(subjects)} (Ctrl+C stops)")
+        try:
+            while not stop.is_set() and (count is None or seen < count):
+                try:
+                    msg = await asyncio.wait_for(queue.get(), 0.5)
+                except TimeoutError:
+                    continue
+                for event in decode_frame(msg.data, frame_count(msg.headers)):
+                    print(_one(event, output), flush=True)
+                    seen += 1
+                    if count is not None and seen >= count:
+                        break
+        finally:
+            for sub in subs:
+                await sub.unsubscribe()
+
+
+def _one(event: Any, output: Format) -> str:
+    if output == Format.yaml:
+        import yaml
+
+        return "---\n" + yaml.safe_dump(event, sort_keys=False).rstrip()
+    return json.dumps(event, separators=(",", ":"))
+
+
+TOP_COLUMNS = ["FLOW", "NODE", "REPLICAS", "STATE", "IN/S", "OUT/S", "LAG", "IN", "OUT",
+               "ERRORS", "DROPPED"]
+
+
+def node_rows(data: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per node of every flow: its replicas' rates, lag and counters summed; the
+    node's state is its replicas' when they agree, else e.g. ``running 2/3``."""
+    rows: list[dict[str, Any]] = []
+    for flow in data:
+        nodes: dict[str, list[dict[str, Any]]] = {}
+        for replica in flow["replicas"]:  # already in flow order
+            nodes.setdefault(replica["node"], []).append(replica)
+        for node, replicas in nodes.items():
+            states = [r["state"] for r in replicas]
+            top = max(set(states), key=states.count)
+            state = top if states.count(top) == len(states) else \
+                f"{top} {states.count(top)}/{len(states)}"
+            counters = [r.get("counters", {}) for r in replicas]
+            rows.append({
+                "flow": flow["flow"], "node": node, "replicas": len(replicas), "state": state,
+                "rate_in": sum((r.get("rate") or {}).get("in", 0.0) for r in replicas),
+                "rate_out": sum((r.get("rate") or {}).get("out", 0.0) for r in replicas),
+                "lag": _node_lag(replicas),
+                **{k: sum(c.get(k, 0) for c in counters)
+                   for k in ("in", "out", "errors", "dropped")},
+            })
+    return rows
+
+
+def _node_lag(replicas: list[dict[str, Any]]) -> int:
+    """A node's lag: per input port the largest any replica reports (at-least-once
+    replicas share one consumer and report the same figure), summed over ports."""
+    per_port: dict[str, list[int]] = {}
+    for replica in replicas:
+        for port, n in (replica.get("lag") or {}).items():
+            per_port.setdefault(port, []).append(n)
+    return sum(max(v) for v in per_port.values())
+
+
+@app.command()
+def top(
+    once: Annotated[bool, typer.Option("--once", help="Print one view and exit.")] = False,
+    interval: IntervalOpt = 2.0,
+    output: OutputOpt = Format.table,
+) -> None:
+    """A live view of every flow's nodes: state, events/s in and out, lag, errors and
+    losses (the replicas of a node summed), redrawn until Ctrl+C.
+
+    Example: flowctl top --interval 1
+    """
+
+    async def fetch(engine: Any) -> Any:
+        return node_rows(await status_data(engine, None))
+
+    def draw(rows: Any) -> None:
+        show(rows, output, TOP_COLUMNS, lambda d: [
+            [r["flow"], r["node"], r["replicas"], r["state"], f"{r['rate_in']:,.0f}",
+             f"{r['rate_out']:,.0f}", f"{r['lag']:,}", r["in"], r["out"], r["errors"],
+             r["dropped"]] for r in d])
+
+    reading(fetch, draw, not once, interval)
