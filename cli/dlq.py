@@ -14,7 +14,8 @@ from cli.output import Format, info, show
 dlq_app = typer.Typer(
     name="dlq", no_args_is_help=True,
     help="Dead letters of a flow: events a node failed, kept in FLOWCTL_DLQ (7 days or "
-    "256 MiB, also after undeploy) until replayed or purged.")
+    "256 MiB, also after undeploy) until replayed or purged.\n\n"
+    "Example: flowctl dlq replay orders enrich")
 app.add_typer(dlq_app)
 
 NodeArg = Annotated[str, typer.Argument(help="The node whose dead letters.",

@@ -140,11 +140,16 @@ async def _read(flow: str, node: str | None, start: datetime | None, follow: boo
                       if start else ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
             sub = await js.subscribe(subject, stream=LOGS_STREAM, ordered_consumer=True,
                                      config=config)
-            pending = int((await sub.consumer_info()).num_pending or 0)
-            while pending:
+            # Messages may be pushed before consumer_info answers: nothing is there only
+            # when nothing is pending and nothing was delivered; then each message says
+            # how many more there are.
+            state = await sub.consumer_info()
+            more = bool(state.num_pending) or bool(state.delivered and
+                                                  state.delivered.consumer_seq)
+            while more:
                 msg = await sub.next_msg(timeout=10)
                 show(msg.data)
-                pending = int(msg.metadata.num_pending or 0)
+                more = bool(msg.metadata.num_pending)
             if not follow:
                 await sub.unsubscribe()
                 return

@@ -260,8 +260,9 @@ def cli_agent_fixture(nats_url: str, tmp_path: Path) -> Iterator[Callable[..., F
     must exit 0, leaving no process behind."""
     started: list[Flowctl] = []
 
-    def start(name: str = "cli-agent", labels: str = "", log_json: bool = True) -> Flowctl:
-        args = [*(["--log-json"] if log_json else []), "agent", "--name", name,
+    def start(name: str = "cli-agent", labels: str = "", log_json: bool = True,
+              extra: tuple[str, ...] = ()) -> Flowctl:
+        args = [*(["--log-json"] if log_json else []), "agent", "--name", name, *extra,
                 "--heartbeat", "0.5", "--status-interval", "0.5",
                 "--log-dir", str(tmp_path / "component-logs"),
                 "--python-path", str(EXAMPLES),  # enrich.py for `python` nodes
