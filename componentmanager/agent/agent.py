@@ -43,6 +43,7 @@ from componentmanager.agent.identity import (
     announce,
     check_fenced,
 )
+from componentmanager.agent.keeping import ReplicaKeeping
 from componentmanager.agent.leader import Leader
 from componentmanager.agent.metrics import MetricsServer
 from componentmanager.agent.rates import LiveFigures
@@ -50,9 +51,9 @@ from componentmanager.agent.reconcile import Restart, Start, Stop, desired_repli
 from componentmanager.agent.startup import start_when_nats_is_ready
 from componentmanager.agent.statuswriter import StatusWriter
 from componentmanager.agent.watch import HealthWatch
-from componentmanager.runners import make_replica, reap_leftovers, watchdog
+from componentmanager.runners import reap_leftovers
 from componentmanager.runners.base import Replica
-from flowstore.models import AgentRecord, ReplicaState, ReplicaStatus, utcnow
+from flowstore.models import AgentRecord, utcnow
 from flowstore.nats import (
     AGENTS_BUCKET,
     CHECKPOINTS_BUCKET,
@@ -67,9 +68,6 @@ from flowstore.streams import ensure_logs_stream
 log = structlog.get_logger("flowctl.agent")
 
 VERSION = "0.1.0"
-#: A replica that has not stopped by then is abandoned with an error in the log
-#: (process runners escalate to SIGKILL well before: grace 5 s).
-REPLICA_STOP_TIMEOUT_S = 20.0
 
 
 @dataclass
@@ -94,7 +92,7 @@ class AgentSettings:
     metrics_host: str = "0.0.0.0"
 
 
-class Agent:
+class Agent(ReplicaKeeping):
     """Runs the replicas assigned to ``settings.name`` (on its :class:`DataLoop`)."""
 
     def __init__(self, settings: AgentSettings, nats_options: NatsOptions) -> None:
@@ -355,87 +353,6 @@ class Agent:
         for action in actions:
             if isinstance(action, Start | Restart):
                 await self._start_replica(action.cfg, action.index)
-
-    async def _stop_in_flow_order(self, stops: list[tuple[str, str]]) -> None:
-        """Stop sources first, then processors, then sinks (each group concurrently), so
-        what upstream flushes on stop still finds its consumers running."""
-        for role in ("source", "processor", "sink", None):
-            group = [
-                (key, reason)
-                for key, reason in stops
-                if (key in self.replicas and self.replicas[key].cfg.role == role)
-                or (role is None and key in self.replicas)
-            ]
-            await asyncio.gather(*(self._stop_replica(k, r) for k, r in group))
-
-    async def _start_replica(self, cfg: Any, index: int) -> None:
-        if cfg.kind == "container" and self._watchdog is None:
-            self._watchdog = watchdog.spawn(os.getpid(), self.instance)
-        assert self.data is not None
-        replica = make_replica(cfg, index, self.data)
-        key = replica.key
-        await self._continue_counters(replica)
-        self.replicas[key] = replica
-        self.fingerprints[key] = cfg.desired_fingerprint()
-        if self.health is not None:
-            self.health.add(key, replica.counters.dropped)
-        log.info("starting replica", replica=key, type=cfg.type, kind=cfg.kind)
-        self.changed(replica)
-        await self.data.call(replica.start())
-
-    async def _continue_counters(self, replica: Replica) -> None:
-        """Counts belong to the replica, not this process: start from its last record."""
-        with contextlib.suppress(Exception):  # none yet, junk, or NATS busy: start at 0
-            entry = await self.status_kv.get(replica.key)
-            previous, _ = ReplicaStatus.parse(entry.value)
-            if previous is not None and previous.flow == replica.cfg.flow:
-                replica.counters.continue_from(previous.counters)
-                replica.restarts = previous.restarts
-
-    async def _stop_replica(self, key: str, reason: str) -> None:
-        replica = self.replicas.pop(key, None)
-        self.fingerprints.pop(key, None)
-        if self.health is not None:
-            self.health.remove(key)
-        if replica is None or self.data is None:
-            return
-        log.info("stopping replica", replica=key, reason=reason)
-        replica.degraded = None
-        try:
-            await asyncio.wait_for(self.data.call(replica.stop()), REPLICA_STOP_TIMEOUT_S)
-        except TimeoutError:
-            log.error("replica did not stop in time", replica=key, seconds=REPLICA_STOP_TIMEOUT_S)
-        except Exception as exc:
-            log.error("replica stop failed", replica=key, error=str(exc))
-        # The final record; with NATS gone it would only time out.
-        await self.status.retire(replica, final=self.nc.is_connected)
-
-    async def _report_broken(self, config_key: str, reason: str) -> None:
-        """Record the problem as replica 0's status, only where no record exists (create:
-        never clobbering what a running replica reports)."""
-        if self._broken_reported.get(config_key) == reason:
-            return
-        self._broken_reported[config_key] = reason
-        flow, _, node = config_key.partition(".")
-        if not node:
-            return
-        status = ReplicaStatus(
-            flow=flow, node=node, replica=0, state=ReplicaState.FAILED, last_error=reason
-        )
-        with contextlib.suppress(Exception):
-            await self.status_kv.create(status.key, status.to_json())
-
-    async def _status_refresh_loop(self) -> None:
-        """Every status interval: judge each replica's health and measure its rates and
-        lag, then write its status."""
-        while True:
-            await asyncio.sleep(self.settings.status_interval)
-            now = time.monotonic()
-            await self.figures.update(dict(self.replicas), now)
-            for key, replica in list(self.replicas.items()):
-                if self.health is not None:
-                    self.health.judge(key, replica, now)
-                self.changed(replica)
 
     # -- shutdown ---------------------------------------------------------------------
     async def shutdown(self) -> None:

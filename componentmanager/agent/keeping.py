@@ -1,0 +1,130 @@
+"""The agent's replicas, started, stopped and reported: the part of
+:class:`~componentmanager.agent.agent.Agent` that keeps ``self.replicas`` (a mixin, so the
+agent module stays one screenful of control loops).
+
+* start: a replica continues the counters of its last status record (they belong to
+  ``<flow>.<node>.<replica>``, not to a process), is registered for health watching and
+  started on the data loop;
+* stop: in flow order (sources, processors, sinks), its final record written once;
+* every status interval: health judged, rates and lag measured, status written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from typing import Any
+
+import structlog
+
+from componentmanager.runners import make_replica, watchdog
+from componentmanager.runners.base import Replica
+from flowstore.models import ReplicaState, ReplicaStatus
+
+log = structlog.get_logger("flowctl.agent")
+
+#: A replica that has not stopped by then is abandoned with an error in the log
+#: (process runners escalate to SIGKILL well before: grace 5 s).
+REPLICA_STOP_TIMEOUT_S = 20.0
+
+
+class ReplicaKeeping:
+    # provided by the agent
+    replicas: dict[str, Replica]
+    fingerprints: dict[str, str]
+    settings: Any
+    instance: str
+    nc: Any
+    data: Any
+    health: Any
+    figures: Any
+    status: Any
+    status_kv: Any
+    _watchdog: Any
+    _broken_reported: dict[str, str]
+
+    def changed(self, replica: Replica) -> None:
+        raise NotImplementedError
+
+    async def _stop_in_flow_order(self, stops: list[tuple[str, str]]) -> None:
+        """Stop sources first, then processors, then sinks (each group concurrently), so
+        what upstream flushes on stop still finds its consumers running."""
+        for role in ("source", "processor", "sink", None):
+            group = [
+                (key, reason)
+                for key, reason in stops
+                if (key in self.replicas and self.replicas[key].cfg.role == role)
+                or (role is None and key in self.replicas)
+            ]
+            await asyncio.gather(*(self._stop_replica(k, r) for k, r in group))
+
+    async def _start_replica(self, cfg: Any, index: int) -> None:
+        if cfg.kind == "container" and self._watchdog is None:
+            self._watchdog = watchdog.spawn(os.getpid(), self.instance)
+        assert self.data is not None
+        replica = make_replica(cfg, index, self.data)
+        key = replica.key
+        await self._continue_counters(replica)
+        self.replicas[key] = replica
+        self.fingerprints[key] = cfg.desired_fingerprint()
+        if self.health is not None:
+            self.health.add(key, replica.counters.dropped)
+        log.info("starting replica", replica=key, type=cfg.type, kind=cfg.kind)
+        self.changed(replica)
+        await self.data.call(replica.start())
+
+    async def _continue_counters(self, replica: Replica) -> None:
+        """Counts belong to the replica, not this process: start from its last record."""
+        with contextlib.suppress(Exception):  # none yet, junk, or NATS busy: start at 0
+            entry = await self.status_kv.get(replica.key)
+            previous, _ = ReplicaStatus.parse(entry.value)
+            if previous is not None and previous.flow == replica.cfg.flow:
+                replica.counters.continue_from(previous.counters)
+                replica.restarts = previous.restarts
+
+    async def _stop_replica(self, key: str, reason: str) -> None:
+        replica = self.replicas.pop(key, None)
+        self.fingerprints.pop(key, None)
+        if self.health is not None:
+            self.health.remove(key)
+        if replica is None or self.data is None:
+            return
+        log.info("stopping replica", replica=key, reason=reason)
+        replica.degraded = None
+        try:
+            await asyncio.wait_for(self.data.call(replica.stop()), REPLICA_STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.error("replica did not stop in time", replica=key, seconds=REPLICA_STOP_TIMEOUT_S)
+        except Exception as exc:
+            log.error("replica stop failed", replica=key, error=str(exc))
+        # The final record; with NATS gone it would only time out.
+        await self.status.retire(replica, final=self.nc.is_connected)
+
+    async def _report_broken(self, config_key: str, reason: str) -> None:
+        """Record the problem as replica 0's status, only where no record exists (create:
+        never clobbering what a running replica reports)."""
+        if self._broken_reported.get(config_key) == reason:
+            return
+        self._broken_reported[config_key] = reason
+        flow, _, node = config_key.partition(".")
+        if not node:
+            return
+        status = ReplicaStatus(
+            flow=flow, node=node, replica=0, state=ReplicaState.FAILED, last_error=reason
+        )
+        with contextlib.suppress(Exception):
+            await self.status_kv.create(status.key, status.to_json())
+
+    async def _status_refresh_loop(self) -> None:
+        """Every status interval: judge each replica's health and measure its rates and
+        lag, then write its status."""
+        while True:
+            await asyncio.sleep(self.settings.status_interval)
+            now = time.monotonic()
+            await self.figures.update(dict(self.replicas), now)
+            for key, replica in list(self.replicas.items()):
+                if self.health is not None:
+                    self.health.judge(key, replica, now)
+                self.changed(replica)
