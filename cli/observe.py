@@ -14,7 +14,7 @@ import typer
 
 from cli.errors import fail, run
 from cli.main import NameArg, OutputOpt, app, engine_session, valid_name
-from cli.output import Format, age, info, show
+from cli.output import Format, age, info, show, table
 
 
 def _flow_row(f: dict[str, Any]) -> list[Any]:
@@ -233,6 +233,31 @@ def components(
         [t["type"], t["role"], ",".join(p["name"] for p in t["inputs"]),
          ",".join(p["name"] for p in t["outputs"]) + ("*" if t["dynamic_outputs"] else ""),
          t["description"]] for t in d])
+    if type_name and output.tabular:  # one type: what goes under its config:
+        for described in data:
+            print(f"\nconfig of {described['type']} ({described['role']}):")
+            table(["FIELD", "TYPE", "DEFAULT", "DESCRIPTION"],
+                  config_fields(described["config_schema"]))
+
+
+def config_fields(schema: dict[str, Any]) -> list[list[str]]:
+    """One row per config field of a JSON schema: name (``*`` = required), type, default,
+    description; internal fields (``"internal": true``, stamped by flowctl) left out."""
+    import json
+
+    required = set(schema.get("required", []))
+    rows = []
+    for field, spec in schema.get("properties", {}).items():
+        if spec.get("internal"):  # stamped by flowctl, not for flow files
+            continue
+        kinds = [s.get("type", s.get("$ref", "").rsplit("/", 1)[-1] or "any")
+                 for s in spec.get("anyOf", [spec])]
+        kind = "|".join(k for k in kinds if k) or "any"
+        default = json.dumps(spec["default"]) if "default" in spec else ""
+        rows.append([field + ("*" if field in required else ""), kind, default,
+                     spec.get("description", "")])
+    return rows
+
 
 
 @app.command()

@@ -128,10 +128,12 @@ class _Checker(GraphChecks):
         try:
             model = ctype.config_model.model_validate(node.config)
         except ValidationError as exc:
-            fields = {f.alias or name for name, f in ctype.config_model.model_fields.items()}
+            fields = {f.alias or name for name, f in ctype.config_model.model_fields.items()
+                      if not (isinstance(f.json_schema_extra, dict)
+                              and f.json_schema_extra.get("internal"))}
             for err in exc.errors():
                 where = path_str(("config", *err["loc"]))
-                hint = "`flowctl components` shows the config of every type"
+                hint = f"`flowctl components {ctype.name}` shows its config"
                 if err.get("type") == "extra_forbidden" and len(err["loc"]) == 1:
                     hint = suggest(str(err["loc"][0]), fields, hint) or hint
                 self.add("invalid_config", f"node '{node.id}': {where}: {_config_message(err)}",

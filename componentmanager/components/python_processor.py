@@ -42,6 +42,7 @@ class PythonConfig(BaseModel):
         default=None,
         description="Set by `flowctl apply`, `run` and `dev`: a hash of the module's file, so "
         "a changed module restarts the node (and is imported afresh).",
+        json_schema_extra={"internal": True},
     )
     python_path: list[str] = Field(
         default_factory=list,
