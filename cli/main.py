@@ -223,20 +223,10 @@ def print_changes(changes: Any) -> None:
         info(f"  - stream {stream}")
 
 
-#: (action, state) pairs where the action has nothing to do: the flow is already there.
-ALREADY = {
-    ("deploy", "deployed_stopped"): "already deployed",
-    ("deploy", "running"): "already deployed and running",
-    ("start", "running"): "already running",
-    ("stop", "deployed_stopped"): "already stopped",
-    ("stop", "not_deployed"): "not deployed, so nothing runs",
-    ("undeploy", "not_deployed"): "already not deployed",
-}
-
-
 def _transition(action: str, name: str, output: Format, **kwargs: Any) -> None:
     """Run a lifecycle action; one that finds the flow already where it leads exits 0 and
     says so (``start`` on a running flow), as kubectl and systemctl do."""
+    from flowengine.results import NOTHING_TO_DO
     from flowstore.errors import InvalidTransition
 
     async def go() -> None:
@@ -244,7 +234,7 @@ def _transition(action: str, name: str, output: Format, **kwargs: Any) -> None:
             try:
                 result = await getattr(engine, action)(name, **kwargs)
             except InvalidTransition as exc:
-                already = ALREADY.get((exc.action, exc.state))
+                already = NOTHING_TO_DO.get((exc.action, exc.state))
                 if already is None:
                     raise
                 if not output.tabular:
@@ -382,7 +372,7 @@ def schema() -> None:
 
 
 def main() -> None:
-    from cli import agent, dev, dlq, embedded, files, live_views, logs, observe, server, status  # noqa: F401
+    from cli import agent, dev, dlq, embedded, files, live_views, logs, observe, server, status, ui  # noqa: F401  (each registers its commands)
     from cli.argv import hoist_globals
     from cli.errors import quiet_broken_pipe
 

@@ -46,14 +46,9 @@ def live_figures(s: dict[str, Any]) -> list[str]:
     return [*figures, f"{sum(lag.values()):,}" if active and lag else "-"]
 
 
-def in_flow_order(statuses: list[Any], nodes: list[str]) -> list[Any]:
-    """Replica records in the order of the flow's nodes (sources first, as written)."""
-    rank = {node: i for i, node in enumerate(nodes)}
-    return sorted(statuses, key=lambda s: (rank.get(s.node, len(rank)), s.node, s.replica))
-
-
 async def status_data(engine: Any, name: str | None) -> list[dict[str, Any]]:
     from cli.observe import say_broken
+    from flowengine.observe import in_flow_order
 
     names = [name] if name else [f.name for f in await engine.flows.list()]
     say_broken("flowctl_flows", engine.flows.broken if not name else {})
@@ -61,8 +56,7 @@ async def status_data(engine: Any, name: str | None) -> list[dict[str, Any]]:
     for flow in names:
         eff = await engine.effective_state(flow)
         record = await engine.flows.get(flow)
-        statuses = in_flow_order(await engine.list_status(flow),
-                                 [n.id for n in record.spec.nodes])
+        statuses = in_flow_order(await engine.list_status(flow), record.spec)
         out.append({
             "flow": flow,
             "effective": eff.to_dict(),

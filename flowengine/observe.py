@@ -105,3 +105,10 @@ def observe(record: FlowRecord, configs: list[ComponentConfig], statuses: list[R
         observed = ObservedState.STARTING
     return EffectiveState(flow=name, desired=desired, observed=observed, replicas=total,
                           counts=dict(sorted(counts.items())), reasons=reasons)
+
+
+def in_flow_order(statuses: list[ReplicaStatus], spec: Any) -> list[ReplicaStatus]:
+    """Replica records in the order of the flow's nodes (sources, processors, sinks as
+    written), replicas in order within a node."""
+    rank = {node.id: i for i, node in enumerate(spec.nodes)}
+    return sorted(statuses, key=lambda s: (rank.get(s.node, len(rank)), s.node, s.replica))

@@ -74,3 +74,15 @@ class TransitionResult:
             "revision": self.flow.revision,
             "changes": self.changes.to_dict(),
         }
+
+
+#: (action, desired state) pairs where a lifecycle action has nothing to do: the flow is
+#: already there (the CLI and the API answer success and say so).
+NOTHING_TO_DO = {
+    ("deploy", "deployed_stopped"): "already deployed",
+    ("deploy", "running"): "already deployed and running",
+    ("start", "running"): "already running",
+    ("stop", "deployed_stopped"): "already stopped",
+    ("stop", "not_deployed"): "not deployed, so nothing runs",
+    ("undeploy", "not_deployed"): "already not deployed",
+}

@@ -1,0 +1,175 @@
+"""Server-sent events for the console, from NATS itself (KV watches, a stream), never polling.
+
+* :class:`ChangeHub` watches ``flowctl_flows``, ``flowctl_status`` and ``flowctl_agents``
+  once for the whole server and hands every change to each connected client's queue
+  (bounded: a client that does not read loses changes, is told so with a ``resync``
+  event, and refetches). A change is ``{"bucket", "key", "op": "put"|"del", "value"}``.
+* :func:`log_events` reads a flow's stored log lines (FLOWCTL_LOGS) from a point (the
+  ``Last-Event-ID`` a reconnecting browser sends, which is the stream sequence, or a
+  time) and follows new ones: resumable without loss while the stream keeps them.
+* :func:`sse` formats one event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from flowstore.models import logs_subject
+from flowstore.nats import AGENTS_BUCKET, FLOWS_BUCKET, STATUS_BUCKET, open_bucket
+from flowstore.store import is_delete
+from flowstore.streams import LOGS_STREAM
+
+log = structlog.get_logger("flowctl.console")
+
+WATCHED = (FLOWS_BUCKET, STATUS_BUCKET, AGENTS_BUCKET)
+#: Changes waiting for one slow client before it is told to resync.
+CLIENT_QUEUE = 1000
+#: A comment line this often keeps proxies and the browser from closing an idle stream.
+KEEPALIVE_S = 15.0
+
+
+def sse(data: Any, event: str | None = None, event_id: str | int | None = None) -> str:
+    lines = []
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    if event:
+        lines.append(f"event: {event}")
+    lines.append("data: " + json.dumps(data, separators=(",", ":")))
+    return "\n".join(lines) + "\n\n"
+
+
+def change(bucket: str, entry: Any) -> dict[str, Any]:
+    deleted = is_delete(entry)
+    value: Any = None
+    if not deleted and entry.value:
+        try:
+            value = json.loads(entry.value)
+        except ValueError:
+            value = None  # junk someone put there: the key changed, its value is not ours
+    return {"bucket": bucket, "key": entry.key, "op": "del" if deleted else "put",
+            "value": value}
+
+
+def concerns(item: dict[str, Any], flow: str | None) -> bool:
+    """Does a change concern a client that follows ``flow`` (None: everything)?"""
+    if flow is None or item["bucket"] == AGENTS_BUCKET:
+        return True
+    return item["key"] == flow or item["key"].startswith(flow + ".")
+
+
+class ChangeHub:
+    def __init__(self, nc: Any) -> None:
+        self.nc = nc
+        self._clients: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._watch(b), name=f"watch {b}") for b in WATCHED]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for queue in list(self._clients):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+
+    async def _watch(self, bucket: str) -> None:
+        while True:
+            watcher = None
+            try:
+                kv = await open_bucket(self.nc, bucket)
+                watcher = await kv.watchall(include_history=False)
+                while True:
+                    entry = await watcher.updates(timeout=30.0)
+                    if entry is not None:
+                        self._publish(change(bucket, entry))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # an idle timeout, or NATS away: watch again
+                if "Timeout" not in type(exc).__name__:
+                    log.warning("console watch failed; again", bucket=bucket, error=str(exc))
+                    await asyncio.sleep(1.0)
+            finally:
+                if watcher is not None:
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()
+
+    def _publish(self, item: dict[str, Any]) -> None:
+        for queue in list(self._clients):
+            try:
+                queue.put_nowait(item)
+            except asyncio.QueueFull:
+                queue._queue.clear()  # type: ignore[attr-defined]
+                queue.put_nowait({"bucket": "", "key": "", "op": "resync", "value": None})
+
+    async def stream(self, flow: str | None) -> AsyncIterator[str]:
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(CLIENT_QUEUE)
+        self._clients.add(queue)
+        try:
+            yield sse({"op": "hello"}, "hello")
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                except TimeoutError:
+                    yield ": keepalive\n\n"
+                    continue
+                if item is None:
+                    return
+                if concerns(item, flow):
+                    yield sse(item, "change")
+        finally:
+            self._clients.discard(queue)
+
+
+async def log_events(nc: Any, flow: str, node: str | None, after_seq: int | None,
+                     since: datetime | None, follow: bool) -> AsyncIterator[str]:
+    """Stored log lines of ``flow`` (each with its stream sequence as the event id), from
+    after ``after_seq`` or from ``since`` (else everything kept), then new ones."""
+    from nats.js.api import ConsumerConfig, DeliverPolicy
+    from nats.js.errors import NotFoundError
+
+    js = nc.jetstream()
+    try:
+        await js.stream_info(LOGS_STREAM)
+    except NotFoundError:
+        yield sse({"note": "no logs are kept on this server yet"}, "note")
+        return
+    if after_seq is not None:
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                opt_start_seq=after_seq + 1)
+    elif since is not None:
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
+                                opt_start_time=since.isoformat().replace("+00:00", "Z"))
+    else:
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+    sub = await js.subscribe(logs_subject(flow, node or "*", "*"), stream=LOGS_STREAM,
+                             ordered_consumer=True, config=config)
+    try:
+        state = await sub.consumer_info()
+        more = bool(state.num_pending) or bool(state.delivered and state.delivered.consumer_seq)
+        while more or follow:
+            try:
+                msg = await sub.next_msg(timeout=KEEPALIVE_S if follow else 10)
+            except TimeoutError:
+                if not follow:
+                    return
+                yield ": keepalive\n\n"
+                continue
+            try:
+                record = json.loads(msg.data)
+            except ValueError:
+                record = {"line": msg.data.decode("utf-8", "replace")}
+            yield sse(record, "log", msg.metadata.sequence.stream)
+            more = bool(msg.metadata.num_pending)
+        yield sse({"note": "end of stored lines"}, "end")
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
