@@ -21,6 +21,7 @@ from cli.embedded import Embedded, load_to_run, pinned_to_run, quiet_agents
 from cli.errors import other_error, own_error, run
 from cli.main import app, print_changes, valid_name
 from cli.output import info
+from cli.ui import UiOpt, UiPortOpt
 
 #: How often the files are looked at, seconds.
 POLL_S = 0.3
@@ -114,6 +115,8 @@ def dev(
     commands: Annotated[bool, typer.Option(
         "--commands/--no-commands", help="Run `command:` and `image:` nodes (default: yes).")
     ] = True,
+    ui: UiOpt = False,
+    ui_port: UiPortOpt = 8080,
 ) -> None:
     """Run a flow and re-apply it live whenever its file or Python modules change.
 
@@ -127,7 +130,8 @@ def dev(
 
     async def go() -> int:
         loaded = load_to_run(file, name)
-        async with Embedded(loaded, allow_inline_code, commands, "dev") as emb:
+        async with Embedded(loaded, allow_inline_code, commands, "dev",
+                            ui_port=ui_port if ui else None) as emb:
             info(f"dev: watching {file} and the modules it imports (Ctrl+C stops)")
             watcher = asyncio.create_task(reload_on_save(emb, file))
             try:

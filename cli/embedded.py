@@ -31,6 +31,7 @@ from cli.drain import SUMMARY_COLUMNS, drained, outcome, reports_counters, uncon
 from cli.errors import EXIT_FAILED, run
 from cli.main import app, globals_, valid_name
 from cli.output import info, spinner, table
+from cli.ui import UiOpt, UiPortOpt, console_beside
 
 #: The label every agent of a `flowctl run` carries and every node of its flow requires.
 RUN_LABEL = "flowctl.run"
@@ -91,6 +92,8 @@ def run_flow(
     metrics_port: Annotated[int, typer.Option(
         "--metrics-port", min=0, max=65535, help="Serve the agent's Prometheus metrics on "
         "127.0.0.1:PORT (0: a free port, printed; more agents: PORT+1, ...).")] = 0,
+    ui: UiOpt = False,
+    ui_port: UiPortOpt = 8080,
 ) -> None:
     """The one-command mode: embedded NATS + agent, apply/deploy/start the flow, show
     status and sink output; Ctrl+C (or --until-done) stops it, prints a summary per node
@@ -105,8 +108,8 @@ def run_flow(
 
     async def go() -> int:
         loaded = load_to_run(file, name)
-        async with Embedded(loaded, allow_inline_code, commands,
-                            metrics_port=metrics_port) as emb:
+        async with Embedded(loaded, allow_inline_code, commands, metrics_port=metrics_port,
+                            ui_port=ui_port if ui else None) as emb:
             code = await emb.watch(until_done, timeout)
         return code or emb.exit_code
 
@@ -135,9 +138,12 @@ class Embedded:
     """Everything `flowctl run` starts, owned and torn down in reverse order."""
 
     def __init__(self, loaded: Any, allow_inline_code: bool, commands: bool = True,
-                 command: str = "run", metrics_port: int | None = 0) -> None:
+                 command: str = "run", metrics_port: int | None = 0,
+                 ui_port: int | None = None) -> None:
         self.command = command  # the command that runs it: run or dev (for messages)
         self.metrics_port = metrics_port  # None: no metrics
+        self.ui_port = ui_port  # None: no console
+        self.console: Any = None
         self.loaded = loaded
         self.name = loaded.name
         self.allow_inline_code = allow_inline_code
@@ -187,6 +193,8 @@ class Embedded:
                         f"(is NATS at {opts.url} slow or overloaded? --verbose shows their "
                         "logs)") from None
             await self._create_and_start(opts.url)
+            if self.ui_port is not None:
+                self.console = await console_beside(self.nc, self.ui_port)
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -322,6 +330,8 @@ class Embedded:
                        uncounted)
 
     async def _teardown(self) -> None:
+        if self.console is not None:
+            await self.console.close()
         if self.engine is not None and self.created:
             try:
                 await self.engine.delete(self.name, force=True)

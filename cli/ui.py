@@ -68,3 +68,26 @@ def say_where(url: str, access: object) -> None:
         info("control allowed with the token you gave")
     else:
         info("read-only (start with --allow-control to deploy/start/stop from it)")
+
+
+UiOpt = Annotated[bool, typer.Option(
+    "--ui", help="Also serve the web console (read-only) on 127.0.0.1 and print its URL.")]
+UiPortOpt = Annotated[int, typer.Option(
+    "--ui-port", min=0, max=65535, help="The console's port with --ui (0: a free one).")]
+
+
+async def console_beside(nc: object, port: int) -> object | None:
+    """The read-only console of a `run` or `dev` (their flow's lifecycle is theirs);
+    None, said on screen, when the port is taken."""
+    from console.auth import plan
+    from console.server import ConsoleServer
+
+    server = ConsoleServer(nc, "127.0.0.1", port, plan("127.0.0.1", False, None))
+    try:
+        url = await server.start()
+    except OSError as exc:
+        await server.close()
+        info(f"no console: port {port} is not free ({exc.strerror or exc}); pick --ui-port")
+        return None
+    info(f"console: {url} (read-only)")
+    return server

@@ -52,7 +52,7 @@ def plan(host: str, allow_control: bool, token: str | None) -> Access:
 def verdict(access: Access, authorization: str | None, control: bool) -> tuple[int, str] | None:
     """None when the request may go on, else (HTTP status, reason)."""
     if control and not access.allow_control:
-        return 403, "this console is read-only: start it with --allow-control"
+        return 403, "this console is read-only (`flowctl ui --allow-control` allows control)"
     if control or access.reading_needs_token:
         scheme, _, given = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not given or not access.token \

@@ -128,3 +128,10 @@ def test_api_fuzzed_from_its_openapi_document(console: str) -> None:
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:]
     assert "passed" in result.stdout
+
+
+def test_beyond_localhost_without_a_token_is_refused(nats_url: str) -> None:
+    refused = flowctl("ui", "--host", "0.0.0.0", "--port", "0", nats_url=nats_url)
+    assert refused.returncode == 2 and "needs" not in refused.stdout
+    assert "give a token (--ui-token or FLOWCTL_UI_TOKEN)" in refused.stderr
+    assert "Traceback" not in refused.stderr
