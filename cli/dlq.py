@@ -109,6 +109,9 @@ def replay(
                                                          limit)
             except deadletters.ReplayRefused as exc:
                 fail(str(exc))
+        if done and record.state != FlowState.RUNNING:
+            info(f"note: flow/{name} is stopped: the replayed events wait in its stream "
+                 f"until `flowctl start {name}` (an undeploy now would discard them)")
         if output.tabular:
             print(f"flow/{name}: replayed {done} dead letter(s) of '{node}' into {subject}"
                   + ("; they show in its REPLAYED count" if done else ""))

@@ -20,7 +20,7 @@ import typer
 
 from cli.errors import fail, run
 from cli.main import NameArg, OutputOpt, app, engine_session
-from cli.observe import IntervalOpt, reading
+from cli.observe import reading
 from cli.output import Format, info, show
 from cli.status import status_data
 
@@ -76,6 +76,7 @@ async def _tap(name: str, node: str, port: str | None, count: int | None,
     from flowstore.models import config_key
 
     async with await engine_session(reconnect=True) as engine:
+        await engine.flows.get(name)  # an unknown flow says so (exit 1)
         configs = {c.key: c for c in await engine.list_configs(name)}
         cfg = configs.get(config_key(name, node))
         if cfg is None:
@@ -160,8 +161,9 @@ def _node_lag(replicas: list[dict[str, Any]]) -> int:
 
 @app.command()
 def top(
-    once: Annotated[bool, typer.Option("--once", help="Print one view and exit.")] = False,
-    interval: IntervalOpt = 2.0,
+    once: Annotated[bool, typer.Option("--once", help="Print one view and exit (as -o "
+                                       "json/yaml always do).")] = False,
+    interval: Annotated[float, typer.Option(help="Redraw interval, seconds.")] = 2.0,
     output: OutputOpt = Format.table,
 ) -> None:
     """A live view of every flow's nodes: state, events/s in and out, lag, errors and
@@ -179,4 +181,5 @@ def top(
              f"{r['rate_out']:,.0f}", f"{r['lag']:,}", r["in"], r["out"], r["errors"],
              r["dropped"]] for r in d])
 
-    reading(fetch, draw, not once, interval)
+    # -o json/yaml is for scripts: one document, not a stream of redraws
+    reading(fetch, draw, not once and output.tabular, interval)

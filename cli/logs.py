@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -25,22 +25,15 @@ from cli.errors import run
 from cli.main import NameArg, OutputOpt, app, connect_nats, valid_name
 from cli.output import Format, info
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
 
 def parse_since(text: str, now: datetime) -> datetime:
-    """``10m``, ``90s``, ``2h``, ``1d`` ago, or an ISO 8601 time (UTC unless it says)."""
-    found = _DURATION.match(text.strip())
-    if found:
-        return now - timedelta(seconds=float(found[1]) * _UNITS[found[2]])
+    """``--since``: see :func:`flowengine.since.parse_since` (a usage error when bad)."""
+    from flowengine.since import parse_since as parse
+
     try:
-        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise typer.BadParameter(
-            f"'{text}' is neither a duration (30s, 10m, 2h, 1d) nor a time "
-            "(2026-11-25T10:00:00Z)", param_hint="--since") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+        return parse(text, now)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--since") from None
 
 
 def compile_grep(text: str | None) -> re.Pattern[str] | None:
@@ -48,7 +41,7 @@ def compile_grep(text: str | None) -> re.Pattern[str] | None:
         return None
     try:
         return re.compile(text)
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:
         raise typer.BadParameter(f"'{text}' is not a regular expression: {exc}",
                                  param_hint="--grep") from None
 
@@ -119,10 +112,14 @@ async def _read(flow: str, node: str | None, start: datetime | None, follow: boo
 
     subject = logs_subject(flow, node or "*", "*")
 
+    shown = 0
+
     def show(data: bytes) -> None:
+        nonlocal shown
         text = render(decode(data), output)
         if pattern is None or pattern.search(text):
             print(text, flush=True)
+            shown += 1
 
     nc = await connect_nats(reconnect=follow)
     try:
@@ -134,6 +131,8 @@ async def _read(flow: str, node: str | None, start: datetime | None, follow: boo
             stored = False
             info("no logs are kept on this server yet (FLOWCTL_LOGS appears with the first "
                  "deploy or agent of this version)")
+        if stored and start is not None and start > datetime.now(UTC):
+            stored = False  # nothing was kept after a time still to come
         if stored:
             config = (ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
                                      opt_start_time=start.isoformat().replace("+00:00", "Z"))
@@ -152,6 +151,8 @@ async def _read(flow: str, node: str | None, start: datetime | None, follow: boo
                 more = bool(msg.metadata.num_pending)
             if not follow:
                 await sub.unsubscribe()
+                if not shown:
+                    await _say_why_none(nc, flow)
                 return
         else:
             if not follow:
@@ -171,3 +172,16 @@ async def _read(flow: str, node: str | None, start: datetime | None, follow: boo
             show(msg.data)
     finally:
         await nc.close()
+
+
+async def _say_why_none(nc: object, flow: str) -> None:
+    """Nothing printed: a flow that does not exist (a typo?) is worth a line."""
+    from flowstore.errors import FlowNotFound
+    from flowstore.store import FlowStore
+
+    try:
+        await (await FlowStore.open(nc)).get(flow)  # type: ignore[arg-type]
+    except FlowNotFound:
+        info(f"no flow/{flow} (its logs would still show here if it had been deleted)")
+    except Exception:  # a hint only
+        pass

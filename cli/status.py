@@ -40,7 +40,7 @@ def _status_rows_wide(statuses: list[dict[str, Any]]) -> list[list[Any]]:
 def live_figures(s: dict[str, Any]) -> list[str]:
     """IN/S, OUT/S (over the agent's last few seconds) and LAG (messages waiting for the
     node's inputs); ``-`` where the replica does not run or its agent cannot tell."""
-    active = s.get("state") in ("running", "degraded", "starting")
+    active = s.get("state") in ("running", "degraded", "starting")  # not "lost"
     rate, lag = s.get("rate") or {}, s.get("lag") or {}
     figures = [f"{rate[k]:,.0f}" if active and k in rate else "-" for k in ("in", "out")]
     return [*figures, f"{sum(lag.values()):,}" if active and lag else "-"]
@@ -48,11 +48,12 @@ def live_figures(s: dict[str, Any]) -> list[str]:
 
 async def status_data(engine: Any, name: str | None) -> list[dict[str, Any]]:
     from cli.observe import say_broken
-    from flowengine.observe import in_flow_order
+    from flowengine.observe import as_seen, in_flow_order
 
     names = [name] if name else [f.name for f in await engine.flows.list()]
     say_broken("flowctl_flows", engine.flows.broken if not name else {})
     out = []
+    live = {a.name for a in await engine.live_agents()}
     for flow in names:
         eff = await engine.effective_state(flow)
         record = await engine.flows.get(flow)
@@ -60,7 +61,8 @@ async def status_data(engine: Any, name: str | None) -> list[dict[str, Any]]:
         out.append({
             "flow": flow,
             "effective": eff.to_dict(),
-            "replicas": [s.model_dump(mode="json", by_alias=True) for s in statuses],
+            "replicas": [as_seen(s.model_dump(mode="json", by_alias=True), live)
+                         for s in statuses],
         })
     return out
 

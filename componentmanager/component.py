@@ -35,6 +35,14 @@ class EventError(Exception):
     becomes the dead letter's reason and the replica's last error as it is)."""
 
 
+class RetryableError(Exception):
+    """A failure that may pass when the event is tried again (a 503, a busy service).
+    With at-least-once the runtime retries these, and I/O errors (``OSError``: a refused
+    connection, a timeout), in place before dead-lettering; any other exception fails the
+    event at once, since trying the same code on the same event again fails the same way
+    while the events behind it wait."""
+
+
 class EventTooLarge(EventError):
     """An emitted event is larger than the NATS server accepts (its ``max_payload``):
     the input that produced it fails, nothing else notices."""

@@ -25,8 +25,9 @@ from console import auth
 from console.events import ChangeHub, log_events
 from console.graph import layout
 from flowengine import deadletters
-from flowengine.observe import in_flow_order
+from flowengine.observe import as_seen, in_flow_order
 from flowengine.results import NOTHING_TO_DO
+from flowengine.since import parse_since
 from flowstore.errors import FlowctlError, FlowNotFound, InvalidTransition, RevisionConflict
 from flowstore.models import NAME_PATTERN, AgentRecord
 from flowstore.store import read_all
@@ -170,7 +171,7 @@ def create_app(console: Console) -> FastAPI:
 
     @app.get("/api/flows/{name}/dlq/{node}", dependencies=read)
     async def dead_letters(name: Name, node: Name,
-                           limit: Annotated[int, Query(ge=1, le=1000)] = 100
+                           limit: Annotated[int, Query(ge=1, le=10_000)] = 1000
                            ) -> list[dict[str, Any]]:
         """A node's dead letters, oldest first."""
         return [letter.to_dict()
@@ -180,16 +181,22 @@ def create_app(console: Console) -> FastAPI:
              response_class=StreamingResponse,
              responses={200: {"content": {"text/event-stream": {}}}})
     async def logs(name: Name, node: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
-                   since: Annotated[datetime | None, Query()] = None,
+                   since: Annotated[str | None, Query(
+                       max_length=40, description="30s, 10m, 2h, 1d or an ISO 8601 time")]
+                   = None,
                    follow: bool = False,
-                   last_event_id: Annotated[int | None, Header(ge=0)] = None
+                   last_event_id: Annotated[int | None, Header(ge=0, le=2**63 - 1)] = None
                    ) -> StreamingResponse:
         """Stored log lines as server-sent events (``event: log``, the stream sequence as
         the id: a reconnecting client resumes after ``Last-Event-ID``), then new ones with
         ``follow``."""
-        if since is not None and since.tzinfo is None:
-            since = since.replace(tzinfo=UTC)
-        return _event_stream(log_events(engine.nc, name, node, last_event_id, since, follow))
+        start = None
+        if since is not None:
+            try:
+                start = parse_since(since, datetime.now(UTC))
+            except ValueError as exc:
+                raise HTTPException(422, str(exc)) from None
+        return _event_stream(log_events(engine.nc, name, node, last_event_id, start, follow))
 
     @app.get("/api/events", dependencies=read, response_class=StreamingResponse,
              responses={200: {"content": {"text/event-stream": {}}}})
@@ -229,4 +236,6 @@ def _validated(document: dict[str, Any]) -> tuple[Any, Any]:
 
 async def _status(engine: Any, name: str, record: Any) -> list[dict[str, Any]]:
     statuses = in_flow_order(await engine.list_status(name), record.spec)
-    return [s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in statuses]
+    live = {a.name for a in await engine.live_agents()}
+    return [as_seen(s.model_dump(mode="json", by_alias=True, exclude_none=True), live)
+            for s in statuses]

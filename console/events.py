@@ -142,7 +142,12 @@ async def log_events(nc: Any, flow: str, node: str | None, after_seq: int | None
     except NotFoundError:
         yield sse({"note": "no logs are kept on this server yet"}, "note")
         return
-    if after_seq is not None:
+    if since is not None and since > datetime.now(since.tzinfo):
+        yield sse({"note": "end of stored lines"}, "end")  # nothing kept after a future time
+        if not follow:
+            return
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
+    elif after_seq is not None:
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                                 opt_start_seq=after_seq + 1)
     elif since is not None:
@@ -155,12 +160,18 @@ async def log_events(nc: Any, flow: str, node: str | None, after_seq: int | None
     try:
         state = await sub.consumer_info()
         more = bool(state.num_pending) or bool(state.delivered and state.delivered.consumer_seq)
-        while more or follow:
-            try:
-                msg = await sub.next_msg(timeout=KEEPALIVE_S if follow else 10)
-            except TimeoutError:
+        told_end = False
+        while True:
+            if not more and not told_end:
+                told_end = True
+                yield sse({"note": "end of stored lines"}, "end")
                 if not follow:
                     return
+            try:
+                msg = await sub.next_msg(timeout=KEEPALIVE_S if told_end else 10)
+            except TimeoutError:
+                if not told_end:
+                    return  # the stored lines stopped coming: end as if read
                 yield ": keepalive\n\n"
                 continue
             try:
@@ -169,7 +180,6 @@ async def log_events(nc: Any, flow: str, node: str | None, after_seq: int | None
                 record = {"line": msg.data.decode("utf-8", "replace")}
             yield sse(record, "log", msg.metadata.sequence.stream)
             more = bool(msg.metadata.num_pending)
-        yield sse({"note": "end of stored lines"}, "end")
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()

@@ -112,3 +112,15 @@ def in_flow_order(statuses: list[ReplicaStatus], spec: Any) -> list[ReplicaStatu
     written), replicas in order within a node."""
     rank = {node.id: i for i, node in enumerate(spec.nodes)}
     return sorted(statuses, key=lambda s: (rank.get(s.node, len(rank)), s.node, s.replica))
+
+
+def as_seen(record: dict[str, Any], live: set[str]) -> dict[str, Any]:
+    """A dumped replica record as a reader should show it: one that says it is active
+    on an agent that is no longer live is ``lost`` (its rates and lag are stale: none),
+    with the reason; anything else as written."""
+    agent = record.get("agent")
+    if record.get("state") in {s.value for s in ACTIVE_STATES} and agent and agent not in live:
+        return {**record, "state": "lost", "rate": {}, "lag": {},
+                "reason": f"agent '{agent}' is not live (last reported "
+                          f"{record.get('state')})"}
+    return record

@@ -211,10 +211,10 @@ class Agent(ReplicaKeeping):
         self.view.start()
         self._dirty.set()  # reconcile once at start even when there is nothing to watch
         self.leader = Leader(self) if self.settings.lead else None
+        self.figures = LiveFigures(self.nc)
         self._spawn(self._reconcile_loop, "reconcile")
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
         self._spawn(lambda: self.cut_off.watch(self), "cut-off watch")
-        self.figures = LiveFigures(self.nc)
         self._spawn(self._status_refresh_loop, "status refresh")
         self.health = HealthWatch(self.data)
         self._spawn(self.health.run, "stall watch")

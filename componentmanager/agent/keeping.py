@@ -71,6 +71,7 @@ class ReplicaKeeping:
         self.fingerprints[key] = cfg.desired_fingerprint()
         if self.health is not None:
             self.health.add(key, replica.counters.dropped)
+        self.figures.started(key, replica, time.monotonic())
         log.info("starting replica", replica=key, type=cfg.type, kind=cfg.kind)
         self.changed(replica)
         await self.data.call(replica.start())

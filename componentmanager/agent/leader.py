@@ -250,6 +250,10 @@ class Leader:
         except KeyNotFoundError:
             entry = None
         if entry is not None and entry.value:
+            previous, _ = ReplicaStatus.parse(entry.value)
+            if previous is not None:  # the counts belong to the replica: keep them
+                status = status.model_copy(update={"counters": previous.counters,
+                                                   "restarts": previous.restarts})
             with contextlib.suppress(KeyWrongLastSequenceError):
                 await kv.update(key, status.to_json(), last=entry.revision)
             return

@@ -101,6 +101,12 @@ class LiveFigures:
         self.lags = LagSampler(nc)
         self._windows: dict[str, RateWindow] = {}
 
+    def started(self, key: str, replica: Replica, now: float) -> None:
+        """A replica starts: its counts now are the first sample (a burst handled before
+        the first status interval still shows in its rates)."""
+        window = self._windows[key] = RateWindow()
+        window.add(now, replica.counters.in_, replica.counters.out)
+
     async def update(self, replicas: dict[str, Replica], now: float) -> None:
         for key in list(self._windows):
             if key not in replicas:

@@ -22,7 +22,7 @@ import msgspec
 from nats.js.errors import BucketNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from componentmanager.component import Component, Context
+from componentmanager.component import Component, Context, RetryableError
 from componentmanager.components.expressions import ExpressionStr, compile_expression
 from componentmanager.components.sources import check_subject
 from componentmanager.registry import ComponentType, Port, register
@@ -167,9 +167,10 @@ class HttpSink(Component):
             with urllib.request.urlopen(request, timeout=self.config.timeout) as response:
                 response.read()
         except urllib.error.HTTPError as exc:
-            raise RuntimeError(
-                f"http sink: POST {self.config.url} answered {exc.code} {exc.reason}"
-            ) from None
+            why = f"http sink: POST {self.config.url} answered {exc.code} {exc.reason}"
+            if exc.code == 429 or exc.code >= 500:  # busy or down for now: worth a retry
+                raise RetryableError(why) from None
+            raise RuntimeError(why) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ConnectionError(f"http sink: POST {self.config.url} failed: {reason}") from None

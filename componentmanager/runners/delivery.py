@@ -8,9 +8,11 @@
   consumer). What is still queued when the replica stops is dropped and counted too.
 * at-least-once: a :class:`~componentmanager.dataplane.streams.Puller` per input. An
   input message is acked once every output it caused is stored (and, for a buffering
-  component, flushed: see :meth:`InputDelivery._settle`). A failing event is retried in
-  place (an :class:`~componentmanager.component.EventError`, like a missing field, is
-  not: it would fail the same way) and then dead-lettered; the frame's other events
+  component, flushed: see :meth:`InputDelivery._settle`). A failing event that may pass
+  on a retry (an I/O error, a timeout, a
+  :class:`~componentmanager.component.RetryableError`) is retried in place and then
+  dead-lettered; any other failure (a data error, an exception of user code) is
+  dead-lettered at once, so the events behind it do not wait. The frame's other events
   are not repeated.
 
 Either way an event that fails is counted in ``errors``, dead-lettered to
@@ -30,7 +32,7 @@ from typing import Any
 import structlog
 from nats.aio.msg import Msg
 
-from componentmanager.component import Component, EventError
+from componentmanager.component import Component, EventError, RetryableError
 from componentmanager.dataplane import (
     DEFAULT_ACK_WAIT_S,
     DEFAULT_MAX_DELIVER,
@@ -82,6 +84,14 @@ class DoneInputs:
 
     def __contains__(self, ident: str) -> bool:
         return ident in self._set
+
+
+def retryable(exc: Exception) -> bool:
+    """May trying the event again help? I/O errors (a refused connection, a timeout) and
+    :class:`RetryableError`; not a data error, not an exception of the component's code."""
+    if isinstance(exc, EventError):
+        return False
+    return isinstance(exc, OSError | TimeoutError | RetryableError)
 
 
 def _emits_per_input(comp: Any) -> bool:
@@ -288,10 +298,11 @@ class InputDelivery:
 
     async def _retry(self, comp: Any, port: str, msg: Msg, index: int, event: Any,
                      exc: Exception) -> None:
-        """An event failed: a data error is final; anything else is tried again in place
-        (the other events of its frame are not repeated), then dead-lettered."""
+        """An event failed: one that may pass on a retry (:func:`retryable`) is tried
+        again in place (the other events of its frame are not repeated), then
+        dead-lettered; any other failure is final at once."""
         for pause in (*RETRY_PAUSES_S, None):
-            if isinstance(exc, EventError) or pause is None or self.component is None:
+            if not retryable(exc) or pause is None or self.component is None:
                 await self._failed_event(port, msg, index, event, exc)
                 return
             await self._still_working(port, msg)

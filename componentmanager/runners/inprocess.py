@@ -140,8 +140,7 @@ class InProcessReplica(InputDelivery, Replica):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                await self._teardown()
-                self.counters.errors += 1
+                await self._teardown()  # a failure of the replica, not of an event:
                 self.set_state(ReplicaState.FAILED, f"{type(exc).__name__}: {exc}")
                 log.warning("replica failed", replica=self.key, error=str(exc))
                 self.host.log_line(self, f"replica failed: {type(exc).__name__}: {exc}",
