@@ -116,7 +116,7 @@ def test_console_in_a_real_browser(console: str) -> None:
             browser.close()
 
 
-def test_api_fuzzed_from_its_openapi_document(console: str) -> None:
+def test_api_fuzzed_from_its_openapi_document(console: str, tmp_path: Path) -> None:
     """Every operation, generated inputs (valid and not): never a 5xx. The two event
     streams are left out: they never end by design."""
     st = Path(sys.executable).parent / "st"
@@ -125,7 +125,7 @@ def test_api_fuzzed_from_its_openapi_document(console: str) -> None:
          "-H", f"Authorization: Bearer {TOKEN}", "--exclude-path-regex", "/(events|logs)$",
          "-n", "15", "--phases", "coverage,fuzzing", "--request-timeout", "20",
          "--generation-deterministic"],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)  # its cache goes there
     assert result.returncode == 0, result.stdout[-4000:]
     assert "passed" in result.stdout
 
