@@ -135,3 +135,14 @@ def test_beyond_localhost_without_a_token_is_refused(nats_url: str) -> None:
     assert refused.returncode == 2 and "needs" not in refused.stdout
     assert "give a token (--ui-token or FLOWCTL_UI_TOKEN)" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_run_serves_the_console_beside_its_flow(tmp_path: Path) -> None:
+    flow = tmp_path / "tiny.yaml"
+    flow.write_text("apiVersion: flowctl/v1\nkind: Flow\nmetadata: {name: tiny}\nspec:\n"
+                    "  sources:\n    - {id: gen, type: generate, config: {count: 3}}\n"
+                    "  sinks:\n    - {id: out, type: stdout, inputs: [gen]}\n")
+    result = flowctl("run", str(flow), "--until-done", "--ui", "--ui-port", "0",
+                     timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "console: http://127.0.0.1:" in result.stderr and "(read-only)" in result.stderr
