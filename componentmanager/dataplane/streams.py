@@ -39,6 +39,12 @@ PULL_BATCH = 256
 PULL_EXPIRES_S = 5.0
 
 
+#: A publish nobody answered (no stream leader right now, e.g. while a cluster elects
+#: one after losing a node) is tried again this often, about 20 s in all, before the
+#: stream counts as missing.
+NO_RESPONDERS_TRIES = 15
+
+
 class PublishFailed(Exception):
     pass
 
@@ -52,8 +58,9 @@ class AckedPublisher:
     """Publish to JetStream without a round trip per message, with backpressure.
 
     Every message goes out with its own reply subject; one subscription takes the PubAcks.
-    A message the stream refuses because it is full (the flow's ``buffer``) is published
-    again after a short, growing pause, so a fast producer waits for a slow consumer
+    A message the stream refuses because it is full (the flow's ``buffer``), or that
+    nobody answered (a cluster electing the stream's leader), is published again after a
+    short, growing pause, so a fast producer waits for a slow consumer
     instead of losing events or growing the stream. At most :data:`ACK_WINDOW` messages
     are in flight: ``publish`` waits for room. ``wait()`` returns when every message
     published so far is stored; it raises :class:`PublishFailed` on any other error, or
@@ -152,7 +159,13 @@ class AckedPublisher:
                 asyncio.get_running_loop().call_later(delay, self._republish, int(n), int(gen))
                 return
             self.error = msgspec.json.decode(data).get("error", {}).get("description", "error")
-        elif not data:
+        elif not data:  # no responders: a cluster electing the stream's leader, or gone
+            subject, body, headers, tries = entry
+            if tries < NO_RESPONDERS_TRIES:  # the same Nats-Msg-Id: stored once
+                self._pending[int(n)] = (subject, body, headers, tries + 1)
+                delay = min(0.05 * 2**tries, 2.0)
+                asyncio.get_running_loop().call_later(delay, self._republish, int(n), int(gen))
+                return
             self.error = "no responders (the flow's stream is missing: deploy it again)"
         else:
             self.full_since = None
