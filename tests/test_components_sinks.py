@@ -15,6 +15,7 @@ import msgspec
 import pytest
 from pydantic import ValidationError
 
+from componentmanager import RetryableError
 from tests.component_context import Ctx, make, validate
 
 
@@ -76,9 +77,12 @@ async def test_http_sink_posts_events_and_batches() -> None:
         await b.flush()
         assert receiver.bodies[1:] == [[{"i": 0}, {"i": 1}], [{"i": 2}]]
 
-        receiver.status = 500
-        with pytest.raises(RuntimeError, match="answered 500"):
+        receiver.status = 500  # worth a retry (at-least-once tries again in place)
+        with pytest.raises(RetryableError, match="answered 500"):
             await s.process("in", {"a": 2})
+        receiver.status = 400  # the request itself is wrong: final
+        with pytest.raises(RuntimeError, match="answered 400"):
+            await s.process("in", {"a": 3})
     finally:
         server.close()
         await server.wait_closed()
