@@ -250,10 +250,17 @@ class FlowStore:
     async def history(self, name: str) -> list[FlowRecord]:
         """Every revision (spec) of the flow, oldest first, each as last written (its
         latest state); deletions skipped."""
-        try:
-            entries = await self.kv.history(name)
-        except NoKeysError:
-            raise FlowNotFound(name) from None
+        for _ in range(3):
+            try:
+                entries = await self.kv.history(name)
+                break
+            except NoKeysError:
+                # nats-py's watcher ends on a short silence: a busy server can make an
+                # existing key look empty. Only a key that is really absent is "not found".
+                await self.get(name)  # raises FlowNotFound when it is
+        else:
+            raise FlowctlError(f"the history of flow '{name}' could not be read (NATS too "
+                               "busy to answer in time); try again")
         latest: dict[int, FlowRecord] = {}
         for entry in entries:
             if not is_delete(entry) and entry.value:
