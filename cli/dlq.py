@@ -29,11 +29,9 @@ def list_(name: NameArg, output: OutputOpt = Format.table) -> None:
 
     Example: flowctl dlq list orders
     """
-    from flowengine import deadletters
-
     async def go() -> None:
         async with await engine_session() as engine:
-            found = await deadletters.counts(engine.nc, name)
+            found = await engine.dead_letters(name)
         data = [{"node": node, "dead_letters": n} for node, n in sorted(found.items())]
         if output.tabular and not data:
             info(f"flow/{name} has no dead letters")

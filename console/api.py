@@ -167,7 +167,7 @@ def create_app(console: Console) -> FastAPI:
     @app.get("/api/flows/{name}/dlq", dependencies=read)
     async def dead_letter_counts(name: Name) -> dict[str, int]:
         """Dead letters kept per node."""
-        return await deadletters.counts(engine.nc, name)
+        return await engine.dead_letters(name)
 
     @app.get("/api/flows/{name}/dlq/{node}", dependencies=read)
     async def dead_letters(name: Name, node: Name,

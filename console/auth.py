@@ -11,9 +11,10 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import secrets
 from dataclasses import dataclass
+
+from flowstore.nats import is_loopback_host
 
 
 class AccessRefused(Exception):
@@ -28,17 +29,8 @@ class Access:
     generated: bool = False  # the token was made up here: print it once
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def plan(host: str, allow_control: bool, token: str | None) -> Access:
-    beyond = not is_loopback(host)
+    beyond = not is_loopback_host(host)
     if beyond and not token:
         raise AccessRefused(
             f"serving on {host} reaches beyond this machine: give a token (--ui-token or "

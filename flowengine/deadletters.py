@@ -84,11 +84,6 @@ def replay_headers(letter: DeadLetter, node: str, now: float) -> dict[str, str]:
     return headers
 
 
-async def counts(nc: Any, flow: str) -> dict[str, int]:
-    """Dead letters kept per node of ``flow``."""
-    return await dead_letter_counts(nc, flow)
-
-
 async def read(nc: Any, flow: str, node: str, limit: int | None = None
                ) -> AsyncIterator[DeadLetter]:
     """The node's dead letters, oldest first (at most ``limit``)."""
@@ -127,7 +122,7 @@ async def replay(nc: Any, flow: str, cfg: ComponentConfig, acked: bool, port: st
 
 async def purge(nc: Any, flow: str, node: str | None) -> int:
     """Remove the dead letters of one node, or of every node of the flow; how many."""
-    before = await counts(nc, flow)
+    before = await dead_letter_counts(nc, flow)
     nodes = [node] if node else list(before)
     js = nc.jetstream()
     for one in nodes:

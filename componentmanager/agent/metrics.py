@@ -20,7 +20,6 @@ restarts and moves, like the status record). Names follow the client's conventio
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -149,7 +148,6 @@ class MetricsServer:
         self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
         self.host = host
         self.port = int(self._server.server_port)
-        self.started = time.monotonic()
 
     @property
     def url(self) -> str:

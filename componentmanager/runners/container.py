@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +42,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from componentmanager.runners.base import ReplicaHost
 from componentmanager.runners.external import ExternalReplica, LaunchError, LineSplitter
 from flowstore.models import ComponentConfig
+from flowstore.nats import is_loopback_host
 
 LABEL_FLOW = "flowctl.flow"
 LABEL_NODE = "flowctl.node"
@@ -55,13 +55,7 @@ ClientFactory = Callable[[], Any]
 
 def is_loopback_url(url: str | None) -> bool:
     """Whether a NATS URL points at this host's loopback (so only host networking works)."""
-    host = urlparse(url or "").hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(urlparse(url or "").hostname or "")
 
 
 def _explain(exc: Exception) -> str:
