@@ -18,6 +18,14 @@ A component is constructed with its validated config and a :class:`Context`, the
   written out (a batch being filled, unflushed file lines). With at-least-once delivery
   the runner acks those inputs only once ``held()`` is 0 again (after an emit or a
   ``flush()``); it forces a ``flush()`` when too many or too old inputs wait.
+* stateful components (``stateful = True``: ``window``, ``join``) keep per-key state that
+  outlives the replica instead: ``snapshot()`` returns it as JSON (``{"keys": {<key as
+  key_text>: ...}, ...}``) and ``restore(parts)`` takes it back at start (several parts
+  when the node's replica count changed: the keys this replica now owns, from every old
+  replica). The runner checkpoints it with the input positions and acks inputs only once
+  they are in a stored snapshot (see :mod:`componentmanager.runners.state`); ``held()``
+  and forced flushes do not apply to them. ``flush()`` is their clock tick (close what
+  is due).
 
 Events are JSON-compatible values (usually dicts). Components never see NATS directly
 except through the context (``ctx.nc`` for the nats/kv sources and sinks).
@@ -58,6 +66,8 @@ class Context(Protocol):
     #: The largest encoded event ``emit`` accepts. A larger one fails the input that made
     #: it (EventTooLarge); from a source it is counted and dead-lettered as a preview.
     max_event_bytes: int
+    #: the node's input ports (a ``join``'s are named after its upstream nodes)
+    input_ports: list[str]
 
     async def emit(self, port: str, event: Any) -> None: ...
 
@@ -95,6 +105,7 @@ class Component:
     """Base class with no-op lifecycle hooks; override what you need."""
 
     flush_interval: ClassVar[float | None] = None
+    stateful: ClassVar[bool] = False
 
     def __init__(self, config: BaseModel, ctx: Context) -> None:
         self.config = config
@@ -117,6 +128,14 @@ class Component:
     def held(self) -> int:
         """Input events buffered but not yet emitted/written (see the module docstring)."""
         return 0
+
+    def snapshot(self) -> dict[str, Any]:
+        """Stateful components: the state to checkpoint (see the module docstring)."""
+        return {}
+
+    def restore(self, parts: list[dict[str, Any]]) -> None:
+        """Stateful components: resume from checkpointed state (see the module docstring)."""
+        return None
 
     async def stop(self) -> None:
         return None

@@ -100,10 +100,36 @@ def _downstream(spec: FlowSpec, succ: dict[str, list[str]], start: str,
     return {n: replicas[n] for n in sorted(_reachable(succ, start), key=order.__getitem__)}
 
 
+def upstream_input_name(conn_source: tuple[str, str], sources: list[tuple[str, str]]) -> str:
+    """The input port of a node whose inputs are named after its upstream nodes (``join``):
+    the upstream node's id, or ``<node>_<port>`` when it feeds the node from several ports."""
+    node, port = conn_source
+    if sum(1 for other, _ in sources if other == node) > 1:
+        return f"{node}_{port}"
+    return node
+
+
+def partition_key(node: Node, ctype: ComponentType | None, config: dict[str, Any]) -> str | None:
+    """What a node is partitioned by: its ``partition_by``; a stateful type with replicas
+    partitions by its ``key`` by default (one key's events must meet in one replica)."""
+    if node.partition_by:
+        return node.partition_by
+    if ctype is not None and ctype.extra.get("stateful") and node.replicas > 1:
+        key = config.get("key")
+        return key if isinstance(key, str) and key else None
+    return None
+
+
 def translate(
     name: str, spec: FlowSpec, *, flow_revision: int, enabled: bool
 ) -> dict[str, ComponentConfig]:
     """One ComponentConfig per node of flow ``name``, keyed ``<flow>.<node>``, in node order."""
+    by_upstream = {n.id for n in spec.nodes
+                   if (t := resolve_type(n, spec)) and t.extra.get("inputs_by_upstream")}
+    feeds: dict[str, list[tuple[str, str]]] = {}
+    for conn in spec.connections:
+        if conn.target[0] in by_upstream:
+            feeds.setdefault(conn.target[0], []).append(conn.source)
     inputs: dict[str, dict[str, list[str]]] = {}
     reads: dict[str, list[str]] = {}
     succ: dict[str, list[str]] = {}
@@ -112,6 +138,8 @@ def translate(
         succ.setdefault(conn.source[0], []).append(conn.target[0])
         readers.setdefault(conn.source, []).append(conn.target[0])
         (src, sport), (dst, dport) = conn.source, conn.target
+        if dst in by_upstream:
+            dport = upstream_input_name(conn.source, feeds[dst])
         subjects = inputs.setdefault(dst, {}).setdefault(dport, [])
         subject = data_subject(name, src, sport)
         if subject not in subjects:
@@ -145,6 +173,8 @@ def translate(
                          if all(takes_frames.get(r, False) for r in readers.get((node.id, p), []))],
             queue=queue_group(name, node.id),
             replicas=node.replicas,
+            partition_by=partition_key(node, ctype, config),
+            stateful=bool(ctype is not None and ctype.extra.get("stateful")),
             placement=node.placement,
             assignments=[],
             enabled=enabled,

@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from componentmanager.components.expressions import ExpressionError, compile_expression
 from componentmanager.registry import ComponentType, all_types, types_named
 from flowengine.graph import RESERVED_PORT, GraphChecks, Shape
 from flowengine.issues import SECTION, Severity, ValidationIssue, ValidationResult, suggest
@@ -165,6 +166,40 @@ class _Checker(GraphChecks):
                  suggestion=f"write command: {words[0]} and args: [{', '.join(words[1:])}], "
                  f"or command: [{listed}]")
 
+    def _check_keyed(self, i: int, node: Node) -> None:
+        """``partition_by`` and the stateful types (window, join): what partitions them."""
+        path, ctype = self.node_path[i], resolve_type(node, self.spec)
+        if node.partition_by:
+            try:
+                compile_expression(node.partition_by)
+            except ExpressionError as exc:
+                self.add("invalid_config", f"node '{node.id}': partition_by: {exc}",
+                         node=node.id, path=f"{path}.partition_by",
+                         suggestion="an expression over event fields, e.g. user_id")
+            if node.kind != "inprocess":
+                self.add("invalid_config", f"node '{node.id}': partition_by works for "
+                         "built-in and python types, not for programs or containers",
+                         node=node.id, path=f"{path}.partition_by", suggestion="remove "
+                         "it, or partition inside your program")
+        if ctype is None or not ctype.extra.get("stateful"):
+            return
+        key = node.config.get("key")
+        if node.replicas > 1 and not key:
+            self.add("invalid_config", f"node '{node.id}': a {ctype.name} without key cannot "
+                     f"have {node.replicas} replicas (every event must meet in one)",
+                     node=node.id, path=f"{path}.replicas",
+                     suggestion="set config.key to partition it, or use replicas: 1")
+        if node.partition_by and key and node.partition_by != key:
+            self.add("invalid_config", f"node '{node.id}': partition_by '{node.partition_by}'"
+                     f" differs from its key '{key}'", node=node.id,
+                     path=f"{path}.partition_by", suggestion=f"remove partition_by: a "
+                     f"{ctype.name} is partitioned by its key")
+        upstream = {c.source for c in self.spec.connections if c.target[0] == node.id}
+        if ctype.extra.get("inputs_by_upstream") and 0 < len(upstream) < 2:
+            self.add("invalid_config", f"node '{node.id}': a {ctype.name} needs two or more "
+                     f"inputs, it has {len(upstream)}", node=node.id, path=f"{path}.inputs",
+                     suggestion="inputs: [orders, payments]")
+
     def run(self, name: str | None, agents: list[AgentRecord] | None) -> None:
         if name in RESERVED_FLOW_NAMES:
             path = None
@@ -183,6 +218,7 @@ class _Checker(GraphChecks):
             first[node.id] = i
             shapes[node.id] = self.shape(i, node)
             self._check_command(i, node)
+            self._check_keyed(i, node)
         edges = self._connections(shapes)
         self._graph(shapes, edges)
         if agents is not None:

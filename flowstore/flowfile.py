@@ -53,6 +53,11 @@ class ComponentEntry(ExternalFields):
         description='Upstream "node" or "node.port" (default port "out").',
     )
     replicas: int = Field(default=1, ge=1, le=1000)
+    partition_by: str | None = Field(
+        default=None, min_length=1,
+        description="An expression (e.g. user_id): events with the same value always go "
+        "to the same replica, in order. Stateful processors (window, join) partition by "
+        "their key by default.")
     placement: Placement | None = None
 
     @model_validator(mode="after")

@@ -187,6 +187,7 @@ class Node(ExternalFields):
     role: Role | None = None  # the file section it came from; None for canvas exports
     config: dict[str, Any] = Field(default_factory=dict)
     replicas: int = Field(default=1, ge=1, le=1000)
+    partition_by: str | None = None
     placement: Placement | None = None
 
 
@@ -272,6 +273,11 @@ class ComponentConfig(Record):
     frame_ports: list[str] = Field(default_factory=list)
     queue: str
     replicas: int = 1
+    #: an expression: events with the same value go to the same replica, in order (each
+    #: replica reads its inputs through its own consumer and takes its own keys)
+    partition_by: str | None = None
+    #: the component keeps state checkpointed in ``flowctl_checkpoints`` (window, join)
+    stateful: bool = False
     placement: Placement | None = None
     assignments: list[str | None] = Field(default_factory=list)
     enabled: bool = False
@@ -426,6 +432,16 @@ def stream_name(flow: str) -> str:
     return f"FLOWCTL_{flow}"
 
 
-def consumer_name(node: str, port: str) -> str:
-    """The durable consumer of one node input (shared by the node's replicas)."""
-    return f"{node}-{port}".replace(".", "_")
+def consumer_name(node: str, port: str, partition: int | None = None) -> str:
+    """The durable consumer of one node input, shared by the node's replicas; a
+    partitioned node (``partition_by``) has one per replica (``<node>-<port>-p<i>``)."""
+    name = f"{node}-{port}".replace(".", "_")
+    return name if partition is None else f"{name}-p{partition}"
+
+
+def consumer_names(cfg: ComponentConfig) -> list[tuple[str, str, list[str]]]:
+    """Every durable consumer a node's inputs need: (name, port, subjects)."""
+    partitions: list[int | None] = (list(range(cfg.replicas)) if cfg.partition_by
+                                    else [None])
+    return [(consumer_name(cfg.node, port, p), port, subjects)
+            for port, subjects in cfg.inputs.items() if subjects for p in partitions]

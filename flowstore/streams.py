@@ -18,6 +18,8 @@ and the SDK only bind to them, recreating one only if someone removed it).
 
 from __future__ import annotations
 
+import contextlib
+
 from nats.aio.client import Client as NatsClient
 from nats.js.api import (
     AckPolicy,
@@ -29,7 +31,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
-from flowstore.models import ComponentConfig, consumer_name, stream_name
+from flowstore.models import ComponentConfig, consumer_names, stream_name
 
 DLQ_STREAM = "FLOWCTL_DLQ"
 DLQ_SUBJECTS = ["flowctl.*.*.dlq"]
@@ -59,10 +61,10 @@ def flow_stream_config(flow: str, subjects: list[str], max_bytes: int,
     )
 
 
-def consumer_config(node: str, port: str, subjects: list[str]) -> ConsumerConfig:
-    """The durable pull consumer of one node input, shared by the node's replicas."""
+def consumer_config(durable: str, subjects: list[str]) -> ConsumerConfig:
+    """The durable pull consumer of one node input (see :func:`consumer_names`)."""
     return ConsumerConfig(
-        durable_name=consumer_name(node, port),
+        durable_name=durable,
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=DEFAULT_ACK_WAIT_S,
@@ -96,11 +98,11 @@ async def ensure_flow_stream(nc: NatsClient, flow: str, subjects: list[str], max
         await js.update_stream(current)
 
 
-async def ensure_consumer(nc: NatsClient, flow: str, node: str, port: str,
+async def ensure_consumer(nc: NatsClient, flow: str, durable: str,
                           subjects: list[str]) -> str:
-    """The durable consumer of one node input; replaced when its subjects changed."""
+    """A durable consumer of one node input; replaced when its subjects changed."""
     js = nc.jetstream()
-    config = consumer_config(node, port, subjects)
+    config = consumer_config(durable, subjects)
     try:
         await js.add_consumer(stream_name(flow), config)
     except BadRequestError:
@@ -115,10 +117,30 @@ async def ensure_flow_streams(nc: NatsClient, flow: str, configs: list[Component
     durable consumer per node input (and the shared dead-letter stream)."""
     await ensure_dlq_stream(nc, replicas)
     await ensure_flow_stream(nc, flow, output_subjects(configs), max_bytes, replicas)
-    for cfg in configs:
-        for port, subjects in cfg.inputs.items():
-            if subjects:
-                await ensure_consumer(nc, flow, cfg.node, port, subjects)
+    wanted = {name: subjects for cfg in configs for name, _, subjects in consumer_names(cfg)}
+    for name, subjects in wanted.items():
+        await ensure_consumer(nc, flow, name, subjects)
+    await _remove_stale_consumers(nc, flow, set(wanted))
+
+
+async def _remove_stale_consumers(nc: NatsClient, flow: str, wanted: set[str]) -> None:
+    """Delete the durable consumers no node input reads any more (a removed node, a
+    partition beyond a partitioned node's replicas): with interest retention the stream
+    would otherwise keep every event for them until it is full. Ephemeral consumers
+    (``flowctl tap``, ``nats``) are left alone."""
+    js = nc.jetstream()
+    offset = 0
+    stale: list[str] = []
+    while True:  # the server answers at most 256 consumers per request
+        page = await js.consumers_info(stream_name(flow), offset=offset)
+        offset += len(page)
+        stale += [str(c.name) for c in page
+                  if c.config.durable_name and c.config.durable_name not in wanted]
+        if len(page) < 256:
+            break
+    for name in stale:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(stream_name(flow), name)
 
 
 async def ensure_dlq_stream(nc: NatsClient, replicas: int = 1) -> bool:

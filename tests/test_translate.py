@@ -96,6 +96,7 @@ def test_the_source_config_in_full() -> None:
         "frame_ports": [],  # box, a container without frames: true, reads it
         "queue": "flowctl.orders.gen",
         "replicas": 1,
+        "stateful": False,
         "assignments": [],
         "enabled": True,
         "delivery": "at-least-once",
@@ -166,3 +167,33 @@ def test_canvas_nodes_get_their_role_from_their_connections() -> None:
     )
     configs = translate("c", loaded.spec, flow_revision=1, enabled=False)
     assert [cfg.role for cfg in configs.values()] == ["source", "processor", "sink"]
+
+
+KEYED = """
+apiVersion: flowctl/v1
+kind: Flow
+metadata: {name: shop}
+spec:
+  sources:
+    - {id: orders, type: generate, config: {count: 3}}
+    - {id: payments, type: generate, config: {count: 3}}
+  processors:
+    - {id: match, type: join, inputs: [orders, payments], replicas: 2,
+       config: {key: order_id}}
+    - {id: per-user, type: transform, inputs: [orders], replicas: 3, partition_by: user}
+    - {id: tally, type: window, inputs: [match], config: {size: 1s}}
+  sinks:
+    - {id: out, type: stdout, inputs: [match, per-user, tally]}
+"""
+
+
+def test_a_join_names_its_inputs_after_its_upstream_nodes_and_partitions_by_key() -> None:
+    configs = translate("shop", parse_flow(KEYED).spec, flow_revision=1, enabled=False)
+    match = configs["shop.match"]
+    assert match.inputs == {"orders": ["flowctl.shop.orders.out"],
+                            "payments": ["flowctl.shop.payments.out"]}
+    assert (match.partition_by, match.stateful) == ("order_id", True)
+    by_user = configs["shop.per-user"]
+    assert (by_user.partition_by, by_user.stateful) == ("user", False)
+    tally = configs["shop.tally"]  # one replica, no key: nothing to partition
+    assert (tally.partition_by, tally.stateful) == (None, True)

@@ -59,16 +59,22 @@ class ConsumerLag:
 
 
 class LagSampler:
-    """The latest :class:`ConsumerLag` per ``(flow, node, port)`` of at-least-once inputs."""
+    """The latest :class:`ConsumerLag` per ``(flow, durable consumer)`` of at-least-once
+    inputs (a partitioned node's replicas each have their own)."""
 
     def __init__(self, nc: Any, timeout: float = 1.0) -> None:
         self.nc = nc
         self.timeout = timeout
-        self.latest: dict[tuple[str, str, str], ConsumerLag] = {}
+        self.latest: dict[tuple[str, str], ConsumerLag] = {}
+
+    @staticmethod
+    def _durable(replica: Replica, port: str) -> str:
+        cfg = replica.cfg
+        return consumer_name(cfg.node, port, replica.index if cfg.partition_by else None)
 
     async def refresh(self, replicas: list[Replica]) -> None:
         """Ask once per distinct input; keep the last answer of one that times out."""
-        wanted = {(r.cfg.flow, r.cfg.node, port)
+        wanted = {(r.cfg.flow, self._durable(r, port))
                   for r in replicas if r.cfg.delivery == "at-least-once"
                   for port, subjects in r.cfg.inputs.items() if subjects}
         for key in list(self.latest):
@@ -77,11 +83,11 @@ class LagSampler:
         if wanted:
             await asyncio.gather(*(self._ask(key) for key in wanted))
 
-    async def _ask(self, key: tuple[str, str, str]) -> None:
-        flow, node, port = key
+    async def _ask(self, key: tuple[str, str]) -> None:
+        flow, durable = key
         with contextlib.suppress(Exception):  # NATS busy or down: the next round asks again
             info = await self.nc.jetstream().consumer_info(
-                stream_name(flow), consumer_name(node, port), timeout=self.timeout)
+                stream_name(flow), durable, timeout=self.timeout)
             self.latest[key] = ConsumerLag(int(info.num_pending or 0),
                                            int(info.num_ack_pending or 0))
 
@@ -91,7 +97,8 @@ class LagSampler:
         if cfg.delivery != "at-least-once":
             return replica.input_queues()
         return {port: found.total for port in cfg.inputs
-                if (found := self.latest.get((cfg.flow, cfg.node, port))) is not None}
+                if (found := self.latest.get((cfg.flow, self._durable(replica, port))))
+                is not None}
 
 
 class LiveFigures:

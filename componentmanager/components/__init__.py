@@ -3,7 +3,7 @@
 Sources (:mod:`.sources`, :mod:`.http_source`): ``generate``, ``file-source``,
 ``http-source``, ``nats-source``.
 Processors (:mod:`.processors`, :mod:`.python_processor`): ``filter``, ``transform``,
-``route``, ``batch``, ``python``.
+``route``, ``batch``, ``python``; stateful (:mod:`.stateful`): ``window``, ``join``.
 Sinks (:mod:`.sinks`): ``stdout``, ``file-sink``, ``http-sink``, ``nats-sink``, ``kv``.
 
 The registry is keyed by (role, name), so a source and a sink share ``file``, ``http``
@@ -18,6 +18,7 @@ from componentmanager.components import (
     python_processor,
     sinks,
     sources,
+    stateful,
 )
 
-__all__ = ["http_source", "processors", "python_processor", "sinks", "sources"]
+__all__ = ["http_source", "processors", "python_processor", "sinks", "sources", "stateful"]

@@ -45,8 +45,9 @@ from componentmanager.dataplane import (
     frame_count,
 )
 from componentmanager.dataplane.accounting import shape
-from componentmanager.dataplane.wire import HDR_REPLAY_TO, message_identity
-from flowstore.models import dlq_subject, stream_name
+from componentmanager.dataplane.wire import HDR_REPLAY_TO, delivery_of, message_identity
+from componentmanager.runners.stateful import KeyedInputs
+from flowstore.models import consumer_name, dlq_subject, stream_name
 from flowstore.streams import ensure_consumer
 
 log = structlog.get_logger("flowctl.replica")
@@ -106,7 +107,7 @@ PROGRESS_EVERY_S = DEFAULT_ACK_WAIT_S / 4
 YIELD_EVERY = 8
 
 
-class InputDelivery:
+class InputDelivery(KeyedInputs):
     """Mixin of :class:`~componentmanager.runners.inprocess.InProcessReplica`: inputs."""
 
     # provided by the replica
@@ -139,7 +140,8 @@ class InputDelivery:
             if not subjects:
                 continue
             if self._acked:
-                durable = await ensure_consumer(self.nc, self.flow, self.node, port, subjects)
+                durable = await ensure_consumer(
+                    self.nc, self.flow, consumer_name(self.node, port, self.partition), subjects)
                 puller = Puller(self.nc, stream_name(self.flow), durable,
                                 self._pulled_handler(port), self._settle)
                 self._pullers.append(puller)
@@ -147,8 +149,9 @@ class InputDelivery:
                 continue
             for subject in subjects:
                 holder: list[Any] = []
-                sub = await self.nc.subscribe(
-                    subject, queue=self.cfg.queue, cb=self._core_handler(port, holder),
+                sub = await self.nc.subscribe(  # partitioned: every replica sees all
+                    subject, queue=None if self.cfg.partition_by else self.cfg.queue,
+                    cb=self._core_handler(port, holder),
                     pending_msgs_limit=4 * INPUT_PENDING_MSGS,
                     pending_bytes_limit=4 * INPUT_PENDING_BYTES,
                 )
@@ -189,6 +192,8 @@ class InputDelivery:
                         if self.component is not comp:  # stopped mid-frame
                             self.counters.drop(len(events) - index, "replica stopped")
                             return
+                        if self._owns is not None and not self._owns(event):
+                            continue  # another partition's: its replica counts it
                         self.counters.in_ += 1
                         taken += 1
                         try:
@@ -228,15 +233,23 @@ class InputDelivery:
             if not self._meant_for_me(msg):
                 await self._ack_again(msg, counted=False)  # a replay for another node
                 return
+            sequence = (delivery_of(msg.reply) or (0, 0))[0]
+            if self._state is not None and self._state.covers(port, sequence):
+                await self._ack_again(msg)  # in the restored state already: not twice
+                return
             events = decode_frame(msg.data, frame_count(msg.headers))
             self._progress_at[port] = asyncio.get_running_loop().time()
             origin = ident if ident and _emits_per_input(comp) else None
+            if origin is not None and self.partition is not None:
+                origin = f"{origin}/p{self.partition}"  # each partition emits its own
             began, taken = perf_counter(), 0
             async with self._outbox.handling(origin):  # outputs are published at the end
                 for index, event in enumerate(events):
                     if self.component is not comp:
                         self._took(port, msg, taken, perf_counter() - began)
                         return  # stopped mid-frame: never acked, delivered again
+                    if self._owns is not None and not self._owns(event):
+                        continue  # another partition's: its replica counts it
                     self.counters.in_ += 1
                     taken += 1
                     try:
@@ -249,6 +262,8 @@ class InputDelivery:
                         await self._still_working(port, msg)
                         await asyncio.sleep(0)
             self._took(port, msg, taken, perf_counter() - began)
+            if self._state is not None:
+                self._state.saw(port, sequence)
             # No await from here to the append: _settle acks it only after a publisher
             # wait that began after its outputs were published.
             self._unacked.append(msg)
@@ -318,8 +333,13 @@ class InputDelivery:
 
         A component holding inputs (``held()``) keeps them unacked until it emits or
         flushes; when too many (HOLD_MAX) or too old (HOLD_AGE_S) wait, it is flushed.
-        If the outputs cannot be stored, the inputs are nak'ed for redelivery.
+        If the outputs cannot be stored, the inputs are nak'ed for redelivery. A stateful
+        component's inputs are acked once they are in its checkpoint instead
+        (:meth:`~componentmanager.runners.stateful.KeyedInputs._settle_stateful`).
         """
+        if self._state is not None:
+            await self._settle_stateful(force)
+            return
         comp, publisher = self.component, self._publisher
         if comp is None or publisher is None:
             return
@@ -339,20 +359,27 @@ class InputDelivery:
             except PublishFailed as exc:
                 log.warning("outputs not stored; redelivery", replica=self.key, error=str(exc))
                 batch, self._unacked, self._unacked_since = self._unacked, [], None
-                for msg in batch:
-                    self._handled.discard(message_identity(msg.headers, msg.reply))
-                    with contextlib.suppress(Exception):
-                        await msg.nak(delay=1.0)
+                await self._nak_all(batch)
                 return
             if comp.held():
                 return  # still buffered: acked after a later emit or flush
             batch, self._unacked, self._unacked_since = self._unacked, [], None
-            for msg in batch:
-                with contextlib.suppress(Exception):
-                    await msg.ack()
-                ident = message_identity(msg.headers, msg.reply)
-                self._done.remember(ident)
-                self._handled.discard(ident)
+            await self._ack_all(batch)
+
+    async def _nak_all(self, batch: list[Msg]) -> None:
+        """Inputs whose outputs could not be stored: delivered again shortly."""
+        for msg in batch:
+            self._handled.discard(message_identity(msg.headers, msg.reply))
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
+
+    async def _ack_all(self, batch: list[Msg]) -> None:
+        for msg in batch:
+            with contextlib.suppress(Exception):
+                await msg.ack()
+            ident = message_identity(msg.headers, msg.reply)
+            self._done.remember(ident)
+            self._handled.discard(ident)
 
     # -- failures ---------------------------------------------------------------------------
     async def _failed_event(self, port: str, msg: Msg | None, index: int, event: Any,

@@ -106,6 +106,11 @@ class InProcessReplica(InputDelivery, Replica):
         c.out += count
         c.out_ports[port] = c.out_ports.get(port, 0) + count
 
+    @property
+    def input_ports(self) -> list[str]:
+        """The node's input ports (a ``join``'s are named after its upstream nodes)."""
+        return list(self.cfg.inputs)
+
     async def resume_position(self) -> Any:
         """Where a source resumes (its last stored position), None to start over."""
         return self._checkpoint.position if self._checkpoint is not None else None
@@ -160,6 +165,7 @@ class InProcessReplica(InputDelivery, Replica):
             raise RuntimeError(f"unknown component type '{self.cfg.type}' on this agent")
         config = ctype.config_model.model_validate(self.cfg.config)
         self.component = ctype.load_class()(config, self)
+        await self._open_keyed(self.component)  # partition filter, restored state
         if self._acked:
             source_of = stream_name(self.flow) if ctype.role == "source" else None
             self._publisher = await AckedPublisher(self.nc, source_of).open()
@@ -255,25 +261,30 @@ class InProcessReplica(InputDelivery, Replica):
     async def _flush_loop(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
+            emitted = self.counters.out
             try:
                 await self.component.flush()  # type: ignore[union-attr]
             except Exception as exc:
                 self.counters.errors += 1
                 self.last_error = f"flush: {exc}"
-            if self._acked:
+            if self._state is not None:  # results out: checkpoint them at once
+                await self._settle(force=self.counters.out != emitted)
+            elif self._acked:
                 await self._settle()
 
     async def _teardown(self) -> None:
         """Close the inputs (nothing fires after this), settle, flush and stop the
         component, send what it emitted last."""
         await self._close_inputs()
-        if self._acked and self.nc.is_connected:
-            with contextlib.suppress(Exception):
-                await self._settle(force=True)  # flush what is held, then ack its inputs
+        if (self._acked or self._state is not None) and self.nc.is_connected:
+            with contextlib.suppress(Exception):  # flush what is held, then ack its
+                await self._settle(force=True)    # inputs (stateful: checkpoint first)
         if self.component is not None:
             comp, self.component = self.component, None
             await self._wait_inflight()
-            for hook in (comp.flush, comp.stop):
+            # A stateful component's open windows stay in its checkpoint: no last flush.
+            hooks = (comp.stop,) if self._state is not None else (comp.flush, comp.stop)
+            for hook in hooks:
                 try:
                     await hook()
                 except Exception as exc:

@@ -1,0 +1,277 @@
+"""Built-in stateful processors: ``window`` and ``join`` (pure cores in :mod:`.windowing`).
+
+Both keep per-key state that survives restarts and failover: the runner checkpoints
+``snapshot()`` with the input positions (:mod:`componentmanager.runners.state`) and a
+node with several replicas is partitioned by its ``key``, so one key's events always
+meet in one replica. ``flush()`` is their clock: it closes what is due.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from componentmanager.component import Component, Context, EventError
+from componentmanager.components.expressions import ExpressionStr, compile_expression
+from componentmanager.components.windowing import (
+    Aggregations,
+    KeyedWindows,
+    Seconds,
+    Shape,
+    event_seconds,
+    iso,
+    parse_aggregation,
+)
+from componentmanager.dataplane.partition import key_text
+from componentmanager.registry import ComponentType, Port, register
+
+#: The clock tick of a window or join: at most this long between checks.
+TICK_S = 0.25
+NO_KEY = "null"
+
+# ------------------------------------------------------------------------------- window
+
+
+class WindowConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["tumbling", "sliding", "session"] = Field(
+        default="tumbling", description="tumbling (size), sliding (size, slide) or "
+        "session (gap).")
+    size: Seconds | None = Field(default=None, gt=0, description="Window length: 10, "
+                                 "10s, 500ms, 5m, 1h (tumbling and sliding).")
+    slide: Seconds | None = Field(default=None, gt=0, description="Sliding: a new window "
+                                  "starts every slide (at most size).")
+    gap: Seconds | None = Field(default=None, gt=0, description="Session: a key's window "
+                                "closes after this long without an event of it.")
+    key: ExpressionStr | None = Field(default=None, description="Group by this expression "
+                                      "(one window per key); null: one window for all.")
+    time: ExpressionStr | None = Field(
+        default=None, description="Event time: an expression giving epoch seconds or an "
+        "ISO-8601 string (e.g. ts); null: processing time (when the event arrives).")
+    lateness: Seconds = Field(default=0.0, ge=0, description="Event time: how far behind "
+                              "the latest event time an event may arrive and still count.")
+    idle_timeout: Seconds | None = Field(
+        default=None, gt=0, description="Event time: after this long without any event, "
+        "every open window closes (default: its size or gap plus lateness, at least 1s).")
+    aggregate: dict[str, str] = Field(
+        default_factory=lambda: {"count": "count"},
+        description="output field -> count | sum(expr) | min(expr) | max(expr) | "
+        "avg(expr) | first(expr) | last(expr) | collect(expr).")
+
+    @field_validator("aggregate")
+    @classmethod
+    def _aggregations(cls, aggregate: dict[str, str]) -> dict[str, str]:
+        if not aggregate:
+            raise ValueError("aggregate is empty: name at least one, e.g. {count: count}")
+        for name, text in aggregate.items():
+            if name in ("key", "start", "end"):
+                raise ValueError(f"aggregate field {name!r} is taken by the window's own "
+                                 "fields (key, start, end)")
+            _, arg = parse_aggregation(str(text))
+            if arg is not None:
+                compile_expression(arg)  # an ExpressionError names the problem
+        return aggregate
+
+    @model_validator(mode="after")
+    def _shape(self) -> WindowConfig:
+        needs = {"tumbling": ("size",), "sliding": ("size", "slide"), "session": ("gap",)}
+        for name in needs[self.kind]:
+            if getattr(self, name) is None:
+                raise ValueError(f"a {self.kind} window needs {name}")
+        for name in {"size", "slide", "gap"} - set(needs[self.kind]):
+            if getattr(self, name) is not None:
+                raise ValueError(f"{name} does not apply to a {self.kind} window")
+        if self.kind == "sliding" and self.slide and self.size and self.slide > self.size:
+            raise ValueError("slide is longer than size: events between windows would be "
+                             "missed (use a tumbling window, or slide <= size)")
+        return self
+
+    def span(self) -> float:
+        return float(self.size or self.gap or 1.0)
+
+
+def _getter(text: str | None) -> Any:
+    return None if text is None else compile_expression(text).evaluate
+
+
+class Window(Component):
+    """Aggregates events per key per window; emits one event per closed window on
+    ``out``, late events on ``late``."""
+
+    stateful = True
+
+    def __init__(self, config: WindowConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.config: WindowConfig = config
+        self.flush_interval = min(TICK_S, config.span() / 4)  # type: ignore[misc]
+        self._key = _getter(config.key)
+        self._time = _getter(config.time)
+        fields = {}
+        for name, text in config.aggregate.items():
+            func, arg = parse_aggregation(text)
+            fields[name] = (func, _getter(arg))
+        self.aggregations = Aggregations(fields)
+        shape = Shape(config.kind, float(config.size or 0), float(config.slide or 0),
+                      float(config.gap or 0))
+        self.windows = KeyedWindows(shape, self.aggregations)
+        self._max_time = float("-inf")  # event time: the latest seen
+        self._closed_through = float("-inf")  # event time: idle closing moved it here
+        self._last_arrival = time.monotonic()
+        self._idle = config.idle_timeout or max(1.0, config.span() + config.lateness)
+
+    def watermark(self) -> float:
+        if self._time is None:
+            return time.time()
+        return max(self._max_time - self.config.lateness, self._closed_through)
+
+    async def process(self, port: str, event: Any) -> None:
+        key = NO_KEY if self._key is None else key_text(self._key(event))
+        try:
+            t = time.time() if self._time is None else event_seconds(self._time(event))
+        except ValueError as exc:
+            raise EventError(str(exc)) from None
+        values = self.aggregations.values(event)
+        self._last_arrival = time.monotonic()
+        if not self.windows.add(key, t, values, self.watermark()):
+            await self.ctx.emit("late", event)
+            return
+        if self._time is not None and t > self._max_time:
+            self._max_time = t
+            await self._close(self.watermark())
+
+    async def flush(self) -> None:
+        """The tick: close the windows whose end the watermark (or idleness) reached."""
+        if self._time is not None and time.monotonic() - self._last_arrival >= self._idle:
+            latest = self.windows.latest_end()
+            if latest is not None:
+                self._closed_through = max(self._closed_through, latest)
+        await self._close(self.watermark())
+
+    async def _close(self, watermark: float) -> None:
+        for key, start, window in self.windows.close(watermark):
+            out: dict[str, Any] = {} if self._key is None else {"key": json.loads(key)}
+            out.update(start=iso(start), end=iso(window["end"]))
+            out.update(self.aggregations.results(window["acc"]))
+            await self.ctx.emit("out", out)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"keys": self.windows.open, "max_time": self._max_time,
+                "closed_through": self._closed_through}
+
+    def restore(self, parts: list[dict[str, Any]]) -> None:
+        for part in parts:
+            self.windows.open.update(part.get("keys") or {})
+            self._max_time = max(self._max_time, float(part.get("max_time", "-inf")))
+            self._closed_through = max(self._closed_through,
+                                       float(part.get("closed_through", "-inf")))
+
+
+# --------------------------------------------------------------------------------- join
+
+
+class JoinConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: ExpressionStr = Field(description="Correlate events whose key expression is "
+                               "equal (e.g. order_id).")
+    within: Seconds = Field(default=10.0, gt=0, description="How long an event waits "
+                            "for its partners from the other inputs.")
+    timeout: Literal["emit", "drop"] = Field(
+        default="emit", description="An event whose partners did not come within: emit "
+        "it on port timeout, or drop it (counted in filtered).")
+
+
+class Join(Component):
+    """Emits ``{"key": k, "<input>": event, ...}`` once every input has an event of key
+    ``k``; the inputs are named after the upstream nodes."""
+
+    stateful = True
+
+    def __init__(self, config: JoinConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.config: JoinConfig = config
+        self.flush_interval = min(TICK_S, config.within / 4)  # type: ignore[misc]
+        self._key = compile_expression(config.key).evaluate
+        self.inputs = list(getattr(ctx, "input_ports", []) or [])
+        #: key -> input -> [[arrival epoch seconds, event], ...] (oldest first)
+        self.groups: dict[str, dict[str, list[list[Any]]]] = {}
+
+    async def process(self, port: str, event: Any) -> None:
+        key = key_text(self._key(event))
+        group = self.groups.setdefault(key, {})
+        group.setdefault(port, []).append([time.time(), event])
+        if all(group.get(name) for name in self.inputs):
+            combined: dict[str, Any] = {"key": json.loads(key)}
+            for name in self.inputs:
+                combined[name] = group[name].pop(0)[1]
+            self._prune(key)
+            await self.ctx.emit("out", combined)
+
+    def _prune(self, key: str) -> None:
+        group = self.groups[key]
+        for name in [n for n, waiting in group.items() if not waiting]:
+            del group[name]
+        if not group:
+            del self.groups[key]
+
+    async def flush(self) -> None:
+        """The tick: events that waited ``within`` for their partners time out."""
+        deadline = time.time() - self.config.within
+        for key in list(self.groups):
+            group = self.groups[key]
+            for name, waiting in group.items():
+                while waiting and waiting[0][0] <= deadline:
+                    _, event = waiting.pop(0)
+                    await self._timed_out(key, name, event, group)
+            self._prune(key)
+
+    async def _timed_out(self, key: str, name: str, event: Any,
+                         group: dict[str, list[list[Any]]]) -> None:
+        if self.config.timeout == "drop":
+            self.ctx.count_filtered()
+            return
+        missing = [n for n in self.inputs if n != name and not group.get(n)]
+        await self.ctx.emit("timeout", {"key": json.loads(key), "input": name,
+                                        "event": event, "missing": missing})
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"keys": self.groups}
+
+    def restore(self, parts: list[dict[str, Any]]) -> None:
+        for part in parts:
+            self.groups.update(part.get("keys") or {})
+
+
+_MOD = "componentmanager.components.stateful"
+
+register(ComponentType(
+    name="window", role="processor", config_model=WindowConfig,
+    inputs=(Port("in", required=True, description="the events to aggregate"),),
+    outputs=(Port("out", description="one event per key per closed window"),
+             Port("late", description="events that came after their windows closed")),
+    description="Aggregate events per key over tumbling, sliding or session windows.",
+    impl=f"{_MOD}:Window", extra={"stateful": True},
+    docs='Emits {"key": k, "start": iso, "end": iso, <aggregate fields>} per closed '
+         "window. Event time (time: ts) closes a window when the latest event time less "
+         "lateness passes its end (or after idle_timeout without events); processing "
+         "time on the clock. State is checkpointed: a restarted or moved replica resumes "
+         "its open windows. With replicas > 1 the node is partitioned by key.",
+))
+register(ComponentType(
+    name="join", role="processor", config_model=JoinConfig,
+    inputs=(Port("in", required=True,
+                 description="two or more upstream nodes; each is an input named after it"),),
+    outputs=(Port("out", description='{"key": k, "<input>": event, ...}'),
+             Port("timeout", description="events whose partners did not come within")),
+    description="Correlate events of two or more inputs by key within a time window.",
+    impl=f"{_MOD}:Join", extra={"stateful": True, "inputs_by_upstream": True},
+    docs='inputs: [orders, payments] -> emits {"key": k, "orders": {...}, "payments": '
+         '{...}} once both have an event with that key (oldest first). An event waiting '
+         'longer than within goes to port timeout as {"key", "input", "event", "missing"} '
+         "(or is dropped and counted in filtered with timeout: drop). State is "
+         "checkpointed; with replicas > 1 the node is partitioned by key.",
+))

@@ -1,0 +1,245 @@
+"""The pure core of the ``window`` processor: durations, aggregations, window assignment
+and closing. No I/O, no clock: the component passes times in (epoch seconds).
+
+* **tumbling** windows of ``size``: ``[k*size, (k+1)*size)``;
+* **sliding** windows of ``size`` every ``slide``: an event is in every window
+  ``[k*slide, k*slide+size)`` that contains it;
+* **session** windows per key: events closer than ``gap`` to each other form one
+  window, ``[first, last + gap)``; an event that bridges two sessions merges them.
+
+A window closes when the watermark reaches its end. The watermark is the largest event
+time seen less the allowed ``lateness`` (event time), or the clock (processing time). An
+event whose every window is closed already is *late*. All state is JSON (for checkpoints):
+per key, tumbling/sliding windows by start, sessions as a list.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_seconds(value: Any) -> Any:
+    """``10``, ``2.5``, ``"500ms"``, ``"10s"``, ``"5m"``, ``"1h"``, ``"1d"`` -> seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        found = _DURATION.match(value)
+        if found:
+            return float(found.group(1)) * _UNIT_S[found.group(2)]
+        raise ValueError(f"{value!r} is not a duration: write 10, 10s, 500ms, 5m or 1h")
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(parse_seconds)]
+
+# ----------------------------------------------------------------------------- aggregations
+
+AGGREGATIONS = ("count", "sum", "min", "max", "avg", "first", "last", "collect")
+_AGG = re.compile(r"^\s*([a-z]+)\s*(?:\((.*)\))?\s*$", re.DOTALL)
+
+
+def parse_aggregation(text: str) -> tuple[str, str | None]:
+    """``"count"`` -> ("count", None); ``"sum(amount)"`` -> ("sum", "amount")."""
+    found = _AGG.match(text)
+    if not found or found.group(1) not in AGGREGATIONS:
+        raise ValueError(f"{text!r} is not an aggregation: write count, or one of "
+                         f"{', '.join(a + '(expr)' for a in AGGREGATIONS[1:])}")
+    func, arg = found.group(1), (found.group(2) or "").strip() or None
+    if func != "count" and arg is None:
+        raise ValueError(f"{func} needs an expression, e.g. {func}(amount)")
+    return func, arg
+
+
+def add_value(func: str, acc: Any, value: Any) -> Any:
+    """The accumulator of ``func`` after one more value (``acc`` None: the first)."""
+    if func == "count":
+        return (acc or 0) + 1
+    if func == "collect":
+        return [*(acc or []), value]
+    if func == "avg":
+        total, n = acc or (0, 0)
+        return [total + value, n + 1]
+    if acc is None:
+        return [value]  # min, max, first, last, sum: boxed, so a null value is kept
+    if func == "sum":
+        return [acc[0] + value]
+    if func == "min":
+        return [value] if value < acc[0] else acc
+    if func == "max":
+        return [value] if value > acc[0] else acc
+    if func == "last":
+        return [value]
+    return acc  # first
+
+
+def merge_values(func: str, a: Any, b: Any) -> Any:
+    """Two accumulators of ``func`` as one (sessions merging); ``b`` came later."""
+    if a is None or b is None:
+        return b if a is None else a
+    if func == "count":
+        return a + b
+    if func == "collect":
+        return [*a, *b]
+    if func == "avg":
+        return [a[0] + b[0], a[1] + b[1]]
+    if func == "sum":
+        return [a[0] + b[0]]
+    if func == "min":
+        return a if a[0] <= b[0] else b
+    if func == "max":
+        return a if a[0] >= b[0] else b
+    return b if func == "last" else a
+
+
+def result_of(func: str, acc: Any) -> Any:
+    if func in ("count", "collect"):
+        return acc if acc is not None else (0 if func == "count" else [])
+    if acc is None:
+        return None
+    if func == "avg":
+        return acc[0] / acc[1] if acc[1] else None
+    return acc[0]
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+def iso(seconds: float) -> str:
+    """Epoch seconds as ISO-8601 UTC with milliseconds (``2026-11-25T23:00:01.000Z``)."""
+    stamp = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+def event_seconds(value: Any) -> float:
+    """An event-time field as epoch seconds: a number (seconds) or an ISO-8601 string."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"event time {value!r} is not ISO-8601") from None
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    raise ValueError(f"event time must be epoch seconds or an ISO-8601 string, "
+                     f"not {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class Shape:
+    kind: str  # tumbling | sliding | session
+    size: float = 0.0
+    slide: float = 0.0
+    gap: float = 0.0
+
+    def starts(self, t: float) -> list[float]:
+        """Tumbling and sliding: the starts of the windows that contain ``t``."""
+        step = self.size if self.kind == "tumbling" else self.slide
+        last = math.floor(t / step)
+        first = last if self.kind == "tumbling" else math.floor((t - self.size) / step) + 1
+        return [round(float(k * step), 9) for k in range(first, last + 1)
+                if k * step <= t < k * step + self.size]
+
+
+class Aggregations:
+    """The ``aggregate`` of a window: output field -> (function, value getter or None)."""
+
+    def __init__(self, fields: dict[str, tuple[str, Callable[[Any], Any] | None]]) -> None:
+        self.fields = fields
+
+    def values(self, event: Any) -> list[Any]:
+        """What each aggregation reads from one event (evaluated before any window
+        changes, so an event that fails changes nothing)."""
+        return [None if get is None else get(event) for _, get in self.fields.values()]
+
+    def accumulate(self, accs: list[Any] | None, values: list[Any]) -> list[Any]:
+        accs = accs or [None] * len(values)
+        return [add_value(func, acc, value)
+                for (func, _), acc, value in zip(self.fields.values(), accs, values, strict=True)]
+
+    def merge(self, a: list[Any], b: list[Any]) -> list[Any]:
+        return [merge_values(func, x, y)
+                for (func, _), x, y in zip(self.fields.values(), a, b, strict=True)]
+
+    def results(self, accs: list[Any] | None) -> dict[str, Any]:
+        accs = accs or [None] * len(self.fields)
+        return {name: result_of(func, acc)
+                for (name, (func, _)), acc in zip(self.fields.items(), accs, strict=True)}
+
+
+class KeyedWindows:
+    """Open windows per key, as JSON-ready data (see the module doc); each window keeps
+    the accumulators of :class:`Aggregations` over the values of its events."""
+
+    def __init__(self, shape: Shape, aggregations: Aggregations) -> None:
+        self.shape = shape
+        self._accumulate = aggregations.accumulate
+        self._merge = aggregations.merge
+        #: key -> {start: {"end": e, "n": events, "acc": [...]}} (sessions: start = first)
+        self.open: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def held(self) -> int:
+        return sum(w["n"] for wins in self.open.values() for w in wins.values())
+
+    def add(self, key: str, t: float, values: list[Any], watermark: float) -> bool:
+        """Put an event (its aggregation values) in its windows; False when it is late
+        (every window it belongs to is closed)."""
+        if self.shape.kind == "session":
+            return self._add_session(key, t, values, watermark)
+        starts = [s for s in self.shape.starts(t) if s + self.shape.size > watermark]
+        if not starts:
+            return False
+        wins = self.open.setdefault(key, {})
+        for start in starts:
+            slot = wins.setdefault(repr(start), {"end": start + self.shape.size, "n": 0,
+                                                 "acc": None})
+            slot["acc"] = self._accumulate(slot["acc"], values)
+            slot["n"] += 1
+        return True
+
+    def _add_session(self, key: str, t: float, values: list[Any], watermark: float) -> bool:
+        gap = self.shape.gap
+        if t + gap <= watermark:
+            return False
+        wins = self.open.setdefault(key, {})
+        touching = sorted((float(s), w) for s, w in wins.items()
+                          if float(s) - gap <= t < w["end"])
+        slot = {"end": t + gap, "n": 1, "acc": self._accumulate(None, values)}
+        start = t
+        for s, w in touching:  # merged in time order: first/last stay right
+            del wins[repr(s)]
+            if s <= t:
+                slot["acc"] = self._merge(w["acc"], slot["acc"])
+            else:
+                slot["acc"] = self._merge(slot["acc"], w["acc"])
+            slot["n"] += w["n"]
+            slot["end"] = max(slot["end"], w["end"])
+            start = min(start, s)
+        wins[repr(start)] = slot
+        return True
+
+    def close(self, watermark: float) -> list[tuple[str, float, dict[str, Any]]]:
+        """Remove and return the windows whose end the watermark reached, in end order:
+        (key, start, window)."""
+        closed: list[tuple[str, float, dict[str, Any]]] = []
+        for key in list(self.open):
+            wins = self.open[key]
+            for start in [s for s, w in wins.items() if w["end"] <= watermark]:
+                closed.append((key, float(start), wins.pop(start)))
+            if not wins:
+                del self.open[key]
+        closed.sort(key=lambda item: (item[2]["end"], item[1]))
+        return closed
+
+    def latest_end(self) -> float | None:
+        ends = [w["end"] for wins in self.open.values() for w in wins.values()]
+        return max(ends) if ends else None

@@ -1,0 +1,45 @@
+"""Keyed partitions (``partition_by``): which replica of a node takes an event. Pure.
+
+A key is any JSON value (what the node's ``partition_by`` expression, or a stateful
+processor's ``key``, returns). Its canonical JSON (:func:`key_text`: sorted keys, no
+spaces) names it in operator state, and its CRC-32 modulo the node's replica count picks
+the replica (:func:`partition_of`), the same on every agent and across restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+
+def key_text(value: Any) -> str:
+    """The canonical JSON of a key: equal values give equal text on every agent."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=str)
+
+
+def partition_of(text: str, partitions: int) -> int:
+    """The partition (replica index) of a key given as :func:`key_text`."""
+    return zlib.crc32(text.encode()) % partitions if partitions > 1 else 0
+
+
+class Partitioner:
+    """Does this replica take an event? ``key`` evaluates the node's ``partition_by``.
+
+    An event whose key cannot be computed belongs to partition 0, so exactly one replica
+    takes it (and fails it: counted, dead-lettered once, not once per replica).
+    """
+
+    def __init__(self, key: Callable[[Any], Any], index: int, partitions: int) -> None:
+        self._key = key
+        self.index = index
+        self.partitions = partitions
+
+    def owns(self, event: Any) -> bool:
+        try:
+            text = key_text(self._key(event))
+        except Exception:
+            return self.index == 0
+        return partition_of(text, self.partitions) == self.index

@@ -1,0 +1,107 @@
+"""The checkpointed state of a stateful processor (``window``, ``join``): :class:`OperatorState`.
+
+Kept in ``flowctl_checkpoints`` under the replica's key ``<flow>.<node>.<replica>``
+(the bucket of source positions; a node is a source or a processor, never both), one
+line of JSON::
+
+    {"state": {"keys": {<key>: ...}, ...}, "seen": {"in": 1234}, "partitions": 3,
+     "config": "<fingerprint>", "updated_at": "..."}
+
+``state`` is what the component's ``snapshot()`` returned: its per-key state under
+``keys`` (named by :func:`~componentmanager.dataplane.partition.key_text`) and anything
+else it needs. ``seen`` is, per input port, the highest stream sequence whose event is
+in that state. With at-least-once delivery the runner writes the record (after the
+outputs emitted so far are stored) and only then acks the inputs it covers, so after a
+crash an input delivered again is either in the state (its sequence is at most
+``seen``: acked, not counted twice) or not (processed). What can repeat: the results a
+component emitted after the last record was written and before the crash (a window or
+a join emitted again, with the same content).
+
+When the node's replica count changed since a record was written (``partitions``), the
+keys are dealt out again: each replica reads every record of the node and keeps the keys
+its partition now owns; ``seen`` is dropped (the new consumers start from what the
+stream still holds, so inputs may be counted again). A record of another config (the
+node's type or config changed) is ignored: the state starts empty.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from componentmanager.dataplane.partition import partition_of
+from componentmanager.runners.checkpoint import config_fingerprint
+from flowstore.models import ComponentConfig, utcnow
+from flowstore.nats import CHECKPOINTS_BUCKET, open_bucket
+from flowstore.store import read_all
+
+
+class StateTooLarge(Exception):
+    pass
+
+
+class OperatorState:
+    """Load and save one replica's state record (see the module doc)."""
+
+    def __init__(self, nc: Any, cfg: ComponentConfig, replica: int) -> None:
+        self.nc = nc
+        self.cfg = cfg
+        self.replica = replica
+        self.key = f"{cfg.flow}.{cfg.node}.{replica}"
+        self.fingerprint = config_fingerprint(cfg)
+        self.seen: dict[str, int] = {}  # input port -> highest stream sequence in the state
+        self.restored_keys = 0
+        self._kv: Any = None
+
+    async def load(self) -> list[dict[str, Any]]:
+        """The state parts this replica resumes from (empty: start afresh)."""
+        self._kv = await open_bucket(self.nc, CHECKPOINTS_BUCKET)
+        records = await self._records()
+        own = records.get(self.key)
+        if own is not None and own.get("partitions") == self.cfg.replicas:
+            self.seen = {str(p): int(s) for p, s in (own.get("seen") or {}).items()}
+            parts = [own.get("state") or {}]
+        else:  # first start, or the replica count changed: deal the keys out again
+            parts = [self._owned(rec.get("state") or {}) for rec in records.values()]
+        self.restored_keys = sum(len(p.get("keys") or {}) for p in parts)
+        return parts
+
+    async def _records(self) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        prefix = f"{self.cfg.flow}.{self.cfg.node}."
+        for key, entry in (await read_all(self._kv, f"{prefix}*")).items():
+            try:
+                record = json.loads(entry.value or b"")
+            except ValueError:
+                continue  # junk: ignored (the next save overwrites our own)
+            if isinstance(record, dict) and record.get("config") == self.fingerprint:
+                found[key] = record
+        return found
+
+    def _owned(self, state: dict[str, Any]) -> dict[str, Any]:
+        keys = state.get("keys") or {}
+        mine = {k: v for k, v in keys.items()
+                if partition_of(k, self.cfg.replicas) == self.replica}
+        return {**state, "keys": mine}
+
+    def saw(self, port: str, sequence: int) -> None:
+        if sequence > self.seen.get(port, 0):
+            self.seen[port] = sequence
+
+    def covers(self, port: str, sequence: int) -> bool:
+        """Is this input (delivered again) already in the restored state?"""
+        return sequence <= self.seen.get(port, 0)
+
+    async def save(self, state: dict[str, Any], limit: int) -> int:
+        """Write the record; its size in bytes. Raises :class:`StateTooLarge` past
+        ``limit`` (the server's largest message)."""
+        record = {"state": state, "seen": self.seen, "partitions": self.cfg.replicas,
+                  "config": self.fingerprint, "updated_at": utcnow()}
+        body = json.dumps(record, separators=(",", ":"), default=str).encode()
+        if len(body) > limit:
+            raise StateTooLarge(
+                f"the state of {self.key} is {len(body):,} bytes, more than the server "
+                f"takes in one message ({limit:,}); use a shorter window, fewer keys "
+                f"(partition_by with more replicas) or less collected data")
+        await self._kv.put(self.key, body)
+        return len(body)

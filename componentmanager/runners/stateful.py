@@ -1,0 +1,130 @@
+"""Inputs of keyed and stateful replicas: mixin of
+:class:`~componentmanager.runners.inprocess.InProcessReplica`.
+
+* ``partition_by``: every replica of the node reads each input through its own durable
+  consumer (``<node>-<port>-p<i>``; at-most-once: a plain subscription, no queue group)
+  and takes only the events of its partition (:mod:`componentmanager.dataplane.partition`);
+  the others' events it acks without counting them (their own replica counts them). A
+  replica that moves to another agent takes its consumer, and so its place in the
+  stream, with it: per-key order holds across failover.
+* stateful components (``window``, ``join``): their state is restored at start and
+  checkpointed with the input positions (:class:`~componentmanager.runners.state.OperatorState`)
+  every :data:`STATE_EVERY_S`, after a tick that emitted results, when
+  :data:`~componentmanager.runners.delivery.HOLD_MAX` inputs wait, and at stop. With
+  at-least-once delivery inputs are acked only once they are in a stored checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+
+from componentmanager.components.expressions import compile_expression
+from componentmanager.dataplane import PublishFailed
+from componentmanager.dataplane.partition import Partitioner
+from componentmanager.runners.state import OperatorState
+
+log = structlog.get_logger("flowctl.replica")
+
+#: How often a stateful replica checkpoints (and acks) when nothing forces it sooner,
+#: and how many inputs may wait for a checkpoint (below the consumer's max_ack_pending).
+STATE_EVERY_S = 1.0
+STATE_HOLD_MAX = 500
+
+
+class KeyedInputs:
+    """Partition filtering and state checkpoints (see the module doc)."""
+
+    # provided by the replica
+    nc: Any
+    cfg: Any
+    index: int
+    key: str
+    counters: Any
+    component: Any
+    host: Any
+    last_error: str | None
+    _acked: bool
+    _publisher: Any
+    _outbox: Any
+    _unacked: list[Any]
+    _unacked_since: float | None
+    _settling: asyncio.Lock
+    _owns: Any = None  # Partitioner.owns, or None: every event is this replica's
+    _state: OperatorState | None = None
+    _state_saved_at: float = 0.0
+
+    @property
+    def partition(self) -> int | None:
+        """This replica's partition when its node is partitioned, else None."""
+        return self.index if self.cfg.partition_by else None
+
+    async def _open_keyed(self, comp: Any) -> None:
+        """Before the inputs open: the partition filter; a stateful component's state."""
+        self._owns = None
+        if self.cfg.partition_by and self.cfg.replicas > 1:
+            expression = compile_expression(self.cfg.partition_by)
+            self._owns = Partitioner(expression.evaluate, self.index, self.cfg.replicas).owns
+        self._state = None
+        if getattr(comp, "stateful", False):
+            self._state = OperatorState(self.nc, self.cfg, self.index)
+            comp.restore(await self._state.load())
+            if self._state.restored_keys:
+                self.host.log_line(self, f"resumed the state of {self._state.restored_keys:,}"
+                                   " key(s) from its checkpoint", "agent")
+            self._state_saved_at = asyncio.get_running_loop().time()
+
+    def _state_due(self, force: bool) -> bool:
+        now = asyncio.get_running_loop().time()
+        return force or len(self._unacked) >= STATE_HOLD_MAX or (
+            now - self._state_saved_at >= STATE_EVERY_S)
+
+    async def _save_state(self) -> bool:
+        """Write the component's state with the input positions; False if it failed
+        (counted once per interval; the inputs stay unacked and are tried again)."""
+        comp, state = self.component, self._state
+        if comp is None or state is None:
+            return False
+        try:
+            await state.save(comp.snapshot(), int(self.nc.max_payload or 1 << 20))
+        except Exception as exc:
+            self.last_error = f"state checkpoint failed: {exc}"
+            if self.host.throttle.admit(("state checkpoint", self.key)):
+                log.warning("state checkpoint failed", replica=self.key, error=str(exc))
+                self.host.log_line(self, f"state checkpoint failed: {exc}", "error")
+            return False
+        self._state_saved_at = asyncio.get_running_loop().time()
+        return True
+
+    async def _settle_stateful(self, force: bool = False) -> None:
+        """Ack the inputs whose effect is in a stored checkpoint: outputs first, then the
+        state with the positions, then the acks."""
+        if self.component is None or (self._acked and self._publisher is None):
+            return
+        async with self._settling:
+            if not self._state_due(force):
+                return
+            if not self._acked:  # at-most-once: the state alone, for a clean restart
+                await self._save_state()
+                return
+            batch, since = self._unacked, self._unacked_since
+            self._unacked, self._unacked_since = [], None
+            try:
+                await self._outbox.flush()
+                await self._publisher.wait()
+            except PublishFailed as exc:
+                log.warning("outputs not stored; redelivery", replica=self.key, error=str(exc))
+                await self._nak_all(batch)
+                return
+            if not await self._save_state():
+                self._unacked, self._unacked_since = batch + self._unacked, since
+                return
+            await self._ack_all(batch)
+
+    async def _nak_all(self, batch: list[Any]) -> None:  # provided by InputDelivery
+        raise NotImplementedError
+
+    async def _ack_all(self, batch: list[Any]) -> None:  # provided by InputDelivery
+        raise NotImplementedError
