@@ -24,16 +24,22 @@ def _counts(s: dict[str, Any]) -> list[Any]:
 
 def _status_rows(statuses: list[dict[str, Any]]) -> list[list[Any]]:
     return [[s["node"], s["replica"], s.get("agent") or "-", s["state"], *_counts(s),
-             *live_figures(s), (s.get("reason") or s.get("last_error") or "")[:100]]
-            for s in statuses]
+             *live_figures(s), _reason(s)[:100]] for s in statuses]
+
+
+def _reason(s: dict[str, Any]) -> str:
+    """The reason or last error; what a stateful node holds (open windows, a join's
+    waiting events) when it holds something and nothing else is to say."""
+    said = s.get("reason") or s.get("last_error") or ""
+    held = s.get("held") or 0
+    return said or (f"holding {held:,} event(s)" if held else "")
 
 
 def _status_rows_wide(statuses: list[dict[str, Any]]) -> list[list[Any]]:
     return [[s["node"], s["replica"], s.get("agent") or "-", s["state"], *_counts(s),
              *live_figures(s), s.get("counters", {}).get("redelivered", 0),
              s.get("counters", {}).get("replayed", 0), s.get("restarts", 0), s.get("pid") or "-",
-             s.get("flow_revision") or "-", age(s.get("started_at")),
-             s.get("reason") or s.get("last_error") or ""]
+             s.get("flow_revision") or "-", age(s.get("started_at")), _reason(s)]
             for s in statuses]
 
 

@@ -356,6 +356,9 @@ class ReplicaStatus(Record):
     #: in the flow's stream for its consumer (at-least-once), or in this replica's
     #: queue (at-most-once)
     lag: dict[str, int] = Field(default_factory=dict)
+    #: input events the component holds and has not emitted yet: events in open windows
+    #: or waiting in a join (kept in its checkpoint), a batch being filled
+    held: int = 0
     flow_revision: int | None = None
 
     @property

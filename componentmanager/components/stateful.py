@@ -123,6 +123,10 @@ class Window(Component):
         self._last_arrival = time.monotonic()
         self._idle = config.idle_timeout or max(1.0, config.span() + config.lateness)
 
+    def held(self) -> int:
+        """Events in open windows (an event in several sliding windows counts in each)."""
+        return self.windows.held()
+
     def watermark(self) -> float:
         if self._time is None:
             return time.time()
@@ -210,6 +214,10 @@ class Join(Component):
                 combined[name] = group[name].pop(0)[1]
             self._prune(key)
             await self.ctx.emit("out", combined)
+
+    def held(self) -> int:
+        """Events waiting for their partners."""
+        return sum(len(w) for group in self.groups.values() for w in group.values())
 
     def _prune(self, key: str) -> None:
         group = self.groups[key]

@@ -153,8 +153,17 @@ class Replica:
             counters=self.counters.to_model(),
             rate=dict(self.rate),
             lag=dict(self.lag),
+            held=self.held_events(),
             flow_revision=self.cfg.flow_revision,
         )
+
+    def held_events(self) -> int:
+        """Input events the component holds, not emitted yet (in-process components)."""
+        component = getattr(self, "component", None)
+        try:
+            return int(component.held()) if component is not None else 0
+        except Exception:
+            return 0
 
     def input_queues(self) -> dict[str, int]:
         """Per input port, messages queued in this process (at-most-once inputs); {}

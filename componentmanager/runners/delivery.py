@@ -97,8 +97,9 @@ def retryable(exc: Exception) -> bool:
 
 def _emits_per_input(comp: Any) -> bool:
     """A component that buffers nothing emits, for an input, what it emitted for it
-    before: its outputs can carry ids derived from the input."""
-    return type(comp).held is Component.held
+    before: its outputs can carry ids derived from the input. So does a stateful one
+    resumed from its checkpoint (the same state and input give the same results)."""
+    return type(comp).held is Component.held or bool(getattr(comp, "stateful", False))
 
 
 #: A frame handled for this long is reported in progress (resets its ack wait).
@@ -142,8 +143,9 @@ class InputDelivery(KeyedInputs):
             if self._acked:
                 durable = await ensure_consumer(
                     self.nc, self.flow, consumer_name(self.node, port, self.partition), subjects)
-                puller = Puller(self.nc, stream_name(self.flow), durable,
-                                self._pulled_handler(port), self._settle)
+                handler = self._pulled_handler(port)
+                await self._catch_up_from(port, durable, handler)
+                puller = Puller(self.nc, stream_name(self.flow), durable, handler, self._settle)
                 self._pullers.append(puller)
                 await puller.start()
                 continue
@@ -234,6 +236,8 @@ class InputDelivery(KeyedInputs):
                 await self._ack_again(msg, counted=False)  # a replay for another node
                 return
             sequence = (delivery_of(msg.reply) or (0, 0))[0]
+            if self._held_back(port, msg, sequence):
+                return  # newer than what a predecessor had in hand: taken after those
             if self._state is not None and self._state.covers(port, sequence):
                 await self._ack_again(msg)  # in the restored state already: not twice
                 return
@@ -337,6 +341,7 @@ class InputDelivery(KeyedInputs):
         component's inputs are acked once they are in its checkpoint instead
         (:meth:`~componentmanager.runners.stateful.KeyedInputs._settle_stateful`).
         """
+        await self._check_catch_up()
         if self._state is not None:
             await self._settle_stateful(force)
             return

@@ -7,6 +7,11 @@
   the others' events it acks without counting them (their own replica counts them). A
   replica that moves to another agent takes its consumer, and so its place in the
   stream, with it: per-key order holds across failover.
+* order across a restart or move: a replica that reads its own consumer (partitioned or
+  stateful) and finds inputs its predecessor had in hand (delivered, never acked: an
+  agent killed) takes those first, as the server delivers them again after the ack wait,
+  and holds newer ones back until then (:class:`CatchUp`): one key's events are never
+  taken out of order.
 * stateful components (``window``, ``join``): their state is restored at start and
   checkpointed with the input positions (:class:`~componentmanager.runners.state.OperatorState`)
   every :data:`STATE_EVERY_S`, after a tick that emitted results, when
@@ -17,6 +22,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -25,6 +33,7 @@ from componentmanager.components.expressions import compile_expression
 from componentmanager.dataplane import PublishFailed
 from componentmanager.dataplane.partition import Partitioner
 from componentmanager.runners.state import OperatorState
+from flowstore.models import stream_name
 
 log = structlog.get_logger("flowctl.replica")
 
@@ -32,6 +41,23 @@ log = structlog.get_logger("flowctl.replica")
 #: and how many inputs may wait for a checkpoint (below the consumer's max_ack_pending).
 STATE_EVERY_S = 1.0
 STATE_HOLD_MAX = 500
+#: How often a catching-up input asks its consumer how far the acks got.
+CATCH_UP_CHECK_S = 0.5
+
+
+@dataclass
+class CatchUp:
+    """An input whose consumer had deliveries in hand when this replica started: inputs
+    up to ``upto`` (the last delivered then) are taken as they are delivered again;
+    newer ones wait in ``waiting`` (kept alive with in-progress acks) until every input
+    up to ``upto`` is acked."""
+
+    durable: str
+    upto: int
+    handle: Callable[[Any], Awaitable[None]]
+    waiting: dict[int, Any] = field(default_factory=dict)
+    checked_at: float = 0.0
+    touched_at: float = 0.0
 
 
 class KeyedInputs:
@@ -53,6 +79,7 @@ class KeyedInputs:
     _unacked_since: float | None
     _settling: asyncio.Lock
     _owns: Any = None  # Partitioner.owns, or None: every event is this replica's
+    _catch_up: dict[str, CatchUp]
     _state: OperatorState | None = None
     _state_saved_at: float = 0.0
 
@@ -63,7 +90,7 @@ class KeyedInputs:
 
     async def _open_keyed(self, comp: Any) -> None:
         """Before the inputs open: the partition filter; a stateful component's state."""
-        self._owns = None
+        self._owns, self._catch_up = None, {}
         if self.cfg.partition_by and self.cfg.replicas > 1:
             expression = compile_expression(self.cfg.partition_by)
             self._owns = Partitioner(expression.evaluate, self.index, self.cfg.replicas).owns
@@ -75,6 +102,54 @@ class KeyedInputs:
                 self.host.log_line(self, f"resumed the state of {self._state.restored_keys:,}"
                                    " key(s) from its checkpoint", "agent")
             self._state_saved_at = asyncio.get_running_loop().time()
+
+    async def _catch_up_from(self, port: str, durable: str,
+                             handle: Callable[[Any], Awaitable[None]]) -> None:
+        """Before pulling an own consumer: did a predecessor leave inputs in hand?"""
+        if not (self._acked and (self.cfg.partition_by or self.cfg.stateful)):
+            return
+        info = await self.nc.jetstream().consumer_info(stream_name(self.cfg.flow), durable)
+        if not info.num_ack_pending:
+            return
+        upto = int(info.delivered.stream_seq or 0)
+        self._catch_up[port] = CatchUp(durable, upto, handle)
+        self.host.log_line(self, f"{info.num_ack_pending} input message(s) of port {port} "
+                           "were in hand when this replica started: taking them first as "
+                           "they are delivered again (within the ack wait), newer ones after",
+                           "agent")
+
+    def _held_back(self, port: str, msg: Any, sequence: int) -> bool:
+        """Keep an input newer than what a predecessor had in hand until those are done."""
+        gate = self._catch_up.get(port) if self._catch_up else None
+        if gate is None or sequence <= gate.upto:
+            return False
+        gate.waiting.setdefault(sequence, msg)
+        return True
+
+    async def _check_catch_up(self) -> None:
+        """Release the held-back inputs of a port once everything up to its mark is acked."""
+        if not self._catch_up:
+            return
+        loop = asyncio.get_running_loop()
+        for port, gate in list(self._catch_up.items()):
+            now = loop.time()
+            if now - gate.checked_at < CATCH_UP_CHECK_S:
+                continue
+            gate.checked_at = now
+            try:
+                info = await self.nc.jetstream().consumer_info(
+                    stream_name(self.cfg.flow), gate.durable, timeout=2)
+            except Exception:
+                continue  # asked again at the next settle
+            if int(info.ack_floor.stream_seq or 0) >= gate.upto:
+                del self._catch_up[port]
+                for sequence in sorted(gate.waiting):
+                    await gate.handle(gate.waiting[sequence])
+            elif now - gate.touched_at >= STATE_EVERY_S * 2:
+                gate.touched_at = now
+                for msg in gate.waiting.values():  # not delivered again meanwhile
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
 
     def _state_due(self, force: bool) -> bool:
         now = asyncio.get_running_loop().time()
