@@ -14,10 +14,11 @@ from typing import Any
 FLOWCTL = str(Path(sys.executable).parent / "flowctl")
 
 
-def start_agent(url: str, name: str, labels: str, heartbeat: float = 1.0) -> subprocess.Popen:
+def start_agent(url: str, name: str, labels: str, heartbeat: float = 1.0,
+                status_interval: float = 0.5) -> subprocess.Popen:
     return subprocess.Popen(
         [FLOWCTL, "--nats-url", url, "agent", "--name", name, "--labels", labels,
-         "--heartbeat", str(heartbeat), "--status-interval", "0.5"],
+         "--heartbeat", str(heartbeat), "--status-interval", str(status_interval)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )

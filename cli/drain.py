@@ -75,9 +75,10 @@ def drained(spec: Any, configs: list[Any], statuses: list[Any],
             progress.waiting = (f"{node} took in {took_in[node]:,} of "
                                 f"{expected_in[node]:,} events")
             return progress
-    holding = {f"{s.node}.{s.replica}": s.held for s in statuses if s.held}
-    if holding:
-        progress.waiting = "holding events (open windows, unmatched joins, batches): " + \
+    holding = {f"{s.node}.{s.replica}": s.held for s in statuses
+               if s.held and getattr(by_node.get(s.node), "stateful", False)}
+    if holding:  # a window or join emits them when its time comes (a batch at stop)
+        progress.waiting = "holding events (open windows, unmatched joins): " + \
             ", ".join(f"{k} {n:,}" for k, n in sorted(holding.items()))
         return progress
     unacked = {k: n for k, n in (backlog or {}).items() if n}

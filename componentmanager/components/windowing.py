@@ -15,6 +15,7 @@ per key, tumbling/sliding windows by start, sessions as a list.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Callable
@@ -52,7 +53,9 @@ def parse_aggregation(text: str) -> tuple[str, str | None]:
     """``"count"`` -> ("count", None); ``"sum(amount)"`` -> ("sum", "amount")."""
     found = _AGG.match(text)
     if not found or found.group(1) not in AGGREGATIONS:
-        raise ValueError(f"{text!r} is not an aggregation: write count, or one of "
+        close = difflib.get_close_matches(found.group(1) if found else text, AGGREGATIONS, 1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"{text!r} is not an aggregation: {hint}write count, or one of "
                          f"{', '.join(a + '(expr)' for a in AGGREGATIONS[1:])}")
     func, arg = found.group(1), (found.group(2) or "").strip() or None
     if func != "count" and arg is None:
