@@ -20,9 +20,8 @@ A component is constructed with its validated config and a :class:`Context`, the
   ``flush()``); it forces a ``flush()`` when too many or too old inputs wait.
 * stateful components (``stateful = True``: ``window``, ``join``) keep per-key state that
   outlives the replica instead: ``snapshot()`` returns it as JSON (``{"keys": {<key as
-  key_text>: ...}, ...}``) and ``restore(parts)`` takes it back at start (several parts
-  when the node's replica count changed: the keys this replica now owns, from every old
-  replica). The runner checkpoints it with the input positions and acks inputs only once
+  key_text>: ...}, ...}``) and ``restore(parts)`` takes it back at start (a list of
+  parts; one today). The runner checkpoints it with the input positions and acks inputs only once
   they are in a stored snapshot (see :mod:`componentmanager.runners.state`); ``held()``
   and forced flushes do not apply to them. ``flush()`` is their clock tick (close what
   is due).

@@ -24,12 +24,13 @@ import asyncio
 import time
 
 from flowengine.errors import ValidationFailed
+from flowengine.issues import ValidationResult
 from flowengine.observe import EffectiveState, observe
 from flowengine.results import ApplyResult, ConfigChanges, TransitionResult
 from flowengine.stopping import ACTIVE, still_running, stop_waves
 from flowengine.sync import FlowKV
 from flowengine.translate import translate
-from flowengine.validate import validate
+from flowengine.validate import rescale_issues, validate
 from flowstore.errors import FlowNotFound, InvalidTransition
 from flowstore.models import (
     AgentRecord,
@@ -81,6 +82,9 @@ class FlowEngine(FlowKV):
         deployed = record is not None and record.state != FlowState.NOT_DEPLOYED
         agents = await self.live_agents() if deployed else None
         result = validate(spec, name=name, agents=agents)
+        if deployed and record is not None:
+            result = ValidationResult.from_issues([*result.issues,
+                                                   *rescale_issues(record.spec, spec)])
         if not result.ok:
             raise ValidationFailed(result, name)
         if record is None:

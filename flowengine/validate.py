@@ -264,3 +264,24 @@ def validate_loaded(loaded: LoadedFlow | None, problems: list[Problem], *,
     issues += extra or []
     issues.sort(key=lambda i: i.line or 0)
     return ValidationResult.from_issues(issues)
+
+
+def rescale_issues(deployed: FlowSpec, new: FlowSpec) -> list[ValidationIssue]:
+    """Changes a deployed flow cannot take: the replica count of a stateful node (its
+    state is split by replica: windows and joins would lose or double-count keys)."""
+    issues = []
+    for i, node in enumerate(new.nodes):
+        old = deployed.node(node.id)
+        ctype = resolve_type(node, new)
+        if (old is None or old.replicas == node.replicas or ctype is None
+                or not ctype.extra.get("stateful")):
+            continue
+        issues.append(ValidationIssue(
+            code="stateful_rescale", severity="error", node=node.id,
+            path=f"spec.nodes[{i}].replicas",
+            message=f"node '{node.id}': the replicas of a {ctype.name} cannot change while "
+                    f"the flow is deployed ({old.replicas} -> {node.replicas}): its state "
+                    "is split by replica",
+            suggestion="keep replicas as deployed, or undeploy (its open state is "
+                       "dropped), apply and deploy again"))
+    return issues

@@ -5,8 +5,10 @@ leaving no process behind. An example without a check here fails the suite.
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +76,39 @@ def check_two_agents(run: Flowctl, workdir: Path) -> None:
     assert (rows["sensor"][2], rows["tag"][2], rows["store"][2]) == (edge, edge, core)
 
 
+def check_window(run: Flowctl, workdir: Path) -> None:
+    windows = read_jsonl(workdir / "out" / "clicks-per-user.jsonl")
+    expected = {}
+    for seq in range(600):  # what `stamp` makes of each click: 20 clicks a second
+        key = (f"user-{seq % 3}", math.floor((1_700_000_000 + seq * 0.05) / 10) * 10)
+        clicks, spent, biggest = expected.get(key, (0, 0, 0))
+        expected[key] = (clicks + 1, spent + seq % 50, max(biggest, seq % 50))
+    assert len(windows) == len(expected) == 9
+    for w in windows:
+        start = datetime.fromisoformat(w["start"]).timestamp()
+        assert (w["clicks"], w["spent"], w["biggest"]) == expected[(w["key"], start)], w
+    late = workdir / "out" / "late-clicks.jsonl"
+    assert not late.exists() or late.read_text() == ""
+
+
+def check_join(run: Flowctl, workdir: Path) -> None:
+    paid = read_jsonl(workdir / "out" / "paid-orders.jsonl")
+    assert sorted(p["key"] for p in paid) == list(range(25))
+    assert all(p["orders"]["item"] == f"book-{p['key']}" and p["payments"]["paid"]
+               for p in paid)
+    unpaid = read_jsonl(workdir / "out" / "unpaid-orders.jsonl")
+    assert sorted(u["key"] for u in unpaid) == list(range(25, 30))
+    assert all(u["missing"] == ["payments"] for u in unpaid)
+
+
+def check_partitions(run: Flowctl, workdir: Path) -> None:
+    events = read_jsonl(workdir / "out" / "per-user.jsonl")
+    assert sorted(e["seq"] for e in events) == list(range(300))
+    for user in range(4):
+        seqs = [e["seq"] for e in events if e["user"] == f"user-{user}"]
+        assert seqs == sorted(seqs), f"user-{user} out of order"
+
+
 def compose_events(run: Flowctl) -> list[dict[str, Any]]:
     prefix = "compose-demo "
     return json_lines("\n".join(line.removeprefix(prefix) for line in run.out().splitlines()
@@ -93,6 +128,9 @@ CHECKS: dict[str, Callable[[Flowctl, Path], None]] = {
     "enrich.yaml": check_enrich,
     "at-least-once.yaml": check_at_least_once,
     "two-agents.yaml": check_two_agents,
+    "window.yaml": check_window,
+    "join.yaml": check_join,
+    "partitions.yaml": check_partitions,
 }
 # Flows that run until stopped: run them until they produced a few events, then Ctrl+C.
 ENDLESS: dict[str, Callable[[Flowctl, Path], None]] = {

@@ -212,3 +212,33 @@ async def test_a_tumbling_count_per_key_survives_sigkill_of_its_agent(
     assert st["tw.keyed.0"].agent != victim
     print(f"window: {len(reference)} windows of {total} events exact after killing "
           f"{victim}; emitted twice: {twice}")
+
+
+async def test_the_replicas_of_a_deployed_window_cannot_change(nc) -> None:
+    import pytest
+
+    from flowengine import FlowEngine
+    from flowengine.errors import ValidationFailed
+    from flowstore import parse_flow
+
+    def text(replicas: int) -> str:
+        return flow_yaml("rs", f"""\
+  sources:
+    - {{id: gen, type: generate, config: {{count: 1}}}}
+  processors:
+    - {{id: tally, type: window, inputs: [gen], replicas: {replicas},
+       config: {{size: 1s, key: seq}}}}
+  sinks:
+    - {{id: out, type: stdout, inputs: [tally]}}
+""", "at-least-once")
+
+    engine = await FlowEngine.open(nc)
+    await engine.apply("rs", parse_flow(text(2)).spec)
+    await engine.apply("rs", parse_flow(text(3)).spec)  # not deployed: any change goes
+    await engine.deploy("rs")
+    with pytest.raises(ValidationFailed) as failed:
+        await engine.apply("rs", parse_flow(text(2)).spec)
+    assert [i.code for i in failed.value.result.errors] == ["stateful_rescale"]
+    assert "cannot change while the flow is deployed (3 -> 2)" in str(failed.value.result.errors[0])
+    await engine.undeploy("rs")
+    await engine.apply("rs", parse_flow(text(2)).spec)

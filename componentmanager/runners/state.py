@@ -17,11 +17,9 @@ crash an input delivered again is either in the state (its sequence is at most
 component emitted after the last record was written and before the crash (a window or
 a join emitted again, with the same content).
 
-When the node's replica count changed since a record was written (``partitions``), the
-keys are dealt out again: each replica reads every record of the node and keeps the keys
-its partition now owns; ``seen`` is dropped (the new consumers start from what the
-stream still holds, so inputs may be counted again). A record of another config (the
-node's type or config changed) is ignored: the state starts empty.
+A record of another config (the node's type or config changed) or of another replica
+count is ignored: the state starts empty (the engine refuses to change the replicas of a
+stateful node while its flow is deployed, and undeploy removes the records).
 """
 
 from __future__ import annotations
@@ -29,11 +27,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from componentmanager.dataplane.partition import partition_of
 from componentmanager.runners.checkpoint import config_fingerprint
 from flowstore.models import ComponentConfig, utcnow
 from flowstore.nats import CHECKPOINTS_BUCKET, open_bucket
-from flowstore.store import read_all
 
 
 class StateTooLarge(Exception):
@@ -54,35 +50,20 @@ class OperatorState:
         self._kv: Any = None
 
     async def load(self) -> list[dict[str, Any]]:
-        """The state parts this replica resumes from (empty: start afresh)."""
+        """The state this replica resumes from (a list of one part; empty: afresh)."""
         self._kv = await open_bucket(self.nc, CHECKPOINTS_BUCKET)
-        records = await self._records()
-        own = records.get(self.key)
-        if own is not None and own.get("partitions") == self.cfg.replicas:
-            self.seen = {str(p): int(s) for p, s in (own.get("seen") or {}).items()}
-            parts = [own.get("state") or {}]
-        else:  # first start, or the replica count changed: deal the keys out again
-            parts = [self._owned(rec.get("state") or {}) for rec in records.values()]
-        self.restored_keys = sum(len(p.get("keys") or {}) for p in parts)
-        return parts
-
-    async def _records(self) -> dict[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = {}
-        prefix = f"{self.cfg.flow}.{self.cfg.node}."
-        for key, entry in (await read_all(self._kv, f"{prefix}*")).items():
-            try:
-                record = json.loads(entry.value or b"")
-            except ValueError:
-                continue  # junk: ignored (the next save overwrites our own)
-            if isinstance(record, dict) and record.get("config") == self.fingerprint:
-                found[key] = record
-        return found
-
-    def _owned(self, state: dict[str, Any]) -> dict[str, Any]:
-        keys = state.get("keys") or {}
-        mine = {k: v for k, v in keys.items()
-                if partition_of(k, self.cfg.replicas) == self.replica}
-        return {**state, "keys": mine}
+        try:
+            entry = await self._kv.get(self.key)
+            record = json.loads(entry.value or b"")
+        except Exception:  # none yet, or junk (the next save overwrites it)
+            return []
+        if (not isinstance(record, dict) or record.get("config") != self.fingerprint
+                or record.get("partitions") != self.cfg.replicas):
+            return []
+        self.seen = {str(p): int(s) for p, s in (record.get("seen") or {}).items()}
+        state = record.get("state") or {}
+        self.restored_keys = len(state.get("keys") or {})
+        return [state]
 
     def saw(self, port: str, sequence: int) -> None:
         if sequence > self.seen.get(port, 0):
