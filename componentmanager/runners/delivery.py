@@ -38,16 +38,13 @@ from componentmanager.dataplane import (
     DEFAULT_MAX_DELIVER,
     PublishFailed,
     Puller,
-    dead_letter_headers,
     decode_frame,
-    encode,
-    event_id,
     frame_count,
 )
-from componentmanager.dataplane.accounting import shape
 from componentmanager.dataplane.wire import HDR_REPLAY_TO, delivery_of, message_identity
+from componentmanager.runners.failures import EventFailures
 from componentmanager.runners.stateful import KeyedInputs
-from flowstore.models import consumer_name, dlq_subject, stream_name
+from flowstore.models import consumer_name, stream_name
 from flowstore.streams import ensure_consumer
 
 log = structlog.get_logger("flowctl.replica")
@@ -108,7 +105,7 @@ PROGRESS_EVERY_S = DEFAULT_ACK_WAIT_S / 4
 YIELD_EVERY = 8
 
 
-class InputDelivery(KeyedInputs):
+class InputDelivery(EventFailures, KeyedInputs):
     """Mixin of :class:`~componentmanager.runners.inprocess.InProcessReplica`: inputs."""
 
     # provided by the replica
@@ -385,42 +382,6 @@ class InputDelivery(KeyedInputs):
             ident = message_identity(msg.headers, msg.reply)
             self._done.remember(ident)
             self._handled.discard(ident)
-
-    # -- failures ---------------------------------------------------------------------------
-    async def _failed_event(self, port: str, msg: Msg | None, index: int, event: Any,
-                            exc: Exception) -> None:
-        """Count, log (once per interval for the same failure), dead-letter, go on."""
-        error = str(exc) if isinstance(exc, EventError) else f"{type(exc).__name__}: {exc}"
-        headers = dead_letter_headers(msg.headers if msg else None, index, error)
-        self._count_error(f"event on port {port}: {error}",
-                          event_id(msg.headers if msg else None, index))
-        await self._dead_letter(encode(event), headers)
-
-    async def reject(self, data: bytes, reason: str) -> None:
-        self._count_error(reason)
-        await self._dead_letter(data, dead_letter_headers(None, 0, reason))
-
-    def _count_error(self, error: str, eid: str | None = None) -> None:
-        """Count a failed event; log it (and keep it in FLOWCTL_LOGS, with its event id)
-        once per interval for failures of the same shape, with a count of the others."""
-        self.counters.errors += 1
-        self.last_error = error
-        if self.host.throttle.admit(("event failed", self.key, shape(error))):
-            log.warning("event failed", replica=self.key, error=error, event_id=eid)
-            self.host.log_line(self, f"event failed: {error}", "error", eid)
-
-    async def _dead_letter(self, data: bytes, headers: dict[str, str]) -> None:
-        """Publish to the node's dead-letter subject (stored in FLOWCTL_DLQ); with
-        at-least-once the store is confirmed before the input can be acked."""
-        subject = dlq_subject(self.flow, self.node)
-        try:
-            if self._acked:
-                await self.nc.jetstream().publish(subject, data, headers=headers)
-            else:
-                await self.nc.publish(subject, data, headers=headers)
-        except Exception as dlq_exc:
-            if self.host.throttle.admit(("dead-letter failed", self.key, shape(str(dlq_exc)))):
-                log.warning("dead-letter failed", replica=self.key, error=str(dlq_exc))
 
     async def _close_input(self, sub: Any, timeout: float = 2.0) -> None:
         """Close a core input: what is queued may finish for ``timeout`` seconds (upstream

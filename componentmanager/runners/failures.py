@@ -1,0 +1,71 @@
+"""What happens to an event that fails in an in-process replica: mixin of
+:class:`~componentmanager.runners.inprocess.InProcessReplica`.
+
+The event is counted in ``errors``, shown as the replica's last error, logged (and kept
+in FLOWCTL_LOGS with its event id) once per interval for failures of the same shape,
+and dead-lettered to ``flowctl.<flow>.<node>.dlq`` with the reason; the replica goes on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from nats.aio.msg import Msg
+
+from componentmanager.component import EventError
+from componentmanager.dataplane import dead_letter_headers, encode, event_id
+from componentmanager.dataplane.accounting import shape
+from flowstore.models import dlq_subject
+
+log = structlog.get_logger("flowctl.replica")
+
+
+class EventFailures:
+    """Count, log once per interval, dead-letter (see the module doc)."""
+
+    # provided by the replica
+    nc: Any
+    flow: str
+    node: str
+    key: str
+    host: Any
+    counters: Any
+    last_error: str | None
+    _acked: bool
+
+    async def _failed_event(self, port: str, msg: Msg | None, index: int, event: Any,
+                            exc: Exception) -> None:
+        """Count, log (once per interval for the same failure), dead-letter, go on."""
+        error = str(exc) if isinstance(exc, EventError) else f"{type(exc).__name__}: {exc}"
+        headers = dead_letter_headers(msg.headers if msg else None, index, error)
+        self._count_error(f"event on port {port}: {error}",
+                          event_id(msg.headers if msg else None, index))
+        await self._dead_letter(encode(event), headers)
+
+    async def reject(self, data: bytes, reason: str) -> None:
+        self._count_error(reason)
+        await self._dead_letter(data, dead_letter_headers(None, 0, reason))
+
+    def _count_error(self, error: str, eid: str | None = None) -> None:
+        """Count a failed event; log it (and keep it in FLOWCTL_LOGS, with its event id)
+        once per interval for failures of the same shape, with a count of the others."""
+        self.counters.errors += 1
+        self.last_error = error
+        if self.host.throttle.admit(("event failed", self.key, shape(error))):
+            log.warning("event failed", replica=self.key, error=error, event_id=eid)
+            self.host.log_line(self, f"event failed: {error}", "error", eid)
+
+    async def _dead_letter(self, data: bytes, headers: dict[str, str]) -> None:
+        """Publish to the node's dead-letter subject (stored in FLOWCTL_DLQ); with
+        at-least-once the store is confirmed before the input can be acked."""
+        subject = dlq_subject(self.flow, self.node)
+        try:
+            if self._acked:
+                await self.nc.jetstream().publish(subject, data, headers=headers)
+            else:
+                await self.nc.publish(subject, data, headers=headers)
+        except Exception as dlq_exc:
+            if self.host.throttle.admit(("dead-letter failed", self.key, shape(str(dlq_exc)))):
+                log.warning("dead-letter failed", replica=self.key, error=str(dlq_exc))
+
