@@ -244,24 +244,28 @@ class InputDelivery(EventFailures, KeyedInputs):
             if origin is not None and self.partition is not None:
                 origin = f"{origin}/p{self.partition}"  # each partition emits its own
             began, taken = perf_counter(), 0
-            async with self._outbox.handling(origin):  # outputs are published at the end
-                for index, event in enumerate(events):
-                    if self.component is not comp:
-                        self._took(port, msg, taken, perf_counter() - began)
-                        return  # stopped mid-frame: never acked, delivered again
-                    if self._owns is not None and not self._owns(event):
-                        continue  # another partition's: its replica counts it
-                    self.counters.in_ += 1
-                    taken += 1
-                    try:
-                        await comp.process(port, event)  # the common case, inline
-                    except Exception as exc:
-                        await self._retry(comp, port, msg, index, event, exc)
-                    self._since_yield += 1
-                    if self._since_yield >= YIELD_EVERY:
-                        self._since_yield = 0
-                        await self._still_working(port, msg)
-                        await asyncio.sleep(0)
+            self._mid_message += 1  # no state checkpoint while a message is half done
+            try:
+                async with self._outbox.handling(origin):  # outputs go out at the end
+                    for index, event in enumerate(events):
+                        if self.component is not comp:
+                            self._took(port, msg, taken, perf_counter() - began)
+                            return  # stopped mid-frame: never acked, delivered again
+                        if self._owns is not None and not self._owns(event):
+                            continue  # another partition's: its replica counts it
+                        self.counters.in_ += 1
+                        taken += 1
+                        try:
+                            await comp.process(port, event)  # the common case, inline
+                        except Exception as exc:
+                            await self._retry(comp, port, msg, index, event, exc)
+                        self._since_yield += 1
+                        if self._since_yield >= YIELD_EVERY:
+                            self._since_yield = 0
+                            await self._still_working(port, msg)
+                            await asyncio.sleep(0)
+            finally:
+                self._mid_message -= 1
             self._took(port, msg, taken, perf_counter() - began)
             if self._state is not None:
                 self._state.saw(port, sequence)

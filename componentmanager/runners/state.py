@@ -73,9 +73,10 @@ class OperatorState:
         """Is this input (delivered again) already in the restored state?"""
         return sequence <= self.seen.get(port, 0)
 
-    async def save(self, state: dict[str, Any], limit: int) -> int:
-        """Write the record; its size in bytes. Raises :class:`StateTooLarge` past
-        ``limit`` (the server's largest message)."""
+    def record(self, state: dict[str, Any], limit: int) -> bytes:
+        """The record of ``state`` and the positions as they are now, encoded at once
+        (the component goes on changing its state while the record is written). Raises
+        :class:`StateTooLarge` past ``limit`` (the server's largest message)."""
         record = {"state": state, "seen": self.seen, "partitions": self.cfg.replicas,
                   "config": self.fingerprint, "updated_at": utcnow()}
         body = json.dumps(record, separators=(",", ":"), default=str).encode()
@@ -84,5 +85,7 @@ class OperatorState:
                 f"the state of {self.key} is {len(body):,} bytes, more than the server "
                 f"takes in one message ({limit:,}); use a shorter window, fewer keys "
                 f"(partition_by with more replicas) or less collected data")
+        return body
+
+    async def write(self, body: bytes) -> None:
         await self._kv.put(self.key, body)
-        return len(body)

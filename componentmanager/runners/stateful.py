@@ -82,6 +82,7 @@ class KeyedInputs:
     _catch_up: dict[str, CatchUp]
     _state: OperatorState | None = None
     _state_saved_at: float = 0.0
+    _mid_message: int = 0  # input messages being handled right now (at-least-once)
 
     @property
     def partition(self) -> int | None:
@@ -156,33 +157,50 @@ class KeyedInputs:
         return force or len(self._unacked) >= STATE_HOLD_MAX or (
             now - self._state_saved_at >= STATE_EVERY_S)
 
-    async def _save_state(self) -> bool:
-        """Write the component's state with the input positions; False if it failed
-        (counted once per interval; the inputs stay unacked and are tried again)."""
+    def _state_record(self) -> bytes | None:
+        """The component's state with the input positions, encoded now (None: it could
+        not be; said once per interval, the inputs stay unacked and are tried again)."""
         comp, state = self.component, self._state
         if comp is None or state is None:
+            return None
+        try:
+            return state.record(comp.snapshot(), int(self.nc.max_payload or 1 << 20))
+        except Exception as exc:
+            self._state_failed(exc)
+            return None
+
+    async def _write_state(self, body: bytes | None) -> bool:
+        if body is None or self._state is None:
             return False
         try:
-            await state.save(comp.snapshot(), int(self.nc.max_payload or 1 << 20))
+            await self._state.write(body)
         except Exception as exc:
-            self.last_error = f"state checkpoint failed: {exc}"
-            if self.host.throttle.admit(("state checkpoint", self.key)):
-                log.warning("state checkpoint failed", replica=self.key, error=str(exc))
-                self.host.log_line(self, f"state checkpoint failed: {exc}", "error")
+            self._state_failed(exc)
             return False
         self._state_saved_at = asyncio.get_running_loop().time()
         return True
 
+    def _state_failed(self, exc: Exception) -> None:
+        self.last_error = f"state checkpoint failed: {exc}"
+        if self.host.throttle.admit(("state checkpoint", self.key)):
+            log.warning("state checkpoint failed", replica=self.key, error=str(exc))
+            self.host.log_line(self, f"state checkpoint failed: {exc}", "error")
+
     async def _settle_stateful(self, force: bool = False) -> None:
-        """Ack the inputs whose effect is in a stored checkpoint: outputs first, then the
-        state with the positions, then the acks."""
+        """Ack the inputs whose effect is in a stored checkpoint: the state is taken as
+        it is now (with the inputs handled so far, the batch to ack), then every output
+        emitted so far is stored, then the state, then the acks. Inputs handled while
+        this runs are in neither: acked by a later checkpoint."""
         if self.component is None or (self._acked and self._publisher is None):
             return
         async with self._settling:
-            if not self._state_due(force):
-                return
+            if self._mid_message or not self._state_due(force):
+                return  # half a message in the state would be counted again after a crash
+            body = self._state_record()
             if not self._acked:  # at-most-once: the state alone, for a clean restart
-                await self._save_state()
+                await self._write_state(body)
+                return
+            if body is None:
                 return
             batch, since = self._unacked, self._unacked_since
             self._unacked, self._unacked_since = [], None
@@ -193,7 +211,7 @@ class KeyedInputs:
                 log.warning("outputs not stored; redelivery", replica=self.key, error=str(exc))
                 await self._nak_all(batch)
                 return
-            if not await self._save_state():
+            if not await self._write_state(body):
                 self._unacked, self._unacked_since = batch + self._unacked, since
                 return
             await self._ack_all(batch)
