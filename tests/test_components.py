@@ -15,7 +15,8 @@ from tests.component_context import validate
 EXPECTED = {
     "generate": "source", "file-source": "source", "http-source": "source",
     "nats-source": "source", "filter": "processor", "transform": "processor",
-    "route": "processor", "batch": "processor", "python": "processor", "stdout": "sink",
+    "route": "processor", "batch": "processor", "python": "processor", "window": "processor",
+    "join": "processor", "stdout": "sink",
     "file-sink": "sink", "http-sink": "sink", "nats-sink": "sink", "kv": "sink",
 }
 

@@ -48,7 +48,8 @@ async def test_every_transition_and_the_exact_configs(engine: FlowEngine, nc: An
         "config": {"where": "x > 1", "limit": 0},
         "inputs": {"in": ["flowctl.demo.gen.out"]},
         "outputs": {"out": "flowctl.demo.keep.out"}, "frame_ports": ["out"],
-        "queue": "flowctl.demo.keep", "replicas": 2, "stateful": False, "assignments": ["agent-1", "agent-1"],
+        "queue": "flowctl.demo.keep", "replicas": 2, "stateful": False,
+        "assignments": ["agent-1", "agent-1"],
         "enabled": False, "delivery": "at-least-once", "flow_revision": 1,
         "downstream": {},  # only sources wait for their downstream
     }

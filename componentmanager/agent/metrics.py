@@ -91,16 +91,17 @@ class AgentCollector(Collector):
         return family
 
     def _lag(self, replicas: list[Any]) -> Iterator[Metric]:
+        labels = ["flow", "node", "port", "consumer"]  # a partitioned node: one per replica
         pending = GaugeMetricFamily(
             "flowctl_consumer_pending", "Messages stored for an input, not yet delivered",
-            labels=["flow", "node", "port"])
+            labels=labels)
         ack_pending = GaugeMetricFamily(
             "flowctl_consumer_ack_pending", "Messages delivered to an input, not yet acked",
-            labels=["flow", "node", "port"])
+            labels=labels)
         figures = getattr(self.agent, "figures", None)
-        for (flow, node, port), lag in dict(figures.lags.latest if figures else {}).items():
-            pending.add_metric([flow, node, port], lag.pending)
-            ack_pending.add_metric([flow, node, port], lag.ack_pending)
+        for key, lag in dict(figures.lags.latest if figures else {}).items():
+            pending.add_metric(list(key), lag.pending)
+            ack_pending.add_metric(list(key), lag.ack_pending)
         lag_gauge = GaugeMetricFamily(
             "flowctl_input_lag_messages",
             "Messages waiting for an input (the LAG of flowctl status)", labels=PORTED)

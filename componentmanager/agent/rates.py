@@ -59,13 +59,13 @@ class ConsumerLag:
 
 
 class LagSampler:
-    """The latest :class:`ConsumerLag` per ``(flow, durable consumer)`` of at-least-once
-    inputs (a partitioned node's replicas each have their own)."""
+    """The latest :class:`ConsumerLag` per ``(flow, node, port, durable consumer)`` of
+    at-least-once inputs (a partitioned node's replicas each have their own consumer)."""
 
     def __init__(self, nc: Any, timeout: float = 1.0) -> None:
         self.nc = nc
         self.timeout = timeout
-        self.latest: dict[tuple[str, str], ConsumerLag] = {}
+        self.latest: dict[tuple[str, str, str, str], ConsumerLag] = {}
 
     @staticmethod
     def _durable(replica: Replica, port: str) -> str:
@@ -74,7 +74,7 @@ class LagSampler:
 
     async def refresh(self, replicas: list[Replica]) -> None:
         """Ask once per distinct input; keep the last answer of one that times out."""
-        wanted = {(r.cfg.flow, self._durable(r, port))
+        wanted = {(r.cfg.flow, r.cfg.node, port, self._durable(r, port))
                   for r in replicas if r.cfg.delivery == "at-least-once"
                   for port, subjects in r.cfg.inputs.items() if subjects}
         for key in list(self.latest):
@@ -83,8 +83,8 @@ class LagSampler:
         if wanted:
             await asyncio.gather(*(self._ask(key) for key in wanted))
 
-    async def _ask(self, key: tuple[str, str]) -> None:
-        flow, durable = key
+    async def _ask(self, key: tuple[str, str, str, str]) -> None:
+        flow, _, _, durable = key
         with contextlib.suppress(Exception):  # NATS busy or down: the next round asks again
             info = await self.nc.jetstream().consumer_info(
                 stream_name(flow), durable, timeout=self.timeout)
@@ -97,8 +97,8 @@ class LagSampler:
         if cfg.delivery != "at-least-once":
             return replica.input_queues()
         return {port: found.total for port in cfg.inputs
-                if (found := self.latest.get((cfg.flow, self._durable(replica, port))))
-                is not None}
+                if (found := self.latest.get((cfg.flow, cfg.node, port,
+                                              self._durable(replica, port)))) is not None}
 
 
 class LiveFigures:
