@@ -134,6 +134,9 @@ def outcome(spec: Any, statuses: list[Any], dead_letters: dict[str, int],
         c = [sum(getattr(s.counters, f) for s in group)
              for f in ("in_", "out", "filtered", "errors", "dropped")]
         notes = [s.reason or s.last_error for s in group if s.reason or s.last_error]
+        held = sum(s.held for s in group)
+        if held and not notes:
+            notes = [f"held {held:,} event(s) when stopped"]
         shown: list[Any] = ["-"] * 5 if node in uncounted else c
         agents = ",".join(sorted({s.agent for s in group if s.agent})) or "-"
         rows.append([node, len(group), agents, "/".join(states), *shown, dead_letters.get(node, 0),
@@ -170,4 +173,17 @@ def unconfirmed(spec: Any, configs: list[Any], statuses: list[Any]) -> list[str]
                        f"events and {reached:,} reached {', '.join(sorted(counted))}: events "
                        "may be lost or still inside it (at-least-once, the default, waits "
                        "for them)")
+    return out
+
+
+def still_held(configs: list[Any], statuses: list[Any]) -> list[str]:
+    """Stateful nodes (window, join) that held events when the flow stopped: deleting
+    the flow discards them. One sentence each."""
+    stateful = {c.node for c in configs if c.stateful}
+    out = []
+    for node in dict.fromkeys(s.node for s in statuses if s.node in stateful):
+        held = sum(s.held for s in statuses if s.node == node)
+        if held:
+            out.append(f"{node} held {held:,} event(s) in open windows or unmatched joins; "
+                       "deleting the flow discards them (--until-done lets them out)")
     return out

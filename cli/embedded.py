@@ -27,7 +27,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.agent import stop_on_signals
-from cli.drain import SUMMARY_COLUMNS, drained, outcome, reports_counters, unconfirmed
+from cli.drain import SUMMARY_COLUMNS, drained, outcome, reports_counters, still_held, unconfirmed
 from cli.errors import EXIT_FAILED, run
 from cli.main import app, globals_, valid_name
 from cli.output import info, spinner, table
@@ -326,6 +326,8 @@ class Embedded:
         for doubt in unconfirmed(self.loaded.spec, configs, statuses):
             info(f"warning: {doubt}")
             self.exit_code = EXIT_FAILED
+        for held in still_held(configs, statuses):
+            info(f"warning: {held}")
         return outcome(self.loaded.spec, statuses, {n: k for n, k in new.items() if k > 0},
                        uncounted)
 

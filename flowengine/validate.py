@@ -107,6 +107,10 @@ class _Checker(GraphChecks):
         )
         if ctype.role == "sink":
             shape.outputs, shape.counted_outputs = set(), []
+        silent = ctype.extra.get("silent_outputs")
+        if silent is not None and isinstance(node.config, dict):
+            quiet = set(silent(node.config))
+            shape.counted_outputs = [p for p in shape.counted_outputs if p not in quiet]
         for port in shape.counted_outputs:
             if port == RESERVED_PORT:
                 self.add("reserved_name", f"node '{node.id}': output port '{port}' is reserved "
@@ -176,6 +180,11 @@ class _Checker(GraphChecks):
                 self.add("invalid_config", f"node '{node.id}': partition_by: {exc}",
                          node=node.id, path=f"{path}.partition_by",
                          suggestion="an expression over event fields, e.g. user_id")
+            if node.replicas == 1:
+                self.add("invalid_config", f"node '{node.id}': partition_by has no effect "
+                         "with one replica", severity="warning", node=node.id,
+                         path=f"{path}.partition_by", suggestion="set replicas, or remove "
+                         "partition_by (one replica takes every event in order)")
             if node.kind != "inprocess":
                 self.add("invalid_config", f"node '{node.id}': partition_by works for "
                          "built-in and python types, not for programs or containers",

@@ -193,3 +193,57 @@ def test_validate_names_each_keyed_problem_where_it_is() -> None:
                for p, m in errors)
     assert any(p == "spec.processors[4].config.aggregate" and "did you mean 'count'" in m
                for p, m in errors)
+
+
+def test_values_of_the_wrong_kind_fail_the_event_and_change_nothing() -> None:
+    from componentmanager.component import EventError
+
+    ctx = Ctx()
+    window = Window(WindowConfig.model_validate(
+        {"size": 10, "time": "t", "aggregate": {"s": "sum(v)", "hi": "max(v)",
+                                                "seen": "count(v)"}}), ctx)
+    run(window.process("in", {"t": 1, "v": 2}))
+    with pytest.raises(EventError, match=r"sum needs numbers, got null \(write get"):
+        run(window.process("in", {"t": 2, "v": None}))
+    with pytest.raises(EventError, match="aggregate s: sum needs numbers, got string 'x'"):
+        run(window.process("in", {"t": 1, "v": "x"}))
+    with pytest.raises(EventError, match="out of range"):
+        run(window.process("in", {"t": 1e300, "v": 1}))
+    assert window.held() == 1
+    window.config.aggregate  # noqa: B018 - the config stays as given
+
+
+def test_count_of_an_expression_counts_the_events_where_it_is_not_null() -> None:
+    ctx = Ctx()
+    window = Window(WindowConfig.model_validate(
+        {"size": 10, "time": "t", "aggregate": {"n": "count", "with_v": "count(get(v, null))"}}),
+        ctx)
+    for event in ({"t": 1, "v": 1}, {"t": 2}, {"t": 3, "v": 0}):
+        run(window.process("in", event))
+    run(window.process("in", {"t": 20}))  # closes [0, 10)
+    assert ctx.emitted[0][1]["n"] == 3 and ctx.emitted[0][1]["with_v"] == 2
+
+
+def test_every_window_config_problem_is_said_at_its_own_field() -> None:
+    with pytest.raises(ValidationError) as failed:
+        WindowConfig.model_validate({"kind": "session", "size": "1s", "slide": "1s",
+                                     "lateness": "2s", "aggregate": {"m": "median(v)"}})
+    problems = {e["loc"][0]: e["msg"] for e in failed.value.errors()}
+    assert set(problems) == {"gap", "size", "slide", "lateness", "aggregate"}
+    assert "a session window needs gap" in problems["gap"]
+    assert "lateness applies to event time" in problems["lateness"]
+
+
+def test_a_join_that_drops_timeouts_has_no_unread_timeout_port() -> None:
+    from flowengine import validate_loaded
+    from flowstore.loader import parse_flow_lenient
+
+    text = BAD_KEYED.replace("{id: j, type: join, inputs: [a], config: {key: id}}",
+                             "{id: j, type: join, inputs: [a, w], config: {key: id, "
+                             "timeout: drop}}")
+    loaded, problems = parse_flow_lenient(text, "f.yaml")
+    result = validate_loaded(loaded, problems)
+    unread = {(i.node, i.port) for i in result.warnings if i.code == "unused_output"}
+    assert ("j", "timeout") not in unread and ("w", "late") in unread
+    assert any(i.path == "spec.processors[3].partition_by" and "no effect" in i.message
+               for i in result.warnings)

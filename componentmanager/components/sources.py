@@ -91,20 +91,22 @@ class GenerateSource(Component):
         loop = asyncio.get_running_loop()
         begin = loop.time()
         first = seq = int(await self.ctx.resume_position() or 0)  # resume after a restart
-        while count is None or seq < count:
-            if rate is not None:
-                ahead = begin + (seq - first) / rate - loop.time()
-                if ahead >= PACE_TICK_S:  # sleep per batch, never per event at high rates
-                    await asyncio.sleep(ahead)
-                elif ahead < -1.0:  # fell behind by over a second: don't burst to catch up
-                    begin = loop.time() - (seq - first) / rate
-            elif seq and seq % YIELD_EVERY == 0:
-                await asyncio.sleep(0)
-            await emit("out", self.make_event(seq))
-            seq += 1
-            if seq % ADVANCE_EVERY == 0 or (rate is not None and rate < ADVANCE_EVERY):
-                self.ctx.advance(seq)  # the next sequence: where a restart resumes
-        self.ctx.advance(seq)
+        try:
+            while count is None or seq < count:
+                if rate is not None:
+                    ahead = begin + (seq - first) / rate - loop.time()
+                    if ahead >= PACE_TICK_S:  # sleep per batch, never per event when fast
+                        await asyncio.sleep(ahead)
+                    elif ahead < -1.0:  # fell behind by over a second: no burst to catch up
+                        begin = loop.time() - (seq - first) / rate
+                elif seq and seq % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+                await emit("out", self.make_event(seq))
+                seq += 1
+                if seq % ADVANCE_EVERY == 0 or (rate is not None and rate < ADVANCE_EVERY):
+                    self.ctx.advance(seq)  # the next sequence: where a restart resumes
+        finally:  # also when stopped: a stopped source resumes exactly here
+            self.ctx.advance(seq)
 
 
 # ---------------------------------------------------------------------------------- file
@@ -165,15 +167,22 @@ class FileSource(Component):
         return offset
 
     async def run(self) -> None:
-        pending = b""
         offset = await self._resume()  # of the first byte not emitted yet
+        self._offset = offset
+        try:
+            await self._read_from(offset)
+        finally:  # also when stopped: a stopped source resumes exactly here
+            self.ctx.advance(self._offset)
+
+    async def _read_from(self, offset: int) -> None:
+        pending = b""
         while True:
             chunk = await asyncio.to_thread(self._fh.read, self.CHUNK)
             if chunk:
                 *lines, pending = (pending + chunk).split(b"\n")
                 for i, line in enumerate(lines, 1):
                     await self._emit_line(line)
-                    offset += len(line) + 1
+                    offset = self._offset = offset + len(line) + 1
                     if i % ADVANCE_EVERY == 0:
                         self.ctx.advance(offset)
                 self.ctx.advance(offset)
@@ -181,7 +190,7 @@ class FileSource(Component):
             if not self.config.follow:
                 if pending:
                     await self._emit_line(pending)
-                    self.ctx.advance(offset + len(pending))
+                    self._offset = offset + len(pending)
                 return
             if self._replaced():
                 if pending:
@@ -189,7 +198,7 @@ class FileSource(Component):
                     pending = b""
                 self._fh.close()
                 self._fh = open(self.config.path, "rb")  # noqa: SIM115
-                offset = 0
+                offset = self._offset = 0
                 self.ctx.advance(offset)
                 continue
             await asyncio.sleep(self.config.poll_interval)

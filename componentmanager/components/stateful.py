@@ -12,7 +12,14 @@ import json
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from componentmanager.component import Component, Context, EventError
 from componentmanager.components.expressions import ExpressionStr, compile_expression
@@ -31,6 +38,8 @@ from componentmanager.registry import ComponentType, Port, register
 #: The clock tick of a window or join: at most this long between checks.
 TICK_S = 0.25
 NO_KEY = "null"
+#: What each kind of window needs of size, slide and gap.
+_NEEDS = {"tumbling": ("size",), "sliding": ("size", "slide"), "session": ("gap",)}
 
 # ------------------------------------------------------------------------------- window
 
@@ -41,12 +50,15 @@ class WindowConfig(BaseModel):
     kind: Literal["tumbling", "sliding", "session"] = Field(
         default="tumbling", description="tumbling (size), sliding (size, slide) or "
         "session (gap).")
-    size: Seconds | None = Field(default=None, gt=0, description="Window length: 10, "
-                                 "10s, 500ms, 5m, 1h (tumbling and sliding).")
-    slide: Seconds | None = Field(default=None, gt=0, description="Sliding: a new window "
-                                  "starts every slide (at most size).")
-    gap: Seconds | None = Field(default=None, gt=0, description="Session: a key's window "
-                                "closes after this long without an event of it.")
+    size: Seconds | None = Field(default=None, gt=0, validate_default=True,
+                                 description="Window length: 10, 10s, 500ms, 5m, 1h "
+                                 "(tumbling and sliding).")
+    slide: Seconds | None = Field(default=None, gt=0, validate_default=True,
+                                  description="Sliding: a new window starts every slide "
+                                  "(at most size).")
+    gap: Seconds | None = Field(default=None, gt=0, validate_default=True,
+                                description="Session: a key's window closes after this "
+                                "long without an event of it.")
     key: ExpressionStr | None = Field(default=None, description="Group by this expression "
                                       "(one window per key); null: one window for all.")
     time: ExpressionStr | None = Field(
@@ -67,24 +79,47 @@ class WindowConfig(BaseModel):
     def _aggregations(cls, aggregate: dict[str, str]) -> dict[str, str]:
         if not aggregate:
             raise ValueError("aggregate is empty: name at least one, e.g. {count: count}")
+        problems = []  # every one at once, not one per run of validate
         for name, text in aggregate.items():
             if name in ("key", "start", "end"):
-                raise ValueError(f"aggregate field {name!r} is taken by the window's own "
-                                 "fields (key, start, end)")
-            _, arg = parse_aggregation(str(text))
-            if arg is not None:
-                compile_expression(arg)  # an ExpressionError names the problem
+                problems.append(f"field {name!r} is taken by the window's own fields "
+                                "(key, start, end)")
+                continue
+            try:
+                _, arg = parse_aggregation(str(text))
+                if arg is not None:
+                    compile_expression(arg)
+            except ValueError as exc:  # ExpressionError is one
+                problems.append(f"{name}: {exc}")
+        if problems:
+            raise ValueError("; ".join(problems))
         return aggregate
 
+    @field_validator("size", "slide", "gap", mode="after")
+    @classmethod
+    def _fits_kind(cls, value: float | None, info: ValidationInfo) -> float | None:
+        """Each of size, slide, gap: needed by the window's kind, or not applying to it
+        (checked per field, so every problem is said at once, at its own field)."""
+        kind = info.data.get("kind")
+        if kind is None:  # the kind itself is wrong: it says so
+            return value
+        if info.field_name in _NEEDS[kind] and value is None:
+            raise ValueError(f"a {kind} window needs {info.field_name}")
+        if info.field_name not in _NEEDS[kind] and value is not None:
+            raise ValueError(f"{info.field_name} does not apply to a {kind} window")
+        return value
+
+    @field_validator("lateness", "idle_timeout", mode="after")
+    @classmethod
+    def _event_time_only(cls, value: float | None, info: ValidationInfo) -> float | None:
+        # (time absent from info.data: it failed on its own, and says so)
+        if value and "time" in info.data and info.data["time"] is None:
+            raise ValueError(f"{info.field_name} applies to event time: set time (or "
+                             f"remove {info.field_name})")
+        return value
+
     @model_validator(mode="after")
-    def _shape(self) -> WindowConfig:
-        needs = {"tumbling": ("size",), "sliding": ("size", "slide"), "session": ("gap",)}
-        for name in needs[self.kind]:
-            if getattr(self, name) is None:
-                raise ValueError(f"a {self.kind} window needs {name}")
-        for name in {"size", "slide", "gap"} - set(needs[self.kind]):
-            if getattr(self, name) is not None:
-                raise ValueError(f"{name} does not apply to a {self.kind} window")
+    def _slide(self) -> WindowConfig:
         if self.kind == "sliding" and self.slide and self.size and self.slide > self.size:
             raise ValueError("slide is longer than size: events between windows would be "
                              "missed (use a tumbling window, or slide <= size)")
@@ -256,6 +291,11 @@ class Join(Component):
 
 _MOD = "componentmanager.components.stateful"
 
+
+def _silent_join_outputs(config: dict[str, Any]) -> list[str]:
+    """Ports that send nothing with this config (no unused-output warning for them)."""
+    return ["timeout"] if config.get("timeout") == "drop" else []
+
 register(ComponentType(
     name="window", role="processor", config_model=WindowConfig,
     inputs=(Port("in", required=True, description="the events to aggregate"),),
@@ -264,10 +304,11 @@ register(ComponentType(
     description="Aggregate events per key over tumbling, sliding or session windows.",
     impl=f"{_MOD}:Window", extra={"stateful": True},
     docs='Emits {"key": k, "start": iso, "end": iso, <aggregate fields>} per closed '
-         "window. Event time (time: ts) closes a window when the latest event time less "
-         "lateness passes its end (or after idle_timeout without events); processing "
-         "time on the clock. State is checkpointed: a restarted or moved replica resumes "
-         "its open windows. With replicas > 1 the node is partitioned by key.",
+         "window (key only when key is set). Event time (time: ts) closes a window when "
+         "the latest event time less lateness passes its end (or after idle_timeout "
+         "without events); processing time on the clock. State is checkpointed: a "
+         "restarted or moved replica resumes its open windows. With replicas > 1 the node "
+         "is partitioned by key.",
 ))
 register(ComponentType(
     name="join", role="processor", config_model=JoinConfig,
@@ -276,7 +317,8 @@ register(ComponentType(
     outputs=(Port("out", description='{"key": k, "<input>": event, ...}'),
              Port("timeout", description="events whose partners did not come within")),
     description="Correlate events of two or more inputs by key within a time window.",
-    impl=f"{_MOD}:Join", extra={"stateful": True, "inputs_by_upstream": True},
+    impl=f"{_MOD}:Join", extra={"stateful": True, "inputs_by_upstream": True,
+                                "silent_outputs": _silent_join_outputs},
     docs='inputs: [orders, payments] -> emits {"key": k, "orders": {...}, "payments": '
          '{...}} once both have an event with that key (oldest first). An event waiting '
          'longer than within goes to port timeout as {"key", "input", "event", "missing"} '

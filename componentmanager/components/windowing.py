@@ -25,6 +25,9 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator
 
+from componentmanager.component import EventError
+from componentmanager.components.expressions.functions import kind
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
@@ -63,10 +66,22 @@ def parse_aggregation(text: str) -> tuple[str, str | None]:
     return func, arg
 
 
+def check_value(name: str, func: str, value: Any) -> None:
+    """An event's value for one aggregation, checked before any window changes: sum and
+    avg take numbers, min and max numbers or strings (a bool is not a number)."""
+    what = "null (write get(x, 0) for a default)" if value is None else \
+        f"{kind(value)} {value!r}"
+    if func in ("sum", "avg") and kind(value) != "number":
+        raise EventError(f"aggregate {name}: {func} needs numbers, got {what}")
+    if func in ("min", "max") and kind(value) not in ("number", "string"):
+        raise EventError(f"aggregate {name}: {func} needs numbers or strings, got {what}")
+
+
 def add_value(func: str, acc: Any, value: Any) -> Any:
-    """The accumulator of ``func`` after one more value (``acc`` None: the first)."""
+    """The accumulator of ``func`` after one more value (``acc`` None: the first);
+    ``count(expr)`` counts the events whose value is not null."""
     if func == "count":
-        return (acc or 0) + 1
+        return (acc or 0) + (value is not None)
     if func == "collect":
         return [*(acc or []), value]
     if func == "avg":
@@ -76,6 +91,9 @@ def add_value(func: str, acc: Any, value: Any) -> Any:
         return [value]  # min, max, first, last, sum: boxed, so a null value is kept
     if func == "sum":
         return [acc[0] + value]
+    if func in ("min", "max") and kind(value) != kind(acc[0]):
+        raise EventError(f"{func} cannot compare {kind(value)} {value!r} with the "
+                         f"{kind(acc[0])} {acc[0]!r} of this window")
     if func == "min":
         return [value] if value < acc[0] else acc
     if func == "max":
@@ -123,9 +141,16 @@ def iso(seconds: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
+#: Event times beyond this many seconds from 1970 (about year 5000) are mistakes.
+EVENT_TIME_LIMIT_S = 1e11
+
+
 def event_seconds(value: Any) -> float:
     """An event-time field as epoch seconds: a number (seconds) or an ISO-8601 string."""
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if not -EVENT_TIME_LIMIT_S < value < EVENT_TIME_LIMIT_S:  # also NaN, infinity
+            raise ValueError(f"event time {value!r} is out of range (epoch seconds, "
+                             "up to about the year 5000; milliseconds? divide by 1000)")
         return float(value)
     if isinstance(value, str):
         try:
@@ -160,9 +185,14 @@ class Aggregations:
         self.fields = fields
 
     def values(self, event: Any) -> list[Any]:
-        """What each aggregation reads from one event (evaluated before any window
-        changes, so an event that fails changes nothing)."""
-        return [None if get is None else get(event) for _, get in self.fields.values()]
+        """What each aggregation reads from one event (evaluated and checked before any
+        window changes, so an event that fails changes nothing; ``count`` reads True)."""
+        values = []
+        for name, (func, get) in self.fields.items():
+            value = True if get is None else get(event)
+            check_value(name, func, value)
+            values.append(value)
+        return values
 
     def accumulate(self, accs: list[Any] | None, values: list[Any]) -> list[Any]:
         accs = accs or [None] * len(values)

@@ -295,8 +295,10 @@ class Puller:
             if msg.subject.endswith(f".{self._k}") and msg.headers["Status"] != "100":
                 self._done.set()  # 408 expired, 409 ...: this request is over
             return
-        if self._closing:
-            return  # never acked: delivered again after the ack wait
+        if self._closing:  # stopping: delivered again at once, to whoever reads next
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            return
         self._idle.clear()
         try:
             await self._handle(msg)

@@ -157,11 +157,14 @@ class Replica:
             flow_revision=self.cfg.flow_revision,
         )
 
+    #: what a stopped stateful component held (kept in its checkpoint for the next start)
+    held_at_stop = 0
+
     def held_events(self) -> int:
         """Input events the component holds, not emitted yet (in-process components)."""
         component = getattr(self, "component", None)
         try:
-            return int(component.held()) if component is not None else 0
+            return int(component.held()) if component is not None else self.held_at_stop
         except Exception:
             return 0
 

@@ -282,6 +282,8 @@ class InProcessReplica(InputDelivery, Replica):
                 await self._settle(force=True)    # inputs (stateful: checkpoint first)
         if self.component is not None:
             comp, self.component = self.component, None
+            if self._state is not None:  # still held, in the checkpoint: status says so
+                self.held_at_stop = comp.held()
             await self._wait_inflight()
             # A stateful component's open windows stay in its checkpoint: no last flush.
             hooks = (comp.stop,) if self._state is not None else (comp.flush, comp.stop)
@@ -300,6 +302,8 @@ class InProcessReplica(InputDelivery, Replica):
             if self.nc.is_connected:
                 with contextlib.suppress(Exception):
                     await self._publisher.wait()
+                if self._checkpoint is not None and self.state != ReplicaState.COMPLETED:
+                    await self._checkpoint.flush()  # a stopped source resumes exactly here
             await self._publisher.close()
             self._publisher = None
 
@@ -311,6 +315,7 @@ class InProcessReplica(InputDelivery, Replica):
         for puller in self._pullers:
             await puller.stop()  # a message in progress finishes; the rest is redelivered
         self._pullers.clear()
+        await self._let_held_back_go()
 
     async def stop(self) -> None:
         self._stopping = True

@@ -7,11 +7,12 @@
   the others' events it acks without counting them (their own replica counts them). A
   replica that moves to another agent takes its consumer, and so its place in the
   stream, with it: per-key order holds across failover.
-* order across a restart or move: a replica that reads its own consumer (partitioned or
-  stateful) and finds inputs its predecessor had in hand (delivered, never acked: an
-  agent killed) takes those first, as the server delivers them again after the ack wait,
-  and holds newer ones back until then (:class:`CatchUp`): one key's events are never
-  taken out of order.
+* order across a restart or move: a replica that reads a consumer of its own (a
+  partitioned node's replica, or a node's only replica) and finds inputs its predecessor
+  had in hand (delivered, never acked: an agent killed) takes those first, as the server
+  delivers them again after the ack wait, and holds newer ones back until then
+  (:class:`CatchUp`): one key's events are never taken out of order. (A replica that
+  stops cleanly hands back what it had not handled at once, so a restart does not wait.)
 * stateful components (``window``, ``join``): their state is restored at start and
   checkpointed with the input positions (:class:`~componentmanager.runners.state.OperatorState`)
   every :data:`STATE_EVERY_S`, after a tick that emitted results, when
@@ -107,7 +108,8 @@ class KeyedInputs:
     async def _catch_up_from(self, port: str, durable: str,
                              handle: Callable[[Any], Awaitable[None]]) -> None:
         """Before pulling an own consumer: did a predecessor leave inputs in hand?"""
-        if not (self._acked and (self.cfg.partition_by or self.cfg.stateful)):
+        own = self.cfg.partition_by or self.cfg.stateful or self.cfg.replicas == 1
+        if not (self._acked and own):
             return
         info = await self.nc.jetstream().consumer_info(stream_name(self.cfg.flow), durable)
         if not info.num_ack_pending:
@@ -151,6 +153,14 @@ class KeyedInputs:
                 for msg in gate.waiting.values():  # not delivered again meanwhile
                     with contextlib.suppress(Exception):
                         await msg.in_progress()
+
+    async def _let_held_back_go(self) -> None:
+        """Stopping: what was held back is delivered again at once (not after the wait)."""
+        gates, self._catch_up = self._catch_up or {}, {}
+        for gate in gates.values():
+            for msg in gate.waiting.values():
+                with contextlib.suppress(Exception):
+                    await msg.nak()
 
     def _state_due(self, force: bool) -> bool:
         now = asyncio.get_running_loop().time()
