@@ -7,6 +7,7 @@ format (YAML) lives in :mod:`flowstore.flowfile`; it is normalized into :class:`
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import cached_property
@@ -435,16 +436,25 @@ def stream_name(flow: str) -> str:
     return f"FLOWCTL_{flow}"
 
 
-def consumer_name(node: str, port: str, partition: int | None = None) -> str:
-    """The durable consumer of one node input, shared by the node's replicas; a
-    partitioned node (``partition_by``) has one per replica (``<node>-<port>-p<i>``)."""
-    name = f"{node}-{port}".replace(".", "_")
-    return name if partition is None else f"{name}-p{partition}"
+def consumer_name(node: str, port: str) -> str:
+    """The durable consumer of one node input, shared by the node's replicas."""
+    return f"{node}-{port}".replace(".", "_")
+
+
+#: A partitioned node's consumers: ``<node>-<port>-p<i>of<n>``, one per replica; the count
+#: is in the name, so a node repartitioned to another count gets new consumers.
+PARTITION_CONSUMER = re.compile(r"-p\d+of\d+$")
+
+
+def input_consumer(cfg: ComponentConfig, port: str, replica: int) -> str:
+    """The durable consumer replica ``replica`` of a node reads input ``port`` through:
+    the node's shared one, or its partition's own (``partition_by``)."""
+    name = consumer_name(cfg.node, port)
+    return f"{name}-p{replica}of{cfg.replicas}" if cfg.partition_by else name
 
 
 def consumer_names(cfg: ComponentConfig) -> list[tuple[str, str, list[str]]]:
     """Every durable consumer a node's inputs need: (name, port, subjects)."""
-    partitions: list[int | None] = (list(range(cfg.replicas)) if cfg.partition_by
-                                    else [None])
-    return [(consumer_name(cfg.node, port, p), port, subjects)
-            for port, subjects in cfg.inputs.items() if subjects for p in partitions]
+    replicas = range(cfg.replicas) if cfg.partition_by else range(1)
+    return [(input_consumer(cfg, port, r), port, subjects)
+            for port, subjects in cfg.inputs.items() if subjects for r in replicas]

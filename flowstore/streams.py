@@ -24,6 +24,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
+    ConsumerInfo,
     DeliverPolicy,
     DiscardPolicy,
     RetentionPolicy,
@@ -31,7 +32,13 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
-from flowstore.models import ComponentConfig, consumer_names, stream_name
+from flowstore.models import (
+    PARTITION_CONSUMER,
+    ComponentConfig,
+    consumer_name,
+    consumer_names,
+    stream_name,
+)
 
 DLQ_STREAM = "FLOWCTL_DLQ"
 DLQ_SUBJECTS = ["flowctl.*.*.dlq"]
@@ -61,11 +68,14 @@ def flow_stream_config(flow: str, subjects: list[str], max_bytes: int,
     )
 
 
-def consumer_config(durable: str, subjects: list[str]) -> ConsumerConfig:
-    """The durable pull consumer of one node input (see :func:`consumer_names`)."""
+def consumer_config(durable: str, subjects: list[str],
+                    start: int | None = None) -> ConsumerConfig:
+    """The durable pull consumer of one node input (see :func:`consumer_names`), from the
+    first event the stream holds, or from stream sequence ``start``."""
     return ConsumerConfig(
         durable_name=durable,
-        deliver_policy=DeliverPolicy.ALL,
+        deliver_policy=DeliverPolicy.ALL if start is None else DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=start,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=DEFAULT_ACK_WAIT_S,
         max_deliver=DEFAULT_MAX_DELIVER,
@@ -98,17 +108,27 @@ async def ensure_flow_stream(nc: NatsClient, flow: str, subjects: list[str], max
         await js.update_stream(current)
 
 
-async def ensure_consumer(nc: NatsClient, flow: str, durable: str,
-                          subjects: list[str]) -> str:
-    """A durable consumer of one node input; replaced when its subjects changed."""
+async def ensure_consumer(nc: NatsClient, flow: str, durable: str, subjects: list[str],
+                          start: int | None = None, known: ConsumerInfo | None = None) -> str:
+    """A durable consumer of one node input: created when missing (from ``start``), kept
+    as it is when it reads the same subjects, replaced when its subjects changed.
+    ``known``: its info, when the caller has it."""
     js = nc.jetstream()
-    config = consumer_config(durable, subjects)
-    try:
-        await js.add_consumer(stream_name(flow), config)
-    except BadRequestError:
-        await js.delete_consumer(stream_name(flow), config.durable_name)
-        await js.add_consumer(stream_name(flow), config)
-    return str(config.durable_name)
+    if known is None:
+        with contextlib.suppress(NotFoundError):
+            known = await js.consumer_info(stream_name(flow), durable)
+    if known is not None:
+        if _subjects(known.config) == sorted(subjects):
+            return durable
+        await js.delete_consumer(stream_name(flow), durable)
+    with contextlib.suppress(BadRequestError):  # created concurrently (a replica, the engine)
+        await js.add_consumer(stream_name(flow), consumer_config(durable, subjects, start))
+    return durable
+
+
+def _subjects(config: ConsumerConfig) -> list[str]:
+    return sorted(config.filter_subjects or ([config.filter_subject]
+                                             if config.filter_subject else []))
 
 
 async def ensure_flow_streams(nc: NatsClient, flow: str, configs: list[ComponentConfig],
@@ -117,30 +137,43 @@ async def ensure_flow_streams(nc: NatsClient, flow: str, configs: list[Component
     durable consumer per node input (and the shared dead-letter stream)."""
     await ensure_dlq_stream(nc, replicas)
     await ensure_flow_stream(nc, flow, output_subjects(configs), max_bytes, replicas)
-    wanted = {name: subjects for cfg in configs for name, _, subjects in consumer_names(cfg)}
-    for name, subjects in wanted.items():
-        await ensure_consumer(nc, flow, name, subjects)
-    await _remove_stale_consumers(nc, flow, set(wanted))
+    existing = await _durables(nc, flow)
+    wanted = {name: (cfg.node, port, subjects)
+              for cfg in configs for name, port, subjects in consumer_names(cfg)}
+    for name, (node, port, subjects) in wanted.items():
+        start = None if name in existing else handover_start(existing, node, port)
+        await ensure_consumer(nc, flow, name, subjects, start, existing.get(name))
+    for name in set(existing) - set(wanted):  # after the new ones: no event is let go
+        with contextlib.suppress(NotFoundError):
+            await nc.jetstream().delete_consumer(stream_name(flow), name)
 
 
-async def _remove_stale_consumers(nc: NatsClient, flow: str, wanted: set[str]) -> None:
-    """Delete the durable consumers no node input reads any more (a removed node, a
-    partition beyond a partitioned node's replicas): with interest retention the stream
-    would otherwise keep every event for them until it is full. Ephemeral consumers
-    (``flowctl tap``, ``nats``) are left alone."""
+def handover_start(existing: dict[str, ConsumerInfo], node: str, port: str) -> int | None:
+    """Where the new consumers of an input that is partitioned anew (other replica count,
+    ``partition_by`` set or removed) start: after the lowest ack floor of its old ones,
+    so no event one of them had not acked is skipped (what some had acked is delivered
+    again: repeats, never losses). None: the input is new, from the first event kept."""
+    base = consumer_name(node, port)
+    floors = [int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+              for name, info in existing.items()
+              if name == base or (name.startswith(base)
+                                  and PARTITION_CONSUMER.fullmatch(name[len(base):]))]
+    return min(floors) + 1 if floors else None
+
+
+async def _durables(nc: NatsClient, flow: str) -> dict[str, ConsumerInfo]:
+    """The flow stream's durable consumers (ephemeral ones, ``flowctl tap`` or ``nats``,
+    are not ours). One no node input reads any more (a removed node, a repartitioned
+    input) is deleted: with interest retention the stream would keep every event for it."""
     js = nc.jetstream()
+    found: dict[str, ConsumerInfo] = {}
     offset = 0
-    stale: list[str] = []
     while True:  # the server answers at most 256 consumers per request
         page = await js.consumers_info(stream_name(flow), offset=offset)
         offset += len(page)
-        stale += [str(c.name) for c in page
-                  if c.config.durable_name and c.config.durable_name not in wanted]
+        found.update({str(c.name): c for c in page if c.config.durable_name})
         if len(page) < 256:
-            break
-    for name in stale:
-        with contextlib.suppress(NotFoundError):
-            await js.delete_consumer(stream_name(flow), name)
+            return found
 
 
 async def ensure_dlq_stream(nc: NatsClient, replicas: int = 1) -> bool:

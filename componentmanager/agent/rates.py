@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from componentmanager.runners.base import Replica
-from flowstore.models import consumer_name, stream_name
+from flowstore.models import input_consumer, stream_name
 
 #: Rates are measured over this many seconds of samples.
 RATE_WINDOW_S = 6.0
@@ -69,8 +69,7 @@ class LagSampler:
 
     @staticmethod
     def _durable(replica: Replica, port: str) -> str:
-        cfg = replica.cfg
-        return consumer_name(cfg.node, port, replica.index if cfg.partition_by else None)
+        return input_consumer(replica.cfg, port, replica.index)
 
     async def refresh(self, replicas: list[Replica]) -> None:
         """Ask once per distinct input; keep the last answer of one that times out."""

@@ -44,7 +44,7 @@ from componentmanager.dataplane import (
 from componentmanager.dataplane.wire import HDR_REPLAY_TO, delivery_of, message_identity
 from componentmanager.runners.failures import EventFailures
 from componentmanager.runners.stateful import KeyedInputs
-from flowstore.models import consumer_name, stream_name
+from flowstore.models import input_consumer, stream_name
 from flowstore.streams import ensure_consumer
 
 log = structlog.get_logger("flowctl.replica")
@@ -139,7 +139,7 @@ class InputDelivery(EventFailures, KeyedInputs):
                 continue
             if self._acked:
                 durable = await ensure_consumer(
-                    self.nc, self.flow, consumer_name(self.node, port, self.partition), subjects)
+                    self.nc, self.flow, input_consumer(self.cfg, port, self.index), subjects)
                 handler = self._pulled_handler(port)
                 await self._catch_up_from(port, durable, handler)
                 puller = Puller(self.nc, stream_name(self.flow), durable, handler, self._settle)

@@ -2,7 +2,7 @@
 :class:`~componentmanager.runners.inprocess.InProcessReplica`.
 
 * ``partition_by``: every replica of the node reads each input through its own durable
-  consumer (``<node>-<port>-p<i>``; at-most-once: a plain subscription, no queue group)
+  consumer (``<node>-<port>-p<i>of<n>``; at-most-once: a plain subscription, no queue group)
   and takes only the events of its partition (:mod:`componentmanager.dataplane.partition`);
   the others' events it acks without counting them (their own replica counts them). A
   replica that moves to another agent takes its consumer, and so its place in the
