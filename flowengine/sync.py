@@ -53,6 +53,7 @@ from flowstore.nats import (
     CONFIG_BUCKET,
     STATUS_BUCKET,
     delete_flow_stream,
+    delete_state_objects,
     open_bucket,
 )
 from flowstore.placement import place
@@ -308,6 +309,7 @@ class FlowKV:
             for key in sorted(await read_all(self.checkpoints, f"{name}.*.*")):
                 if _flow_of(key) == name:
                     await self.checkpoints.delete(key)
+        await delete_state_objects(self.nc, name)  # operator states too large for KV
         if await delete_flow_stream(self.nc, name):
             changes.streams_removed.append(stream_name(name))
         return changes

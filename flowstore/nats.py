@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from nats.aio.client import Client as NatsClient
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
@@ -35,6 +35,8 @@ STATUS_BUCKET = "flowctl_status"
 AGENTS_BUCKET = "flowctl_agents"
 LEADER_BUCKET = "flowctl_leader"
 CHECKPOINTS_BUCKET = "flowctl_checkpoints"
+#: Object store of the operator states too large for one KV value (see runners/state.py).
+STATE_OBJECTS_BUCKET = "flowctl_state"
 
 #: Agent records vanish on their own this long after the last heartbeat.
 AGENT_RECORD_TTL_S = 60.0
@@ -52,7 +54,7 @@ _BUCKET_SETTINGS: dict[str, dict[str, Any]] = {
     },
     CHECKPOINTS_BUCKET: {
         "history": 1,
-        "description": "flowctl source positions: <flow>.<node>.<replica>",
+        "description": "flowctl source positions and operator state: <flow>.<node>.<replica>",
     },
     LEADER_BUCKET: {
         "history": 1,
@@ -277,6 +279,39 @@ async def open_bucket(nc: NatsClient, bucket: str, *, replicas: int = 1) -> KeyV
             create_error.stream = f"KV_{bucket}"
         create_error.add_note(f"creating KV bucket {bucket} with {replicas} replica(s)")
         raise
+
+
+async def state_objects(nc: NatsClient, *, create: bool, replicas: int = 1) -> Any:
+    """The object store of large operator states; None when it does not exist and
+    ``create`` is false."""
+    js = nc.jetstream()
+    try:
+        return await js.object_store(STATE_OBJECTS_BUCKET)
+    except (BucketNotFoundError, NotFoundError):
+        if not create:
+            return None
+    try:
+        return await js.create_object_store(
+            STATE_OBJECTS_BUCKET, config=ObjectStoreConfig(
+                bucket=STATE_OBJECTS_BUCKET, replicas=replicas, storage=StorageType.FILE,
+                description="flowctl operator states larger than one message"))
+    except Exception:
+        return await js.object_store(STATE_OBJECTS_BUCKET)  # created concurrently
+
+
+async def delete_state_objects(nc: NatsClient, flow: str) -> None:
+    """Remove the large operator states of ``flow`` (undeploy)."""
+    store = await state_objects(nc, create=False)
+    if store is None:
+        return
+    try:
+        infos = await store.list()
+    except NotFoundError:  # an empty store
+        return
+    for info in infos:
+        if info.name.startswith(f"{flow}.") and not info.deleted:
+            with contextlib.suppress(NotFoundError):
+                await store.delete(info.name)
 
 
 async def delete_flow_stream(nc: NatsClient, flow: str) -> bool:

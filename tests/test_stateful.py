@@ -327,3 +327,50 @@ async def test_a_partitioned_node_scaled_while_running_loses_nothing_and_keeps_o
     assert consumers == {"stamp-in", "keyed-in-p0of2", "keyed-in-p1of2", "out-in"}
     print(f"rescaled 2 -> 3 -> 1 -> 2 while running: {total} events, none lost, each key "
           f"in order; repeated {len(read_lines(out)) - total}")
+
+
+async def test_a_state_larger_than_a_message_is_kept_in_the_object_store(
+        nc, agents, tmp_path) -> None:
+    from flowstore.nats import CHECKPOINTS_BUCKET, open_bucket
+
+    first = agents("o1", "role=window", heartbeat=HB)
+    agents("s1", "role=edge", heartbeat=HB)  # the source and sink: not killed here
+    for name in ("o1", "s1"):
+        await wait_until(lambda n=name: live_agent(nc, n), what=f"agent {name}")
+    out = tmp_path / "out.jsonl"
+    body = f"""\
+  sources:
+    - {{id: gen, type: generate, placement: {{labels: {{role: edge}}}},
+       config: {{count: 1200, rate: 300, template: {{pad: "{'x' * 2000}"}}}}}}
+  processors:
+    - id: all
+      type: window
+      inputs: [gen]
+      placement: {{labels: {{role: window}}}}
+      config: {{size: 1000s, key: seq, time: "seq / 100", idle_timeout: 2s,
+               aggregate: {{n: count, pads: collect(pad)}}}}
+  sinks:
+    - {{id: out, type: file, inputs: [all], config: {{path: "{out}"}},
+       placement: {{labels: {{role: edge}}}}}}
+"""
+    await run_flow(nc, flow_yaml("big", body, "at-least-once"))
+    kv = await open_bucket(nc, CHECKPOINTS_BUCKET)
+
+    async def spilled() -> bool:
+        try:
+            entry = await kv.get("big.all.0")
+        except Exception:
+            return False
+        pointer = json.loads(entry.value)
+        return "object" in pointer and pointer["bytes"] > 1_000_000
+
+    await wait_until(spilled, timeout=30, what="a state over 1 MB in the object store")
+    first.kill()  # mid-window: the state is restored from the object
+    agents("o2", "role=window", heartbeat=HB)
+
+    async def windows() -> list[dict]:
+        return [json.loads(x) for x in read_lines(out)]
+
+    await wait_until(lambda: _lines(out, 1200), timeout=90, what="a window per key")
+    got = {w["key"]: (w["n"], len(w["pads"])) for w in await windows()}
+    assert got == {seq: (1, 1) for seq in range(1200)}

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from componentmanager.component import Component, Context, EventError
+from componentmanager.component import Component, Context, EventError, EventTooLarge
 from componentmanager.components.expressions import ExpressionStr, compile_expression
 from componentmanager.components.windowing import (
     Aggregations,
@@ -32,11 +32,14 @@ from componentmanager.components.windowing import (
     iso,
     parse_aggregation,
 )
+from componentmanager.dataplane import encode
 from componentmanager.dataplane.partition import key_text
 from componentmanager.registry import ComponentType, Port, register
 
 #: The clock tick of a window or join: at most this long between checks.
 TICK_S = 0.25
+#: What the dead letter of a window result too large to send keeps of it.
+PREVIEW_BYTES = 1024
 NO_KEY = "null"
 #: What each kind of window needs of size, slide and gap.
 _NEEDS = {"tumbling": ("size",), "sliding": ("size", "slide"), "session": ("gap",)}
@@ -195,7 +198,10 @@ class Window(Component):
             out: dict[str, Any] = {} if self._key is None else {"key": json.loads(key)}
             out.update(start=iso(start), end=iso(window["end"]))
             out.update(self.aggregations.results(window["acc"]))
-            await self.ctx.emit("out", out)
+            try:
+                await self.ctx.emit("out", out)
+            except EventTooLarge as exc:  # counted and dead-lettered (a preview), never
+                await self.ctx.reject(encode(out)[:PREVIEW_BYTES], str(exc))  # silent
 
     def snapshot(self) -> dict[str, Any]:
         return {"keys": self.windows.open, "max_time": self._max_time,

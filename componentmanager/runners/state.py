@@ -17,6 +17,12 @@ crash an input delivered again is either in the state (its sequence is at most
 component emitted after the last record was written and before the crash (a window or
 a join emitted again, with the same content).
 
+A record larger than one KV value (the server's largest message, less room) is written
+whole to the object store ``flowctl_state`` under the same name (an object is replaced
+atomically), then the KV value becomes a one-line pointer ``{"object": "flowctl_state/<key>",
+"bytes": N, "updated_at": ...}``; a crash between the two leaves the older record in force,
+whose inputs were not acked yet. Undeploy removes both.
+
 A record of another config (the node's type or config changed) or of another replica
 count is ignored: the state starts empty (the engine refuses to change the replicas of a
 stateful node while its flow is deployed, and undeploy removes the records).
@@ -24,12 +30,24 @@ stateful node while its flow is deployed, and undeploy removes the records).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
 from componentmanager.runners.checkpoint import config_fingerprint
 from flowstore.models import ComponentConfig, utcnow
-from flowstore.nats import CHECKPOINTS_BUCKET, open_bucket
+from flowstore.nats import (
+    CHECKPOINTS_BUCKET,
+    STATE_OBJECTS_BUCKET,
+    open_bucket,
+    state_objects,
+)
+
+#: The largest state record written at all (an object of this size is written every
+#: second): past it the checkpoint fails and says so.
+STATE_MAX_BYTES = 64 * 2**20
+#: Room left in a KV value for its headers.
+KV_ROOM = 1024
 
 
 class StateTooLarge(Exception):
@@ -55,6 +73,9 @@ class OperatorState:
         try:
             entry = await self._kv.get(self.key)
             record = json.loads(entry.value or b"")
+            if isinstance(record, dict) and "object" in record:  # a large state
+                store = await state_objects(self.nc, create=False)
+                record = json.loads((await store.get(self.key)).data or b"")
         except Exception:  # none yet, or junk (the next save overwrites it)
             return []
         if (not isinstance(record, dict) or record.get("config") != self.fingerprint
@@ -73,19 +94,35 @@ class OperatorState:
         """Is this input (delivered again) already in the restored state?"""
         return sequence <= self.seen.get(port, 0)
 
-    def record(self, state: dict[str, Any], limit: int) -> bytes:
+    def record(self, state: dict[str, Any]) -> bytes:
         """The record of ``state`` and the positions as they are now, encoded at once
         (the component goes on changing its state while the record is written). Raises
-        :class:`StateTooLarge` past ``limit`` (the server's largest message)."""
+        :class:`StateTooLarge` past :data:`STATE_MAX_BYTES`."""
         record = {"state": state, "seen": self.seen, "partitions": self.cfg.replicas,
                   "config": self.fingerprint, "updated_at": utcnow()}
         body = json.dumps(record, separators=(",", ":"), default=str).encode()
-        if len(body) > limit:
+        if len(body) > STATE_MAX_BYTES:
             raise StateTooLarge(
-                f"the state of {self.key} is {len(body):,} bytes, more than the server "
-                f"takes in one message ({limit:,}); use a shorter window, fewer keys "
-                f"(partition_by with more replicas) or less collected data")
+                f"the state of {self.key} is {len(body):,} bytes, more than "
+                f"{STATE_MAX_BYTES:,}; use a shorter window, more replicas (partitions) "
+                "or less collected data")
         return body
 
-    async def write(self, body: bytes) -> None:
-        await self._kv.put(self.key, body)
+    async def write(self, body: bytes, max_payload: int) -> None:
+        """Store a record: in the KV value, or (too large for one) as an object with a
+        pointer in the KV value (see the module doc)."""
+        if len(body) <= max_payload - KV_ROOM:
+            await self._kv.put(self.key, body)
+            return
+        store = await state_objects(self.nc, create=True, replicas=await self._replicas())
+        await store.put(self.key, body)
+        pointer = {"object": f"{STATE_OBJECTS_BUCKET}/{self.key}", "bytes": len(body),
+                   "updated_at": utcnow()}
+        await self._kv.put(self.key, json.dumps(pointer, separators=(",", ":")).encode())
+
+    async def _replicas(self) -> int:
+        """The object store's replicas: those of the checkpoints bucket (a cluster's)."""
+        with contextlib.suppress(Exception):
+            status = await self._kv.status()
+            return int(status.stream_info.config.num_replicas or 1)
+        return 1

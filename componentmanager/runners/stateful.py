@@ -174,7 +174,7 @@ class KeyedInputs:
         if comp is None or state is None:
             return None
         try:
-            return state.record(comp.snapshot(), int(self.nc.max_payload or 1 << 20))
+            return state.record(comp.snapshot())
         except Exception as exc:
             self._state_failed(exc)
             return None
@@ -183,7 +183,7 @@ class KeyedInputs:
         if body is None or self._state is None:
             return False
         try:
-            await self._state.write(body)
+            await self._state.write(body, int(self.nc.max_payload or 1 << 20))
         except Exception as exc:
             self._state_failed(exc)
             return False
