@@ -1,0 +1,78 @@
+"""The names flowctl gives things on NATS, defined once: KV keys, subjects, queue groups,
+the flow stream and its durable consumers, the headers of data messages. Pure.
+
+Re-exported by :mod:`flowstore.models` (where they lived first).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flowstore.models import ComponentConfig
+
+#: The one metadata header of a data message: ``<first event id> <count> <unix time>``
+#: (see componentmanager.dataplane.wire).
+HDR_META = "Flowctl"
+#: A dead letter's reason.
+HDR_ERROR = "Flowctl-Error"
+#: A dead letter re-injected by ``flowctl dlq replay`` into an input subject that other
+#: nodes read too carries the node it is meant for; the others let it pass.
+HDR_REPLAY_TO = "Flowctl-Replay-To"
+#: The id of the dead-lettered event a replayed message carries again.
+HDR_REPLAY_OF = "Flowctl-Replay-Of"
+
+
+def config_key(flow: str, node: str) -> str:
+    return f"{flow}.{node}"
+
+
+def status_key(flow: str, node: str, replica: int) -> str:
+    return f"{flow}.{node}.{replica}"
+
+
+def data_subject(flow: str, node: str, port: str) -> str:
+    return f"flowctl.{flow}.{node}.{port}"
+
+
+def dlq_subject(flow: str, node: str) -> str:
+    return f"flowctl.{flow}.{node}.dlq"
+
+
+def logs_subject(flow: str, node: str, replica: int | str) -> str:
+    """Where a replica's log lines go (``*`` for any node or replica when reading)."""
+    return f"flowctl.logs.{flow}.{node}.{replica}"
+
+
+def queue_group(flow: str, node: str) -> str:
+    return f"flowctl.{flow}.{node}"
+
+
+def stream_name(flow: str) -> str:
+    """The JetStream stream of an at-least-once flow, over ``flowctl.<flow>.>``."""
+    return f"FLOWCTL_{flow}"
+
+
+def consumer_name(node: str, port: str) -> str:
+    """The durable consumer of one node input, shared by the node's replicas."""
+    return f"{node}-{port}".replace(".", "_")
+
+
+#: A partitioned node's consumers: ``<node>-<port>-p<i>of<n>``, one per replica; the count
+#: is in the name, so a node repartitioned to another count gets new consumers.
+PARTITION_CONSUMER = re.compile(r"-p\d+of\d+$")
+
+
+def input_consumer(cfg: ComponentConfig, port: str, replica: int) -> str:
+    """The durable consumer replica ``replica`` of a node reads input ``port`` through:
+    the node's shared one, or its partition's own (``partition_by``)."""
+    name = consumer_name(cfg.node, port)
+    return f"{name}-p{replica}of{cfg.replicas}" if cfg.partition_by else name
+
+
+def consumer_names(cfg: ComponentConfig) -> list[tuple[str, str, list[str]]]:
+    """Every durable consumer a node's inputs need: (name, port, subjects)."""
+    replicas = range(cfg.replicas) if cfg.partition_by else range(1)
+    return [(input_consumer(cfg, port, r), port, subjects)
+            for port, subjects in cfg.inputs.items() if subjects for r in replicas]
