@@ -180,7 +180,10 @@ def translate(
             enabled=enabled,
             delivery=spec.delivery,
             flow_revision=flow_revision,
-            downstream=_downstream(spec, succ, node.id, order) if role == "source" else {},
+            # only at-most-once sources wait for their downstream (at-least-once: the
+            # stream keeps events); leaving it out spares them a restart on a rescale
+            downstream=(_downstream(spec, succ, node.id, order)
+                        if role == "source" and spec.delivery == "at-most-once" else {}),
             external=external,
         )
     return out

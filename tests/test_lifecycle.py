@@ -53,7 +53,7 @@ async def test_every_transition_and_the_exact_configs(engine: FlowEngine, nc: An
         "enabled": False, "delivery": "at-least-once", "flow_revision": 1,
         "downstream": {},  # only sources wait for their downstream
     }
-    assert stored["demo.gen"]["downstream"] == {"keep": 2, "out": 1}
+    assert stored["demo.gen"]["downstream"] == {}  # at-least-once: nothing waits
     assert json.loads(json.dumps(deployed.to_dict()))["changes"]["added"] == [
         "demo.gen", "demo.keep", "demo.out"]
     assert stored["demo.out"]["outputs"] == {}

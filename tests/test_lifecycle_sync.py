@@ -74,14 +74,15 @@ async def test_reapply_of_a_deployed_flow_touches_only_changed_nodes(
     assert after["demo.keep"][0] == {**before["demo.keep"][0], "flow_revision": 2,
                                      "config": {"where": "x > 2", "limit": 0}}
 
-    # Replacing the sink changes the upstream nodes too: their downstream lists it.
+    # Replacing the sink changes what reads keep's output; the source (at-least-once: it
+    # waits for nobody, so it has no downstream list) is not restarted.
     renamed = FLOW.replace("{id: out, type: lt-sink", "{id: log, type: lt-sink")
     flow, created, changes = await engine.apply("demo", spec(renamed))
     assert (changes.added, changes.updated, changes.removed) == (
-        ["demo.log"], ["demo.gen", "demo.keep"], ["demo.out"])
+        ["demo.log"], ["demo.keep"], ["demo.out"])
     after = await kv_dump(nc, "flowctl_config")
     assert sorted(after) == ["demo.gen", "demo.keep", "demo.log"]
-    assert after["demo.gen"][0]["downstream"] == {"keep": 2, "log": 1}
+    assert after["demo.gen"][0]["downstream"] == {}
     assert after["demo.keep"][0]["assignments"] == ["agent-1", "agent-1"]
     assert after["demo.log"][0]["enabled"] is True  # matches the running state
 
@@ -211,7 +212,7 @@ async def test_fewer_replicas_drop_their_status_and_placed_replicas_lose_pending
     await report(nc, "keep", 1, "stopped")
     await report(nc, "out", 0, "pending", agent="", error="no live agent")
     _, _, changes = await engine.apply("demo", spec(FLOW.replace("replicas: 2", "replicas: 1")))
-    assert changes.updated == ["demo.gen", "demo.keep"]  # gen: its downstream changed
+    assert changes.updated == ["demo.keep"]  # not gen: at-least-once, it waits for nobody
     assert changes.status_removed == ["demo.keep.1"]
     assert (await configs(nc))["demo.keep"]["assignments"] == ["agent-1"]
     result = await engine.start("demo")  # out changes (enabled) and is placed: not pending

@@ -36,6 +36,9 @@ class Outbox:
         self._handling = 0
         self._origin: str | None = None
         self._sent: dict[str, int] = {}
+        self._sending = 0  # frames taken out of _frames whose publish has not returned
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @property
     def pending(self) -> int:
@@ -86,13 +89,23 @@ class Outbox:
             if self._origin is not None:
                 k = self._sent[subject] = self._sent.get(subject, -1) + 1
                 headers["Nats-Msg-Id"] = f"{subject}:{self._origin}:{k}"
-            await self._publish(subject, body, headers, len(frame))
+            self._sending += 1
+            self._idle.clear()
+            try:
+                await self._publish(subject, body, headers, len(frame))
+            finally:
+                self._sending -= 1
+                if not self._sending:
+                    self._idle.set()
 
     async def flush(self) -> None:
-        """Send every pending frame now."""
+        """Send every pending frame now, and wait for the sends already under way (the
+        flusher's, waiting for room in the stream): after ``flush`` every event put
+        before it is with the publisher, so its ``wait()`` covers them."""
         self._wake.clear()
         for subject in list(self._frames):
             await self._send(subject)
+        await self._idle.wait()
 
     async def run_flusher(self) -> None:
         """The replica's flusher task: sends pending frames whenever the loop turns."""

@@ -123,8 +123,9 @@ class AckedPublisher:
         """A source waits while the stream is more than :data:`SOURCE_SHARE` full, so the
         stages downstream always have room for their outputs (one byte limit is shared
         by every stage of a flow: a source that filled it would leave them unable to
-        emit, and their inputs would be delivered again). It looks at the stream again
-        once it has published what was left of its share when it last looked."""
+        emit, and their inputs would be delivered again). What it published that is not
+        stored yet counts against its share. It looks at the stream again once it has
+        published what was left of its share when it last looked."""
         js = self.nc.jetstream()
         while True:
             try:
@@ -136,7 +137,8 @@ class AckedPublisher:
             if limit <= 0:
                 self._room = 2**62
                 return
-            room = int(SOURCE_SHARE * limit) - info.state.bytes
+            in_flight = sum(len(entry[1]) for entry in self._pending.values())  # not stored yet
+            room = int(SOURCE_SHARE * limit) - info.state.bytes - in_flight
             if room > 0:
                 self._room = max(room, 1)
                 return
