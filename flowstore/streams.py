@@ -109,21 +109,24 @@ async def ensure_flow_stream(nc: NatsClient, flow: str, subjects: list[str], max
 
 
 async def ensure_consumer(nc: NatsClient, flow: str, durable: str, subjects: list[str],
-                          start: int | None = None, known: ConsumerInfo | None = None) -> str:
+                          start: int | None = None,
+                          known: ConsumerInfo | None = None) -> ConsumerInfo:
     """A durable consumer of one node input: created when missing (from ``start``), kept
-    as it is when it reads the same subjects, replaced when its subjects changed.
-    ``known``: its info, when the caller has it."""
+    as it is when it reads the same subjects, replaced when its subjects changed; its
+    info as it is now. ``known``: its info, when the caller has it."""
     js = nc.jetstream()
     if known is None:
         with contextlib.suppress(NotFoundError):
             known = await js.consumer_info(stream_name(flow), durable)
     if known is not None:
         if _subjects(known.config) == sorted(subjects):
-            return durable
+            return known
         await js.delete_consumer(stream_name(flow), durable)
-    with contextlib.suppress(BadRequestError):  # created concurrently (a replica, the engine)
-        await js.add_consumer(stream_name(flow), consumer_config(durable, subjects, start))
-    return durable
+    try:
+        return await js.add_consumer(stream_name(flow),
+                                     consumer_config(durable, subjects, start))
+    except BadRequestError:  # created concurrently (a replica, the engine)
+        return await js.consumer_info(stream_name(flow), durable)
 
 
 def _subjects(config: ConsumerConfig) -> list[str]:
@@ -165,13 +168,16 @@ async def _durables(nc: NatsClient, flow: str) -> dict[str, ConsumerInfo]:
     """The flow stream's durable consumers (ephemeral ones, ``flowctl tap`` or ``nats``,
     are not ours). One no node input reads any more (a removed node, a repartitioned
     input) is deleted: with interest retention the stream would keep every event for it."""
+    return {str(c.name): c for c in await _consumers(nc, flow) if c.config.durable_name}
+
+
+async def _consumers(nc: NatsClient, flow: str) -> list[ConsumerInfo]:
+    """Every consumer of the flow's stream; raises NotFoundError when it has none."""
     js = nc.jetstream()
-    found: dict[str, ConsumerInfo] = {}
-    offset = 0
+    found: list[ConsumerInfo] = []
     while True:  # the server answers at most 256 consumers per request
-        page = await js.consumers_info(stream_name(flow), offset=offset)
-        offset += len(page)
-        found.update({str(c.name): c for c in page if c.config.durable_name})
+        page = await js.consumers_info(stream_name(flow), offset=len(found))
+        found += page
         if len(page) < 256:
             return found
 
@@ -217,17 +223,12 @@ async def input_backlog(nc: NatsClient, flow: str) -> dict[str, int]:
     """Per durable consumer of the flow's stream (``<node>-<port>``): the messages not yet
     acked (waiting, delivered but unacked, or being redelivered). Empty when the flow has
     no stream (at-most-once)."""
-    js = nc.jetstream()
-    backlog: dict[str, int] = {}
-    while True:  # the server answers at most 256 consumers per request
-        try:
-            page = await js.consumers_info(stream_name(flow), offset=len(backlog))
-        except NotFoundError:
-            return backlog
-        for c in page:
-            backlog[str(c.name)] = int(c.num_pending or 0) + int(c.num_ack_pending or 0)
-        if len(page) < 256:
-            return backlog
+    try:
+        consumers = await _consumers(nc, flow)
+    except NotFoundError:
+        return {}
+    return {str(c.name): int(c.num_pending or 0) + int(c.num_ack_pending or 0)
+            for c in consumers}
 
 
 async def dead_letter_counts(nc: NatsClient, flow: str) -> dict[str, int]:

@@ -209,7 +209,7 @@ class Window(Component):
 
     def restore(self, parts: list[dict[str, Any]]) -> None:
         for part in parts:
-            self.windows.open.update(part.get("keys") or {})
+            self.windows.load(part.get("keys") or {})
             self._max_time = max(self._max_time, float(part.get("max_time", "-inf")))
             self._closed_through = max(self._closed_through,
                                        float(part.get("closed_through", "-inf")))

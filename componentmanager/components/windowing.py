@@ -219,6 +219,13 @@ class KeyedWindows:
         self._merge = aggregations.merge
         #: key -> {start: {"end": e, "n": events, "acc": [...]}} (sessions: start = first)
         self.open: dict[str, dict[str, dict[str, Any]]] = {}
+        #: no open window ends before this (a lower bound: a close below it scans nothing)
+        self._earliest = float("inf")
+
+    def load(self, windows: dict[str, dict[str, dict[str, Any]]]) -> None:
+        """Take in checkpointed open windows."""
+        self.open.update(windows)
+        self._earliest = float("-inf")  # unknown: the next close looks
 
     def held(self) -> int:
         return sum(w["n"] for wins in self.open.values() for w in wins.values())
@@ -237,6 +244,7 @@ class KeyedWindows:
                                                  "acc": None})
             slot["acc"] = self._accumulate(slot["acc"], values)
             slot["n"] += 1
+        self._earliest = min(self._earliest, starts[0] + self.shape.size)
         return True
 
     def _add_session(self, key: str, t: float, values: list[Any], watermark: float) -> bool:
@@ -258,18 +266,23 @@ class KeyedWindows:
             slot["end"] = max(slot["end"], w["end"])
             start = min(start, s)
         wins[repr(start)] = slot
+        self._earliest = min(self._earliest, slot["end"])
         return True
 
     def close(self, watermark: float) -> list[tuple[str, float, dict[str, Any]]]:
         """Remove and return the windows whose end the watermark reached, in end order:
-        (key, start, window)."""
+        (key, start, window). Looks at the open windows only when one may be due."""
         closed: list[tuple[str, float, dict[str, Any]]] = []
+        if watermark < self._earliest:
+            return closed
         for key in list(self.open):
             wins = self.open[key]
             for start in [s for s, w in wins.items() if w["end"] <= watermark]:
                 closed.append((key, float(start), wins.pop(start)))
             if not wins:
                 del self.open[key]
+        self._earliest = min((w["end"] for wins in self.open.values() for w in wins.values()),
+                             default=float("inf"))
         closed.sort(key=lambda item: (item[2]["end"], item[1]))
         return closed
 

@@ -138,11 +138,12 @@ class InputDelivery(EventFailures, KeyedInputs):
             if not subjects:
                 continue
             if self._acked:
-                durable = await ensure_consumer(
+                consumer = await ensure_consumer(
                     self.nc, self.flow, input_consumer(self.cfg, port, self.index), subjects)
                 handler = self._pulled_handler(port)
-                await self._catch_up_from(port, durable, handler)
-                puller = Puller(self.nc, stream_name(self.flow), durable, handler, self._settle)
+                self._catch_up_from(port, consumer, handler)
+                puller = Puller(self.nc, stream_name(self.flow), str(consumer.name), handler,
+                                self._settle)
                 self._pullers.append(puller)
                 await puller.start()
                 continue
@@ -233,6 +234,8 @@ class InputDelivery(EventFailures, KeyedInputs):
                 await self._ack_again(msg, counted=False)  # a replay for another node
                 return
             sequence = (delivery_of(msg.reply) or (0, 0))[0]
+            if self._state_broken:
+                return  # restarting from the checkpoint: taken again after that
             if self._held_back(port, msg, sequence):
                 return  # newer than what a predecessor had in hand: taken after those
             if self._state is not None and self._state.covers(port, sequence):

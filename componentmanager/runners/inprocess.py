@@ -261,6 +261,8 @@ class InProcessReplica(InputDelivery, Replica):
     async def _flush_loop(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
+            if self._state_broken:  # the replica fails and restarts from its checkpoint
+                raise RuntimeError(self._state_broken)
             emitted = self.counters.out
             try:  # no tick while inputs catch up: a quiet input is not an idle stream
                 if not self._catch_up:

@@ -34,6 +34,8 @@ import contextlib
 import json
 from typing import Any
 
+from nats.js.errors import KeyNotFoundError, ObjectNotFoundError
+
 from componentmanager.runners.checkpoint import config_fingerprint
 from flowstore.models import ComponentConfig, utcnow
 from flowstore.nats import (
@@ -65,21 +67,36 @@ class OperatorState:
         self.fingerprint = config_fingerprint(cfg)
         self.seen: dict[str, int] = {}  # input port -> highest stream sequence in the state
         self.restored_keys = 0
+        #: why a record that was there is not used (said by the replica), None if it is
+        self.discarded: str | None = None
         self._kv: Any = None
+        self._store: Any = None  # the object store, once a state needed it
 
     async def load(self) -> list[dict[str, Any]]:
-        """The state this replica resumes from (a list of one part; empty: afresh)."""
+        """The state this replica resumes from (a list of one part; empty: afresh). A
+        record that cannot be read now (NATS busy) raises: the replica fails and retries,
+        it never starts over an existing state."""
         self._kv = await open_bucket(self.nc, CHECKPOINTS_BUCKET)
         try:
             entry = await self._kv.get(self.key)
-            record = json.loads(entry.value or b"")
-            if isinstance(record, dict) and "object" in record:  # a large state
-                store = await state_objects(self.nc, create=False)
-                record = json.loads((await store.get(self.key)).data or b"")
-        except Exception:  # none yet, or junk (the next save overwrites it)
+        except KeyNotFoundError:
+            return []  # a first start
+        record = _parse(entry.value)
+        if isinstance(record, dict) and "object" in record:  # a large state
+            try:
+                self._store = await state_objects(self.nc, create=False)
+                found = await self._store.get(self.key) if self._store else None
+            except ObjectNotFoundError:
+                found = None
+            record = _parse(found.data) if found is not None else None
+        if not isinstance(record, dict):
+            self.discarded = "its checkpoint is not a flowctl record"
             return []
-        if (not isinstance(record, dict) or record.get("config") != self.fingerprint
-                or record.get("partitions") != self.cfg.replicas):
+        if record.get("config") != self.fingerprint:
+            self.discarded = "its checkpoint is of another config"
+            return []
+        if record.get("partitions") != self.cfg.replicas:
+            self.discarded = "its checkpoint is of another replica count"
             return []
         self.seen = {str(p): int(s) for p, s in (record.get("seen") or {}).items()}
         state = record.get("state") or {}
@@ -114,15 +131,25 @@ class OperatorState:
         if len(body) <= max_payload - KV_ROOM:
             await self._kv.put(self.key, body)
             return
-        store = await state_objects(self.nc, create=True, replicas=await self._replicas())
-        await store.put(self.key, body)
+        if self._store is None:
+            self._store = await state_objects(self.nc, create=True,
+                                              replicas=await self._replicas())
+        await self._store.put(self.key, body)
         pointer = {"object": f"{STATE_OBJECTS_BUCKET}/{self.key}", "bytes": len(body),
                    "updated_at": utcnow()}
         await self._kv.put(self.key, json.dumps(pointer, separators=(",", ":")).encode())
 
-    async def _replicas(self) -> int:
+    async def _replicas(self) -> int:  # once, when the first large state is written
         """The object store's replicas: those of the checkpoints bucket (a cluster's)."""
         with contextlib.suppress(Exception):
             status = await self._kv.status()
             return int(status.stream_info.config.num_replicas or 1)
         return 1
+
+
+def _parse(value: bytes | None) -> Any:
+    """A stored record, or None for junk (someone's ``nats kv put``)."""
+    try:
+        return json.loads(value or b"")
+    except ValueError:
+        return None

@@ -84,6 +84,9 @@ class KeyedInputs:
     _state: OperatorState | None = None
     _state_saved_at: float = 0.0
     _mid_message: int = 0  # input messages being handled right now (at-least-once)
+    #: why the in-memory state can no longer be checkpointed (outputs it made were not
+    #: stored): the replica restarts from its last checkpoint, see _settle_stateful
+    _state_broken: str | None = None
 
     @property
     def partition(self) -> int | None:
@@ -92,7 +95,7 @@ class KeyedInputs:
 
     async def _open_keyed(self, comp: Any) -> None:
         """Before the inputs open: the partition filter; a stateful component's state."""
-        self._owns, self._catch_up = None, {}
+        self._owns, self._catch_up, self._state_broken = None, {}, None
         if self.cfg.partition_by and self.cfg.replicas > 1:
             expression = compile_expression(self.cfg.partition_by)
             self._owns = Partitioner(expression.evaluate, self.index, self.cfg.replicas).owns
@@ -100,22 +103,23 @@ class KeyedInputs:
         if getattr(comp, "stateful", False):
             self._state = OperatorState(self.nc, self.cfg, self.index)
             comp.restore(await self._state.load())
+            if self._state.discarded:
+                self.host.log_line(self, f"starts with an empty state: "
+                                   f"{self._state.discarded}", "agent")
             if self._state.restored_keys:
                 self.host.log_line(self, f"resumed the state of {self._state.restored_keys:,}"
                                    " key(s) from its checkpoint", "agent")
             self._state_saved_at = asyncio.get_running_loop().time()
 
-    async def _catch_up_from(self, port: str, durable: str,
-                             handle: Callable[[Any], Awaitable[None]]) -> None:
-        """Before pulling an own consumer: did a predecessor leave inputs in hand?"""
+    def _catch_up_from(self, port: str, info: Any,
+                       handle: Callable[[Any], Awaitable[None]]) -> None:
+        """Before pulling an own consumer (its ``info`` as the replica found it): did a
+        predecessor leave inputs in hand?"""
         own = self.cfg.partition_by or self.cfg.stateful or self.cfg.replicas == 1
-        if not (self._acked and own):
-            return
-        info = await self.nc.jetstream().consumer_info(stream_name(self.cfg.flow), durable)
-        if not info.num_ack_pending:
+        if not (self._acked and own and info.num_ack_pending):
             return
         upto = int(info.delivered.stream_seq or 0)
-        self._catch_up[port] = CatchUp(durable, upto, handle)
+        self._catch_up[port] = CatchUp(str(info.name), upto, handle)
         self.host.log_line(self, f"{info.num_ack_pending} input message(s) of port {port} "
                            "were in hand when this replica started: taking them first as "
                            "they are delivered again (within the ack wait), newer ones after",
@@ -201,7 +205,8 @@ class KeyedInputs:
         it is now (with the inputs handled so far, the batch to ack), then every output
         emitted so far is stored, then the state, then the acks. Inputs handled while
         this runs are in neither: acked by a later checkpoint."""
-        if self.component is None or (self._acked and self._publisher is None):
+        if (self.component is None or self._state_broken
+                or (self._acked and self._publisher is None)):
             return
         async with self._settling:
             if self._mid_message or not self._state_due(force):
@@ -218,7 +223,11 @@ class KeyedInputs:
                 await self._outbox.flush()
                 await self._publisher.wait()
             except PublishFailed as exc:
-                log.warning("outputs not stored; redelivery", replica=self.key, error=str(exc))
+                # The state ran ahead of what is stored: never checkpoint it. The replica
+                # restarts from its last checkpoint and takes these inputs again.
+                self._state_broken = (f"outputs not stored ({exc}): restarting from the "
+                                      "last checkpoint")
+                log.warning("outputs not stored; restarting", replica=self.key, error=str(exc))
                 await self._nak_all(batch)
                 return
             if not await self._write_state(body):
