@@ -94,6 +94,11 @@ class Context(Protocol):
         ``out`` counter."""
         ...
 
+    def inputs_quiet(self) -> bool:
+        """Did the inputs run dry (nothing more to take, as the server says), as opposed
+        to stalling (NATS unreachable)? What an idle timeout should wait for."""
+        ...
+
     def count_filtered(self, count: int = 1) -> None:
         """Input events discarded on purpose (a filter said no, nothing matched): counted
         in ``filtered``, so every event is accounted for."""

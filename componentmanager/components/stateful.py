@@ -187,7 +187,9 @@ class Window(Component):
 
     async def flush(self) -> None:
         """The tick: close the windows whose end the watermark (or idleness) reached."""
-        if self._time is not None and time.monotonic() - self._last_arrival >= self._idle:
+        quiet = getattr(self.ctx, "inputs_quiet", None)  # a stalled input is not idle
+        if (self._time is not None and time.monotonic() - self._last_arrival >= self._idle
+                and (quiet is None or quiet())):
             latest = self.windows.latest_end()
             if latest is not None:
                 self._closed_through = max(self._closed_through, latest)

@@ -260,6 +260,9 @@ class Puller:
         self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
+        #: the server said this consumer had nothing more (a pull request ran out), and
+        #: nothing came since: the input is quiet, not merely cut off (NATS frozen)
+        self.quiet = False
         self._request = msgspec.json.encode(
             {"batch": PULL_BATCH, "expires": int(PULL_EXPIRES_S * 1e9)})
 
@@ -295,12 +298,14 @@ class Puller:
         # counts towards it.
         if msg.headers and msg.headers.get("Status"):
             if msg.subject.endswith(f".{self._k}") and msg.headers["Status"] != "100":
+                self.quiet = msg.headers["Status"] in ("404", "408")
                 self._done.set()  # 408 expired, 409 ...: this request is over
             return
         if self._closing:  # stopping: delivered again at once, to whoever reads next
             with contextlib.suppress(Exception):
                 await msg.nak()
             return
+        self.quiet = False
         self._idle.clear()
         try:
             await self._handle(msg)

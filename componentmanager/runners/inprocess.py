@@ -106,6 +106,13 @@ class InProcessReplica(InputDelivery, Replica):
         c.out += count
         c.out_ports[port] = c.out_ports.get(port, 0) + count
 
+    def inputs_quiet(self) -> bool:
+        """Did the inputs really run dry (the server said so: at-least-once), rather than
+        stall with NATS unreachable? At-most-once: while connected."""
+        if self._acked:
+            return bool(self._pullers) and all(p.quiet for p in self._pullers)
+        return bool(self.nc.is_connected)
+
     @property
     def input_ports(self) -> list[str]:
         """The node's input ports (a ``join``'s are named after its upstream nodes)."""
