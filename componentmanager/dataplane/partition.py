@@ -25,6 +25,15 @@ def partition_of(text: str, partitions: int) -> int:
     return zlib.crc32(text.encode()) % partitions if partitions > 1 else 0
 
 
+def partition_origin(origin: str, index: int, partitions: int) -> str:
+    """The origin (see ``Outbox.handling``) of what one partition emits for an input
+    message: every partition takes other events of the same message, so each needs its
+    own output ids; with the count in it, a message delivered again after the node was
+    repartitioned (other events per partition) is never taken for a duplicate of what
+    the same index emitted before and dropped by the stream's de-duplication."""
+    return f"{origin}/p{index}of{partitions}"
+
+
 class Partitioner:
     """Does this replica take an event? ``key`` evaluates the node's ``partition_by``.
 

@@ -41,6 +41,7 @@ from componentmanager.dataplane import (
     decode_frame,
     frame_count,
 )
+from componentmanager.dataplane.partition import partition_origin
 from componentmanager.dataplane.wire import HDR_REPLAY_TO, delivery_of, message_identity
 from componentmanager.runners.failures import EventFailures
 from componentmanager.runners.stateful import KeyedInputs
@@ -245,7 +246,7 @@ class InputDelivery(EventFailures, KeyedInputs):
             self._progress_at[port] = asyncio.get_running_loop().time()
             origin = ident if ident and _emits_per_input(comp) else None
             if origin is not None and self.partition is not None:
-                origin = f"{origin}/p{self.partition}"  # each partition emits its own
+                origin = partition_origin(origin, self.partition, self.cfg.replicas)
             began, taken = perf_counter(), 0
             self._mid_message += 1  # no state checkpoint while a message is half done
             try:
