@@ -313,7 +313,12 @@ async def test_a_partitioned_node_scaled_while_running_loses_nothing_and_keeps_o
     async def everything() -> bool:
         return {json.loads(x)["seq"] for x in read_lines(out)} >= set(range(total))
 
-    await wait_until(everything, timeout=60, what=f"all {total} events")
+    try:
+        await wait_until(everything, timeout=60, what=f"all {total} events")
+    except AssertionError:
+        missing = sorted(set(range(total)) - {json.loads(x)["seq"] for x in read_lines(out)})
+        raise AssertionError(f"{len(missing)} missing, first {missing[:20]}; keys "
+                             f"{collections.Counter(f'k{s % 7}' for s in missing)}") from None
     by_key: dict[str, list[int]] = collections.defaultdict(list)
     firsts: set[int] = set()
     for line in read_lines(out):
