@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from enum import StrEnum
@@ -115,6 +116,12 @@ def agent(
         asyncio.get_running_loop().add_signal_handler(
             signal.SIGUSR1, the_agent.dump_tasks, sys.stderr)
         await the_agent.run(stop)
+        if the_agent.left_behind:  # said in the log with the stacks; never hang on exit
+            sys.stderr.write(f"flowctl agent: stopped, but these steps did not finish: "
+                             f"{', '.join(the_agent.left_behind)}\n")
+            sys.stderr.flush()
+            sys.stdout.flush()
+            os._exit(1)
 
     run(go())
 

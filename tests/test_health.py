@@ -3,6 +3,8 @@ windows, slow-consumer routing and the ``degraded`` decision. Plain data, no NAT
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from types import SimpleNamespace
 
 from nats.errors import SlowConsumerError
@@ -78,3 +80,39 @@ def test_stalls_age_out_of_the_window() -> None:
     assert abs(h.stalled_within(6.0) - 0.7) < 1e-9
     assert abs(h.stalled_within(12.0) - 0.4) < 1e-9
     assert h.stalled_within(20.0) == 0
+
+
+async def test_a_task_that_swallows_a_cancel_is_cancelled_again() -> None:
+    # Python 3.11's wait_for can swallow a cancel (nats-py waits with it); a shutdown that
+    # cancelled once and awaited the task hung (seen in CI: an agent did not exit on SIGTERM).
+    from componentmanager.agent.tasks import cancel_and_wait
+
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                swallowed += 1
+                if swallowed > 2:
+                    raise
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    assert await cancel_and_wait([task], 5.0) == set()
+    assert task.cancelled() and swallowed == 3
+
+    release = asyncio.Event()
+
+    async def deaf() -> None:  # ignores every cancel until released
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    forever = asyncio.create_task(deaf())
+    await asyncio.sleep(0)
+    assert await cancel_and_wait([forever], 0.5) == {forever}  # bounded: left behind
+    release.set()
+    await forever

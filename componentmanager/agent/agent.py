@@ -48,6 +48,7 @@ from componentmanager.agent.leader import Leader
 from componentmanager.agent.metrics import MetricsServer
 from componentmanager.agent.rates import LiveFigures
 from componentmanager.agent.reconcile import Restart, Start, Stop, desired_replicas, reconcile
+from componentmanager.agent.shutdown import shut_down
 from componentmanager.agent.startup import start_when_nats_is_ready
 from componentmanager.agent.statuswriter import StatusWriter
 from componentmanager.agent.watch import HealthWatch
@@ -123,6 +124,8 @@ class Agent(ReplicaKeeping):
         self.data: DataLoop | None = None
         self._heartbeat_at = time.monotonic()
         self.metrics: MetricsServer | None = None
+        #: shutdown steps that did not finish in time (the process must exit regardless)
+        self.left_behind: list[str] = []
 
     def dump_tasks(self, out: Any) -> None:
         """Print every task of the control and the data loop with its stack (SIGUSR1)."""
@@ -356,48 +359,8 @@ class Agent(ReplicaKeeping):
 
     # -- shutdown ---------------------------------------------------------------------
     async def shutdown(self) -> None:
-        """Stop every replica cleanly, write final statuses, remove our entry, close."""
-        log.info("agent stopping", agent=self.agent_name, replicas=len(self.replicas))
-        t0 = time.monotonic()
-        self._closing = True
-        self._dirty.set()
-        async with self._reconcile_lock:  # wait for a reconcile in progress to finish
-            pass
-        for task in self._tasks:
-            task.cancel()
-        _, stuck = await asyncio.wait(self._tasks, timeout=5) if self._tasks else ((), ())
-        for task in stuck:  # never hang on exit
-            log.error("agent task did not stop; abandoning it", task=task.get_name())
-        self._tasks.clear()
-        with contextlib.suppress(Exception):
-            await self.view.close()
-        await self._stop_in_flow_order([(k, "agent shutting down") for k in self.replicas])
-        if self.data is not None:
-            await self.data.close()
-        # Heartbeats go on until the replicas are stopped: a slow stop must not look like
-        # a dead agent whose replicas the leader moves while they still run.
-        if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await self.status.close()
-        if self._watchdog is not None:  # our containers are gone: it has nothing to do
-            self._watchdog.terminate()
-            await asyncio.to_thread(self._watchdog.wait)
-        if self.leader is not None:
-            with contextlib.suppress(Exception):
-                await self.leader.resign()
-        if not self.fenced:
-            with contextlib.suppress(Exception):
-                await self.agents_kv.delete(self.agent_name, last=self._agent_rev)
-        with contextlib.suppress(Exception):
-            await self.nc.flush(timeout=2)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.nc.close(), 5)
-        if self.metrics is not None:
-            await asyncio.to_thread(self.metrics.close)
-            self.metrics = None
-        log.info("agent stopped", agent=self.agent_name, seconds=round(time.monotonic() - t0, 2))
+        """Stop cleanly, in bounded steps (see :mod:`componentmanager.agent.shutdown`)."""
+        self.left_behind = await shut_down(self)
 
 
 def _reason(action: Stop | Restart) -> str:

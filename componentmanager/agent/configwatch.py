@@ -20,6 +20,7 @@ import structlog
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
+from componentmanager.agent.tasks import cancel_and_wait
 from flowstore.models import ComponentConfig
 from flowstore.store import is_delete, read_all
 
@@ -110,8 +111,7 @@ class ConfigView:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task], 5.0)
 
 
 def _short(exc: Exception) -> str:

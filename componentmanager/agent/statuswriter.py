@@ -18,6 +18,7 @@ import structlog
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from componentmanager.agent.tasks import cancel_and_wait
 from componentmanager.runners.base import Replica
 from flowstore.models import ReplicaStatus
 
@@ -109,5 +110,4 @@ class StatusWriter:
     async def close(self) -> None:
         await self.flush()
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait([self._task], 5.0)

@@ -1,0 +1,106 @@
+"""An agent's clean stop, in bounded steps (SIGTERM, Ctrl+C, fencing).
+
+Every step has a time bound. A step that overruns it (a reconcile that waits on a frozen
+server, a watcher whose unsubscribe never returns, a thread that does not end) is said in
+the log once, with the name of the step and the stacks of the agent's tasks, and left
+behind: the next steps still run, so the replicas are stopped, the agent's record is
+removed and the process exits. An agent never hangs on its way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from componentmanager.agent.tasks import cancel_and_wait
+
+if TYPE_CHECKING:
+    from componentmanager.agent.agent import Agent
+
+log = structlog.get_logger("flowctl.agent")
+
+#: Bounds of the steps, seconds. Stopping replicas has its own (each replica's stop).
+STEP_S = 10.0
+QUICK_STEP_S = 5.0
+
+
+class Steps:
+    """Runs the steps of a shutdown; remembers the ones left behind."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.abandoned: list[str] = []
+
+    async def run(self, name: str, work: Awaitable[Any], bound: float = STEP_S) -> None:
+        task = asyncio.ensure_future(work)
+        done, _ = await asyncio.wait({task}, timeout=bound)
+        if not done:
+            stacks = io.StringIO()
+            with contextlib.suppress(Exception):
+                self.agent.dump_tasks(stacks)
+            task.cancel()
+            self.abandoned.append(name)
+            log.error("shutdown step did not finish; leaving it behind", step=name,
+                      seconds=bound, tasks=stacks.getvalue()[-4000:])
+            return
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("shutdown step failed", step=name, error=repr(task.exception()))
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]], bound: float) -> None:
+    for task in await cancel_and_wait(tasks, bound):
+        log.error("agent task did not stop; abandoning it", task=task.get_name())
+
+
+async def _reconcile_finished(agent: Agent) -> None:
+    async with agent._reconcile_lock:
+        pass
+
+
+async def shut_down(agent: Agent) -> list[str]:
+    """Stop every replica cleanly, write final statuses, remove the agent's record, close
+    its connections. Returns the names of the steps left behind (none when all is well)."""
+    log.info("agent stopping", agent=agent.agent_name, replicas=len(agent.replicas))
+    t0 = time.monotonic()
+    steps = Steps(agent)
+    agent._closing = True
+    agent._dirty.set()
+    await steps.run("wait for the reconcile in progress", _reconcile_finished(agent))
+    tasks, agent._tasks = list(agent._tasks), []
+    await steps.run("stop the agent's tasks", _cancel_all(tasks, QUICK_STEP_S),
+                    QUICK_STEP_S + 1)
+    await steps.run("close the config watch", agent.view.close(), QUICK_STEP_S)
+    # each replica's stop is bounded by its runner: this bound is only a last resort
+    await steps.run("stop the replicas", agent._stop_in_flow_order(
+        [(k, "agent shutting down") for k in agent.replicas]), 120)
+    if agent.data is not None:
+        await steps.run("close the data loop", agent.data.close(), 12)
+    # Heartbeats go on until the replicas are stopped: a slow stop must not look like
+    # a dead agent whose replicas the leader moves while they still run.
+    if agent._heartbeat_task is not None:
+        await steps.run("stop the heartbeat", _cancel_all([agent._heartbeat_task], 3), 4)
+    await steps.run("write the final statuses", agent.status.close())
+    if agent._watchdog is not None:  # our containers are gone: it has nothing to do
+        watchdog = agent._watchdog
+        watchdog.terminate()
+        await steps.run("end the container watchdog", asyncio.to_thread(watchdog.wait),
+                        QUICK_STEP_S)
+    if agent.leader is not None:
+        await steps.run("resign the leadership", agent.leader.resign(), QUICK_STEP_S)
+    if not agent.fenced:
+        await steps.run("remove the agent's record", agent.agents_kv.delete(
+            agent.agent_name, last=agent._agent_rev), QUICK_STEP_S)
+    await steps.run("flush", agent.nc.flush(timeout=2), 3)
+    await steps.run("close the connection", agent.nc.close(), QUICK_STEP_S)
+    if agent.metrics is not None:
+        metrics, agent.metrics = agent.metrics, None
+        await steps.run("stop serving metrics", asyncio.to_thread(metrics.close), 7)
+    log.info("agent stopped", agent=agent.agent_name, seconds=round(time.monotonic() - t0, 2),
+             **({"left_behind": steps.abandoned} if steps.abandoned else {}))
+    return steps.abandoned
