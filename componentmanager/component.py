@@ -11,6 +11,11 @@ A component is constructed with its validated config and a :class:`Context`, the
   delivery mode allows); the component keeps running. ``process`` runs on the data
   plane's event loop: blocking work belongs in a thread (``asyncio.to_thread``); a
   component that holds the loop is reported ``degraded``;
+* optionally ``await process_batch(port, events)``: all the events of one input message
+  at once (a frame), emitted with ``await ctx.emit_batch(port, events)``. It returns
+  False, having done nothing, when any event needs the one-by-one path (it would fail,
+  or be too large): the runner then calls ``process`` per event. Built-in stateless
+  components implement it; it saves the per-event calls on the hot path;
 * ``await flush()`` every ``flush_interval`` seconds when that is set (time windows), and
   once before stop;
 * ``await stop()`` once, at the end.
@@ -70,6 +75,11 @@ class Context(Protocol):
 
     async def emit(self, port: str, event: Any) -> None: ...
 
+    async def emit_batch(self, port: str, events: list[Any]) -> bool:
+        """Emit ``events`` as one frame when that can be done for all of them (else
+        nothing is emitted and False is returned: emit them one by one)."""
+        ...
+
     def log(self, message: str, **fields: Any) -> None:
         """A log line of this component (also published on flowctl.logs.<flow>.<node>)."""
         ...
@@ -125,6 +135,10 @@ class Component:
     async def process(self, port: str, event: Any) -> None:
         """Processors and sinks: handle one event that arrived on input ``port``."""
         return None
+
+    async def process_batch(self, port: str, events: list[Any]) -> bool:
+        """Optional fast path (see the module doc): True when every event was handled."""
+        return False
 
     async def flush(self) -> None:
         return None

@@ -111,7 +111,8 @@ def agents(nats_url: str) -> Iterator[object]:
 
     yield start
     codes = {a.name: a.stop() for a in started if a.proc.poll() is None}  # stop all first
-    assert all(code == 0 for code in codes.values()), codes
+    said = {a.name: a.output()[1][-3000:] for a in started if codes.get(a.name, 0) != 0}
+    assert all(code == 0 for code in codes.values()), (codes, said)
 
 
 @pytest.fixture

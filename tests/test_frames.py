@@ -47,6 +47,17 @@ async def test_frames_and_single_events_mixed_on_one_input(nc, agents, tmp_path)
     await nc.publish(subject, b'{"n": 5}', headers={"Flowctl": "ext.0.x-4 1 1764080000.0"})
     await wait_until(lambda: _lines(out, 5), what="five events")
     assert sorted(json.loads(x)["ok"] for x in read_lines(out)) == [2, 3, 4, 5, 6]
+    # A frame with an event the transform cannot take: the others pass, that one fails.
+    await nc.publish(subject, b'{"n": 6}\n"junk"\n{"n": 7}',
+                     headers={"Flowctl": "ext.0.x-5 3 1764080000.0"})
+    await wait_until(lambda: _lines(out, 7), what="seven events")
+    assert sorted(json.loads(x)["ok"] for x in read_lines(out)) == [2, 3, 4, 5, 6, 7, 8]
+
+    async def counted() -> bool:
+        t = (await statuses(nc, "mix"))["mix.t.0"].counters
+        return (t.in_, t.out, t.errors) == (8, 7, 1)
+
+    await wait_until(counted, what="t: in 8, out 7, errors 1")
 
 
 async def test_a_program_without_frames_gets_single_events(nc, agents, tmp_path) -> None:

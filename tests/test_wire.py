@@ -42,3 +42,28 @@ def test_a_dead_letter_names_its_event_and_the_reason() -> None:
     assert dl == {HDR_ERROR: "field 'x' is not in the event",
                   HDR_META: "gen.0.abc-12 1 1764080000.5"}
     assert list(dead_letter_headers(None, 0, "bad line")) == [HDR_ERROR]
+
+
+async def test_lines_and_single_events_share_a_frame_within_its_bounds() -> None:
+    from componentmanager.dataplane import Outbox
+    from componentmanager.dataplane.wire import FRAME_EVENTS, encode_lines
+
+    sent: list[tuple[bytes, int]] = []
+
+    async def publish(subject: str, body: bytes, headers: dict[str, str], count: int) -> None:
+        assert frame_count(headers) == count
+        sent.append((body, count))
+
+    box = Outbox(EventIds("t", 0, "x"), publish, {"s"})
+    async with box.handling():
+        await box.put("s", b'{"a":1}')
+        await box.put_lines("s", encode_lines([{"b": 1}, {"b": 2}]), 2)
+        assert box.pending == 3
+    assert sent == [(b'{"a":1}\n{"b":1}\n{"b":2}', 3)]
+    sent.clear()
+    many = [{"i": i} for i in range(FRAME_EVENTS)]
+    async with box.handling():
+        await box.put("s", b'{"a":1}')
+        await box.put_lines("s", encode_lines(many), FRAME_EVENTS)  # would overfill: next
+    assert [c for _, c in sent] == [1, FRAME_EVENTS]
+    assert decode_frame(sent[1][0], FRAME_EVENTS) == many

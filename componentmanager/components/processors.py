@@ -134,6 +134,13 @@ class Transform(Component):
     async def process(self, port: str, event: Any) -> None:
         await self.ctx.emit("out", self.apply(event))
 
+    async def process_batch(self, port: str, events: list[Any]) -> bool:
+        try:
+            outs = [self.apply(event) for event in events]  # pure: nothing done yet
+        except Exception:
+            return False  # one of them fails: each goes its own way
+        return await self.ctx.emit_batch("out", outs)
+
 
 # -------------------------------------------------------------------------------- route
 

@@ -25,6 +25,7 @@ OUT = (Port("out", description="the events this source produces"),)
 PACE_TICK_S = 0.005  # a paced generator sleeps once per this much of its schedule
 YIELD_EVERY = 1000  # an unpaced generator yields to the event loop this often
 ADVANCE_EVERY = 64  # a source reports its position (ctx.advance) this often
+BATCH = 64  # an unpaced generator emits this many events at once (one frame's worth)
 
 
 def decode_body(data: bytes) -> Any:
@@ -99,8 +100,15 @@ class GenerateSource(Component):
                         await asyncio.sleep(ahead)
                     elif ahead < -1.0:  # fell behind by over a second: no burst to catch up
                         begin = loop.time() - (seq - first) / rate
-                elif seq and seq % YIELD_EVERY == 0:
-                    await asyncio.sleep(0)
+                else:
+                    if seq and seq % YIELD_EVERY < BATCH:
+                        await asyncio.sleep(0)
+                    n = BATCH if count is None else min(BATCH, count - seq)
+                    if n > 1 and await self.ctx.emit_batch(
+                            "out", [self.make_event(s) for s in range(seq, seq + n)]):
+                        seq += n
+                        self.ctx.advance(seq)
+                        continue
                 await emit("out", self.make_event(seq))
                 seq += 1
                 if seq % ADVANCE_EVERY == 0 or (rate is not None and rate < ADVANCE_EVERY):

@@ -32,6 +32,7 @@ class Outbox:
         self._framed = framed  # subjects whose readers all take frames
         self._frames: dict[str, list[bytes]] = {}
         self._sizes: dict[str, int] = {}
+        self._counts: dict[str, int] = {}  # events in each pending frame
         self._wake = asyncio.Event()
         self._handling = 0
         self._origin: str | None = None
@@ -42,22 +43,37 @@ class Outbox:
 
     @property
     def pending(self) -> int:
-        return sum(len(f) for f in self._frames.values())
+        return sum(self._counts.values())
 
     async def put(self, subject: str, body: bytes) -> None:
+        """One encoded event."""
         if subject not in self._framed:
             await self._publish(subject, body, self._ids.header(1), 1)
             return
+        await self._add(subject, body, 1)
+
+    async def put_lines(self, subject: str, lines: bytes, count: int) -> None:
+        """``count`` encoded events as JSON lines (at most a frame's worth): they travel
+        together, in one frame."""
+        if subject not in self._framed:
+            for line in lines.split(b"\n"):
+                await self._publish(subject, line, self._ids.header(1), 1)
+            return
+        await self._add(subject, lines, count)
+
+    async def _add(self, subject: str, chunk: bytes, count: int) -> None:
         frame = self._frames.get(subject)
-        if frame and self._sizes[subject] + len(body) + 1 > FRAME_BYTES:
-            await self._send(subject)  # a frame never outgrows FRAME_BYTES with a big event
+        if frame and (self._sizes[subject] + len(chunk) + 1 > FRAME_BYTES
+                      or self._counts[subject] + count > FRAME_EVENTS):
+            await self._send(subject)  # a frame never outgrows its bounds with a big event
             frame = None
         if frame is None:
             frame = self._frames[subject] = []
-            self._sizes[subject] = 0
-        frame.append(body)
-        self._sizes[subject] += len(body) + 1
-        if len(frame) >= FRAME_EVENTS or self._sizes[subject] >= FRAME_BYTES:
+            self._sizes[subject] = self._counts[subject] = 0
+        frame.append(chunk)
+        self._sizes[subject] += len(chunk) + 1
+        self._counts[subject] += count
+        if self._counts[subject] >= FRAME_EVENTS or self._sizes[subject] >= FRAME_BYTES:
             await self._send(subject)
         elif not self._handling:
             self._wake.set()
@@ -83,16 +99,17 @@ class Outbox:
     async def _send(self, subject: str) -> None:
         frame = self._frames.pop(subject, None)
         self._sizes.pop(subject, None)
+        count = self._counts.pop(subject, 0)
         if frame:
             body = frame[0] if len(frame) == 1 else b"\n".join(frame)
-            headers = self._ids.header(len(frame))
+            headers = self._ids.header(count)
             if self._origin is not None:
                 k = self._sent[subject] = self._sent.get(subject, -1) + 1
                 headers["Nats-Msg-Id"] = f"{subject}:{self._origin}:{k}"
             self._sending += 1
             self._idle.clear()
             try:
-                await self._publish(subject, body, headers, len(frame))
+                await self._publish(subject, body, headers, count)
             finally:
                 self._sending -= 1
                 if not self._sending:

@@ -40,6 +40,11 @@ def encode(event: Any) -> bytes:
     return _encoder.encode(event)
 
 
+def encode_lines(events: list[Any]) -> bytes:
+    """Events as the body of a frame: their JSON joined by newlines."""
+    return _encoder.encode_lines(events)[:-1]
+
+
 def decode(data: bytes) -> Any:
     """A JSON body as a value; a body that is not JSON becomes ``{"data": text}``."""
     try:

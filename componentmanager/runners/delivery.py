@@ -189,7 +189,13 @@ class InputDelivery(EventFailures, KeyedInputs):
             began, taken = perf_counter(), 0
             try:
                 async with self._outbox.handling():
-                    for index, event in enumerate(events):
+                    batch = await self._take_batch(comp, port, events)
+                    if batch is not None:
+                        taken = batch
+                        if self._since_yield >= YIELD_EVERY:
+                            self._since_yield = 0
+                            await asyncio.sleep(0)
+                    for index, event in enumerate(events if batch is None else ()):
                         if self.component is not comp:  # stopped mid-frame
                             self.counters.drop(len(events) - index, "replica stopped")
                             return
@@ -210,6 +216,16 @@ class InputDelivery(EventFailures, KeyedInputs):
                 self._took(port, msg, taken, perf_counter() - began)
 
         return on_msg
+
+    async def _take_batch(self, comp: Component, port: str, events: list[Any]) -> int | None:
+        """A message's events (this partition's) through ``process_batch`` at once: how
+        many were taken, or None when they must go one by one (nothing was done)."""
+        mine = events if self._owns is None else [e for e in events if self._owns(e)]
+        if len(mine) < 2 or not await comp.process_batch(port, mine):
+            return None
+        self.counters.in_ += len(mine)
+        self._since_yield += len(mine)
+        return len(mine)
 
     async def _wait_inflight(self, timeout: float = 2.0) -> None:
         """Let a handler that is mid-frame see the stop and return (bounded)."""
@@ -251,7 +267,13 @@ class InputDelivery(EventFailures, KeyedInputs):
             self._mid_message += 1  # no state checkpoint while a message is half done
             try:
                 async with self._outbox.handling(origin):  # outputs go out at the end
-                    for index, event in enumerate(events):
+                    batch = await self._take_batch(comp, port, events)
+                    if batch is not None:
+                        taken = batch
+                        if self._since_yield >= YIELD_EVERY:
+                            self._since_yield = 0
+                            await self._still_working(port, msg)
+                    for index, event in enumerate(events if batch is None else ()):
                         if self.component is not comp:
                             self._took(port, msg, taken, perf_counter() - began)
                             return  # stopped mid-frame: never acked, delivered again

@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 
 from componentmanager.component import Component, EventTooLarge
 from componentmanager.dataplane import AckedPublisher, EventIds, Outbox, Puller, encode
-from componentmanager.dataplane.wire import HDR_META
+from componentmanager.dataplane.wire import FRAME_BYTES, FRAME_EVENTS, HDR_META, encode_lines
 from componentmanager.registry import get_type
 from componentmanager.runners.base import Replica, ReplicaHost
 from componentmanager.runners.checkpoint import SourceCheckpoint
@@ -89,6 +89,24 @@ class InProcessReplica(InputDelivery, Replica):
             await self.reject(body[:PREVIEW_BYTES], reason)  # counted, a preview kept
             return
         await self._outbox.put(subject, body)
+
+    async def emit_batch(self, port: str, events: list[Any]) -> bool:
+        subject = self.cfg.outputs.get(port)
+        if subject is None:
+            raise ValueError(f"{self.node} has no output port '{port}'")
+        if not events:
+            return True
+        if len(events) > FRAME_EVENTS:
+            return False
+        try:
+            lines = encode_lines(events)
+        except Exception:
+            return False  # one of them cannot be encoded: emit() says which
+        if len(lines) > min(FRAME_BYTES, self.max_event_bytes):
+            return False  # one of them may be too large: emit() fails just that one
+        self._emitted += len(events)
+        await self._outbox.put_lines(subject, lines, len(events))
+        return True
 
     async def _send(self, subject: str, body: bytes, headers: dict[str, str], count: int) -> None:
         """One message (an event or a frame of ``count``) out; counted once it is out."""
