@@ -120,7 +120,10 @@ class Transform(Component):
         values = [(keys, expr.evaluate(event)) for keys, expr in self._set]
         out = dict(event)
         for keys, value in values:
-            _set_path(out, keys, value)
+            if len(keys) == 1:
+                out[keys[0]] = value  # a top-level field: the common case
+            else:
+                _set_path(out, keys, value)
         for old, new in self._rename:
             parent: Any = out
             for key in old[:-1]:

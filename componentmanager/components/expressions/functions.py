@@ -67,8 +67,12 @@ def kind(x: Any) -> str:
     return type(x).__name__
 
 
+_PLAIN_NUMBERS = (int, float)  # what JSON numbers decode to: the common case, checked first
+
+
 def _is_number(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)
+    return type(x) in _PLAIN_NUMBERS or (
+        isinstance(x, int | float) and not isinstance(x, bool))
 
 
 def _typed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -152,6 +156,8 @@ CONSTANTS = {"true": True, "false": False, "null": None}
 
 
 def _numbers(symbol: str, a: Any, b: Any) -> None:
+    if type(a) in _PLAIN_NUMBERS and type(b) in _PLAIN_NUMBERS:
+        return
     if not (_is_number(a) and _is_number(b)):
         raise TypeError(f"'{symbol}' needs two numbers, got {kind(a)} and {kind(b)}")
 
