@@ -8,8 +8,8 @@
   consumer). What is still queued when the replica stops is dropped and counted too.
 * at-least-once: a :class:`~componentmanager.dataplane.streams.Puller` per input. An
   input message is acked once every output it caused is stored (and, for a buffering
-  component, flushed: see :meth:`InputDelivery._settle`). A failing event that may pass
-  on a retry (an I/O error, a timeout, a
+  component, flushed: see :mod:`componentmanager.runners.acks`). A failing event that
+  may pass on a retry (an I/O error, a timeout, a
   :class:`~componentmanager.component.RetryableError`) is retried in place and then
   dead-lettered; any other failure (a data error, an exception of user code) is
   dead-lettered at once, so the events behind it do not wait. The frame's other events
@@ -24,7 +24,6 @@ turn every :data:`YIELD_EVERY` events, so one busy input cannot starve the other
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 from time import perf_counter
 from typing import Any
@@ -34,15 +33,15 @@ from nats.aio.msg import Msg
 
 from componentmanager.component import Component, EventError, RetryableError
 from componentmanager.dataplane import (
-    DEFAULT_ACK_WAIT_S,
     DEFAULT_MAX_DELIVER,
-    PublishFailed,
     Puller,
     decode_frame,
     frame_count,
 )
 from componentmanager.dataplane.partition import partition_origin
 from componentmanager.dataplane.wire import HDR_REPLAY_TO, delivery_of, message_identity
+from componentmanager.runners.acks import DoneInputs as DoneInputs
+from componentmanager.runners.acks import InputAcks
 from componentmanager.runners.failures import EventFailures
 from componentmanager.runners.stateful import KeyedInputs
 from flowstore.models import input_consumer, stream_name
@@ -53,36 +52,9 @@ log = structlog.get_logger("flowctl.replica")
 #: A core input's queue: past this, the oldest messages are dropped (counted).
 INPUT_PENDING_MSGS = 8192
 INPUT_PENDING_BYTES = 32 * 2**20
-#: Inputs held unacked by a buffering component before it is flushed (keep below the
-#: consumer's max_ack_pending) and how long they may wait (below its ack_wait).
-HOLD_MAX = 500
-HOLD_AGE_S = DEFAULT_ACK_WAIT_S / 2
 #: Pauses between the in-place attempts of a failing event (at-least-once).
 RETRY_PAUSES_S = (0.1, 0.2, 0.4, 0.8)[: DEFAULT_MAX_DELIVER - 1]
-#: How many acked stream sequences a replica remembers (a redelivery of one is acked
-#: again without being processed twice).
-DONE_REMEMBERED = 65536
 
-
-class DoneInputs:
-    """The input messages a replica acked lately, by :func:`message_identity` (bounded,
-    oldest forgotten first): one delivered again after its ack was lost, or stored twice
-    after its producer's publish ack was lost, is acked again, not processed twice."""
-
-    def __init__(self, size: int = DONE_REMEMBERED) -> None:
-        self._order: collections.deque[str] = collections.deque(maxlen=size)
-        self._set: set[str] = set()
-
-    def remember(self, ident: str | None) -> None:
-        if ident is None:
-            return
-        if len(self._order) == self._order.maxlen:
-            self._set.discard(self._order[0])
-        self._order.append(ident)
-        self._set.add(ident)
-
-    def __contains__(self, ident: str) -> bool:
-        return ident in self._set
 
 
 def retryable(exc: Exception) -> bool:
@@ -100,13 +72,11 @@ def _emits_per_input(comp: Any) -> bool:
     return type(comp).held is Component.held or bool(getattr(comp, "stateful", False))
 
 
-#: A frame handled for this long is reported in progress (resets its ack wait).
-PROGRESS_EVERY_S = DEFAULT_ACK_WAIT_S / 4
 #: Input handling gives the loop a turn after this many events.
 YIELD_EVERY = 8
 
 
-class InputDelivery(EventFailures, KeyedInputs):
+class InputDelivery(InputAcks, EventFailures, KeyedInputs):
     """Mixin of :class:`~componentmanager.runners.inprocess.InProcessReplica`: inputs."""
 
     # provided by the replica
@@ -321,27 +291,6 @@ class InputDelivery(EventFailures, KeyedInputs):
         if msg.headers and HDR_REPLAY_TO in msg.headers:
             counters.replayed += taken
 
-    async def _ack_again(self, msg: Msg, counted: bool = True) -> None:
-        if not counted:
-            with contextlib.suppress(Exception):
-                await msg.ack()
-            return
-        self.counters.redelivered += 1
-        if self.host.throttle.admit(("redelivered", self.key)):
-            log.info("inputs delivered again after their ack was lost: acked again, not "
-                     "processed twice", replica=self.key)
-        with contextlib.suppress(Exception):
-            await msg.ack()
-
-    async def _still_working(self, port: str, msg: Msg) -> None:
-        """A frame handled for long (slow code, retries) tells the server it is still being
-        worked on, so it is not delivered again to another replica after the ack wait."""
-        now = asyncio.get_running_loop().time()
-        if msg.reply and now - self._progress_at.get(port, now) >= PROGRESS_EVERY_S:
-            self._progress_at[port] = now
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
-
     async def _retry(self, comp: Any, port: str, msg: Msg, index: int, event: Any,
                      exc: Exception) -> None:
         """An event failed: one that may pass on a retry (:func:`retryable`) is tried
@@ -358,60 +307,6 @@ class InputDelivery(EventFailures, KeyedInputs):
                 return
             except Exception as again:
                 exc = again
-
-    async def _settle(self, force: bool = False) -> None:
-        """Ack processed inputs once their outputs are stored and nothing of them is held.
-
-        A component holding inputs (``held()``) keeps them unacked until it emits or
-        flushes; when too many (HOLD_MAX) or too old (HOLD_AGE_S) wait, it is flushed.
-        If the outputs cannot be stored, the inputs are nak'ed for redelivery. A stateful
-        component's inputs are acked once they are in its checkpoint instead
-        (:meth:`~componentmanager.runners.stateful.KeyedInputs._settle_stateful`).
-        """
-        await self._check_catch_up()
-        if self._state is not None:
-            await self._settle_stateful(force)
-            return
-        comp, publisher = self.component, self._publisher
-        if comp is None or publisher is None:
-            return
-        async with self._settling:
-            if not self._unacked:
-                return
-            age = asyncio.get_running_loop().time() - (self._unacked_since or 0.0)
-            if comp.held() and (force or len(self._unacked) >= HOLD_MAX or age >= HOLD_AGE_S):
-                try:
-                    await comp.flush()
-                except Exception as exc:
-                    self.counters.errors += 1
-                    self.last_error = f"flush: {exc}"
-            try:
-                await self._outbox.flush()
-                await publisher.wait()
-            except PublishFailed as exc:
-                log.warning("outputs not stored; redelivery", replica=self.key, error=str(exc))
-                batch, self._unacked, self._unacked_since = self._unacked, [], None
-                await self._nak_all(batch)
-                return
-            if comp.held():
-                return  # still buffered: acked after a later emit or flush
-            batch, self._unacked, self._unacked_since = self._unacked, [], None
-            await self._ack_all(batch)
-
-    async def _nak_all(self, batch: list[Msg]) -> None:
-        """Inputs whose outputs could not be stored: delivered again shortly."""
-        for msg in batch:
-            self._handled.discard(message_identity(msg.headers, msg.reply))
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=1.0)
-
-    async def _ack_all(self, batch: list[Msg]) -> None:
-        for msg in batch:
-            with contextlib.suppress(Exception):
-                await msg.ack()
-            ident = message_identity(msg.headers, msg.reply)
-            self._done.remember(ident)
-            self._handled.discard(ident)
 
     async def _close_input(self, sub: Any, timeout: float = 2.0) -> None:
         """Close a core input: what is queued may finish for ``timeout`` seconds (upstream

@@ -16,7 +16,7 @@
 * stateful components (``window``, ``join``): their state is restored at start and
   checkpointed with the input positions (:class:`~componentmanager.runners.state.OperatorState`)
   every :data:`STATE_EVERY_S`, after a tick that emitted results, when
-  :data:`~componentmanager.runners.delivery.HOLD_MAX` inputs wait, and at stop. With
+  :data:`~componentmanager.runners.acks.HOLD_MAX` inputs wait, and at stop. With
   at-least-once delivery inputs are acked only once they are in a stored checkpoint.
 """
 
@@ -235,8 +235,8 @@ class KeyedInputs:
                 return
             await self._ack_all(batch)
 
-    async def _nak_all(self, batch: list[Any]) -> None:  # provided by InputDelivery
+    async def _nak_all(self, batch: list[Any]) -> None:  # InputAcks (earlier in the MRO)
         raise NotImplementedError
 
-    async def _ack_all(self, batch: list[Any]) -> None:  # provided by InputDelivery
+    async def _ack_all(self, batch: list[Any]) -> None:  # InputAcks (earlier in the MRO)
         raise NotImplementedError
