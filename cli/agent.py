@@ -115,13 +115,16 @@ def agent(
         # `kill -USR1 <pid>`: every task of both loops with its stack, on stderr.
         asyncio.get_running_loop().add_signal_handler(
             signal.SIGUSR1, the_agent.dump_tasks, sys.stderr)
-        await the_agent.run(stop)
-        if the_agent.left_behind:  # said in the log with the stacks; never hang on exit
-            sys.stderr.write(f"flowctl agent: stopped, but these steps did not finish: "
-                             f"{', '.join(the_agent.left_behind)}\n")
-            sys.stderr.flush()
-            sys.stdout.flush()
-            os._exit(0)  # the stop asked for happened; what hangs is said above
+        try:
+            await the_agent.run(stop)
+        finally:
+            if the_agent.left_behind:  # said in the log with the stacks: never hang on exit
+                sys.stderr.write(f"flowctl agent: stopped, but these steps did not finish: "
+                                 f"{', '.join(the_agent.left_behind)}\n")
+                sys.stderr.flush()
+                sys.stdout.flush()
+                # the stop asked for happened (0); a fenced agent fails as it would (1)
+                os._exit(1 if the_agent.fenced else 0)
 
     run(go())
 

@@ -31,6 +31,10 @@ class Ctx:
     async def emit(self, port: str, event: Any) -> None:
         self.emitted.append((port, event))
 
+    async def emit_batch(self, port: str, events: list[Any]) -> bool:
+        self.emitted.extend((port, event) for event in events)
+        return True
+
     def log(self, message: str, **fields: Any) -> None:
         self.logs.append((message, fields))
 

@@ -67,3 +67,36 @@ async def test_lines_and_single_events_share_a_frame_within_its_bounds() -> None
         await box.put_lines("s", encode_lines(many), FRAME_EVENTS)  # would overfill: next
     assert [c for _, c in sent] == [1, FRAME_EVENTS]
     assert decode_frame(sent[1][0], FRAME_EVENTS) == many
+
+
+async def test_inputs_are_handled_one_at_a_time_and_a_broken_one_sends_nothing() -> None:
+    import asyncio
+
+    from componentmanager.dataplane import Outbox
+
+    sent: list[tuple[str, bytes]] = []
+
+    async def publish(subject: str, body: bytes, headers: dict[str, str], count: int) -> None:
+        sent.append((headers.get("Nats-Msg-Id", ""), body))
+
+    box = Outbox(EventIds("t", 0, "x"), publish, {"s"})
+
+    async def handle(origin: str) -> None:
+        async with box.handling(origin):
+            for i in range(3):
+                await box.put("s", f'{{"from":"{origin}","i":{i}}}'.encode())
+                await asyncio.sleep(0)  # another input's handler may run here
+
+    await asyncio.gather(handle("A"), handle("B"))
+    # each input's outputs under its own ids, never mixed into another's frame
+    assert [(ident, body.count(b'"from":"' + ident[2:3].encode())) for ident, body in sent] \
+        == [("s:A:0", 3), ("s:B:0", 3)]
+    sent.clear()
+    try:
+        async with box.handling("C"):
+            await box.put("s", b'{"from":"C"}')
+            raise RuntimeError("stopped halfway")
+    except RuntimeError:
+        pass
+    await box.flush()
+    assert sent == []  # delivered again: the partial frame must not take "s:C:0"

@@ -20,7 +20,7 @@ import structlog
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from componentmanager.agent.tasks import cancel_and_wait
+from componentmanager.agent.tasks import end_tasks
 from flowstore.models import ComponentConfig
 from flowstore.store import is_delete, read_all
 
@@ -111,7 +111,7 @@ class ConfigView:
 
     async def close(self) -> None:
         if self._task is not None:
-            await cancel_and_wait([self._task], 5.0)
+            await end_tasks([self._task], 5.0)
 
 
 def _short(exc: Exception) -> str:

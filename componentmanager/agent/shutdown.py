@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from componentmanager.agent.tasks import cancel_and_wait
+from componentmanager.agent.keeping import REPLICA_STOP_TIMEOUT_S
+from componentmanager.agent.tasks import TasksLeftBehind, end_tasks
 
 if TYPE_CHECKING:
     from componentmanager.agent.agent import Agent
@@ -44,21 +45,29 @@ class Steps:
         task = asyncio.ensure_future(work)
         done, _ = await asyncio.wait({task}, timeout=bound)
         if not done:
-            stacks = io.StringIO()
-            with contextlib.suppress(Exception):
-                self.agent.dump_tasks(stacks)
             task.cancel()
-            self.abandoned.append(name)
-            log.error("shutdown step did not finish; leaving it behind", step=name,
-                      seconds=bound, tasks=stacks.getvalue()[-4000:])
+            self._left(name, f"did not finish within {bound:g} s", [task])
             return
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("shutdown step failed", step=name, error=repr(task.exception()))
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, TasksLeftBehind):
+            self._left(name, f"tasks did not end: {error}", list(error.tasks))
+        elif error is not None:
+            log.warning("shutdown step failed", step=name, error=repr(error))
+
+    def _left(self, name: str, why: str, stuck: list[asyncio.Task[Any]]) -> None:
+        """Say once where the step hangs (its own stack first, then every task's)."""
+        stacks = io.StringIO()
+        with contextlib.suppress(Exception):
+            for task in stuck:
+                task.print_stack(limit=12, file=stacks)
+            self.agent.dump_tasks(stacks)
+        self.abandoned.append(name)
+        log.error("shutdown step left behind", step=name, why=why,
+                  tasks=stacks.getvalue()[:6000])
 
 
 async def _cancel_all(tasks: list[asyncio.Task[None]], bound: float) -> None:
-    for task in await cancel_and_wait(tasks, bound):
-        log.error("agent task did not stop; abandoning it", task=task.get_name())
+    await end_tasks(tasks, bound)
 
 
 async def _reconcile_finished(agent: Agent) -> None:
@@ -74,7 +83,9 @@ async def shut_down(agent: Agent) -> list[str]:
     steps = Steps(agent)
     agent._closing = True
     agent._dirty.set()
-    await steps.run("wait for the reconcile in progress", _reconcile_finished(agent))
+    # a reconcile may be stopping a replica (bounded by REPLICA_STOP_TIMEOUT_S): let it
+    await steps.run("wait for the reconcile in progress", _reconcile_finished(agent),
+                    REPLICA_STOP_TIMEOUT_S + STEP_S)
     tasks, agent._tasks = list(agent._tasks), []
     await steps.run("stop the agent's tasks", _cancel_all(tasks, QUICK_STEP_S),
                     QUICK_STEP_S + 1)
@@ -89,7 +100,9 @@ async def shut_down(agent: Agent) -> list[str]:
     if agent._heartbeat_task is not None:
         await steps.run("stop the heartbeat", _cancel_all([agent._heartbeat_task], 3), 4)
     await steps.run("write the final statuses", agent.status.close())
-    if agent._watchdog is not None:  # our containers are gone: it has nothing to do
+    if agent._watchdog is not None and "stop the replicas" not in steps.abandoned:
+        # our containers are gone: it has nothing to do (else it removes them once the
+        # agent process has ended)
         watchdog = agent._watchdog
         watchdog.terminate()
         await steps.run("end the container watchdog", asyncio.to_thread(watchdog.wait),

@@ -18,7 +18,7 @@ import structlog
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from componentmanager.agent.tasks import cancel_and_wait
+from componentmanager.agent.tasks import end_tasks
 from componentmanager.runners.base import Replica
 from flowstore.models import ReplicaStatus
 
@@ -110,4 +110,4 @@ class StatusWriter:
     async def close(self) -> None:
         await self.flush()
         if self._task is not None:
-            await cancel_and_wait([self._task], 5.0)
+            await end_tasks([self._task], 5.0)

@@ -30,3 +30,18 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]],
             break
         _, left = await asyncio.wait(left, timeout=min(RECANCEL_S, remaining))
     return left
+
+
+class TasksLeftBehind(Exception):
+    """Tasks that did not end when cancelled (again and again) within the bound."""
+
+    def __init__(self, tasks: set[asyncio.Task[Any]]) -> None:
+        super().__init__(", ".join(sorted(t.get_name() for t in tasks)))
+        self.tasks = tasks
+
+
+async def end_tasks(tasks: Iterable[asyncio.Task[Any]], bound: float) -> None:
+    """:func:`cancel_and_wait`; raises :class:`TasksLeftBehind` for those still running."""
+    left = await cancel_and_wait(tasks, bound)
+    if left:
+        raise TasksLeftBehind(left)

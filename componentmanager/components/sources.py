@@ -89,6 +89,7 @@ class GenerateSource(Component):
 
     async def run(self) -> None:
         count, rate, emit = self.config.count, self.config.rate, self.ctx.emit
+        emit_batch = getattr(self.ctx, "emit_batch", None)  # a context may lack it
         loop = asyncio.get_running_loop()
         begin = loop.time()
         first = seq = int(await self.ctx.resume_position() or 0)  # resume after a restart
@@ -100,15 +101,21 @@ class GenerateSource(Component):
                         await asyncio.sleep(ahead)
                     elif ahead < -1.0:  # fell behind by over a second: no burst to catch up
                         begin = loop.time() - (seq - first) / rate
-                else:
+                elif emit_batch is not None:
                     if seq and seq % YIELD_EVERY < BATCH:
                         await asyncio.sleep(0)
                     n = BATCH if count is None else min(BATCH, count - seq)
-                    if n > 1 and await self.ctx.emit_batch(
-                            "out", [self.make_event(s) for s in range(seq, seq + n)]):
+                    events = [self.make_event(s) for s in range(seq, seq + n)]
+                    if n > 1 and await emit_batch("out", events):
                         seq += n
-                        self.ctx.advance(seq)
-                        continue
+                    else:
+                        for event in events:  # too large to go together: one by one
+                            await emit("out", event)
+                            seq += 1
+                    self.ctx.advance(seq)
+                    continue
+                elif seq and seq % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
                 await emit("out", self.make_event(seq))
                 seq += 1
                 if seq % ADVANCE_EVERY == 0 or (rate is not None and rate < ADVANCE_EVERY):

@@ -35,6 +35,7 @@ class Outbox:
         self._counts: dict[str, int] = {}  # events in each pending frame
         self._wake = asyncio.Event()
         self._handling = 0
+        self._one_input = asyncio.Lock()
         self._origin: str | None = None
         self._sent: dict[str, int] = {}
         self._sending = 0  # frames taken out of _frames whose publish has not returned
@@ -86,15 +87,26 @@ class Outbox:
         the same input) gives every output message a ``Nats-Msg-Id`` of
         ``<subject>:<origin>:<k>``: when the input is delivered again (its ack was lost),
         the stream stores the outputs once."""
-        self._handling += 1
-        self._origin, self._sent = origin, {}
-        try:
-            yield
-        finally:
-            self._handling -= 1
-        if not self._handling:
+        async with self._one_input:  # never two at once: ids and frames are of one input
+            self._handling += 1
+            self._origin, self._sent = origin, {}
+            try:
+                yield
+            except BaseException:
+                if origin is not None:  # delivered again: what it left here must not go
+                    self.discard()      # out under ids its redelivery will use
+                raise
+            finally:
+                self._handling -= 1
             await self.flush()
             self._origin = None
+
+    def discard(self) -> None:
+        """Drop the pending frames (an input whose handling stopped halfway: it is
+        delivered again, and a partial frame under its ids would hide the full one)."""
+        self._frames.clear()
+        self._sizes.clear()
+        self._counts.clear()
 
     async def _send(self, subject: str) -> None:
         frame = self._frames.pop(subject, None)
@@ -128,4 +140,7 @@ class Outbox:
         """The replica's flusher task: sends pending frames whenever the loop turns."""
         while True:
             await self._wake.wait()
+            if self._handling:  # the input being handled sends everything at its end
+                self._wake.clear()
+                continue
             await self.flush()

@@ -191,8 +191,13 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
         """A message's events (this partition's) through ``process_batch`` at once: how
         many were taken, or None when they must go one by one (nothing was done)."""
         mine = events if self._owns is None else [e for e in events if self._owns(e)]
-        if len(mine) < 2 or not await comp.process_batch(port, mine):
+        if len(mine) < 2:
             return None
+        try:
+            if not await comp.process_batch(port, mine):
+                return None
+        except Exception:  # (a write or a publish failed): each event its own way, where
+            return None    # failures are retried, counted and dead-lettered one by one
         self.counters.in_ += len(mine)
         self._since_yield += len(mine)
         return len(mine)
@@ -243,9 +248,12 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
                         if self._since_yield >= YIELD_EVERY:
                             self._since_yield = 0
                             await self._still_working(port, msg)
+                            await asyncio.sleep(0)
                     for index, event in enumerate(events if batch is None else ()):
                         if self.component is not comp:
                             self._took(port, msg, taken, perf_counter() - began)
+                            if origin is not None:  # its partial frame must not take
+                                self._outbox.discard()  # the ids of the full one
                             return  # stopped mid-frame: never acked, delivered again
                         if self._owns is not None and not self._owns(event):
                             continue  # another partition's: its replica counts it
