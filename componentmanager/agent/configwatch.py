@@ -79,15 +79,16 @@ class ConfigView:
 
     async def _watch_forever(self) -> None:
         backoff = 0.2
-        while True:
-            watcher = None
+        me = asyncio.current_task()
+        while self._task is me:  # a replaced watcher (restart_watcher) ends even if a
+            watcher = None       # cancel was swallowed (see componentmanager.agent.tasks)
             try:
                 watcher = await self.kv.watchall()
                 await self.resync()
                 backoff = 0.2
-                while True:
+                while self._task is me:
                     entry = await watcher.updates(timeout=30.0)
-                    if entry is None:
+                    if entry is None or self._task is not me:
                         continue
                     self._apply(entry.key, entry.value, entry.revision, is_delete(entry))
             except asyncio.CancelledError:
