@@ -110,6 +110,8 @@ def test_evaluates(text: str, expected: Any) -> None:
         ("len(empty)", "len() cannot take (null)"),
         ("lower(empty)", "lower() needs a string, got null"),
         ("startswith(n, 'a')", "startswith() needs a string, got number"),
+        ("1e308 * 10", "result of '*' is not a finite number (inf)"),  # never a null
+        ("1e308 + 1e308", "result of '+' is not a finite number (inf)"),
     ],
 )
 def test_missing_fields_and_wrong_types_are_errors(text: str, fragment: str) -> None:

@@ -13,6 +13,12 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+from componentmanager.component import EventError
+
+
+class KeyNotComputed(EventError):
+    """An event's ``partition_by`` key cannot be computed: the event fails (on replica 0)."""
+
 
 def key_text(value: Any) -> str:
     """The canonical JSON of a key: equal values give equal text on every agent."""
@@ -47,8 +53,12 @@ class Partitioner:
         self.partitions = partitions
 
     def owns(self, event: Any) -> bool:
+        """True for this replica's events; raises :class:`KeyNotComputed` on replica 0
+        for an event whose key cannot be computed (it fails there, once)."""
         try:
             text = key_text(self._key(event))
-        except Exception:
-            return self.index == 0
+        except Exception as exc:
+            if self.index == 0:
+                raise KeyNotComputed(f"partition_by: {exc}") from exc
+            return False
         return partition_of(text, self.partitions) == self.index

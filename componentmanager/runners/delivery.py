@@ -38,7 +38,7 @@ from componentmanager.dataplane import (
     decode_frame,
     frame_count,
 )
-from componentmanager.dataplane.partition import partition_origin
+from componentmanager.dataplane.partition import KeyNotComputed, partition_origin
 from componentmanager.dataplane.wire import HDR_REPLAY_TO, delivery_of, message_identity
 from componentmanager.runners.acks import DoneInputs as DoneInputs
 from componentmanager.runners.acks import InputAcks
@@ -171,11 +171,13 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
                         if self.component is not comp:  # stopped mid-frame
                             self.counters.drop(len(events) - index, "replica stopped")
                             return
-                        if self._owns is not None and not self._owns(event):
-                            continue  # another partition's: its replica counts it
                         self.counters.in_ += 1
                         taken += 1
                         try:
+                            if self._owns is not None and not self._owns(event):
+                                self.counters.in_ -= 1  # another partition's: its
+                                taken -= 1              # replica counts it
+                                continue
                             await comp.process(port, event)
                         except Exception as exc:
                             await self._failed_event(port, msg, index, event, exc)
@@ -192,7 +194,10 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
     async def _take_batch(self, comp: Component, port: str, events: list[Any]) -> int | None:
         """A message's events (this partition's) through ``process_batch`` at once: how
         many were taken, or None when they must go one by one (nothing was done)."""
-        mine = events if self._owns is None else [e for e in events if self._owns(e)]
+        try:
+            mine = events if self._owns is None else [e for e in events if self._owns(e)]
+        except KeyNotComputed:
+            return None  # that event fails here: one by one
         if len(mine) < 2:
             return None
         try:
@@ -257,11 +262,13 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
                             if origin is not None:  # its partial frame must not take
                                 self._outbox.discard()  # the ids of the full one
                             return  # stopped mid-frame: never acked, delivered again
-                        if self._owns is not None and not self._owns(event):
-                            continue  # another partition's: its replica counts it
                         self.counters.in_ += 1
                         taken += 1
                         try:
+                            if self._owns is not None and not self._owns(event):
+                                self.counters.in_ -= 1  # another partition's: its
+                                taken -= 1              # replica counts it
+                                continue
                             await comp.process(port, event)  # the common case, inline
                         except Exception as exc:
                             await self._retry(comp, port, msg, index, event, exc)

@@ -19,6 +19,7 @@ Nothing here parses or checks expression text; that is :mod:`.compiler`.
 from __future__ import annotations
 
 import ast
+import math
 import operator
 import time
 from collections.abc import Callable
@@ -162,9 +163,16 @@ def _numbers(symbol: str, a: Any, b: Any) -> None:
         raise TypeError(f"'{symbol}' needs two numbers, got {kind(a)} and {kind(b)}")
 
 
+def _finite(symbol: str, value: Any) -> Any:
+    """A float result that overflowed (inf) or is nan would be written as null: an error."""
+    if type(value) is float and not math.isfinite(value):
+        raise ValueError(f"result of '{symbol}' is not a finite number ({value})")
+    return value
+
+
 def _add(a: Any, b: Any) -> Any:
     if _is_number(a) and _is_number(b):
-        return a + b
+        return _finite("+", a + b)
     for cls in (str, list):
         if isinstance(a, cls) and isinstance(b, cls):
             if len(a) + len(b) > MAX_SEQUENCE:
@@ -177,7 +185,7 @@ def _add(a: Any, b: Any) -> Any:
 def _arith(symbol: str, op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     def fn(a: Any, b: Any) -> Any:
         _numbers(symbol, a, b)
-        return op(a, b)
+        return _finite(symbol, op(a, b))
 
     return fn
 
