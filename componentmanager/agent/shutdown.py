@@ -66,10 +66,6 @@ class Steps:
                   tasks=stacks.getvalue()[:6000])
 
 
-async def _cancel_all(tasks: list[asyncio.Task[None]], bound: float) -> None:
-    await end_tasks(tasks, bound)
-
-
 async def _reconcile_finished(agent: Agent) -> None:
     async with agent._reconcile_lock:
         pass
@@ -87,7 +83,7 @@ async def shut_down(agent: Agent) -> list[str]:
     await steps.run("wait for the reconcile in progress", _reconcile_finished(agent),
                     REPLICA_STOP_TIMEOUT_S + STEP_S)
     tasks, agent._tasks = list(agent._tasks), []
-    await steps.run("stop the agent's tasks", _cancel_all(tasks, QUICK_STEP_S),
+    await steps.run("stop the agent's tasks", end_tasks(tasks, QUICK_STEP_S),
                     QUICK_STEP_S + 1)
     await steps.run("close the config watch", agent.view.close(), QUICK_STEP_S)
     # each replica's stop is bounded by its runner: this bound is only a last resort
@@ -98,7 +94,7 @@ async def shut_down(agent: Agent) -> list[str]:
     # Heartbeats go on until the replicas are stopped: a slow stop must not look like
     # a dead agent whose replicas the leader moves while they still run.
     if agent._heartbeat_task is not None:
-        await steps.run("stop the heartbeat", _cancel_all([agent._heartbeat_task], 3), 4)
+        await steps.run("stop the heartbeat", end_tasks([agent._heartbeat_task], 3), 4)
     await steps.run("write the final statuses", agent.status.close())
     if agent._watchdog is not None and "stop the replicas" not in steps.abandoned:
         # our containers are gone: it has nothing to do (else it removes them once the

@@ -34,8 +34,7 @@ class Outbox:
         self._sizes: dict[str, int] = {}
         self._counts: dict[str, int] = {}  # events in each pending frame
         self._wake = asyncio.Event()
-        self._handling = 0
-        self._one_input = asyncio.Lock()
+        self._one_input = asyncio.Lock()  # held while an input message is handled
         self._origin: str | None = None
         self._sent: dict[str, int] = {}
         self._sending = 0  # frames taken out of _frames whose publish has not returned
@@ -58,7 +57,7 @@ class Outbox:
         together, in one frame."""
         if subject not in self._framed:
             for line in lines.split(b"\n"):
-                await self._publish(subject, line, self._ids.header(1), 1)
+                await self.put(subject, line)
             return
         await self._add(subject, lines, count)
 
@@ -76,7 +75,7 @@ class Outbox:
         self._counts[subject] += count
         if self._counts[subject] >= FRAME_EVENTS or self._sizes[subject] >= FRAME_BYTES:
             await self._send(subject)
-        elif not self._handling:
+        elif not self._one_input.locked():
             self._wake.set()
 
     @contextlib.asynccontextmanager
@@ -88,7 +87,6 @@ class Outbox:
         ``<subject>:<origin>:<k>``: when the input is delivered again (its ack was lost),
         the stream stores the outputs once."""
         async with self._one_input:  # never two at once: ids and frames are of one input
-            self._handling += 1
             self._origin, self._sent = origin, {}
             try:
                 yield
@@ -96,8 +94,6 @@ class Outbox:
                 if origin is not None:  # delivered again: what it left here must not go
                     self.discard()      # out under ids its redelivery will use
                 raise
-            finally:
-                self._handling -= 1
             await self.flush()
             self._origin = None
 
@@ -140,7 +136,7 @@ class Outbox:
         """The replica's flusher task: sends pending frames whenever the loop turns."""
         while True:
             await self._wake.wait()
-            if self._handling:  # the input being handled sends everything at its end
+            if self._one_input.locked():  # the input being handled sends all at its end
                 self._wake.clear()
                 continue
             await self.flush()

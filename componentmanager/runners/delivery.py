@@ -40,8 +40,7 @@ from componentmanager.dataplane import (
 )
 from componentmanager.dataplane.partition import KeyNotComputed, partition_origin
 from componentmanager.dataplane.wire import HDR_REPLAY_TO, delivery_of, message_identity
-from componentmanager.runners.acks import DoneInputs as DoneInputs
-from componentmanager.runners.acks import InputAcks
+from componentmanager.runners.acks import DoneInputs, InputAcks
 from componentmanager.runners.failures import EventFailures
 from componentmanager.runners.stateful import KeyedInputs
 from flowstore.models import input_consumer, stream_name

@@ -24,9 +24,10 @@ from componentmanager.component import Component, EventTooLarge
 from componentmanager.dataplane import AckedPublisher, EventIds, Outbox, Puller, encode
 from componentmanager.dataplane.wire import FRAME_BYTES, FRAME_EVENTS, HDR_META, encode_lines
 from componentmanager.registry import get_type
+from componentmanager.runners.acks import DoneInputs
 from componentmanager.runners.base import Replica, ReplicaHost
 from componentmanager.runners.checkpoint import SourceCheckpoint
-from componentmanager.runners.delivery import DoneInputs, InputDelivery
+from componentmanager.runners.delivery import InputDelivery
 from flowstore.models import ComponentConfig, ReplicaState, status_key, stream_name
 from flowstore.nats import STATUS_BUCKET, open_bucket
 
@@ -76,9 +77,7 @@ class InProcessReplica(InputDelivery, Replica):
         return max(1024, int(self.nc.max_payload or 1 << 20) - HEADER_ROOM)
 
     async def emit(self, port: str, event: Any) -> None:
-        subject = self.cfg.outputs.get(port)
-        if subject is None:
-            raise ValueError(f"{self.node} has no output port '{port}'")
+        subject = self._subject_of(port)
         body = encode(event)
         self._emitted += 1
         if len(body) > self.max_event_bytes:
@@ -90,10 +89,14 @@ class InProcessReplica(InputDelivery, Replica):
             return
         await self._outbox.put(subject, body)
 
-    async def emit_batch(self, port: str, events: list[Any]) -> bool:
+    def _subject_of(self, port: str) -> str:
         subject = self.cfg.outputs.get(port)
         if subject is None:
             raise ValueError(f"{self.node} has no output port '{port}'")
+        return subject
+
+    async def emit_batch(self, port: str, events: list[Any]) -> bool:
+        subject = self._subject_of(port)
         if not events:
             return True
         if len(events) > FRAME_EVENTS:
