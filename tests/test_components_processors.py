@@ -71,6 +71,23 @@ async def test_transform_sets_renames_drops_without_mutating_input() -> None:
         await t.process("in", [1])
 
 
+async def test_transform_setting_top_level_fields_sees_the_input_event() -> None:
+    ctx = Ctx()  # the fast path for set-only transforms behaves as the general one
+    many = make("transform", {"set": {"qty": "qty + 1", "total": "price * qty"}}, ctx)
+    one = make("transform", {"set": {"double": "price * 2"}}, ctx)
+    event = {"price": 2, "qty": 3}
+    await many.process("in", event)
+    await one.process("in", event)
+    assert ctx.events() == [{"price": 2, "qty": 4, "total": 6}, {"price": 2, "qty": 3,
+                                                                 "double": 4}]
+    assert event == {"price": 2, "qty": 3}
+    for t in (many, one):
+        with pytest.raises(TypeError, match="JSON object"):
+            await t.process("in", [1])
+    with pytest.raises(EvaluationError, match="not a finite number"):
+        await one.process("in", {"price": 1e308})
+
+
 async def test_route_all_first_default_and_drop() -> None:
     config = {"routes": {"big": "amount > 100", "eu": "region == 'eu'"}, "default": "rest"}
     ctx = Ctx()

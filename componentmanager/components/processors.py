@@ -12,6 +12,7 @@ discards on purpose are counted with ``ctx.count_filtered()``.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -114,6 +115,36 @@ class Transform(Component):
         self._set = [(_path(f), compile_expression(e)) for f, e in config.set.items()]
         self._rename = [(_path(a), _path(b)) for a, b in config.rename.items()]
         self._drop = [_path(f) for f in config.drop]
+        if not self._rename and not self._drop and all(len(k) == 1 for k, _ in self._set):
+            self.apply = self._top_level_setter()  # type: ignore[method-assign]
+
+    def _top_level_setter(self) -> Callable[[Any], dict[str, Any]]:
+        """``apply`` for the common transform that only sets top-level fields: the same
+        result with a fraction of the per-event work (it runs once per event per stage)."""
+        fields = [keys[0] for keys, _ in self._set]
+        evaluators = [expr.evaluate for _, expr in self._set]
+        if len(fields) == 1:
+            field, evaluate = fields[0], evaluators[0]
+
+            def set_one(event: Any) -> dict[str, Any]:
+                if type(event) is not dict:
+                    event = _require_object("transform", event)
+                value = evaluate(event)
+                out = dict(event)
+                out[field] = value
+                return out
+
+            return set_one
+
+        def set_many(event: Any) -> dict[str, Any]:
+            if type(event) is not dict:
+                event = _require_object("transform", event)
+            values = [evaluate(event) for evaluate in evaluators]  # all see the input
+            out = dict(event)
+            out.update(zip(fields, values, strict=True))
+            return out
+
+        return set_many
 
     def apply(self, event: Any) -> dict[str, Any]:
         event = _require_object("transform", event)
@@ -138,8 +169,9 @@ class Transform(Component):
         await self.ctx.emit("out", self.apply(event))
 
     async def process_batch(self, port: str, events: list[Any]) -> bool:
+        apply = self.apply
         try:
-            outs = [self.apply(event) for event in events]  # pure: nothing done yet
+            outs = [apply(event) for event in events]  # pure: nothing done yet
         except Exception:
             return False  # one of them fails: each goes its own way
         return await self.ctx.emit_batch("out", outs)

@@ -71,9 +71,12 @@ def decode_frame(data: bytes, count: int) -> list[Any]:
     if count <= 1:
         return [decode(data)]
     try:
-        return _decoder.decode(b"[" + data.replace(b"\n", b",") + b"]")
+        events = _decoder.decode_lines(data)
     except msgspec.DecodeError:
-        return [decode(line) for line in data.split(b"\n")]
+        events = []
+    if len(events) == count:
+        return events
+    return [decode(line) for line in data.split(b"\n")]  # decode_lines skips blank lines
 
 
 def event_id(headers: dict[str, str] | None, index: int) -> str | None:

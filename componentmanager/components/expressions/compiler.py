@@ -223,6 +223,9 @@ class _Compiler:
             symbol = _OPERATOR_SYMBOLS.get(type(node.op), type(node.op).__name__)
             self.fail(node, f"operator {symbol!r} is not allowed", self._operator_offset(node))
         left, right = self.compile(node.left), self.compile(node.right)
+        if isinstance(node.right, ast.Constant):  # `price * 2`: one call fewer per event
+            value = node.right.value
+            return lambda e: op(left(e), value)
         return lambda e: op(left(e), right(e))
 
     def _unaryop(self, node: ast.UnaryOp) -> Fn:

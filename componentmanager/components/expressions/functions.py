@@ -184,8 +184,12 @@ def _add(a: Any, b: Any) -> Any:
 
 def _arith(symbol: str, op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     def fn(a: Any, b: Any) -> Any:
-        _numbers(symbol, a, b)
-        return _finite(symbol, op(a, b))
+        if type(a) not in _PLAIN_NUMBERS or type(b) not in _PLAIN_NUMBERS:
+            _numbers(symbol, a, b)  # the checks inline for plain numbers: run per event
+        value = op(a, b)
+        if type(value) is float and not math.isfinite(value):
+            _finite(symbol, value)
+        return value
 
     return fn
 
@@ -267,7 +271,13 @@ def key_getter(base: Fn, key: Any, path: str) -> Fn:
 
 def field_getter(name: str) -> Fn:
     """The top-level field ``name`` of the event."""
-    return lambda e: lookup(e, name, name)
+
+    def field(e: Any) -> Any:
+        if type(e) is dict and name in e:  # the common case without a second call
+            return e[name]
+        return lookup(e, name, name)
+
+    return field
 
 
 def lenient(name: str, fn: Any, args: list[Fn]) -> Fn:
