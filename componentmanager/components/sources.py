@@ -25,7 +25,7 @@ OUT = (Port("out", description="the events this source produces"),)
 PACE_TICK_S = 0.005  # a paced generator sleeps once per this much of its schedule
 YIELD_EVERY = 1000  # an unpaced generator yields to the event loop this often
 ADVANCE_EVERY = 64  # a source reports its position (ctx.advance) this often
-BATCH = 64  # an unpaced generator emits this many events at once (one frame's worth)
+BATCH = 128  # an unpaced generator emits this many events at once (one frame's worth)
 
 
 def decode_body(data: bytes) -> Any:
