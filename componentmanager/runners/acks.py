@@ -134,6 +134,21 @@ class InputAcks:
             batch, self._unacked, self._unacked_since = self._unacked, [], None
             await self._ack_all(batch)
 
+    def _settle_at_teardown(self, effects_kept: bool) -> None:
+        """The replica stops (or restarts) with inputs processed but not acked (NATS was
+        unreachable). When their effects are kept (the component flushed and stopped, every
+        output is stored), their redelivery is only acked again: a sink's file already
+        has them. Otherwise they are processed again when delivered again (a repeat, never
+        a loss: nothing of them is remembered as handled)."""
+        if self._state is not None:
+            return  # a stateful replica settles through its checkpoint
+        for msg in self._unacked:
+            ident = message_identity(msg.headers, msg.reply)
+            if effects_kept:
+                self._done.remember(ident)
+        self._unacked, self._unacked_since = [], None
+        self._handled.clear()  # whatever was in hand is delivered again and taken anew
+
     async def _nak_all(self, batch: list[Msg]) -> None:
         """Inputs whose outputs could not be stored: delivered again shortly."""
         for msg in batch:

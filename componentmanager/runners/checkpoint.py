@@ -12,6 +12,11 @@ interval before it died. A finished source's checkpoint says ``completed``: it s
 completed across restarts and failover. A checkpoint of another config (the source's
 ``type`` or ``config`` changed) is ignored: the source starts over. Undeploy removes them.
 
+A source restarted on the same agent (its replica failed, e.g. a task died while NATS was
+away) resumes from what its last run knew was stored (:class:`StoredMark`) when that is
+newer than the bucket's checkpoint (whose writes may have failed meanwhile, e.g. while a
+cluster elected the bucket's leader): it repeats nothing the stream acknowledged.
+
 Positions are exact for a source with one output port (events leave in emit order); a
 source that emits on several ports gets them per emit order of messages, which frames
 may reorder across ports.
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -41,6 +47,14 @@ def config_fingerprint(cfg: ComponentConfig) -> str:
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
+@dataclasses.dataclass(frozen=True)
+class StoredMark:
+    """A position and the events (over every run) surely stored up to it."""
+
+    position: Any
+    events: int
+
+
 class SourceCheckpoint:
     """The checkpoint of one source replica (see the module doc)."""
 
@@ -57,21 +71,31 @@ class SourceCheckpoint:
         self.position: Any = None
         self.completed = False
         self.events_before = 0  # events stored by earlier runs of this source
+        self._stored: StoredMark | None = None
 
-    async def load(self) -> None:
-        """Read the checkpoint (a missing, junk or foreign one means: from the start)."""
+    async def load(self, carried: StoredMark | None = None) -> None:
+        """Read the checkpoint (a missing, junk or foreign one means: from the start);
+        ``carried``, what an earlier run on this agent knew was stored, wins when newer."""
         self._kv = await open_bucket(self.nc, CHECKPOINTS_BUCKET)  # the engine made it
         try:
             entry = await self._kv.get(self.key)
             data = json.loads(entry.value or b"")
         except Exception:
-            return
-        if not isinstance(data, dict) or data.get("config") != self.fingerprint:
-            return
-        self.position = data.get("position")
-        self.completed = bool(data.get("completed"))
-        self.events_before = int(data.get("events") or 0)
-        self._written = self._last = self.position
+            data = None
+        if isinstance(data, dict) and data.get("config") == self.fingerprint:
+            self.position = data.get("position")
+            self.completed = bool(data.get("completed"))
+            self.events_before = int(data.get("events") or 0)
+            self._written = self._last = self.position
+        if carried is not None and not self.completed and carried.events > self.events_before:
+            self.position = self._last = carried.position
+            self.events_before = carried.events
+            self._marks.append((0, carried.position))  # written by the next flush
+
+    def stored_mark(self) -> StoredMark | None:
+        """The newest position surely stored (written to the bucket or not)."""
+        self._note_stored()
+        return self._stored
 
     def advance(self, emitted_events: int, position: Any) -> None:
         """The first ``emitted_events`` events of this run are covered by ``position``."""
@@ -81,12 +105,12 @@ class SourceCheckpoint:
         else:
             self._marks.append((emitted_events, position))
 
-    def _stored_position(self) -> tuple[Any, int] | None:
+    def _note_stored(self) -> None:
+        """Move ``_stored`` to the newest position whose events the stream acknowledged."""
         stored = self._stored_events()
-        found = None
         while self._marks and self._marks[0][0] <= stored:
-            found = self._marks.popleft()
-        return None if found is None else (found[1], found[0])
+            events, position = self._marks.popleft()
+            self._stored = StoredMark(position, self.events_before + events)
 
     async def _write(self, position: Any, events: int, completed: bool = False) -> None:
         value = {"position": position, "events": self.events_before + events,
@@ -101,10 +125,11 @@ class SourceCheckpoint:
             await self.flush()
 
     async def flush(self) -> None:
-        found = self._stored_position()
-        if found is not None and found[0] != self._written:
+        self._note_stored()
+        mark = self._stored
+        if mark is not None and mark.position != self._written:
             with contextlib.suppress(Exception):  # the next interval tries again
-                await self._write(found[0], found[1])
+                await self._write(mark.position, mark.events - self.events_before)
 
     async def complete(self, events: int) -> None:
         """Everything was emitted and stored: the source is done for good."""

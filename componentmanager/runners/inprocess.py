@@ -26,7 +26,7 @@ from componentmanager.dataplane.wire import FRAME_BYTES, FRAME_EVENTS, HDR_META,
 from componentmanager.registry import get_type
 from componentmanager.runners.acks import DoneInputs
 from componentmanager.runners.base import Replica, ReplicaHost
-from componentmanager.runners.checkpoint import SourceCheckpoint
+from componentmanager.runners.checkpoint import SourceCheckpoint, StoredMark
 from componentmanager.runners.delivery import InputDelivery
 from flowstore.models import ComponentConfig, ReplicaState, status_key, stream_name
 from flowstore.nats import STATUS_BUCKET, open_bucket
@@ -64,6 +64,7 @@ class InProcessReplica(InputDelivery, Replica):
         self._done = DoneInputs()
         self._handled: set[str] = set()
         self._checkpoint: SourceCheckpoint | None = None
+        self._stored_mark: StoredMark | None = None  # what the last run knew was stored
         self._emitted = 0  # events emitted in this run (source checkpoints count them)
         self._settling = asyncio.Lock()
         self._stopping = False
@@ -213,7 +214,7 @@ class InProcessReplica(InputDelivery, Replica):
         elif self._publisher is not None:
             self._checkpoint = SourceCheckpoint(self.nc, self.cfg, self.index,
                                                 self._publisher.stored_events)
-            await self._checkpoint.load()
+            await self._checkpoint.load(self._stored_mark)
             if self._checkpoint.completed:  # finished in an earlier run: stays finished
                 self.note = (f"completed in an earlier run "
                              f"({self._checkpoint.events_before:,} events)")
@@ -310,6 +311,7 @@ class InProcessReplica(InputDelivery, Replica):
         if (self._acked or self._state is not None) and self.nc.is_connected:
             with contextlib.suppress(Exception):  # flush what is held, then ack its
                 await self._settle(force=True)    # inputs (stateful: checkpoint first)
+        kept = True  # what was processed is written and sent
         if self.component is not None:
             comp, self.component = self.component, None
             if self._state is not None:  # still held, in the checkpoint: status says so
@@ -321,9 +323,12 @@ class InProcessReplica(InputDelivery, Replica):
                 try:
                     await hook()
                 except Exception as exc:
+                    kept = False
                     self.last_error = f"{hook.__name__}: {exc}"
-        with contextlib.suppress(Exception):
+        try:
             await self._outbox.flush()
+        except Exception:
+            kept = False
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -334,8 +339,13 @@ class InProcessReplica(InputDelivery, Replica):
                     await self._publisher.wait()
                 if self._checkpoint is not None and self.state != ReplicaState.COMPLETED:
                     await self._checkpoint.flush()  # a stopped source resumes exactly here
+            kept = kept and not self._publisher.outstanding and not self._outbox.pending
+            if self._checkpoint is not None:  # a restart here resumes after what is stored
+                self._stored_mark = self._checkpoint.stored_mark()
             await self._publisher.close()
             self._publisher = None
+        if self._acked:
+            self._settle_at_teardown(kept)
 
     async def _close_inputs(self) -> None:
         self._sub_ports.clear()

@@ -1,0 +1,82 @@
+"""A replica restarted on the same agent repeats nothing it is sure of: a source resumes
+after what the stream acknowledged even when its checkpoint writes were failing, and a
+sink's inputs that it wrote but could not ack are acked again, not written again.
+
+The checkpoint runs against a real nats-server (the bucket deleted to make writes fail);
+the teardown decision is driven with messages as nats-py builds them.
+"""
+
+from __future__ import annotations
+
+import json
+
+from nats.aio.msg import Msg
+
+from componentmanager.runners.acks import DoneInputs, InputAcks
+from componentmanager.runners.checkpoint import SourceCheckpoint
+from flowstore.models import ComponentConfig
+from flowstore.names import HDR_META
+from flowstore.nats import CHECKPOINTS_BUCKET, open_bucket
+
+CFG = ComponentConfig(flow="f", node="gen", type="generate", config={"count": 1000},
+                      queue="q")
+
+
+async def test_a_source_restarted_while_checkpoint_writes_failed_resumes_after_the_stored(
+        nc) -> None:
+    stored = 0
+    first = SourceCheckpoint(nc, CFG, 0, lambda: stored)
+    await first.load()
+    first.advance(64, 64)
+    stored = 64
+    await first.flush()  # the bucket has 64
+    kv = await open_bucket(nc, CHECKPOINTS_BUCKET)
+    written = (await kv.get(first.key)).value
+    await nc.jetstream().delete_key_value(CHECKPOINTS_BUCKET)  # writes fail from here
+    first.advance(128, 128)
+    stored = 128
+    await first.flush()  # fails quietly
+    mark = first.stored_mark()
+    assert mark is not None and (mark.position, mark.events) == (128, 128)
+
+    kv = await open_bucket(nc, CHECKPOINTS_BUCKET)  # back, with the stale checkpoint
+    await kv.put(first.key, written)
+    again = SourceCheckpoint(nc, CFG, 0, lambda: 0)
+    await again.load(mark)
+    assert (again.position, again.events_before) == (128, 128)
+    await again.flush()  # and the bucket catches up
+    assert json.loads((await kv.get(first.key)).value)["position"] == 128
+
+    elsewhere = SourceCheckpoint(nc, CFG, 0, lambda: 0)  # another agent: the bucket only
+    await elsewhere.load()
+    assert elsewhere.position == 128
+    older = SourceCheckpoint(nc, CFG, 0, lambda: 0)
+    await older.load(mark.__class__(position=64, events=64))  # never goes back
+    assert older.position == 128
+
+
+class Settling(InputAcks):
+    def __init__(self, msgs: list[Msg]) -> None:
+        self._state = None
+        self._done = DoneInputs()
+        self._handled = {f"gen.0.a-{i}" for i in range(len(msgs) + 1)}
+        self._unacked = msgs
+        self._unacked_since = 1.0
+
+
+def _messages() -> list[Msg]:
+    return [Msg(None, subject="flowctl.f.gen.out",  # type: ignore[arg-type]
+                reply=f"$JS.ACK.s.c.1.{i + 1}.{i + 1}.0.0",
+                headers={HDR_META: f"gen.0.a-{i} 1 1764080000.0"}) for i in range(3)]
+
+
+def test_inputs_written_but_not_acked_at_a_restart_are_acked_again_not_written_again() -> None:
+    kept = Settling(_messages())
+    kept._settle_at_teardown(effects_kept=True)
+    assert all(f"gen.0.a-{i}" in kept._done for i in range(3))
+    assert kept._unacked == [] and kept._handled == set()
+
+    lost = Settling(_messages())  # outputs not stored: processed again when redelivered
+    lost._settle_at_teardown(effects_kept=False)
+    assert not any(f"gen.0.a-{i}" in lost._done for i in range(3))
+    assert lost._unacked == [] and lost._handled == set()
