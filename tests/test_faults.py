@@ -25,7 +25,8 @@ TOTAL = 40_000
 def chain(out: Path, rate: int, lines: Path | None = None) -> str:
     """generate -> transform -> file sink on three agents (a file source reading
     ``lines`` instead of generate when given)."""
-    source = (f'type: file\n      config: {{path: "{lines}"}}' if lines else
+    source = (f'type: file\n      config: {{path: "{lines}", follow: true, poll_interval: 0.05}}'
+              if lines else
               f"type: generate\n      config: {{count: {TOTAL}, rate: {rate}}}")
     return f"""\
   sources:
@@ -118,14 +119,15 @@ async def test_nats_killed_while_outputs_await_acks(nc, nats_server, agents, tmp
                                                     source) -> None:
     """NATS killed mid-flow and restarted 8 s later on the same port and store: the
     replicas consume again, nothing is lost, and every event arrives once in almost every
-    run (a generate source paced to 4000 ev/s, or a file source read as fast as the flow
-    takes it)."""
+    run (a generate source paced to 4000 ev/s, or a file followed as it is written at
+    4000 lines/s)."""
     started = await start_three(nc, agents)
     out = tmp_path / "out.jsonl"
-    lines = None
-    if source == "file":
+    lines, appending = None, None
+    if source == "file":  # a file written as the flow reads it (4000 lines/s), followed
         lines = tmp_path / "in.jsonl"
-        lines.write_text("".join(f'{{"seq": {i}}}\n' for i in range(TOTAL)))
+        lines.touch()
+        appending = asyncio.create_task(_append(lines, per_second=4000))
     await run_flow(nc, flow_yaml("killed", chain(out, rate=4000, lines=lines),
                                  delivery="at-least-once"))
     await wait_until(lambda: _count(out, 2000), what="events flowing", timeout=30)
@@ -135,6 +137,8 @@ async def test_nats_killed_while_outputs_await_acks(nc, nats_server, agents, tmp
     nats_server.restart()
     restarted = time.monotonic()
     await wait_until(lambda: _everything(out), timeout=120, what=f"all {TOTAL} events")
+    if appending is not None:
+        await appending
     lost, duplicated = tally(out)
     print(f"\nNATS killed, restarted after 8 s ({source} source): lost {lost}, "
           f"duplicated {duplicated}, all delivered {time.monotonic() - restarted:.1f} s "
@@ -205,6 +209,16 @@ async def test_an_oversized_event_fails_alone(nc, agents, tmp_path) -> None:
     st = (await statuses(nc, "big"))["big.blow-up.0"]
     assert st.state.value == "running" and "max_payload" in (st.last_error or "")
 
+
+
+async def _append(path: Path, per_second: int) -> None:
+    """Append ``TOTAL`` JSON lines to ``path``, ``per_second`` of them a second."""
+    chunk = per_second // 10
+    with path.open("a") as fh:
+        for first in range(0, TOTAL, chunk):
+            fh.write("".join(f'{{"seq": {i}}}\n' for i in range(first, first + chunk)))
+            fh.flush()
+            await asyncio.sleep(0.1)
 
 
 async def _count(path: Path, n: int) -> bool:

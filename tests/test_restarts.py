@@ -1,6 +1,7 @@
 """A replica restarted on the same agent repeats nothing it is sure of: a source resumes
 after what the stream acknowledged even when its checkpoint writes were failing, and a
-sink's inputs that it wrote but could not ack are acked again, not written again.
+sink's inputs that it wrote but could not ack are acked again, not written again; a source
+whose checkpoint cannot be written pauses (bounding what a failover would repeat).
 
 The checkpoint runs against a real nats-server (the bucket deleted to make writes fail);
 the teardown decision is driven with messages as nats-py builds them.
@@ -8,10 +9,12 @@ the teardown decision is driven with messages as nats-py builds them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from nats.aio.msg import Msg
 
+from componentmanager.runners import checkpoint
 from componentmanager.runners.acks import DoneInputs, InputAcks
 from componentmanager.runners.checkpoint import SourceCheckpoint
 from flowstore.models import ComponentConfig
@@ -23,7 +26,8 @@ CFG = ComponentConfig(flow="f", node="gen", type="generate", config={"count": 10
 
 
 async def test_a_source_restarted_while_checkpoint_writes_failed_resumes_after_the_stored(
-        nc) -> None:
+        nc, monkeypatch) -> None:
+    monkeypatch.setattr(checkpoint, "CHECKPOINT_LAG_S", 0.3)
     stored = 0
     first = SourceCheckpoint(nc, CFG, 0, lambda: stored)
     await first.load()
@@ -38,8 +42,16 @@ async def test_a_source_restarted_while_checkpoint_writes_failed_resumes_after_t
     await first.flush()  # fails quietly
     mark = first.stored_mark()
     assert mark is not None and (mark.position, mark.events) == (128, 128)
+    assert not first.too_far_behind()
+    await asyncio.sleep(0.4)
+    assert first.too_far_behind()  # the source pauses (in _send) until it is written
+    paused = asyncio.create_task(first.catch_up())
+    await asyncio.sleep(0.5)
+    assert not paused.done()
 
     kv = await open_bucket(nc, CHECKPOINTS_BUCKET)  # back, with the stale checkpoint
+    await asyncio.wait_for(paused, 5)  # written: the source goes on
+    assert json.loads((await kv.get(first.key)).value)["position"] == 128
     await kv.put(first.key, written)
     again = SourceCheckpoint(nc, CFG, 0, lambda: 0)
     await again.load(mark)

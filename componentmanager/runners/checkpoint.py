@@ -15,7 +15,9 @@ completed across restarts and failover. A checkpoint of another config (the sour
 A source restarted on the same agent (its replica failed, e.g. a task died while NATS was
 away) resumes from what its last run knew was stored (:class:`StoredMark`) when that is
 newer than the bucket's checkpoint (whose writes may have failed meanwhile, e.g. while a
-cluster elected the bucket's leader): it repeats nothing the stream acknowledged.
+cluster elected the bucket's leader): it repeats nothing the stream acknowledged. A
+source whose positions cannot be written for :data:`CHECKPOINT_LAG_S` pauses until they
+are, so a failover to another agent repeats at most that much.
 
 Positions are exact for a source with one output port (events leave in emit order); a
 source that emits on several ports gets them per emit order of messages, which frames
@@ -30,6 +32,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +41,9 @@ from flowstore.nats import CHECKPOINTS_BUCKET, open_bucket
 
 #: How often a stored position is written.
 CHECKPOINT_EVERY_S = 0.2
+#: A source whose stored position could not be written for this long waits until it is
+#: (a failover meanwhile would repeat everything since the last write: this bounds it).
+CHECKPOINT_LAG_S = 2.0
 _NOTHING = object()
 
 
@@ -72,6 +78,7 @@ class SourceCheckpoint:
         self.completed = False
         self.events_before = 0  # events stored by earlier runs of this source
         self._stored: StoredMark | None = None
+        self._unwritten_since: float | None = None  # writes of a stored position failing
 
     async def load(self, carried: StoredMark | None = None) -> None:
         """Read the checkpoint (a missing, junk or foreign one means: from the start);
@@ -128,8 +135,23 @@ class SourceCheckpoint:
         self._note_stored()
         mark = self._stored
         if mark is not None and mark.position != self._written:
-            with contextlib.suppress(Exception):  # the next interval tries again
+            try:
                 await self._write(mark.position, mark.events - self.events_before)
+            except Exception:  # the next interval tries again
+                self._unwritten_since = self._unwritten_since or time.monotonic()
+                return
+        self._unwritten_since = None
+
+    def too_far_behind(self) -> bool:
+        """Stored positions have failed to be written for over :data:`CHECKPOINT_LAG_S`."""
+        since = self._unwritten_since
+        return since is not None and time.monotonic() - since > CHECKPOINT_LAG_S
+
+    async def catch_up(self) -> None:
+        """Wait until the stored position is written (the source pauses meanwhile)."""
+        while self.too_far_behind():
+            await asyncio.sleep(CHECKPOINT_EVERY_S)
+            await self.flush()
 
     async def complete(self, events: int) -> None:
         """Everything was emitted and stored: the source is done for good."""

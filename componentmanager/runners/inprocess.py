@@ -117,6 +117,10 @@ class InProcessReplica(InputDelivery, Replica):
         if self._publisher is not None:
             if self.cfg.role == "source":  # the stream stores a retried publish once
                 headers = {**headers, "Nats-Msg-Id": headers[HDR_META].split(" ", 1)[0]}
+                if self._checkpoint is not None and self._checkpoint.too_far_behind():
+                    self.host.log_line(self, "paused: the checkpoint cannot be written "
+                                             "(flowctl_checkpoints unreachable)", "agent")
+                    await self._checkpoint.catch_up()
             await self._publisher.publish(subject, body, headers, count)
         else:
             try:
