@@ -59,12 +59,18 @@ async def test_a_source_restarted_while_checkpoint_writes_failed_resumes_after_t
     await again.flush()  # and the bucket catches up
     assert json.loads((await kv.get(first.key)).value)["position"] == 128
 
-    elsewhere = SourceCheckpoint(nc, CFG, 0, lambda: 0)  # another agent: the bucket only
+    elsewhere = SourceCheckpoint(nc, CFG, 0, lambda: 5)  # another agent: the bucket only
     await elsewhere.load()
     assert elsewhere.position == 128
+    elsewhere.advance(5, 133)
+    elsewhere.advance(10, 138)
+    await elsewhere.flush()  # 133 is stored and written
+    await elsewhere.complete(10)  # done for good: a later flush never says otherwise
+    await elsewhere.flush()
+    assert json.loads((await kv.get(first.key)).value)["completed"] is True
     older = SourceCheckpoint(nc, CFG, 0, lambda: 0)
     await older.load(mark.__class__(position=64, events=64))  # never goes back
-    assert older.position == 128
+    assert older.position == 138 and older.completed
 
 
 class Settling(InputAcks):

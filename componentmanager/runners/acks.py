@@ -142,10 +142,9 @@ class InputAcks:
         a loss: nothing of them is remembered as handled)."""
         if self._state is not None:
             return  # a stateful replica settles through its checkpoint
-        for msg in self._unacked:
-            ident = message_identity(msg.headers, msg.reply)
-            if effects_kept:
-                self._done.remember(ident)
+        if effects_kept:
+            for msg in self._unacked:
+                self._done.remember(message_identity(msg.headers, msg.reply))
         self._unacked, self._unacked_since = [], None
         self._handled.clear()  # whatever was in hand is delivered again and taken anew
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -136,7 +135,8 @@ class SourceCheckpoint:
         mark = self._stored
         if mark is not None and mark.position != self._written:
             try:
-                await self._write(mark.position, mark.events - self.events_before)
+                await self._write(mark.position, mark.events - self.events_before,
+                                  completed=self.completed)
             except Exception:  # the next interval tries again
                 self._unwritten_since = self._unwritten_since or time.monotonic()
                 return
@@ -154,7 +154,10 @@ class SourceCheckpoint:
             await self.flush()
 
     async def complete(self, events: int) -> None:
-        """Everything was emitted and stored: the source is done for good."""
+        """Everything was emitted and stored: the source is done for good (written now,
+        or by a later flush if the bucket does not answer now)."""
         self._marks.clear()
-        with contextlib.suppress(Exception):
-            await self._write(self._last, events, completed=True)
+        self.completed = True
+        self._stored = StoredMark(self._last, self.events_before + events)
+        self._written = _NOTHING
+        await self.flush()

@@ -77,7 +77,16 @@ class InProcessReplica(InputDelivery, Replica):
         the header)."""
         return max(1024, int(self.nc.max_payload or 1 << 20) - HEADER_ROOM)
 
+    async def _checkpoint_caught_up(self) -> None:
+        """A source pauses while its position cannot be written (bounds a failover's
+        repeats); only its own emitting waits, never a flush or a stop."""
+        if self._checkpoint is not None and self._checkpoint.too_far_behind():
+            self.host.log_line(self, "paused: the checkpoint cannot be written "
+                                     "(flowctl_checkpoints does not answer)", "agent")
+            await self._checkpoint.catch_up()
+
     async def emit(self, port: str, event: Any) -> None:
+        await self._checkpoint_caught_up()
         subject = self._subject_of(port)
         body = encode(event)
         self._emitted += 1
@@ -97,6 +106,7 @@ class InProcessReplica(InputDelivery, Replica):
         return subject
 
     async def emit_batch(self, port: str, events: list[Any]) -> bool:
+        await self._checkpoint_caught_up()
         subject = self._subject_of(port)
         if not events:
             return True
@@ -117,10 +127,6 @@ class InProcessReplica(InputDelivery, Replica):
         if self._publisher is not None:
             if self.cfg.role == "source":  # the stream stores a retried publish once
                 headers = {**headers, "Nats-Msg-Id": headers[HDR_META].split(" ", 1)[0]}
-                if self._checkpoint is not None and self._checkpoint.too_far_behind():
-                    self.host.log_line(self, "paused: the checkpoint cannot be written "
-                                             "(flowctl_checkpoints unreachable)", "agent")
-                    await self._checkpoint.catch_up()
             await self._publisher.publish(subject, body, headers, count)
         else:
             try:
