@@ -130,15 +130,18 @@ async def test_nats_killed_while_outputs_await_acks(nc, nats_server, agents, tmp
         appending = asyncio.create_task(_append(lines, per_second=4000))
     await run_flow(nc, flow_yaml("killed", chain(out, rate=4000, lines=lines),
                                  delivery="at-least-once"))
-    await wait_until(lambda: _count(out, 2000), what="events flowing", timeout=30)
-    nats_server.proc.kill()
-    nats_server.proc.wait()
-    await asyncio.sleep(8)
-    nats_server.restart()
-    restarted = time.monotonic()
-    await wait_until(lambda: _everything(out), timeout=120, what=f"all {TOTAL} events")
-    if appending is not None:
-        await appending
+    try:
+        await wait_until(lambda: _count(out, 2000), what="events flowing", timeout=30)
+        nats_server.proc.kill()
+        nats_server.proc.wait()
+        await asyncio.sleep(8)
+        nats_server.restart()
+        restarted = time.monotonic()
+        await wait_until(lambda: _everything(out), timeout=120, what=f"all {TOTAL} events")
+    finally:
+        if appending is not None:
+            appending.cancel()
+            await asyncio.gather(appending, return_exceptions=True)
     lost, duplicated = tally(out)
     print(f"\nNATS killed, restarted after 8 s ({source} source): lost {lost}, "
           f"duplicated {duplicated}, all delivered {time.monotonic() - restarted:.1f} s "

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from nats.aio.msg import Msg
 
+from componentmanager.dataplane import AckedPublisher, PublishFailed
 from componentmanager.runners import checkpoint
 from componentmanager.runners.acks import DoneInputs, InputAcks
 from componentmanager.runners.checkpoint import SourceCheckpoint
@@ -44,7 +46,7 @@ async def test_a_source_restarted_while_checkpoint_writes_failed_resumes_after_t
     assert mark is not None and (mark.position, mark.events) == (128, 128)
     assert not first.too_far_behind()
     await asyncio.sleep(0.4)
-    assert first.too_far_behind()  # the source pauses (in _send) until it is written
+    assert first.too_far_behind()  # the source pauses (in its emits) until written
     paused = asyncio.create_task(first.catch_up())
     await asyncio.sleep(0.5)
     assert not paused.done()
@@ -65,12 +67,38 @@ async def test_a_source_restarted_while_checkpoint_writes_failed_resumes_after_t
     elsewhere.advance(5, 133)
     elsewhere.advance(10, 138)
     await elsewhere.flush()  # 133 is stored and written
-    await elsewhere.complete(10)  # done for good: a later flush never says otherwise
-    await elsewhere.flush()
+    await nc.jetstream().delete_key_value(CHECKPOINTS_BUCKET)
+    await elsewhere.complete(10)  # done for good, but the bucket does not answer
+    done = elsewhere.stored_mark()
+    assert done is not None and done.completed and done.position == 138
+    kv = await open_bucket(nc, CHECKPOINTS_BUCKET)
+    await kv.put(first.key, written)  # (a stale, uncompleted checkpoint)
+    restarted = SourceCheckpoint(nc, CFG, 0, lambda: 0)  # a restart on the same agent
+    await restarted.load(done)
+    assert restarted.completed and restarted.position == 138
+    await elsewhere.flush()  # the completion is written when the bucket answers again
+    assert json.loads((await kv.get(first.key)).value)["completed"] is True
+    await elsewhere.flush()  # and never undone by a later flush
     assert json.loads((await kv.get(first.key)).value)["completed"] is True
     older = SourceCheckpoint(nc, CFG, 0, lambda: 0)
     await older.load(mark.__class__(position=64, events=64))  # never goes back
     assert older.position == 138 and older.completed
+
+
+async def test_a_publisher_counts_what_it_gave_up(nc) -> None:
+    """What teardown relies on to tell stored outputs from lost ones: a refused publish is
+    counted (here the stream refuses a message over its size limit)."""
+    js = nc.jetstream()
+    await js.add_stream(name="tiny", subjects=["tiny.>"], max_msg_size=16)
+    publisher = await AckedPublisher(nc).open()
+    await publisher.publish("tiny.a", b"ok", {})
+    await publisher.wait()
+    assert publisher.given_up == 0
+    await publisher.publish("tiny.a", b"x" * 100, {})
+    with pytest.raises(PublishFailed):
+        await publisher.wait()
+    assert publisher.given_up == 1 and publisher.outstanding == 0
+    await publisher.close()
 
 
 class Settling(InputAcks):

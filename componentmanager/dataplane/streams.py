@@ -86,6 +86,7 @@ class AckedPublisher:
         self._retries: set[asyncio.Future[None]] = set()
         self._sub: Any = None
         self._published_events = 0
+        self.given_up = 0  # messages refused or abandoned (their inputs must be redone)
         self._events_before: dict[int, int] = {}  # pending message -> events published before it
 
     @property
@@ -161,6 +162,7 @@ class AckedPublisher:
                 asyncio.get_running_loop().call_later(delay, self._republish, int(n), int(gen))
                 return
             self.error = msgspec.json.decode(data).get("error", {}).get("description", "error")
+            self.given_up += 1
         elif not data:  # no responders: a cluster electing the stream's leader, or gone
             subject, body, headers, tries = entry
             if tries < NO_RESPONDERS_TRIES:  # the same Nats-Msg-Id: stored once
@@ -169,6 +171,7 @@ class AckedPublisher:
                 asyncio.get_running_loop().call_later(delay, self._republish, int(n), int(gen))
                 return
             self.error = "no responders (the flow's stream is missing: deploy it again)"
+            self.given_up += 1
         else:
             self.full_since = None
         del self._pending[int(n)]
@@ -200,6 +203,7 @@ class AckedPublisher:
             raise PublishFailed(f"no JetStream ack for {ACK_SILENCE_S:g} s")
 
     def _abandon(self) -> None:
+        self.given_up += len(self._pending)
         self._generation += 1
         self._pending.clear()
         self._events_before.clear()

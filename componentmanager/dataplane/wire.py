@@ -70,13 +70,10 @@ def decode_frame(data: bytes, count: int) -> list[Any]:
     ``{"data": text}`` as a single event would)."""
     if count <= 1:
         return [decode(data)]
-    try:
-        events = _decoder.decode_lines(data)
+    try:  # (msgspec's decode_lines is no faster and takes "1 2" as two events)
+        return _decoder.decode(b"[" + data.replace(b"\n", b",") + b"]")
     except msgspec.DecodeError:
-        events = []
-    if len(events) == count:
-        return events
-    return [decode(line) for line in data.split(b"\n")]  # decode_lines skips blank lines
+        return [decode(line) for line in data.split(b"\n")]
 
 
 def event_id(headers: dict[str, str] | None, index: int) -> str | None:

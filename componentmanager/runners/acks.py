@@ -139,10 +139,9 @@ class InputAcks:
         unreachable). When their effects are kept (the component flushed and stopped, every
         output is stored), their redelivery is only acked again: a sink's file already
         has them. Otherwise they are processed again when delivered again (a repeat, never
-        a loss: nothing of them is remembered as handled)."""
-        if self._state is not None:
-            return  # a stateful replica settles through its checkpoint
-        if effects_kept:
+        a loss: nothing of them is remembered as handled). A stateful replica's are always
+        taken again: its state is restored from a checkpoint that may predate them."""
+        if effects_kept and self._state is None:
             for msg in self._unacked:
                 self._done.remember(message_identity(msg.headers, msg.reply))
         self._unacked, self._unacked_since = [], None

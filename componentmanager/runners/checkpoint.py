@@ -58,6 +58,7 @@ class StoredMark:
 
     position: Any
     events: int
+    completed: bool = False
 
 
 class SourceCheckpoint:
@@ -78,6 +79,7 @@ class SourceCheckpoint:
         self.events_before = 0  # events stored by earlier runs of this source
         self._stored: StoredMark | None = None
         self._unwritten_since: float | None = None  # writes of a stored position failing
+        self._writing = asyncio.Lock()
 
     async def load(self, carried: StoredMark | None = None) -> None:
         """Read the checkpoint (a missing, junk or foreign one means: from the start);
@@ -92,16 +94,21 @@ class SourceCheckpoint:
             self.position = data.get("position")
             self.completed = bool(data.get("completed"))
             self.events_before = int(data.get("events") or 0)
-            self._written = self._last = self.position
-        if carried is not None and not self.completed and carried.events > self.events_before:
+            self._last = self.position
+            self._written = (self.position, self.completed)
+        if carried is not None and not self.completed and (
+                carried.completed or carried.events > self.events_before):
             self.position = self._last = carried.position
-            self.events_before = carried.events
-            self._marks.append((0, carried.position))  # written by the next flush
+            self.events_before, self.completed = carried.events, carried.completed
+            self._stored = StoredMark(carried.position, carried.events)  # written by the
+            # next flush (a completion too: the bucket may have missed it)
 
     def stored_mark(self) -> StoredMark | None:
         """The newest position surely stored (written to the bucket or not)."""
         self._note_stored()
-        return self._stored
+        if self._stored is None:
+            return None
+        return dataclasses.replace(self._stored, completed=self.completed)
 
     def advance(self, emitted_events: int, position: Any) -> None:
         """The first ``emitted_events`` events of this run are covered by ``position``."""
@@ -118,11 +125,13 @@ class SourceCheckpoint:
             events, position = self._marks.popleft()
             self._stored = StoredMark(position, self.events_before + events)
 
-    async def _write(self, position: Any, events: int, completed: bool = False) -> None:
+    async def _write(self, position: Any, events: int) -> None:
         value = {"position": position, "events": self.events_before + events,
-                 "completed": completed, "config": self.fingerprint, "updated_at": utcnow()}
-        await self._kv.put(self.key, json.dumps(value, separators=(",", ":")).encode())
-        self._written = position
+                 "completed": self.completed, "config": self.fingerprint,
+                 "updated_at": utcnow()}
+        async with self._writing:  # one at a time: an older one never lands last
+            await self._kv.put(self.key, json.dumps(value, separators=(",", ":")).encode())
+        self._written = (position, value["completed"])
 
     async def run(self) -> None:
         """Write the latest stored position every :data:`CHECKPOINT_EVERY_S`."""
@@ -133,10 +142,9 @@ class SourceCheckpoint:
     async def flush(self) -> None:
         self._note_stored()
         mark = self._stored
-        if mark is not None and mark.position != self._written:
+        if mark is not None and (mark.position, self.completed) != self._written:
             try:
-                await self._write(mark.position, mark.events - self.events_before,
-                                  completed=self.completed)
+                await self._write(mark.position, mark.events - self.events_before)
             except Exception:  # the next interval tries again
                 self._unwritten_since = self._unwritten_since or time.monotonic()
                 return
@@ -159,5 +167,4 @@ class SourceCheckpoint:
         self._marks.clear()
         self.completed = True
         self._stored = StoredMark(self._last, self.events_before + events)
-        self._written = _NOTHING
         await self.flush()

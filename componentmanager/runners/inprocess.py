@@ -38,6 +38,8 @@ RESTART_BACKOFF_S = (0.5, 30.0)
 HEADER_ROOM = 512
 #: What a dead letter keeps of an event too large to store.
 PREVIEW_BYTES = 1024
+#: How long a stopping replica waits for its last outputs to be stored.
+PUBLISHER_WAIT_S = 5.0
 
 
 class InProcessReplica(InputDelivery, Replica):
@@ -81,9 +83,12 @@ class InProcessReplica(InputDelivery, Replica):
         """A source pauses while its position cannot be written (bounds a failover's
         repeats); only its own emitting waits, never a flush or a stop."""
         if self._checkpoint is not None and self._checkpoint.too_far_behind():
-            self.host.log_line(self, "paused: the checkpoint cannot be written "
-                                     "(flowctl_checkpoints does not answer)", "agent")
+            self.note = ("paused: its checkpoint cannot be written (flowctl_checkpoints does "
+                         "not answer)")
+            self.host.log_line(self, self.note, "agent")
             await self._checkpoint.catch_up()
+            self.note = None
+            self.host.log_line(self, "resumed: the checkpoint is written", "agent")
 
     async def emit(self, port: str, event: Any) -> None:
         await self._checkpoint_caught_up()
@@ -225,13 +230,13 @@ class InProcessReplica(InputDelivery, Replica):
             self._checkpoint = SourceCheckpoint(self.nc, self.cfg, self.index,
                                                 self._publisher.stored_events)
             await self._checkpoint.load(self._stored_mark)
+            self._tasks.append(asyncio.create_task(self._checkpoint.run(),
+                                                   name=f"checkpoint {self.key}"))
             if self._checkpoint.completed:  # finished in an earlier run: stays finished
                 self.note = (f"completed in an earlier run "
                              f"({self._checkpoint.events_before:,} events)")
                 self.set_state(ReplicaState.COMPLETED)
                 return
-            self._tasks.append(asyncio.create_task(self._checkpoint.run(),
-                                                   name=f"checkpoint {self.key}"))
         self._emitted = 0
         self.set_state(ReplicaState.RUNNING)
         running = asyncio.create_task(self.component.run(), name=f"run {self.key}")
@@ -343,19 +348,26 @@ class InProcessReplica(InputDelivery, Replica):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        if self._publisher is not None:
-            if self.nc.is_connected:
-                with contextlib.suppress(Exception):
-                    await self._publisher.wait()
-                if self._checkpoint is not None and self.state != ReplicaState.COMPLETED:
-                    await self._checkpoint.flush()  # a stopped source resumes exactly here
-            kept = kept and not self._publisher.outstanding and not self._outbox.pending
-            if self._checkpoint is not None:  # a restart here resumes after what is stored
-                self._stored_mark = self._checkpoint.stored_mark()
-            await self._publisher.close()
-            self._publisher = None
-        if self._acked:
-            self._settle_at_teardown(kept)
+        stored = await self._close_publisher()
+        if self._acked or self._state is not None:
+            self._settle_at_teardown(kept and stored and not self._outbox.pending)
+
+    async def _close_publisher(self) -> bool:
+        """Wait (bounded) until this run's outputs are stored, write a source's checkpoint
+        and close the publisher: whether everything it published is stored."""
+        publisher, self._publisher = self._publisher, None
+        if publisher is None:
+            return True
+        if self.nc.is_connected:
+            with contextlib.suppress(Exception):  # (a source's publisher never gives up)
+                async with asyncio.timeout(PUBLISHER_WAIT_S):
+                    await publisher.wait()
+            if self._checkpoint is not None:  # a stopped source resumes exactly here; a
+                await self._checkpoint.flush()  # completion not yet written is written
+        if self._checkpoint is not None:  # a restart here resumes after what is stored
+            self._stored_mark = self._checkpoint.stored_mark()
+        await publisher.close()
+        return not publisher.outstanding and not publisher.given_up
 
     async def _close_inputs(self) -> None:
         self._sub_ports.clear()
