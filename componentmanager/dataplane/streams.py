@@ -88,6 +88,9 @@ class AckedPublisher:
         self._published_events = 0
         self.given_up = 0  # messages refused or abandoned (their inputs must be redone)
         self._events_before: dict[int, int] = {}  # pending message -> events published before it
+        self._acked_up_to = 0  # the newest message acked
+        self._overtaken: set[int] = set()  # pending, older than an acked one, at the last look
+        self._overtaken_at = 0.0
 
     @property
     def outstanding(self) -> int:
@@ -176,6 +179,7 @@ class AckedPublisher:
             self.full_since = None
         del self._pending[int(n)]
         self._events_before.pop(int(n), None)
+        self._acked_up_to = max(self._acked_up_to, int(n))
         self._changed.set()
 
     def _republish(self, n: int, generation: int) -> None:
@@ -195,12 +199,28 @@ class AckedPublisher:
                 await self._changed.wait()
         except TimeoutError:
             pass
+        if self._source_of is not None:
+            self._resend_overtaken()
         if self._pending and time.monotonic() - self._progress > ACK_SILENCE_S:
             if self._source_of is not None:  # a source has no input to be redelivered:
                 self._resend_all()          # publish again; the stream drops duplicates
                 return
             self._abandon()
             raise PublishFailed(f"no JetStream ack for {ACK_SILENCE_S:g} s")
+
+    def _resend_overtaken(self) -> None:
+        """A source's message still unacked a second after a later one was acked was lost
+        with a connection (the stream stores one publisher's messages in order): publish
+        it again now (stored once, by its id) instead of after :data:`ACK_SILENCE_S`."""
+        now = time.monotonic()
+        if now - self._overtaken_at < 1.0:
+            return
+        self._overtaken_at = now
+        overtaken = {n for n, entry in self._pending.items()
+                     if n < self._acked_up_to and entry[3] == 0}  # (not a full stream's retry)
+        for n in sorted(overtaken & self._overtaken):
+            self._republish(n, self._generation)
+        self._overtaken = overtaken
 
     def _abandon(self) -> None:
         self.given_up += len(self._pending)
