@@ -125,13 +125,13 @@ class SourceCheckpoint:
             events, position = self._marks.popleft()
             self._stored = StoredMark(position, self.events_before + events)
 
-    async def _write(self, position: Any, events: int) -> None:
-        value = {"position": position, "events": self.events_before + events,
-                 "completed": self.completed, "config": self.fingerprint,
-                 "updated_at": utcnow()}
+    async def _write(self, mark: StoredMark) -> None:
+        completed = self.completed
+        value = {"position": mark.position, "events": mark.events, "completed": completed,
+                 "config": self.fingerprint, "updated_at": utcnow()}
         async with self._writing:  # one at a time: an older one never lands last
             await self._kv.put(self.key, json.dumps(value, separators=(",", ":")).encode())
-        self._written = (position, value["completed"])
+        self._written = (mark.position, completed)
 
     async def run(self) -> None:
         """Write the latest stored position every :data:`CHECKPOINT_EVERY_S`."""
@@ -144,7 +144,7 @@ class SourceCheckpoint:
         mark = self._stored
         if mark is not None and (mark.position, self.completed) != self._written:
             try:
-                await self._write(mark.position, mark.events - self.events_before)
+                await self._write(mark)
             except Exception:  # the next interval tries again
                 self._unwritten_since = self._unwritten_since or time.monotonic()
                 return

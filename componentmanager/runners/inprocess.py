@@ -79,19 +79,18 @@ class InProcessReplica(InputDelivery, Replica):
         the header)."""
         return max(1024, int(self.nc.max_payload or 1 << 20) - HEADER_ROOM)
 
-    async def _checkpoint_caught_up(self) -> None:
+    async def _pause_for_checkpoint(self, checkpoint: SourceCheckpoint) -> None:
         """A source pauses while its position cannot be written (bounds a failover's
         repeats); only its own emitting waits, never a flush or a stop."""
-        if self._checkpoint is not None and self._checkpoint.too_far_behind():
-            self.note = ("paused: its checkpoint cannot be written (flowctl_checkpoints does "
-                         "not answer)")
-            self.host.log_line(self, self.note, "agent")
-            await self._checkpoint.catch_up()
-            self.note = None
-            self.host.log_line(self, "resumed: the checkpoint is written", "agent")
+        self.note = "paused: its checkpoint cannot be written (flowctl_checkpoints does not answer)"
+        self.host.log_line(self, self.note, "agent")
+        await checkpoint.catch_up()
+        self.note = None
+        self.host.log_line(self, "resumed: the checkpoint is written", "agent")
 
     async def emit(self, port: str, event: Any) -> None:
-        await self._checkpoint_caught_up()
+        if self._checkpoint is not None and self._checkpoint.too_far_behind():  # (a source)
+            await self._pause_for_checkpoint(self._checkpoint)
         subject = self._subject_of(port)
         body = encode(event)
         self._emitted += 1
@@ -111,7 +110,8 @@ class InProcessReplica(InputDelivery, Replica):
         return subject
 
     async def emit_batch(self, port: str, events: list[Any]) -> bool:
-        await self._checkpoint_caught_up()
+        if self._checkpoint is not None and self._checkpoint.too_far_behind():
+            await self._pause_for_checkpoint(self._checkpoint)
         subject = self._subject_of(port)
         if not events:
             return True
