@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,6 +113,44 @@ def test_console_in_a_real_browser(console: str) -> None:
             expect(state).to_have_attribute("data-desired", "deployed_stopped", timeout=15_000)
             expect(state).to_have_attribute("data-observed", "stopped", timeout=20_000)
             expect(page.locator("#error")).to_be_hidden()
+        finally:
+            browser.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_a_late_list_redraw_does_not_replace_the_flow_opened_meanwhile(console: str) -> None:
+    """The flow list redraws on every status change; its fetch is held in the browser until
+    the user has opened a flow, then answered: the flow's page stays (it was replaced by
+    the list before, so the figures stopped moving for the user and a CI run)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{console}/#token={TOKEN}")
+            expect(page.locator("#flows tr", has_text="shop")).to_contain_text("running",
+                                                                              timeout=15_000)
+            held: list[Any] = []
+
+            def hold(route: Any) -> None:  # the first, and only the first, waits
+                if held:
+                    route.continue_()
+                else:
+                    held.append(route)
+
+            page.route("**/api/flows", hold)  # the list's next redraw waits
+            for _ in range(150):
+                if held:
+                    break
+                page.wait_for_timeout(100)
+            assert held, "no status change redrew the flow list in 15 s"
+            page.get_by_role("link", name="shop").click()
+            expect(page.locator("svg.graph g[data-node]")).to_have_count(3)
+            held[0].continue_()
+            page.wait_for_timeout(1000)
+            expect(page.locator("h2")).to_have_text("flow/shop")
+            expect(page.locator("svg.graph g[data-node]")).to_have_count(3)
         finally:
             browser.close()
 

@@ -4,7 +4,11 @@
 // with fetch so the bearer token can be sent; they are KV watches on the server side.
 "use strict";
 
-const state = { info: null, stream: null, logs: null, statuses: {}, flow: null };
+// state.page counts route changes: a fetch that answers after the user moved on (or a
+// list redraw still pending when a flow was opened) finds its page gone and draws nothing.
+const state = { info: null, stream: null, logs: null, statuses: {}, flow: null, page: 0,
+                redraw: null };
+const onPage = (page) => page === state.page;
 const $ = (sel) => document.querySelector(sel);
 
 function token() {
@@ -111,11 +115,13 @@ function stopStreams() {
     if (state[key]) state[key].abort();
     state[key] = null;
   }
+  clearTimeout(state.redraw);
 }
 
 // ----------------------------------------------------------------- pages
-async function showFlows() {
+async function showFlows(page) {
   const flows = await getJson("/api/flows");
+  if (!onPage(page)) return;
   const main = $("#main");
   main.replaceChildren(el("h2", {}, "Flows"),
     flows.length ? table(["Name", "Desired", "Observed", "Nodes", "Revision", "Delivery"],
@@ -196,8 +202,9 @@ function refreshFigures() {
   $("#nodes").replaceChildren(table(["Node", "State", "In/s", "Out/s", "Lag", "In", "Out", "Errors", "Dropped"], rows));
 }
 
-async function loadFlow(name) {
+async function loadFlow(name, page) {
   const data = await getJson(`/api/flows/${encodeURIComponent(name)}`);
+  if (!onPage(page)) return null;
   state.flow = data;
   state.statuses = {};
   for (const s of data.status) state.statuses[`${s.flow}.${s.node}.${s.replica}`] = s;
@@ -207,36 +214,36 @@ async function loadFlow(name) {
   return data;
 }
 
-async function act(name, action) {
+async function act(name, action, page) {
   say("");
   try {
     await api(`/api/flows/${encodeURIComponent(name)}/actions/${action}`, { method: "POST" });
-    await loadFlow(name);
-    refreshFigures();
+    if (await loadFlow(name, page)) refreshFigures();
   } catch (err) { say(`${action} failed: ${err.message}`); }
 }
 
-async function showFlow(name) {
+async function showFlow(name, page) {
   const main = $("#main");
   main.replaceChildren(el("h2", {}, `flow/${name}`), el("p", { id: "flow-state", role: "status" }, "…"));
-  const data = await loadFlow(name);
+  const data = await loadFlow(name, page);
+  if (!data) return;
   if (state.info && state.info.allow_control) {
     main.append(el("div", { role: "group", "aria-label": "Lifecycle" },
       ...["deploy", "start", "stop", "undeploy"].map((a) =>
-        el("button", { type: "button", "data-action": a, onclick: () => act(name, a) },
+        el("button", { type: "button", "data-action": a, onclick: () => act(name, a, page) },
            a[0].toUpperCase() + a.slice(1)))));
   }
   main.append(drawGraph(data.graph), el("h3", {}, "Nodes"), el("div", { id: "nodes" }),
               el("h3", {}, "Logs"), el("pre", { id: "logs", "aria-live": "off" }));
   refreshFigures();
   state.stream = follow(`/api/events?flow=${encodeURIComponent(name)}`, (type, ev) => {
-    if (type === "resync") { loadFlow(name).then(refreshFigures).catch(() => {}); return; }
+    if (type === "resync") { loadFlow(name, page).then(refreshFigures).catch(() => {}); return; }
     if (type !== "change") return;
     if (ev.bucket === "flowctl_status") {
       if (ev.op === "del") delete state.statuses[ev.key]; else state.statuses[ev.key] = ev.value;
       refreshFigures();
     } else if (ev.bucket === "flowctl_flows") {
-      loadFlow(name).then(refreshFigures).catch(() => {});
+      loadFlow(name, page).then(refreshFigures).catch(() => {});
     }
   });
   let lastId = null;
@@ -251,8 +258,9 @@ async function showFlow(name) {
   void lastId;
 }
 
-async function showAgents() {
+async function showAgents(page) {
   const agents = await getJson("/api/agents");
+  if (!onPage(page)) return;
   $("#main").replaceChildren(el("h2", {}, "Agents"),
     table(["Name", "Host", "Labels", "Live", "Heartbeat", "Replicas", "CPU %", "Memory MB", "Loop lag"],
       agents.map((a) => [cell(a.name), cell(a.host),
@@ -262,21 +270,24 @@ async function showAgents() {
 }
 
 async function route() {
+  const page = ++state.page;
   stopStreams();
   state.flow = null;
   say("");
   const hash = location.hash || "#/";
   try {
     if (!state.info) state.info = await getJson("/api/info");
+    if (!onPage(page)) return;
     const flow = /^#\/flows\/([^/]+)$/.exec(hash);
-    if (flow) await showFlow(decodeURIComponent(flow[1]));
-    else if (hash === "#/agents") await showAgents();
+    if (flow) await showFlow(decodeURIComponent(flow[1]), page);
+    else if (hash === "#/agents") await showAgents(page);
     else {
-      await showFlows();
+      await showFlows(page);
+      if (!onPage(page)) return;
       state.stream = follow("/api/events", (type, ev) => {
         if (type === "resync" || (type === "change" && ev.bucket !== "flowctl_agents")) {
           clearTimeout(state.redraw);
-          state.redraw = setTimeout(() => showFlows().catch((e) => say(e.message)), 300);
+          state.redraw = setTimeout(() => showFlows(page).catch((e) => say(e.message)), 300);
         }
       });
     }
