@@ -29,11 +29,24 @@ def test_throttle_logs_once_per_interval_and_counts_the_rest() -> None:
     assert t.admit("other")  # another message has its own interval
     assert t.due() == []
     clock.now = 10.0
-    assert t.due() == [("boom", 599_999)]
+    assert t.due() == [("boom", 599_999, None)]
     assert t.admit("other")  # its interval passed with nothing held back
     clock.now = 20.0
     assert t.due() == []
     assert t.admit("boom")
+
+
+def test_throttle_summary_shows_the_last_message_as_it_was() -> None:
+    clock = Clock()
+    t = Throttle(interval=10, clock=clock)
+    key = shape("division by zero in '100 / (seq % 50)' at seq 50")
+    assert t.admit(key, "division by zero in '100 / (seq % 50)' at seq 50")
+    assert not t.admit(key, "division by zero in '100 / (seq % 50)' at seq 100")
+    clock.now = 10.5  # an admit after the interval, before due(): held back and counted
+    assert not t.admit(key, "division by zero in '100 / (seq % 50)' at seq 150")
+    assert t.due() == []
+    clock.now = 21.0
+    assert t.due() == [(key, 2, "division by zero in '100 / (seq % 50)' at seq 150")]
 
 
 def test_failures_that_differ_only_by_numbers_share_a_key() -> None:

@@ -173,10 +173,12 @@ class DataLoop:
             await asyncio.sleep(TICK_S)
             late = time.monotonic() - self._beat - TICK_S
             self._max_lag = max(self._max_lag, late)
-            for (kind, *what), held in self.throttle.due():
+            for (kind, *what), held, example in self.throttle.due():
                 said = f"{kind}: {held} more like it in the last {self.throttle.interval:g} s"
+                if example is not None:  # the last one as it was, not its shape
+                    what = [*what[:-1], example]
                 log.warning(said, what=" ".join(map(str, what)))
-                if kind == "event failed":  # (kind, replica key, shape of the error)
+                if kind == "event failed":  # (kind, replica key, the error)
                     flow, node, index = str(what[0]).rsplit(".", 2)
                     self.publish_log(flow, node, int(index), f"{said}: {what[1]}", "error")
 

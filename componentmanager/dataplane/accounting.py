@@ -54,39 +54,42 @@ class DropRouter:
 class Throttle:
     """Decides which of a stream of repeated messages to log.
 
-    ``admit(key)`` is True for the first occurrence of ``key`` in an interval (log it
-    then); later ones are counted. ``due()`` returns ``(key, held_back)`` for every key
-    whose interval has passed with messages held back, and starts a new interval.
+    ``admit(key, example)`` is True for the first occurrence of ``key`` in an interval
+    (log it then); later ones are counted, and the last one's ``example`` (the message
+    as it was, where ``key`` holds its :func:`shape`) is kept for the summary. ``due()``
+    returns ``(key, held_back, example)`` for every key whose interval has passed with
+    messages held back, and starts a new interval.
     """
 
     def __init__(self, interval: float = LOG_INTERVAL_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.interval = interval
         self._clock = clock
-        self._windows: dict[Any, list[float | int]] = {}  # key -> [started, held back]
+        self._windows: dict[Any, list[Any]] = {}  # key -> [started, held back, example]
 
-    def admit(self, key: Any) -> bool:
+    def admit(self, key: Any, example: str | None = None) -> bool:
         now = self._clock()
         window = self._windows.get(key)
         if window is None or now - window[0] >= self.interval:
             if window is not None and window[1]:
                 # An interval with held-back messages ended unseen by due(): keep them.
-                self._windows[key] = [now, window[1]]
+                self._windows[key] = [now, window[1] + 1, example]
                 return False
-            self._windows[key] = [now, 0]
+            self._windows[key] = [now, 0, None]
             return True
         window[1] += 1
+        window[2] = example
         return False
 
-    def due(self) -> list[tuple[Any, int]]:
+    def due(self) -> list[tuple[Any, int, str | None]]:
         now = self._clock()
         out = []
         for key, window in list(self._windows.items()):
             if now - window[0] < self.interval:
                 continue
             if window[1]:
-                out.append((key, int(window[1])))
-                self._windows[key] = [now, 0]
+                out.append((key, int(window[1]), window[2]))
+                self._windows[key] = [now, 0, None]
             else:
                 del self._windows[key]
         return out

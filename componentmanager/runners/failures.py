@@ -52,7 +52,7 @@ class EventFailures:
         once per interval for failures of the same shape, with a count of the others."""
         self.counters.errors += 1
         self.last_error = error
-        if self.host.throttle.admit(("event failed", self.key, shape(error))):
+        if self.host.throttle.admit(("event failed", self.key, shape(error)), error):
             log.warning("event failed", replica=self.key, error=error, event_id=eid)
             self.host.log_line(self, f"event failed: {error}", "error", eid)
 
@@ -66,6 +66,7 @@ class EventFailures:
             else:
                 await self.nc.publish(subject, data, headers=headers)
         except Exception as dlq_exc:
-            if self.host.throttle.admit(("dead-letter failed", self.key, shape(str(dlq_exc)))):
+            if self.host.throttle.admit(("dead-letter failed", self.key, shape(str(dlq_exc))),
+                                     str(dlq_exc)):
                 log.warning("dead-letter failed", replica=self.key, error=str(dlq_exc))
 
