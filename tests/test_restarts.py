@@ -101,6 +101,51 @@ async def test_a_publisher_counts_what_it_gave_up(nc) -> None:
     await publisher.close()
 
 
+async def test_a_source_publishes_what_the_stream_refuses_again_until_it_is_stored(nc) -> None:
+    """A source never moves past an event that is not stored: a refused message (here
+    over the stream's size limit) is published again until the operator makes room;
+    its status says why meanwhile; nothing is given up."""
+    js = nc.jetstream()
+    await js.add_stream(name="small", subjects=["small.>"], max_msg_size=80)
+    publisher = await AckedPublisher(nc, source_of="small").open()
+    await publisher.publish("small.a", b"ok", {"Nats-Msg-Id": "m1"}, count=1)
+    await publisher.publish("small.a", b"x" * 100, {"Nats-Msg-Id": "m2"}, count=5)
+    for _ in range(50):
+        if publisher.refused:
+            break
+        await asyncio.sleep(0.1)
+    assert publisher.refused and "size" in publisher.refused
+    assert publisher.stored_events() == 1 and publisher.outstanding == 1
+    info = await js.stream_info("small")
+    info.config.max_msg_size = -1
+    await js.update_stream(info.config)
+    await asyncio.wait_for(publisher.wait(), 10)
+    assert publisher.stored_events() == 6 and publisher.refused is None
+    assert publisher.given_up == 0
+    assert (await js.stream_info("small")).state.messages == 2
+    await publisher.close()
+
+
+async def test_a_processor_meeting_ack_silence_in_publish_fails_the_next_wait(
+        nc, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outputs abandoned while publishing (no ack for the silence bound) must not let the
+    inputs behind them be acked: the next wait() raises, so they are delivered again."""
+    import componentmanager.dataplane.streams as streams
+
+    monkeypatch.setattr(streams, "ACK_SILENCE_S", 0.3)
+    monkeypatch.setattr(streams, "ACK_WINDOW", 1)
+    silent = await nc.subscribe("mute.>")  # takes the publishes, never acks
+    publisher = await AckedPublisher(nc).open()
+    await publisher.publish("mute.a", b"1", {})
+    await publisher.publish("mute.a", b"2", {})  # abandons the first, does not raise
+    assert publisher.given_up == 1
+    with pytest.raises(PublishFailed, match="no JetStream ack"):
+        await publisher.wait()
+    assert publisher.given_up == 2 and publisher.outstanding == 0
+    await publisher.close()
+    await silent.unsubscribe()
+
+
 class Settling(InputAcks):
     def __init__(self, msgs: list[Msg]) -> None:
         self._state = None

@@ -65,10 +65,15 @@ class AckedPublisher:
     are in flight: ``publish`` waits for room. ``wait()`` returns when every message
     published so far is stored; it raises :class:`PublishFailed` on any other error, or
     when no ack at all arrived for :data:`ACK_SILENCE_S` (then the publisher moves to a
-    new generation of reply subjects: late acks of abandoned messages are ignored). A
+    new generation of reply subjects: late acks of abandoned messages are ignored; a
+    ``publish`` that meets the silence abandons what is pending without raising, and the
+    next ``wait()`` raises, so every input processed meanwhile is delivered again). A
     source's publisher never gives up: after such a silence it publishes what is unacked
-    again (see :meth:`_resend_all`). :meth:`stored_events` tells how many of the events
-    published so far, in order, are surely stored (source checkpoints follow it).
+    again (see :meth:`_resend_all`), and a message the stream refuses for any reason is
+    published again after a pause of up to 2 s until it is stored (``refused`` says
+    why meanwhile; the source waits once :data:`ACK_WINDOW` messages are pending), so its
+    checkpoint never passes an event that is not stored. :meth:`stored_events` tells how
+    many of the events published so far, in order, are surely stored.
     """
 
     def __init__(self, nc: NatsClient, source_of: str | None = None) -> None:
@@ -87,6 +92,7 @@ class AckedPublisher:
         self._sub: Any = None
         self._published_events = 0
         self.given_up = 0  # messages refused or abandoned (their inputs must be redone)
+        self.refused: str | None = None  # a source's: why its oldest retry is refused
         self._events_before: dict[int, int] = {}  # pending message -> events published before it
         self._acked_up_to = 0  # the newest message acked
         self._overtaken: set[int] = set()  # pending, older than an acked one, at the last look
@@ -159,28 +165,48 @@ class AckedPublisher:
         if data and b'"error"' in data:
             if _stream_full(data):
                 self.full_since = self.full_since or self._progress
-                subject, body, headers, tries = entry
-                self._pending[int(n)] = (subject, body, headers, tries + 1)
-                delay = min(0.02 * 2**tries, 1.0)
-                asyncio.get_running_loop().call_later(delay, self._republish, int(n), int(gen))
+                self._again(int(n), entry, 0.02, 1.0)
                 return
-            self.error = msgspec.json.decode(data).get("error", {}).get("description", "error")
+            why = msgspec.json.decode(data).get("error", {}).get("description", "error")
+            if self._source_of is not None:  # never past an event that is not stored
+                self._refused(why)
+                self._again(int(n), entry, 0.05, 2.0)
+                return
+            self.error = why
             self.given_up += 1
         elif not data:  # no responders: a cluster electing the stream's leader, or gone
-            subject, body, headers, tries = entry
-            if tries < NO_RESPONDERS_TRIES:  # the same Nats-Msg-Id: stored once
-                self._pending[int(n)] = (subject, body, headers, tries + 1)
-                delay = min(0.05 * 2**tries, 2.0)
-                asyncio.get_running_loop().call_later(delay, self._republish, int(n), int(gen))
+            tries = entry[3]
+            if tries < NO_RESPONDERS_TRIES or self._source_of is not None:
+                if tries >= NO_RESPONDERS_TRIES:
+                    self._refused("no responders (the flow's stream is missing or has no "
+                                  "leader)")
+                self._again(int(n), entry, 0.05, 2.0)  # the same Nats-Msg-Id: stored once
                 return
             self.error = "no responders (the flow's stream is missing: deploy it again)"
             self.given_up += 1
         else:
             self.full_since = None
+            if self.refused is not None:
+                log.warning("the stream stores a source's events again", stream=self._source_of)
+                self.refused = None
         del self._pending[int(n)]
         self._events_before.pop(int(n), None)
         self._acked_up_to = max(self._acked_up_to, int(n))
         self._changed.set()
+
+    def _again(self, n: int, entry: tuple[str, bytes, dict[str, str], int], first: float,
+               most: float) -> None:
+        """Publish message ``n`` again after a pause growing from ``first`` to ``most``."""
+        subject, body, headers, tries = entry
+        self._pending[n] = (subject, body, headers, tries + 1)
+        delay = min(first * 2**tries, most)
+        asyncio.get_running_loop().call_later(delay, self._republish, n, self._generation)
+
+    def _refused(self, why: str) -> None:
+        if self.refused is None:  # once per spell, not per retry
+            log.warning("the stream refuses a source's events; publishing them again until "
+                        "it stores them", stream=self._source_of, reason=why)
+        self.refused = why
 
     def _republish(self, n: int, generation: int) -> None:
         entry = self._pending.get(n)
@@ -205,8 +231,7 @@ class AckedPublisher:
             if self._source_of is not None:  # a source has no input to be redelivered:
                 self._resend_all()          # publish again; the stream drops duplicates
                 return
-            self._abandon()
-            raise PublishFailed(f"no JetStream ack for {ACK_SILENCE_S:g} s")
+            self._abandon(f"no JetStream ack for {ACK_SILENCE_S:g} s")
 
     def _resend_overtaken(self) -> None:
         """A source's message still unacked a second after a later one was acked was lost
@@ -222,12 +247,14 @@ class AckedPublisher:
             self._republish(n, self._generation)
         self._overtaken = overtaken
 
-    def _abandon(self) -> None:
+    def _abandon(self, why: str) -> None:
+        """Give up on every pending message: the next ``wait()`` raises ``why``, so the
+        inputs behind them (and any processed since) are delivered again, never acked."""
         self.given_up += len(self._pending)
         self._generation += 1
         self._pending.clear()
         self._events_before.clear()
-        self.error = None
+        self.error = why
         self.full_since = None
 
     def _resend_all(self) -> None:

@@ -143,7 +143,7 @@ class Replica:
             node=self.cfg.node,
             replica=self.index,
             state=ReplicaState.DEGRADED if degraded else self.state,
-            reason=self.degraded if degraded else self.note,
+            reason=self.degraded if degraded else (self.note or self.held_up_by()),
             agent=self.host.agent_name,
             started_at=self.started_at,
             restarts=self.restarts,
@@ -156,6 +156,10 @@ class Replica:
             held=self.held_events(),
             flow_revision=self.cfg.flow_revision,
         )
+
+    def held_up_by(self) -> str | None:
+        """Why the replica cannot move on right now, when it knows (shown as its reason)."""
+        return None
 
     #: what a stopped stateful component held (kept in its checkpoint for the next start)
     held_at_stop = 0

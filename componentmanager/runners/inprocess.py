@@ -88,6 +88,12 @@ class InProcessReplica(InputDelivery, Replica):
         self.note = None
         self.host.log_line(self, "resumed: the checkpoint is written", "agent")
 
+    def held_up_by(self) -> str | None:
+        publisher = self._publisher
+        if publisher is None or publisher.refused is None:
+            return None
+        return f"waiting: the stream refuses its events ({publisher.refused}); retrying"
+
     async def emit(self, port: str, event: Any) -> None:
         if self._checkpoint is not None and self._checkpoint.too_far_behind():  # (a source)
             await self._pause_for_checkpoint(self._checkpoint)
