@@ -115,6 +115,13 @@ class Context(Protocol):
         ...
 
 
+async def reject_each(ctx: Context, events: list[bytes], reason: str) -> None:
+    """Events a component held and cannot pass on (a batch that failed as a whole): each
+    is counted in ``errors`` and dead-lettered with ``reason``, so none is lost unseen."""
+    for data in events:
+        await ctx.reject(data, reason)
+
+
 class Component:
     """Base class with no-op lifecycle hooks; override what you need."""
 

@@ -14,6 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from componentmanager import get_type
+from componentmanager.component import EventTooLarge
 from componentmanager.components.expressions import EvaluationError
 from tests.component_context import Ctx, make, validate
 
@@ -130,6 +131,28 @@ async def test_batch_by_size_and_by_flush() -> None:
     assert make("batch", {"size": 10}, Ctx()).flush_interval is None
 
 
+class SmallServerCtx(Ctx):
+    """A context whose server takes events of at most 60 encoded bytes (as emit does)."""
+
+    async def emit(self, port: str, event: Any) -> None:
+        size = len(json.dumps(event, separators=(",", ":")))
+        if size > 60:
+            raise EventTooLarge(f"an event of {size} bytes is larger than the server allows")
+        await super().emit(port, event)
+
+
+async def test_batch_too_large_for_the_server_is_split_and_what_cannot_fit_dead_lettered(
+        ) -> None:
+    ctx = SmallServerCtx()
+    b = make("batch", {"size": 4}, ctx)
+    for event in ({"i": 0}, {"i": 1}, {"big": "x" * 80}, {"i": 3}):
+        await b.process("in", event)
+    assert ctx.events() == [{"events": [{"i": 0}, {"i": 1}], "count": 2},
+                            {"events": [{"i": 3}], "count": 1}]
+    assert [json.loads(data) for data, _ in ctx.rejected] == [{"big": "x" * 80}]
+    assert "larger than the server allows" in ctx.rejected[0][1] and b.held() == 0
+
+
 async def test_python_function_from_a_module(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "flowctl_test_udf.py").write_text(textwrap.dedent("""
@@ -147,7 +170,8 @@ async def test_python_function_from_a_module(tmp_path: Path,
     await p.start()
     await p.process("in", {"parts": ["a", "b"]})
     await p.process("in", {"skip": True})
-    assert ctx.events() == [{"part": "a"}, {"part": "b"}] and ctx.filtered == 1
+    await p.process("in", {"parts": []})  # [] drops the event as None does: counted
+    assert ctx.events() == [{"part": "a"}, {"part": "b"}] and ctx.filtered == 2
     ctx = Ctx()
     p = make("python", {"function": "flowctl_test_udf:tag"}, ctx)
     await p.start()

@@ -92,6 +92,33 @@ async def test_http_sink_posts_events_and_batches() -> None:
         validate("http-sink", {"url": "file:///etc/passwd"})
 
 
+async def test_http_sink_retries_a_batch_then_dead_letters_each_event(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch whose POST fails is never dropped unseen: tried again on a 5xx, then each
+    of its events is counted and dead-lettered with the reason."""
+    from componentmanager.components import sinks
+
+    monkeypatch.setattr(sinks, "BATCH_RETRY_PAUSES_S", (0.01, 0.01))
+    receiver = Receiver(status=503)
+    server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
+    try:
+        ctx = Ctx()
+        b = make("http-sink", {"url": url, "batch_size": 2}, ctx)
+        await b.process("in", {"i": 0})
+        await b.process("in", {"i": 1})  # full: POSTed 3 times, 503 each time
+        assert len(receiver.bodies) == 3 and ctx.written == 0 and b.held() == 0
+        assert [json.loads(data) for data, _ in ctx.rejected] == [{"i": 0}, {"i": 1}]
+        assert "answered 503" in ctx.rejected[0][1] and "a batch of 2" in ctx.rejected[0][1]
+        receiver.status = 200
+        await b.process("in", {"i": 2})
+        await b.flush()
+        assert ctx.written == 1 and len(ctx.rejected) == 2
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_nats_sink_publishes_json(nc: Any) -> None:
     sub = await nc.subscribe("results.x")
     s = make("nats-sink", {"subject": "results.x"}, Ctx(nc))

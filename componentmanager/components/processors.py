@@ -15,9 +15,10 @@ import re
 from collections.abc import Callable
 from typing import Any, Literal
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from componentmanager.component import Component, Context
+from componentmanager.component import Component, Context, EventTooLarge, reject_each
 from componentmanager.components.expressions import Expression, ExpressionStr, compile_expression
 from componentmanager.registry import ComponentType, Port, register
 
@@ -274,7 +275,12 @@ class BatchConfig(BaseModel):
 
 
 class Batch(Component):
-    """Groups events into ``{"events": [...], "count": n}`` on ``out``."""
+    """Groups events into ``{"events": [...], "count": n}`` on ``out``.
+
+    A batch larger than the server takes is split in halves until each part fits (so
+    ``size`` is a maximum); an event too large on its own, or a batch that cannot be
+    emitted at all, fails: each event in it is counted in ``errors`` and dead-lettered.
+    """
 
     def __init__(self, config: BatchConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
@@ -296,7 +302,21 @@ class Batch(Component):
 
     async def _emit(self) -> None:
         events, self._events = self._events, []  # swap before awaiting: process may interleave
-        await self.ctx.emit("out", {"events": events, "count": len(events)})
+        await self._emit_part(events)
+
+    async def _emit_part(self, events: list[Any]) -> None:
+        try:
+            await self.ctx.emit("out", {"events": events, "count": len(events)})
+        except EventTooLarge as exc:
+            if len(events) == 1:
+                await reject_each(self.ctx, [msgspec.json.encode(events[0])], str(exc))
+                return
+            half = len(events) // 2
+            await self._emit_part(events[:half])
+            await self._emit_part(events[half:])
+        except Exception as exc:
+            reason = f"batch of {len(events)} not emitted: {type(exc).__name__}: {exc}"
+            await reject_each(self.ctx, [msgspec.json.encode(e) for e in events], reason)
 
 
 _MOD = "componentmanager.components.processors"

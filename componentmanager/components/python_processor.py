@@ -31,7 +31,7 @@ class PythonConfig(BaseModel):
     function: str | None = Field(
         default=None,
         description='"module:function" to import at start; it takes an event and returns an '
-        "event, a list of events, or None to drop it (may be async).",
+        "event, a list of events, or None (or []) to drop it: counted in filtered (may be async).",
     )
     code: str | None = Field(
         default=None,
@@ -137,8 +137,8 @@ class Python(Component):
                              "from now on it runs on a worker thread")
         if inspect.isawaitable(result):
             result = await result
-        if result is None:
-            self.ctx.count_filtered()
+        if result is None or (isinstance(result, list) and not result):
+            self.ctx.count_filtered()  # None and [] both drop the event on purpose
             return
         for item in result if isinstance(result, list) else [result]:
             await self.ctx.emit("out", item)

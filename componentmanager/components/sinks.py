@@ -22,7 +22,7 @@ import msgspec
 from nats.js.errors import BucketNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from componentmanager.component import Component, Context, RetryableError
+from componentmanager.component import Component, Context, RetryableError, reject_each
 from componentmanager.components.expressions import ExpressionStr, compile_expression
 from componentmanager.components.sources import check_subject
 from componentmanager.registry import ComponentType, Port, register
@@ -134,12 +134,18 @@ class HttpSinkConfig(BaseModel):
     )
 
 
+#: Pauses before a failed batch is POSTed again (busy, down, unreachable).
+BATCH_RETRY_PAUSES_S = (0.5, 1.0, 2.0)
+
+
 class HttpSink(Component):
     """POSTs JSON (per event or per batch) with urllib in a worker thread.
 
     A response other than 2xx, or no response within ``timeout``, raises: with
-    ``batch_size`` 1 that fails the one event; with batches it fails the call that sent
-    the batch (the batch is not retried).
+    ``batch_size`` 1 that fails the one event (the runtime retries a 429, 5xx or I/O
+    error with at-least-once). A batch is POSTed again after :data:`BATCH_RETRY_PAUSES_S`
+    on such errors; when it still fails, each of its events is counted in ``errors`` and
+    dead-lettered with the reason (replayable with ``flowctl dlq replay``).
     """
 
     def __init__(self, config: HttpSinkConfig, ctx: Context) -> None:
@@ -163,10 +169,23 @@ class HttpSink(Component):
         return len(self._pending)
 
     async def flush(self) -> None:
-        if self._pending:
-            batch, self._pending = self._pending, []
-            await self._post(b"[" + b",".join(batch) + b"]")
-            self.ctx.wrote(len(batch))
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []  # process may interleave while we POST
+        body = b"[" + b",".join(batch) + b"]"
+        for pause in (*BATCH_RETRY_PAUSES_S, None):
+            try:
+                await self._post(body)
+                break
+            except (RetryableError, ConnectionError) as exc:
+                if pause is None:
+                    await reject_each(self.ctx, batch, f"{exc} (a batch of {len(batch)})")
+                    return
+                await asyncio.sleep(pause)
+            except Exception as exc:
+                await reject_each(self.ctx, batch, f"{exc} (a batch of {len(batch)})")
+                return
+        self.ctx.wrote(len(batch))
 
     async def _post(self, body: bytes) -> None:
         await asyncio.to_thread(self._post_sync, body)
