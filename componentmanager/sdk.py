@@ -13,8 +13,11 @@ A processor or sink (the handler may also be ``async def``)::
 What a handler returns: ``None`` publishes nothing; a value is one event on ``out``; a
 ``list`` is several events (to publish one event that *is* a JSON array, wrap it:
 ``[array]``); a ``(port, event)`` tuple, alone or inside the list, goes to the named
-output port. An exception is printed to stderr and the event is dead-lettered to
-``flowctl.<flow>.<node>.dlq`` with a ``Flowctl-Error`` header; the program goes on.
+output port. An exception is printed to stderr (the first of a kind per 10 s, then a
+count) and the event is dead-lettered to ``flowctl.<flow>.<node>.dlq`` with a
+``Flowctl-Error`` header; the program goes on. With at-least-once the dead letter is
+stored before its input is acked (else the input is delivered again), and an input
+delivered ``DEAD_AFTER_DELIVERIES`` times is dead-lettered without calling the handler.
 
 A source (returns when it is done; the program then exits 0)::
 
@@ -67,8 +70,11 @@ from componentmanager.dataplane import (
     encode,
     frame_count,
 )
+from componentmanager.dataplane.accounting import Throttle, shape
+from componentmanager.dataplane.wire import delivery_of
 from flowstore.models import DEFAULT_OUTPUT_PORT, dlq_subject, status_key, stream_name
 from flowstore.nats import STATUS_BUCKET, NatsOptions, connect, open_bucket
+from flowstore.streams import DEAD_AFTER_DELIVERIES
 
 __all__ = [
     "HDR_META",
@@ -116,6 +122,7 @@ class Component:
         self._publisher: AckedPublisher | None = None
         self._pullers: list[Puller] = []
         self._unacked: list[Any] = []
+        self._throttle = Throttle()
 
     @property
     def service_id(self) -> str:
@@ -164,10 +171,14 @@ class Component:
                     self._unacked.append(msg)
                 return
             events = decode_frame(msg.data, frame_count(msg.headers))
+            delivered = (delivery_of(msg.reply) or (0, 0))[1]
             async with self._outbox.handling():  # one output frame per input message
                 for index, event in enumerate(events):
                     self.received += 1
                     try:
+                        if delivered >= DEAD_AFTER_DELIVERIES:
+                            raise RuntimeError(f"delivered {delivered} times without being "
+                                               "acked: dead-lettered unprocessed")
                         result = handler(event, port)
                         if inspect.isawaitable(result):
                             result = await result
@@ -175,15 +186,32 @@ class Component:
                     except Exception as exc:
                         self.errors += 1
                         error = f"{type(exc).__name__}: {exc}"
-                        _log(f"{self.service_id}: event on port {port} failed: {error}")
-                        headers = dead_letter_headers(msg.headers, index, error)
-                        with contextlib.suppress(Exception):
-                            await self.nc.publish(dlq_subject(self.flow, self.node),
-                                                  encode(event), headers=headers)
+                        self._say(f"event on port {port} failed", error)
+                        await self._dead_letter(event, dead_letter_headers(msg.headers, index,
+                                                                           error))
             if self._publisher is not None:
                 self._unacked.append(msg)
 
         return on_msg
+
+    def _say(self, what: str, error: str) -> None:
+        """Log a failure once per interval for its kind, with a count of the others."""
+        for (said, _), held, example in self._throttle.due():
+            _log(f"{self.service_id}: {said}: {held} more like it in the last 10 s: {example}")
+        if self._throttle.admit((what, shape(error)), error):
+            _log(f"{self.service_id}: {what}: {error}")
+
+    async def _dead_letter(self, event: Any, headers: dict[str, str]) -> None:
+        subject = dlq_subject(self.flow, self.node)
+        try:
+            if self._publisher is not None:  # stored before the input is acked
+                await self.nc.jetstream().publish(subject, encode(event), headers=headers)
+            else:
+                await self.nc.publish(subject, encode(event), headers=headers)
+        except Exception as exc:
+            self._say("dead letter not stored", f"{type(exc).__name__}: {exc}")
+            if self._publisher is not None and self.inputs:  # its input is taken again
+                self._publisher.fail(f"dead letter not stored: {exc}")
 
     async def _settle(self) -> None:
         """at-least-once: ack the inputs handled so far once their outputs are stored."""

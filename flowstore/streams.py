@@ -50,7 +50,13 @@ LOGS_SUBJECTS = ["flowctl.logs.*.*.*"]
 LOGS_MAX_AGE_S = 3 * 24 * 3600.0
 LOGS_MAX_BYTES = 128 * 2**20
 
-DEFAULT_MAX_DELIVER = 5
+#: JetStream delivers an input until it is acked (a consumer's ``max_deliver`` would let
+#: an unacked message go unseen: never counted, never dead-lettered). Instead the replica
+#: that receives a message for the :data:`DEAD_AFTER_DELIVERIES`-th time dead-letters its
+#: events unprocessed (counted in ``errors``; its replica crashed on it or could not
+#: store its outputs each time) and acks it once the dead letters are stored.
+DEFAULT_MAX_DELIVER = -1
+DEAD_AFTER_DELIVERIES = 10
 DEFAULT_MAX_ACK_PENDING = 1000
 DEFAULT_ACK_WAIT_S = 10.0
 
@@ -120,6 +126,9 @@ async def ensure_consumer(nc: NatsClient, flow: str, durable: str, subjects: lis
             known = await js.consumer_info(stream_name(flow), durable)
     if known is not None:
         if _subjects(known.config) == sorted(subjects):
+            if (known.config.max_deliver or -1) > 0:  # made by 0.1: brought up to date
+                known.config.max_deliver = DEFAULT_MAX_DELIVER
+                return await js.add_consumer(stream_name(flow), known.config)
             return known
         await js.delete_consumer(stream_name(flow), durable)
     try:

@@ -75,6 +75,70 @@ async def test_poison_events_go_to_the_dlq(nc, agents, tmp_path) -> None:
     ]
 
 
+async def test_an_input_never_acked_is_dead_lettered_not_dropped(nc, agents, tmp_path) -> None:
+    """The transform's outputs are refused by the flow's stream (over its message size
+    limit) every time: its inputs are delivered again and again; the 10th delivery
+    dead-letters them unprocessed (before, JetStream's max_deliver of 5 let them go
+    unseen: no count, no dead letter, nothing in status)."""
+    from flowengine import FlowEngine
+    from flowstore.loader import parse_flow
+    from flowstore.models import stream_name
+    from flowstore.streams import DLQ_STREAM
+
+    agents("a1")
+    await wait_until(lambda: live_agent(nc, "a1"), what="agent")
+    out = tmp_path / "out.jsonl"
+    pad = "x" * 600
+    body = gen_transform_file(out, "count: 3", "pad", f"'{pad}'")
+    engine = await FlowEngine.open(nc)
+    loaded = parse_flow(flow_yaml("stuck", body, delivery="at-least-once"))
+    await engine.apply(loaded.name, loaded.spec)
+    await engine.deploy(loaded.name)
+    js = nc.jetstream()
+    info = await js.stream_info(stream_name("stuck"))
+    info.config.max_msg_size = 500  # the source's events fit, the transform's do not
+    await js.update_stream(info.config)
+    await engine.start(loaded.name)
+
+    async def dead_lettered() -> bool:
+        st = await statuses(nc, "stuck")
+        return st.get("stuck.work.0") is not None and st["stuck.work.0"].counters.errors >= 3
+
+    await wait_until(dead_lettered, what="three inputs dead-lettered", timeout=60)
+    st = await statuses(nc, "stuck")
+    assert st["stuck.work.0"].counters.errors == 3
+    assert "delivered 10 times without being acked" in (st["stuck.work.0"].last_error or "")
+    dlq = await js.stream_info(DLQ_STREAM, subjects_filter=dlq_subject("stuck", "work"))
+    assert dlq.state.messages == 3
+    for durable in (await js.consumers_info(stream_name("stuck"))):
+        assert durable.config.max_deliver in (-1, None)
+
+    async def all_acked() -> bool:
+        infos = await js.consumers_info(stream_name("stuck"))
+        return all(c.num_ack_pending == 0 and c.num_pending == 0 for c in infos)
+
+    await wait_until(all_acked, what="every input acked", timeout=20)
+    assert read_lines(out) == []
+
+
+async def test_a_consumer_made_with_max_deliver_is_brought_up_to_date(nc) -> None:
+    """Consumers of flows deployed by 0.1 let an input go after 5 deliveries: the next
+    deploy or replica start lifts the limit, keeping the consumer's position."""
+    from nats.js.api import ConsumerConfig
+
+    from flowstore.models import stream_name
+    from flowstore.streams import ensure_consumer, ensure_flow_stream
+
+    await ensure_flow_stream(nc, "old", ["flowctl.old.gen.out"], 2**20)
+    js = nc.jetstream()
+    await js.add_consumer(stream_name("old"), ConsumerConfig(
+        durable_name="old-work-in", filter_subject="flowctl.old.gen.out", ack_policy="explicit",
+        max_deliver=5))
+    await js.publish("flowctl.old.gen.out", b"{}")
+    info = await ensure_consumer(nc, "old", "old-work-in", ["flowctl.old.gen.out"])
+    assert info.config.max_deliver in (-1, None) and info.num_pending == 1
+
+
 async def _n(items: list, n: int) -> bool:
     return len(items) >= n
 

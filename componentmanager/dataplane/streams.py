@@ -267,6 +267,12 @@ class AckedPublisher:
         for n in sorted(self._pending):
             self._republish(n, self._generation)
 
+    def fail(self, why: str) -> None:
+        """Something that belongs with the outputs (a dead letter) was not stored: the
+        next ``wait()`` raises, so the inputs behind it are delivered again."""
+        self.given_up += 1
+        self.error = why
+
     async def wait(self) -> None:
         """Return when everything published so far is stored (see the class doc)."""
         if self._pending:

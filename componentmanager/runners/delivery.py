@@ -33,7 +33,6 @@ from nats.aio.msg import Msg
 
 from componentmanager.component import Component, EventError, RetryableError
 from componentmanager.dataplane import (
-    DEFAULT_MAX_DELIVER,
     Puller,
     decode_frame,
     frame_count,
@@ -44,7 +43,7 @@ from componentmanager.runners.acks import DoneInputs, InputAcks
 from componentmanager.runners.failures import EventFailures
 from componentmanager.runners.stateful import KeyedInputs
 from flowstore.models import input_consumer, stream_name
-from flowstore.streams import ensure_consumer
+from flowstore.streams import DEAD_AFTER_DELIVERIES, ensure_consumer
 
 log = structlog.get_logger("flowctl.replica")
 
@@ -52,7 +51,7 @@ log = structlog.get_logger("flowctl.replica")
 INPUT_PENDING_MSGS = 8192
 INPUT_PENDING_BYTES = 32 * 2**20
 #: Pauses between the in-place attempts of a failing event (at-least-once).
-RETRY_PAUSES_S = (0.1, 0.2, 0.4, 0.8)[: DEFAULT_MAX_DELIVER - 1]
+RETRY_PAUSES_S = (0.1, 0.2, 0.4, 0.8)
 
 
 
@@ -231,7 +230,7 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
             if not self._meant_for_me(msg):
                 await self._ack_again(msg, counted=False)  # a replay for another node
                 return
-            sequence = (delivery_of(msg.reply) or (0, 0))[0]
+            sequence, delivered = delivery_of(msg.reply) or (0, 0)
             if self._state_broken:
                 return  # restarting from the checkpoint: taken again after that
             if self._held_back(port, msg, sequence):
@@ -241,6 +240,10 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
                 return
             events = decode_frame(msg.data, frame_count(msg.headers))
             self._progress_at[port] = asyncio.get_running_loop().time()
+            if delivered >= DEAD_AFTER_DELIVERIES:
+                await self._dead_letter_unprocessed(port, msg, events, delivered)
+                self._taken_in(port, msg, sequence, ident)
+                return
             origin = ident if ident and _emits_per_input(comp) else None
             if origin is not None and self.partition is not None:
                 origin = partition_origin(origin, self.partition, self.cfg.replicas)
@@ -279,17 +282,40 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
             finally:
                 self._mid_message -= 1
             self._took(port, msg, taken, perf_counter() - began)
-            if self._state is not None:
-                self._state.saw(port, sequence)
-            # No await from here to the append: _settle acks it only after a publisher
-            # wait that began after its outputs were published.
-            self._unacked.append(msg)
-            if ident is not None:
-                self._handled.add(ident)
-            if not self._unacked_since:
-                self._unacked_since = asyncio.get_running_loop().time()
+            self._taken_in(port, msg, sequence, ident)
 
         return on_msg
+
+    def _taken_in(self, port: str, msg: Msg, sequence: int, ident: str | None) -> None:
+        """An input message is handled: it waits for its ack (see _settle). Called with no
+        await since its outputs were published: _settle acks it only after a publisher
+        wait that began after them."""
+        if self._state is not None:
+            self._state.saw(port, sequence)
+        self._unacked.append(msg)
+        if ident is not None:
+            self._handled.add(ident)
+        if not self._unacked_since:
+            self._unacked_since = asyncio.get_running_loop().time()
+
+    async def _dead_letter_unprocessed(self, port: str, msg: Msg, events: list[Any],
+                                       delivered: int) -> None:
+        """An input delivered :data:`DEAD_AFTER_DELIVERIES` times was never acked: its
+        events (this replica's share) fail as they are, so none goes unseen."""
+        why = EventError(f"delivered {delivered} times without being acked (its replica "
+                         "crashed on it or could not store its outputs each time): "
+                         "dead-lettered unprocessed")
+        taken = 0
+        for index, event in enumerate(events):
+            try:
+                if self._owns is not None and not self._owns(event):
+                    continue
+            except Exception:
+                pass  # its key cannot be computed: it would fail here anyway
+            self.counters.in_ += 1
+            taken += 1
+            await self._failed_event(port, msg, index, event, why)
+        self._took(port, msg, taken, 0.0)
 
     def _meant_for_me(self, msg: Msg) -> bool:
         """A dead letter replayed into a shared input subject is meant for one node

@@ -4,6 +4,8 @@
 The event is counted in ``errors``, shown as the replica's last error, logged (and kept
 in FLOWCTL_LOGS with its event id) once per interval for failures of the same shape,
 and dead-lettered to ``flowctl.<flow>.<node>.dlq`` with the reason; the replica goes on.
+With at-least-once a processor's dead letter must be stored before its input is acked:
+when it is not (FLOWCTL_DLQ full or away), the input is delivered again instead.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ class EventFailures:
     host: Any
     counters: Any
     last_error: str | None
+    cfg: Any
     _acked: bool
+    _publisher: Any
 
     async def _failed_event(self, port: str, msg: Msg | None, index: int, event: Any,
                             exc: Exception) -> None:
@@ -69,4 +73,7 @@ class EventFailures:
             if self.host.throttle.admit(("dead-letter failed", self.key, shape(str(dlq_exc))),
                                      str(dlq_exc)):
                 log.warning("dead-letter failed", replica=self.key, error=str(dlq_exc))
+            if self._acked and self._publisher is not None and self.cfg.role != "source":
+                # its input must not be acked: delivered again, it fails (and is kept) again
+                self._publisher.fail(f"dead letter not stored: {dlq_exc}")
 
