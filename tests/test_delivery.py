@@ -80,8 +80,6 @@ async def test_an_input_never_acked_is_dead_lettered_not_dropped(nc, agents, tmp
     limit) every time: its inputs are delivered again and again; the 10th delivery
     dead-letters them unprocessed (before, JetStream's max_deliver of 5 let them go
     unseen: no count, no dead letter, nothing in status)."""
-    from flowengine import FlowEngine
-    from flowstore.loader import parse_flow
     from flowstore.models import stream_name
     from flowstore.streams import DLQ_STREAM
 
@@ -90,15 +88,10 @@ async def test_an_input_never_acked_is_dead_lettered_not_dropped(nc, agents, tmp
     out = tmp_path / "out.jsonl"
     pad = "x" * 600
     body = gen_transform_file(out, "count: 3", "pad", f"'{pad}'")
-    engine = await FlowEngine.open(nc)
-    loaded = parse_flow(flow_yaml("stuck", body, delivery="at-least-once"))
-    await engine.apply(loaded.name, loaded.spec)
-    await engine.deploy(loaded.name)
     js = nc.jetstream()
-    info = await js.stream_info(stream_name("stuck"))
-    info.config.max_msg_size = 500  # the source's events fit, the transform's do not
-    await js.update_stream(info.config)
-    await engine.start(loaded.name)
+    engine = await _deployed(nc, "stuck", body)
+    await _limit_message_size(js, stream_name("stuck"), 500)  # the source's events fit,
+    await engine.start("stuck")                                # the transform's do not
 
     async def dead_lettered() -> bool:
         st = await statuses(nc, "stuck")
@@ -119,6 +112,64 @@ async def test_an_input_never_acked_is_dead_lettered_not_dropped(nc, agents, tmp
 
     await wait_until(all_acked, what="every input acked", timeout=20)
     assert read_lines(out) == []
+
+
+async def test_a_dead_letter_not_stored_leaves_its_input_unacked(nc, agents, tmp_path) -> None:
+    """FLOWCTL_DLQ refuses the dead letters (over its message size limit): the failing
+    events' inputs are not acked; once it takes them, each is dead-lettered, once."""
+    from flowstore.models import stream_name
+    from flowstore.streams import DLQ_STREAM
+
+    agents("a1")
+    await wait_until(lambda: live_agent(nc, "a1"), what="agent")
+    out = tmp_path / "out.jsonl"
+    js = nc.jetstream()
+    engine = await _deployed(nc, "nodlq", gen_transform_file(out, "count: 20", "inv",
+                                                             "100 / (seq % 10)"))
+    await _limit_message_size(js, DLQ_STREAM, 64)
+    try:
+        await engine.start("nodlq")
+        await wait_until(lambda: _has_lines(out, 18), what="the good events", timeout=20)
+        await asyncio.sleep(3)
+        infos = await js.consumers_info(stream_name("nodlq"))
+        work = next(c for c in infos if "work" in c.name)
+        assert work.num_ack_pending + work.num_pending >= 1  # not acked: delivered again
+    finally:
+        await _limit_message_size(js, DLQ_STREAM, -1)
+
+    async def stored() -> bool:
+        info = await js.stream_info(DLQ_STREAM, subjects_filter=dlq_subject("nodlq", "work"))
+        return info.state.messages >= 2
+
+    await wait_until(stored, what="the dead letters stored", timeout=30)
+
+    async def all_acked() -> bool:
+        infos = await js.consumers_info(stream_name("nodlq"))
+        return all(c.num_ack_pending == 0 and c.num_pending == 0 for c in infos)
+
+    await wait_until(all_acked, what="every input acked", timeout=20)
+    info = await js.stream_info(DLQ_STREAM, subjects_filter=dlq_subject("nodlq", "work"))
+    assert info.state.messages == 2
+    assert sorted(json.loads(x)["seq"] for x in read_lines(out)) == [
+        s for s in range(20) if s % 10]
+
+
+async def _deployed(nc, name: str, body: str):  # type: ignore[no-untyped-def]
+    """An at-least-once flow applied and deployed (its streams exist), not started."""
+    from flowengine import FlowEngine
+    from flowstore.loader import parse_flow
+
+    engine = await FlowEngine.open(nc)
+    loaded = parse_flow(flow_yaml(name, body, delivery="at-least-once"))
+    await engine.apply(loaded.name, loaded.spec)
+    await engine.deploy(loaded.name)
+    return engine
+
+
+async def _limit_message_size(js, stream: str, size: int) -> None:  # type: ignore[no-untyped-def]
+    info = await js.stream_info(stream)
+    info.config.max_msg_size = size
+    await js.update_stream(info.config)
 
 
 async def test_a_consumer_made_with_max_deliver_is_brought_up_to_date(nc) -> None:
