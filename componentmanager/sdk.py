@@ -68,6 +68,7 @@ from componentmanager.dataplane import (
     dead_letter_headers,
     decode_frame,
     encode,
+    event_as_received,
     frame_count,
 )
 from componentmanager.dataplane.accounting import Throttle, shape
@@ -187,8 +188,9 @@ class Component:
                         self.errors += 1
                         error = f"{type(exc).__name__}: {exc}"
                         self._say(f"event on port {port} failed", error)
-                        await self._dead_letter(event, dead_letter_headers(msg.headers, index,
-                                                                           error))
+                        await self._dead_letter(
+                            event_as_received(msg.data, frame_count(msg.headers), index),
+                            dead_letter_headers(msg.headers, index, error))
             if self._publisher is not None:
                 self._unacked.append(msg)
 
@@ -201,13 +203,13 @@ class Component:
         if self._throttle.admit((what, shape(error)), error):
             _log(f"{self.service_id}: {what}: {error}")
 
-    async def _dead_letter(self, event: Any, headers: dict[str, str]) -> None:
+    async def _dead_letter(self, data: bytes, headers: dict[str, str]) -> None:
         subject = dlq_subject(self.flow, self.node)
         try:
             if self._publisher is not None:  # stored before the input is acked
-                await self.nc.jetstream().publish(subject, encode(event), headers=headers)
+                await self.nc.jetstream().publish(subject, data, headers=headers)
             else:
-                await self.nc.publish(subject, encode(event), headers=headers)
+                await self.nc.publish(subject, data, headers=headers)
         except Exception as exc:
             self._say("dead letter not stored", f"{type(exc).__name__}: {exc}")
             if self._publisher is not None and self.inputs:  # its input is taken again

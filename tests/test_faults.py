@@ -211,6 +211,14 @@ async def test_an_oversized_event_fails_alone(nc, agents, tmp_path) -> None:
     await wait_until(failed_alone, timeout=30, what="3 errors on blow-up")
     st = (await statuses(nc, "big"))["big.blow-up.0"]
     assert st.state.value == "running" and "max_payload" in (st.last_error or "")
+    # The dead letters keep the inputs as they arrived (the code added the blob to the
+    # event it was given: kept as changed, 1.1 MB, they could not be stored, and were
+    # silently lost before).
+    from flowstore.models import dlq_subject
+    from flowstore.streams import DLQ_STREAM
+    dlq = await nc.jetstream().stream_info(DLQ_STREAM,
+                                           subjects_filter=dlq_subject("big", "blow-up"))
+    assert dlq.state.messages == 3 and dlq.state.bytes < 10_000
 
 
 

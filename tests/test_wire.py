@@ -103,3 +103,10 @@ async def test_inputs_are_handled_one_at_a_time_and_a_broken_one_sends_nothing()
         pass
     await box.flush()
     assert sent == []  # delivered again: the partial frame must not take "s:C:0"
+
+
+def test_a_dead_letter_takes_the_event_as_it_arrived() -> None:
+    from componentmanager.dataplane import event_as_received
+
+    assert event_as_received(b'{"a":1}', 1, 0) == b'{"a":1}'
+    assert event_as_received(b'{"a":1}\n{"b":2}\n{"c":3}', 3, 1) == b'{"b":2}'

@@ -23,6 +23,7 @@ from componentmanager.dataplane.wire import (
     decode,
     decode_frame,
     encode,
+    event_as_received,
     event_id,
     frame_count,
 )
@@ -31,5 +32,6 @@ __all__ = [
     "ACK_WINDOW", "DEFAULT_ACK_WAIT_S", "DEFAULT_MAX_DELIVER", "FRAME_BYTES", "FRAME_EVENTS",
     "HDR_ERROR", "HDR_META", "HDR_REPLAY_TO", "AckedPublisher", "EventIds", "Outbox",
     "PublishFailed", "Puller",
-    "dead_letter_headers", "decode", "decode_frame", "encode", "event_id", "frame_count",
+    "dead_letter_headers", "decode", "decode_frame", "encode", "event_as_received",
+    "event_id", "frame_count",
 ]

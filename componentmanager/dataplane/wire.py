@@ -76,6 +76,15 @@ def decode_frame(data: bytes, count: int) -> list[Any]:
         return [decode(line) for line in data.split(b"\n")]
 
 
+def event_as_received(data: bytes, count: int, index: int) -> bytes:
+    """Event ``index`` of a message as it arrived (what a dead letter keeps: the handler
+    may have changed the decoded event, even made it too large to store)."""
+    if count <= 1:
+        return data
+    lines = data.split(b"\n")
+    return lines[index] if index < len(lines) else data
+
+
 def event_id(headers: dict[str, str] | None, index: int) -> str | None:
     """The id of event ``index`` of a message, derived from its header."""
     meta = headers.get(HDR_META) if headers else None

@@ -16,7 +16,13 @@ import structlog
 from nats.aio.msg import Msg
 
 from componentmanager.component import EventError
-from componentmanager.dataplane import dead_letter_headers, encode, event_id
+from componentmanager.dataplane import (
+    dead_letter_headers,
+    encode,
+    event_as_received,
+    event_id,
+    frame_count,
+)
 from componentmanager.dataplane.accounting import shape
 from flowstore.models import dlq_subject
 
@@ -45,7 +51,9 @@ class EventFailures:
         headers = dead_letter_headers(msg.headers if msg else None, index, error)
         self._count_error(f"event on port {port}: {error}",
                           event_id(msg.headers if msg else None, index))
-        await self._dead_letter(encode(event), headers)
+        data = (encode(event) if msg is None
+                else event_as_received(msg.data, frame_count(msg.headers), index))
+        await self._dead_letter(data, headers)
 
     async def reject(self, data: bytes, reason: str) -> None:
         self._count_error(reason)
