@@ -225,6 +225,37 @@ async def test_nats_source_decodes_and_wraps_bodies(nc: Any) -> None:
         await src.stop()
 
 
+async def test_nats_source_counts_what_its_full_queue_drops(nats_url: str) -> None:
+    """A nats source flooded faster than it emits: what nats-py drops from the
+    subscription's full queue reaches the replica's drop count (it was only logged)."""
+    import nats
+
+    from componentmanager.dataplane.accounting import DropRouter
+
+    router, dropped = DropRouter(), []
+
+    async def on_error(error: Exception) -> None:
+        router.route(error)
+
+    class Replica(Ctx):
+        def count_drops_of(self, sub: Any) -> None:
+            router.own(sub, dropped.append)
+
+    conn = await nats.connect(nats_url, error_cb=on_error)
+    try:
+        src = make("nats-source", {"subject": "flood"}, Replica(conn))
+        await src.start()  # subscribed; not running: nothing is taken off its queue
+        src._sub._pending_queue._maxsize = 1000  # (nats-py: 512k messages; a smaller flood)
+        for _ in range(3000):
+            await conn.publish("flood", b"{}")
+        await conn.flush()
+        await until(lambda: sum(dropped) >= 1900, timeout=10)
+        assert sum(dropped) + src._sub.pending_msgs == 3000
+        await src.stop()
+    finally:
+        await conn.close()
+
+
 async def test_nats_source_queue_group_splits_messages(nc: Any) -> None:
     ctxs = [Ctx(nc), Ctx(nc)]
     srcs = [make("nats-source", {"subject": "work", "queue": "q"}, c) for c in ctxs]

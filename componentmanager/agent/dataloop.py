@@ -92,6 +92,7 @@ class DataLoop:
     def publish_log(self, flow: str, node: str, index: int, line: str, stream: str,
                     event_id: str | None = None) -> None:
         if self.nc is None or self.nc.is_closed:
+            self.logs_lost += 1
             return
         record: dict[str, Any] = {"ts": utcnow(), "flow": flow, "node": node,
                                   "replica": index, "agent": self.agent_name,
@@ -222,5 +223,7 @@ class DataLoop:
     async def _logs_pump(self) -> None:
         while True:
             subject, body = await self._logs.get()
-            with contextlib.suppress(Exception):
+            try:
                 await self.nc.publish(subject, body)
+            except Exception:
+                self.logs_lost += 1

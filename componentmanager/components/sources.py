@@ -292,6 +292,9 @@ class NatsSource(Component):
 
     async def start(self) -> None:
         self._sub = await self.ctx.nc.subscribe(self.config.subject, queue=self.config.queue or "")
+        count_drops_of = getattr(self.ctx, "count_drops_of", None)
+        if count_drops_of is not None:  # messages its full queue refuses: ``dropped``
+            count_drops_of(self._sub)
 
     async def run(self) -> None:
         async for msg in self._sub.messages:

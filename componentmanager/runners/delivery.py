@@ -140,6 +140,11 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
     def _overflowed(self, count: int) -> None:
         self.counters.drop(count, "overload (input queue full)")
 
+    def count_drops_of(self, sub: Any) -> None:
+        """Context, for components that subscribe themselves (the ``nats`` source): what
+        nats-py drops from ``sub``'s full queue is counted in ``dropped``."""
+        self.host.drops.own(sub, self._overflowed)
+
     # -- at-most-once -----------------------------------------------------------------------
     def _core_handler(self, port: str, holder: list[Any]):  # type: ignore[no-untyped-def]
         async def on_msg(msg: Msg) -> None:

@@ -28,6 +28,7 @@ from componentmanager.runners.acks import DoneInputs
 from componentmanager.runners.base import Replica, ReplicaHost
 from componentmanager.runners.checkpoint import SourceCheckpoint, StoredMark
 from componentmanager.runners.delivery import InputDelivery
+from componentmanager.runners.teardown import ReplicaTeardown
 from flowstore.models import ComponentConfig, ReplicaState, status_key, stream_name
 from flowstore.nats import STATUS_BUCKET, open_bucket
 
@@ -38,11 +39,9 @@ RESTART_BACKOFF_S = (0.5, 30.0)
 HEADER_ROOM = 512
 #: What a dead letter keeps of an event too large to store.
 PREVIEW_BYTES = 1024
-#: How long a stopping replica waits for its last outputs to be stored.
-PUBLISHER_WAIT_S = 5.0
 
 
-class InProcessReplica(InputDelivery, Replica):
+class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
     """One replica of a registered component type, run as asyncio tasks."""
 
     def __init__(self, cfg: ComponentConfig, index: int, host: ReplicaHost) -> None:
@@ -324,66 +323,6 @@ class InProcessReplica(InputDelivery, Replica):
                 await self._settle(force=self.counters.out != emitted)
             elif self._acked:
                 await self._settle()
-
-    async def _teardown(self) -> None:
-        """Close the inputs (nothing fires after this), settle, flush and stop the
-        component, send what it emitted last."""
-        await self._close_inputs()
-        if (self._acked or self._state is not None) and self.nc.is_connected:
-            with contextlib.suppress(Exception):  # flush what is held, then ack its
-                await self._settle(force=True)    # inputs (stateful: checkpoint first)
-        kept = True  # what was processed is written and sent
-        if self.component is not None:
-            comp, self.component = self.component, None
-            if self._state is not None:  # still held, in the checkpoint: status says so
-                self.held_at_stop = comp.held()
-            await self._wait_inflight()
-            # A stateful component's open windows stay in its checkpoint: no last flush.
-            hooks = (comp.stop,) if self._state is not None else (comp.flush, comp.stop)
-            for hook in hooks:
-                try:
-                    await hook()
-                except Exception as exc:
-                    kept = False
-                    self.last_error = f"{hook.__name__}: {exc}"
-        try:
-            await self._outbox.flush()
-        except Exception:
-            kept = False
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-        stored = await self._close_publisher()
-        if self._acked or self._state is not None:
-            self._settle_at_teardown(kept and stored and not self._outbox.pending)
-
-    async def _close_publisher(self) -> bool:
-        """Wait (bounded) until this run's outputs are stored, write a source's checkpoint
-        and close the publisher: whether everything it published is stored."""
-        publisher, self._publisher = self._publisher, None
-        if publisher is None:
-            return True
-        if self.nc.is_connected:
-            with contextlib.suppress(Exception):  # (a source's publisher never gives up)
-                async with asyncio.timeout(PUBLISHER_WAIT_S):
-                    await publisher.wait()
-            if self._checkpoint is not None:  # a stopped source resumes exactly here; a
-                await self._checkpoint.flush()  # completion not yet written is written
-        if self._checkpoint is not None:  # a restart here resumes after what is stored
-            self._stored_mark = self._checkpoint.stored_mark()
-        await publisher.close()
-        return not publisher.outstanding and not publisher.given_up
-
-    async def _close_inputs(self) -> None:
-        self._sub_ports.clear()
-        for sub in self._subs:
-            await self._close_input(sub)
-        self._subs.clear()
-        for puller in self._pullers:
-            await puller.stop()  # a message in progress finishes; the rest is redelivered
-        self._pullers.clear()
-        await self._let_held_back_go()
 
     async def stop(self) -> None:
         self._stopping = True

@@ -1,0 +1,111 @@
+"""How an in-process replica stops: mixin of
+:class:`~componentmanager.runners.inprocess.InProcessReplica`.
+
+Inputs close first (nothing fires after that), what was processed is settled, the
+component is flushed and stopped, its last outputs sent and (at-least-once) waited for,
+bounded. What could not be finished is said once; at-most-once it is counted in
+``dropped``, at-least-once the inputs behind it are delivered again. Whether the run's
+effects were all kept decides how its unacked inputs are treated when they come back
+(:meth:`~componentmanager.runners.acks.InputAcks._settle_at_teardown`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("flowctl.replica")
+
+#: How long a stopping replica waits for its last outputs to be stored.
+PUBLISHER_WAIT_S = 5.0
+
+
+class ReplicaTeardown:
+    """The stop sequence (see the module doc)."""
+
+    # provided by the replica
+    nc: Any
+    key: str
+    counters: Any
+    last_error: str | None
+    component: Any
+    held_at_stop: int
+    _acked: bool
+    _state: Any
+    _outbox: Any
+    _tasks: list[asyncio.Task[None]]
+    _publisher: Any
+    _checkpoint: Any
+    _stored_mark: Any
+
+    async def _teardown(self) -> None:
+        """Close the inputs (nothing fires after this), settle, flush and stop the
+        component, send what it emitted last."""
+        await self._close_inputs()
+        if (self._acked or self._state is not None) and self.nc.is_connected:
+            with contextlib.suppress(Exception):  # flush what is held, then ack its
+                await self._settle(force=True)    # inputs (stateful: checkpoint first)
+        kept = True  # what was processed is written and sent
+        if self.component is not None:
+            comp, self.component = self.component, None
+            if self._state is not None:  # still held, in the checkpoint: status says so
+                self.held_at_stop = comp.held()
+            await self._wait_inflight()
+            # A stateful component's open windows stay in its checkpoint: no last flush.
+            hooks = (comp.stop,) if self._state is not None else (comp.flush, comp.stop)
+            for hook in hooks:
+                try:
+                    await hook()
+                except Exception as exc:
+                    kept = False
+                    self._lost_at_stop(comp.held(), f"{hook.__name__} failed at stop: {exc}")
+        try:
+            await self._outbox.flush()
+        except Exception as exc:
+            kept = False
+            self._lost_at_stop(self._outbox.pending, f"last outputs not sent: {exc}")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        stored = await self._close_publisher()
+        if self._acked or self._state is not None:
+            self._settle_at_teardown(kept and stored and not self._outbox.pending)
+
+    def _lost_at_stop(self, events: int, why: str) -> None:
+        """Said once; at-most-once the events are gone (counted), at-least-once their
+        inputs are delivered again (nothing to count)."""
+        self.last_error = why
+        log.warning("replica stop incomplete", replica=self.key, error=why)
+        if events and not self._acked and self._state is None:
+            self.counters.drop(events, why)
+
+    async def _close_publisher(self) -> bool:
+        """Wait (bounded) until this run's outputs are stored, write a source's checkpoint
+        and close the publisher: whether everything it published is stored."""
+        publisher, self._publisher = self._publisher, None
+        if publisher is None:
+            return True
+        if self.nc.is_connected:
+            with contextlib.suppress(Exception):  # (a source's publisher never gives up)
+                async with asyncio.timeout(PUBLISHER_WAIT_S):
+                    await publisher.wait()
+            if self._checkpoint is not None:  # a stopped source resumes exactly here; a
+                await self._checkpoint.flush()  # completion not yet written is written
+        if self._checkpoint is not None:  # a restart here resumes after what is stored
+            self._stored_mark = self._checkpoint.stored_mark()
+        await publisher.close()
+        return not publisher.outstanding and not publisher.given_up
+
+    async def _close_inputs(self) -> None:
+        self._sub_ports.clear()
+        for sub in self._subs:
+            await self._close_input(sub)
+        self._subs.clear()
+        for puller in self._pullers:
+            await puller.stop()  # a message in progress finishes; the rest is redelivered
+        self._pullers.clear()
+        await self._let_held_back_go()
