@@ -69,6 +69,7 @@ from componentmanager.dataplane import (
     decode_frame,
     encode,
     event_as_received,
+    fit_dead_letter,
     frame_count,
 )
 from componentmanager.dataplane.accounting import Throttle, shape
@@ -85,6 +86,9 @@ __all__ = [
 ]
 
 Handler = Callable[[Any, str], Any]
+
+#: How long each step of closing (send, settle, wait for acks) may take.
+CLOSE_STEP_S = 5.0
 Source = Callable[["Component"], Awaitable[None]]
 
 
@@ -124,6 +128,7 @@ class Component:
         self._pullers: list[Puller] = []
         self._unacked: list[Any] = []
         self._throttle = Throttle()
+        self._failures = 0  # output failures so far (see on_msg)
 
     @property
     def service_id(self) -> str:
@@ -173,28 +178,43 @@ class Component:
                 return
             events = decode_frame(msg.data, frame_count(msg.headers))
             delivered = (delivery_of(msg.reply) or (0, 0))[1]
+            all_dead_letters_stored, failures_before = True, self._failures
             async with self._outbox.handling():  # one output frame per input message
                 for index, event in enumerate(events):
-                    self.received += 1
-                    try:
-                        if delivered >= DEAD_AFTER_DELIVERIES:
-                            raise RuntimeError(f"delivered {delivered} times without being "
-                                               "acked: dead-lettered unprocessed")
-                        result = handler(event, port)
-                        if inspect.isawaitable(result):
-                            result = await result
-                        await self._publish(result)
-                    except Exception as exc:
-                        self.errors += 1
-                        error = f"{type(exc).__name__}: {exc}"
-                        self._say(f"event on port {port} failed", error)
-                        await self._dead_letter(
-                            event_as_received(msg.data, frame_count(msg.headers), index),
-                            dead_letter_headers(msg.headers, index, error))
-            if self._publisher is not None:
+                    all_dead_letters_stored &= await self._handle(
+                        handler, port, msg, index, event, delivered)
+            if self._publisher is None:
+                return
+            if all_dead_letters_stored and failures_before == self._failures:
                 self._unacked.append(msg)
+            else:  # a dead letter not stored, or outputs failed (maybe its own) while it
+                # was handled: delivered again (later each time), never acked unkept
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=min(2.0 * max(delivered, 1), 30.0))
 
         return on_msg
+
+    async def _handle(self, handler: Handler, port: str, msg: Any, index: int, event: Any,
+                      delivered: int) -> bool:
+        """One event through the handler; False when it failed and its dead letter could
+        not be stored."""
+        self.received += 1
+        try:
+            if delivered >= DEAD_AFTER_DELIVERIES:
+                raise RuntimeError(f"delivered {delivered} times without being acked: "
+                                   "dead-lettered unprocessed")
+            result = handler(event, port)
+            if inspect.isawaitable(result):
+                result = await result
+            await self._publish(result)
+            return True
+        except Exception as exc:
+            self.errors += 1
+            error = f"{type(exc).__name__}: {exc}"
+            self._say(f"event on port {port} failed", error)
+            return await self._dead_letter(
+                event_as_received(msg.data, frame_count(msg.headers), index),
+                dead_letter_headers(msg.headers, index, error))
 
     def _say(self, what: str, error: str) -> None:
         """Log a failure once per interval for its kind, with a count of the others."""
@@ -203,17 +223,19 @@ class Component:
         if self._throttle.admit((what, shape(error)), error):
             _log(f"{self.service_id}: {what}: {error}")
 
-    async def _dead_letter(self, data: bytes, headers: dict[str, str]) -> None:
+    async def _dead_letter(self, data: bytes, headers: dict[str, str]) -> bool:
+        """Whether it was stored (at-least-once: confirmed by FLOWCTL_DLQ)."""
         subject = dlq_subject(self.flow, self.node)
+        data, headers = fit_dead_letter(data, headers, self.nc.max_payload or 1 << 20)
         try:
-            if self._publisher is not None:  # stored before the input is acked
+            if self._publisher is not None:
                 await self.nc.jetstream().publish(subject, data, headers=headers)
             else:
                 await self.nc.publish(subject, data, headers=headers)
+            return True
         except Exception as exc:
             self._say("dead letter not stored", f"{type(exc).__name__}: {exc}")
-            if self._publisher is not None and self.inputs:  # its input is taken again
-                self._publisher.fail(f"dead letter not stored: {exc}")
+            return False
 
     async def _settle(self) -> None:
         """at-least-once: ack the inputs handled so far once their outputs are stored."""
@@ -225,13 +247,18 @@ class Component:
             await self._publisher.wait()
         except PublishFailed as exc:
             _log(f"{self.service_id}: outputs not stored ({exc}); inputs redelivered")
-            for msg in batch:
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=1.0)
+            self._failures += 1  # inputs in hand now are delivered again too (on_msg)
+            await self._nak_all(batch)
             return
         for msg in batch:
             with contextlib.suppress(Exception):
                 await msg.ack()
+
+    @staticmethod
+    async def _nak_all(batch: list[Any]) -> None:
+        for msg in batch:
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
 
     async def _publish(self, result: Any) -> None:
         if result is None:
@@ -273,14 +300,19 @@ class Component:
         """Drain: stop taking input, finish the events in flight, flush outputs, close."""
         for puller in self._pullers:
             await puller.stop()
-        with contextlib.suppress(Exception):
-            await self._outbox.flush()
+        with contextlib.suppress(Exception):  # each step bounded: a stream that refuses
+            async with asyncio.timeout(CLOSE_STEP_S):  # a source's events (retried until
+                await self._outbox.flush()             # stored) must not hold the exit
         if self._flusher is not None:
             self._flusher.cancel()
-        await self._settle()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CLOSE_STEP_S):
+                await self._settle()
         if self._publisher is not None:
             with contextlib.suppress(Exception):
-                await self._publisher.wait()
+                async with asyncio.timeout(CLOSE_STEP_S):
+                    await self._publisher.wait()
+            await self._publisher.close()
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.drain(), 10.0)

@@ -126,6 +126,25 @@ async def test_a_source_publishes_what_the_stream_refuses_again_until_it_is_stor
     await publisher.close()
 
 
+async def test_a_closed_source_publisher_stops_retrying_and_unblocks(nc) -> None:
+    """A source stopped while its stream refuses it (an undeploy deleted the stream):
+    closing its publisher ends the retries and what waited on them, so the stop ends."""
+    js = nc.jetstream()
+    await js.add_stream(name="gone", subjects=["gone.>"], max_msg_size=10)
+    publisher = await AckedPublisher(nc, source_of="gone").open()
+    await publisher.publish("gone.a", b"x" * 100, {"Nats-Msg-Id": "g1"})
+    waiting = asyncio.ensure_future(publisher.wait())
+    for _ in range(50):
+        if publisher.refused:
+            break
+        await asyncio.sleep(0.1)
+    assert publisher.refused and not waiting.done()
+    await publisher.close()
+    with pytest.raises(PublishFailed, match="closed"):
+        await asyncio.wait_for(waiting, 3)
+    assert publisher.stored_events() == 0  # its checkpoint stays before the refused event
+
+
 async def test_a_processor_meeting_ack_silence_in_publish_fails_the_next_wait(
         nc, monkeypatch: pytest.MonkeyPatch) -> None:
     """Outputs abandoned while publishing (no ack for the silence bound) must not let the

@@ -110,3 +110,13 @@ def test_a_dead_letter_takes_the_event_as_it_arrived() -> None:
 
     assert event_as_received(b'{"a":1}', 1, 0) == b'{"a":1}'
     assert event_as_received(b'{"a":1}\n{"b":2}\n{"c":3}', 3, 1) == b'{"b":2}'
+
+
+def test_a_dead_letter_too_large_beside_its_headers_keeps_a_preview() -> None:
+    from componentmanager.dataplane import fit_dead_letter
+    from componentmanager.dataplane.wire import HDR_ERROR
+
+    headers = {HDR_ERROR: "boom " * 200}
+    data, kept = fit_dead_letter(b"x" * 1500, headers, 2000)
+    assert len(data) == 1024 and "an event of 1,500 bytes: its first 1,024 kept" in kept[HDR_ERROR]
+    assert fit_dead_letter(b"x" * 100, headers, 2000) == (b"x" * 100, headers)

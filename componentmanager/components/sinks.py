@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -136,6 +137,8 @@ class HttpSinkConfig(BaseModel):
 
 #: Pauses before a failed batch is POSTed again (busy, down, unreachable).
 BATCH_RETRY_PAUSES_S = (0.5, 1.0, 2.0)
+#: No new attempt this long after the first one began.
+BATCH_RETRY_BUDGET_S = 6.0
 
 
 class HttpSink(Component):
@@ -144,8 +147,10 @@ class HttpSink(Component):
     A response other than 2xx, or no response within ``timeout``, raises: with
     ``batch_size`` 1 that fails the one event (the runtime retries a 429, 5xx or I/O
     error with at-least-once). A batch is POSTed again after :data:`BATCH_RETRY_PAUSES_S`
-    on such errors; when it still fails, each of its events is counted in ``errors`` and
-    dead-lettered with the reason (replayable with ``flowctl dlq replay``).
+    on such errors (not after :data:`BATCH_RETRY_BUDGET_S`); when it still fails, each of
+    its events is counted in ``errors`` and dead-lettered with the reason (replayable
+    with ``flowctl dlq replay``). A batch stays in ``held()`` until it is sent or
+    dead-lettered, so its inputs are not acked before; one batch is sent at a time.
     """
 
     def __init__(self, config: HttpSinkConfig, ctx: Context) -> None:
@@ -153,6 +158,7 @@ class HttpSink(Component):
         self.config: HttpSinkConfig = config
         self.flush_interval = config.interval if config.batch_size > 1 else None  # type: ignore[misc]
         self._pending: list[bytes] = []
+        self._sending = asyncio.Lock()
         self._headers = {"Content-Type": "application/json", **config.headers}
 
     async def process(self, port: str, event: Any) -> None:
@@ -169,23 +175,31 @@ class HttpSink(Component):
         return len(self._pending)
 
     async def flush(self) -> None:
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, []  # process may interleave while we POST
-        body = b"[" + b",".join(batch) + b"]"
+        async with self._sending:
+            while self._pending:  # (process may add more meanwhile)
+                batch = self._pending[: self.config.batch_size]  # held until sent or failed
+                failure = await self._post_batch(b"[" + b",".join(batch) + b"]")
+                del self._pending[: len(batch)]
+                if failure is None:
+                    self.ctx.wrote(len(batch))
+                else:
+                    await reject_each(self.ctx, batch, f"{failure} (a batch of {len(batch)})")
+
+    async def _post_batch(self, body: bytes) -> Exception | None:
+        """POST ``body``, again on a failure worth it while the budget lasts; the final
+        failure, or None."""
+        began = time.monotonic()
         for pause in (*BATCH_RETRY_PAUSES_S, None):
             try:
                 await self._post(body)
-                break
+                return None
             except (RetryableError, ConnectionError) as exc:
-                if pause is None:
-                    await reject_each(self.ctx, batch, f"{exc} (a batch of {len(batch)})")
-                    return
+                if pause is None or time.monotonic() - began + pause > BATCH_RETRY_BUDGET_S:
+                    return exc
                 await asyncio.sleep(pause)
             except Exception as exc:
-                await reject_each(self.ctx, batch, f"{exc} (a batch of {len(batch)})")
-                return
-        self.ctx.wrote(len(batch))
+                return exc
+        return None
 
     async def _post(self, body: bytes) -> None:
         await asyncio.to_thread(self._post_sync, body)

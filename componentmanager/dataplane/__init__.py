@@ -25,6 +25,7 @@ from componentmanager.dataplane.wire import (
     encode,
     event_as_received,
     event_id,
+    fit_dead_letter,
     frame_count,
 )
 
@@ -33,5 +34,5 @@ __all__ = [
     "HDR_ERROR", "HDR_META", "HDR_REPLAY_TO", "AckedPublisher", "EventIds", "Outbox",
     "PublishFailed", "Puller",
     "dead_letter_headers", "decode", "decode_frame", "encode", "event_as_received",
-    "event_id", "frame_count",
+    "event_id", "fit_dead_letter", "frame_count",
 ]

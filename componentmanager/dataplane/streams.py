@@ -93,6 +93,7 @@ class AckedPublisher:
         self._published_events = 0
         self.given_up = 0  # messages refused or abandoned (their inputs must be redone)
         self.refused: str | None = None  # a source's: why its oldest retry is refused
+        self._closed = False
         self._events_before: dict[int, int] = {}  # pending message -> events published before it
         self._acked_up_to = 0  # the newest message acked
         self._overtaken: set[int] = set()  # pending, older than an acked one, at the last look
@@ -199,7 +200,7 @@ class AckedPublisher:
         """Publish message ``n`` again after a pause growing from ``first`` to ``most``."""
         subject, body, headers, tries = entry
         self._pending[n] = (subject, body, headers, tries + 1)
-        delay = min(first * 2**tries, most)
+        delay = min(first * 2 ** min(tries, 20), most)
         asyncio.get_running_loop().call_later(delay, self._republish, n, self._generation)
 
     def _refused(self, why: str) -> None:
@@ -210,7 +211,7 @@ class AckedPublisher:
 
     def _republish(self, n: int, generation: int) -> None:
         entry = self._pending.get(n)
-        if entry is None or generation != self._generation or self.nc.is_closed:
+        if entry is None or generation != self._generation or self.nc.is_closed or self._closed:
             return
         subject, body, headers, _ = entry
         task = asyncio.ensure_future(self.nc.publish(subject, body, reply=self._reply(n),
@@ -225,6 +226,8 @@ class AckedPublisher:
                 await self._changed.wait()
         except TimeoutError:
             pass
+        if self._closed:  # a stop gave up on what is pending (bounded)
+            raise PublishFailed("the publisher is closed")
         if self._source_of is not None:
             self._resend_overtaken()
         if self._pending and time.monotonic() - self._progress > ACK_SILENCE_S:
@@ -267,12 +270,6 @@ class AckedPublisher:
         for n in sorted(self._pending):
             self._republish(n, self._generation)
 
-    def fail(self, why: str) -> None:
-        """Something that belongs with the outputs (a dead letter) was not stored: the
-        next ``wait()`` raises, so the inputs behind it are delivered again."""
-        self.given_up += 1
-        self.error = why
-
     async def wait(self) -> None:
         """Return when everything published so far is stored (see the class doc)."""
         if self._pending:
@@ -286,6 +283,10 @@ class AckedPublisher:
             raise PublishFailed(error)
 
     async def close(self) -> None:
+        """No more publishing or retrying (what is pending stays as it is: a source's
+        checkpoint is before it); a ``publish``/``wait`` blocked on the window raises."""
+        self._closed = True
+        self._changed.set()
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None

@@ -122,6 +122,21 @@ def dead_letter_headers(headers: dict[str, str] | None, index: int, error: str) 
     return out
 
 
+#: What a dead letter keeps of an event too large to store with its reason.
+PREVIEW_BYTES = 1024
+
+
+def fit_dead_letter(data: bytes, headers: dict[str, str],
+                    max_payload: int) -> tuple[bytes, dict[str, str]]:
+    """A dead letter the server takes: an event that does not fit beside its headers
+    (the server counts both against ``max_payload``) is kept as a preview, and says so."""
+    room = max_payload - sum(len(k) + len(v) + 4 for k, v in headers.items()) - 128
+    if len(data) <= room:
+        return data, headers
+    note = f" (an event of {len(data):,} bytes: its first {PREVIEW_BYTES:,} kept)"
+    return data[:PREVIEW_BYTES], {**headers, HDR_ERROR: headers.get(HDR_ERROR, "") + note}
+
+
 def delivery_of(reply: str | None) -> tuple[int, int] | None:
     """(stream sequence, times delivered) of a JetStream delivery, from its ack subject
     (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``,

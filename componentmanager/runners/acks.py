@@ -73,6 +73,9 @@ class InputAcks:
     _done: DoneInputs
     _handled: set[str]
     _state: Any
+    #: Output failures so far: an input being handled when one happened may have lost
+    #: outputs in it, so it is delivered again too (see delivery's _taken_or_again).
+    _failures = 0
 
     async def _ack_again(self, msg: Msg, counted: bool = True) -> None:
         if not counted:
@@ -127,6 +130,7 @@ class InputAcks:
             except PublishFailed as exc:
                 log.warning("outputs not stored; redelivery", replica=self.key, error=str(exc))
                 batch, self._unacked, self._unacked_since = self._unacked, [], None
+                self._failures += 1
                 await self._nak_all(batch)
                 return
             if comp.held():

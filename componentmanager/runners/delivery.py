@@ -245,9 +245,11 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
                 return
             events = decode_frame(msg.data, frame_count(msg.headers))
             self._progress_at[port] = asyncio.get_running_loop().time()
+            failures_before = self._failures
             if delivered >= DEAD_AFTER_DELIVERIES:
                 await self._dead_letter_unprocessed(port, msg, events, delivered)
-                self._taken_in(port, msg, sequence, ident)
+                await self._taken_or_again(port, msg, sequence, ident,
+                                           delivered, failures_before)
                 return
             origin = ident if ident and _emits_per_input(comp) else None
             if origin is not None and self.partition is not None:
@@ -287,9 +289,23 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
             finally:
                 self._mid_message -= 1
             self._took(port, msg, taken, perf_counter() - began)
-            self._taken_in(port, msg, sequence, ident)
+            await self._taken_or_again(port, msg, sequence, ident, delivered, failures_before)
 
         return on_msg
+
+    async def _taken_or_again(self, port: str, msg: Msg, sequence: int, ident: str | None,
+                              delivered: int, failures_before: int) -> None:
+        """Handled: wait for the ack; unless a dead letter of it could not be stored, or
+        outputs failed to be stored while it was handled (then its own may be lost too,
+        and the settle that saw the failure did not have it): delivered again, later
+        each time. No await before the append (see _taken_in)."""
+        unstored = id(msg) in self._dead_letters_unstored
+        if not unstored and failures_before == self._failures:
+            self._taken_in(port, msg, sequence, ident)
+            return
+        self._dead_letters_unstored.discard(id(msg))
+        with contextlib.suppress(Exception):
+            await msg.nak(delay=min(2.0 * max(delivered, 1), 30.0))
 
     def _taken_in(self, port: str, msg: Msg, sequence: int, ident: str | None) -> None:
         """An input message is handled: it waits for its ack (see _settle). Called with no

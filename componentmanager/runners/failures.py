@@ -4,8 +4,10 @@
 The event is counted in ``errors``, shown as the replica's last error, logged (and kept
 in FLOWCTL_LOGS with its event id) once per interval for failures of the same shape,
 and dead-lettered to ``flowctl.<flow>.<node>.dlq`` with the reason; the replica goes on.
-With at-least-once a processor's dead letter must be stored before its input is acked:
-when it is not (FLOWCTL_DLQ full or away), the input is delivered again instead.
+With at-least-once a dead letter must be stored before its input is acked: when it is
+not (FLOWCTL_DLQ full or away), that input (only) is delivered again instead, after a
+pause growing with its deliveries. A dead letter too large for the server beside its
+headers keeps a preview of the event.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from componentmanager.dataplane import (
     encode,
     event_as_received,
     event_id,
+    fit_dead_letter,
     frame_count,
 )
 from componentmanager.dataplane.accounting import shape
@@ -40,9 +43,8 @@ class EventFailures:
     host: Any
     counters: Any
     last_error: str | None
-    cfg: Any
     _acked: bool
-    _publisher: Any
+    _dead_letters_unstored: set[int]  # id() of inputs one of whose dead letters failed
 
     async def _failed_event(self, port: str, msg: Msg | None, index: int, event: Any,
                             exc: Exception) -> None:
@@ -53,7 +55,8 @@ class EventFailures:
                           event_id(msg.headers if msg else None, index))
         data = (encode(event) if msg is None
                 else event_as_received(msg.data, frame_count(msg.headers), index))
-        await self._dead_letter(data, headers)
+        if not await self._dead_letter(data, headers) and msg is not None and self._acked:
+            self._dead_letters_unstored.add(id(msg))  # not acked: see _taken_or_nak
 
     async def reject(self, data: bytes, reason: str) -> None:
         self._count_error(reason)
@@ -68,20 +71,20 @@ class EventFailures:
             log.warning("event failed", replica=self.key, error=error, event_id=eid)
             self.host.log_line(self, f"event failed: {error}", "error", eid)
 
-    async def _dead_letter(self, data: bytes, headers: dict[str, str]) -> None:
-        """Publish to the node's dead-letter subject (stored in FLOWCTL_DLQ); with
-        at-least-once the store is confirmed before the input can be acked."""
+    async def _dead_letter(self, data: bytes, headers: dict[str, str]) -> bool:
+        """Publish to the node's dead-letter subject (stored in FLOWCTL_DLQ; with
+        at-least-once confirmed by the stream): whether it was."""
         subject = dlq_subject(self.flow, self.node)
+        data, headers = fit_dead_letter(data, headers, self.nc.max_payload or 1 << 20)
         try:
             if self._acked:
                 await self.nc.jetstream().publish(subject, data, headers=headers)
             else:
                 await self.nc.publish(subject, data, headers=headers)
+            return True
         except Exception as dlq_exc:
             if self.host.throttle.admit(("dead-letter failed", self.key, shape(str(dlq_exc))),
                                      str(dlq_exc)):
                 log.warning("dead-letter failed", replica=self.key, error=str(dlq_exc))
-            if self._acked and self._publisher is not None and self.cfg.role != "source":
-                # its input must not be acked: delivered again, it fails (and is kept) again
-                self._publisher.fail(f"dead letter not stored: {dlq_exc}")
+            return False
 

@@ -22,7 +22,13 @@ from nats.aio.msg import Msg
 
 from componentmanager.component import Component, EventTooLarge
 from componentmanager.dataplane import AckedPublisher, EventIds, Outbox, Puller, encode
-from componentmanager.dataplane.wire import FRAME_BYTES, FRAME_EVENTS, HDR_META, encode_lines
+from componentmanager.dataplane.wire import (
+    FRAME_BYTES,
+    FRAME_EVENTS,
+    HDR_META,
+    PREVIEW_BYTES,
+    encode_lines,
+)
 from componentmanager.registry import get_type
 from componentmanager.runners.acks import DoneInputs
 from componentmanager.runners.base import Replica, ReplicaHost
@@ -37,8 +43,6 @@ log = structlog.get_logger("flowctl.replica")
 RESTART_BACKOFF_S = (0.5, 30.0)
 #: Room left in a message for its header (the event's metadata).
 HEADER_ROOM = 512
-#: What a dead letter keeps of an event too large to store.
-PREVIEW_BYTES = 1024
 
 
 class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
@@ -64,6 +68,7 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
         self._progress_at: dict[str, float] = {}
         self._done = DoneInputs()
         self._handled: set[str] = set()
+        self._dead_letters_unstored: set[int] = set()
         self._checkpoint: SourceCheckpoint | None = None
         self._stored_mark: StoredMark | None = None  # what the last run knew was stored
         self._emitted = 0  # events emitted in this run (source checkpoints count them)
@@ -312,10 +317,12 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
             await asyncio.sleep(interval)
             if self._state_broken:  # the replica fails and restarts from its checkpoint
                 raise RuntimeError(self._state_broken)
-            emitted = self.counters.out
+            emitted, comp = self.counters.out, self.component
+            if comp is None:
+                continue  # stopping: the stop flushes it (and ends this loop)
             try:  # no tick while inputs catch up: a quiet input is not an idle stream
                 if not self._catch_up:
-                    await self.component.flush()  # type: ignore[union-attr]
+                    await comp.flush()
             except Exception as exc:
                 self.counters.errors += 1
                 self.last_error = f"flush: {exc}"

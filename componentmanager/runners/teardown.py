@@ -21,6 +21,8 @@ log = structlog.get_logger("flowctl.replica")
 
 #: How long a stopping replica waits for its last outputs to be stored.
 PUBLISHER_WAIT_S = 5.0
+#: How long one step of a stop (settle, the component's flush, its stop) may take.
+STEP_WAIT_S = 8.0
 
 
 class ReplicaTeardown:
@@ -43,12 +45,28 @@ class ReplicaTeardown:
 
     async def _teardown(self) -> None:
         """Close the inputs (nothing fires after this), settle, flush and stop the
-        component, send what it emitted last."""
+        component, send what it emitted last; each step bounded, and the replica's tasks
+        and publisher are ended even when the stop itself is cancelled."""
+        kept = False
+        try:
+            kept = await self._finish_component()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks.clear()
+            stored = await self._close_publisher()
+        if self._acked or self._state is not None:
+            self._settle_at_teardown(kept and stored and not self._outbox.pending)
+
+    async def _finish_component(self) -> bool:
+        """Whether what was processed is written and sent."""
         await self._close_inputs()
         if (self._acked or self._state is not None) and self.nc.is_connected:
             with contextlib.suppress(Exception):  # flush what is held, then ack its
-                await self._settle(force=True)    # inputs (stateful: checkpoint first)
-        kept = True  # what was processed is written and sent
+                async with asyncio.timeout(STEP_WAIT_S):  # inputs (stateful:
+                    await self._settle(force=True)          # checkpoint first)
+        kept = True
         if self.component is not None:
             comp, self.component = self.component, None
             if self._state is not None:  # still held, in the checkpoint: status says so
@@ -58,22 +76,20 @@ class ReplicaTeardown:
             hooks = (comp.stop,) if self._state is not None else (comp.flush, comp.stop)
             for hook in hooks:
                 try:
-                    await hook()
-                except Exception as exc:
+                    async with asyncio.timeout(STEP_WAIT_S):
+                        await hook()
+                except Exception as exc:  # (a timeout too)
                     kept = False
-                    self._lost_at_stop(comp.held(), f"{hook.__name__} failed at stop: {exc}")
+                    why = str(exc) or f"no end after {STEP_WAIT_S:g} s"
+                    self._lost_at_stop(comp.held(), f"{hook.__name__} failed at stop: {why}")
         try:
-            await self._outbox.flush()
+            async with asyncio.timeout(PUBLISHER_WAIT_S):
+                await self._outbox.flush()
         except Exception as exc:
             kept = False
-            self._lost_at_stop(self._outbox.pending, f"last outputs not sent: {exc}")
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-        stored = await self._close_publisher()
-        if self._acked or self._state is not None:
-            self._settle_at_teardown(kept and stored and not self._outbox.pending)
+            why = str(exc) or f"not sent within {PUBLISHER_WAIT_S:g} s"
+            self._lost_at_stop(self._outbox.pending, f"last outputs not sent: {why}")
+        return kept
 
     def _lost_at_stop(self, events: int, why: str) -> None:
         """Said once; at-most-once the events are gone (counted), at-least-once their
