@@ -1,16 +1,17 @@
 """The NATS data plane: what travels on a subject (:mod:`.wire`, pure), adaptive framing of
-outputs (:mod:`.emit`), the JetStream side of at-least-once flows (:mod:`.streams`) and
-the accounting of what is lost (:mod:`.accounting`). Runners and the SDK import from here.
+outputs (:mod:`.emit`), the JetStream side of at-least-once flows (:mod:`.streams`,
+:mod:`.pull`) and the accounting of what is lost (:mod:`.accounting`). Runners and the
+SDK import from here.
 """
 
 from componentmanager.dataplane.emit import Outbox
+from componentmanager.dataplane.pull import Puller
 from componentmanager.dataplane.streams import (
     ACK_WINDOW,
     DEFAULT_ACK_WAIT_S,
     DEFAULT_MAX_DELIVER,
     AckedPublisher,
     PublishFailed,
-    Puller,
 )
 from componentmanager.dataplane.wire import (
     FRAME_BYTES,

@@ -1,6 +1,6 @@
 """JetStream plumbing of at-least-once flows, seen from a replica: publishing with
-pipelined acks and backpressure (:class:`AckedPublisher`) and pulling a durable consumer
-without nats-py's per-message ``fetch()`` machinery (:class:`Puller`).
+pipelined acks and backpressure (:class:`AckedPublisher`); pulling is
+:mod:`componentmanager.dataplane.pull`.
 
 The flow's stream and consumers are defined in :mod:`flowstore.streams` (the engine creates
 them at deploy). Inputs are acked only after the outputs they caused are stored.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -23,7 +22,6 @@ from flowstore.streams import DEFAULT_ACK_WAIT_S, DEFAULT_MAX_DELIVER
 
 __all__ = [
     "ACK_WINDOW", "DEFAULT_ACK_WAIT_S", "DEFAULT_MAX_DELIVER", "AckedPublisher", "PublishFailed",
-    "Puller",
 ]
 
 log = structlog.get_logger("flowctl.streams")
@@ -34,11 +32,6 @@ ACK_WINDOW = 256
 ACK_SILENCE_S = 10.0
 #: A source publishes only while its flow's stream is at most this full.
 SOURCE_SHARE = 0.5
-#: Messages a pull request asks for, and how long it waits for them on the server.
-PULL_BATCH = 256
-PULL_EXPIRES_S = 5.0
-
-
 #: A publish nobody answered (no stream leader right now, e.g. while a cluster elects
 #: one after losing a node) is tried again this often, about 20 s in all, before the
 #: stream counts as missing.
@@ -290,108 +283,3 @@ class AckedPublisher:
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
-
-
-class Puller:
-    """Pulls a durable consumer into ``handle`` (one call per message, in order).
-
-    One pull request of :data:`PULL_BATCH` messages at a time, each with its own reply
-    subject (for its status messages); messages are handled as they arrive (no
-    per-message task, uuid or ``wait_for``). ``settle`` runs when a request is complete
-    and whenever the input goes idle, so acks are batched under load and prompt at low
-    rates.
-    """
-
-    def __init__(self, nc: NatsClient, stream: str, durable: str,
-                 handle: Callable[[Msg], Awaitable[None]],
-                 settle: Callable[[], Awaitable[None]]) -> None:
-        self.nc = nc
-        self._api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
-        self._handle = handle
-        self._settle = settle
-        self._inbox = nc.new_inbox()
-        self._k = 0
-        self._remaining = 0
-        self._done = asyncio.Event()
-        self._sub: Any = None
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self._idle = asyncio.Event()
-        self._idle.set()
-        #: the server said this consumer had nothing more (a pull request ran out), and
-        #: nothing came since: the input is quiet, not merely cut off (NATS frozen)
-        self.quiet = False
-        self._request = msgspec.json.encode(
-            {"batch": PULL_BATCH, "expires": int(PULL_EXPIRES_S * 1e9)})
-
-    @property
-    def task(self) -> asyncio.Task[None] | None:
-        """The pulling task (watched by the replica: it must never end on its own)."""
-        return self._task
-
-    async def start(self) -> None:
-        self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_msg,
-                                            pending_msgs_limit=4 * PULL_BATCH + 64)
-        self._task = asyncio.create_task(self._loop(), name=f"pull {self._api}")
-
-    async def _loop(self) -> None:
-        while True:
-            self._k += 1
-            self._remaining = PULL_BATCH
-            self._done.clear()
-            try:
-                await self.nc.publish(self._api, self._request, reply=f"{self._inbox}.{self._k}")
-                async with asyncio.timeout(PULL_EXPIRES_S + 2):
-                    await self._done.wait()
-                await self._settle()
-            except TimeoutError:
-                pass  # lost with a reconnect: ask again
-            except Exception as exc:  # never let the pulling die: wait, then ask again
-                log.warning("pull failed", consumer=self._api, error=f"{type(exc).__name__}: {exc}")
-                await asyncio.sleep(0.5)
-
-    async def _on_msg(self, msg: Msg) -> None:
-        # A delivered message keeps its stream subject; only status messages come on the
-        # request's reply subject. One request is open at a time, so every message
-        # counts towards it.
-        if msg.headers and msg.headers.get("Status"):
-            if msg.subject.endswith(f".{self._k}") and msg.headers["Status"] != "100":
-                self.quiet = msg.headers["Status"] in ("404", "408")
-                self._done.set()  # 408 expired, 409 ...: this request is over
-            return
-        if self._closing:  # stopping: delivered again at once, to whoever reads next
-            with contextlib.suppress(Exception):
-                await msg.nak()
-            return
-        self.quiet = False
-        self._idle.clear()
-        try:
-            await self._handle(msg)
-        finally:
-            self._idle.set()
-        self._remaining -= 1
-        if self._remaining <= 0:
-            self._done.set()
-            return
-        if self._sub is not None and self._sub.pending_msgs == 0:
-            await self._settle()  # idle: ack what is done now
-
-    async def stop(self) -> None:
-        """Stop asking; a message being handled finishes. What was delivered but not
-        handled is never acked: the server delivers it again after the ack wait."""
-        self._closing = True
-        try:
-            async with asyncio.timeout(3.0):
-                await self._idle.wait()
-        except TimeoutError:
-            pass
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        if self._sub is not None:
-            sub, self._sub = self._sub, None
-            try:
-                await sub.unsubscribe()
-            except Exception:
-                return

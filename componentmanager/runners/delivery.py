@@ -6,7 +6,7 @@
   with the number of events it carried ("overload (input queue full)"), so memory stays
   bounded and the connection's reader keeps up (the server never cuts it as a slow
   consumer). What is still queued when the replica stops is dropped and counted too.
-* at-least-once: a :class:`~componentmanager.dataplane.streams.Puller` per input. An
+* at-least-once: a :class:`~componentmanager.dataplane.pull.Puller` per input. An
   input message is acked once every output it caused is stored (and, for a buffering
   component, flushed: see :mod:`componentmanager.runners.acks`). A failing event that
   may pass on a retry (an I/O error, a timeout, a

@@ -1,0 +1,147 @@
+"""Pulling a durable JetStream consumer into a replica without nats-py's per-message
+``fetch()`` machinery (:class:`Puller`), sized to how fast the replica handles messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+log = structlog.get_logger("flowctl.streams")
+
+#: Messages a pull request asks for, and how long it waits for them on the server.
+PULL_BATCH = 256
+PULL_EXPIRES_S = 5.0
+#: A pull asks for about this much work (by the time a message took lately), so what
+#: waits in the agent is handled long before the ack wait delivers it again.
+PULL_WORK_S = 2.0
+#: Handled inputs are settled (acked) at least this often under load, which bounds what
+#: a crash makes a sink write again.
+SETTLE_EVERY_S = 1.0
+
+
+def pull_batch(seconds_per_message: float) -> int:
+    """How many messages one pull asks for, given how long one took lately."""
+    if seconds_per_message <= 0:
+        return PULL_BATCH
+    return max(1, min(PULL_BATCH, int(PULL_WORK_S / seconds_per_message)))
+
+
+class Puller:
+    """Pulls a durable consumer into ``handle`` (one call per message, in order).
+
+    One pull request of :data:`PULL_BATCH` messages at a time, each with its own reply
+    subject (for its status messages); messages are handled as they arrive (no
+    per-message task, uuid or ``wait_for``). ``settle`` runs when a request is complete,
+    whenever the input goes idle and every :data:`SETTLE_EVERY_S` under load, so acks are
+    batched under load and prompt at low rates. A slow handler gets smaller pulls
+    (:func:`pull_batch`): messages never wait in the agent until their ack wait ends.
+    """
+
+    def __init__(self, nc: NatsClient, stream: str, durable: str,
+                 handle: Callable[[Msg], Awaitable[None]],
+                 settle: Callable[[], Awaitable[None]]) -> None:
+        self.nc = nc
+        self._api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._handle = handle
+        self._settle = settle
+        self._inbox = nc.new_inbox()
+        self._k = 0
+        self._remaining = 0
+        self._done = asyncio.Event()
+        self._sub: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        #: the server said this consumer had nothing more (a pull request ran out), and
+        #: nothing came since: the input is quiet, not merely cut off (NATS frozen)
+        self.quiet = False
+        self._per_message = 0.0  # seconds a message took to handle lately (moving average)
+        self._settled_at = 0.0
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The pulling task (watched by the replica: it must never end on its own)."""
+        return self._task
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_msg,
+                                            pending_msgs_limit=4 * PULL_BATCH + 64)
+        self._task = asyncio.create_task(self._loop(), name=f"pull {self._api}")
+
+    async def _loop(self) -> None:
+        while True:
+            self._k += 1
+            self._remaining = batch = pull_batch(self._per_message)
+            self._done.clear()
+            request = b'{"batch":%d,"expires":%d}' % (batch, int(PULL_EXPIRES_S * 1e9))
+            try:
+                await self.nc.publish(self._api, request, reply=f"{self._inbox}.{self._k}")
+                async with asyncio.timeout(PULL_EXPIRES_S + 2):
+                    await self._done.wait()
+                await self._settle()
+                self._settled_at = time.monotonic()
+            except TimeoutError:
+                pass  # lost with a reconnect: ask again
+            except Exception as exc:  # never let the pulling die: wait, then ask again
+                log.warning("pull failed", consumer=self._api, error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(0.5)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        # A delivered message keeps its stream subject; only status messages come on the
+        # request's reply subject. One request is open at a time, so every message
+        # counts towards it.
+        if msg.headers and msg.headers.get("Status"):
+            if msg.subject.endswith(f".{self._k}") and msg.headers["Status"] != "100":
+                self.quiet = msg.headers["Status"] in ("404", "408")
+                self._done.set()  # 408 expired, 409 ...: this request is over
+            return
+        if self._closing:  # stopping: delivered again at once, to whoever reads next
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            return
+        self.quiet = False
+        self._idle.clear()
+        began = time.monotonic()
+        try:
+            await self._handle(msg)
+        finally:
+            self._idle.set()
+        now = time.monotonic()
+        self._per_message += (now - began - self._per_message) * 0.2
+        self._remaining -= 1
+        if self._remaining <= 0:
+            self._done.set()
+            return
+        idle = self._sub is not None and self._sub.pending_msgs == 0
+        if idle or now - self._settled_at >= SETTLE_EVERY_S:
+            self._settled_at = now
+            await self._settle()  # ack what is done now
+
+    async def stop(self) -> None:
+        """Stop asking; a message being handled finishes. What was delivered but not
+        handled is never acked: the server delivers it again after the ack wait."""
+        self._closing = True
+        try:
+            async with asyncio.timeout(3.0):
+                await self._idle.wait()
+        except TimeoutError:
+            pass
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                return
