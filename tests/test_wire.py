@@ -121,11 +121,3 @@ def test_a_dead_letter_too_large_beside_its_headers_keeps_a_preview() -> None:
     assert len(data) == 1024 and "an event of 1,500 bytes: its first 1,024 kept" in kept[HDR_ERROR]
     assert fit_dead_letter(b"x" * 100, headers, 2000) == (b"x" * 100, headers)
 
-
-def test_a_slow_replica_pulls_only_what_it_handles_well_within_the_ack_wait() -> None:
-    from componentmanager.dataplane.pull import PULL_BATCH, PULL_WORK_S, pull_batch
-
-    assert pull_batch(0.0) == PULL_BATCH  # nothing measured yet
-    assert pull_batch(0.0001) == PULL_BATCH  # fast: a full pull
-    assert pull_batch(0.1) == int(PULL_WORK_S / 0.1)  # about PULL_WORK_S of work
-    assert pull_batch(30.0) == 1

@@ -1,15 +1,15 @@
 """Pulling a durable JetStream consumer into a replica without nats-py's per-message
-``fetch()`` machinery (:class:`Puller`), sized to how fast the replica handles messages.
+``fetch()`` machinery (:class:`Puller`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -19,19 +19,6 @@ log = structlog.get_logger("flowctl.streams")
 #: Messages a pull request asks for, and how long it waits for them on the server.
 PULL_BATCH = 256
 PULL_EXPIRES_S = 5.0
-#: A pull asks for about this much work (by the time a message took lately), so what
-#: waits in the agent is handled long before the ack wait delivers it again.
-PULL_WORK_S = 2.0
-#: Handled inputs are settled (acked) at least this often under load, which bounds what
-#: a crash makes a sink write again.
-SETTLE_EVERY_S = 1.0
-
-
-def pull_batch(seconds_per_message: float) -> int:
-    """How many messages one pull asks for, given how long one took lately."""
-    if seconds_per_message <= 0:
-        return PULL_BATCH
-    return max(1, min(PULL_BATCH, int(PULL_WORK_S / seconds_per_message)))
 
 
 class Puller:
@@ -39,10 +26,9 @@ class Puller:
 
     One pull request of :data:`PULL_BATCH` messages at a time, each with its own reply
     subject (for its status messages); messages are handled as they arrive (no
-    per-message task, uuid or ``wait_for``). ``settle`` runs when a request is complete,
-    whenever the input goes idle and every :data:`SETTLE_EVERY_S` under load, so acks are
-    batched under load and prompt at low rates. A slow handler gets smaller pulls
-    (:func:`pull_batch`): messages never wait in the agent until their ack wait ends.
+    per-message task, uuid or ``wait_for``). ``settle`` runs when a request is complete
+    and whenever the input goes idle, so acks are batched under load and prompt at low
+    rates.
     """
 
     def __init__(self, nc: NatsClient, stream: str, durable: str,
@@ -64,8 +50,8 @@ class Puller:
         #: the server said this consumer had nothing more (a pull request ran out), and
         #: nothing came since: the input is quiet, not merely cut off (NATS frozen)
         self.quiet = False
-        self._per_message = 0.0  # seconds a message took to handle lately (moving average)
-        self._settled_at = 0.0
+        self._request = msgspec.json.encode(
+            {"batch": PULL_BATCH, "expires": int(PULL_EXPIRES_S * 1e9)})
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -80,15 +66,13 @@ class Puller:
     async def _loop(self) -> None:
         while True:
             self._k += 1
-            self._remaining = batch = pull_batch(self._per_message)
+            self._remaining = PULL_BATCH
             self._done.clear()
-            request = b'{"batch":%d,"expires":%d}' % (batch, int(PULL_EXPIRES_S * 1e9))
             try:
-                await self.nc.publish(self._api, request, reply=f"{self._inbox}.{self._k}")
+                await self.nc.publish(self._api, self._request, reply=f"{self._inbox}.{self._k}")
                 async with asyncio.timeout(PULL_EXPIRES_S + 2):
                     await self._done.wait()
                 await self._settle()
-                self._settled_at = time.monotonic()
             except TimeoutError:
                 pass  # lost with a reconnect: ask again
             except Exception as exc:  # never let the pulling die: wait, then ask again
@@ -110,21 +94,16 @@ class Puller:
             return
         self.quiet = False
         self._idle.clear()
-        began = time.monotonic()
         try:
             await self._handle(msg)
         finally:
             self._idle.set()
-        now = time.monotonic()
-        self._per_message += (now - began - self._per_message) * 0.2
         self._remaining -= 1
         if self._remaining <= 0:
             self._done.set()
             return
-        idle = self._sub is not None and self._sub.pending_msgs == 0
-        if idle or now - self._settled_at >= SETTLE_EVERY_S:
-            self._settled_at = now
-            await self._settle()  # ack what is done now
+        if self._sub is not None and self._sub.pending_msgs == 0:
+            await self._settle()  # idle: ack what is done now
 
     async def stop(self) -> None:
         """Stop asking; a message being handled finishes. What was delivered but not
