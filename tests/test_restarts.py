@@ -170,6 +170,7 @@ class Settling(InputAcks):
         self._state = None
         self._done = DoneInputs()
         self._handled = {f"gen.0.a-{i}" for i in range(len(msgs) + 1)}
+        self._in_hand = {"gen.0.a-9"}
         self._unacked = msgs
         self._unacked_since = 1.0
 
@@ -184,7 +185,7 @@ def test_inputs_written_but_not_acked_at_a_restart_are_acked_again_not_written_a
     kept = Settling(_messages())
     kept._settle_at_teardown(effects_kept=True)
     assert all(f"gen.0.a-{i}" in kept._done for i in range(3))
-    assert kept._unacked == [] and kept._handled == set()
+    assert kept._unacked == [] and kept._handled == set() == kept._in_hand
 
     lost = Settling(_messages())  # outputs not stored: processed again when redelivered
     lost._settle_at_teardown(effects_kept=False)

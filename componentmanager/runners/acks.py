@@ -72,6 +72,7 @@ class InputAcks:
     _progress_at: dict[str, float]
     _done: DoneInputs
     _handled: set[str]
+    _in_hand: set[str]
     _state: Any
     #: Output failures so far: an input being handled when one happened may have lost
     #: outputs in it, so it is delivered again too (see delivery's _taken_or_again).
@@ -150,6 +151,7 @@ class InputAcks:
                 self._done.remember(message_identity(msg.headers, msg.reply))
         self._unacked, self._unacked_since = [], None
         self._handled.clear()  # whatever was in hand is delivered again and taken anew
+        self._in_hand.clear()
 
     async def _nak_all(self, batch: list[Msg]) -> None:
         """Inputs whose outputs could not be stored: delivered again shortly."""

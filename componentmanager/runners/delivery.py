@@ -232,6 +232,13 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
                 self.counters.redelivered += 1  # handled here, its ack still to come:
                 self._unacked.append(msg)       # acked with the first delivery
                 return
+            if ident is not None and ident in self._in_hand:
+                # Delivered again after the ack wait while its first delivery is still
+                # being handled here (waiting on a slow sink): never twice at once.
+                self.counters.redelivered += 1
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
+                return
             if not self._meant_for_me(msg):
                 await self._ack_again(msg, counted=False)  # a replay for another node
                 return
@@ -246,6 +253,8 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
             events = decode_frame(msg.data, frame_count(msg.headers))
             self._progress_at[port] = asyncio.get_running_loop().time()
             failures_before = self._failures
+            if ident is not None:
+                self._in_hand.add(ident)  # until _taken_or_again (or the replica stops)
             if delivered >= DEAD_AFTER_DELIVERIES:
                 await self._dead_letter_unprocessed(port, msg, events, delivered)
                 await self._taken_or_again(port, msg, sequence, ident,
@@ -270,6 +279,7 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
                             self._took(port, msg, taken, perf_counter() - began)
                             if origin is not None:  # its partial frame must not take
                                 self._outbox.discard()  # the ids of the full one
+                            self._in_hand.discard(ident)  # type: ignore[arg-type]
                             return  # stopped mid-frame: never acked, delivered again
                         self.counters.in_ += 1
                         taken += 1
@@ -299,6 +309,7 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
         outputs failed to be stored while it was handled (then its own may be lost too,
         and the settle that saw the failure did not have it): delivered again, later
         each time. No await before the append (see _taken_in)."""
+        self._in_hand.discard(ident)  # type: ignore[arg-type]
         unstored = id(msg) in self._dead_letters_unstored
         if not unstored and failures_before == self._failures:
             self._taken_in(port, msg, sequence, ident)

@@ -68,6 +68,7 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
         self._progress_at: dict[str, float] = {}
         self._done = DoneInputs()
         self._handled: set[str] = set()
+        self._in_hand: set[str] = set()  # inputs being handled now, by identity
         self._dead_letters_unstored: set[int] = set()
         self._checkpoint: SourceCheckpoint | None = None
         self._stored_mark: StoredMark | None = None  # what the last run knew was stored
