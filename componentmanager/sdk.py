@@ -17,7 +17,8 @@ output port. An exception is printed to stderr (the first of a kind per 10 s, th
 count) and the event is dead-lettered to ``flowctl.<flow>.<node>.dlq`` with a
 ``Flowctl-Error`` header; the program goes on. With at-least-once the dead letter is
 stored before its input is acked (else the input is delivered again), and an input
-delivered ``DEAD_AFTER_DELIVERIES`` times is dead-lettered without calling the handler.
+delivered too often (:func:`~componentmanager.dataplane.wire.undeliverable`) is
+dead-lettered without calling the handler.
 
 A source (returns when it is done; the program then exits 0)::
 
@@ -69,14 +70,13 @@ from componentmanager.dataplane import (
     decode_frame,
     encode,
     event_as_received,
-    fit_dead_letter,
     frame_count,
+    store_dead_letter,
 )
 from componentmanager.dataplane.accounting import Throttle, shape
-from componentmanager.dataplane.wire import delivery_of
+from componentmanager.dataplane.wire import delivery_of, redelivery_delay, undeliverable
 from flowstore.models import DEFAULT_OUTPUT_PORT, dlq_subject, status_key, stream_name
 from flowstore.nats import STATUS_BUCKET, NatsOptions, connect, open_bucket
-from flowstore.streams import DEAD_AFTER_DELIVERIES
 
 __all__ = [
     "HDR_META",
@@ -86,10 +86,10 @@ __all__ = [
 ]
 
 Handler = Callable[[Any, str], Any]
+Source = Callable[["Component"], Awaitable[None]]
 
 #: How long each step of closing (send, settle, wait for acks) may take.
 CLOSE_STEP_S = 5.0
-Source = Callable[["Component"], Awaitable[None]]
 
 
 def _log(message: str) -> None:
@@ -190,7 +190,7 @@ class Component:
             else:  # a dead letter not stored, or outputs failed (maybe its own) while it
                 # was handled: delivered again (later each time), never acked unkept
                 with contextlib.suppress(Exception):
-                    await msg.nak(delay=min(2.0 * max(delivered, 1), 30.0))
+                    await msg.nak(delay=redelivery_delay(delivered))
 
         return on_msg
 
@@ -200,9 +200,8 @@ class Component:
         not be stored."""
         self.received += 1
         try:
-            if delivered >= DEAD_AFTER_DELIVERIES:
-                raise RuntimeError(f"delivered {delivered} times without being acked: "
-                                   "dead-lettered unprocessed")
+            if (why := undeliverable(delivered)) is not None:
+                raise RuntimeError(why)
             result = handler(event, port)
             if inspect.isawaitable(result):
                 result = await result
@@ -225,13 +224,9 @@ class Component:
 
     async def _dead_letter(self, data: bytes, headers: dict[str, str]) -> bool:
         """Whether it was stored (at-least-once: confirmed by FLOWCTL_DLQ)."""
-        subject = dlq_subject(self.flow, self.node)
-        data, headers = fit_dead_letter(data, headers, self.nc.max_payload or 1 << 20)
         try:
-            if self._publisher is not None:
-                await self.nc.jetstream().publish(subject, data, headers=headers)
-            else:
-                await self.nc.publish(subject, data, headers=headers)
+            await store_dead_letter(self.nc, dlq_subject(self.flow, self.node), data,
+                                    headers, confirmed=self._publisher is not None)
             return True
         except Exception as exc:
             self._say("dead letter not stored", f"{type(exc).__name__}: {exc}")

@@ -147,8 +147,9 @@ def test_a_late_list_redraw_does_not_replace_the_flow_opened_meanwhile(console: 
             assert held, "no status change redrew the flow list in 15 s"
             page.get_by_role("link", name="shop").click()
             expect(page.locator("svg.graph g[data-node]")).to_have_count(3)
-            held[0].continue_()
-            page.wait_for_timeout(1000)
+            with page.expect_response("**/api/flows"):
+                held[0].continue_()
+            page.wait_for_timeout(300)  # (its answer is read and would be drawn now)
             expect(page.locator("h2")).to_have_text("flow/shop")
             expect(page.locator("svg.graph g[data-node]")).to_have_count(3)
         finally:

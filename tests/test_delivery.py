@@ -130,10 +130,14 @@ async def test_a_dead_letter_not_stored_leaves_its_input_unacked(nc, agents, tmp
     try:
         await engine.start("nodlq")
         await wait_until(lambda: _has_lines(out, 18), what="the good events", timeout=20)
-        await asyncio.sleep(3)
-        infos = await js.consumers_info(stream_name("nodlq"))
-        work = next(c for c in infos if "work" in c.name)
-        assert work.num_ack_pending + work.num_pending >= 1  # not acked: delivered again
+
+        async def delivered_again() -> bool:  # not acked: the failing inputs come back
+            infos = await js.consumers_info(stream_name("nodlq"))
+            return next(c for c in infos if "work" in c.name).num_redelivered >= 1
+
+        await wait_until(delivered_again, what="the inputs delivered again", timeout=20)
+        dlq = await js.stream_info(DLQ_STREAM, subjects_filter=dlq_subject("nodlq", "work"))
+        assert dlq.state.messages == 0
     finally:
         await _limit_message_size(js, DLQ_STREAM, -1)
 

@@ -12,6 +12,7 @@ from componentmanager.dataplane.streams import (
     DEFAULT_MAX_DELIVER,
     AckedPublisher,
     PublishFailed,
+    store_dead_letter,
 )
 from componentmanager.dataplane.wire import (
     FRAME_BYTES,
@@ -35,5 +36,5 @@ __all__ = [
     "HDR_ERROR", "HDR_META", "HDR_REPLAY_TO", "AckedPublisher", "EventIds", "Outbox",
     "PublishFailed", "Puller",
     "dead_letter_headers", "decode", "decode_frame", "encode", "event_as_received",
-    "event_id", "fit_dead_letter", "frame_count",
+    "event_id", "fit_dead_letter", "frame_count", "store_dead_letter",
 ]

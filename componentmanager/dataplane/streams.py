@@ -18,10 +18,12 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from componentmanager.dataplane.wire import fit_dead_letter
 from flowstore.streams import DEFAULT_ACK_WAIT_S, DEFAULT_MAX_DELIVER
 
 __all__ = [
     "ACK_WINDOW", "DEFAULT_ACK_WAIT_S", "DEFAULT_MAX_DELIVER", "AckedPublisher", "PublishFailed",
+    "store_dead_letter",
 ]
 
 log = structlog.get_logger("flowctl.streams")
@@ -40,6 +42,18 @@ NO_RESPONDERS_TRIES = 15
 
 class PublishFailed(Exception):
     pass
+
+
+async def store_dead_letter(nc: NatsClient, subject: str, data: bytes,
+                            headers: dict[str, str], confirmed: bool) -> None:
+    """Publish a dead letter (FLOWCTL_DLQ keeps it), as a preview when it would not fit
+    beside its headers; ``confirmed``: wait for the stream's ack (at-least-once). Raises
+    when it was not taken."""
+    data, headers = fit_dead_letter(data, headers, nc.max_payload or 1 << 20)
+    if confirmed:
+        await nc.jetstream().publish(subject, data, headers=headers)
+    else:
+        await nc.publish(subject, data, headers=headers)
 
 
 def _stream_full(reply: bytes) -> bool:

@@ -27,6 +27,7 @@ import msgspec
 from flowstore.models import HDR_ERROR as HDR_ERROR
 from flowstore.models import HDR_META as HDR_META
 from flowstore.models import HDR_REPLAY_TO as HDR_REPLAY_TO
+from flowstore.streams import DEAD_AFTER_DELIVERIES
 
 #: A frame is cut at this many events or bytes (whichever comes first).
 FRAME_EVENTS = 128
@@ -152,6 +153,20 @@ def delivery_of(reply: str | None) -> tuple[int, int] | None:
     except ValueError:
         return None
     return None
+
+
+def undeliverable(delivered: int) -> str | None:
+    """Why an input delivered ``delivered`` times is dead-lettered unprocessed (None:
+    it is handled as usual); see :data:`flowstore.streams.DEAD_AFTER_DELIVERIES`."""
+    if delivered < DEAD_AFTER_DELIVERIES:
+        return None
+    return (f"delivered {delivered} times without being acked (its replica crashed on it "
+            "or could not store its outputs each time): dead-lettered unprocessed")
+
+
+def redelivery_delay(delivered: int) -> float:
+    """How long an input that must be taken again waits first: longer each time."""
+    return min(2.0 * max(delivered, 1), 30.0)
 
 
 def message_identity(headers: dict[str, str] | None, reply: str | None) -> str | None:

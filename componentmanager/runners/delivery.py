@@ -38,12 +38,18 @@ from componentmanager.dataplane import (
     frame_count,
 )
 from componentmanager.dataplane.partition import KeyNotComputed, partition_origin
-from componentmanager.dataplane.wire import HDR_REPLAY_TO, delivery_of, message_identity
+from componentmanager.dataplane.wire import (
+    HDR_REPLAY_TO,
+    delivery_of,
+    message_identity,
+    redelivery_delay,
+    undeliverable,
+)
 from componentmanager.runners.acks import DoneInputs, InputAcks
 from componentmanager.runners.failures import EventFailures
 from componentmanager.runners.stateful import KeyedInputs
 from flowstore.models import input_consumer, stream_name
-from flowstore.streams import DEAD_AFTER_DELIVERIES, ensure_consumer
+from flowstore.streams import ensure_consumer
 
 log = structlog.get_logger("flowctl.replica")
 
@@ -250,58 +256,66 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
             if self._state is not None and self._state.covers(port, sequence):
                 await self._ack_again(msg)  # in the restored state already: not twice
                 return
-            events = decode_frame(msg.data, frame_count(msg.headers))
-            self._progress_at[port] = asyncio.get_running_loop().time()
-            failures_before = self._failures
             if ident is not None:
-                self._in_hand.add(ident)  # until _taken_or_again (or the replica stops)
-            if delivered >= DEAD_AFTER_DELIVERIES:
-                await self._dead_letter_unprocessed(port, msg, events, delivered)
-                await self._taken_or_again(port, msg, sequence, ident,
-                                           delivered, failures_before)
-                return
-            origin = ident if ident and _emits_per_input(comp) else None
-            if origin is not None and self.partition is not None:
-                origin = partition_origin(origin, self.partition, self.cfg.replicas)
-            began, taken = perf_counter(), 0
-            self._mid_message += 1  # no state checkpoint while a message is half done
+                self._in_hand.add(ident)
             try:
-                async with self._outbox.handling(origin):  # outputs go out at the end
-                    batch = await self._take_batch(comp, port, events)
-                    if batch is not None:
-                        taken = batch
-                        if self._since_yield >= YIELD_EVERY_BATCHED:
-                            self._since_yield = 0
-                            await self._still_working(port, msg)
-                            await asyncio.sleep(0)
-                    for index, event in enumerate(events if batch is None else ()):
-                        if self.component is not comp:
-                            self._took(port, msg, taken, perf_counter() - began)
-                            if origin is not None:  # its partial frame must not take
-                                self._outbox.discard()  # the ids of the full one
-                            self._in_hand.discard(ident)  # type: ignore[arg-type]
-                            return  # stopped mid-frame: never acked, delivered again
-                        self.counters.in_ += 1
-                        taken += 1
-                        try:
-                            if self._owns is not None and not self._owns(event):
-                                self.counters.in_ -= 1  # another partition's: its
-                                taken -= 1              # replica counts it
-                                continue
-                            await comp.process(port, event)  # the common case, inline
-                        except Exception as exc:
-                            await self._retry(comp, port, msg, index, event, exc)
-                        self._since_yield += 1
-                        if self._since_yield >= YIELD_EVERY:
-                            self._since_yield = 0
-                            await self._still_working(port, msg)
-                            await asyncio.sleep(0)
+                await self._take(port, comp, msg, ident, sequence, delivered)
             finally:
-                self._mid_message -= 1
-            self._took(port, msg, taken, perf_counter() - began)
-            await self._taken_or_again(port, msg, sequence, ident, delivered, failures_before)
+                self._in_hand.discard(ident)  # type: ignore[arg-type]
 
         return on_msg
+
+    async def _take(self, port: str, comp: Any, msg: Msg, ident: str | None, sequence: int,
+                    delivered: int) -> None:
+        """Handle an input message's events (it is in hand meanwhile: a redelivery of it
+        is not taken twice), then let it wait for its ack or come again."""
+        events = decode_frame(msg.data, frame_count(msg.headers))
+        self._progress_at[port] = asyncio.get_running_loop().time()
+        failures_before = self._failures
+        if (why := undeliverable(delivered)) is not None:
+            await self._dead_letter_unprocessed(port, msg, events, EventError(why))
+            await self._taken_or_again(port, msg, sequence, ident,
+                                       delivered, failures_before)
+            return
+        origin = ident if ident and _emits_per_input(comp) else None
+        if origin is not None and self.partition is not None:
+            origin = partition_origin(origin, self.partition, self.cfg.replicas)
+        began, taken = perf_counter(), 0
+        self._mid_message += 1  # no state checkpoint while a message is half done
+        try:
+            async with self._outbox.handling(origin):  # outputs go out at the end
+                batch = await self._take_batch(comp, port, events)
+                if batch is not None:
+                    taken = batch
+                    if self._since_yield >= YIELD_EVERY_BATCHED:
+                        self._since_yield = 0
+                        await self._still_working(port, msg)
+                        await asyncio.sleep(0)
+                for index, event in enumerate(events if batch is None else ()):
+                    if self.component is not comp:
+                        self._took(port, msg, taken, perf_counter() - began)
+                        if origin is not None:  # its partial frame must not take
+                            self._outbox.discard()  # the ids of the full one
+                        return  # stopped mid-frame: never acked, delivered again
+                    self.counters.in_ += 1
+                    taken += 1
+                    try:
+                        if self._owns is not None and not self._owns(event):
+                            self.counters.in_ -= 1  # another partition's: its
+                            taken -= 1              # replica counts it
+                            continue
+                        await comp.process(port, event)  # the common case, inline
+                    except Exception as exc:
+                        await self._retry(comp, port, msg, index, event, exc)
+                    self._since_yield += 1
+                    if self._since_yield >= YIELD_EVERY:
+                        self._since_yield = 0
+                        await self._still_working(port, msg)
+                        await asyncio.sleep(0)
+        finally:
+            self._mid_message -= 1
+        self._took(port, msg, taken, perf_counter() - began)
+        await self._taken_or_again(port, msg, sequence, ident, delivered, failures_before)
 
     async def _taken_or_again(self, port: str, msg: Msg, sequence: int, ident: str | None,
                               delivered: int, failures_before: int) -> None:
@@ -309,14 +323,13 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
         outputs failed to be stored while it was handled (then its own may be lost too,
         and the settle that saw the failure did not have it): delivered again, later
         each time. No await before the append (see _taken_in)."""
-        self._in_hand.discard(ident)  # type: ignore[arg-type]
         unstored = id(msg) in self._dead_letters_unstored
         if not unstored and failures_before == self._failures:
             self._taken_in(port, msg, sequence, ident)
             return
         self._dead_letters_unstored.discard(id(msg))
         with contextlib.suppress(Exception):
-            await msg.nak(delay=min(2.0 * max(delivered, 1), 30.0))
+            await msg.nak(delay=redelivery_delay(delivered))
 
     def _taken_in(self, port: str, msg: Msg, sequence: int, ident: str | None) -> None:
         """An input message is handled: it waits for its ack (see _settle). Called with no
@@ -329,25 +342,6 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
             self._handled.add(ident)
         if not self._unacked_since:
             self._unacked_since = asyncio.get_running_loop().time()
-
-    async def _dead_letter_unprocessed(self, port: str, msg: Msg, events: list[Any],
-                                       delivered: int) -> None:
-        """An input delivered :data:`DEAD_AFTER_DELIVERIES` times was never acked: its
-        events (this replica's share) fail as they are, so none goes unseen."""
-        why = EventError(f"delivered {delivered} times without being acked (its replica "
-                         "crashed on it or could not store its outputs each time): "
-                         "dead-lettered unprocessed")
-        taken = 0
-        for index, event in enumerate(events):
-            try:
-                if self._owns is not None and not self._owns(event):
-                    continue
-            except Exception:
-                pass  # its key cannot be computed: it would fail here anyway
-            self.counters.in_ += 1
-            taken += 1
-            await self._failed_event(port, msg, index, event, why)
-        self._took(port, msg, taken, 0.0)
 
     def _meant_for_me(self, msg: Msg) -> bool:
         """A dead letter replayed into a shared input subject is meant for one node

@@ -23,8 +23,8 @@ from componentmanager.dataplane import (
     encode,
     event_as_received,
     event_id,
-    fit_dead_letter,
     frame_count,
+    store_dead_letter,
 )
 from componentmanager.dataplane.accounting import shape
 from flowstore.models import dlq_subject
@@ -45,6 +45,8 @@ class EventFailures:
     last_error: str | None
     _acked: bool
     _dead_letters_unstored: set[int]  # id() of inputs one of whose dead letters failed
+    _owns: Any
+    _took: Any
 
     async def _failed_event(self, port: str, msg: Msg | None, index: int, event: Any,
                             exc: Exception) -> None:
@@ -56,7 +58,24 @@ class EventFailures:
         data = (encode(event) if msg is None
                 else event_as_received(msg.data, frame_count(msg.headers), index))
         if not await self._dead_letter(data, headers) and msg is not None and self._acked:
-            self._dead_letters_unstored.add(id(msg))  # not acked: see _taken_or_nak
+            self._dead_letters_unstored.add(id(msg))  # not acked: see _taken_or_again
+
+    async def _dead_letter_unprocessed(self, port: str, msg: Msg, events: list[Any],
+                                       why: EventError) -> None:
+        """An input delivered too often was never acked (see
+        :func:`~componentmanager.dataplane.wire.undeliverable`): its events (this
+        replica's share) fail as they are, so none goes unseen."""
+        taken = 0
+        for index, event in enumerate(events):
+            try:
+                if self._owns is not None and not self._owns(event):
+                    continue
+            except Exception:
+                pass  # its key cannot be computed: it would fail here anyway
+            self.counters.in_ += 1
+            taken += 1
+            await self._failed_event(port, msg, index, event, why)
+        self._took(port, msg, taken, 0.0)
 
     async def reject(self, data: bytes, reason: str) -> None:
         self._count_error(reason)
@@ -74,13 +93,9 @@ class EventFailures:
     async def _dead_letter(self, data: bytes, headers: dict[str, str]) -> bool:
         """Publish to the node's dead-letter subject (stored in FLOWCTL_DLQ; with
         at-least-once confirmed by the stream): whether it was."""
-        subject = dlq_subject(self.flow, self.node)
-        data, headers = fit_dead_letter(data, headers, self.nc.max_payload or 1 << 20)
         try:
-            if self._acked:
-                await self.nc.jetstream().publish(subject, data, headers=headers)
-            else:
-                await self.nc.publish(subject, data, headers=headers)
+            await store_dead_letter(self.nc, dlq_subject(self.flow, self.node), data,
+                                    headers, confirmed=self._acked)
             return True
         except Exception as dlq_exc:
             if self.host.throttle.admit(("dead-letter failed", self.key, shape(str(dlq_exc))),
