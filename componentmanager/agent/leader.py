@@ -55,6 +55,7 @@ class Leader:
         self._watching_since: float | None = None
         self._live_before: set[str] = set()
         self._holding_since: float | None = None
+        self._held: set[str] = set()  # agents held live after going silent together
         #: agent -> (revision, record) of its last record that parsed
         self._last_good: dict[str, tuple[int, AgentRecord]] = {}
         self._pending_written: dict[str, str] = {}
@@ -148,25 +149,28 @@ class Leader:
     def _all_silent_at_once(self, live: list[AgentRecord], silent: list[AgentRecord],
                             now: float) -> list[AgentRecord]:
         """Every other agent going silent in the same moment is more likely a cut between
-        them and NATS (or this leader's own view) than a mass death: they are held live
-        for up to :data:`HOLD_ALL_SILENT_S` while fresh heartbeats are awaited. Returns
-        the silent agents to keep treating as live."""
+        them and NATS (or this leader's own view) than a mass death: each of them is held
+        live until it heartbeats again, for up to :data:`HOLD_ALL_SILENT_S` (one coming
+        back first does not end the hold of the others: they went silent for the same
+        reason). Returns the silent agents to keep treating as live."""
         me = self.agent.agent_name
+        live_names = {r.name for r in live}
+        if self._holding_since is not None:
+            self._held -= live_names
+            if self._held and now - self._holding_since < HOLD_ALL_SILENT_S:
+                return [r for r in silent if r.name in self._held]
+            self._holding_since, self._held = None, set()
         if any(r.name != me for r in live) or not silent:
-            self._holding_since = None
-            self._live_before = {r.name for r in live}
+            self._live_before = live_names
             return []
-        if self._holding_since is None:
-            newly = [r for r in silent if r.name in self._live_before]
-            self._live_before = {r.name for r in live}
-            if len(newly) < 2:
-                return []  # one agent died (the others were gone already): fail over
-            self._holding_since = now
-            log.warning("every other agent went silent at once; waiting for fresh "
-                        "heartbeats before moving anything", agents=len(newly))
-        if now - self._holding_since < HOLD_ALL_SILENT_S:
-            return silent
-        return []
+        newly = [r for r in silent if r.name in self._live_before]
+        self._live_before = live_names
+        if len(newly) < 2:
+            return []  # one agent died (the others were gone already): fail over
+        self._holding_since, self._held = now, {r.name for r in newly}
+        log.warning("every other agent went silent at once; waiting for fresh "
+                    "heartbeats before moving anything", agents=len(newly))
+        return newly
 
     def live_agents(self, records: dict[str, tuple[int, AgentRecord]]) -> list[AgentRecord]:
         """Agents whose record changed recently, judged on this leader's clock."""
