@@ -90,7 +90,7 @@ def replay(
     async def go() -> None:
         async with await engine_session() as engine:
             record = await engine.flows.get(name)
-            acked = record.spec.delivery == "at-least-once"
+            acked = record.spec.delivery != "at-most-once"
             if record.state == FlowState.NOT_DEPLOYED:
                 fail(f"flow/{name} is not deployed: deploy it first (`flowctl deploy {name}`), "
                      "then replay")

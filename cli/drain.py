@@ -86,7 +86,7 @@ def drained(spec: Any, configs: list[Any], statuses: list[Any],
         progress.waiting = "unacked input messages: " + ", ".join(
             f"{k} {n:,}" for k, n in sorted(unacked.items()))
         return progress
-    if backlog is None or not any(c.delivery == "at-least-once" for c in configs):
+    if backlog is None or not any(c.delivery != "at-most-once" for c in configs):
         progress.unjudged = [n for n, c in by_node.items()
                              if c.role != "source" and not reports_counters(c)]
     progress.done = True

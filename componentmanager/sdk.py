@@ -136,7 +136,7 @@ class Component:
 
     async def connect(self) -> None:
         self.nc = await connect(self.nats, name=f"flowctl-sdk {self.service_id}", reconnect=True)
-        if self.delivery == "at-least-once":
+        if self.delivery != "at-most-once":
             source_of = stream_name(self.flow) if not self.inputs else None
             self._publisher = await AckedPublisher(self.nc, source_of).open()
         self._flusher = asyncio.ensure_future(self._outbox.run_flusher())
@@ -267,7 +267,7 @@ class Component:
     async def wait_for_downstream(self) -> None:
         """Until every downstream replica reports ``running`` (or a stop is requested)."""
         keys = [status_key(self.flow, n, r) for n, k in self.downstream.items() for r in range(k)]
-        if not keys or self.delivery == "at-least-once":
+        if not keys or self.delivery != "at-most-once":
             return
         kv = await open_bucket(self.nc, STATUS_BUCKET)
         while keys and not self._stop.is_set():

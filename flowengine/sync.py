@@ -276,7 +276,7 @@ class FlowKV:
     async def _ensure_streams(self, name: str, spec: FlowSpec,
                               configs: list[ComponentConfig]) -> None:
         try:
-            if spec.delivery == "at-least-once":
+            if spec.delivery != "at-most-once":  # acked: the flow's stream
                 await ensure_flow_streams(self.nc, name, configs, spec.buffer, self.kv_replicas)
             else:
                 await ensure_dlq_stream(self.nc, self.kv_replicas)

@@ -9,9 +9,15 @@ not. With a :class:`~flowstore.loader.SourceMap` each issue points at the file
 
 Errors: unknown_type, ambiguous_type, role_mismatch, invalid_config, duplicate_id,
 reserved_name, unknown_node, unknown_port, wrong_port_direction, source_with_inputs,
-sink_with_outputs, missing_required_input, cycle, command_with_arguments. Warnings:
-unused_output, disconnected_node, duplicate_connection, unsatisfiable_placement (only
-when ``agents`` is given).
+sink_with_outputs, missing_required_input, cycle, command_with_arguments,
+not_exactly_once. Warnings: unused_output, disconnected_node, duplicate_connection,
+unsatisfiable_placement (only when ``agents`` is given), exactly_once_receiver.
+
+``delivery: exactly-once`` refuses the nodes that cannot take part (``not_exactly_once``):
+a ``stdout`` sink (it cannot undo what it printed), a ``nats`` sink unless its
+``config.stream`` names the stream that stores its subject (the server's streams are not
+seen offline), and programs and containers (the SDK is at-least-once). An ``http`` sink
+is a warning (``exactly_once_receiver``): the receiver must de-duplicate.
 
 A node run as a program or container (``command`` / ``image``) whose type is not
 registered is accepted: its role comes from the file section and its ports default to
@@ -209,6 +215,43 @@ class _Checker(GraphChecks):
                      f"inputs, it has {len(upstream)}", node=node.id, path=f"{path}.inputs",
                      suggestion="inputs: [orders, payments]")
 
+    def _check_exactly_once(self, i: int, node: Node) -> None:
+        """``delivery: exactly-once``: refuse what would repeat an effect (see the module
+        docstring); warn for an http sink, whose receiver must de-duplicate."""
+        if self.spec.delivery != "exactly-once":
+            return
+        path, kind = self.node_path[i], node.kind
+        instead = "or use delivery: at-least-once for this flow"
+        if kind != "inprocess":
+            what = "container" if kind == "container" else "program"
+            self.add("not_exactly_once", f"node '{node.id}': a {what} cannot take part in an "
+                     "exactly-once flow (the SDK is at-least-once: it may repeat outputs "
+                     "after a crash)", node=node.id,
+                     path=f"{path}.{'image' if kind == 'container' else 'command'}",
+                     suggestion=f"make it a built-in or python node, {instead}")
+            return
+        ctype = resolve_type(node, self.spec)
+        if ctype is None or ctype.role != "sink":
+            return
+        if ctype.name == "stdout":
+            self.add("not_exactly_once", f"node '{node.id}': a stdout sink cannot take part "
+                     "in an exactly-once flow: it cannot undo what it printed",
+                     node=node.id, path=f"{path}.type",
+                     suggestion=f"write to a file sink instead, {instead}")
+        elif ctype.name == "nats" and not node.config.get("stream"):
+            subject = node.config.get("subject")
+            self.add("not_exactly_once", f"node '{node.id}': a nats sink takes part in an "
+                     "exactly-once flow only if a stream stores its subject"
+                     f"{f' {subject!r}' if subject else ''}, and validation cannot see the "
+                     "server's streams", node=node.id, path=f"{path}.config",
+                     suggestion=f"name that stream in config.stream, {instead}")
+        elif ctype.name == "http":
+            self.add("exactly_once_receiver", f"node '{node.id}': an http sink may POST an "
+                     "event again (after a crash or a timeout): the receiver must "
+                     "de-duplicate by the Idempotency-Key header", severity="warning",
+                     node=node.id, path=path, suggestion="make the receiver ignore a key it "
+                     "has already seen")
+
     def run(self, name: str | None, agents: list[AgentRecord] | None) -> None:
         if name in RESERVED_FLOW_NAMES:
             path = None
@@ -228,6 +271,7 @@ class _Checker(GraphChecks):
             shapes[node.id] = self.shape(i, node)
             self._check_command(i, node)
             self._check_keyed(i, node)
+            self._check_exactly_once(i, node)
         edges = self._connections(shapes)
         self._graph(shapes, edges)
         if agents is not None:

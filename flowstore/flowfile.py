@@ -95,12 +95,14 @@ class FileSpec(BaseModel):
     delivery: Delivery = Field(
         default="at-least-once",
         description="at-least-once (the default): events kept in a JetStream stream until "
-        "every consumer acked them; at-most-once: core NATS, overload drops (counted).",
+        "every consumer acked them; at-most-once: core NATS, overload drops (counted); "
+        "exactly-once: as at-least-once, and validation refuses nodes that could repeat "
+        "an effect (stdout sinks, programs, containers, nats sinks without stream).",
     )
     buffer: ByteSize = Field(
         default=DEFAULT_BUFFER,
-        description="at-least-once: how much the flow's stream may hold (bytes, or e.g. "
-        "64MiB, 1GB); past it, publishers wait (backpressure).",
+        description="at-least-once and exactly-once: how much the flow's stream may hold "
+        "(bytes, or e.g. 64MiB, 1GB); past it, publishers wait (backpressure).",
     )
     sources: list[ComponentEntry] = Field(default_factory=list)
     processors: list[ComponentEntry] = Field(default_factory=list)

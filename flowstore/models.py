@@ -17,7 +17,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_serial
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=63)]
 
-Delivery = Literal["at-most-once", "at-least-once"]
+#: How a flow's events travel. ``at-least-once`` and ``exactly-once`` go through the flow's
+#: JetStream stream, acked (``delivery != "at-most-once"`` means that); ``exactly-once``
+#: also refuses, at validation, nodes that cannot take part in it (``flowengine.validate``).
+Delivery = Literal["at-most-once", "at-least-once", "exactly-once"]
 
 #: The default of ``spec.buffer``: what an at-least-once flow's stream may hold.
 DEFAULT_BUFFER = 256 * 2**20

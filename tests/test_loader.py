@@ -101,6 +101,18 @@ def test_all_schema_problems_reported_together_with_lines() -> None:
     assert "line 14: spec.processors[0].colour: unknown field" in text
 
 
+def test_delivery_takes_three_modes_and_names_them_when_wrong() -> None:
+    loaded = parse_flow(GOOD.replace("at-least-once", "exactly-once"))
+    assert loaded.spec.delivery == "exactly-once"
+    assert FlowRecord(name="orders", spec=loaded.spec).spec.delivery == "exactly-once"
+    with pytest.raises(FlowFileError) as err:
+        parse_flow(GOOD.replace("at-least-once", "exactly-twice"), "x.yaml")
+    (problem,) = err.value.problems
+    assert (problem.path, problem.line) == ("spec.delivery", 7)
+    for mode in ("'at-most-once'", "'at-least-once'", "'exactly-once'", "'exactly-twice'"):
+        assert mode in problem.message
+
+
 def test_invalid_yaml_has_a_line() -> None:
     with pytest.raises(FlowFileError) as err:
         parse_flow("apiVersion: flowctl/v1\nspec: [unclosed\nkind: Flow\n", "x.yaml")

@@ -314,3 +314,107 @@ def test_canvas_node_whose_shared_type_its_connections_cannot_tell() -> None:
         connections=[Connection(from_="f.out", to="s.in")],
     )
     assert validate(connected).status == "valid"
+
+
+# -- delivery: exactly-once ------------------------------------------------------------------
+
+EXACTLY_ONCE = """\
+  delivery: {delivery}
+  sources:
+    - {{id: gen, type: t-gen}}
+  sinks:
+{sinks}"""
+
+
+def exactly_once(sinks: str, delivery: str = "exactly-once") -> ValidationResult:
+    return check(EXACTLY_ONCE.format(delivery=delivery, sinks=sinks))
+
+
+def test_exactly_once_refuses_a_stdout_sink() -> None:
+    result = exactly_once("    - {id: out, type: stdout, inputs: [gen]}\n")
+    issue = only(result, "not_exactly_once")
+    assert (issue["severity"], issue["node"]) == ("error", "out")
+    assert (issue["path"], issue["line"]) == ("spec.sinks[0].type", 10)
+    assert "cannot undo what it printed" in issue["message"]
+    assert "delivery: at-least-once" in issue["suggestion"]
+    assert result.status == "errors"
+
+
+def test_exactly_once_refuses_a_nats_sink_without_its_stream() -> None:
+    result = exactly_once("    - {id: pub, type: nats, inputs: [gen],\n"
+                          "       config: {subject: orders.done}}\n")
+    issue = only(result, "not_exactly_once")
+    assert (issue["node"], issue["path"], issue["line"]) == ("pub", "spec.sinks[0].config", 11)
+    assert "'orders.done'" in issue["message"]
+    assert "config.stream" in issue["suggestion"]
+    assert not result.ok
+
+
+class NatsWithStreamConfig(BaseModel):
+    """The nats sink's config once it has ``stream`` (the validator reads only that key)."""
+
+    model_config = ConfigDict(extra="forbid")
+    subject: str
+    stream: str | None = None
+
+
+def test_exactly_once_accepts_a_nats_sink_that_names_its_stream(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    register_test_types(monkeypatch, (ComponentType(
+        "nats", "sink", "nats sink with stream", NatsWithStreamConfig,
+        inputs=(Port("in", required=True),), impl="no.such.module:Nope"),))
+    sink = "    - {id: pub, type: nats, inputs: [gen], config: {subject: o.done%s}}\n"
+    assert exactly_once(sink % ", stream: ORDERS").status == "valid"
+    assert only(exactly_once(sink % ""), "not_exactly_once")["node"] == "pub"
+
+
+@pytest.mark.parametrize(("field", "what"), [("command: ./sink", "program"),
+                                             ("image: acme/sink:1", "container")])
+def test_exactly_once_refuses_programs_and_containers(field: str, what: str) -> None:
+    result = exactly_once(f"    - {{id: ext, {field}, inputs: [gen]}}\n")
+    issue = only(result, "not_exactly_once")
+    assert issue["node"] == "ext"
+    assert issue["path"] == f"spec.sinks[0].{field.split(':')[0]}"
+    assert f"a {what} cannot take part" in issue["message"]
+    assert "the SDK is at-least-once" in issue["message"]
+
+
+def test_exactly_once_refuses_a_program_source_too() -> None:
+    body = EXACTLY_ONCE.format(delivery="exactly-once", sinks="    - {id: out, type: t-sink, "
+                               "inputs: [gen]}\n").replace("{id: gen, type: t-gen}",
+                                                            "{id: gen, command: ./produce}")
+    issue = only(check(body), "not_exactly_once")
+    assert (issue["node"], issue["path"]) == ("gen", "spec.sources[0].command")
+
+
+def test_exactly_once_warns_about_an_http_sink() -> None:
+    result = exactly_once("    - {id: post, type: http, inputs: [gen],\n"
+                          "       config: {url: 'http://receiver/events'}}\n")
+    issue = only(result, "exactly_once_receiver")
+    assert (issue["severity"], issue["node"]) == ("warning", "post")
+    assert (issue["path"], issue["line"]) == ("spec.sinks[0]", 10)
+    assert "the receiver must de-duplicate by the Idempotency-Key header" in issue["message"]
+    assert (result.status, result.ok) == ("warnings", True)
+
+
+def test_exactly_once_with_other_sinks_is_valid() -> None:
+    assert exactly_once("    - {id: out, type: t-sink, inputs: [gen]}\n").status == "valid"
+
+
+ALL_SINKS = """\
+    - {id: out, type: stdout, inputs: [gen]}
+    - {id: pub, type: nats, inputs: [gen], config: {subject: orders.done}}
+    - {id: post, type: http, inputs: [gen], config: {url: 'http://receiver/events'}}
+    - {id: ext, command: ./sink, inputs: [gen]}
+    - {id: box, image: acme/sink:1, inputs: [gen]}
+"""
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "at-most-once"])
+def test_the_same_sinks_stay_valid_without_exactly_once(delivery: str) -> None:
+    assert exactly_once(ALL_SINKS, delivery).to_dict() == {
+        "status": "valid", "errors": [], "warnings": []}
+    refused = exactly_once(ALL_SINKS)
+    assert [(i.code, i.node) for i in refused.issues] == [
+        ("not_exactly_once", n) for n in ("out", "pub", "ext", "box")
+    ] + [("exactly_once_receiver", "post")]

@@ -74,7 +74,7 @@ class LagSampler:
     async def refresh(self, replicas: list[Replica]) -> None:
         """Ask once per distinct input; keep the last answer of one that times out."""
         wanted = {(r.cfg.flow, r.cfg.node, port, self._durable(r, port))
-                  for r in replicas if r.cfg.delivery == "at-least-once"
+                  for r in replicas if r.cfg.delivery != "at-most-once"
                   for port, subjects in r.cfg.inputs.items() if subjects}
         for key in list(self.latest):
             if key not in wanted:
@@ -93,7 +93,7 @@ class LagSampler:
     def lag_of(self, replica: Replica) -> dict[str, int]:
         """The replica's lag per input port (see the module docstring)."""
         cfg = replica.cfg
-        if cfg.delivery != "at-least-once":
+        if cfg.delivery == "at-most-once":
             return replica.input_queues()
         return {port: found.total for port in cfg.inputs
                 if (found := self.latest.get((cfg.flow, cfg.node, port,
