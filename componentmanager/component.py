@@ -31,6 +31,21 @@ A component is constructed with its validated config and a :class:`Context`, the
   and forced flushes do not apply to them. ``flush()`` is their clock tick (close what
   is due).
 
+* exactly-once (``delivery: exactly-once``): a sink that writes somewhere outside NATS
+  declares how a replay is kept from repeating, with ``exactly_once``:
+  ``"transactional"``: its writes after the last commit can be undone or finished.
+  ``prepare_commit()`` (no awaiting; called between input messages) returns what the
+  commit must remember of its output (a file's length, the puts not yet applied);
+  ``await commit(prepared)`` makes everything written so far durable before the commit
+  record is stored; ``await committed(prepared)`` runs once it is stored (apply what was
+  deferred); ``await recover(prepared)`` runs at start with the last commit's value
+  (None on a first start) and undoes or re-applies what came after it (truncate the file,
+  put the deferred values again). A database sink commits its transaction in
+  ``commit``. ``"idempotent"``: it writes under ``ctx.event_id()`` (stable across
+  redeliveries and restarts) and the receiver drops repeats (an ``Idempotency-Key``,
+  a ``Nats-Msg-Id``, an upsert). Validation refuses exactly-once for a sink that
+  declares neither.
+
 Events are JSON-compatible values (usually dicts). Components never see NATS directly
 except through the context (``ctx.nc`` for the nats/kv sources and sinks).
 """
@@ -73,7 +88,15 @@ class Context(Protocol):
     #: the node's input ports (a ``join``'s are named after its upstream nodes)
     input_ports: list[str]
 
+    #: the flow's delivery is exactly-once (see the module doc)
+    exactly_once: bool
+
     async def emit(self, port: str, event: Any) -> None: ...
+
+    def event_id(self) -> str | None:
+        """The id of the input event being processed (stable across redeliveries and,
+        exactly-once, restarts), None when unknown."""
+        ...
 
     async def emit_batch(self, port: str, events: list[Any]) -> bool:
         """Emit ``events`` as one frame when that can be done for all of them (else
@@ -127,6 +150,8 @@ class Component:
 
     flush_interval: ClassVar[float | None] = None
     stateful: ClassVar[bool] = False
+    #: "transactional", "idempotent" or None (see the module doc: exactly-once)
+    exactly_once: ClassVar[str | None] = None
 
     def __init__(self, config: BaseModel, ctx: Context) -> None:
         self.config = config
@@ -160,6 +185,22 @@ class Component:
 
     def restore(self, parts: list[dict[str, Any]]) -> None:
         """Stateful components: resume from checkpointed state (see the module docstring)."""
+        return None
+
+    def prepare_commit(self) -> Any:
+        """Exactly-once sinks: what the commit keeps of the output (see the module doc)."""
+        return None
+
+    async def commit(self, prepared: Any) -> None:
+        """Exactly-once sinks: make what was written so far durable."""
+        return None
+
+    async def committed(self, prepared: Any) -> None:
+        """Exactly-once sinks: the commit record holding ``prepared`` is stored."""
+        return None
+
+    async def recover(self, prepared: Any) -> None:
+        """Exactly-once sinks: at start, undo or finish what came after the last commit."""
         return None
 
     async def stop(self) -> None:

@@ -66,13 +66,19 @@ PARTITION_CONSUMER = re.compile(r"-p\d+of\d+$")
 
 def input_consumer(cfg: ComponentConfig, port: str, replica: int) -> str:
     """The durable consumer replica ``replica`` of a node reads input ``port`` through:
-    the node's shared one, or its partition's own (``partition_by``)."""
+    the node's shared one, or its replica's own (``partition_by``, and every node of an
+    exactly-once flow: a replica's commit holds its place in its own consumer)."""
     name = consumer_name(cfg.node, port)
-    return f"{name}-p{replica}of{cfg.replicas}" if cfg.partition_by else name
+    return f"{name}-p{replica}of{cfg.replicas}" if own_consumers(cfg) else name
+
+
+def own_consumers(cfg: ComponentConfig) -> bool:
+    """Does each replica of the node read its inputs through a consumer of its own?"""
+    return bool(cfg.partition_by) or cfg.delivery == "exactly-once"
 
 
 def consumer_names(cfg: ComponentConfig) -> list[tuple[str, str, list[str]]]:
     """Every durable consumer a node's inputs need: (name, port, subjects)."""
-    replicas = range(cfg.replicas) if cfg.partition_by else range(1)
+    replicas = range(cfg.replicas) if own_consumers(cfg) else range(1)
     return [(input_consumer(cfg, port, r), port, subjects)
             for port, subjects in cfg.inputs.items() if subjects for r in replicas]

@@ -11,6 +11,7 @@ seconds and once before ``stop()``.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sys
 import time
@@ -70,9 +71,14 @@ _LINES = msgspec.json.Encoder()
 
 
 class FileSink(Component):
-    """Appends one JSON line per event; buffered, flushed every second and at stop."""
+    """Appends one JSON line per event; buffered, flushed every second and at stop.
+
+    Exactly-once: each commit flushes, fsyncs and records the file's length with the
+    input positions; a replica started after a crash cuts the file back to the last
+    committed length (what came after is taken in again and written once more)."""
 
     flush_interval = 1.0
+    exactly_once = "transactional"
 
     def __init__(self, config: FileSinkConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
@@ -106,6 +112,31 @@ class FileSink(Component):
 
     def held(self) -> int:
         return self._unflushed
+
+    def prepare_commit(self) -> Any:
+        if self._fh is None:
+            return None
+        self._fh.flush()
+        self.ctx.wrote(self._unflushed)
+        self._unflushed = 0
+        return {"length": self._fh.tell()}
+
+    async def commit(self, prepared: Any) -> None:
+        if self._fh is not None:
+            await asyncio.to_thread(os.fsync, self._fh.fileno())
+
+    async def recover(self, prepared: Any) -> None:
+        if not prepared or self._fh is None:
+            return
+        length, size = int(prepared["length"]), self._fh.seek(0, os.SEEK_END)
+        if size > length:
+            self._fh.truncate(length)
+            self._fh.seek(length)
+            self.ctx.log(f"cut {self.config.path} back to its last commit ({length:,} bytes; "
+                         f"{size - length:,} bytes written after it are written again)")
+        elif size < length:
+            self.ctx.log(f"{self.config.path} is shorter ({size:,} bytes) than at its last "
+                         f"commit ({length:,}): changed by something else")
 
     async def stop(self) -> None:
         if self._fh is not None:
@@ -151,23 +182,31 @@ class HttpSink(Component):
     its events is counted in ``errors`` and dead-lettered with the reason (replayable
     with ``flowctl dlq replay``). A batch stays in ``held()`` until it is sent or
     dead-lettered, so its inputs are not acked before; one batch is sent at a time.
+
+    Every POST carries an ``Idempotency-Key``: the id of its event, or for a batch
+    ``<first id>+<count>``; ids are stable across redeliveries and (exactly-once)
+    restarts, so a receiver that drops repeated keys (or event ids) gets each event once.
     """
+
+    exactly_once = "idempotent"
 
     def __init__(self, config: HttpSinkConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
         self.config: HttpSinkConfig = config
         self.flush_interval = config.interval if config.batch_size > 1 else None  # type: ignore[misc]
         self._pending: list[bytes] = []
+        self._first_ids: list[str | None] = []  # the event id of each pending event
         self._sending = asyncio.Lock()
         self._headers = {"Content-Type": "application/json", **config.headers}
 
     async def process(self, port: str, event: Any) -> None:
         data = msgspec.json.encode(event)
         if self.config.batch_size == 1:
-            await self._post(data)
+            await self._post(data, self.ctx.event_id())
             self.ctx.wrote()
             return
         self._pending.append(data)
+        self._first_ids.append(self.ctx.event_id())
         if len(self._pending) >= self.config.batch_size:
             await self.flush()
 
@@ -178,20 +217,23 @@ class HttpSink(Component):
         async with self._sending:
             while self._pending:  # (process may add more meanwhile)
                 batch = self._pending[: self.config.batch_size]  # held until sent or failed
-                failure = await self._post_batch(b"[" + b",".join(batch) + b"]")
+                first = self._first_ids[0] if self._first_ids else None
+                key = f"{first}+{len(batch)}" if first else None
+                failure = await self._post_batch(b"[" + b",".join(batch) + b"]", key)
                 del self._pending[: len(batch)]
+                del self._first_ids[: len(batch)]
                 if failure is None:
                     self.ctx.wrote(len(batch))
                 else:
                     await reject_each(self.ctx, batch, f"{failure} (a batch of {len(batch)})")
 
-    async def _post_batch(self, body: bytes) -> Exception | None:
+    async def _post_batch(self, body: bytes, key: str | None) -> Exception | None:
         """POST ``body``, again on a failure worth it while the budget lasts; the final
         failure, or None."""
         began = time.monotonic()
         for pause in (*BATCH_RETRY_PAUSES_S, None):
             try:
-                await self._post(body)
+                await self._post(body, key)
                 return None
             except (RetryableError, ConnectionError) as exc:
                 if pause is None or time.monotonic() - began + pause > BATCH_RETRY_BUDGET_S:
@@ -201,12 +243,13 @@ class HttpSink(Component):
                 return exc
         return None
 
-    async def _post(self, body: bytes) -> None:
-        await asyncio.to_thread(self._post_sync, body)
+    async def _post(self, body: bytes, key: str | None) -> None:
+        await asyncio.to_thread(self._post_sync, body, key)
 
-    def _post_sync(self, body: bytes) -> None:
+    def _post_sync(self, body: bytes, key: str | None) -> None:
+        headers = self._headers if key is None else {**self._headers, "Idempotency-Key": key}
         request = urllib.request.Request(
-            self.config.url, data=body, method="POST", headers=self._headers
+            self.config.url, data=body, method="POST", headers=headers
         )
         try:
             with urllib.request.urlopen(request, timeout=self.config.timeout) as response:
@@ -228,6 +271,12 @@ class NatsSinkConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     subject: str = Field(description="Subject to publish each event to (no wildcards).")
+    stream: str | None = Field(
+        default=None,
+        description="The JetStream stream that stores the subject: each event is then "
+        "published with the stream's ack and a Nats-Msg-Id of its event id (required with "
+        "delivery: exactly-once; the stream drops a repeat within its duplicate window).",
+    )
 
     @field_validator("subject")
     @classmethod
@@ -236,14 +285,25 @@ class NatsSinkConfig(BaseModel):
 
 
 class NatsSink(Component):
-    """Publishes each event as JSON through ``ctx.nc``."""
+    """Publishes each event as JSON through ``ctx.nc``; with ``stream`` set, through
+    JetStream (acked, with ``Nats-Msg-Id`` = the event's id)."""
+
+    exactly_once = "idempotent"
 
     def __init__(self, config: NatsSinkConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
         self._subject = config.subject
+        self._stream = config.stream
 
     async def process(self, port: str, event: Any) -> None:
-        await self.ctx.nc.publish(self._subject, msgspec.json.encode(event))
+        body = msgspec.json.encode(event)
+        if self._stream is None:
+            await self.ctx.nc.publish(self._subject, body)
+        else:
+            eid = self.ctx.event_id()
+            await self.ctx.nc.jetstream().publish(
+                self._subject, body, stream=self._stream,
+                headers={"Nats-Msg-Id": eid} if eid else None)
         self.ctx.wrote()
 
     async def flush(self) -> None:
@@ -266,13 +326,21 @@ class KvSinkConfig(BaseModel):
 
 
 class KvSink(Component):
-    """Puts each event, as JSON, under the key its ``key`` expression gives."""
+    """Puts each event, as JSON, under the key its ``key`` expression gives.
+
+    Exactly-once: the puts wait for the commit (the newest value per key), are kept in
+    the commit record and applied once it is stored; a replica started after a crash
+    applies its last commit's puts again. So a replay never puts an older value over a
+    newer one: the bucket only ever gets committed values, in commit order."""
+
+    exactly_once = "transactional"
 
     def __init__(self, config: KvSinkConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
         self.config: KvSinkConfig = config
         self._key = compile_expression(config.key)
         self._kv: Any = None
+        self._deferred: dict[str, str] = {}  # exactly-once: key -> JSON, newest first
 
     async def start(self) -> None:
         js = self.ctx.nc.jetstream()
@@ -294,8 +362,33 @@ class KvSink(Component):
         return key
 
     async def process(self, port: str, event: Any) -> None:
+        if getattr(self.ctx, "exactly_once", False):
+            key = self.key_for(event)
+            self._deferred.pop(key, None)
+            self._deferred[key] = msgspec.json.encode(event).decode()
+            self.ctx.wrote()
+            return
         await self._kv.put(self.key_for(event), msgspec.json.encode(event))
         self.ctx.wrote()
+
+    def prepare_commit(self) -> Any:
+        return {"puts": dict(self._deferred)} if self._deferred else None
+
+    async def committed(self, prepared: Any) -> None:
+        puts = (prepared or {}).get("puts") or {}
+        await self._apply(puts)
+        for key, value in puts.items():
+            if self._deferred.get(key) is value:  # not put anew meanwhile
+                del self._deferred[key]
+
+    async def recover(self, prepared: Any) -> None:
+        await self._apply((prepared or {}).get("puts") or {})
+
+    async def _apply(self, puts: dict[str, str]) -> None:
+        items = list(puts.items())
+        for start in range(0, len(items), 256):
+            await asyncio.gather(*(self._kv.put(key, value.encode())
+                                   for key, value in items[start:start + 256]))
 
 
 _MOD = "componentmanager.components.sinks"

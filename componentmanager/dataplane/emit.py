@@ -42,6 +42,11 @@ class Outbox:
         self._idle.set()
 
     @property
+    def ids(self) -> EventIds:
+        """The ids this outbox gives (exactly-once: numbered on from a commit)."""
+        return self._ids
+
+    @property
     def pending(self) -> int:
         return sum(self._counts.values())
 

@@ -105,6 +105,22 @@ class EventIds:
         self._prefix = f"{node}.{replica}.{instance}-"
         self._n = 0
 
+    def continue_as(self, node: str, replica: int, epoch: str, emitted: int) -> None:
+        """Number on from ``emitted`` under ``epoch`` (exactly-once: the ids an event
+        emitted again after a crash had the first time)."""
+        self._prefix = f"{node}.{replica}.{epoch}-"
+        self._n = emitted
+
+    @property
+    def epoch(self) -> str:
+        """The part of the ids between the replica and the number."""
+        return self._prefix[:-1].rsplit(".", 1)[1]
+
+    @property
+    def emitted(self) -> int:
+        """How many events were numbered (the next is ``emitted + 1``)."""
+        return self._n
+
     def header(self, count: int) -> dict[str, str]:
         """The header of the next message, carrying ``count`` events."""
         first = self._n + 1

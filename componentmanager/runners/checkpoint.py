@@ -77,6 +77,8 @@ class SourceCheckpoint:
         self.position: Any = None
         self.completed = False
         self.events_before = 0  # events stored by earlier runs of this source
+        #: exactly-once: the epoch of the source's event ids (kept with the position)
+        self.epoch: str | None = None
         self._stored: StoredMark | None = None
         self._unwritten_since: float | None = None  # writes of a stored position failing
         self._writing = asyncio.Lock()
@@ -94,6 +96,7 @@ class SourceCheckpoint:
             self.position = data.get("position")
             self.completed = bool(data.get("completed"))
             self.events_before = int(data.get("events") or 0)
+            self.epoch = data.get("epoch")
             self._last = self.position
             self._written = (self.position, self.completed)
         if carried is not None and not self.completed and (
@@ -102,6 +105,14 @@ class SourceCheckpoint:
             self.events_before, self.completed = carried.events, carried.completed
             self._stored = StoredMark(carried.position, carried.events)  # written by the
             # next flush (a completion too: the bucket may have missed it)
+
+    async def keep_epoch(self, epoch: str) -> None:
+        """Exactly-once: the epoch of the source's ids is written before its first event
+        (a crash before any position was written must not renumber what was stored)."""
+        fresh = self.epoch != epoch
+        self.epoch = epoch
+        if fresh:
+            await self._write(StoredMark(self._last, self.events_before))
 
     def stored_mark(self) -> StoredMark | None:
         """The newest position surely stored (written to the bucket or not)."""
@@ -129,6 +140,8 @@ class SourceCheckpoint:
         completed = self.completed
         value = {"position": mark.position, "events": mark.events, "completed": completed,
                  "config": self.fingerprint, "updated_at": utcnow()}
+        if self.epoch is not None:
+            value["epoch"] = self.epoch
         async with self._writing:  # one at a time: an older one never lands last
             await self._kv.put(self.key, json.dumps(value, separators=(",", ":")).encode())
         self._written = (mark.position, completed)

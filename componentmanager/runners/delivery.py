@@ -33,6 +33,7 @@ from nats.aio.msg import Msg
 
 from componentmanager.component import Component, EventError, RetryableError
 from componentmanager.dataplane import (
+    PublishFailed,
     Puller,
     decode_frame,
     frame_count,
@@ -46,6 +47,7 @@ from componentmanager.dataplane.wire import (
     undeliverable,
 )
 from componentmanager.runners.acks import DoneInputs, InputAcks
+from componentmanager.runners.commit import message_range, owner_of
 from componentmanager.runners.failures import EventFailures
 from componentmanager.runners.stateful import KeyedInputs
 from flowstore.models import input_consumer, stream_name
@@ -109,6 +111,7 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
     _progress_at: dict[str, float]  # per input port: when its frame last reported progress
     _done: DoneInputs  # input messages this replica acked lately
     _handled: set[str]  # input messages handled here whose ack is still to be sent
+    _current_event: tuple[Any, int] | None
 
     async def _open_inputs(self) -> None:
         for port, subjects in self.cfg.inputs.items():
@@ -231,10 +234,12 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
             if comp is None:
                 return  # never acked: delivered again after the ack wait
             ident = message_identity(msg.headers, msg.reply)
-            if ident is not None and ident in self._done:
+            if self._floors is not None:
+                pass  # exactly-once: repeats are known by their event ids (see _fresh)
+            elif ident is not None and ident in self._done:
                 await self._ack_again(msg)  # done here already; only the ack was lost
                 return
-            if ident is not None and ident in self._handled:
+            elif ident is not None and ident in self._handled:
                 self.counters.redelivered += 1  # handled here, its ack still to come:
                 self._unacked.append(msg)       # acked with the first delivery
                 return
@@ -272,12 +277,18 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
         events = decode_frame(msg.data, frame_count(msg.headers))
         self._progress_at[port] = asyncio.get_running_loop().time()
         failures_before = self._failures
+        indexed = list(enumerate(events))
+        if self._floors is not None:
+            indexed = self._fresh(port, msg, indexed)
+            events = [event for _, event in indexed]
         if (why := undeliverable(delivered)) is not None:
             await self._dead_letter_unprocessed(port, msg, events, EventError(why))
             await self._taken_or_again(port, msg, sequence, ident,
                                        delivered, failures_before)
             return
         origin = ident if ident and _emits_per_input(comp) else None
+        if self._floors is not None:
+            origin = None  # exactly-once outputs are known by their own ids
         if origin is not None and self.partition is not None:
             origin = partition_origin(origin, self.partition, self.cfg.replicas)
         began, taken = perf_counter(), 0
@@ -291,7 +302,7 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
                         self._since_yield = 0
                         await self._still_working(port, msg)
                         await asyncio.sleep(0)
-                for index, event in enumerate(events if batch is None else ()):
+                for index, event in (indexed if batch is None else ()):
                     if self.component is not comp:
                         self._took(port, msg, taken, perf_counter() - began)
                         if origin is not None:  # its partial frame must not take
@@ -304,6 +315,7 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
                             self.counters.in_ -= 1  # another partition's: its
                             taken -= 1              # replica counts it
                             continue
+                        self._current_event = (msg.headers, index)
                         await comp.process(port, event)  # the common case, inline
                     except Exception as exc:
                         await self._retry(comp, port, msg, index, event, exc)
@@ -314,8 +326,29 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
                         await asyncio.sleep(0)
         finally:
             self._mid_message -= 1
+        self._current_event = None
         self._took(port, msg, taken, perf_counter() - began)
         await self._taken_or_again(port, msg, sequence, ident, delivered, failures_before)
+
+    def _fresh(self, port: str, msg: Msg, indexed: list[tuple[int, Any]]
+               ) -> list[tuple[int, Any]]:
+        """Exactly-once: the events of a message this replica takes: not passed before
+        (a repeat, however framed and however late) and, for a node with several
+        replicas and no ``partition_by``, of its own blocks (see
+        :mod:`~componentmanager.runners.commit`)."""
+        assert self._floors is not None
+        found = message_range(msg.headers, msg.reply, port, len(indexed))
+        if found is None:
+            return indexed
+        prefix, first = found
+        skip = self._floors.fresh(prefix, first, len(indexed))
+        if skip:
+            self.counters.redelivered += 1
+        replicas = self.cfg.replicas
+        if replicas > 1 and not self.cfg.partition_by:
+            return [(i, e) for i, e in indexed[skip:]
+                    if owner_of(prefix, first + i, replicas) == self.index]
+        return indexed[skip:]
 
     async def _taken_or_again(self, port: str, msg: Msg, sequence: int, ident: str | None,
                               delivered: int, failures_before: int) -> None:
@@ -326,6 +359,9 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
         unstored = id(msg) in self._dead_letters_unstored
         if not unstored and failures_before == self._failures:
             self._taken_in(port, msg, sequence, ident)
+            return
+        if self._floors is not None:  # its floors moved past it: from the last commit
+            self._state_broken = "an input's outputs or dead letters were not stored"
             return
         self._dead_letters_unstored.discard(id(msg))
         with contextlib.suppress(Exception):
@@ -365,6 +401,9 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
         again in place (the other events of its frame are not repeated), then
         dead-lettered; any other failure is final at once."""
         for pause in (*RETRY_PAUSES_S, None):
+            if isinstance(exc, PublishFailed) and self._floors is not None:
+                self._state_broken = f"outputs not stored ({exc}): restarting from the commit"
+                return  # not the event's fault: taken again from the last commit
             if not retryable(exc) or pause is None or self.component is None:
                 await self._failed_event(port, msg, index, event, exc)
                 return

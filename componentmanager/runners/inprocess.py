@@ -28,11 +28,13 @@ from componentmanager.dataplane.wire import (
     HDR_META,
     PREVIEW_BYTES,
     encode_lines,
+    event_id,
 )
 from componentmanager.registry import get_type
 from componentmanager.runners.acks import DoneInputs
 from componentmanager.runners.base import Replica, ReplicaHost
 from componentmanager.runners.checkpoint import SourceCheckpoint, StoredMark
+from componentmanager.runners.commit import new_epoch
 from componentmanager.runners.delivery import InputDelivery
 from componentmanager.runners.teardown import ReplicaTeardown
 from flowstore.models import ComponentConfig, ReplicaState, status_key, stream_name
@@ -41,6 +43,8 @@ from flowstore.nats import STATUS_BUCKET, open_bucket
 log = structlog.get_logger("flowctl.replica")
 
 RESTART_BACKOFF_S = (0.5, 30.0)
+#: Exactly-once: a replica commits at least this often (and when 500 inputs wait).
+COMMIT_EVERY_S = 0.5
 #: Room left in a message for its header (the event's metadata).
 HEADER_ROOM = 512
 
@@ -54,7 +58,10 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
         self.nc = host.nc
         self.allow_inline_code = host.allow_inline_code
         self.component: Component | None = None
-        self._acked = cfg.delivery == "at-least-once"
+        self._acked = cfg.delivery != "at-most-once"
+        self._exactly_once = cfg.delivery == "exactly-once"
+        self._current_event: tuple[Any, int] | None = None  # (headers, index) in process
+        self._source_epoch: str | None = None  # exactly-once: carried across restarts here
         self._publisher: AckedPublisher | None = None
         self._outbox = Outbox(EventIds(cfg.node, index, secrets.token_hex(3)), self._send,
                               {cfg.outputs[p] for p in cfg.frame_ports if p in cfg.outputs})
@@ -141,7 +148,10 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
     async def _send(self, subject: str, body: bytes, headers: dict[str, str], count: int) -> None:
         """One message (an event or a frame of ``count``) out; counted once it is out."""
         if self._publisher is not None:
-            if self.cfg.role == "source":  # the stream stores a retried publish once
+            if self._exactly_once:  # the same events framed alike are stored once
+                first = headers[HDR_META].split(" ", 1)[0]
+                headers = {**headers, "Nats-Msg-Id": f"{first}:{count}"}
+            elif self.cfg.role == "source":  # the stream stores a retried publish once
                 headers = {**headers, "Nats-Msg-Id": headers[HDR_META].split(" ", 1)[0]}
             await self._publisher.publish(subject, body, headers, count)
         else:
@@ -174,6 +184,14 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
         """A source: everything emitted so far is covered by ``position``."""
         if self._checkpoint is not None:
             self._checkpoint.advance(self._emitted, position)
+
+    @property
+    def exactly_once(self) -> bool:
+        return self._exactly_once
+
+    def event_id(self) -> str | None:
+        current = self._current_event
+        return event_id(current[0], current[1]) if current is not None else None
 
     def log(self, message: str, **fields: Any) -> None:
         self.host.log_line(self, message + "".join(f" {k}={v}" for k, v in fields.items()))
@@ -223,10 +241,15 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
         await self._open_keyed(self.component)  # partition filter, restored state
         if self._acked:
             source_of = stream_name(self.flow) if ctype.role == "source" else None
-            self._publisher = await AckedPublisher(self.nc, source_of).open()
+            self._publisher = await AckedPublisher(self.nc, source_of,
+                                                   ordered=self._exactly_once).open()
         self._tasks.append(asyncio.create_task(self._outbox.run_flusher(),
                                                name=f"output flusher {self.key}"))
         await self.component.start()
+        if self._exactly_once and self._state is not None:  # undo what followed the commit
+            await self.component.recover(self._state.commit.get("sink"))
+            self._tasks.append(asyncio.create_task(self._commit_loop(),
+                                                   name=f"commit loop {self.key}"))
         await self._open_inputs()
         interval = getattr(self.component, "flush_interval", None)
         if interval:
@@ -241,6 +264,8 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
             self._checkpoint = SourceCheckpoint(self.nc, self.cfg, self.index,
                                                 self._publisher.stored_events)
             await self._checkpoint.load(self._stored_mark)
+            if self._exactly_once:
+                await self._number_source_events(self._checkpoint)
             self._tasks.append(asyncio.create_task(self._checkpoint.run(),
                                                    name=f"checkpoint {self.key}"))
             if self._checkpoint.completed:  # finished in an earlier run: stays finished
@@ -265,6 +290,28 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
             await self._checkpoint.complete(self._emitted)
         await self.nc.flush()
         self.set_state(ReplicaState.COMPLETED)
+
+    async def _number_source_events(self, checkpoint: SourceCheckpoint) -> None:
+        """Exactly-once: a source numbers its events on from its checkpoint's count,
+        under the epoch it had, so what it emits again has the ids it had (readers skip
+        it); its ``out`` is the checkpoint's (what the stream stored)."""
+        epoch = checkpoint.epoch or self._source_epoch or new_epoch()
+        await checkpoint.keep_epoch(epoch)
+        self._source_epoch = epoch
+        self._outbox.ids.continue_as(self.node, self.index, epoch, checkpoint.events_before)
+        stored = checkpoint.events_before
+        ports = list(self.cfg.outputs)
+        self.counters.out = stored
+        self.counters.out_ports = {ports[0]: stored} if len(ports) == 1 and stored else {}
+
+    async def _commit_loop(self) -> None:
+        """Exactly-once: commit at least every :data:`COMMIT_EVERY_S`; fail the replica
+        (it restarts from its last commit) once its state cannot be committed."""
+        while True:
+            await asyncio.sleep(COMMIT_EVERY_S)
+            if self._state_broken:
+                raise RuntimeError(self._state_broken)
+            await self._settle()
 
     async def _until_a_task_dies(self, main: asyncio.Task[None] | None = None) -> None:
         """Watch the replica's long-running tasks (output flusher, flush loop, input pulls):

@@ -7,6 +7,10 @@ line of JSON::
     {"state": {"keys": {<key>: ...}, ...}, "seen": {"in": 1234}, "partitions": 3,
      "config": "<fingerprint>", "updated_at": "..."}
 
+With ``delivery: exactly-once`` every replica of a processor or sink keeps such a
+record, with ``commit``: ``{floors: {<producer prefix>: n}, counters: {...}, ids:
+{epoch, emitted}, sink: ...}`` (see :mod:`componentmanager.runners.commit`).
+
 ``state`` is what the component's ``snapshot()`` returned: its per-key state under
 ``keys`` (named by :func:`~componentmanager.dataplane.partition.key_text`) and anything
 else it needs. ``seen`` is, per input port, the highest stream sequence whose event is
@@ -67,6 +71,8 @@ class OperatorState:
         self.fingerprint = config_fingerprint(cfg)
         self.seen: dict[str, int] = {}  # input port -> highest stream sequence in the state
         self.restored_keys = 0
+        #: exactly-once: the commit part of the record loaded ({} on a first start)
+        self.commit: dict[str, Any] = {}
         #: why a record that was there is not used (said by the replica), None if it is
         self.discarded: str | None = None
         self._kv: Any = None
@@ -99,6 +105,7 @@ class OperatorState:
             self.discarded = "its checkpoint is of another replica count"
             return []
         self.seen = {str(p): int(s) for p, s in (record.get("seen") or {}).items()}
+        self.commit = record.get("commit") or {}
         state = record.get("state") or {}
         self.restored_keys = len(state.get("keys") or {})
         return [state]
@@ -111,12 +118,14 @@ class OperatorState:
         """Is this input (delivered again) already in the restored state?"""
         return sequence <= self.seen.get(port, 0)
 
-    def record(self, state: dict[str, Any]) -> bytes:
+    def record(self, state: dict[str, Any], commit: dict[str, Any] | None = None) -> bytes:
         """The record of ``state`` and the positions as they are now, encoded at once
         (the component goes on changing its state while the record is written). Raises
         :class:`StateTooLarge` past :data:`STATE_MAX_BYTES`."""
         record = {"state": state, "seen": self.seen, "partitions": self.cfg.replicas,
                   "config": self.fingerprint, "updated_at": utcnow()}
+        if commit is not None:
+            record["commit"] = commit
         body = json.dumps(record, separators=(",", ":"), default=str).encode()
         if len(body) > STATE_MAX_BYTES:
             raise StateTooLarge(

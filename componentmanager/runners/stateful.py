@@ -13,6 +13,9 @@
   delivers them again after the ack wait, and holds newer ones back until then
   (:class:`CatchUp`): one key's events are never taken out of order. (A replica that
   stops cleanly hands back what it had not handled at once, so a restart does not wait.)
+* exactly-once: every replica of a processor or sink reads consumers of its own and
+  commits like a stateful one, its record also holding its floors, counters, next output
+  id and its sink's part (see :mod:`componentmanager.runners.commit`).
 * stateful components (``window``, ``join``): their state is restored at start and
   checkpointed with the input positions (:class:`~componentmanager.runners.state.OperatorState`)
   every :data:`STATE_EVERY_S`, after a tick that emitted results, when
@@ -33,6 +36,7 @@ import structlog
 from componentmanager.components.expressions import compile_expression
 from componentmanager.dataplane import PublishFailed
 from componentmanager.dataplane.partition import Partitioner
+from componentmanager.runners.commit import Floors, counters_record, new_epoch, restore_counters
 from componentmanager.runners.state import OperatorState
 from flowstore.models import stream_name
 
@@ -84,6 +88,8 @@ class KeyedInputs:
     _state: OperatorState | None = None
     _state_saved_at: float = 0.0
     _mid_message: int = 0  # input messages being handled right now (at-least-once)
+    _floors: Floors | None = None  # exactly-once: per producer, the highest event passed
+    _prepared: Any = None  # exactly-once: the sink's part of the commit being written
     #: why the in-memory state can no longer be checkpointed (outputs it made were not
     #: stored): the replica restarts from its last checkpoint, see _settle_stateful
     _state_broken: str | None = None
@@ -99,10 +105,15 @@ class KeyedInputs:
         if self.cfg.partition_by and self.cfg.replicas > 1:
             expression = compile_expression(self.cfg.partition_by)
             self._owns = Partitioner(expression.evaluate, self.index, self.cfg.replicas).owns
-        self._state = None
-        if getattr(comp, "stateful", False):
+        self._state, self._floors, self._prepared = None, None, None
+        committing = self.cfg.delivery == "exactly-once" and self.cfg.role != "source"
+        if getattr(comp, "stateful", False) or committing:
             self._state = OperatorState(self.nc, self.cfg, self.index)
-            comp.restore(await self._state.load())
+            parts = await self._state.load()
+            if getattr(comp, "stateful", False):
+                comp.restore(parts)
+            if committing:
+                self._resume_commit(self._state.commit)
             if self._state.discarded:
                 self.host.log_line(self, f"starts with an empty state: "
                                    f"{self._state.discarded}", "agent")
@@ -111,11 +122,37 @@ class KeyedInputs:
                                    " key(s) from its checkpoint", "agent")
             self._state_saved_at = asyncio.get_running_loop().time()
 
+    def _resume_commit(self, commit: dict[str, Any]) -> None:
+        """Exactly-once: continue from the last commit (floors, counters, output ids)."""
+        self._floors = Floors(commit.get("floors"))
+        if self._state is not None and not self._state.discarded:
+            restore_counters(self.counters, commit.get("counters"))  # (none: a first start)
+        ids = commit.get("ids") or {}
+        epoch = str(ids.get("epoch") or new_epoch())
+        self._outbox.ids.continue_as(self.cfg.node, self.index, epoch,
+                                     int(ids.get("emitted") or 0))
+        if commit:
+            self.host.log_line(self, f"resumed from its last commit ({self.counters.in_:,} in, "
+                               f"{self.counters.out:,} out)", "agent")
+
+    def _commit_part(self) -> dict[str, Any]:
+        """Exactly-once: what the commit keeps beside the state, taken now (between input
+        messages): the sink's output first (a file's length, its ``out``), then the
+        floors, counters and the next output id."""
+        comp = self.component
+        self._prepared = comp.prepare_commit() if comp is not None else None
+        ids = self._outbox.ids
+        return {"floors": self._floors.as_dict() if self._floors else {},
+                "counters": counters_record(self.counters),
+                "ids": {"epoch": ids.epoch, "emitted": ids.emitted},
+                "sink": self._prepared}
+
     def _catch_up_from(self, port: str, info: Any,
                        handle: Callable[[Any], Awaitable[None]]) -> None:
         """Before pulling an own consumer (its ``info`` as the replica found it): did a
         predecessor leave inputs in hand?"""
-        own = self.cfg.partition_by or self.cfg.stateful or self.cfg.replicas == 1
+        own = (self.cfg.partition_by or self.cfg.stateful or self.cfg.replicas == 1
+               or self.cfg.delivery == "exactly-once")
         if not (self._acked and own and info.num_ack_pending):
             return
         upto = int(info.delivered.stream_seq or 0)
@@ -178,7 +215,9 @@ class KeyedInputs:
         if comp is None or state is None:
             return None
         try:
-            return state.record(comp.snapshot())
+            snapshot = comp.snapshot() if getattr(comp, "stateful", False) else {}
+            commit = self._commit_part() if self._floors is not None else None
+            return state.record(snapshot, commit)
         except Exception as exc:
             self._state_failed(exc)
             return None
@@ -211,6 +250,11 @@ class KeyedInputs:
         async with self._settling:
             if self._mid_message or not self._state_due(force):
                 return  # half a message in the state would be counted again after a crash
+            comp = self.component
+            if self._floors is not None and comp is not None and not comp.stateful and comp.held():
+                await self._flush_held(comp)  # (a batch, an http sink's pending POSTs)
+                if self._mid_message or self.component is None:
+                    return
             body = self._state_record()
             if not self._acked:  # at-most-once: the state alone, for a clean restart
                 await self._write_state(body)
@@ -230,10 +274,30 @@ class KeyedInputs:
                 log.warning("outputs not stored; restarting", replica=self.key, error=str(exc))
                 await self._nak_all(batch)
                 return
+            prepared = self._prepared
+            if self._floors is not None and self.component is not None:
+                try:
+                    await self.component.commit(prepared)  # durable before the record
+                except Exception as exc:
+                    self._state_broken = f"the sink's commit failed ({exc}): restarting"
+                    return
             if not await self._write_state(body):
                 self._unacked, self._unacked_since = batch + self._unacked, since
                 return
+            if self._floors is not None and self.component is not None:
+                try:
+                    await self.component.committed(prepared)
+                except Exception as exc:  # the record holds it: applied at the restart
+                    self._state_broken = f"applying the commit failed ({exc}): restarting"
+                    return
             await self._ack_all(batch)
+
+    async def _flush_held(self, comp: Any) -> None:
+        try:
+            await comp.flush()
+        except Exception as exc:
+            self.counters.errors += 1
+            self.last_error = f"flush: {exc}"
 
     async def _nak_all(self, batch: list[Any]) -> None:  # InputAcks (earlier in the MRO)
         raise NotImplementedError
