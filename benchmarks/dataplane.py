@@ -204,6 +204,7 @@ async def main(n: int, rounds: int) -> None:
     for delivery in ("at-most-once", "at-least-once"):
         for stages in (2, 8):
             configs.append((f"flowctl {delivery}, {stages} stages", delivery, stages))
+    configs.append(("flowctl exactly-once, 2 stages", "exactly-once", 2))
     results: dict[str, list[float]] = {label: [] for label, _, _ in configs}
     drops: dict[str, list[int]] = {label: [] for label, _, _ in configs}
     with EmbeddedNats() as server:
@@ -236,6 +237,9 @@ async def main(n: int, rounds: int) -> None:
         two = statistics.median(results[f"flowctl {delivery}, 2 stages"])
         eight = statistics.median(results[f"flowctl {delivery}, 8 stages"])
         print(f"{delivery}: 8 stages keep {eight / two:.2f}x the events/s of 2 stages")
+    once = statistics.median(results["flowctl exactly-once, 2 stages"])
+    least = statistics.median(results["flowctl at-least-once, 2 stages"])
+    print(f"exactly-once, 2 stages: {once / least:.2f}x the events/s of at-least-once")
     floors = {stages: [compute_floor(stages, n) for _ in range(rounds)] for stages in (2, 8)}
     print("compute floor (the chain's own work in one process, no NATS, one core):")
     for stages, rates in floors.items():

@@ -58,6 +58,10 @@ class ComponentType:
     dynamic_outputs: bool = False
     docs: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: sinks: how a replay is kept from repeating with ``delivery: exactly-once``:
+    #: "transactional" or "idempotent" (see :mod:`componentmanager.component`); None:
+    #: it cannot take part (validation refuses it)
+    exactly_once: str | None = None
 
     def input_port(self, name: str) -> Port | None:
         return next((p for p in self.inputs if p.name == name), None)

@@ -245,6 +245,12 @@ class _Checker(GraphChecks):
                      f"{f' {subject!r}' if subject else ''}, and validation cannot see the "
                      "server's streams", node=node.id, path=f"{path}.config",
                      suggestion=f"name that stream in config.stream, {instead}")
+        elif ctype.exactly_once is None:
+            self.add("not_exactly_once", f"node '{node.id}': the sink type '{ctype.name}' "
+                     "does not declare how it keeps a replay from repeating its writes",
+                     node=node.id, path=f"{path}.type",
+                     suggestion="register it with exactly_once='transactional' or "
+                     f"'idempotent' (see componentmanager.component), {instead}")
         elif ctype.name == "http":
             self.add("exactly_once_receiver", f"node '{node.id}': an http sink may POST an "
                      "event again (after a crash or a timeout): the receiver must "

@@ -47,6 +47,11 @@ class Ctx:
     def count_filtered(self, count: int = 1) -> None:
         self.filtered += count
 
+    exactly_once = False
+
+    def event_id(self) -> str | None:
+        return None
+
     def wrote(self, count: int = 1) -> None:
         self.written += count
 

@@ -350,19 +350,8 @@ def test_exactly_once_refuses_a_nats_sink_without_its_stream() -> None:
     assert not result.ok
 
 
-class NatsWithStreamConfig(BaseModel):
-    """The nats sink's config once it has ``stream`` (the validator reads only that key)."""
 
-    model_config = ConfigDict(extra="forbid")
-    subject: str
-    stream: str | None = None
-
-
-def test_exactly_once_accepts_a_nats_sink_that_names_its_stream(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    register_test_types(monkeypatch, (ComponentType(
-        "nats", "sink", "nats sink with stream", NatsWithStreamConfig,
-        inputs=(Port("in", required=True),), impl="no.such.module:Nope"),))
+def test_exactly_once_accepts_a_nats_sink_that_names_its_stream() -> None:
     sink = "    - {id: pub, type: nats, inputs: [gen], config: {subject: o.done%s}}\n"
     assert exactly_once(sink % ", stream: ORDERS").status == "valid"
     assert only(exactly_once(sink % ""), "not_exactly_once")["node"] == "pub"
@@ -380,9 +369,9 @@ def test_exactly_once_refuses_programs_and_containers(field: str, what: str) -> 
 
 
 def test_exactly_once_refuses_a_program_source_too() -> None:
-    body = EXACTLY_ONCE.format(delivery="exactly-once", sinks="    - {id: out, type: t-sink, "
-                               "inputs: [gen]}\n").replace("{id: gen, type: t-gen}",
-                                                            "{id: gen, command: ./produce}")
+    sinks = "    - {id: out, type: file, inputs: [gen], config: {path: o.jsonl}}\n"
+    body = EXACTLY_ONCE.format(delivery="exactly-once", sinks=sinks).replace(
+        "{id: gen, type: t-gen}", "{id: gen, command: ./produce}")
     issue = only(check(body), "not_exactly_once")
     assert (issue["node"], issue["path"]) == ("gen", "spec.sources[0].command")
 
@@ -397,8 +386,17 @@ def test_exactly_once_warns_about_an_http_sink() -> None:
     assert (result.status, result.ok) == ("warnings", True)
 
 
-def test_exactly_once_with_other_sinks_is_valid() -> None:
-    assert exactly_once("    - {id: out, type: t-sink, inputs: [gen]}\n").status == "valid"
+def test_exactly_once_with_file_and_kv_sinks_is_valid() -> None:
+    assert exactly_once("    - {id: out, type: file, inputs: [gen], config: {path: o.jsonl}}\n"
+                        "    - {id: kv, type: kv, inputs: [gen], config: {bucket: b, key: k}}\n"
+                        ).status == "valid"
+
+
+def test_exactly_once_refuses_a_sink_type_that_declares_nothing() -> None:
+    issue = only(exactly_once("    - {id: out, type: t-sink, inputs: [gen]}\n"),
+                 "not_exactly_once")
+    assert (issue["node"], issue["path"]) == ("out", "spec.sinks[0].type")
+    assert "exactly_once='transactional'" in issue["suggestion"]
 
 
 ALL_SINKS = """\

@@ -400,27 +400,27 @@ register(ComponentType(
     docs="One compact JSON line per event, flushed at once; prefix is written before it.",
 ))
 register(ComponentType(
-    name="file", role="sink", config_model=FileSinkConfig, inputs=IN,
+    name="file", role="sink", exactly_once="transactional", config_model=FileSinkConfig, inputs=IN,
     description="Append each event as one JSON line to a file.",
     impl=f"{_MOD}:FileSink",
     docs="Opens path for appending at start (creating directories); writes are buffered "
          "and flushed every second and when the node stops.",
 ))
 register(ComponentType(
-    name="http", role="sink", config_model=HttpSinkConfig, inputs=IN,
+    name="http", role="sink", exactly_once="idempotent", config_model=HttpSinkConfig, inputs=IN,
     description="POST events as JSON to an HTTP endpoint.",
     impl=f"{_MOD}:HttpSink",
     docs="batch_size 1 POSTs each event as an object; larger sizes POST arrays (partial "
          "batches every interval seconds). Non-2xx answers and timeouts are errors.",
 ))
 register(ComponentType(
-    name="nats", role="sink", config_model=NatsSinkConfig, inputs=IN,
+    name="nats", role="sink", exactly_once="idempotent", config_model=NatsSinkConfig, inputs=IN,
     description="Publish each event as JSON to a NATS subject.",
     impl=f"{_MOD}:NatsSink",
     docs="Publishes through the agent's NATS connection (core NATS, no acknowledgement).",
 ))
 register(ComponentType(
-    name="kv", role="sink", config_model=KvSinkConfig, inputs=IN,
+    name="kv", role="sink", exactly_once="transactional", config_model=KvSinkConfig, inputs=IN,
     description="Store each event as JSON in a NATS KV bucket under a computed key.",
     impl=f"{_MOD}:KvSink",
     docs="key is an expression (e.g. user.id); a null or invalid key is an error for that "

@@ -338,8 +338,8 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
         :mod:`~componentmanager.runners.commit`)."""
         assert self._floors is not None
         found = message_range(msg.headers, msg.reply, port, len(indexed))
-        if found is None:
-            return indexed
+        if found is None or (msg.headers and HDR_REPLAY_TO in msg.headers):
+            return indexed  # (a dead letter sent back by `flowctl dlq replay`: taken)
         prefix, first = found
         skip = self._floors.fresh(prefix, first, len(indexed))
         if skip:
