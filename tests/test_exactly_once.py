@@ -137,3 +137,58 @@ async def test_kill9_and_a_frozen_server_leave_no_repeat(nc, nats_server, agents
     assert counters["work"] == (TOTAL, TOTAL), result
     assert counters["out"] == (TOTAL, TOTAL), result
     assert counters["latest"] == (TOTAL, TOTAL), result
+
+
+@pytest.mark.parametrize("delivery", ["exactly-once", "at-least-once"])
+async def test_a_processor_down_past_the_duplicate_window_repeats_nothing(
+        nc, agents, tmp_path, delivery) -> None:
+    """The processor's agent killed mid-flow and back only after the stream's duplicate
+    window (cut to 1 s here) has passed: exactly-once repeats nothing (its readers know
+    repeats by their event ids, not by the window); at-least-once writes again."""
+    procs = await start_three(nc, agents)
+    out, total = tmp_path / "out.jsonl", 6000
+    await run_flow(nc, flow_yaml("late", f"""\
+  sources:
+    - id: gen
+      type: generate
+      config: {{count: {total}, rate: 1500}}
+      placement: {{agent: a1}}
+  processors:
+    - id: work
+      type: transform
+      inputs: [gen]
+      config: {{set: {{worked: "true"}}}}
+      placement: {{agent: a2}}
+  sinks:
+    - id: out
+      type: file
+      inputs: [work]
+      config: {{path: "{out}"}}
+      placement: {{agent: a3}}
+""", delivery=delivery))
+    js = nc.jetstream()
+    info = await js.stream_info(stream_name("late"))
+    info.config.duplicate_window = 1.0
+    await js.update_stream(info.config)
+    await wait_until(lambda: _lines_at_least(out, 1500), timeout=30, what="events flowing")
+    procs["a2"].proc.kill()
+    procs["a2"].proc.wait()
+    await asyncio.sleep(4.0)  # 4x the duplicate window
+    procs["a2"] = agents("a2", "zone=b", heartbeat=HB)
+
+    async def complete() -> bool:
+        return len(set(read_lines(out))) >= total and await _drained(nc, "late")
+
+    await wait_until(complete, timeout=90, what=f"all {total} events at the sink")
+    await asyncio.sleep(1.5)
+    lines = read_lines(out)
+    seqs = collections.Counter(json.loads(line)["seq"] for line in lines)
+    st = await statuses(nc, "late")
+    print(f"\n{delivery}, processor down 4 s past a 1 s duplicate window: "
+          f"{len(lines)} lines, {len(seqs)} distinct; work in/out "
+          f"{st['late.work.0'].counters.in_}/{st['late.work.0'].counters.out}")
+    assert len(seqs) == total
+    if delivery == "exactly-once":
+        assert len(lines) == total
+        assert (st["late.work.0"].counters.in_, st["late.work.0"].counters.out) == (total, total)
+        assert st["late.out.0"].counters.out == total
