@@ -146,10 +146,17 @@ def describe(name: NameArg, output: OutputOpt = Format.yaml) -> None:
             configs = await engine.list_configs(name)
             statuses = await engine.list_status(name)
             eff = await engine.effective_state(name)
+            agents = await engine.agent_records()
+        from datetime import UTC, datetime
+
+        from flowstore.liveness import as_seen
+
+        now = datetime.now(UTC)
         by_node: dict[str, list[dict[str, Any]]] = {}
-        for s in statuses:
+        for s in statuses:  # as `status` shows it: unknown while its agent is silent
             dumped = s.model_dump(mode="json", by_alias=True, exclude_none=True)
-            by_node.setdefault(s.node, []).append(dumped)
+            by_node.setdefault(s.node, []).append(as_seen(dumped, agents.get(s.agent or ""),
+                                                          now))
         data = {
             "flow": flow.model_dump(mode="json"),
             "effective": eff.to_dict(),
@@ -191,7 +198,10 @@ def agents(output: OutputOpt = Format.table, watch: WatchOpt = False,
     """
 
     async def fetch(engine: Any) -> Any:
+        from datetime import UTC, datetime
+
         from flowstore import AgentRecord, read_all
+        from flowstore.liveness import silent_for
 
         records, broken = [], {}
         for key, entry in (await read_all(engine.agents)).items():
@@ -201,8 +211,10 @@ def agents(output: OutputOpt = Format.table, watch: WatchOpt = False,
             else:
                 records.append(record)
         say_broken("flowctl_agents", broken)
+        now = datetime.now(UTC)
         return [
-            {**r.model_dump(mode="json"), "live": r.is_live(), "age_s": round(r.age_s(), 1)}
+            {**r.model_dump(mode="json"), "live": silent_for(r, now) is None,
+             "age_s": round(r.age_s(now), 1)}
             for r in sorted(records, key=lambda r: r.name)
         ]
 

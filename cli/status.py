@@ -46,29 +46,33 @@ def _status_rows_wide(statuses: list[dict[str, Any]]) -> list[list[Any]]:
 def live_figures(s: dict[str, Any]) -> list[str]:
     """IN/S, OUT/S (over the agent's last few seconds) and LAG (messages waiting for the
     node's inputs); ``-`` where the replica does not run or its agent cannot tell."""
-    active = s.get("state") in ("running", "degraded", "starting")  # not "lost"
+    active = s.get("state") in ("running", "degraded", "starting")  # not "unknown"
     rate, lag = s.get("rate") or {}, s.get("lag") or {}
     figures = [f"{rate[k]:,.0f}" if active and k in rate else "-" for k in ("in", "out")]
     return [*figures, f"{sum(lag.values()):,}" if active and lag else "-"]
 
 
 async def status_data(engine: Any, name: str | None) -> list[dict[str, Any]]:
+    from datetime import UTC, datetime
+
     from cli.observe import say_broken
-    from flowengine.observe import as_seen, in_flow_order
+    from flowengine.observe import in_flow_order
+    from flowstore.liveness import as_seen
 
     names = [name] if name else [f.name for f in await engine.flows.list()]
     say_broken("flowctl_flows", engine.flows.broken if not name else {})
     out = []
-    live = {a.name for a in await engine.live_agents()}
     for flow in names:
         eff = await engine.effective_state(flow)
         record = await engine.flows.get(flow)
         statuses = in_flow_order(await engine.list_status(flow), record.spec)
+        # agents read after the statuses: a replica is never judged by an older heartbeat
+        agents, now = await engine.agent_records(), datetime.now(UTC)
         out.append({
             "flow": flow,
             "effective": eff.to_dict(),
-            "replicas": [as_seen(s.model_dump(mode="json", by_alias=True), live)
-                         for s in statuses],
+            "replicas": [as_seen(s.model_dump(mode="json", by_alias=True),
+                                 agents.get(s.agent or ""), now) for s in statuses],
         })
     return out
 

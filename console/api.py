@@ -25,10 +25,11 @@ from console import auth
 from console.events import ChangeHub, log_events
 from console.graph import layout
 from flowengine import deadletters
-from flowengine.observe import as_seen, in_flow_order
+from flowengine.observe import in_flow_order
 from flowengine.results import NOTHING_TO_DO
 from flowengine.since import parse_since
 from flowstore.errors import FlowctlError, FlowNotFound, InvalidTransition, RevisionConflict
+from flowstore.liveness import as_seen, silent_for
 from flowstore.models import NAME_PATTERN, AgentRecord
 from flowstore.store import read_all
 
@@ -156,12 +157,13 @@ def create_app(console: Console) -> FastAPI:
     @app.get("/api/agents", dependencies=read)
     async def agents() -> list[dict[str, Any]]:
         """Agents with labels, heartbeat age, liveness and load."""
-        out = []
+        out, now = [], datetime.now(UTC)
         for entry in (await read_all(engine.agents)).values():
             record, _ = AgentRecord.parse(entry.value)
             if record is not None:
-                out.append({**record.model_dump(mode="json"), "age_s": round(record.age_s(), 1),
-                            "live": record.is_live()})
+                out.append({**record.model_dump(mode="json"),
+                            "age_s": round(record.age_s(now), 1),
+                            "live": silent_for(record, now) is None})
         return sorted(out, key=lambda a: a["name"])
 
     @app.get("/api/flows/{name}/dlq", dependencies=read)
@@ -236,6 +238,6 @@ def _validated(document: dict[str, Any]) -> tuple[Any, Any]:
 
 async def _status(engine: Any, name: str, record: Any) -> list[dict[str, Any]]:
     statuses = in_flow_order(await engine.list_status(name), record.spec)
-    live = {a.name for a in await engine.live_agents()}
-    return [as_seen(s.model_dump(mode="json", by_alias=True, exclude_none=True), live)
-            for s in statuses]
+    agents, now = await engine.agent_records(), datetime.now(UTC)
+    return [as_seen(s.model_dump(mode="json", by_alias=True, exclude_none=True),
+                    agents.get(s.agent or ""), now) for s in statuses]

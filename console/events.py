@@ -4,6 +4,9 @@
   once for the whole server and hands every change to each connected client's queue
   (bounded: a client that does not read loses changes, is told so with a ``resync``
   event, and refetches). A change is ``{"bucket", "key", "op": "put"|"del", "value"}``.
+  A replica status is sent as readers show it (:func:`flowstore.liveness.as_seen`), and
+  sent again when its agent falls silent or heartbeats again (the hub looks at the
+  agents it already has every :data:`SILENCE_CHECK_S`: a dead agent changes no key).
 * :func:`log_events` reads a flow's stored log lines (FLOWCTL_LOGS) from a point (the
   ``Last-Event-ID`` a reconnecting browser sends, which is the stream sequence, or a
   time) and follows new ones: resumable without loss while the stream keeps them.
@@ -16,12 +19,13 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
-from flowstore.models import logs_subject
+from flowstore.liveness import UNKNOWN, as_seen
+from flowstore.models import AgentRecord, logs_subject
 from flowstore.nats import AGENTS_BUCKET, FLOWS_BUCKET, STATUS_BUCKET, open_bucket
 from flowstore.store import is_delete
 from flowstore.streams import LOGS_STREAM
@@ -33,6 +37,8 @@ WATCHED = (FLOWS_BUCKET, STATUS_BUCKET, AGENTS_BUCKET)
 CLIENT_QUEUE = 1000
 #: A comment line this often keeps proxies and the browser from closing an idle stream.
 KEEPALIVE_S = 15.0
+#: How often the hub looks for agents that fell silent or came back (no NATS I/O).
+SILENCE_CHECK_S = 0.25
 
 
 def sse(data: Any, event: str | None = None, event_id: str | int | None = None) -> str:
@@ -69,9 +75,15 @@ class ChangeHub:
         self.nc = nc
         self._clients: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        #: the last value of every key of flowctl_status and flowctl_agents, as watched
+        self._status: dict[str, dict[str, Any]] = {}
+        self._agents: dict[str, AgentRecord] = {}
+        #: status key -> whether it was last sent as ``unknown``
+        self._sent_unknown: dict[str, bool] = {}
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._watch(b), name=f"watch {b}") for b in WATCHED]
+        self._tasks.append(asyncio.create_task(self._silences(), name="silences"))
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -87,10 +99,17 @@ class ChangeHub:
             try:
                 kv = await open_bucket(self.nc, bucket)
                 watcher = await kv.watchall(include_history=False)
+                fresh: set[str] | None = set()  # keys replayed by this watch, until caught up
                 while True:
                     entry = await watcher.updates(timeout=30.0)
-                    if entry is not None:
-                        self._publish(change(bucket, entry))
+                    if entry is None:  # caught up: keys not replayed were deleted meanwhile
+                        if fresh is not None:
+                            self._forget_all_but(bucket, fresh)
+                        fresh = None
+                        continue
+                    if fresh is not None:
+                        fresh.add(entry.key)
+                    self._publish(self._remember(change(bucket, entry)))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # an idle timeout, or NATS away: watch again
@@ -101,6 +120,54 @@ class ChangeHub:
                 if watcher is not None:
                     with contextlib.suppress(Exception):
                         await watcher.stop()
+
+    def _remember(self, item: dict[str, Any]) -> dict[str, Any]:
+        """Keep the last status and agent records; a status as readers show it."""
+        key, value = item["key"], item["value"]
+        if item["bucket"] == AGENTS_BUCKET:
+            record = AgentRecord.parse(json.dumps(value))[0] if value is not None else None
+            if record is not None:
+                self._agents[key] = record
+            elif item["op"] == "del":
+                self._agents.pop(key, None)
+        elif item["bucket"] == STATUS_BUCKET:
+            if item["op"] == "del" or not isinstance(value, dict):
+                self._status.pop(key, None)
+                self._sent_unknown.pop(key, None)
+            else:
+                self._status[key] = value
+                seen = self._seen(value, datetime.now(UTC))
+                self._sent_unknown[key] = seen["state"] == UNKNOWN
+                return {**item, "value": seen}
+        return item
+
+    def _forget_all_but(self, bucket: str, keys: set[str]) -> None:
+        if bucket == AGENTS_BUCKET:
+            self._agents = {k: v for k, v in self._agents.items() if k in keys}
+        elif bucket == STATUS_BUCKET:
+            self._status = {k: v for k, v in self._status.items() if k in keys}
+            self._sent_unknown = {k: v for k, v in self._sent_unknown.items() if k in keys}
+
+    def _seen(self, status: dict[str, Any], now: datetime) -> dict[str, Any]:
+        return as_seen(status, self._agents.get(status.get("agent") or ""), now)
+
+    def silence_changes(self, now: datetime) -> list[dict[str, Any]]:
+        """Status records whose agent fell silent or heartbeat again since they were last
+        sent, as changes to send again (and taken as sent)."""
+        out = []
+        for key, status in self._status.items():
+            seen = self._seen(status, now)
+            unknown = seen["state"] == UNKNOWN
+            if self._sent_unknown.get(key) != unknown:
+                self._sent_unknown[key] = unknown
+                out.append({"bucket": STATUS_BUCKET, "key": key, "op": "put", "value": seen})
+        return out
+
+    async def _silences(self) -> None:
+        while True:
+            await asyncio.sleep(SILENCE_CHECK_S)
+            for item in self.silence_changes(datetime.now(UTC)):
+                self._publish(item)
 
     def _publish(self, item: dict[str, Any]) -> None:
         for queue in list(self._clients):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 
 from flowengine.errors import ValidationFailed
 from flowengine.issues import ValidationResult
@@ -241,4 +242,4 @@ class FlowEngine(FlowKV):
         """Observe the flow from what its replicas report (not from its record)."""
         record = await self.flows.get(name)
         return observe(record, await self.list_configs(name), await self.list_status(name),
-                       {a.name for a in await self.live_agents()})
+                       await self.agent_records(), datetime.now(UTC))

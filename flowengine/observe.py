@@ -1,7 +1,7 @@
 """What a flow is observed to be: the pure :func:`observe` and the types it returns.
 
 :func:`observe` sums up the replicas' reports in ``flowctl_status`` (given as data, along
-with the flow record, its configs and the live agents) into one :class:`ObservedState`
+with the flow record, its configs, the agents' records and the time) into one :class:`ObservedState`
 with counts and reasons, an :class:`EffectiveState`. Pure: no NATS;
 :meth:`~flowengine.lifecycle.FlowEngine.effective_state` reads the buckets and calls it.
 """
@@ -9,13 +9,15 @@ with counts and reasons, an :class:`EffectiveState`. Pure: no NATS;
 from __future__ import annotations
 
 from collections import Counter
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from flowstore.liveness import UNKNOWN, as_seen
 from flowstore.models import (
-    ACTIVE_STATES,
+    AgentRecord,
     ComponentConfig,
     FlowRecord,
     FlowState,
@@ -31,8 +33,8 @@ class ObservedState(StrEnum):
     PENDING = "pending"  # some replica has no eligible agent, none runs
     STARTING = "starting"  # enabled, not every replica reports running yet
     RUNNING = "running"  # every replica running (a finished source: completed)
-    DEGRADED = "degraded"  # some replicas ok, some failed, lost, pending or not keeping up
-    FAILED = "failed"  # replicas failed (or their agent died) and none is ok
+    DEGRADED = "degraded"  # some replicas ok, some failed, unknown, pending or not keeping up
+    FAILED = "failed"  # replicas failed (or their agent is silent) and none is ok
     STOPPING = "stopping"  # disabled, but some replica still reports running
     STOPPED = "stopped"  # disabled and nothing runs
 
@@ -41,7 +43,8 @@ class EffectiveState(BaseModel):
     """Desired state (the flow record) next to the observed one, with the reasons.
 
     ``counts`` maps a replica condition (running, completed, starting, stopped, failed,
-    pending, lost = its agent is not live, missing = no status yet) to how many replicas.
+    pending, unknown = up on an agent whose heartbeat is overdue (see
+    :func:`flowstore.liveness.as_seen`), missing = no status yet) to how many replicas.
     """
 
     flow: str
@@ -61,8 +64,9 @@ def is_source(cfg: ComponentConfig) -> bool:
 
 
 def observe(record: FlowRecord, configs: list[ComponentConfig], statuses: list[ReplicaStatus],
-            live: set[str]) -> EffectiveState:
-    """Pure: sum up the replicas' reports into one observed state, with the reasons."""
+            agents: dict[str, AgentRecord], now: datetime) -> EffectiveState:
+    """Pure: sum up the replicas' reports into one observed state, with the reasons
+    (``agents``: every agent record by name; a replica is judged as a reader shows it)."""
     name, desired = record.name, record.state
     if not configs:
         reasons = [] if desired == FlowState.NOT_DEPLOYED else ["no config keys: deploy again"]
@@ -81,8 +85,9 @@ def observe(record: FlowRecord, configs: list[ComponentConfig], statuses: list[R
             if st is None:
                 cond = "pending" if agent is None else "missing"
                 detail = f"no status from agent '{agent}' yet" if agent else "no agent assigned"
-            elif st.state in ACTIVE_STATES and st.agent and st.agent not in live:
-                cond, detail = "lost", f"agent '{st.agent}' is not live"
+            elif (seen := as_seen({"state": st.state.value, "agent": st.agent},
+                                  agents.get(st.agent or ""), now))["state"] == UNKNOWN:
+                cond, detail = UNKNOWN, seen["reason"]
             else:
                 cond, detail = st.state.value, st.reason or st.last_error
             counts[cond] += 1
@@ -97,7 +102,7 @@ def observe(record: FlowRecord, configs: list[ComponentConfig], statuses: list[R
         reasons = [f"{active} replica(s) still running"] if active else []
     elif ok == total:
         observed = ObservedState.RUNNING
-    elif counts["failed"] + counts["lost"] + counts["degraded"]:
+    elif counts["failed"] + counts[UNKNOWN] + counts["degraded"]:
         observed = ObservedState.DEGRADED if ok else ObservedState.FAILED
     elif counts["pending"]:
         observed = ObservedState.DEGRADED if ok else ObservedState.PENDING
@@ -113,14 +118,3 @@ def in_flow_order(statuses: list[ReplicaStatus], spec: Any) -> list[ReplicaStatu
     rank = {node.id: i for i, node in enumerate(spec.nodes)}
     return sorted(statuses, key=lambda s: (rank.get(s.node, len(rank)), s.node, s.replica))
 
-
-def as_seen(record: dict[str, Any], live: set[str]) -> dict[str, Any]:
-    """A dumped replica record as a reader should show it: one that says it is active
-    on an agent that is no longer live is ``lost`` (its rates and lag are stale: none),
-    with the reason; anything else as written."""
-    agent = record.get("agent")
-    if record.get("state") in {s.value for s in ACTIVE_STATES} and agent and agent not in live:
-        return {**record, "state": "lost", "rate": {}, "lag": {},
-                "reason": f"agent '{agent}' is not live (last reported "
-                          f"{record.get('state')})"}
-    return record

@@ -158,6 +158,12 @@ class FlowKV:
         """Dead letters of the flow kept in FLOWCTL_DLQ, per node."""
         return await dead_letter_counts(self.nc, name)
 
+    async def agent_records(self) -> dict[str, AgentRecord]:
+        """Every agent record that parses, by name, live or not (readers judge them with
+        :func:`flowstore.liveness.as_seen`)."""
+        agents = (_decode(AgentRecord, e.value) for e in (await read_all(self.agents)).values())
+        return {a.name: a for a in agents if a}
+
     async def live_agents(self) -> list[AgentRecord]:
         """Agents whose last heartbeat is recent enough, sorted by name."""
         agents = (_decode(AgentRecord, e.value) for e in (await read_all(self.agents)).values())

@@ -7,8 +7,13 @@ at-least-once flow that loses nothing across the kill.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import re
+import threading
 import time
+import urllib.request
 
 from flowengine import FlowEngine
 from tests.agents import (
@@ -19,6 +24,13 @@ from tests.agents import (
     run_flow,
     statuses,
     wait_until,
+)
+from tests.programs.cli_helpers import (  # noqa: F401  (fixture)
+    Flowctl,
+    cli_processes_cleaned_up,
+    flowctl,
+    free_port,
+    wait_for,
 )
 
 HB = 1.0  # heartbeat of the test agents, seconds
@@ -172,3 +184,126 @@ async def test_at_least_once_loses_nothing_when_processor_agent_is_killed(
 
 async def _count(path, n: int) -> bool:
     return len(read_lines(path)) >= n
+
+
+async def test_a_killed_agents_replicas_show_unknown_at_once_and_the_move_is_logged(
+    nc, agents, nats_url, tmp_path
+) -> None:
+    """SIGKILL of an agent: `flowctl status`, the API and the console's event stream show
+    its replica `unknown` ("agent a2 silent 2.3 s") before the leader moves it, and
+    `flowctl logs` then says where it went and why."""
+    hb = 2.0  # the default: unknown after 2 heartbeats of silence, moved after 2.5
+    agents("a1", "zone=a", heartbeat=hb)  # first up: holds the lease
+    await wait_until(lambda: live_agent(nc, "a1"), what="agent a1")
+    await wait_until(lambda: _leader_is(nc, "a1"), what="a1 leads")
+    procs = {"a2": agents("a2", "zone=b", heartbeat=hb), "a3": agents("a3", "zone=b", heartbeat=hb)}
+    for name in procs:
+        await wait_until(lambda n=name: live_agent(nc, n), what=f"agent {name}")
+    body = f"""\
+  sources:
+    - {{id: src, type: nats, config: {{subject: "uk.in"}}, placement: {{agent: a1}}}}
+  sinks:
+    - id: out
+      type: file
+      inputs: [src]
+      placement: {{labels: {{zone: b}}}}
+      config: {{path: "{tmp_path / 'out.jsonl'}"}}
+"""
+    await run_flow(nc, flow_yaml("uk", body))
+    await wait_until(lambda: all_in_state(nc, "uk", ["uk.src.0", "uk.out.0"], "running"),
+                     what="all running")
+    victim = (await statuses(nc, "uk"))["uk.out.0"].agent
+    survivor = ({"a2", "a3"} - {victim}).pop()
+    port = free_port()
+    ui = Flowctl("ui", "--port", str(port), log_dir=tmp_path, nats_url=nats_url, name="ui")
+    ui.wait_output("console: http://127.0.0.1:")
+    api = f"http://127.0.0.1:{port}/api/flows/uk/status"
+    events = _EventStream(f"http://127.0.0.1:{port}/api/events?flow=uk")
+    await asyncio.to_thread(wait_for, lambda: events.lines, 10, "the event stream")
+
+    t0 = time.monotonic()
+    procs[victim].kill()
+    seen: dict[str, float] = {}
+    while len(seen) < 2 and time.monotonic() - t0 < 15:
+        for where in ("api", "cli"):
+            if where in seen:
+                continue
+            if where == "api":
+                row = _replica(await asyncio.to_thread(_get_json, api), "out")
+            else:
+                cli = await asyncio.to_thread(flowctl, "status", "uk", "-o", "json",
+                                              nats_url=nats_url)
+                row = _replica(json.loads(cli.stdout)["replicas"], "out")
+            if row["state"] == "unknown":
+                seen[where] = time.monotonic() - t0
+                assert re.fullmatch(rf"agent {victim} silent \d+\.\d s", row["reason"]), row
+                assert row["reported_state"] == "running" and row["agent"] == victim
+            else:
+                assert row["agent"] == victim, f"{where}: moved before shown unknown: {row}"
+    shown = await asyncio.to_thread(flowctl, "status", "uk", nats_url=nats_url)
+    agents_now = await asyncio.to_thread(flowctl, "agents", "-o", "json", nats_url=nats_url)
+    assert {a["name"]: a["live"] for a in json.loads(agents_now.stdout)}[victim] is False
+    assert len(seen) == 2, (seen, shown.stdout)
+    # overdue 2 heartbeats after the last one, which was at most one before the kill;
+    # plus the time a `flowctl status` takes to start and read
+    assert seen["cli"] < 2 * hb + 2.0, seen
+
+    async def moved_line() -> str | None:
+        out = (await asyncio.to_thread(flowctl, "logs", "uk", nats_url=nats_url)).stdout
+        return next((line for line in out.splitlines() if "[leader] moved" in line), None)
+
+    line = await wait_until(moved_line, timeout=20, what="the leader's line in flowctl logs")
+    moved_at = time.monotonic() - t0
+    assert re.search(rf"out\.0@a1 \[leader\] moved out\.0 from {victim} to {survivor}: "
+                     rf"{victim} silent \d+\.\d s$", line), line
+    await wait_until(lambda: all_in_state(nc, "uk", ["uk.out.0"], "running"), what="running")
+    sent = [e for e in events.changes() if e["key"] == "uk.out.0"]
+    unknown = next(i for i, e in enumerate(sent) if e["value"]["state"] == "unknown")
+    assert all(e["value"]["agent"] == victim for e in sent[:unknown]), sent
+    print(f"\nSIGKILL of {victim} (hb {hb:g} s): unknown in the API after {seen['api']:.2f} s, "
+          f"in flowctl status after {seen['cli']:.2f} s; the moved line read after "
+          f"{moved_at:.2f} s: {line.split(' ', 1)[1]}")
+    print(shown.stdout)
+    events.close()
+    assert ui.stop() == 0
+
+
+async def _leader_is(nc, name: str) -> bool:
+    from flowstore.nats import LEADER_BUCKET, open_bucket
+
+    try:
+        entry = await (await open_bucket(nc, LEADER_BUCKET)).get("leader")
+    except Exception:
+        return False
+    return json.loads(entry.value).get("agent") == name
+
+
+def _get_json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def _replica(rows: list[dict], node: str) -> dict:
+    return next(r for r in rows if r["node"] == node and r["replica"] == 0)
+
+
+class _EventStream:
+    """Reads a server-sent event stream on a thread; keeps its data lines."""
+
+    def __init__(self, url: str) -> None:
+        self.lines: list[str] = []
+        self.response = urllib.request.urlopen(url, timeout=60)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(Exception):
+            for raw in self.response:
+                self.lines.append(raw.decode())
+
+    def changes(self) -> list[dict]:
+        data = [json.loads(x[6:]) for x in list(self.lines) if x.startswith("data: ")]
+        return [d for d in data if d.get("bucket") == "flowctl_status"]
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.response.close()

@@ -182,7 +182,8 @@ async def test_effective_state_is_observed_from_replica_status(
 
     await report(nc, "keep", 1, "running", agent="agent-dead")
     state = await engine.effective_state("demo")
-    assert state.reasons == ["demo.keep.1: lost: agent 'agent-dead' is not live"]
+    assert state.reasons == [
+        "demo.keep.1: unknown: agent agent-dead silent (its heartbeat record is gone)"]
 
     for node, replica in (("keep", 0), ("out", 0)):
         await report(nc, node, replica, "failed")

@@ -106,3 +106,85 @@ def test_top_sums_a_nodes_replicas() -> None:
     work = rows[1]
     assert (work["replicas"], work["state"], work["rate_in"], work["lag"], work["in"],
             work["errors"]) == (3, "running 2/3", 150, 40, 30, 3)
+
+
+def _agent(name: str, beat: datetime, heartbeat_s: float = 2.0):
+    from flowstore.models import AgentRecord
+
+    return AgentRecord(name=name, host="h", pid=1, version="0", started_at="x",
+                       instance="i", heartbeat_s=heartbeat_s,
+                       heartbeat_at=beat.isoformat().replace("+00:00", "Z"))
+
+
+def test_a_replica_of_a_silent_agent_is_shown_unknown_by_the_rule_of_flowctl_agents() -> None:
+    from flowstore.liveness import as_seen, silent_for
+
+    now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    running = {"state": "running", "agent": "a1", "reason": None, "rate": {"in": 5.0},
+               "lag": {"in": 3}}
+    fresh = _agent("a1", now - timedelta(seconds=3.9))
+    late = _agent("a1", now - timedelta(seconds=4.1))
+    assert silent_for(fresh, now) is None and as_seen(running, fresh, now) is running
+    assert silent_for(late, now) == pytest.approx(4.1)  # overdue: 2 heartbeats of 2 s
+    assert as_seen(running, late, now) == {
+        "state": "unknown", "agent": "a1", "reason": "agent a1 silent 4.1 s", "rate": {},
+        "lag": {}, "reported_state": "running"}
+    assert as_seen(running, None, now)["reason"] == "agent a1 silent (its heartbeat record is gone)"
+    for state in ("completed", "stopped", "failed", "pending"):  # as written
+        record = {**running, "state": state}
+        assert as_seen(record, late, now) is record
+
+
+def test_the_leader_says_where_each_replica_went_and_why() -> None:
+    from componentmanager.agent.moves import move_lines
+
+    cfg = ComponentConfig(flow="f", node="out", type="file", queue="q", replicas=4,
+                          assignments=["a1", "a2", None, "a4"])
+    lines = move_lines(cfg, ["a3", "a2", "a3", None], {3: "no live agent matches placement"},
+                       {"a1": 5.06}, {"a1", "a2", "a3"})
+    assert lines == [
+        (0, "moved out.0 from a1 to a3: a1 silent 5.1 s"),
+        (2, "placed out.2 on a3"),
+        (3, "could not move out.3 from a4: a4 is gone (no heartbeat record); "
+            "no live agent matches placement"),
+    ]
+    moved = move_lines(cfg.model_copy(update={"assignments": ["a2"], "replicas": 1}), ["a3"],
+                       {}, {}, {"a2", "a3"})
+    assert moved == [(0, "moved out.0 from a2 to a3: a2 no longer matches the node's placement")]
+
+
+def test_metrics_count_replicas_unknown_while_the_agents_heartbeat_is_overdue() -> None:
+    from types import SimpleNamespace
+
+    from componentmanager.agent.metrics import AgentCollector
+
+    now = datetime.now(UTC)
+    agent = SimpleNamespace(last_heartbeat=_agent("a1", now, heartbeat_s=0.5))
+    collector = AgentCollector(agent)
+    assert collector._state_seen("running") == "running"
+    agent.last_heartbeat = _agent("a1", now - timedelta(seconds=1.5), heartbeat_s=0.5)
+    assert collector._state_seen("running") == "unknown"
+    assert collector._state_seen("completed") == "completed"
+
+
+def test_the_console_sends_a_replica_again_when_its_agent_falls_silent() -> None:
+    import json
+
+    from console.events import ChangeHub
+
+    hub = ChangeHub(nc=None)
+    t0 = datetime.now(UTC)
+    beat = json.loads(_agent("a1", t0).to_json())
+    hub._remember({"bucket": "flowctl_agents", "key": "a1", "op": "put", "value": beat})
+    sent = hub._remember({"bucket": "flowctl_status", "key": "f.out.0", "op": "put",
+                          "value": {"state": "running", "agent": "a1"}})
+    assert sent["value"]["state"] == "running"
+    assert hub.silence_changes(t0 + timedelta(seconds=3)) == []
+    [again] = hub.silence_changes(t0 + timedelta(seconds=4.5))
+    assert (again["key"], again["value"]["state"]) == ("f.out.0", "unknown")
+    assert again["value"]["reason"] == "agent a1 silent 4.5 s"
+    assert hub.silence_changes(t0 + timedelta(seconds=5)) == []  # sent once
+    beat = json.loads(_agent("a1", t0 + timedelta(seconds=5)).to_json())
+    hub._remember({"bucket": "flowctl_agents", "key": "a1", "op": "put", "value": beat})
+    [back] = hub.silence_changes(t0 + timedelta(seconds=5.1))
+    assert back["value"] == {"state": "running", "agent": "a1"}

@@ -123,6 +123,8 @@ class Agent(ReplicaKeeping):
         self._loop_lag_s = 0.0
         self.data: DataLoop | None = None
         self._heartbeat_at = time.monotonic()
+        #: the record as last written to flowctl_agents: what readers judge this agent by
+        self.last_heartbeat: AgentRecord | None = None
         self.metrics: MetricsServer | None = None
         #: shutdown steps that did not finish in time (the process must exit regardless)
         self.left_behind: list[str] = []
@@ -269,6 +271,7 @@ class Agent(ReplicaKeeping):
 
     async def _announce(self) -> None:
         await announce(self)
+        self.last_heartbeat = self.record()
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -277,10 +280,12 @@ class Agent(ReplicaKeeping):
                 self._loop_lag_s = self.data.take_max_lag()
             try:
                 try:
+                    record = self.record()
                     self._agent_rev = await self.agents_kv.update(
-                        self.agent_name, self.record().to_json(), last=self._agent_rev
+                        self.agent_name, record.to_json(), last=self._agent_rev
                     )
                     self._heartbeat_at = time.monotonic()
+                    self.last_heartbeat = record
                 except KeyWrongLastSequenceError:
                     await self._check_fenced()
                 self.cut_off.contact()

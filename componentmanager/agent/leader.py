@@ -13,7 +13,8 @@ clock, so clock skew between hosts does not matter), runs the pure
 :func:`flowstore.placement.place` over every config, and writes changed assignments with
 compare-and-set on each config key, so two deciders can never both win. Replicas no
 agent can take get a ``pending`` status with the reason; they are placed as soon as a
-matching agent joins.
+matching agent joins. Each move is said in the replica's stored log lines (``moved out.0
+from a1 to a2: a1 silent 3.1 s``, see :mod:`componentmanager.agent.moves`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import msgspec
 import structlog
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
+from componentmanager.agent.moves import move_lines
 from flowstore.models import AgentRecord, ReplicaState, ReplicaStatus, utcnow
 from flowstore.nats import LEADER_BUCKET, LEADER_LEASE_TTL_S, open_bucket
 from flowstore.placement import place
@@ -218,6 +220,8 @@ class Leader:
         for gone in self._last_good.keys() - entries.keys():
             del self._last_good[gone]
         live = self.live_agents(records)
+        now, live_names = time.monotonic(), {r.name for r in live}
+        silent = {n: now - t for n, (_, t) in self._seen.items() if n not in live_names}
         # One consistent snapshot (no await in between): each body with its own revision,
         # so a CAS can only succeed on exactly the body that was placed.
         configs = dict(agent.view.configs)
@@ -230,6 +234,9 @@ class Leader:
                 log.info("reassigned", config=key, assignments=cfg.assignments)
             except KeyWrongLastSequenceError:
                 continue  # changed meanwhile: the next tick decides again
+            for replica, line in move_lines(configs[key], cfg.assignments,
+                                            result.reasons.get(key, {}), silent, set(records)):
+                self._say(cfg.flow, cfg.node, replica, line)
         for key, replica, reason in result.pending():
             cfg = configs[key]
             skey = f"{key}.{replica}"
@@ -245,6 +252,14 @@ class Leader:
         for skey in list(self._pending_written):
             if skey in placed or skey.rsplit(".", 1)[0] not in configs:
                 del self._pending_written[skey]
+
+    def _say(self, flow: str, node: str, replica: int, line: str) -> None:
+        """A decision about a replica, in this agent's log and the replica's stored log
+        lines (``flowctl logs``), as the stream ``leader``."""
+        log.info(line, flow=flow)
+        data = self.agent.data
+        if data is not None:
+            data.publish_log(flow, node, replica, line, "leader")
 
     async def _write_pending(self, key: str, status: ReplicaStatus) -> None:
         """Write ``pending`` (CAS, so a replica that just started there wins)."""

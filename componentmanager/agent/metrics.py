@@ -15,13 +15,15 @@ restarts and moves, like the status record). Names follow the client's conventio
   JetStream consumer of each at-least-once input (as of the last status interval);
   ``flowctl_input_lag_messages{flow,node,replica,port}``: what ``status`` shows as LAG;
 * ``flowctl_agent_loop_lag_seconds``, ``flowctl_agent_heartbeat_age_seconds``,
-  ``flowctl_replicas{state}``, ``flowctl_log_lines_lost_total``, all with ``agent``.
+  ``flowctl_replicas{state}`` (``unknown`` for up replicas while this agent's heartbeat
+  is overdue, as readers show them), ``flowctl_log_lines_lost_total``, all with ``agent``.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import start_http_server
@@ -32,6 +34,8 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from flowstore.liveness import as_seen
 
 REPLICA = ["flow", "node", "replica"]
 PORTED = [*REPLICA, "port"]
@@ -123,9 +127,11 @@ class AgentCollector(Collector):
             "flowctl_agent_heartbeat_age_seconds", "Seconds since the last heartbeat written",
             labels=["agent"])
         heartbeat.add_metric(name, self.agent.heartbeat_age_s())
-        states = GaugeMetricFamily("flowctl_replicas", "Replicas on this agent by state",
-                                   labels=["agent", "state"])
-        by_state = Counter(r.status().state.value for r in replicas)
+        states = GaugeMetricFamily(
+            "flowctl_replicas", "Replicas on this agent by state (unknown: up, but this "
+            "agent's heartbeat is overdue, so readers cannot vouch for them)",
+            labels=["agent", "state"])
+        by_state = Counter(self._state_seen(r.status().state.value) for r in replicas)
         for state, count in sorted(by_state.items()):
             states.add_metric([*name, state], count)
         lost = CounterMetricFamily(
@@ -134,6 +140,17 @@ class AgentCollector(Collector):
         data = getattr(self.agent, "data", None)
         lost.add_metric(name, data.logs_lost if data is not None else 0)
         yield from (loop_lag, heartbeat, states, lost)
+
+
+    def _state_seen(self, state: str) -> str:
+        """A replica's state as readers see it: judged by this agent's record as last
+        written (:func:`flowstore.liveness.as_seen`), so ``unknown`` while its
+        heartbeats do not get through."""
+        heard = getattr(self.agent, "last_heartbeat", None)
+        if heard is None:  # not announced yet: nothing to judge by
+            return state
+        seen = as_seen({"state": state, "agent": heard.name}, heard, datetime.now(UTC))
+        return str(seen["state"])
 
 
 def _ids(replica: Any) -> list[str]:
