@@ -19,6 +19,7 @@ import typer
 
 from cli.embedded import Embedded, load_to_run, pinned_to_run, quiet_agents
 from cli.errors import other_error, own_error, run
+from cli.interrupt import DRAIN_TIMEOUT_S, DrainOpt
 from cli.main import app, print_changes, valid_name
 from cli.output import info
 from cli.ui import UiOpt, UiPortOpt
@@ -117,12 +118,14 @@ def dev(
     ] = True,
     ui: UiOpt = False,
     ui_port: UiPortOpt = 8080,
+    drain_timeout: DrainOpt = DRAIN_TIMEOUT_S,
 ) -> None:
     """Run a flow and re-apply it live whenever its file or Python modules change.
 
     Like `flowctl run`, plus: on save the flow is re-applied (only changed nodes
     restart); a broken file or module is shown with its line and the last good version
-    keeps running. Ctrl+C stops everything.
+    keeps running. Ctrl+C stops everything: the sources first, then the rest once it
+    drained (--drain-timeout); exit 130 (143 after SIGTERM).
 
     Example: flowctl dev examples/enrich.yaml
     """
@@ -131,7 +134,8 @@ def dev(
     async def go() -> int:
         loaded = load_to_run(file, name)
         async with Embedded(loaded, allow_inline_code, commands, "dev",
-                            ui_port=ui_port if ui else None) as emb:
+                            ui_port=ui_port if ui else None,
+                            drain_timeout=drain_timeout) as emb:
             info(f"dev: watching {file} and the modules it imports (Ctrl+C stops)")
             watcher = asyncio.create_task(reload_on_save(emb, file))
             try:

@@ -3,11 +3,13 @@
 ``run`` owns everything it starts (an embedded nats-server unless ``--nats-url`` is
 given, one in-process agent per distinct placement of the flow, the flow itself) and
 tears it all down in reverse order on Ctrl+C, SIGTERM or, with ``--until-done``, once
-the flow is done (:mod:`cli.drain`). It never touches a flow it did not create: when a
-flow of that name exists on the server it refuses (``--name`` runs it under another
-name), and at the end it stops, undeploys and deletes only the flow it created. The
-end prints a summary per node; the exit code is 1 when an event failed, was dropped or
-dead-lettered, or a replica failed.
+the flow is done (:mod:`cli.drain`). On Ctrl+C or SIGTERM the sources stop first and the
+rest drains, bounded (:mod:`cli.interrupt`). It never touches a flow it did not create:
+when a flow of that name exists on the server it refuses (``--name`` runs it under
+another name), and at the end it stops, undeploys and deletes only the flow it created.
+The end prints a summary per node, with what each node left unprocessed; the exit code
+is 130 after Ctrl+C, 143 after SIGTERM, else 1 when an event failed, was dropped,
+dead-lettered or left unprocessed, or a replica failed.
 
 A run has an id, ``run-<pid>``. Its agents carry the label ``flowctl.run=<id>`` and the
 flow it applies requires that label on every node (besides the node's own placement),
@@ -26,9 +28,18 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.agent import stop_on_signals
-from cli.drain import SUMMARY_COLUMNS, drained, outcome, reports_counters, still_held, unconfirmed
+from cli.drain import (
+    SUMMARY_COLUMNS,
+    drained,
+    left_over,
+    left_sentence,
+    outcome,
+    reports_counters,
+    still_held,
+    unconfirmed,
+)
 from cli.errors import EXIT_FAILED, run
+from cli.interrupt import DRAIN_TIMEOUT_S, DrainOpt, Signals, drain
 from cli.main import app, globals_, valid_name
 from cli.output import info, spinner, table
 from cli.ui import UiOpt, UiPortOpt, console_beside
@@ -94,10 +105,13 @@ def run_flow(
         "127.0.0.1:PORT (0: a free port, printed; more agents: PORT+1, ...).")] = 0,
     ui: UiOpt = False,
     ui_port: UiPortOpt = 8080,
+    drain_timeout: DrainOpt = DRAIN_TIMEOUT_S,
 ) -> None:
     """The one-command mode: embedded NATS + agent, apply/deploy/start the flow, show
     status and sink output; Ctrl+C (or --until-done) stops it, prints a summary per node
-    and removes what the run created. Exit 1 when an event failed or was lost.
+    and removes what the run created. Exit 1 when an event failed or was lost; after
+    Ctrl+C (SIGTERM) the sources stop first, the rest drains (--drain-timeout), exit 130
+    (143).
 
     Example: flowctl run examples/hello.yaml --until-done
     """
@@ -109,7 +123,8 @@ def run_flow(
     async def go() -> int:
         loaded = load_to_run(file, name)
         async with Embedded(loaded, allow_inline_code, commands, metrics_port=metrics_port,
-                            ui_port=ui_port if ui else None) as emb:
+                            ui_port=ui_port if ui else None,
+                            drain_timeout=drain_timeout) as emb:
             code = await emb.watch(until_done, timeout)
         return code or emb.exit_code
 
@@ -139,7 +154,7 @@ class Embedded:
 
     def __init__(self, loaded: Any, allow_inline_code: bool, commands: bool = True,
                  command: str = "run", metrics_port: int | None = 0,
-                 ui_port: int | None = None) -> None:
+                 ui_port: int | None = None, drain_timeout: float = DRAIN_TIMEOUT_S) -> None:
         self.command = command  # the command that runs it: run or dev (for messages)
         self.metrics_port = metrics_port  # None: no metrics
         self.ui_port = ui_port  # None: no console
@@ -152,7 +167,9 @@ class Embedded:
         self.agents: list[Any] = []
         self.agent_tasks: list[asyncio.Task[None]] = []
         self.stop_agents = asyncio.Event()
-        self.interrupted = asyncio.Event()
+        self.signals = Signals()  # Ctrl+C, SIGTERM
+        self.interrupted = self.signals.interrupted
+        self.drain_timeout = drain_timeout
         self.engine: Any = None
         self.nc: Any = None
         self.run_id = run_id()
@@ -166,7 +183,7 @@ class Embedded:
         from flowstore.errors import FlowctlError
         from flowstore.server import EmbeddedNats
 
-        stop_on_signals(self.interrupted)
+        self.signals.install()
         g = globals_()
         opts = g.options()
         placements = _placements(self.loaded.spec)
@@ -291,8 +308,8 @@ class Embedded:
             if deadline is not None and loop.time() > deadline:
                 info(f"not done after {timeout:g}s: {judge.waiting}")
                 return EXIT_FAILED
-        info("interrupted: stopping")
-        return 0
+        info(f"interrupted ({self.signals.name}): stopping")
+        return self.signals.exit_code
 
     async def __aexit__(self, *exc: object) -> None:
         with spinner("stopping"):
@@ -301,15 +318,22 @@ class Embedded:
         if summary is not None:
             with contextlib.redirect_stdout(sys.stderr):
                 table(SUMMARY_COLUMNS, summary.rows)
+            if left := left_sentence(summary.left):
+                info(f"flow/{self.name}: {left}")
+            if failed := summary.sentence():
+                info(f"flow/{self.name}: {failed} (REASON / LAST ERROR says why where a "
+                     "node reports it; --verbose shows the agents' logs)")
             if not summary.ok:
-                info(f"flow/{self.name}: {summary.sentence()} (REASON / LAST ERROR says why "
-                     "where a node reports it; --verbose shows the agents' logs)")
                 self.exit_code = EXIT_FAILED
 
     async def _stop_and_summarize(self) -> Any:
-        """Stop the flow (sources first), then read what every node did."""
+        """Stop the flow (sources first; after a signal, the rest drains first), then
+        read what every node did and left."""
         if self.engine is None or not self.created:
             return None
+        if self.interrupted.is_set() and self.drain_timeout > 0:
+            await drain(self.engine, self.name, self.loaded.spec, self.drain_timeout,
+                        self.signals.hurry)
         try:
             await self.engine.stop(self.name)
         except Exception as exc:
@@ -317,6 +341,7 @@ class Embedded:
         try:
             configs = await self.engine.list_configs(self.name)
             statuses = await self.engine.list_status(self.name)
+            backlog = await self.engine.input_backlog(self.name)
             after = await self.engine.dead_letters(self.name)
         except Exception as exc:
             info(f"could not read the status of flow/{self.name}: {exc}")
@@ -329,7 +354,7 @@ class Embedded:
         for held in still_held(configs, statuses):
             info(f"warning: {held}")
         return outcome(self.loaded.spec, statuses, {n: k for n, k in new.items() if k > 0},
-                       uncounted)
+                       uncounted, left_over(self.loaded.spec, configs, statuses, backlog))
 
     async def _teardown(self) -> None:
         if self.console is not None:
@@ -361,8 +386,9 @@ class DoneJudge:
 
     QUIET_S = 3.0
 
-    def __init__(self, spec: Any) -> None:
+    def __init__(self, spec: Any, sources_stopped: bool = False) -> None:
         self.spec = spec
+        self.sources_stopped = sources_stopped  # see drained()
         self.stable = 0
         self.waiting = "starting"
         self.told_unjudged = False
@@ -372,7 +398,7 @@ class DoneJudge:
     def look(self, configs: list[Any], statuses: list[Any],
              backlog: dict[str, int]) -> int | None:
         """None: not done yet; else the exit code."""
-        progress = drained(self.spec, configs, statuses, backlog)
+        progress = drained(self.spec, configs, statuses, backlog, self.sources_stopped)
         if progress.failed:
             info("a replica failed: " + "; ".join(progress.failed))
             return EXIT_FAILED

@@ -10,8 +10,9 @@ always written with compare-and-set, so of two concurrent actions on one flow ex
 succeeds; every action that wrote configs then *settles* them on the record that won
 (the loser raises its RevisionConflict afterwards), so config keys never outlive or
 contradict the final record. ``stop`` disables the nodes in flow order (sources first,
-sinks last, waiting bounded for each wave to stop); ``undeploy`` also deletes the flow's
-at-least-once stream.
+sinks last, waiting bounded for each wave to stop); ``stop_sources`` does its first wave
+alone (``flowctl run`` on Ctrl+C: the rest drains, then ``stop``); ``undeploy`` also
+deletes the flow's at-least-once stream.
 
 The state in the flow record is *desired* state; :meth:`FlowEngine.effective_state`
 observes what the agents report in ``flowctl_status`` (with the pure

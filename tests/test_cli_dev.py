@@ -68,7 +68,7 @@ def test_dev_reapplies_on_save_and_keeps_the_last_good_version(tmp_path: Path) -
         wait_for(lambda: len(json_lines(dev.out())) > count + 5, 20, "events still flowing")
 
         dev.interrupt(group=True)
-        assert dev.wait(30) == 0, dev.err()
+        assert dev.wait(30) == 130, dev.err()
     finally:
         if dev.proc.poll() is None:
             dev.kill()

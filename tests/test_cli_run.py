@@ -71,8 +71,8 @@ def test_ctrl_c_leaves_no_process_and_no_config_key(nats_url: str, tmp_path: Pat
     wait_for_events(run)
     assert read_kv(nats_url, "flowctl_config", "endless.*")  # deployed while it runs
     run.interrupt(group=True)  # what a terminal's Ctrl+C does
-    assert run.wait(20) == 0, run.err()
-    assert "interrupted: stopping" in run.err()
+    assert run.wait(20) == 130, run.err()
+    assert "interrupted (SIGINT): stopping" in run.err()
     assert "flow/endless stopped, undeployed and deleted" in run.err()
     run.assert_no_leftovers()
     assert read_kv(nats_url, "flowctl_config") == {}
@@ -86,7 +86,7 @@ def test_sigint_to_run_with_embedded_server_leaves_no_nats_server(tmp_path: Path
     wait_for_events(run)
     assert run.descendant_names() == ["nats-server"]
     run.interrupt()  # kill -INT <pid>
-    assert run.wait(20) == 0, run.err()
+    assert run.wait(20) == 130, run.err()
     assert "flow/endless stopped, undeployed and deleted" in run.err()
     run.assert_no_leftovers()  # the nats-server included
 
@@ -96,7 +96,7 @@ def test_terminal_ctrl_c_with_embedded_server(tmp_path: Path) -> None:
     try:
         wait_for_events(run)
         run.interrupt(group=True)
-        assert run.wait(5) == 0, run.err()
+        assert run.wait(10) == 130, run.err()
         assert "flow/endless stopped, undeployed and deleted" in run.err()
     finally:
         if run.proc.poll() is None:
@@ -195,3 +195,115 @@ def test_spinner_and_live_status_on_a_terminal(tmp_path: Path) -> None:
     assert "starting NATS and 1 agent(s)" in text
     assert "ticks.0:running" in text or "ticks.0:completed" in text
     assert len(json_lines((tmp_path / "out.txt").read_text())) == 8
+
+
+SLOW = """\
+apiVersion: flowctl/v1
+kind: Flow
+metadata: {name: slow}
+spec:
+  sources:
+    - {id: gen, type: generate, config: {rate: 50}}
+  processors:
+    - id: slow
+      type: python
+      inputs: [gen]
+      config:
+        code: |
+          import time
+          def process(event):
+              time.sleep(0.04)
+              return event
+  sinks:
+    - {id: out, type: file, inputs: [slow], config: {path: "OUT"}}
+"""
+
+
+def test_ctrl_c_drains_then_names_what_was_left_per_node(tmp_path: Path) -> None:
+    """Events queue behind a slow processor (50 ev/s into 25 ev/s). SIGINT: the source
+    stops first, the rest drains for at most --drain-timeout, and every event the source
+    generated is either in the sink's file or named LEFT in the summary (nothing goes
+    unsaid); exit 130. SIGTERM with enough time: everything drains, nothing left; 143."""
+    runs = {}
+    for name, args in (("int", ["--drain-timeout", "1"]), ("term", [])):
+        flow = tmp_path / f"{name}.yaml"
+        flow.write_text(SLOW.replace("OUT", str(tmp_path / f"{name}.jsonl")))
+        runs[name] = start_run(tmp_path, str(flow), *args, name=name)
+
+    def written(name: str) -> list[dict[str, object]]:
+        path = tmp_path / f"{name}.jsonl"
+        return json_lines(path.read_text()) if path.exists() else []
+
+    for name, enough in (("term", 15), ("int", 60)):
+        wait_for(lambda n=name, k=enough: len(written(n)) >= k or runs[n].proc.poll(), 30,
+                 f"{enough} events written by {name}")
+        runs[name].interrupt(group=name == "int",
+                             sig=signal.SIGINT if name == "int" else signal.SIGTERM)
+    assert runs["int"].wait(30) == 130, runs["int"].err()
+    assert runs["term"].wait(30) == 143, runs["term"].err()
+
+    err = runs["int"].err()
+    assert "interrupted (SIGINT): stopping" in err
+    assert "not drained after 1s" in err
+    rows = table_rows(err, "NODE")
+    # NODE REPLICAS AGENTS STATE IN OUT FILTERED ERRORS DROPPED DEAD-LETTERED LEFT
+    generated, lines = int(rows["gen"][5]), written("int")
+    left = {node: int(rows[node][10]) for node in ("slow", "out")}
+    assert rows["gen"][3] == "stopped" and rows["gen"][10] == "-", err
+    assert int(rows["out"][5]) == len(lines) == len({e["seq"] for e in lines}), err
+    assert all(rows[n][6:10] == ["0", "0", "0", "0"] for n in ("slow", "out")), err
+    assert left["slow"] > 0, err
+    assert generated == len(lines) + sum(left.values()), err  # nothing unsaid
+    assert (f"flow/slow: {sum(left.values()):,} event(s) left unprocessed, deleted with the "
+            f"flow (slow: {left['slow']:,} not taken in, ") in err
+    assert "message(s) unacked in the stream" in err  # the stream's own count
+    print(f"SIGINT: {generated} generated, {len(lines)} written, left {left}")
+
+    err = runs["term"].err()
+    assert "interrupted (SIGTERM): stopping" in err and "drained in" in err, err
+    rows = table_rows(err, "NODE")
+    lines = written("term")
+    assert int(rows["gen"][5]) == int(rows["out"][5]) == len(lines), err
+    assert rows["slow"][10] == rows["out"][10] == "0", err
+    assert "left unprocessed" not in err
+    print(f"SIGTERM: {len(lines)} generated and written")
+    for run in runs.values():
+        run.assert_no_leftovers()
+
+
+def test_left_over_per_node_counts_events_and_stream_messages() -> None:
+    """Pure: a counted node's LEFT is what its upstreams emitted that it never took in;
+    a program without counters (and whatever follows it) is only known by the unacked
+    messages of its inputs' consumers."""
+    from cli.drain import left_over, left_sentence, outcome
+    from flowengine import translate
+    from flowstore.loader import parse_flow
+    from flowstore.models import Counters, ReplicaStatus
+
+    program_text = SLOW.split("  processors:")[0] + (
+        "  processors:\n    - {id: slow, type: worker, command: w, inputs: [gen]}\n"
+        "  sinks:" + SLOW.split("  sinks:")[1])
+    for program in (False, True):
+        spec = parse_flow(program_text if program else SLOW).spec
+        configs = list(translate("slow", spec, flow_revision=1, enabled=False).values())
+
+        def status(node: str, took: int, out: int) -> ReplicaStatus:
+            return ReplicaStatus(flow="slow", node=node, replica=0, state="stopped",
+                                 counters=Counters(**{"in": took}, out=out,
+                                                   out_ports={"out": out} if out else {}))
+
+        statuses = [status("gen", 0, 222), status("slow", 0 if program else 132,
+                                                  0 if program else 132), status("out", 132, 132)]
+        left = left_over(spec, configs, statuses, {"slow-in": 90, "out-in": 0, "other": 5})
+        if program:
+            assert [(n, w.waiting, w.messages) for n, w in left.items()] == \
+                [("slow", None, 90), ("out", None, 0)]
+            row = outcome(spec, statuses, {}, {"slow"}, left).rows[1]
+            assert row[4:] == ["-"] * 5 + [0, "-", ""]
+            assert left_sentence(left) == ("0 event(s) left unprocessed, deleted with the flow "
+                                           "(slow: 90 message(s) unacked in the stream)")
+        else:
+            assert [(n, w.waiting, w.messages) for n, w in left.items()] == \
+                [("slow", 90, 90), ("out", 0, 0)]
+            result = outcome(spec, statuses, {}, set(), left)
+            assert [r[10] for r in result.rows] == ["-", 90, 0] and not result.ok

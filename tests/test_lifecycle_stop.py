@@ -97,6 +97,37 @@ async def test_stop_disables_wave_after_wave_as_replicas_report_stopped(
     assert result.changes.not_stopped == []
 
 
+async def test_stop_sources_disables_only_the_first_wave_and_keeps_the_record_running(
+    engine: FlowEngine, nc: Any
+) -> None:
+    """What `flowctl run` does on Ctrl+C before it stops: the sources alone, waited for;
+    the rest keeps running (drains); `stop` then finishes in waves."""
+    await engine.apply("demo", spec())
+    await engine.deploy("demo")
+    await engine.start("demo")
+    await report(nc, "gen", 0, "running")
+    await add_agent(nc, "agent-1")
+    stopping = asyncio.create_task(engine.stop_sources("demo"))
+    await wait_until(lambda: _enabled_is(nc, {"gen": False, "keep": True, "out": True}), 5,
+                     "gen off")
+    await asyncio.sleep(0.2)
+    assert not stopping.done()  # waits for the source's replica to stop
+    await report(nc, "gen", 0, "stopped")
+    result = await asyncio.wait_for(stopping, 5)
+    assert result.changes.updated == ["demo.gen"] and result.changes.not_stopped == []
+    assert (await engine.flows.get("demo")).state == FlowState.RUNNING
+    assert await _enabled(nc) == {"gen": False, "keep": True, "out": True}
+    for node, replica in (("keep", 0), ("keep", 1), ("out", 0)):
+        await report(nc, node, replica, "stopped")
+    result = await asyncio.wait_for(engine.stop("demo"), 5)
+    assert result.flow.state == FlowState.DEPLOYED_STOPPED
+    assert await _enabled(nc) == dict.fromkeys(["gen", "keep", "out"], False)
+
+
+async def _enabled_is(nc: Any, want: dict[str, bool]) -> bool:
+    return await _enabled(nc) == want
+
+
 async def test_stop_gives_up_waiting_after_its_timeout(engine: FlowEngine, nc: Any) -> None:
     engine.stop_timeout = 0.5
     await engine.apply("demo", spec())
