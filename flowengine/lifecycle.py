@@ -154,6 +154,30 @@ class FlowEngine(FlowKV):
         new = await self._settled(name, "stop", changes, self._stop_in_waves(record, changes))
         return TransitionResult(new, "stop", record.state, changes)
 
+    async def stop_sources(self, name: str) -> TransitionResult:
+        """The first wave of :meth:`stop` alone: disable the sources (and any node nothing
+        feeds) of a running flow and wait, at most :attr:`stop_timeout`, for their
+        replicas to stop (those still running are in ``changes.not_stopped``). Every other
+        node keeps running, so what the sources emitted can drain; :meth:`stop` finishes.
+
+        The flow record stays ``running`` and is not written: an action that rewrites the
+        configs from the record (apply, start, a settle after a lost race) enables the
+        sources again. Raises RevisionConflict when the record changed meanwhile.
+        """
+        record = await self.flows.get(name)
+        self._require(record, "stop", FlowState.RUNNING)
+        changes = ConfigChanges()
+        revision = record.deployed_revision or record.revision
+        configs = list(translate(name, record.spec, flow_revision=revision,
+                                 enabled=False).values())
+        first = stop_waves(record.spec, configs)[0] if configs else []
+        await self._sync(name, record.spec,
+                         enabled=frozenset(c.node for c in configs) - frozenset(first),
+                         revision=revision, action="stop", changes=changes, guard=record)
+        changes.not_stopped = await self._wait_stopped(
+            record, configs, first, time.monotonic() + self.stop_timeout)
+        return TransitionResult(record, "stop-sources", record.state, changes)
+
     async def _stop_in_waves(self, record: FlowRecord, changes: ConfigChanges) -> FlowRecord:
         name, revision = record.name, record.deployed_revision or record.revision
         configs = list(translate(name, record.spec, flow_revision=revision,
