@@ -82,17 +82,15 @@ class AckedPublisher:
     checkpoint never passes an event that is not stored. :meth:`stored_events` tells how
     many of the events published so far, in order, are surely stored.
 
-    ``ordered`` (exactly-once): one message in flight, so the stream holds them in the
-    order published, and once one was given up every later ``publish`` raises
-    :class:`PublishFailed` (a later message stored past a lost one would hide it from
-    the readers' floors, see :mod:`componentmanager.runners.commit`).
+    ``strict`` (exactly-once): once a message was given up every later ``publish``
+    raises :class:`PublishFailed`: the replica restarts from its last commit and emits
+    again, under the same ids, everything after it.
     """
 
     def __init__(self, nc: NatsClient, source_of: str | None = None,
-                 ordered: bool = False) -> None:
+                 strict: bool = False) -> None:
         self.nc = nc
-        self._window = 1 if ordered else ACK_WINDOW
-        self._ordered = ordered
+        self._strict = strict
         self._source_of = source_of  # a source's stream: it leaves headroom (see _headroom)
         self._room = 0  # bytes a source may still publish before it looks again
         self._base = nc.new_inbox()
@@ -133,9 +131,9 @@ class AckedPublisher:
 
     async def publish(self, subject: str, body: bytes, headers: dict[str, str],
                       count: int = 1) -> None:
-        while len(self._pending) >= self._window:
+        while len(self._pending) >= ACK_WINDOW:
             await self._wait_change()
-        if self._ordered and self.given_up:
+        if self._strict and self.given_up:
             raise PublishFailed(f"an earlier output was not stored ({self.error or 'given up'})")
         if self._source_of is not None:
             if self._room <= len(body):

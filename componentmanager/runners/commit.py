@@ -10,12 +10,11 @@ How a repeat is recognised, whatever its age (no time window):
   number is part of its commit, so after a crash the events it emits again carry the same
   ids (a source's next number is its checkpoint's event count). ``epoch`` changes only
   when the numbering starts over (a first start, a record of another config);
-* an exactly-once producer publishes in order, one message in flight (the stream then
-  holds each producer's events in increasing ``n``, never a gap closed later);
 * every consumer replica reads a consumer of its own and keeps, per producer prefix, the
-  highest ``n`` it has passed (:class:`Floors`): an event at or below it was taken
-  before (or belongs to another replica of the node) and is skipped, however it was
-  framed and however late it comes. The floors are in the replica's commit, with its
+  numbers it has passed (:class:`Floors`: a floor and the ranges above it): an event
+  passed before (taken, or another replica's) is skipped, however it was framed,
+  however late and in whatever order it comes (a delivery redelivered after newer ones,
+  a producer's message stored after a later one). The floors are in the replica's commit, with its
   counters, its next output number and what its sink needs to undo uncommitted writes.
 
 A message without the ``Flowctl`` header (published by something else) is numbered by
@@ -68,25 +67,58 @@ def owner_of(prefix: str, n: int, replicas: int) -> int:
 
 
 class Floors:
-    """Per producer prefix, the highest event number this replica has passed."""
+    """Per producer prefix, the event numbers this replica has passed: everything up to
+    a floor, and the ranges above it seen out of order (a delivery that came late, a
+    replay); a range that reaches the floor joins it. Order of arrival does not matter.
+    """
 
-    def __init__(self, floors: dict[str, int] | None = None) -> None:
-        self._floors: dict[str, int] = dict(floors or {})
+    def __init__(self, floors: dict[str, Any] | None = None) -> None:
+        self._seen: dict[str, list[int]] = {}  # prefix -> [floor, a1, b1, a2, b2, ...]
+        for prefix, value in (floors or {}).items():
+            self._seen[prefix] = ([int(value)] if isinstance(value, int)
+                                  else [int(v) for v in value])
 
-    def fresh(self, prefix: str, first: int, count: int) -> int:
-        """How many leading events of a message (events ``first .. first+count-1``) were
-        passed before; the floor moves past the message."""
-        floor = self._floors.get(prefix, 0)
+    def fresh(self, prefix: str, first: int, count: int) -> list[int]:
+        """The indexes (0-based, in the message) of its events not passed before; the
+        message's events are passed from now on."""
+        seen = self._seen.pop(prefix, None) or [0]
+        self._seen[prefix] = seen  # most recent last: the oldest are forgotten
+        if len(self._seen) > FLOORS_KEPT:
+            del self._seen[next(iter(self._seen))]
         last = first + count - 1
-        if last > floor:
-            self._floors.pop(prefix, None)  # most recent last: the oldest are forgotten
-            self._floors[prefix] = last
-            if len(self._floors) > FLOORS_KEPT:
-                del self._floors[next(iter(self._floors))]
-        return min(max(floor - first + 1, 0), count)
+        if last <= seen[0]:
+            return []
+        if len(seen) == 1 and first <= seen[0] + 1:  # the common case: in order
+            skip, seen[0] = seen[0] + 1 - first, last
+            return list(range(skip, count))
+        taken = [n - first for n in range(max(first, seen[0] + 1), last + 1)
+                 if not _in_ranges(seen, n)]
+        _add_range(seen, max(first, seen[0] + 1), last)
+        return taken
 
-    def as_dict(self) -> dict[str, int]:
-        return dict(self._floors)
+    def as_dict(self) -> dict[str, Any]:
+        return {p: (s[0] if len(s) == 1 else list(s)) for p, s in self._seen.items()}
+
+
+def _in_ranges(seen: list[int], n: int) -> bool:
+    return any(seen[i] <= n <= seen[i + 1] for i in range(1, len(seen), 2))
+
+
+def _add_range(seen: list[int], a: int, b: int) -> None:
+    """Mark ``a..b`` (above the floor) passed: merge the ranges, raise the floor."""
+    ranges = [(seen[i], seen[i + 1]) for i in range(1, len(seen), 2)] + [(a, b)]
+    ranges.sort()
+    floor, merged = seen[0], []
+    for lo, hi in ranges:
+        if lo <= floor + 1:
+            floor = max(floor, hi)
+        elif merged and lo <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    while merged and merged[0][0] <= floor + 1:  # (a range the new floor reached)
+        floor = max(floor, merged.pop(0)[1])
+    seen[:] = [floor] + [v for r in merged for v in r]
 
 
 def counters_record(counters: Any) -> dict[str, Any]:

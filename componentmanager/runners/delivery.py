@@ -258,7 +258,8 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
                 return  # restarting from the checkpoint: taken again after that
             if self._held_back(port, msg, sequence):
                 return  # newer than what a predecessor had in hand: taken after those
-            if self._state is not None and self._state.covers(port, sequence):
+            if (self._floors is None and self._state is not None
+                    and self._state.covers(port, sequence)):
                 await self._ack_again(msg)  # in the restored state already: not twice
                 return
             if ident is not None:
@@ -341,14 +342,14 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
         if found is None or (msg.headers and HDR_REPLAY_TO in msg.headers):
             return indexed  # (a dead letter sent back by `flowctl dlq replay`: taken)
         prefix, first = found
-        skip = self._floors.fresh(prefix, first, len(indexed))
-        if skip:
+        taken = self._floors.fresh(prefix, first, len(indexed))
+        if len(taken) < len(indexed):
             self.counters.redelivered += 1
         replicas = self.cfg.replicas
         if replicas > 1 and not self.cfg.partition_by:
-            return [(i, e) for i, e in indexed[skip:]
+            return [indexed[i] for i in taken
                     if owner_of(prefix, first + i, replicas) == self.index]
-        return indexed[skip:]
+        return indexed if len(taken) == len(indexed) else [indexed[i] for i in taken]
 
     async def _taken_or_again(self, port: str, msg: Msg, sequence: int, ident: str | None,
                               delivered: int, failures_before: int) -> None:

@@ -242,7 +242,7 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
         if self._acked:
             source_of = stream_name(self.flow) if ctype.role == "source" else None
             self._publisher = await AckedPublisher(self.nc, source_of,
-                                                   ordered=self._exactly_once).open()
+                                                   strict=self._exactly_once).open()
         self._tasks.append(asyncio.create_task(self._outbox.run_flusher(),
                                                name=f"output flusher {self.key}"))
         await self.component.start()

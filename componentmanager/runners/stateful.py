@@ -63,6 +63,7 @@ class CatchUp:
     waiting: dict[int, Any] = field(default_factory=dict)
     checked_at: float = 0.0
     touched_at: float = 0.0
+    passing: int | None = None  # the held-back input being released now
 
 
 class KeyedInputs:
@@ -114,6 +115,9 @@ class KeyedInputs:
                 comp.restore(parts)
             if committing:
                 self._resume_commit(self._state.commit)
+                if not self._state.commit:  # the epoch of its ids is kept before any output
+                    await self._state.write(self._state.record({}, self._commit_part()),
+                                            int(self.nc.max_payload or 1 << 20))
             if self._state.discarded:
                 self.host.log_line(self, f"starts with an empty state: "
                                    f"{self._state.discarded}", "agent")
@@ -165,7 +169,7 @@ class KeyedInputs:
     def _held_back(self, port: str, msg: Any, sequence: int) -> bool:
         """Keep an input newer than what a predecessor had in hand until those are done."""
         gate = self._catch_up.get(port) if self._catch_up else None
-        if gate is None or sequence <= gate.upto:
+        if gate is None or sequence <= gate.upto or sequence == gate.passing:
             return False
         gate.waiting.setdefault(sequence, msg)
         return True
@@ -185,10 +189,15 @@ class KeyedInputs:
                     stream_name(self.cfg.flow), gate.durable, timeout=2)
             except Exception:
                 continue  # asked again at the next settle
+            if gate.passing is not None:
+                continue  # another task is releasing them
             if int(info.ack_floor.stream_seq or 0) >= gate.upto:
-                del self._catch_up[port]
-                for sequence in sorted(gate.waiting):
-                    await gate.handle(gate.waiting[sequence])
+                # In order, oldest first, until none waits (what arrives meanwhile waits
+                # too): a newer input taken first would pass the older ones' event ids.
+                while gate.waiting:
+                    gate.passing = min(gate.waiting)
+                    await gate.handle(gate.waiting.pop(gate.passing))
+                self._catch_up.pop(port, None)
             elif now - gate.touched_at >= STATE_EVERY_S * 2:
                 gate.touched_at = now
                 for msg in gate.waiting.values():  # not delivered again meanwhile
