@@ -1,11 +1,7 @@
 """How an in-process replica takes its inputs, per delivery mode, and settles them.
 
-* at-most-once: core queue subscriptions. A message is one event or a frame
-  (:mod:`componentmanager.dataplane.wire`). When more than :data:`INPUT_PENDING_MSGS`
-  messages or :data:`INPUT_PENDING_BYTES` wait, the oldest are dropped, each counted
-  with the number of events it carried ("overload (input queue full)"), so memory stays
-  bounded and the connection's reader keeps up (the server never cuts it as a slow
-  consumer). What is still queued when the replica stops is dropped and counted too.
+* at-most-once: core queue subscriptions (:mod:`componentmanager.runners.core_inputs`:
+  the oldest messages shed, counted, when the queue is full).
 * at-least-once: a :class:`~componentmanager.dataplane.pull.Puller` per input. An
   input message is acked once every output it caused is stored (and, for a buffering
   component, flushed: see :mod:`componentmanager.runners.acks`). A failing event that
@@ -14,6 +10,9 @@
   dead-lettered; any other failure (a data error, an exception of user code) is
   dead-lettered at once, so the events behind it do not wait. The frame's other events
   are not repeated.
+* exactly-once: as at-least-once, through consumers of each replica's own; an event
+  whose id the replica has passed is skipped (:meth:`InputDelivery._fresh`), inputs are
+  acked once in a stored commit (:mod:`componentmanager.runners.commit`).
 
 Either way an event that fails is counted in ``errors``, dead-lettered to
 ``flowctl.<flow>.<node>.dlq`` with the reason, and the replica goes on; once stopped, a
@@ -48,6 +47,13 @@ from componentmanager.dataplane.wire import (
 )
 from componentmanager.runners.acks import DoneInputs, InputAcks
 from componentmanager.runners.commit import message_range, owner_of
+from componentmanager.runners.core_inputs import (
+    INPUT_PENDING_BYTES,
+    INPUT_PENDING_MSGS,
+    YIELD_EVERY,
+    YIELD_EVERY_BATCHED,
+    CoreInputs,
+)
 from componentmanager.runners.failures import EventFailures
 from componentmanager.runners.stateful import KeyedInputs
 from flowstore.models import input_consumer, stream_name
@@ -55,9 +61,6 @@ from flowstore.streams import ensure_consumer
 
 log = structlog.get_logger("flowctl.replica")
 
-#: A core input's queue: past this, the oldest messages are dropped (counted).
-INPUT_PENDING_MSGS = 8192
-INPUT_PENDING_BYTES = 32 * 2**20
 #: Pauses between the in-place attempts of a failing event (at-least-once).
 RETRY_PAUSES_S = (0.1, 0.2, 0.4, 0.8)
 
@@ -78,13 +81,9 @@ def _emits_per_input(comp: Any) -> bool:
     return type(comp).held is Component.held or bool(getattr(comp, "stateful", False))
 
 
-#: Input handling gives the loop a turn after this many events (taken one by one), or
-#: this many taken in frames at once (a turn per frame halves the at-least-once rate).
-YIELD_EVERY = 8
-YIELD_EVERY_BATCHED = 1024
 
 
-class InputDelivery(InputAcks, EventFailures, KeyedInputs):
+class InputDelivery(CoreInputs, InputAcks, EventFailures, KeyedInputs):
     """Mixin of :class:`~componentmanager.runners.inprocess.InProcessReplica`: inputs."""
 
     # provided by the replica
@@ -140,69 +139,6 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
                 self._subs.append(sub)
                 self._sub_ports.append((port, sub))
 
-    def input_queues(self) -> dict[str, int]:
-        queued: dict[str, int] = {}
-        for port, sub in list(self._sub_ports):
-            queued[port] = queued.get(port, 0) + sub.pending_msgs
-        return queued
-
-    def _overflowed(self, count: int) -> None:
-        self.counters.drop(count, "overload (input queue full)")
-
-    def count_drops_of(self, sub: Any) -> None:
-        """Context, for components that subscribe themselves (the ``nats`` source): what
-        nats-py drops from ``sub``'s full queue is counted in ``dropped``."""
-        self.host.drops.own(sub, self._overflowed)
-
-    # -- at-most-once -----------------------------------------------------------------------
-    def _core_handler(self, port: str, holder: list[Any]):  # type: ignore[no-untyped-def]
-        async def on_msg(msg: Msg) -> None:
-            comp = self.component
-            if comp is None:  # stopped: never process or dead-letter another event
-                self.counters.drop(frame_count(msg.headers), "replica stopped with events queued")
-                return
-            sub = holder[0] if holder else None
-            if sub is not None and (sub.pending_msgs > INPUT_PENDING_MSGS
-                                    or sub.pending_bytes > INPUT_PENDING_BYTES):
-                self._overflowed(frame_count(msg.headers))  # shed the oldest, counted
-                return
-            if not self._meant_for_me(msg):
-                return
-            events = decode_frame(msg.data, frame_count(msg.headers))
-            self._inflight += 1
-            began, taken = perf_counter(), 0
-            try:
-                async with self._outbox.handling():
-                    batch = await self._take_batch(comp, port, events)
-                    if batch is not None:
-                        taken = batch
-                        if self._since_yield >= YIELD_EVERY_BATCHED:
-                            self._since_yield = 0
-                            await asyncio.sleep(0)
-                    for index, event in enumerate(events if batch is None else ()):
-                        if self.component is not comp:  # stopped mid-frame
-                            self.counters.drop(len(events) - index, "replica stopped")
-                            return
-                        self.counters.in_ += 1
-                        taken += 1
-                        try:
-                            if self._owns is not None and not self._owns(event):
-                                self.counters.in_ -= 1  # another partition's: its
-                                taken -= 1              # replica counts it
-                                continue
-                            await comp.process(port, event)
-                        except Exception as exc:
-                            await self._failed_event(port, msg, index, event, exc)
-                        self._since_yield += 1  # inline: this runs once per event
-                        if self._since_yield >= YIELD_EVERY:
-                            self._since_yield = 0
-                            await asyncio.sleep(0)
-            finally:
-                self._inflight -= 1
-                self._took(port, msg, taken, perf_counter() - began)
-
-        return on_msg
-
     async def _take_batch(self, comp: Component, port: str, events: list[Any]) -> int | None:
         """A message's events (this partition's) through ``process_batch`` at once: how
         many were taken, or None when they must go one by one (nothing was done)."""
@@ -220,12 +156,6 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
         self.counters.in_ += len(mine)
         self._since_yield += len(mine)
         return len(mine)
-
-    async def _wait_inflight(self, timeout: float = 2.0) -> None:
-        """Let a handler that is mid-frame see the stop and return (bounded)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self._inflight and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
 
     # -- at-least-once ----------------------------------------------------------------------
     def _pulled_handler(self, port: str):  # type: ignore[no-untyped-def]
@@ -266,6 +196,11 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
                 self._in_hand.add(ident)
             try:
                 await self._take(port, comp, msg, ident, sequence, delivered)
+            except BaseException:
+                if self._floors is not None and not self._state_broken:  # its ids are
+                    self._state_broken = ("an input's handling ended halfway: restarting "
+                                          "from the last commit")  # passed: never commit
+                raise
             finally:
                 self._in_hand.discard(ident)  # type: ignore[arg-type]
 
@@ -415,19 +350,3 @@ class InputDelivery(InputAcks, EventFailures, KeyedInputs):
                 return
             except Exception as again:
                 exc = again
-
-    async def _close_input(self, sub: Any, timeout: float = 2.0) -> None:
-        """Close a core input: what is queued may finish for ``timeout`` seconds (upstream
-        stops first, so little more arrives); what is still queued then is lost and
-        counted in ``dropped``. Never raises, never takes longer. (nats-py's ``drain()``
-        swallows its own cancellation, so a timeout around it does not bound it.)"""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while sub.pending_msgs and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
-        queued = list(getattr(sub._pending_queue, "_queue", ()))  # events, not messages
-        left = sum(frame_count(m.headers) for m in queued) if queued else sub.pending_msgs
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
-        if left:
-            self.counters.drop(left, "replica stopped with events queued")
-        self.host.drops.release(sub)
