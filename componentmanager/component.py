@@ -36,15 +36,18 @@ A component is constructed with its validated config and a :class:`Context`, the
   ``"transactional"``: its writes after the last commit can be undone or finished.
   ``prepare_commit()`` (no awaiting; called between input messages) returns what the
   commit must remember of its output (a file's length, the puts not yet applied);
-  ``await commit(prepared)`` makes everything written so far durable before the commit
-  record is stored; ``await committed(prepared)`` runs once it is stored (apply what was
-  deferred); ``await recover(prepared)`` runs at start with the last commit's value
-  (None on a first start) and undoes or re-applies what came after it (truncate the file,
-  put the deferred values again). A database sink commits its transaction in
-  ``commit``. ``"idempotent"``: it writes under ``ctx.event_id()`` (stable across
-  redeliveries and restarts) and the receiver drops repeats (an ``Idempotency-Key``,
-  a ``Nats-Msg-Id``, an upsert). Validation refuses exactly-once for a sink that
-  declares neither.
+  ``await commit(prepared, record)`` makes everything written so far durable before the
+  commit record is stored in ``flowctl_checkpoints``; ``await committed(prepared)`` runs
+  once it is stored (apply what was deferred); ``await recover(prepared)`` runs at start
+  with the last commit's value (None on a first start) and undoes or re-applies what
+  came after it (truncate the file, put the deferred values again). A database sink
+  commits its transaction in ``commit`` and writes ``record`` (JSON, with its
+  ``serial``) in that same transaction; its ``recover`` returns the record it holds: one
+  with a higher ``serial`` than the bucket's (a crash between the two writes) wins, so
+  its rows and its input positions are never apart. ``"idempotent"``: it writes under
+  ``ctx.event_id()`` (stable across redeliveries and restarts) and the receiver drops
+  repeats (an ``Idempotency-Key``, a ``Nats-Msg-Id``, an upsert). Validation refuses
+  exactly-once for a sink that declares neither.
 
 Events are JSON-compatible values (usually dicts). Components never see NATS directly
 except through the context (``ctx.nc`` for the nats/kv sources and sinks).
@@ -191,16 +194,18 @@ class Component:
         """Exactly-once sinks: what the commit keeps of the output (see the module doc)."""
         return None
 
-    async def commit(self, prepared: Any) -> None:
-        """Exactly-once sinks: make what was written so far durable."""
+    async def commit(self, prepared: Any, record: dict[str, Any]) -> None:
+        """Exactly-once sinks: make what was written so far durable (a transactional
+        store keeps ``record``, the commit, with it)."""
         return None
 
     async def committed(self, prepared: Any) -> None:
         """Exactly-once sinks: the commit record holding ``prepared`` is stored."""
         return None
 
-    async def recover(self, prepared: Any) -> None:
-        """Exactly-once sinks: at start, undo or finish what came after the last commit."""
+    async def recover(self, prepared: Any) -> dict[str, Any] | None:
+        """Exactly-once sinks: at start, undo or finish what came after the last commit;
+        return the commit record the sink keeps itself, if it does."""
         return None
 
     async def stop(self) -> None:

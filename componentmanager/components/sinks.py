@@ -121,7 +121,7 @@ class FileSink(Component):
         self._unflushed = 0
         return {"length": self._fh.tell()}
 
-    async def commit(self, prepared: Any) -> None:
+    async def commit(self, prepared: Any, record: dict[str, Any]) -> None:
         if self._fh is not None:
             await asyncio.to_thread(os.fsync, self._fh.fileno())
 

@@ -247,7 +247,7 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
                                                name=f"output flusher {self.key}"))
         await self.component.start()
         if self._exactly_once and self._state is not None:  # undo what followed the commit
-            await self.component.recover(self._state.commit.get("sink"))
+            await self._recover_sink(self.component)
             self._tasks.append(asyncio.create_task(self._commit_loop(),
                                                    name=f"commit loop {self.key}"))
         await self._open_inputs()

@@ -91,6 +91,8 @@ class KeyedInputs:
     _mid_message: int = 0  # input messages being handled right now (at-least-once)
     _floors: Floors | None = None  # exactly-once: per producer, the highest event passed
     _prepared: Any = None  # exactly-once: the sink's part of the commit being written
+    _commit: dict[str, Any] | None = None  # exactly-once: the commit being written
+    _serial: int = 0  # exactly-once: the number of the last commit taken
     #: why the in-memory state can no longer be checkpointed (outputs it made were not
     #: stored): the replica restarts from its last checkpoint, see _settle_stateful
     _state_broken: str | None = None
@@ -129,6 +131,7 @@ class KeyedInputs:
     def _resume_commit(self, commit: dict[str, Any]) -> None:
         """Exactly-once: continue from the last commit (floors, counters, output ids)."""
         self._floors = Floors(commit.get("floors"))
+        self._serial = int(commit.get("serial") or 0)
         if self._state is not None and not self._state.discarded:
             restore_counters(self.counters, commit.get("counters"))  # (none: a first start)
         ids = commit.get("ids") or {}
@@ -139,6 +142,15 @@ class KeyedInputs:
             self.host.log_line(self, f"resumed from its last commit ({self.counters.in_:,} in, "
                                f"{self.counters.out:,} out)", "agent")
 
+    async def _recover_sink(self, comp: Any) -> None:
+        """Exactly-once, at start: the sink undoes or finishes what followed the last
+        commit; a sink that keeps the commit with its writes (a database: in the same
+        transaction) returns it, and when it is newer than the bucket's it wins."""
+        assert self._state is not None
+        kept = await comp.recover(self._state.commit.get("sink"))
+        if isinstance(kept, dict) and int(kept.get("serial") or 0) > self._serial:
+            self._resume_commit(kept)
+
     def _commit_part(self) -> dict[str, Any]:
         """Exactly-once: what the commit keeps beside the state, taken now (between input
         messages): the sink's output first (a file's length, its ``out``), then the
@@ -146,10 +158,13 @@ class KeyedInputs:
         comp = self.component
         self._prepared = comp.prepare_commit() if comp is not None else None
         ids = self._outbox.ids
-        return {"floors": self._floors.as_dict() if self._floors else {},
-                "counters": counters_record(self.counters),
-                "ids": {"epoch": ids.epoch, "emitted": ids.emitted},
-                "sink": self._prepared}
+        self._serial += 1
+        self._commit = {"serial": self._serial,
+                        "floors": self._floors.as_dict() if self._floors else {},
+                        "counters": counters_record(self.counters),
+                        "ids": {"epoch": ids.epoch, "emitted": ids.emitted},
+                        "sink": self._prepared}
+        return self._commit
 
     def _catch_up_from(self, port: str, info: Any,
                        handle: Callable[[Any], Awaitable[None]]) -> None:
@@ -286,7 +301,7 @@ class KeyedInputs:
             prepared = self._prepared
             if self._floors is not None and self.component is not None:
                 try:
-                    await self.component.commit(prepared)  # durable before the record
+                    await self.component.commit(prepared, self._commit)  # durable first
                 except Exception as exc:
                     self._state_broken = f"the sink's commit failed ({exc}): restarting"
                     return
