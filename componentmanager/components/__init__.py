@@ -13,6 +13,7 @@ a component is created. Config expressions: :mod:`.expressions`.
 """
 
 from componentmanager.components import (
+    connectors,
     http_source,
     processors,
     python_processor,
@@ -21,4 +22,5 @@ from componentmanager.components import (
     stateful,
 )
 
-__all__ = ["http_source", "processors", "python_processor", "sinks", "sources", "stateful"]
+__all__ = ["connectors", "http_source", "processors", "python_processor", "sinks", "sources",
+           "stateful"]

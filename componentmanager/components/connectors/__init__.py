@@ -1,0 +1,6 @@
+"""Connectors to systems outside NATS, one module per external system, each a thin shell
+over a well-kept client library: ``sql`` (PostgreSQL and SQLite), ``mqtt``, ``parquet``.
+Importing this package registers them (through :mod:`componentmanager.components`).
+"""
+
+# (each connector module adds its import below, one line each)
