@@ -4,3 +4,4 @@ Importing this package registers them (through :mod:`componentmanager.components
 """
 
 # (each connector module adds its import below, one line each)
+from componentmanager.components.connectors import mqtt  # noqa: F401

@@ -1,0 +1,536 @@
+"""MQTT (3.1.1 and 5) source and sink, over aiomqtt (paho-mqtt underneath).
+
+``mqtt`` source: subscribes to ``topic`` (wildcards ``+`` and ``#``, shared subscriptions
+``$share/<group>/...``) on ``url`` (``mqtt://host:port``, ``mqtts://`` with TLS). A payload
+that is a JSON object becomes the event; anything else ``{"payload": "<text>"}``; the MQTT
+topic goes in the field ``topic`` (``topic_field``).
+
+What the broker hands over is acknowledged only once it is stored in the flow's stream
+(at-least-once and exactly-once flows): the client acks by hand (paho's manual ack,
+``PUBACK`` in the order received) when the runtime's publisher says every event emitted
+up to that message is stored. A QoS 2 subscription is made at QoS 1: in QoS 2 the
+receiver answers ``PUBREC`` on receipt (paho does, it cannot be delayed) and the broker then
+never sends the payload again, so a crash before the event is stored would lose it; at
+QoS 1 the ``PUBACK`` waits for the stream. The client keeps a persistent session (MQTT
+3.1.1 ``clean_session: false``; MQTT 5 ``clean_start: false`` with ``session_expiry``)
+under a fixed client id per replica, so what is published while the source is down (a
+crash, a move, a restart) is queued by the broker and delivered when it comes back; an
+event stored but not yet acked at a crash is delivered again (at-least-once: a repeat,
+never a loss). The broker keeps at most its ``max_queued_messages`` (mosquitto: 1,000 by
+default) per offline session: raise it for long outages.
+
+``mqtt`` sink: publishes each event as JSON to ``topic``, a template whose ``{...}`` parts
+are expressions of the event (``devices/{device}/out``, ``{{``/``}}`` for literal braces),
+at ``qos`` (a QoS 1/2 publish returns once the broker acknowledged it), ``retain``
+optional. MQTT has no de-duplication by id: the sink cannot take part in an exactly-once
+flow (``exactly_once`` None: ``validate`` refuses it); at-least-once it may publish an
+event again after a crash.
+
+Both: ``username``/``password`` only as ``${VAR}`` (expanded from the agent's environment
+when the replica starts: never in the flow, KV, logs or errors); a broker unreachable at
+start or going away means retrying with a growing pause (up to
+:data:`RETRY_MAX_S`), logged once per :data:`SAY_EVERY_S` and shown as the replica's
+status reason (``waiting: mqtt broker at host:port ...``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import re
+import ssl
+import time
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from componentmanager.component import Component, Context, EventError
+from componentmanager.components.expressions import Expression, compile_expression
+from componentmanager.registry import ComponentType, Port, register
+
+#: Pauses between connection attempts grow up to this.
+RETRY_MAX_S = 10.0
+RETRY_FIRST_S = 0.5
+#: A broker that stays unreachable is said (log line) at most this often.
+SAY_EVERY_S = 30.0
+#: How often the source looks whether its emitted events are stored (to ack them).
+ACK_POLL_S = 0.005
+PREVIEW_BYTES = 1024
+
+_SECRET = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
+
+
+# ---------------------------------------------------------------------------- config
+
+
+def _check_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"url {value!r}: use mqtt://host:port or mqtts://host:port (TLS)")
+    if "@" in parts.netloc:
+        raise ValueError("url: no credentials in the url (they would be stored in the flow "
+                         "and shown); use username: ${VAR} and password: ${VAR}")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"url {value!r}: {exc}") from None
+    if not parts.hostname or parts.path not in ("", "/") or parts.query or port == 0:
+        raise ValueError(f"url {value!r}: expected mqtt://host[:port] with nothing after it")
+    return value
+
+
+def _check_secret(value: str | None) -> str | None:
+    if value is not None and not _SECRET.match(value):
+        raise ValueError("give it as ${VAR}, a variable of the agent's environment (it is "
+                         "never stored in the flow, KV, logs or errors)")
+    return value
+
+
+def _check_filter(topic: str) -> str:
+    """An MQTT topic filter: ``+`` a whole level, ``#`` the whole last level."""
+    levels = topic.split("/")
+    if levels[0] == "$share":
+        if len(levels) < 3 or not levels[1] or any(c in levels[1] for c in "+#"):
+            raise ValueError(f"topic {topic!r}: a shared subscription is $share/<group>/<filter>")
+        levels = levels[2:]
+    if not topic or "\x00" in topic:
+        raise ValueError("topic: empty or holds a NUL")
+    for i, level in enumerate(levels):
+        if ("+" in level and level != "+") or ("#" in level and level != "#"):
+            raise ValueError(f"topic {topic!r}: + and # must each be a whole level")
+        if level == "#" and i != len(levels) - 1:
+            raise ValueError(f"topic {topic!r}: # must be the last level")
+    return topic
+
+
+class _Common(BaseModel):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # no secret echoed
+
+    url: str = Field(description="mqtt://host[:port] (1883 by default) or mqtts://host[:port] "
+                     "(TLS, 8883 by default).")
+    qos: Literal[0, 1, 2] = Field(default=1, description="MQTT quality of service 0, 1 or 2.")
+    client_id: str | None = Field(
+        default=None, min_length=1, max_length=200,
+        description="Client id; replica n > 0 adds -n. Default flowctl-<flow>-<node>-<replica>.")
+    username: str | None = Field(default=None, description="${VAR} only: from the agent's "
+                                 "environment.")
+    password: str | None = Field(default=None, description="${VAR} only: from the agent's "
+                                 "environment.")
+    ca_file: str | None = Field(default=None, description="mqtts: a CA bundle (PEM) to trust "
+                                "instead of the system's.")
+    protocol: Literal["3.1.1", "5"] = Field(default="3.1.1", description="MQTT version.")
+    keepalive: int = Field(default=30, ge=5, le=3600, description="Seconds between pings.")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _check_url(value)
+
+    @field_validator("username", "password")
+    @classmethod
+    def _secrets(cls, value: str | None) -> str | None:
+        return _check_secret(value)
+
+
+class MqttSourceConfig(_Common):
+    topic: str = Field(description="Topic filter to subscribe to; + and # wildcards, "
+                       "$share/<group>/<filter> to split messages between subscribers.")
+    topic_field: str | None = Field(
+        default="topic", min_length=1,
+        description="The event field that gets the message's topic (null: none).")
+    session_expiry: int = Field(
+        default=7 * 86400, ge=0,
+        description="MQTT 5: seconds the broker keeps the session (and queues messages) "
+        "while the source is away. MQTT 3.1.1 sessions last as long as the broker keeps them.")
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        return _check_filter(value)
+
+
+def parse_template(text: str) -> list[str | Expression]:
+    """``a/{expr}/b`` as literal parts and compiled expressions (``{{``, ``}}``: braces)."""
+    parts: list[str | Expression] = []
+    literal, i = "", 0
+    while i < len(text):
+        c = text[i]
+        if c in "{}" and text[i:i + 2] in ("{{", "}}"):
+            literal += c
+            i += 2
+            continue
+        if c == "}":
+            raise ValueError(f"topic {text!r}: a lone }} (write }}}} for a literal one)")
+        if c == "{":
+            end = text.find("}", i)
+            if end < 0:
+                raise ValueError(f"topic {text!r}: a {{ without its }}")
+            source = text[i + 1:end].strip()
+            if not source:
+                raise ValueError(f"topic {text!r}: an empty {{}}")
+            try:
+                expr = compile_expression(source)
+            except Exception as exc:
+                raise ValueError(f"topic {text!r}: {{{source}}}: {exc}") from None
+            if literal:
+                parts.append(literal)
+                literal = ""
+            parts.append(expr)
+            i = end + 1
+            continue
+        literal += c
+        i += 1
+    if literal:
+        parts.append(literal)
+    return parts
+
+
+class MqttSinkConfig(_Common):
+    topic: str = Field(description="Topic to publish to: a template, {...} parts are "
+                       "expressions of the event (devices/{device}/out); no wildcards.")
+    retain: bool = Field(default=False, description="Publish with the retain flag.")
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        parts = parse_template(value)
+        if any(isinstance(p, str) and ("+" in p or "#" in p) for p in parts) or not value:
+            raise ValueError(f"topic {value!r}: no wildcards (+, #) in a topic to publish to")
+        return value
+
+
+# --------------------------------------------------------------------------- shared
+
+
+def _client_id(config: _Common, ctx: Context) -> str:
+    if config.client_id:
+        return config.client_id if not ctx.replica else f"{config.client_id}-{ctx.replica}"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"flowctl-{ctx.flow}-{ctx.node}-{ctx.replica}")
+
+
+def _secret(value: str | None, what: str) -> str | None:
+    """A ``${VAR}`` from the agent's environment (an error names the variable only)."""
+    if value is None:
+        return None
+    name = value[2:-1]
+    if name not in os.environ:
+        raise RuntimeError(f"mqtt {what}: undefined variable ${{{name}}} "
+                           "(not set in the agent's environment)")
+    return os.environ[name]
+
+
+class _Broker:
+    """Connection settings and the 'waiting' reporting of one mqtt node."""
+
+    def __init__(self, config: _Common, ctx: Context) -> None:
+        parts = urlsplit(config.url)
+        self.tls = parts.scheme == "mqtts"
+        self.host = parts.hostname or ""
+        self.port = parts.port or (8883 if self.tls else 1883)
+        self.where = f"{self.host}:{self.port}"
+        self.config, self.ctx = config, ctx
+        self.client_id = _client_id(config, ctx)
+        self.username = _secret(config.username, "username")
+        self.password = _secret(config.password, "password")
+        self._failing_since: float | None = None
+        self._said_at = 0.0
+        self._attempts = 0
+        self.delay = RETRY_FIRST_S
+
+    def client(self, **kw: Any) -> Any:
+        import aiomqtt  # the dependency loads only where an mqtt node runs
+
+        tls = None
+        if self.tls:
+            tls = ssl.create_default_context(cafile=self.config.ca_file)
+        protocol = (aiomqtt.ProtocolVersion.V5 if self.config.protocol == "5"
+                    else aiomqtt.ProtocolVersion.V311)
+        return aiomqtt.Client(
+            self.host, self.port, identifier=self.client_id, username=self.username,
+            password=self.password, protocol=protocol, keepalive=self.config.keepalive,
+            tls_context=tls, timeout=10, **kw)
+
+    def _set_note(self, note: str | None) -> None:
+        if hasattr(self.ctx, "note"):  # the replica's status reason (in-process runner)
+            with contextlib.suppress(Exception):
+                self.ctx.note = note  # type: ignore[misc]
+
+    def failed(self, exc: BaseException) -> float:
+        """A connection attempt or connection failed: say so (once per SAY_EVERY_S) and
+        return the pause before the next attempt."""
+        now = time.monotonic()
+        self._attempts += 1
+        why = str(exc) or type(exc).__name__
+        for secret in (self.username, self.password):  # never echoed, whatever the lib says
+            if secret:
+                why = why.replace(secret, "***")
+        note = f"waiting: mqtt broker at {self.where}: {why}; retrying"
+        self._set_note(note)
+        if self._failing_since is None or now - self._said_at >= SAY_EVERY_S:
+            since = "" if self._failing_since is None else (
+                f" (for {now - self._failing_since:.0f} s, {self._attempts} attempts)")
+            self.ctx.log(note + since)
+            self._said_at = now
+        if self._failing_since is None:
+            self._failing_since = now
+        delay = self.delay
+        self.delay = min(self.delay * 2, RETRY_MAX_S)
+        return delay
+
+    def connected(self) -> None:
+        if self._failing_since is not None:
+            self.ctx.log(f"connected to the mqtt broker at {self.where} after "
+                         f"{time.monotonic() - self._failing_since:.1f} s")
+            self._set_note(None)
+        self._failing_since, self._attempts, self.delay = None, 0, RETRY_FIRST_S
+
+
+def _stored_probe(ctx: Context) -> tuple[Any, Any] | None:
+    """(events emitted so far, events surely stored so far) of this run, when the runtime
+    confirms storage (an at-least-once or exactly-once in-process replica); else None.
+
+    The component API has no public call for this: it reads the in-process runner's
+    own counters (those its SourceCheckpoint uses for ``ctx.advance``)."""
+    publisher = getattr(ctx, "_publisher", None)
+    stored = getattr(publisher, "stored_events", None)
+    if stored is None or not isinstance(getattr(ctx, "_emitted", None), int):
+        return None
+    return (lambda: ctx._emitted), stored  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------- source
+
+
+class MqttSource(Component):
+    """Subscribes with a persistent session; acks each message once its event is stored."""
+
+    def __init__(self, config: MqttSourceConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.config: MqttSourceConfig = config
+        self._broker: _Broker | None = None
+        self.received = 0
+
+    async def start(self) -> None:
+        self._broker = _Broker(self.config, self.ctx)  # a missing ${VAR} fails here
+
+    def event_of(self, topic: str, payload: bytes) -> Any:
+        event: Any = None
+        if payload[:1] in (b"{", b" ", b"\t", b"\r", b"\n"):
+            try:
+                event = msgspec.json.decode(payload)
+            except msgspec.DecodeError:
+                event = None
+        if not isinstance(event, dict):
+            event = {"payload": payload.decode("utf-8", "replace")}
+        if self.config.topic_field:
+            event[self.config.topic_field] = topic
+        return event
+
+    async def run(self) -> None:
+        import aiomqtt
+
+        broker = self._broker
+        assert broker is not None
+        v5 = self.config.protocol == "5"
+        kw: dict[str, Any] = {}
+        if v5:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.config.session_expiry
+            kw = {"clean_start": False, "properties": props}
+        else:
+            kw = {"clean_session": False}
+        sub_qos = min(self.config.qos, 1)
+        while True:
+            try:
+                client = broker.client(**kw)
+                client._client.manual_ack_set(True)  # before connecting: a resumed
+                # session's queued messages arrive at once
+                async with client:
+                    await client.subscribe(self.config.topic, qos=sub_qos)
+                    broker.connected()
+                    await self._consume(client)
+            except aiomqtt.MqttError as exc:
+                await asyncio.sleep(broker.failed(exc))
+
+    async def _consume(self, client: Any) -> None:
+        """Emit each message; ack it (in order) once everything up to it is stored."""
+        probe = _stored_probe(self.ctx)
+        paho = client._client
+        unacked: collections.deque[tuple[int, int, int]] = collections.deque()
+        wake = asyncio.Event()
+        max_bytes = getattr(self.ctx, "max_event_bytes", None)
+
+        async def acker() -> None:
+            assert probe is not None
+            while True:
+                if not unacked:
+                    wake.clear()
+                    await wake.wait()
+                stored = probe[1]()
+                while unacked and unacked[0][0] <= stored:
+                    _, mid, qos = unacked.popleft()
+                    paho.ack(mid, qos)
+                if unacked:
+                    await asyncio.sleep(ACK_POLL_S)
+
+        task = asyncio.create_task(acker()) if probe is not None else None
+        try:
+            async for message in client.messages:
+                payload = message.payload if isinstance(message.payload, bytes) else (
+                    str(message.payload).encode())
+                topic = message.topic.value
+                if max_bytes is not None and len(payload) + len(topic) + 64 > max_bytes:
+                    await self.ctx.reject(payload[:PREVIEW_BYTES], (
+                        f"an mqtt message of {len(payload):,} bytes on {topic} is larger "
+                        f"than the server allows ({max_bytes:,} bytes, its max_payload)"))
+                else:
+                    await self.ctx.emit("out", self.event_of(topic, payload))
+                self.received += 1
+                self.ctx.advance(self.received)  # (exactly-once numbers events on from it)
+                if message.qos == 0:
+                    continue
+                if probe is None:  # at-most-once: nothing confirms storage
+                    paho.ack(message.mid, message.qos)
+                elif unacked or probe[1]() < probe[0]():
+                    unacked.append((probe[0](), message.mid, message.qos))
+                    wake.set()
+                else:
+                    paho.ack(message.mid, message.qos)
+                if task is not None and task.done():
+                    task.result()
+        finally:
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+
+# ------------------------------------------------------------------------------ sink
+
+
+class MqttSink(Component):
+    """Publishes each event as JSON to its templated topic; waits for the broker's ack
+    (QoS 1/2); a lost broker means waiting and retrying (the flow slows, nothing drops)."""
+
+    exactly_once = None  # MQTT cannot drop a repeat: no exactly-once (validate refuses)
+
+    def __init__(self, config: MqttSinkConfig, ctx: Context) -> None:
+        super().__init__(config, ctx)
+        self.config: MqttSinkConfig = config
+        self._parts = parse_template(config.topic)
+        self._broker: _Broker | None = None
+        self._client: Any = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._connecting = asyncio.Lock()
+
+    async def start(self) -> None:
+        self._broker = _Broker(self.config, self.ctx)
+
+    def topic_of(self, event: Any) -> str:
+        out = []
+        for part in self._parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            value = part.evaluate(event)
+            if value is None:
+                raise EventError(f"mqtt sink: topic {self.config.topic!r}: "
+                                 f"{{{part.text}}} is null for this event")
+            out.append(("true" if value else "false") if isinstance(value, bool) else str(value))
+        topic = "".join(out)
+        if not topic or "+" in topic or "#" in topic or "\x00" in topic:
+            raise EventError(f"mqtt sink: {topic!r} (from {self.config.topic!r}) is not a "
+                             "topic to publish to (empty, or holds + # or NUL)")
+        return topic
+
+    async def _connected(self) -> Any:
+        import aiomqtt
+
+        async with self._connecting:
+            broker = self._broker
+            assert broker is not None
+            while self._client is None:
+                stack = contextlib.AsyncExitStack()
+                try:
+                    client = broker.client(clean_session=True) if self.config.protocol != "5" \
+                        else broker.client()
+                    client.pending_calls_threshold = 1 << 16  # a batch is published at once
+                    await stack.enter_async_context(client)
+                except aiomqtt.MqttError as exc:
+                    await stack.aclose()
+                    await asyncio.sleep(broker.failed(exc))
+                    continue
+                broker.connected()
+                self._client, self._stack = client, stack
+            return self._client
+
+    async def _drop(self, client: Any) -> None:
+        if self._client is client:
+            stack, self._client, self._stack = self._stack, None, None
+            if stack is not None:
+                with contextlib.suppress(Exception):
+                    await stack.aclose()
+
+    async def _publish(self, topic: str, body: bytes) -> None:
+        import aiomqtt
+
+        assert self._broker is not None
+        while True:
+            client = await self._connected()
+            try:
+                await client.publish(topic, body, qos=self.config.qos,
+                                     retain=self.config.retain, timeout=30)
+                return
+            except aiomqtt.MqttError as exc:  # gone: reconnect and publish it again
+                await self._drop(client)
+                await asyncio.sleep(self._broker.failed(exc))
+
+    async def process(self, port: str, event: Any) -> None:
+        await self._publish(self.topic_of(event), msgspec.json.encode(event))
+        self.ctx.wrote()
+
+    async def process_batch(self, port: str, events: list[Any]) -> bool:
+        try:
+            items = [(self.topic_of(e), msgspec.json.encode(e)) for e in events]
+        except Exception:
+            return False  # process() says which one fails
+        await asyncio.gather(*(self._publish(t, b) for t, b in items))  # pipelined
+        self.ctx.wrote(len(items))
+        return True
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._drop(self._client)
+
+
+# -------------------------------------------------------------------------- register
+
+_MOD = "componentmanager.components.connectors.mqtt"
+OUT = (Port("out", description="one event per MQTT message"),)
+IN = (Port("in", required=True, description="the events to publish"),)
+
+register(ComponentType(
+    name="mqtt", role="source", config_model=MqttSourceConfig, outputs=OUT,
+    description="Subscribe to an MQTT topic (3.1.1 or 5) and emit each message.",
+    impl=f"{_MOD}:MqttSource",
+    docs='A JSON object payload is the event, anything else {"payload": text}; the topic '
+         "goes in the field topic. QoS 1/2 messages are acked to the broker only once "
+         "stored in the flow's stream (QoS 2 subscribes at QoS 1 for that); a persistent "
+         "session under a fixed client id per replica gets what was published while the "
+         "source was away. username/password as ${VAR} only.",
+))
+register(ComponentType(
+    name="mqtt", role="sink", exactly_once=None, config_model=MqttSinkConfig, inputs=IN,
+    description="Publish each event as JSON to an MQTT topic (a template of event fields).",
+    impl=f"{_MOD}:MqttSink",
+    docs="topic: {...} parts are expressions of the event (devices/{device}/out). QoS 1/2 "
+         "publishes wait for the broker's ack; a lost broker is retried (the flow waits). "
+         "At-least-once at best: MQTT cannot drop a repeated publish, so exactly-once flows "
+         "refuse this sink.",
+))

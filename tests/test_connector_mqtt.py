@@ -1,0 +1,244 @@
+"""The ``mqtt`` source and sink against a real mosquitto (started per test on a free port,
+see :mod:`tests.mqtt_broker`) and real agents: 2,000 QoS 1 messages into a file; a
+payload that is not JSON; a flow publishing to templated topics; the agent holding the
+source ``kill -9``'d and restarted while messages are published (its persistent session
+gets what came meanwhile: nothing lost); a broker that is not there at start; config
+errors and the exactly-once refusal of the sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from flowengine.validate import validate
+from flowstore import parse_flow
+from tests.agents import flow_yaml, live_agent, read_lines, run_flow, statuses, wait_until
+from tests.mqtt_broker import Mosquitto
+
+pytestmark = pytest.mark.skipif(not Mosquitto.available(), reason="mosquitto not installed")
+
+
+@pytest.fixture
+def mosquitto() -> Iterator[Mosquitto]:
+    broker = Mosquitto().start()
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+async def publish(broker: Mosquitto, messages: list[tuple[str, bytes]], qos: int = 1,
+                  rate: float | None = None, window: int = 100) -> None:
+    """Publish ``messages`` (topic, payload) at ``qos``, acked by the broker, pipelined
+    ``window`` at a time, paced to ``rate`` per second when given."""
+    began = time.monotonic()
+    client = aiomqtt.Client("127.0.0.1", broker.port, identifier="test-publisher")
+    client.pending_calls_threshold = window + 1  # (a warning per publish beyond 50)
+    async with client:
+        for start in range(0, len(messages), window):
+            chunk = messages[start:start + window]
+            await asyncio.gather(*(client.publish(t, p, qos=qos) for t, p in chunk))
+            if rate is not None:
+                ahead = began + (start + len(chunk)) / rate - time.monotonic()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+
+
+def source_flow(name: str, broker: Mosquitto, out: Path, topic: str = "dev/#") -> str:
+    return flow_yaml(name, f"""\
+  sources:
+    - id: mq
+      type: mqtt
+      config: {{url: "{broker.url}", topic: "{topic}", qos: 1}}
+  sinks:
+    - id: out
+      type: file
+      inputs: [mq]
+      config: {{path: "{out}"}}
+""", delivery="at-least-once")
+
+
+async def subscribed(broker: Mosquitto, out: Path) -> None:
+    """Publish a non-JSON probe until the source's session passes one on (it is then
+    subscribed: what follows is queued for it even while it is away)."""
+    async def seen() -> bool:
+        await publish(broker, [("dev/text", b"hello, not json")])
+        await asyncio.sleep(0.2)
+        return any('"hello, not json"' in line for line in read_lines(out))
+
+    await wait_until(seen, timeout=30, what="the mqtt source subscribed")
+
+
+def numbers(out: Path) -> collections.Counter[int]:
+    return collections.Counter(json.loads(line)["n"] for line in read_lines(out)
+                               if '"n":' in line)
+
+
+def readings(first: int, count: int) -> list[tuple[str, bytes]]:
+    return [(f"dev/d{n % 5}", json.dumps({"n": n, "temp": 20 + n % 7}).encode())
+            for n in range(first, first + count)]
+
+
+async def test_2000_qos1_messages_reach_a_file_and_text_becomes_payload(
+        nc, agents, mosquitto, tmp_path) -> None:
+    agents("a1")
+    await wait_until(lambda: live_agent(nc, "a1"), what="agent a1")
+    out = tmp_path / "out.jsonl"
+    await run_flow(nc, source_flow("mq1", mosquitto, out))
+    await subscribed(mosquitto, out)
+    began = time.monotonic()
+    await publish(mosquitto, readings(0, 2000))
+    await wait_until(lambda: asyncio.sleep(0, len(numbers(out)) >= 2000), timeout=30,
+                     what="2,000 events in the file")
+    seconds = time.monotonic() - began
+    await asyncio.sleep(0.5)
+    seen = numbers(out)
+    lines = [json.loads(line) for line in read_lines(out)]
+    print(f"\n2,000 QoS 1 messages -> mqtt source -> file in {seconds:.2f} s; "
+          f"{sum(seen.values())} lines with n, {len(seen)} distinct")
+    assert sorted(seen) == list(range(2000)) and sum(seen.values()) == 2000
+    assert {"n": 7, "temp": 20, "topic": "dev/d2"} in lines
+    text = [e for e in lines if "payload" in e]
+    assert text and all(e == {"payload": "hello, not json", "topic": "dev/text"} for e in text)
+    st = (await statuses(nc, "mq1"))["mq1.mq.0"]
+    assert st.state.value == "running" and st.counters.out == len(lines)
+
+
+async def test_the_agent_killed_and_restarted_loses_nothing(nc, agents, mosquitto,
+                                                           tmp_path) -> None:
+    """The agent holding the source is kill -9'd while messages are published at QoS 1,
+    and restarted under its name: the broker kept its session's messages (and those it
+    had not acked: stored or not), so every one arrives; repeats are allowed."""
+    total = 3000
+    agent = agents("a1")
+    await wait_until(lambda: live_agent(nc, "a1"), what="agent a1")
+    out = tmp_path / "out.jsonl"
+    await run_flow(nc, source_flow("mq2", mosquitto, out))
+    await subscribed(mosquitto, out)
+    publishing = asyncio.create_task(publish(mosquitto, readings(0, total), rate=1000,
+                                             window=20))
+    await wait_until(lambda: asyncio.sleep(0, len(numbers(out)) >= 500), timeout=20,
+                     what="events flowing")
+    agent.proc.kill()
+    agent.proc.wait()
+    at_kill = len(numbers(out))
+    await asyncio.sleep(1.0)
+    agents("a1")
+    await publishing
+    began = time.monotonic()
+    await wait_until(lambda: asyncio.sleep(0, len(numbers(out)) >= total), timeout=40,
+                     what=f"all {total} events after the restart")
+    seen = numbers(out)
+    print(f"\nkill -9 at {at_kill:,} of {total:,}: after the restart {len(seen):,} distinct "
+          f"in {sum(seen.values()):,} lines ({sum(n - 1 for n in seen.values())} repeats), "
+          f"the last {time.monotonic() - began:.1f} s after the publisher finished")
+    assert sorted(seen) == list(range(total))
+
+
+async def test_a_flow_publishes_to_templated_topics(nc, agents, mosquitto, tmp_path) -> None:
+    got: list[tuple[str, dict]] = []
+    ready = asyncio.Event()
+
+    async def subscriber() -> None:
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="test-sub") as c:
+            await c.subscribe("out/#", qos=1)
+            ready.set()
+            async for message in c.messages:
+                got.append((message.topic.value, json.loads(message.payload)))
+
+    task = asyncio.create_task(subscriber())
+    await asyncio.wait_for(ready.wait(), 10)
+    agents("a1")
+    await wait_until(lambda: live_agent(nc, "a1"), what="agent a1")
+    await run_flow(nc, flow_yaml("mqout", f"""\
+  sources:
+    - id: gen
+      type: generate
+      config: {{count: 300, template: {{device: "dev{{seq}}"}}}}
+  sinks:
+    - id: pub
+      type: mqtt
+      inputs: [gen]
+      config: {{url: "{mosquitto.url}", topic: "out/{{seq % 3}}/{{device}}", qos: 1}}
+""", delivery="at-least-once"))
+    try:
+        await wait_until(lambda: asyncio.sleep(0, len(got) >= 300), timeout=20,
+                         what="300 messages at the subscriber")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert len(got) == 300
+    assert ("out/2/dev5", {"device": "dev5", "seq": 5}) in got
+    assert all(topic == f"out/{e['seq'] % 3}/dev{e['seq']}" for topic, e in got)
+
+    async def counted() -> int:
+        st = (await statuses(nc, "mqout")).get("mqout.pub.0")
+        return st is not None and st.counters.out == 300
+
+    await wait_until(counted, timeout=10, what="the sink's out counter at 300")
+
+
+async def test_a_broker_missing_at_start_is_waited_for(nc, agents, tmp_path) -> None:
+    broker = Mosquitto()  # not started yet
+    try:
+        agents("a1")
+        await wait_until(lambda: live_agent(nc, "a1"), what="agent a1")
+        out = tmp_path / "out.jsonl"
+        await run_flow(nc, source_flow("mq3", broker, out))
+
+        async def waiting() -> str | None:
+            st = (await statuses(nc, "mq3")).get("mq3.mq.0")
+            reason = st.reason if st is not None else None
+            return reason if reason and reason.startswith("waiting: mqtt broker") else None
+
+        reason = await wait_until(waiting, timeout=15, what="the waiting reason")
+        assert f"127.0.0.1:{broker.port}" in reason
+        broker.start()
+        await subscribed(broker, out)
+        await publish(broker, readings(0, 100))
+        await wait_until(lambda: asyncio.sleep(0, len(numbers(out)) >= 100), timeout=20,
+                         what="100 events")
+        st = (await statuses(nc, "mq3"))["mq3.mq.0"]
+        assert not (st.reason or "").startswith("waiting")
+    finally:
+        broker.close()
+
+
+def check(body: str, delivery: str = "at-least-once"):
+    loaded = parse_flow(flow_yaml("v", body, delivery=delivery))
+    return validate(loaded.spec, source=loaded.source, name=loaded.name)
+
+
+SINK = """\
+  sources:
+    - {{id: gen, type: generate, config: {{count: 1}}}}
+  sinks:
+    - {{id: pub, type: mqtt, inputs: [gen], config: {config}}}
+"""
+
+
+def test_validate_refuses_the_sink_in_an_exactly_once_flow_and_bad_config() -> None:
+    good = '{url: "mqtt://h:1883", topic: "a/{seq}"}'
+    assert check(SINK.format(config=good)).status == "valid"
+    refused = check(SINK.format(config=good), delivery="exactly-once")
+    codes = {i.code: i for i in refused.issues}
+    assert "not_exactly_once" in codes and "'mqtt'" in codes["not_exactly_once"].message
+    for config, words in [
+        ('{url: "mqtt://u:secret@h", topic: a}', "no credentials in the url"),
+        ('{url: "mqtt://h", topic: a, password: hunter2}', "${VAR}"),
+        ('{url: "mqtt://h", topic: "a/#/b"}', "no wildcards"),
+        ('{url: "mqtt://h", topic: "a/{seq"}', "without its }"),
+        ('{url: "http://h", topic: a}', "mqtt://host:port"),
+    ]:
+        result = check(SINK.format(config=config))
+        text = json.dumps(result.to_dict())
+        assert result.status == "errors" and words in text, (config, text)
+        assert "hunter2" not in text and "secret" not in text.replace("${VAR}", "")
