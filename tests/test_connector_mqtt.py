@@ -20,6 +20,7 @@ import pytest
 
 from flowengine.validate import validate
 from flowstore import parse_flow
+from flowstore.models import stream_name
 from tests.agents import flow_yaml, live_agent, read_lines, run_flow, statuses, wait_until
 from tests.mqtt_broker import Mosquitto
 
@@ -140,6 +141,44 @@ async def test_the_agent_killed_and_restarted_loses_nothing(nc, agents, mosquitt
     print(f"\nkill -9 at {at_kill:,} of {total:,}: after the restart {len(seen):,} distinct "
           f"in {sum(seen.values()):,} lines ({sum(n - 1 for n in seen.values())} repeats), "
           f"the last {time.monotonic() - began:.1f} s after the publisher finished")
+    assert sorted(seen) == list(range(total))
+
+
+async def test_messages_not_stored_are_not_acked(nc, agents, mosquitto, tmp_path) -> None:
+    """The flow's stream refuses every message (its max_msg_size cut to 16 bytes): what the
+    source takes meanwhile is not stored, so it must not be acked; the agent is kill -9'd,
+    the stream put right, the agent restarted: the broker delivers those messages again,
+    nothing is lost (a client acking on receipt loses its in-flight window here)."""
+    total = 1000
+    agent = agents("a1")
+    await wait_until(lambda: live_agent(nc, "a1"), what="agent a1")
+    out = tmp_path / "out.jsonl"
+    await run_flow(nc, source_flow("mq4", mosquitto, out))
+    await subscribed(mosquitto, out)
+    await publish(mosquitto, readings(0, 300))
+    await wait_until(lambda: asyncio.sleep(0, len(numbers(out)) >= 300), timeout=20,
+                     what="the first 300")
+    js = nc.jetstream()
+    config = (await js.stream_info(stream_name("mq4"))).config
+    size, config.max_msg_size = config.max_msg_size, 16
+    await js.update_stream(config)
+    await publish(mosquitto, readings(300, total - 300))  # the broker has them all
+
+    async def refused() -> str | None:
+        st = (await statuses(nc, "mq4")).get("mq4.mq.0")
+        return st.reason if st is not None and "refuses" in (st.reason or "") else None
+
+    reason = await wait_until(refused, timeout=10, what="the source held up by the stream")
+    agent.proc.kill()
+    agent.proc.wait()
+    config.max_msg_size = size
+    await js.update_stream(config)
+    agents("a1")
+    await wait_until(lambda: asyncio.sleep(0, len(numbers(out)) >= total), timeout=40,
+                     what=f"all {total} after the restart")
+    seen = numbers(out)
+    print(f"\nstream refusing ({reason}), agent kill -9'd, restarted: {len(seen):,} "
+          f"distinct of {total:,} in {sum(seen.values()):,} lines")
     assert sorted(seen) == list(range(total))
 
 
