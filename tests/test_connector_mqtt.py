@@ -53,17 +53,21 @@ async def publish(broker: Mosquitto, messages: list[tuple[str, bytes]], qos: int
                     await asyncio.sleep(ahead)
 
 
-def source_flow(name: str, broker: Mosquitto, out: Path, topic: str = "dev/#") -> str:
+def source_flow(name: str, broker: Mosquitto, out: Path, topic: str = "dev/#",
+                placed: bool = False) -> str:
+    """mqtt -> file; ``placed``: the source on agent a1, the file sink on a2."""
+    source, sink = ("\n      placement: {agent: a1}", "\n      placement: {agent: a2}") \
+        if placed else ("", "")
     return flow_yaml(name, f"""\
   sources:
     - id: mq
       type: mqtt
-      config: {{url: "{broker.url}", topic: "{topic}", qos: 1}}
+      config: {{url: "{broker.url}", topic: "{topic}", qos: 1}}{source}
   sinks:
     - id: out
       type: file
       inputs: [mq]
-      config: {{path: "{out}"}}
+      config: {{path: "{out}"}}{sink}
 """, delivery="at-least-once")
 
 
@@ -115,14 +119,17 @@ async def test_2000_qos1_messages_reach_a_file_and_text_becomes_payload(
 
 async def test_the_agent_killed_and_restarted_loses_nothing(nc, agents, mosquitto,
                                                            tmp_path) -> None:
-    """The agent holding the source is kill -9'd while messages are published at QoS 1,
-    and restarted under its name: the broker kept its session's messages (and those it
-    had not acked: stored or not), so every one arrives; repeats are allowed."""
+    """The agent holding the source (a1; the file sink is on a2) is kill -9'd while
+    messages are published at QoS 1, and restarted under its name: the broker kept its
+    session's messages (and those it had not acked: stored or not), so every one arrives;
+    repeats are allowed (at most the ones stored but not acked yet)."""
     total = 3000
     agent = agents("a1")
-    await wait_until(lambda: live_agent(nc, "a1"), what="agent a1")
+    agents("a2")
+    for name in ("a1", "a2"):
+        await wait_until(lambda n=name: live_agent(nc, n), what=f"agent {name}")
     out = tmp_path / "out.jsonl"
-    await run_flow(nc, source_flow("mq2", mosquitto, out))
+    await run_flow(nc, source_flow("mq2", mosquitto, out, placed=True))
     await subscribed(mosquitto, out)
     publishing = asyncio.create_task(publish(mosquitto, readings(0, total), rate=1000,
                                              window=20))
