@@ -1,4 +1,5 @@
-"""A real mosquitto for the MQTT tests: on a free port of 127.0.0.1, anonymous, with its
+"""A real mosquitto for the MQTT tests: on a free port of 127.0.0.1, anonymous (or with
+``users``: only those, by password), with its
 persistence in a temp dir (sessions and queued messages survive a restart of it).
 ``stop()`` ends it (SIGTERM, then SIGKILL); ``start()`` again runs it on the same port
 with the same store. Nothing is mocked; no process is left behind.
@@ -6,6 +7,7 @@ with the same store. Nothing is mocked; no process is left behind.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -14,6 +16,7 @@ import time
 from pathlib import Path
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 
 
 def free_port() -> int:
@@ -23,20 +26,30 @@ def free_port() -> int:
 
 
 class Mosquitto:
-    def __init__(self) -> None:
+    def __init__(self, users: dict[str, str] | None = None) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="flowctl-mosquitto-")
         self.dir = Path(self._dir.name)
         self.port = free_port()
         self.url = f"mqtt://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.conf = self.dir / "mosquitto.conf"
+        auth = "allow_anonymous true\n"
+        if users:  # only these may connect
+            passwords = self.dir / "passwords"
+            passwords.touch(mode=0o600)
+            for user, password in users.items():
+                subprocess.run([PASSWD, "-b", str(passwords), user, password], check=True,
+                               capture_output=True)
+            auth = f"allow_anonymous false\npassword_file {passwords}\n"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            + auth +
             "persistence true\n"
             f"persistence_location {self.dir}/\n"
             "max_queued_messages 100000\n"  # an offline session keeps them all (default 1,000)
             f"log_dest file {self.dir}/mosquitto.log\n"
+            # run as root it would switch to the user mosquitto, who cannot read this dir
+            + ("user root\n" if os.geteuid() == 0 else "")
         )
 
     @staticmethod

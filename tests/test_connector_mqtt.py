@@ -37,11 +37,14 @@ def mosquitto() -> Iterator[Mosquitto]:
 
 
 async def publish(broker: Mosquitto, messages: list[tuple[str, bytes]], qos: int = 1,
-                  rate: float | None = None, window: int = 100) -> None:
+                  rate: float | None = None, window: int = 100,
+                  auth: tuple[str, str] | None = None) -> None:
     """Publish ``messages`` (topic, payload) at ``qos``, acked by the broker, pipelined
     ``window`` at a time, paced to ``rate`` per second when given."""
     began = time.monotonic()
-    client = aiomqtt.Client("127.0.0.1", broker.port, identifier="test-publisher")
+    user, password = auth or (None, None)
+    client = aiomqtt.Client("127.0.0.1", broker.port, identifier="test-publisher",
+                            username=user, password=password)
     client.pending_calls_threshold = window + 1  # (a warning per publish beyond 50)
     async with client:
         for start in range(0, len(messages), window):
@@ -54,7 +57,7 @@ async def publish(broker: Mosquitto, messages: list[tuple[str, bytes]], qos: int
 
 
 def source_flow(name: str, broker: Mosquitto, out: Path, topic: str = "dev/#",
-                placed: bool = False) -> str:
+                placed: bool = False, extra: str = "") -> str:
     """mqtt -> file; ``placed``: the source on agent a1, the file sink on a2."""
     source, sink = ("\n      placement: {agent: a1}", "\n      placement: {agent: a2}") \
         if placed else ("", "")
@@ -62,7 +65,7 @@ def source_flow(name: str, broker: Mosquitto, out: Path, topic: str = "dev/#",
   sources:
     - id: mq
       type: mqtt
-      config: {{url: "{broker.url}", topic: "{topic}", qos: 1}}{source}
+      config: {{url: "{broker.url}", topic: "{topic}", qos: 1{extra}}}{source}
   sinks:
     - id: out
       type: file
@@ -71,11 +74,11 @@ def source_flow(name: str, broker: Mosquitto, out: Path, topic: str = "dev/#",
 """, delivery="at-least-once")
 
 
-async def subscribed(broker: Mosquitto, out: Path) -> None:
+async def subscribed(broker: Mosquitto, out: Path, auth: tuple[str, str] | None = None) -> None:
     """Publish a non-JSON probe until the source's session passes one on (it is then
     subscribed: what follows is queued for it even while it is away)."""
     async def seen() -> bool:
-        await publish(broker, [("dev/text", b"hello, not json")])
+        await publish(broker, [("dev/text", b"hello, not json")], auth=auth)
         await asyncio.sleep(0.2)
         return any('"hello, not json"' in line for line in read_lines(out))
 
@@ -117,8 +120,9 @@ async def test_2000_qos1_messages_reach_a_file_and_text_becomes_payload(
     assert st.state.value == "running" and st.counters.out == len(lines)
 
 
-async def test_the_agent_killed_and_restarted_loses_nothing(nc, agents, mosquitto,
-                                                           tmp_path) -> None:
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_the_agent_killed_and_restarted_loses_nothing(nc, agents, mosquitto, tmp_path,
+                                                           protocol) -> None:
     """The agent holding the source (a1; the file sink is on a2) is kill -9'd while
     messages are published at QoS 1, and restarted under its name: the broker kept its
     session's messages (and those it had not acked: stored or not), so every one arrives;
@@ -129,7 +133,8 @@ async def test_the_agent_killed_and_restarted_loses_nothing(nc, agents, mosquitt
     for name in ("a1", "a2"):
         await wait_until(lambda n=name: live_agent(nc, n), what=f"agent {name}")
     out = tmp_path / "out.jsonl"
-    await run_flow(nc, source_flow("mq2", mosquitto, out, placed=True))
+    await run_flow(nc, source_flow("mq2", mosquitto, out, placed=True,
+                                   extra=f', protocol: "{protocol}"'))
     await subscribed(mosquitto, out)
     publishing = asyncio.create_task(publish(mosquitto, readings(0, total), rate=1000,
                                              window=20))
@@ -145,7 +150,8 @@ async def test_the_agent_killed_and_restarted_loses_nothing(nc, agents, mosquitt
     await wait_until(lambda: asyncio.sleep(0, len(numbers(out)) >= total), timeout=40,
                      what=f"all {total} events after the restart")
     seen = numbers(out)
-    print(f"\nkill -9 at {at_kill:,} of {total:,}: after the restart {len(seen):,} distinct "
+    print(f"\nMQTT {protocol}: kill -9 at {at_kill:,} of {total:,}: after the restart "
+          f"{len(seen):,} distinct "
           f"in {sum(seen.values()):,} lines ({sum(n - 1 for n in seen.values())} repeats), "
           f"the last {time.monotonic() - began:.1f} s after the publisher finished")
     assert sorted(seen) == list(range(total))
@@ -254,6 +260,33 @@ async def test_a_broker_missing_at_start_is_waited_for(nc, agents, tmp_path) -> 
                          what="100 events")
         st = (await statuses(nc, "mq3"))["mq3.mq.0"]
         assert not (st.reason or "").startswith("waiting")
+    finally:
+        broker.close()
+
+
+async def test_credentials_come_from_the_agents_environment_only(
+        nc, agents, tmp_path, monkeypatch) -> None:
+    user, secret = "sensor", "s3cret-Pa55word"
+    broker = Mosquitto(users={user: secret}).start()
+    try:
+        monkeypatch.setenv("MQTT_TEST_USER", user)
+        monkeypatch.setenv("MQTT_TEST_PASS", secret)
+        agent = agents("a1")  # (it inherits this environment)
+        await wait_until(lambda: live_agent(nc, "a1"), what="agent a1")
+        out = tmp_path / "out.jsonl"
+        await run_flow(nc, source_flow("mq5", broker, out, extra=(
+            ', username: "${MQTT_TEST_USER}", password: "${MQTT_TEST_PASS}"')))
+        await subscribed(broker, out, auth=(user, secret))
+        await publish(broker, readings(0, 50), auth=(user, secret))
+        await wait_until(lambda: asyncio.sleep(0, len(numbers(out)) >= 50), timeout=20,
+                         what="50 events")
+        kv = await nc.jetstream().key_value("flowctl_flows")
+        stored = b"".join([(await kv.get(k)).value or b"" for k in await kv.keys()])
+        assert b"${MQTT_TEST_PASS}" in stored and secret.encode() not in stored
+        status = b"".join(s.to_json() for s in (await statuses(nc, "mq5")).values())
+        assert b"mq5.mq" in status or b"mq5" in status
+        assert secret.encode() not in status
+        assert secret not in "".join(agent.output())
     finally:
         broker.close()
 
