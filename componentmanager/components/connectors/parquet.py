@@ -452,7 +452,7 @@ class ParquetSink(Component):
             except (TypeError, ValueError, OverflowError) as exc:
                 raise EventError(f"parquet sink: column {name!r} is {kind}: {value!r} does "
                                  f"not fit ({exc})") from None
-        if self._fields is not None and len(event) > len(self._fields):
+        if self._fields is not None and not self._fields.issuperset(event):
             extra = event.keys() - self._fields - self._left_out
             if extra:
                 self._left_out |= extra
@@ -700,9 +700,9 @@ class ParquetSink(Component):
                                         float(opened["since"]))
                 self._committed = (open_id, length)  # type: ignore[assignment]
                 self._committed_serial = serial
-        if kept is not None and kept is not prepared:
-            self.ctx.log(f"parquet sink: resumes from commit {serial} (kept in "
-                         f"{names.marker.name})")
+        if kept is not None and serial > int(prepared.get("serial") or 0):
+            self.ctx.log(f"parquet sink: commit {serial}, kept in {names.marker.name}, is "
+                         f"newer than the last stored one: resuming from it")
         return kept
 
 
