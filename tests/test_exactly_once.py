@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from nats.js.errors import NoKeysError
 
 from flowstore.models import stream_name
 from tests.agents import flow_yaml, read_lines, run_flow, statuses, wait_until
@@ -105,13 +106,17 @@ async def _one_run(nc, nats_server, agents, tmp_path: Path, delivery: str, seed:
                    if k.startswith(f"eo.{name}."))
 
     kv = await nc.jetstream().key_value(bucket)
-    keys = await kv.keys()
+    try:
+        keys = await kv.keys()
+    except NoKeysError:
+        keys = []
     return {
         "chaos": chaos, "seconds": round(time.monotonic() - began, 1),
         "lines": len(lines), "distinct": len(seqs),
         "lost": sum(1 for s in range(TOTAL) if s not in seqs),
         "repeats": sum(n - 1 for n in seqs.values()),
         "keys": len(keys),
+        "latest": {k: (s.state.value, s.last_error) for k, s in st.items() if ".latest." in k},
         "counters": {n: (node(n, "in_"), node(n, "out"))
                      for n in ("gen", "work", "out", "latest")},
     }
