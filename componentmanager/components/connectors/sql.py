@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from componentmanager.component import Context
 
@@ -241,6 +241,17 @@ class SqlConnection(BaseModel):
     )
     password_file: str | None = Field(
         default=None, description="A file holding the password (e.g. a mounted secret).")
+
+    @field_validator("url")
+    @classmethod
+    def _no_password(cls, value: str) -> str:
+        """A password written in the flow would be kept in NATS KV: refused."""
+        userinfo = value.split("://", 1)[1].split("/", 1)[0].rpartition("@")[0]
+        secret = userinfo.partition(":")[2]
+        if secret and not re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}", secret):
+            raise ValueError("the url holds a password: write it as ${VAR} (from the agent's "
+                             "environment) or use password_file, never in the flow")
+        return value
 
 
 
