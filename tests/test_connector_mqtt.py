@@ -238,6 +238,62 @@ async def test_a_flow_publishes_to_templated_topics(nc, agents, mosquitto, tmp_p
     await wait_until(counted, timeout=10, what="the sink's out counter at 300")
 
 
+async def test_the_sink_waits_out_a_broker_restart(nc, agents, mosquitto, tmp_path) -> None:
+    """mosquitto stopped 2 s mid-flow and started again (its store keeps the subscriber's
+    session): the sink says it waits, publishes again, and every event arrives."""
+    total, got = 1500, collections.Counter()
+
+    async def subscriber(ready: asyncio.Event) -> None:
+        while True:  # a persistent session, back after the broker's restart
+            try:
+                async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="test-sub",
+                                          clean_session=False) as c:
+                    await c.subscribe("out/#", qos=1)
+                    ready.set()
+                    async for message in c.messages:
+                        got[json.loads(message.payload)["seq"]] += 1
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.2)
+
+    ready = asyncio.Event()
+    task = asyncio.create_task(subscriber(ready))
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        agents("a1")
+        await wait_until(lambda: live_agent(nc, "a1"), what="agent a1")
+        await run_flow(nc, flow_yaml("mqsink", f"""\
+  sources:
+    - id: gen
+      type: generate
+      config: {{count: {total}, rate: 300}}
+  sinks:
+    - id: pub
+      type: mqtt
+      inputs: [gen]
+      config: {{url: "{mosquitto.url}", topic: "out/{{seq % 3}}", qos: 1}}
+""", delivery="at-least-once"))
+        await wait_until(lambda: asyncio.sleep(0, len(got) >= 300), timeout=20,
+                         what="300 at the subscriber")
+        mosquitto.stop()
+
+        async def waiting() -> str | None:
+            st = (await statuses(nc, "mqsink")).get("mqsink.pub.0")
+            reason = st.reason if st is not None else None
+            return reason if reason and reason.startswith("waiting: mqtt broker") else None
+
+        reason = await wait_until(waiting, timeout=10, what="the sink's waiting reason")
+        await asyncio.sleep(1.0)
+        mosquitto.start()
+        await wait_until(lambda: asyncio.sleep(0, len(got) >= total), timeout=30,
+                         what=f"all {total} at the subscriber")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    print(f"\nbroker restarted mid-flow ({reason}): {len(got):,} distinct of {total:,}, "
+          f"{sum(got.values()) - len(got)} repeats")
+    assert sorted(got) == list(range(total))
+
+
 async def test_a_broker_missing_at_start_is_waited_for(nc, agents, tmp_path) -> None:
     broker = Mosquitto()  # not started yet
     try:

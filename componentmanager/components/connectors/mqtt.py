@@ -484,12 +484,28 @@ class MqttSink(Component):
         while True:
             client = await self._connected()
             try:
-                await client.publish(topic, body, qos=self.config.qos,
-                                     retain=self.config.retain, timeout=30)
+                await self._publish_on(client, topic, body)
                 return
             except aiomqtt.MqttError as exc:  # gone: reconnect and publish it again
                 await self._drop(client)
                 await asyncio.sleep(self._broker.failed(exc))
+
+    async def _publish_on(self, client: Any, topic: str, body: bytes) -> None:
+        """One publish, acked by the broker (QoS 1/2); a lost connection fails it at once
+        (aiomqtt would wait for the ack until its timeout)."""
+        import aiomqtt
+
+        publish = asyncio.ensure_future(client.publish(
+            topic, body, qos=self.config.qos, retain=self.config.retain, timeout=30))
+        gone = client._disconnected  # set (with the reason) when the connection ends
+        await asyncio.wait({publish, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if publish.done():
+            publish.result()
+            return
+        publish.cancel()
+        await asyncio.gather(publish, return_exceptions=True)
+        reason = gone.exception() if not gone.cancelled() else None
+        raise aiomqtt.MqttError(f"connection lost ({reason or 'closed'})")
 
     async def process(self, port: str, event: Any) -> None:
         await self._publish(self.topic_of(event), msgspec.json.encode(event))
