@@ -441,6 +441,10 @@ class ParquetSink(Component):
                              f"{type(event).__name__}")
         if self._schema is None:
             self._infer([event])
+            if not self._schema:
+                self._schema = None
+                raise EventError("parquet sink: the schema is taken from the first event, "
+                                 "and this one has no fields")
         row = []
         for name, kind, getter, coerce in self._plan:
             try:
