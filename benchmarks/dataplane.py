@@ -199,11 +199,12 @@ def _fmt(values: list[float]) -> str:
             f"{max(values):>11,.0f}")
 
 
-async def main(n: int, rounds: int) -> None:
+async def main(n: int, rounds: int, delivery_only: bool = False) -> None:
     configs = [("raw nats-py relay (baseline)", None, 0)]
     for delivery in ("at-most-once", "at-least-once"):
         for stages in (2, 8):
-            configs.append((f"flowctl {delivery}, {stages} stages", delivery, stages))
+            if not delivery_only or (delivery, stages) == ("at-least-once", 2):
+                configs.append((f"flowctl {delivery}, {stages} stages", delivery, stages))
     configs.append(("flowctl exactly-once, 2 stages", "exactly-once", 2))
     results: dict[str, list[float]] = {label: [] for label, _, _ in configs}
     drops: dict[str, list[int]] = {label: [] for label, _, _ in configs}
@@ -233,13 +234,19 @@ async def main(n: int, rounds: int) -> None:
         ratio = statistics.median(results[label]) / base
         lost = f"{max(drops[label]):,}" if any(drops[label]) else "0"
         print(f"{label:<38}{_fmt(results[label])} {ratio:>7.2f}  {lost}")
+    once = statistics.median(results["flowctl exactly-once, 2 stages"])
+    least = statistics.median(results["flowctl at-least-once, 2 stages"])
+    per_round = sorted(a / b for a, b in zip(results["flowctl exactly-once, 2 stages"],
+                                              results["flowctl at-least-once, 2 stages"],
+                                              strict=True))
+    print(f"exactly-once, 2 stages: {once / least:.2f}x the events/s of at-least-once "
+          f"(per round: {', '.join(f'{r:.2f}' for r in per_round)})")
+    if delivery_only:
+        return
     for delivery in ("at-most-once", "at-least-once"):
         two = statistics.median(results[f"flowctl {delivery}, 2 stages"])
         eight = statistics.median(results[f"flowctl {delivery}, 8 stages"])
         print(f"{delivery}: 8 stages keep {eight / two:.2f}x the events/s of 2 stages")
-    once = statistics.median(results["flowctl exactly-once, 2 stages"])
-    least = statistics.median(results["flowctl at-least-once, 2 stages"])
-    print(f"exactly-once, 2 stages: {once / least:.2f}x the events/s of at-least-once")
     floors = {stages: [compute_floor(stages, n) for _ in range(rounds)] for stages in (2, 8)}
     print("compute floor (the chain's own work in one process, no NATS, one core):")
     for stages, rates in floors.items():
@@ -252,5 +259,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--delivery-only", action="store_true",
+                        help="only the 2-stage chain, at-least-once against exactly-once")
     args = parser.parse_args()
-    asyncio.run(main(args.events, args.rounds))
+    asyncio.run(main(args.events, args.rounds, args.delivery_only))
