@@ -4,7 +4,7 @@
 `run`, `validate` or `dev`, so a flow behaves the same whichever directory the command
 ran in, and what is stored says exactly what will be opened:
 
-* ``file`` sources and sinks: ``config.path``;
+* ``file`` sources and sinks, and the ``parquet`` sink (a directory): ``config.path``;
 * ``python`` nodes: ``config.python_path`` (directories the module is imported from,
   before the agent's ``--python-path``) defaults to the flow file's directory, so
   ``function: enrich:enrich`` finds ``enrich.py`` next to the flow file;
@@ -42,8 +42,8 @@ def _volume(base: Path, volume: str) -> str:
 def resolve_node(node: Node, base: Path) -> Node:
     config: dict[str, Any] = dict(node.config)
     update: dict[str, Any] = {}
-    if node.type == "file" and isinstance(config.get("path"), str):
-        config["path"] = _abs(base, config["path"])
+    if node.type in ("file", "parquet") and isinstance(config.get("path"), str):
+        config["path"] = _abs(base, config["path"])  # (a file; parquet's directory)
     if node.type == "python" and config.get("function"):
         dirs = config.get("python_path") or [str(base)]
         if isinstance(dirs, list):

@@ -122,6 +122,14 @@ def check_compose_flow(run: Flowctl, workdir: Path) -> None:
     assert len([line for line in run.err().splitlines() if line.startswith("agent run-")]) == 3
 
 
+def check_parquet(run: Flowctl, workdir: Path) -> None:
+    import pyarrow.dataset as ds
+
+    out = workdir / "out" / "orders"
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert sorted(ds.dataset(out).to_table().column("seq").to_pylist()) == list(range(1000))
+
+
 CHECKS: dict[str, Callable[[Flowctl, Path], None]] = {
     "hello.yaml": check_hello,
     "route.yaml": check_route,
@@ -131,6 +139,7 @@ CHECKS: dict[str, Callable[[Flowctl, Path], None]] = {
     "window.yaml": check_window,
     "join.yaml": check_join,
     "partitions.yaml": check_partitions,
+    "parquet.yaml": check_parquet,
 }
 # Flows that run until stopped: run them until they produced a few events, then Ctrl+C.
 ENDLESS: dict[str, Callable[[Flowctl, Path], None]] = {
