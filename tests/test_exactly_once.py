@@ -144,12 +144,12 @@ async def test_kill9_and_a_frozen_server_leave_no_repeat(nc, nats_server, agents
     assert counters["latest"] == (TOTAL, TOTAL), result
 
 
-@pytest.mark.parametrize("delivery", ["exactly-once", "at-least-once"])
 async def test_a_processor_down_past_the_duplicate_window_repeats_nothing(
-        nc, agents, tmp_path, delivery) -> None:
+        nc, agents, tmp_path) -> None:
     """The processor's agent killed mid-flow and back only after the stream's duplicate
     window (cut to 1 s here) has passed: exactly-once repeats nothing (its readers know
-    repeats by their event ids, not by the window); at-least-once writes again."""
+    repeats by their event ids, not by the window)."""
+    delivery = "exactly-once"
     procs = await start_three(nc, agents)
     out, total = tmp_path / "out.jsonl", 6000
     await run_flow(nc, flow_yaml("late", f"""\
@@ -192,8 +192,6 @@ async def test_a_processor_down_past_the_duplicate_window_repeats_nothing(
     print(f"\n{delivery}, processor down 4 s past a 1 s duplicate window: "
           f"{len(lines)} lines, {len(seqs)} distinct; work in/out "
           f"{st['late.work.0'].counters.in_}/{st['late.work.0'].counters.out}")
-    assert len(seqs) == total
-    if delivery == "exactly-once":
-        assert len(lines) == total
-        assert (st["late.work.0"].counters.in_, st["late.work.0"].counters.out) == (total, total)
-        assert st["late.out.0"].counters.out == total
+    assert len(seqs) == len(lines) == total
+    assert (st["late.work.0"].counters.in_, st["late.work.0"].counters.out) == (total, total)
+    assert st["late.out.0"].counters.out == total
