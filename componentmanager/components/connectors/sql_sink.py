@@ -77,6 +77,9 @@ class SqlSinkConfig(SqlConnection):
 
 
 Row = tuple[tuple[str, ...], tuple[Any, ...]]  # (columns, values)
+#: Rows one INSERT takes at most, and its parameters at most (SQLite: 32,766).
+ROWS_PER_STATEMENT, MAX_PARAMS = 1000, 30000
+STATEMENTS_KEPT = 512  # INSERT texts kept (per column set and row count)
 
 
 def sql_value(value: Any) -> Any:
@@ -99,7 +102,7 @@ class SqlSink(Component):
         self._db: Database | None = None
         self._lock = asyncio.Lock()
         self._uncommitted: list[Row] = []  # written since the last commit (for a reconnect)
-        self._sql: dict[tuple[str, ...], str] = {}
+        self._sql: dict[tuple[tuple[str, ...], int], str] = {}
         self._commit_done = asyncio.Event()
         self._commit_done.set()
         self._eo = bool(getattr(ctx, "exactly_once", False))
@@ -140,23 +143,28 @@ class SqlSink(Component):
             raise EventError(f"sql sink: {exc}") from None
         return tuple(self._exprs), values
 
-    def statement(self, cols: tuple[str, ...]) -> str:
-        sql = self._sql.get(cols)
+    def statement(self, cols: tuple[str, ...], count: int = 1) -> str:
+        """One INSERT (an upsert with ``key``) of ``count`` rows of these columns."""
+        sql = self._sql.get((cols, count))
         if sql is None:
-            marks = ", ".join([self._db.param] * len(cols))  # type: ignore[union-attr]
+            marks = "(" + ", ".join([self._db.param] * len(cols)) + ")"  # type: ignore[union-attr]
             sql = (f"INSERT INTO {quote(self.config.table)} "
-                   f"({', '.join(quote(c) for c in cols)}) VALUES ({marks})")
+                   f"({', '.join(quote(c) for c in cols)}) VALUES "
+                   + ", ".join([marks] * count))
             if self.config.key:
                 rest = [c for c in cols if c not in self.config.key]
                 target = ", ".join(quote(k) for k in self.config.key)
                 sql += (f" ON CONFLICT ({target}) DO UPDATE SET "
                         + ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in rest)
                         if rest else f" ON CONFLICT ({target}) DO NOTHING")
-            self._sql[cols] = sql
+            if len(self._sql) < STATEMENTS_KEPT:
+                self._sql[(cols, count)] = sql
         return sql
 
     async def _insert(self, rows: list[Row]) -> None:
-        """``rows`` in a savepoint of the open transaction: all or none (DataRefused)."""
+        """``rows`` in a savepoint of the open transaction: all or none (DataRefused).
+        Rows of the same columns go as multi-row INSERTs (one round trip per
+        :data:`ROWS_PER_STATEMENT`)."""
         db = self._db
         assert db is not None
         await db.begin()
@@ -166,10 +174,11 @@ class SqlSink(Component):
             for cols, values in rows:
                 groups.setdefault(cols, []).append(values)
             for cols, values in groups.items():
-                if len(values) == 1:
-                    await db.run(self.statement(cols), values[0])
-                else:
-                    await db.run(self.statement(cols), values, many=True)
+                step = max(1, min(ROWS_PER_STATEMENT, MAX_PARAMS // len(cols)))
+                for start in range(0, len(values), step):
+                    chunk = values[start:start + step]
+                    await db.run(self.statement(cols, len(chunk)),
+                                 [v for row in chunk for v in row])
         except DataRefused:
             await db.run("ROLLBACK TO SAVEPOINT flowctl_rows")
             await db.run("RELEASE SAVEPOINT flowctl_rows")
