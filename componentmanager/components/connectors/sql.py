@@ -104,8 +104,9 @@ class Database:
                 attempt += 1
         if self._waiting:
             self._waiting = False
-            self._set_note(None)
             self.ctx.log(f"{self.what}: {self.kind} at {self.where} answers again")
+        if str(getattr(self.ctx, "note", None) or "").startswith(f"waiting: {self.kind} at "):
+            self._set_note(None)  # (also one said before a restart of the replica)
 
     def _note(self, text: str) -> None:
         if not self._waiting or getattr(self.ctx, "note", None) != text:

@@ -196,6 +196,27 @@ class SqlSink(Component):
                 return
             except ConnectionLost:
                 continue
+            except DataRefused:  # (changed meanwhile by something else): row by row
+                pass
+            try:
+                await self._rewrite_one_by_one()
+                return
+            except ConnectionLost:
+                continue
+
+    async def _rewrite_one_by_one(self) -> None:
+        """Rows the database took before and refuses now are dead-lettered, not lost."""
+        kept: list[Row] = []
+        for row in self._uncommitted:
+            try:
+                await self._insert([row])
+                kept.append(row)
+            except DataRefused as exc:
+                event = dict(zip(row[0], row[1], strict=True))
+                await self.ctx.reject(json.dumps(event, default=str).encode(),
+                                      f"sql sink: {self.config.table}: {exc} (written again "
+                                      "after a reconnection)")
+        self._uncommitted = kept
 
     async def _write(self, rows: list[Row]) -> None:
         """``rows`` into the transaction (waiting out a lost connection); DataRefused."""
