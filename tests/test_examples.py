@@ -25,6 +25,7 @@ from tests.programs.cli_helpers import (  # noqa: F401  (an autouse fixture)
     table_rows,
     wait_for,
 )
+from tests.test_connector_sql import check_sqlite
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -140,6 +141,7 @@ CHECKS: dict[str, Callable[[Flowctl, Path], None]] = {
     "join.yaml": check_join,
     "partitions.yaml": check_partitions,
     "parquet.yaml": check_parquet,
+    "sqlite.yaml": check_sqlite,
 }
 # Flows that run until stopped: run them until they produced a few events, then Ctrl+C.
 ENDLESS: dict[str, Callable[[Flowctl, Path], None]] = {

@@ -118,7 +118,7 @@ class KeyedInputs:
             if committing:
                 self._resume_commit(self._state.commit)
                 if not self._state.commit:  # the epoch of its ids is kept before any output
-                    await self._state.write(self._state.record({}, self._commit_part()),
+                    await self._state.write(self._state.record({}, self._commit_part(False)),
                                             int(self.nc.max_payload or 1 << 20))
             if self._state.discarded:
                 self.host.log_line(self, f"starts with an empty state: "
@@ -151,12 +151,12 @@ class KeyedInputs:
         if isinstance(kept, dict) and int(kept.get("serial") or 0) > self._serial:
             self._resume_commit(kept)
 
-    def _commit_part(self) -> dict[str, Any]:
+    def _commit_part(self, with_sink: bool = True) -> dict[str, Any]:
         """Exactly-once: what the commit keeps beside the state, taken now (between input
         messages): the sink's output first (a file's length, its ``out``), then the
         floors, counters and the next output id."""
         comp = self.component
-        self._prepared = comp.prepare_commit() if comp is not None else None
+        self._prepared = comp.prepare_commit() if comp is not None and with_sink else None
         ids = self._outbox.ids
         self._serial += 1
         self._commit = {"serial": self._serial,
