@@ -5,19 +5,24 @@
 that is a JSON object becomes the event; anything else ``{"payload": "<text>"}``; the MQTT
 topic goes in the field ``topic`` (``topic_field``).
 
-What the broker hands over is acknowledged only once it is stored in the flow's stream
-(at-least-once and exactly-once flows): the client acks by hand (paho's manual ack,
-``PUBACK`` in the order received) when the runtime's publisher says every event emitted
-up to that message is stored. A QoS 2 subscription is made at QoS 1: in QoS 2 the
-receiver answers ``PUBREC`` on receipt (paho does, it cannot be delayed) and the broker then
-never sends the payload again, so a crash before the event is stored would lose it; at
-QoS 1 the ``PUBACK`` waits for the stream. The client keeps a persistent session (MQTT
-3.1.1 ``clean_session: false``; MQTT 5 ``clean_start: false`` with ``session_expiry``)
-under a fixed client id per replica, so what is published while the source is down (a
-crash, a move, a restart) is queued by the broker and delivered when it comes back; an
-event stored but not yet acked at a crash is delivered again (at-least-once: a repeat,
-never a loss). The broker keeps at most its ``max_queued_messages`` (mosquitto: 1,000 by
-default) per offline session: raise it for long outages.
+What the broker hands over is acknowledged only once it is stored in the flow's stream:
+the client acks by hand (paho's manual ack, ``PUBACK`` in the order received) when the
+runtime's publisher says every event emitted up to that message is stored; with
+``delivery: exactly-once`` only once the source's checkpoint is written past it too (see
+:class:`_Confirmation`: acking on storage alone there loses events after a crash, the
+ids of stored events being given to new ones). At-most-once acks on emit.
+
+A QoS 2 subscription is made at QoS 1: in QoS 2 the receiver answers ``PUBREC`` on
+receipt (paho does, it cannot be delayed) and the broker then never sends the payload
+again, so a crash before the event is stored would lose it; at QoS 1 the ``PUBACK``
+waits for the stream. The client keeps a persistent session (MQTT 3.1.1
+``clean_session: false``; MQTT 5 ``clean_start: false`` with ``session_expiry``) under a
+fixed client id per replica, so what is published while the source is down (a crash, a
+move, a restart) is queued by the broker and delivered when it comes back; an event
+stored but not yet acked at a crash is delivered again (at-least-once: a repeat, never a
+loss; exactly-once: under the id it had, skipped). The broker keeps at most its
+``max_queued_messages`` (mosquitto: 1,000 by default) per offline session: raise it for
+long outages.
 
 ``mqtt`` sink: publishes each event as JSON to ``topic``, a template whose ``{...}`` parts
 are expressions of the event (``devices/{device}/out``, ``{{``/``}}`` for literal braces),
@@ -289,17 +294,57 @@ class _Broker:
         self._failing_since, self._attempts, self.delay = None, 0, RETRY_FIRST_S
 
 
-def _stored_probe(ctx: Context) -> tuple[Any, Any] | None:
-    """(events emitted so far, events surely stored so far) of this run, when the runtime
-    confirms storage (an at-least-once or exactly-once in-process replica); else None.
+class _Confirmation:
+    """When may a message be acked: once what it became is stored (at-least-once), or
+    (exactly-once) once the source's checkpoint is written past it.
+
+    Exactly-once numbers a source's events on from its checkpoint's count after a crash;
+    so an event stored but not in the written checkpoint must come again, in the same
+    place: such a message is left unacked, the broker sends it again after a restart (the
+    unacked ones first, in their order: MQTT requires it) and it gets the same id (the
+    readers skip the repeat). A QoS 0 message is never sent again: the source waits until
+    the checkpoint holds it before taking the next one.
 
     The component API has no public call for this: it reads the in-process runner's
-    own counters (those its SourceCheckpoint uses for ``ctx.advance``)."""
-    publisher = getattr(ctx, "_publisher", None)
-    stored = getattr(publisher, "stored_events", None)
-    if stored is None or not isinstance(getattr(ctx, "_emitted", None), int):
-        return None
-    return (lambda: ctx._emitted), stored  # type: ignore[attr-defined]
+    counters (those its SourceCheckpoint uses for ``ctx.advance``). ``usable`` is False
+    elsewhere (at-most-once: nothing is confirmed; messages are acked when emitted)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        publisher = getattr(ctx, "_publisher", None)
+        self._stored = getattr(publisher, "stored_events", None)
+        self.usable = self._stored is not None and isinstance(getattr(ctx, "_emitted", None),
+                                                              int)
+        checkpoint = getattr(ctx, "_checkpoint", None)
+        self._checkpoint = checkpoint
+        self.exact = (self.usable and bool(getattr(ctx, "exactly_once", False))
+                      and hasattr(checkpoint, "flush") and hasattr(checkpoint, "_written"))
+
+    def emitted(self) -> int:
+        return int(self.ctx._emitted)  # type: ignore[attr-defined]
+
+    def stored(self) -> int:
+        assert self._stored is not None
+        return int(self._stored())
+
+    def _written(self) -> int | None:
+        written = getattr(self._checkpoint, "_written", None)
+        position = written[0] if isinstance(written, tuple) else None
+        return position if isinstance(position, int) else None
+
+    async def covered(self, emitted: int, position: int) -> int | None:
+        """How far (an emitted count, or exactly-once a position) is confirmed, when it
+        covers (emitted, position); else None."""
+        stored = self.stored()
+        if stored < emitted:
+            return None
+        if not self.exact:
+            return stored
+        written = self._written()
+        if written is None or written < position:
+            await self._checkpoint.flush()  # type: ignore[union-attr]
+            written = self._written()
+        return written if written is not None and written >= position else None
 
 
 # ---------------------------------------------------------------------------- source
@@ -312,7 +357,8 @@ class MqttSource(Component):
         super().__init__(config, ctx)
         self.config: MqttSourceConfig = config
         self._broker: _Broker | None = None
-        self.received = 0
+        self.received = 0  # messages taken in this run
+        self._base = 0  # the position this run started from (messages of earlier runs)
 
     async def start(self) -> None:
         self._broker = _Broker(self.config, self.ctx)  # a missing ${VAR} fails here
@@ -335,6 +381,8 @@ class MqttSource(Component):
 
         broker = self._broker
         assert broker is not None
+        resumed = await self.ctx.resume_position()
+        self._base = resumed if isinstance(resumed, int) else 0
         v5 = self.config.protocol == "5"
         kw: dict[str, Any] = {}
         if v5:
@@ -360,27 +408,31 @@ class MqttSource(Component):
                 await asyncio.sleep(broker.failed(exc))
 
     async def _consume(self, client: Any) -> None:
-        """Emit each message; ack it (in order) once everything up to it is stored."""
-        probe = _stored_probe(self.ctx)
+        """Emit each message; ack it (in order) once it is confirmed (see
+        :class:`_Confirmation`)."""
+        confirm = _Confirmation(self.ctx)
         paho = client._client
-        unacked: collections.deque[tuple[int, int, int]] = collections.deque()
+        #: (events emitted up to it, its position, mid, qos); mid None: QoS 0 (no ack)
+        unacked: collections.deque[tuple[int, int, int | None, int]] = collections.deque()
         wake = asyncio.Event()
         max_bytes = getattr(self.ctx, "max_event_bytes", None)
 
         async def acker() -> None:
-            assert probe is not None
             while True:
                 if not unacked:
                     wake.clear()
                     await wake.wait()
-                stored = probe[1]()
-                while unacked and unacked[0][0] <= stored:
-                    _, mid, qos = unacked.popleft()
-                    paho.ack(mid, qos)
-                if unacked:
+                emitted, position, _, _ = unacked[0]
+                upto = await confirm.covered(emitted, position)
+                if upto is None:
                     await asyncio.sleep(ACK_POLL_S)
+                    continue
+                while unacked and unacked[0][1 if confirm.exact else 0] <= upto:
+                    _, _, mid, qos = unacked.popleft()
+                    if mid is not None:
+                        paho.ack(mid, qos)
 
-        task = asyncio.create_task(acker()) if probe is not None else None
+        task = asyncio.create_task(acker()) if confirm.usable else None
         try:
             async for message in client.messages:
                 payload = message.payload if isinstance(message.payload, bytes) else (
@@ -393,17 +445,20 @@ class MqttSource(Component):
                 else:
                     await self.ctx.emit("out", self.event_of(topic, payload))
                 self.received += 1
-                self.ctx.advance(self.received)  # (exactly-once numbers events on from it)
-                if message.qos == 0:
+                position = self._base + self.received
+                self.ctx.advance(position)  # (exactly-once numbers events on from it)
+                if task is None:  # at-most-once: nothing confirms storage
+                    if message.qos:
+                        paho.ack(message.mid, message.qos)
                     continue
-                if probe is None:  # at-most-once: nothing confirms storage
-                    paho.ack(message.mid, message.qos)
-                elif unacked or probe[1]() < probe[0]():
-                    unacked.append((probe[0](), message.mid, message.qos))
-                    wake.set()
-                else:
-                    paho.ack(message.mid, message.qos)
-                if task is not None and task.done():
+                if message.qos == 0 and not confirm.exact:
+                    continue
+                unacked.append((confirm.emitted(), position,
+                                message.mid if message.qos else None, message.qos))
+                wake.set()
+                while message.qos == 0 and unacked and not task.done():
+                    await asyncio.sleep(ACK_POLL_S)  # exactly-once: held by the checkpoint
+                if task.done():
                     task.result()
         finally:
             if task is not None:
