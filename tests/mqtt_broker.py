@@ -1,5 +1,6 @@
 """A real mosquitto for the MQTT tests: on a free port of 127.0.0.1, anonymous (or with
-``users``: only those, by password), with its
+``users``: only those, by password; with ``tls``: mqtts with a self-signed certificate),
+with its
 persistence in a temp dir (sessions and queued messages survive a restart of it).
 ``stop()`` ends it (SIGTERM, then SIGKILL); ``start()`` again runs it on the same port
 with the same store. Nothing is mocked; no process is left behind.
@@ -26,11 +27,12 @@ def free_port() -> int:
 
 
 class Mosquitto:
-    def __init__(self, users: dict[str, str] | None = None) -> None:
+    def __init__(self, users: dict[str, str] | None = None, tls: bool = False) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="flowctl-mosquitto-")
         self.dir = Path(self._dir.name)
         self.port = free_port()
-        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.url = f"{'mqtts' if tls else 'mqtt'}://127.0.0.1:{self.port}"
+        self.cert: Path | None = None  # tls: the server's self-signed certificate (its CA)
         self.proc: subprocess.Popen[bytes] | None = None
         self.conf = self.dir / "mosquitto.conf"
         auth = "allow_anonymous true\n"
@@ -41,6 +43,14 @@ class Mosquitto:
                 subprocess.run([PASSWD, "-b", str(passwords), user, password], check=True,
                                capture_output=True)
             auth = f"allow_anonymous false\npassword_file {passwords}\n"
+        if tls:
+            self.cert, key = self.dir / "server.crt", self.dir / "server.key"
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                            "-days", "1", "-subj", "/CN=127.0.0.1",
+                            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                            "-keyout", str(key), "-out", str(self.cert)],
+                           check=True, capture_output=True)
+            auth += f"certfile {self.cert}\nkeyfile {key}\n"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             + auth +

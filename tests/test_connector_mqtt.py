@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,8 +44,9 @@ async def publish(broker: Mosquitto, messages: list[tuple[str, bytes]], qos: int
     ``window`` at a time, paced to ``rate`` per second when given."""
     began = time.monotonic()
     user, password = auth or (None, None)
+    tls = ssl.create_default_context(cafile=str(broker.cert)) if broker.cert else None
     client = aiomqtt.Client("127.0.0.1", broker.port, identifier="test-publisher",
-                            username=user, password=password)
+                            username=user, password=password, tls_context=tls)
     client.pending_calls_threshold = window + 1  # (a warning per publish beyond 50)
     async with client:
         for start in range(0, len(messages), window):
@@ -350,6 +352,21 @@ async def test_credentials_come_from_the_agents_environment_only(
         assert b"mq5.mq" in status or b"mq5" in status
         assert secret.encode() not in status
         assert secret not in "".join(agent.output())
+    finally:
+        broker.close()
+
+
+async def test_mqtts_with_a_ca_file(nc, agents, tmp_path) -> None:
+    broker = Mosquitto(tls=True).start()
+    try:
+        agents("a1")
+        await wait_until(lambda: live_agent(nc, "a1"), what="agent a1")
+        out = tmp_path / "out.jsonl"
+        await run_flow(nc, source_flow("mq6", broker, out, extra=f', ca_file: "{broker.cert}"'))
+        await subscribed(broker, out)
+        await publish(broker, readings(0, 100))
+        await wait_until(lambda: asyncio.sleep(0, len(numbers(out)) >= 100), timeout=20,
+                         what="100 events over TLS")
     finally:
         broker.close()
 
