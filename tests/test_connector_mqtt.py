@@ -401,3 +401,15 @@ def test_validate_refuses_the_sink_in_an_exactly_once_flow_and_bad_config() -> N
         text = json.dumps(result.to_dict())
         assert result.status == "errors" and words in text, (config, text)
         assert "hunter2" not in text and "secret" not in text.replace("${VAR}", "")
+
+
+async def test_an_undefined_variable_fails_the_replica_naming_it(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from componentmanager.components.connectors.mqtt import MqttSource, MqttSourceConfig
+
+    monkeypatch.delenv("MQTT_NOT_SET", raising=False)
+    config = MqttSourceConfig(url="mqtt://h", topic="a", password="${MQTT_NOT_SET}")
+    source = MqttSource(config, SimpleNamespace(flow="f", node="n", replica=0))
+    with pytest.raises(RuntimeError, match=r"undefined variable \$\{MQTT_NOT_SET\}"):
+        await source.start()
