@@ -413,3 +413,21 @@ async def test_an_undefined_variable_fails_the_replica_naming_it(monkeypatch) ->
     source = MqttSource(config, SimpleNamespace(flow="f", node="n", replica=0))
     with pytest.raises(RuntimeError, match=r"undefined variable \$\{MQTT_NOT_SET\}"):
         await source.start()
+
+
+async def test_a_password_file_is_read_at_start(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from componentmanager.components.connectors.mqtt import MqttSink, MqttSinkConfig
+
+    (tmp_path / "pw").write_text("s3cret\n")
+    ctx = SimpleNamespace(flow="f", node="n", replica=0)
+    sink = MqttSink(MqttSinkConfig(url="mqtt://h", topic="a", password_file=str(tmp_path / "pw")),
+                    ctx)
+    await sink.start()
+    assert sink._broker is not None and sink._broker.password == "s3cret"
+    missing = MqttSinkConfig(url="mqtt://h", topic="a", password_file=str(tmp_path / "none"))
+    with pytest.raises(RuntimeError, match="cannot read it"):
+        await MqttSink(missing, ctx).start()
+    with pytest.raises(ValueError, match="not both"):
+        MqttSinkConfig(url="mqtt://h", topic="a", password="${X}", password_file="/p")

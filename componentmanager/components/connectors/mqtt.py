@@ -34,8 +34,8 @@ flow (``exactly_once`` None: ``validate`` refuses it); at-least-once it may publ
 event again after a crash.
 
 Both: ``username``/``password`` only as ``${VAR}`` (expanded from the agent's environment
-when the replica starts: never in the flow, KV, logs or errors); a broker unreachable at
-start or going away means retrying with a growing pause (up to
+when the replica starts: never in the flow, KV, logs or errors), or ``password_file``; a
+broker unreachable at start or going away means retrying with a growing pause (up to
 :data:`RETRY_MAX_S`), logged once per :data:`SAY_EVERY_S` and shown as the replica's
 status reason (``waiting: mqtt broker at host:port ...``).
 """
@@ -53,7 +53,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from componentmanager.component import Component, Context, EventError
 from componentmanager.components.expressions import Expression, compile_expression
@@ -127,6 +127,10 @@ class _Common(BaseModel):
                                  "environment.")
     password: str | None = Field(default=None, description="${VAR} only: from the agent's "
                                  "environment.")
+    password_file: str | None = Field(
+        default=None, min_length=1,
+        description="A file on the agent holding the password (instead of password; "
+        "read at start, a final newline dropped).")
     ca_file: str | None = Field(default=None, description="mqtts: a CA bundle (PEM) to trust "
                                 "instead of the system's.")
     protocol: Literal["3.1.1", "5"] = Field(default="3.1.1", description="MQTT version.")
@@ -141,6 +145,12 @@ class _Common(BaseModel):
     @classmethod
     def _secrets(cls, value: str | None) -> str | None:
         return _check_secret(value)
+
+    @model_validator(mode="after")
+    def _one_password(self) -> _Common:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        return self
 
 
 class MqttSourceConfig(_Common):
@@ -243,6 +253,13 @@ class _Broker:
         self.client_id = _client_id(config, ctx)
         self.username = _secret(config.username, "username")
         self.password = _secret(config.password, "password")
+        if config.password_file is not None:
+            try:
+                with open(config.password_file, encoding="utf-8") as fh:
+                    self.password = fh.read().removesuffix("\n").removesuffix("\r")
+            except OSError as exc:
+                raise RuntimeError(f"mqtt password_file {config.password_file}: cannot read "
+                                   f"it ({exc.strerror or type(exc).__name__})") from None
         self._failing_since: float | None = None
         self._said_at = 0.0
         self._attempts = 0
