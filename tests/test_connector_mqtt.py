@@ -303,7 +303,7 @@ async def test_the_sink_waits_out_a_broker_restart(nc, agents, mosquitto, tmp_pa
     assert sorted(got) == list(range(total))
 
 
-async def test_a_broker_missing_at_start_is_waited_for(nc, agents, tmp_path) -> None:
+async def test_a_broker_missing_at_start_or_gone_is_waited_for(nc, agents, tmp_path) -> None:
     broker = Mosquitto()  # not started yet
     try:
         agents("a1")
@@ -325,6 +325,13 @@ async def test_a_broker_missing_at_start_is_waited_for(nc, agents, tmp_path) -> 
                          what="100 events")
         st = (await statuses(nc, "mq3"))["mq3.mq.0"]
         assert not (st.reason or "").startswith("waiting")
+        broker.stop()  # going away mid-flow (its store keeps the source's session)
+        await wait_until(waiting, timeout=15, what="the waiting reason again")
+        broker.start()
+        await publish(broker, readings(100, 100))
+        await wait_until(lambda: asyncio.sleep(0, len(numbers(out)) >= 200), timeout=30,
+                         what="100 more after the broker's restart")
+        assert sorted(numbers(out)) == list(range(200))
     finally:
         broker.close()
 
