@@ -18,6 +18,8 @@ EXPECTED = {
     "route": "processor", "batch": "processor", "python": "processor", "window": "processor",
     "join": "processor", "stdout": "sink",
     "file-sink": "sink", "http-sink": "sink", "nats-sink": "sink", "kv": "sink",
+    "sql-source": "source", "sql-sink": "sink", "mqtt-source": "source", "mqtt-sink": "sink",
+    "parquet": "sink",
 }
 
 
