@@ -194,7 +194,7 @@ async def _finish(replica: Replica, total: int) -> None:
 @pytest.mark.parametrize("point", ["between renames", "before the marker",
                                    "after the marker", "after the stop's rename"])
 async def test_a_crash_at_each_point_of_a_commit(tmp_path, monkeypatch, point) -> None:
-    from componentmanager.components.connectors import parquet
+    from componentmanager.components.connectors import parquet, parquet_commit
 
     out, total = tmp_path / "pq", 97
     replica = Replica(out)
@@ -214,14 +214,14 @@ async def test_a_crash_at_each_point_of_a_commit(tmp_path, monkeypatch, point) -
 
         monkeypatch.setattr(parquet, "write_parquet", second_fails)
     elif point == "before the marker":
-        real_replace = parquet.os.replace
+        real_replace = parquet_commit.os.replace
 
         def marker_fails(src, dst):
             if str(dst).endswith(".json"):
                 raise OSError("killed")
             return real_replace(src, dst)
 
-        monkeypatch.setattr(parquet.os, "replace", marker_fails)
+        monkeypatch.setattr(parquet_commit.os, "replace", marker_fails)
     if point == "after the stop's rename":
         await replica.commit()
         journal = replica.sink._journal.path

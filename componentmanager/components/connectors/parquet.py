@@ -18,17 +18,9 @@ log); a missing field is null; a value that does not fit its column's type (``"a
 for ``int64``) fails that event alone (counted in ``errors``, dead-lettered with the
 reason where the delivery mode allows).
 
-Files, per replica (``<p>`` = ``part-<node>-r<replica>-``; names starting with ``.`` or
-``_`` are skipped by pyarrow.dataset, Spark, DuckDB and friends):
-
-* ``.<p><n>.jsonl.tmp``: the journal of file ``n``: a header line (the schema) then one
-  JSON array per row, appended as events come in. A Parquet file cannot be appended to
-  or cut back, its journal can (exactly-once keeps its committed length).
-* ``.<p><n>.parquet.tmp``: file ``n`` being converted;
-* ``<p><n>.parquet`` (at-least-once, at-most-once) or ``<p><n>-c<serial>.parquet``
-  (exactly-once: the commit that put it in place): a complete file, renamed into place
-  (after an fsync) only once it is whole;
-* ``_flowctl-commit-<node>-r<replica>.json`` (exactly-once): the last commit record.
+Files (journals, conversion, names):
+:mod:`~componentmanager.components.connectors.parquet_files`; column types:
+:mod:`~componentmanager.components.connectors.parquet_types`.
 
 At-least-once and at-most-once (``ctx.exactly_once`` False): rows go to the journal;
 ``flush()`` (every second, and before stop) hands them to the OS, after which
@@ -38,183 +30,36 @@ At-least-once and at-most-once (``ctx.exactly_once`` False): rows go to the jour
 converts it (and deletes one whose file is already in place), so acked rows are never
 lost; rows whose inputs were not yet acked are written again (at-least-once).
 
-Exactly-once (``exactly_once = "transactional"``). ``held()`` is 0: a row is in the
-journal as soon as it is taken, and each commit keeps the journal's state.
-
-* ``prepare_commit()`` (between input messages): flushes the journal and returns
-  ``{"run", "serial", "next", "open": {"id", "length", "rows", "since"}, "complete":
-  [ids], "schema"}``: the open journal's committed length and the journals that were
-  rolled (full or old) since the last commit. ``serial`` is the runner's next commit
-  serial (both count the commits the same way: one per ``prepare_commit``); ``next`` is
-  the id the next journal gets; ``run`` names this run of the flow (a marker left by an
-  earlier flow in the same directory is not taken for this one's).
-* ``commit(prepared, record)``: fsyncs the open journal; converts each complete journal
-  to ``.parquet.tmp``, fsyncs it and renames it to ``<p><n>-c<serial>.parquet``
-  (``serial`` = ``record["serial"]``); fsyncs the directory; then writes ``record`` to
-  the marker (temp file, fsync, ``os.replace``, fsync of the directory); then deletes
-  the converted journals.
-* ``recover(prepared)`` (at start, with the bucket's last commit): the last commit it
-  can prove is the marker's when it is of this run and at least as new as the bucket's
-  (the marker is written before the bucket, so it is never older unless lost), else the
-  bucket's. With that commit's state ``S``: every ``-c<c>`` file with ``c > S.serial``
-  made from a journal opened after ``S`` (``n >= S.next``) or from ``S``'s open journal
-  is deleted; ``S``'s open journal is cut back to its committed length and written on
-  (unless a file of it with ``c <= S.serial`` exists: it was completed at stop, see
-  below); every other journal and temp file of the replica is deleted. It returns the
-  marker's record, so the runner resumes from the marker when it is newer than the
-  bucket (its floors match the files).
-* ``stop()``: after the runner's last commit, a journal whose whole content is in that
-  commit is converted into ``<p><n>-c<serial>.parquet`` with that commit's serial, so a
-  finished flow leaves no temp file. (A journal with rows after the last commit stays
-  for ``recover``.)
-
-Crash points (kill -9 anywhere; serial ``S`` committed, ``S+1`` being committed):
-
-1. before ``commit(S+1)`` renames anything: marker and bucket say ``S``; the open
-   journal is cut back to ``S``'s length, later journals deleted; the runner takes the
-   inputs after ``S`` again and writes their rows again, once.
-2. between two renames of ``S+1``: some ``-c(S+1)`` files are in place, the marker says
-   ``S``: they are deleted (their journals are still there: deleted only after the
-   marker), ``S``'s open journal cut back: as 1.
-3. after the renames, before the marker: as 2.
-4. during the marker write: ``os.replace`` is atomic: the old marker (as 2) or the new
-   one (as 5), never half of one.
-5. after the marker, before the bucket write: the marker says ``S+1``, newer than the
-   bucket's ``S``: ``recover`` keeps the ``-c(S+1)`` files, deletes their journals if
-   still there, cuts ``S+1``'s open journal back to its length, and returns the marker's
-   record: the runner resumes from ``S+1`` (its floors), so those inputs are not taken
-   again.
-6. after the bucket write: both say ``S+1``: as 5 without the resume.
-7. in ``stop()``'s conversion: before its rename the temp file is deleted and the
-   journal resumed; after it, the file is in place with ``c = S`` and the journal is
-   deleted (consumed, not resumed).
-
-So a file in place holds only rows of inputs in a commit the runner will not take
-again; a row is in exactly one file or in the committed part of one journal; and a
-temp file never lasts past the next start of its replica.
+Exactly-once (``exactly_once = "transactional"``): ``held()`` is 0, a row is in the
+journal as soon as it is taken and each commit keeps the journal's state. The commit and
+the recovery, with their crash points:
+:mod:`~componentmanager.components.connectors.parquet_commit`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import re
 import time
 import uuid
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from componentmanager.component import Component, Context, EventError
+from componentmanager.components.connectors.parquet_commit import ExactlyOnceCommits
+from componentmanager.components.connectors.parquet_files import (
+    Journal,
+    Names,
+    fsync_path,
+    write_parquet,
+)
+from componentmanager.components.connectors.parquet_types import COERCE, infer_type, type_name
 from componentmanager.components.expressions import compile_expression
 from componentmanager.registry import ComponentType, Port, register
 
 IN = (Port("in", required=True, description="the events to write as rows"),)
-
-# ------------------------------------------------------------------------------ types
-
-_INT64 = (-(1 << 63), (1 << 63) - 1)
-_INT32 = (-(1 << 31), (1 << 31) - 1)
-
-
-def _int(bounds: tuple[int, int]) -> Any:
-    def coerce(value: Any) -> int:
-        if isinstance(value, bool):
-            raise TypeError("a boolean")
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, int):
-            raise TypeError(f"a {type(value).__name__}")
-        if not bounds[0] <= value <= bounds[1]:
-            raise ValueError("out of range")
-        return value
-    return coerce
-
-
-def _float(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"a {type(value).__name__}")
-    return float(value)
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"a {type(value).__name__}")
-    return value
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else msgspec.json.encode(value).decode()
-
-
-def _json(value: Any) -> str:
-    return msgspec.json.encode(value).decode()
-
-
-def _timestamp(value: Any) -> int:
-    """Microseconds since the epoch (UTC)."""
-    if isinstance(value, bool):
-        raise TypeError("a boolean")
-    if isinstance(value, int | float):
-        return round(value * 1_000_000)
-    if isinstance(value, str):
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return round(moment.timestamp() * 1_000_000)
-    raise TypeError(f"a {type(value).__name__}")
-
-
-def _date(value: Any) -> int:
-    """Days since the epoch."""
-    if isinstance(value, bool):
-        raise TypeError("a boolean")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        return (date.fromisoformat(value[:10]) - date(1970, 1, 1)).days
-    raise TypeError(f"a {type(value).__name__}")
-
-
-#: type name -> how a value is checked and stored in the journal
-COERCE: dict[str, Any] = {
-    "string": _text, "int64": _int(_INT64), "int32": _int(_INT32), "float64": _float,
-    "float32": _float, "bool": _bool, "timestamp": _timestamp, "date": _date, "json": _json,
-}
-ALIASES = {"str": "string", "text": "string", "int": "int64", "integer": "int64",
-           "long": "int64", "float": "float64", "double": "float64", "boolean": "bool"}
-
-
-def type_name(text: str) -> str | None:
-    """The canonical type a column spec names, or None (it is an expression)."""
-    name = text.strip().lower()
-    name = ALIASES.get(name, name)
-    return name if name in COERCE else None
-
-
-def arrow_type(name: str) -> Any:
-    import pyarrow as pa
-    return {"string": pa.string(), "int64": pa.int64(), "int32": pa.int32(),
-            "float64": pa.float64(), "float32": pa.float32(), "bool": pa.bool_(),
-            "timestamp": pa.timestamp("us", tz="UTC"), "date": pa.date32(),
-            "json": pa.string()}[name]
-
-
-def infer_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int64"
-    if isinstance(value, float):
-        return "float64"
-    if isinstance(value, str):
-        return "string"
-    return "json"
 
 
 # ----------------------------------------------------------------------------- config
@@ -260,114 +105,11 @@ class ParquetSinkConfig(BaseModel):
         return self
 
 
-# ------------------------------------------------------------------------------- files
-
-
-@dataclass
-class Journal:
-    id: int
-    path: Path
-    fh: BinaryIO
-    rows: int
-    since: float
-
-
-class Names:
-    """The file names of one replica in the directory (see the module doc)."""
-
-    def __init__(self, directory: Path, node: str, replica: int) -> None:
-        self.dir = directory
-        self.prefix = f"part-{node}-r{replica}-"
-        self.marker = directory / f"_flowctl-commit-{node}-r{replica}.json"
-        p = re.escape(self.prefix)
-        self._final = re.compile(p + r"(\d+)(?:-c(\d+))?\.parquet")
-        self._journal = re.compile(r"\." + p + r"(\d+)\.jsonl\.tmp")
-        self._temp = re.compile(r"\." + p + r"\d+\.parquet\.tmp|\." + re.escape(
-            self.marker.name) + r"\.tmp")
-
-    def final(self, n: int, serial: int | None) -> Path:
-        tail = "" if serial is None else f"-c{serial}"
-        return self.dir / f"{self.prefix}{n:06d}{tail}.parquet"
-
-    def journal(self, n: int) -> Path:
-        return self.dir / f".{self.prefix}{n:06d}.jsonl.tmp"
-
-    def temp(self, n: int) -> Path:
-        return self.dir / f".{self.prefix}{n:06d}.parquet.tmp"
-
-    def scan(self) -> tuple[dict[int, list[tuple[Path, int | None]]], dict[int, Path],
-                            list[Path]]:
-        """This replica's files: finals by id (with their serial), journals by id, temps."""
-        finals: dict[int, list[tuple[Path, int | None]]] = {}
-        journals: dict[int, Path] = {}
-        temps: list[Path] = []
-        try:
-            names = os.listdir(self.dir)
-        except FileNotFoundError:
-            names = []
-        for name in names:
-            if m := self._final.fullmatch(name):
-                serial = int(m.group(2)) if m.group(2) else None
-                finals.setdefault(int(m.group(1)), []).append((self.dir / name, serial))
-            elif m := self._journal.fullmatch(name):
-                journals[int(m.group(1))] = self.dir / name
-            elif self._temp.fullmatch(name):
-                temps.append(self.dir / name)
-        return finals, journals, temps
-
-    def next_id(self) -> int:
-        finals, journals, _ = self.scan()
-        return max([0, *finals, *journals]) + 1
-
-
-def _fsync_path(path: Path, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_journal(path: Path, length: int | None = None) -> tuple[list[list[str]], list[list]]:
-    """A journal's schema and rows (up to ``length`` bytes; a last line without its
-    newline, cut by a crash, is left out)."""
-    with path.open("rb") as fh:
-        data = fh.read() if length is None else fh.read(length)
-    data = data[: data.rfind(b"\n") + 1]
-    lines = data.splitlines()
-    if not lines:
-        return [], []
-    header = msgspec.json.decode(lines[0])
-    rows = [msgspec.json.decode(line) for line in lines[1:] if line]
-    return header["schema"], rows
-
-
-def write_parquet(journal: Path, temp: Path, final: Path, compression: str) -> int:
-    """Convert a journal into a complete Parquet file in place (temp, fsync, rename):
-    its row count (0: nothing written)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema, rows = read_journal(journal)
-    if not rows:
-        return 0
-    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in schema]
-    arrays = [pa.array(list(col), type=arrow_type(kind))
-              for col, (_, kind) in zip(columns, schema, strict=True)]
-    table = pa.Table.from_arrays(
-        arrays, schema=pa.schema([(name, arrow_type(kind)) for name, kind in schema]))
-    pq.write_table(table, temp, compression=None if compression == "none" else compression)
-    _fsync_path(temp)
-    os.replace(temp, final)
-    return len(rows)
-
-
-# -------------------------------------------------------------------------------- sink
 
 _LINES = msgspec.json.Encoder()
 
 
-class ParquetSink(Component):
+class ParquetSink(ExactlyOnceCommits, Component):
     """Rolling Parquet files, each renamed into place once complete (see the module doc)."""
 
     flush_interval = 1.0
@@ -531,12 +273,17 @@ class ParquetSink(Component):
             return
         await asyncio.to_thread(self._finish, journal.id, None)
 
+    def _convert(self, n: int, serial: int | None) -> int:
+        """Convert journal ``n`` into its file in place (the journal stays): its rows."""
+        names = self._names
+        return write_parquet(names.journal(n), names.temp(n), names.final(n, serial),
+                             self.config.compression)
+
     def _finish(self, n: int, serial: int | None) -> int:
         """Convert journal ``n`` into its file in place, then delete the journal."""
         names = self._names
-        rows = write_parquet(names.journal(n), names.temp(n), names.final(n, serial),
-                             self.config.compression)
-        _fsync_path(names.dir, directory=True)
+        rows = self._convert(n, serial)
+        fsync_path(names.dir, directory=True)
         names.journal(n).unlink(missing_ok=True)
         return rows
 
@@ -581,133 +328,6 @@ class ParquetSink(Component):
             self.ctx.log(f"put {rows:,} row(s) left by the previous run in "
                          f"{self._names.final(n, None).name}")
         self._next = self._names.next_id()
-
-    # -------------------------------------------------------------- exactly-once
-
-    def prepare_commit(self) -> Any:
-        self._serial += 1
-        if not self._started:  # the first commit of a new flow, before any output
-            return {"run": self._run, "serial": self._serial, "next": self._names.next_id(),
-                    "open": None, "complete": [], "schema": None}
-        if self._due():  # (no awaiting here: exactly-once a roll does no I/O of its own)
-            journal, self._journal = self._journal, None
-            assert journal is not None
-            journal.fh.close()
-            self._complete.append(journal.id)
-        self._count_flushed()
-        journal = self._journal
-        return {"run": self._run, "serial": self._serial, "next": self._next,
-                "open": None if journal is None else {
-                    "id": journal.id, "length": journal.fh.tell(), "rows": journal.rows,
-                    "since": journal.since},
-                "complete": list(self._complete), "schema": self._schema}
-
-    async def commit(self, prepared: Any, record: dict[str, Any]) -> None:
-        if not isinstance(prepared, dict) or not self._started:
-            return
-        serial = int(record["serial"])
-        if serial != prepared.get("serial"):
-            self.ctx.log(f"parquet sink: commit serial {serial} where {prepared.get('serial')}"
-                         " was expected")
-        await asyncio.to_thread(self._commit_files, prepared, serial, record)
-        done = set(prepared["complete"])
-        self._complete = [n for n in self._complete if n not in done]
-        opened = prepared.get("open")
-        self._committed = None if opened is None else (opened["id"], opened["length"])
-        self._committed_serial = serial
-
-    def _commit_files(self, prepared: dict[str, Any], serial: int,
-                      record: dict[str, Any]) -> None:
-        names = self._names
-        opened = prepared.get("open")
-        if opened is not None:
-            _fsync_path(names.journal(opened["id"]))
-        for n in prepared["complete"]:
-            if names.journal(n).exists():
-                write_parquet(names.journal(n), names.temp(n), names.final(n, serial),
-                              self.config.compression)
-        _fsync_path(names.dir, directory=True)
-        temp = names.dir / f".{names.marker.name}.tmp"
-        with temp.open("w") as fh:  # the marker, after the renames
-            json.dump(record, fh, separators=(",", ":"), default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(temp, names.marker)
-        _fsync_path(names.dir, directory=True)
-        for n in prepared["complete"]:
-            names.journal(n).unlink(missing_ok=True)
-
-    def _read_marker(self) -> dict[str, Any] | None:
-        try:
-            record = json.loads(self._names.marker.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            self.ctx.log(f"parquet sink: {self._names.marker} unreadable ({exc}): ignored")
-            return None
-        return record if isinstance(record, dict) else None
-
-    async def recover(self, prepared: Any) -> dict[str, Any] | None:
-        return await asyncio.to_thread(self._recover, prepared)
-
-    def _recover(self, prepared: Any) -> dict[str, Any] | None:
-        names = self._names
-        finals, journals, temps = names.scan()
-        for temp in temps:
-            temp.unlink(missing_ok=True)
-        if not isinstance(prepared, dict) or not prepared.get("run"):
-            # a new flow: what an earlier one left here is not this one's (its complete
-            # files stay; its journals were never committed by this flow)
-            for path in journals.values():
-                path.unlink(missing_ok=True)
-            self._next = names.next_id()
-            return None
-        state, kept = prepared, None
-        marker = self._read_marker()
-        sink = (marker or {}).get("sink")
-        if (isinstance(sink, dict) and sink.get("run") == prepared["run"]
-                and int(marker.get("serial") or 0) >= int(prepared.get("serial") or 0)):
-            state, kept = sink, marker
-        serial, nxt = int(state["serial"]), int(state["next"])
-        opened = state.get("open")
-        open_id = None if opened is None else int(opened["id"])
-        consumed = False
-        for n, files in finals.items():
-            for path, c in files:
-                if c is not None and c > serial and (n == open_id or n >= nxt):
-                    path.unlink(missing_ok=True)
-                    self.ctx.log(f"deleted {path.name}: renamed by a commit that was not "
-                                 f"completed (the last one is {serial}); its rows are "
-                                 "written again")
-                elif n == open_id and c is not None:
-                    consumed = True  # completed at a stop after the commit
-        for n, path in journals.items():
-            if n != open_id or consumed:
-                path.unlink(missing_ok=True)
-        self._run, self._serial, self._next = str(state["run"]), serial, nxt
-        self._complete, self._journal = [], None
-        if state.get("schema"):
-            self._set_schema(state["schema"])
-        if opened is not None and not consumed:
-            path = names.journal(open_id)  # type: ignore[arg-type]
-            length = int(opened["length"])
-            if not path.exists():
-                self.ctx.log(f"parquet sink: {path.name} is missing: the {opened['rows']:,} "
-                             "row(s) it held at the last commit are lost")
-            else:
-                fh = path.open("r+b")
-                size = fh.seek(0, os.SEEK_END)
-                if size > length:
-                    fh.truncate(length)
-                    fh.seek(length)
-                self._journal = Journal(open_id, path, fh, int(opened["rows"]),  # type: ignore[arg-type]
-                                        float(opened["since"]))
-                self._committed = (open_id, length)  # type: ignore[assignment]
-                self._committed_serial = serial
-        if kept is not None and serial > int(prepared.get("serial") or 0):
-            self.ctx.log(f"parquet sink: commit {serial}, kept in {names.marker.name}, is "
-                         f"newer than the last stored one: resuming from it")
-        return kept
 
 
 register(ComponentType(
