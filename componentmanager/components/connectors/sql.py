@@ -195,6 +195,20 @@ class Database:
         except Exception as exc:
             raise self._classify(exc) from None
 
+    async def copy(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """PostgreSQL only: ``COPY ... FROM STDIN`` of ``rows`` (text format, one round
+        trip for all) in the open transaction; ConnectionLost / DataRefused."""
+        if self._conn is None:
+            raise ConnectionLost("not connected")
+        try:
+            async with self._conn.cursor() as cur, cur.copy(sql) as cp:
+                for row in rows:
+                    await cp.write_row(row)
+        except (ConnectionLost, DataRefused):
+            raise
+        except Exception as exc:
+            raise self._classify(exc) from None
+
     def _sqlite_run(self, sql: str, params: Any, many: bool, fetch: bool) -> list[Any]:
         if many:
             self._conn.executemany(sql, params)
