@@ -143,7 +143,7 @@ class SqlSink(Component):
                         raise EventError(f"sql sink: field {name!r} is not a column name")
                 if len(self._good_cols) < STATEMENTS_KEPT:
                     self._good_cols.add(cols)
-            return cols, tuple(sql_value(v) for v in event.values())
+            return cols, tuple(map(sql_value, event.values()))
         try:
             values = tuple(sql_value(e.evaluate(event)) for e in self._exprs.values())
         except Exception as exc:
