@@ -120,11 +120,7 @@ class InputAcks:
                 return
             age = asyncio.get_running_loop().time() - (self._unacked_since or 0.0)
             if comp.held() and (force or len(self._unacked) >= HOLD_MAX or age >= HOLD_AGE_S):
-                try:
-                    await comp.flush()
-                except Exception as exc:
-                    self.counters.errors += 1
-                    self.last_error = f"flush: {exc}"
+                await self._flush_held(comp)
             try:
                 await self._outbox.flush()
                 await publisher.wait()
@@ -138,6 +134,14 @@ class InputAcks:
                 return  # still buffered: acked after a later emit or flush
             batch, self._unacked, self._unacked_since = self._unacked, [], None
             await self._ack_all(batch)
+
+    async def _flush_held(self, comp: Any) -> None:
+        """Flush what a component holds; a failure is counted and shown, not raised."""
+        try:
+            await comp.flush()
+        except Exception as exc:
+            self.counters.errors += 1
+            self.last_error = f"flush: {exc}"
 
     def _settle_at_teardown(self, effects_kept: bool) -> None:
         """The replica stops (or restarts) with inputs processed but not acked (NATS was

@@ -84,6 +84,14 @@ class ReplicaCounters:
             for port, count in theirs.items():
                 mine[port] = mine.get(port, 0) + count
 
+    def restart_from(self, committed: Counters) -> None:
+        """Exactly-once: set the counts to a commit's (what followed it is counted again
+        as it is taken again)."""
+        self.in_ = self.out = self.filtered = self.errors = self.dropped = 0
+        self.redelivered = self.replayed = 0
+        self.in_ports, self.out_ports = {}, {}
+        self.continue_from(committed)
+
     def to_model(self) -> Counters:
         return Counters(
             in_=self.in_,

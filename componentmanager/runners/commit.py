@@ -32,6 +32,7 @@ import zlib
 from typing import Any
 
 from componentmanager.dataplane.wire import HDR_META, delivery_of
+from flowstore.models import Counters
 
 #: Consecutive event numbers of one producer that go to the same replica.
 OWNER_BLOCK = 1024
@@ -64,6 +65,14 @@ def owner_of(prefix: str, n: int, replicas: int) -> int:
     if replicas <= 1:
         return 0
     return (zlib.crc32(prefix.encode()) + (n - 1) // OWNER_BLOCK) % replicas
+
+
+def owned(prefix: str, first: int, indexes: list[int], replica: int,
+          replicas: int) -> list[int]:
+    """Of a message's event ``indexes`` (its first event is number ``first``), those
+    :func:`owner_of` gives to ``replica`` (the prefix hashed once per message)."""
+    base = zlib.crc32(prefix.encode())
+    return [i for i in indexes if (base + (first + i - 1) // OWNER_BLOCK) % replicas == replica]
 
 
 class Floors:
@@ -128,9 +137,4 @@ def counters_record(counters: Any) -> dict[str, Any]:
 
 def restore_counters(counters: Any, record: dict[str, Any] | None) -> None:
     """Set the live counters to a commit's (a replayed input is then counted once)."""
-    saved = record or {}
-    counters.in_ = int(saved.get("in", 0))
-    for name in ("out", "filtered", "errors", "dropped", "redelivered", "replayed"):
-        setattr(counters, name, int(saved.get(name, 0)))
-    counters.in_ports = {str(k): int(v) for k, v in (saved.get("in_ports") or {}).items()}
-    counters.out_ports = {str(k): int(v) for k, v in (saved.get("out_ports") or {}).items()}
+    counters.restart_from(Counters.model_validate(record or {}))

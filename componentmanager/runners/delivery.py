@@ -46,7 +46,7 @@ from componentmanager.dataplane.wire import (
     undeliverable,
 )
 from componentmanager.runners.acks import DoneInputs, InputAcks
-from componentmanager.runners.commit import message_range, owner_of
+from componentmanager.runners.commit import message_range, owned
 from componentmanager.runners.core_inputs import (
     INPUT_PENDING_BYTES,
     INPUT_PENDING_MSGS,
@@ -164,12 +164,11 @@ class InputDelivery(CoreInputs, InputAcks, EventFailures, KeyedInputs):
             if comp is None:
                 return  # never acked: delivered again after the ack wait
             ident = message_identity(msg.headers, msg.reply)
-            if self._floors is not None:
-                pass  # exactly-once: repeats are known by their event ids (see _fresh)
-            elif ident is not None and ident in self._done:
+            # (exactly-once knows repeats by their event ids instead: see _fresh)
+            if self._floors is None and ident is not None and ident in self._done:
                 await self._ack_again(msg)  # done here already; only the ack was lost
                 return
-            elif ident is not None and ident in self._handled:
+            if self._floors is None and ident is not None and ident in self._handled:
                 self.counters.redelivered += 1  # handled here, its ack still to come:
                 self._unacked.append(msg)       # acked with the first delivery
                 return
@@ -282,8 +281,7 @@ class InputDelivery(CoreInputs, InputAcks, EventFailures, KeyedInputs):
             self.counters.redelivered += 1
         replicas = self.cfg.replicas
         if replicas > 1 and not self.cfg.partition_by:
-            return [indexed[i] for i in taken
-                    if owner_of(prefix, first + i, replicas) == self.index]
+            return [indexed[i] for i in owned(prefix, first, taken, self.index, replicas)]
         return indexed if len(taken) == len(indexed) else [indexed[i] for i in taken]
 
     async def _taken_or_again(self, port: str, msg: Msg, sequence: int, ident: str | None,

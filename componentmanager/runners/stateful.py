@@ -316,12 +316,8 @@ class KeyedInputs:
                     return
             await self._ack_all(batch)
 
-    async def _flush_held(self, comp: Any) -> None:
-        try:
-            await comp.flush()
-        except Exception as exc:
-            self.counters.errors += 1
-            self.last_error = f"flush: {exc}"
+    async def _flush_held(self, comp: Any) -> None:  # InputAcks (earlier in the MRO)
+        raise NotImplementedError
 
     async def _nak_all(self, batch: list[Any]) -> None:  # InputAcks (earlier in the MRO)
         raise NotImplementedError
