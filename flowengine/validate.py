@@ -246,11 +246,12 @@ class _Checker(GraphChecks):
                      "server's streams", node=node.id, path=f"{path}.config",
                      suggestion=f"name that stream in config.stream, {instead}")
         elif ctype.exactly_once is None:
-            self.add("not_exactly_once", f"node '{node.id}': the sink type '{ctype.name}' "
-                     "does not declare how it keeps a replay from repeating its writes",
-                     node=node.id, path=f"{path}.type",
-                     suggestion="register it with exactly_once='transactional' or "
-                     f"'idempotent' (see componentmanager.component), {instead}")
+            self.add("not_exactly_once", f"node '{node.id}': a sink of type '{ctype.name}' "
+                     "cannot take part in an exactly-once flow: it cannot keep a replay from "
+                     "repeating its writes", node=node.id, path=f"{path}.type",
+                     suggestion="use delivery: at-least-once for this flow (a third-party "
+                     "sink type takes part by registering with exactly_once='transactional' "
+                     "or 'idempotent', see componentmanager.component)")
         elif ctype.name == "http":
             self.add("exactly_once_receiver", f"node '{node.id}': an http sink may POST an "
                      "event again (after a crash or a timeout): the receiver must "
