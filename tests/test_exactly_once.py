@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from flowstore.models import stream_name
-from tests.agents import flow_yaml, read_lines, run_flow, statuses, wait_until
+from tests.agents import flow_yaml, live_agent, read_lines, run_flow, statuses, wait_until
 from tests.test_failover import HB, start_three
 
 FULL = os.environ.get("FLOWCTL_EO_FULL") == "1"
@@ -53,7 +53,7 @@ def eo_flow(out: Path, bucket: str, delivery: str = "exactly-once") -> str:
 """, delivery=delivery)
 
 
-async def _chaos(nats_server, procs: dict, agents, rng: random.Random) -> list[str]:
+async def _chaos(nc, nats_server, procs: dict, agents, rng: random.Random) -> list[str]:
     """KILLS kill -9 of random agents at random instants, each restarted under its name,
     and one 8 s freeze of NATS in the middle: what was done, in order."""
     done: list[str] = []
@@ -71,6 +71,8 @@ async def _chaos(nats_server, procs: dict, agents, rng: random.Random) -> list[s
             await asyncio.sleep(8)
             os.kill(nats_server.proc.pid, signal.SIGCONT)
             done.append("NATS frozen 8 s")
+    for name in procs:  # every agent back (stopped mid-start-up it would exit -15)
+        await wait_until(lambda n=name: live_agent(nc, n), timeout=30, what=f"agent {name}")
     return done
 
 
@@ -88,7 +90,7 @@ async def _one_run(nc, nats_server, agents, tmp_path: Path, delivery: str, seed:
     await run_flow(nc, eo_flow(out, bucket, delivery))
     await wait_until(lambda: _lines_at_least(out, TOTAL // 10), timeout=60,
                      what="events flowing")
-    chaos = await _chaos(nats_server, procs, agents, rng)
+    chaos = await _chaos(nc, nats_server, procs, agents, rng)
 
     async def complete() -> bool:
         st = await statuses(nc, "eo")
