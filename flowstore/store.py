@@ -2,7 +2,8 @@
 
 Every update is a compare-and-set on the KV revision that was read: a stale revision
 raises :class:`RevisionConflict` and writes nothing. Also here: :func:`read_all`, the one
-way any package snapshots a whole bucket (complete, and leaving no consumer behind).
+way any package snapshots a whole bucket (complete, and leaving no consumer behind),
+and :func:`stored_at`, a value with the server's timestamp.
 """
 
 from __future__ import annotations
@@ -11,12 +12,18 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import (
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+    NotFoundError,
+)
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from flowstore.errors import (
@@ -129,6 +136,25 @@ async def read_all(kv: KeyValue, keys: str = ">", timeout: float = 5.0,
         await sub.unsubscribe()
         with contextlib.suppress(Exception):  # it expires on its own if this fails
             await js.delete_consumer(stream, sub._consumer)
+
+
+async def stored_at(kv: KeyValue, key: str | None = None, revision: int | None = None,
+                    ) -> tuple[bytes, int, datetime] | None:
+    """The latest value of ``key`` (or the entry at ``revision``) with its revision and
+    the time the server stored it; None when there is none (or it is a deletion).
+    nats-py's ``KeyValue.get`` drops the server's timestamp: read the stream directly."""
+    js, stream = kv._js, kv._stream
+    try:
+        if revision is not None:
+            msg = await js.get_msg(stream, seq=revision, direct=kv._direct)
+        else:
+            msg = await js.get_msg(stream, subject=f"{kv._pre}{key}", direct=kv._direct)
+    except NotFoundError:
+        return None
+    headers = msg.headers or {}
+    if headers.get(_KV_OP) in (KV_DEL, KV_PURGE) or msg.time is None or msg.seq is None:
+        return None
+    return msg.data or b"", msg.seq, msg.time
 
 
 @dataclass

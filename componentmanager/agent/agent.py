@@ -36,6 +36,7 @@ import structlog
 from nats.js.errors import KeyWrongLastSequenceError
 
 from componentmanager.agent.configwatch import ConfigView
+from componentmanager.agent.contact import Contact
 from componentmanager.agent.cutoff import CutOff, StopWhenCutOff
 from componentmanager.agent.dataloop import DataLoop
 from componentmanager.agent.identity import (
@@ -64,6 +65,7 @@ from flowstore.nats import (
     connect,
     open_bucket,
 )
+from flowstore.store import stored_at
 from flowstore.streams import ensure_logs_stream
 
 log = structlog.get_logger("flowctl.agent")
@@ -104,6 +106,7 @@ class Agent(ReplicaKeeping):
         self.allow_inline_code = settings.allow_inline_code
         self.instance = secrets.token_hex(4)
         self.cut_off = CutOff(settings.heartbeat, settings.stop_when_cut_off)
+        self.contact = Contact(settings.heartbeat)
         self.started_at = utcnow()
         self.nc: Any = None
         self.replicas: dict[str, Replica] = {}
@@ -272,6 +275,7 @@ class Agent(ReplicaKeeping):
     async def _announce(self) -> None:
         await announce(self)
         self.last_heartbeat = self.record()
+        await self._anchor_server_clock()
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -289,8 +293,18 @@ class Agent(ReplicaKeeping):
                 except KeyWrongLastSequenceError:
                     await self._check_fenced()
                 self.cut_off.contact()
+                await self._anchor_server_clock()
             except Exception as exc:  # never let the heartbeat die: retry next interval
                 log.warning("heartbeat failed", error=str(exc) or repr(exc))
+
+    async def _anchor_server_clock(self) -> None:
+        """A heartbeat was acked: steady contact, and the server's time of it read back
+        (see :mod:`componentmanager.agent.contact`)."""
+        acked_at = time.monotonic()
+        self.contact.acked(acked_at)
+        found = await stored_at(self.agents_kv, revision=self._agent_rev)
+        if found is not None:
+            self.contact.anchored(found[2], acked_at)
 
     def serve_metrics(self, host: str, port: int) -> str:
         """Serve ``/metrics`` (raises OSError when the port is taken); returns its URL."""

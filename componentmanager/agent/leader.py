@@ -2,19 +2,25 @@
 
 Every agent competes for the key ``leader`` in ``flowctl_leader``: ``create`` wins an
 empty lease, the holder renews it with compare-and-set every tick. A challenger takes
-over (compare-and-set on the revision it saw) a lease that has not been renewed for
-:data:`DEAD_AFTER_HEARTBEATS` of the holder's heartbeat intervals, judged on the
-challenger's own clock; the bucket's TTL (:data:`LEADER_LEASE_TTL_S`) is only a backstop.
-No extra daemon to operate.
+over (compare-and-set on the revision it saw) a lease the server has not seen renewed
+for :data:`LEASE_EXPIRES_AFTER_HEARTBEATS` of the holder's heartbeat intervals; the
+bucket's TTL (:data:`LEADER_LEASE_TTL_S`) is only a backstop. No extra daemon to operate.
 
-The leader declares an agent dead when its record has not changed for
-:data:`DEAD_AFTER_HEARTBEATS` of its heartbeat intervals (measured on the leader's own
-clock, so clock skew between hosts does not matter), runs the pure
-:func:`flowstore.placement.place` over every config, and writes changed assignments with
-compare-and-set on each config key, so two deciders can never both win. Replicas no
-agent can take get a ``pending`` status with the reason; they are placed as soon as a
-matching agent joins. Each move is said in the replica's stored log lines (``moved out.0
-from a1 to a2: a1 silent 3.1 s``, see :mod:`componentmanager.agent.moves`).
+The leader declares an agent dead when the server has stored no heartbeat of it for
+:data:`DEAD_AFTER_HEARTBEATS` of its heartbeat intervals. Both are judged on the
+server's clock (:mod:`componentmanager.agent.contact`): the timestamps the server gave
+the heartbeats and renewals, against the server's time as anchored by this agent's own
+heartbeats. So a leader that has just taken over acts at once on what the server saw,
+and one that was itself frozen or cut off judges nobody until its own heartbeats get
+through steadily again (silence from before that is no evidence). Each wakes exactly
+when the next agent or the lease would cross its bound, not a tick later.
+
+The leader runs the pure :func:`flowstore.placement.place` over every config and writes
+changed assignments with compare-and-set on each config key, so two deciders can never
+both win. Replicas no agent can take get a ``pending`` status with the reason; they are
+placed as soon as a matching agent joins. Each move is said in the replica's stored log
+lines (``moved out.0 from a1 to a2: a1 silent 2.6 s``, see
+:mod:`componentmanager.agent.moves`).
 """
 
 from __future__ import annotations
@@ -22,17 +28,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import msgspec
 import structlog
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
+from componentmanager.agent.contact import silent_for
 from componentmanager.agent.moves import move_lines
 from flowstore.models import AgentRecord, ReplicaState, ReplicaStatus, utcnow
 from flowstore.nats import LEADER_BUCKET, LEADER_LEASE_TTL_S, open_bucket
 from flowstore.placement import place
-from flowstore.store import read_all
+from flowstore.store import read_all, stored_at
 
 if TYPE_CHECKING:
     from componentmanager.agent import Agent
@@ -41,6 +49,9 @@ log = structlog.get_logger("flowctl.leader")
 
 LEASE_KEY = "leader"
 DEAD_AFTER_HEARTBEATS = 2.5
+#: A lease the server has not seen renewed for this many of its holder's heartbeat
+#: intervals is taken over (the holder renews it every tick: several times in that).
+LEASE_EXPIRES_AFTER_HEARTBEATS = 2.0
 #: How long agents that all went silent at once are still held live.
 HOLD_ALL_SILENT_S = 30.0
 
@@ -49,17 +60,15 @@ class Leader:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.lease_rev: int | None = None
-        self._lease_seen: tuple[int, float] | None = None  # (revision, monotonic)
-        self._last_eval: float | None = None
-        self._seen: dict[str, tuple[int, float]] = {}  # agent -> (revision, monotonic)
-        #: since when this leader has watched the agents without interruption (None: not
-        #: yet, or it could not reach NATS): only then is an agent's silence evidence
-        self._watching_since: float | None = None
         self._live_before: set[str] = set()
         self._holding_since: float | None = None
         self._held: set[str] = set()  # agents held live after going silent together
-        #: agent -> (revision, record) of its last record that parsed
-        self._last_good: dict[str, tuple[int, AgentRecord]] = {}
+        #: agent -> (revision, record, stored at) of its last record that parsed
+        self._last_good: dict[str, tuple[int, AgentRecord, datetime]] = {}
+        #: agent -> seconds the server has gone without its heartbeat, when dead
+        self._silence: dict[str, float] = {}
+        #: monotonic time at which the next agent (or the lease) would cross its bound
+        self._wake_at: float | None = None
         self._pending_written: dict[str, str] = {}
         self.kv = None
 
@@ -73,6 +82,7 @@ class Leader:
 
     async def run(self) -> None:
         while True:
+            self._wake_at = None
             try:
                 if self.kv is None:
                     self.kv = await open_bucket(
@@ -84,9 +94,24 @@ class Leader:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._watching_since = None  # what we saw is no evidence any more
                 log.warning("leader tick failed", error=str(exc) or repr(exc))
-            await asyncio.sleep(self.tick)
+            await asyncio.sleep(self._pause())
+
+    def _pause(self) -> float:
+        """Until the next tick, or sooner when a bound is crossed before it."""
+        if self._wake_at is None:
+            return self.tick
+        return min(self.tick, max(0.01, self._wake_at - time.monotonic() + 0.01))
+
+    def _wake_by(self, at: float) -> None:
+        self._wake_at = at if self._wake_at is None else min(self._wake_at, at)
+
+    def _server_view(self, at: float) -> tuple[datetime, datetime] | None:
+        """(server time at ``at``, since when silence is evidence), or None while this
+        agent's own contact with the server is not steady: then nobody is judged."""
+        contact = self.agent.contact
+        now, since = contact.server_now(at), contact.evidence_since(at)
+        return None if now is None or since is None else (now, since)
 
     async def _hold_lease(self) -> None:
         assert self.kv is not None
@@ -111,35 +136,33 @@ class Leader:
         except KeyWrongLastSequenceError:
             if not await self._take_over_stale_lease(value):
                 return
-        self._seen.clear()
-        self._last_eval = None
         self._pending_written.clear()
-        self._watching_since = None  # judge nobody before a full grace period
         log.info("became leader", agent=self.agent.agent_name)
 
     async def _take_over_stale_lease(self, value: bytes) -> bool:
-        """Take the lease (CAS) when its holder has stopped renewing it."""
+        """Take the lease (CAS) when the server has not seen it renewed in time."""
         assert self.kv is not None
+        at = time.monotonic()  # before the read: the silence seen is never overstated
+        found = await stored_at(self.kv, LEASE_KEY)
+        view = self._server_view(at)
+        if found is None or view is None:
+            return False  # gone (the next create wins) or no evidence yet
+        data, revision, renewed = found
         try:
-            entry = await self.kv.get(LEASE_KEY)
-        except KeyNotFoundError:
-            return False
-        now = time.monotonic()
-        if self._lease_seen is None or self._lease_seen[0] != entry.revision:
-            self._lease_seen = (entry.revision, now)
-            return False
-        try:
-            holder_hb = float(msgspec.json.decode(entry.value).get("heartbeat_s", 2.0))
+            holder_hb = float(msgspec.json.decode(data).get("heartbeat_s", 2.0))
         except Exception:
             holder_hb = 2.0
-        if now - self._lease_seen[1] < DEAD_AFTER_HEARTBEATS * holder_hb:
+        quiet = silent_for(renewed, *view)
+        bound = LEASE_EXPIRES_AFTER_HEARTBEATS * holder_hb
+        if quiet < bound:
+            self._wake_by(at + bound - quiet)
             return False
         try:
-            self.lease_rev = await self.kv.update(LEASE_KEY, value, last=entry.revision)
+            self.lease_rev = await self.kv.update(LEASE_KEY, value, last=revision)
         except KeyWrongLastSequenceError:
             return False
-        self._watching_since = None
-        log.info("took over a stale leader lease", agent=self.agent.agent_name)
+        log.info("took over a stale leader lease", agent=self.agent.agent_name,
+                 silent_s=round(quiet, 1))
         return True
 
     async def resign(self) -> None:
@@ -174,54 +197,47 @@ class Leader:
                     "heartbeats before moving anything", agents=len(newly))
         return newly
 
-    def live_agents(self, records: dict[str, tuple[int, AgentRecord]]) -> list[AgentRecord]:
-        """Agents whose record changed recently, judged on this leader's clock."""
-        now = time.monotonic()
-        # If this leader itself was stalled (CPU starved, paused), the silence it sees is
-        # its own: shift every observation forward by the stall instead of declaring
-        # everyone dead at once.
-        if self._last_eval is not None:
-            stall = now - self._last_eval - 2 * self.tick
-            if stall > 0:
-                self._seen = {n: (rev, t + stall) for n, (rev, t) in self._seen.items()}
-        self._last_eval = now
-        if self._watching_since is None:
-            # Just became leader, or could not reach NATS: nobody's silence is evidence
-            # yet. Every agent gets a full grace period from now, on this leader's clock.
-            self._watching_since = now
-            self._seen = {n: (rev, now) for n, (rev, _) in self._seen.items()}
+    def live_agents(self, records: dict[str, tuple[int, AgentRecord, datetime]],
+                    at: float) -> list[AgentRecord]:
+        """Agents the server has heard from within their bound, judged at monotonic time
+        ``at`` (taken before the records were read)."""
+        view = self._server_view(at)
         live, silent = [], []
-        for name, (revision, record) in records.items():
-            seen = self._seen.get(name)
-            if seen is None or seen[0] != revision:
-                self._seen[name] = (revision, now)  # first sight or a heartbeat: alive now
-            mine = name == self.agent.agent_name  # we are evidently alive
-            if mine or now - self._seen[name][1] < DEAD_AFTER_HEARTBEATS * record.heartbeat_s:
+        self._silence = {}
+        for name, (_, record, stored) in records.items():
+            if name == self.agent.agent_name or view is None:
+                live.append(record)  # we are evidently alive; no evidence: nobody judged
+                continue
+            quiet = silent_for(stored, *view)
+            bound = DEAD_AFTER_HEARTBEATS * record.heartbeat_s
+            if quiet < bound:
                 live.append(record)
+                self._wake_by(at + bound - quiet)
             else:
                 silent.append(record)
-        live += self._all_silent_at_once(live, silent, now)
-        for gone in self._seen.keys() - records.keys():
-            del self._seen[gone]
+                self._silence[name] = quiet
+        live += self._all_silent_at_once(live, silent, at)
         return live
 
     async def place_once(self) -> None:
         agent = self.agent
+        at = time.monotonic()  # before the read: the silence seen is never overstated
         entries = await read_all(agent.agents_kv)
-        records: dict[str, tuple[int, AgentRecord]] = {}
+        records: dict[str, tuple[int, AgentRecord, datetime]] = {}
         for name, entry in entries.items():
             record, _ = AgentRecord.parse(entry.value)
-            if record is not None:
-                records[name] = self._last_good[name] = (entry.revision, record)
+            if record is not None and entry.created is not None:
+                records[name] = self._last_good[name] = (entry.revision, record,
+                                                         entry.created)
             elif name in self._last_good:
                 # Junk over an agent's record proves nothing: judge the agent by its last
                 # good record (dead only if no heartbeat replaces the junk in time).
                 records[name] = self._last_good[name]
         for gone in self._last_good.keys() - entries.keys():
             del self._last_good[gone]
-        live = self.live_agents(records)
-        now, live_names = time.monotonic(), {r.name for r in live}
-        silent = {n: now - t for n, (_, t) in self._seen.items() if n not in live_names}
+        live = self.live_agents(records, at)
+        live_names = {r.name for r in live}
+        silent = {n: s for n, s in self._silence.items() if n not in live_names}
         # One consistent snapshot (no await in between): each body with its own revision,
         # so a CAS can only succeed on exactly the body that was placed.
         configs = dict(agent.view.configs)
