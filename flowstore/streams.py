@@ -58,7 +58,10 @@ LOGS_MAX_BYTES = 128 * 2**20
 DEFAULT_MAX_DELIVER = -1
 DEAD_AFTER_DELIVERIES = 10
 DEFAULT_MAX_ACK_PENDING = 1000
-DEFAULT_ACK_WAIT_S = 10.0
+#: Short, so that what a dead replica had in hand is delivered again soon after it died
+#: (by the time its replacement runs, at a 1 s heartbeat); a live replica keeps what it
+#: holds alive with progress acks meanwhile.
+DEFAULT_ACK_WAIT_S = 2.0
 
 
 def flow_stream_config(flow: str, subjects: list[str], max_bytes: int,
@@ -126,8 +129,10 @@ async def ensure_consumer(nc: NatsClient, flow: str, durable: str, subjects: lis
             known = await js.consumer_info(stream_name(flow), durable)
     if known is not None:
         if _subjects(known.config) == sorted(subjects):
-            if (known.config.max_deliver or -1) > 0:  # made by 0.1: brought up to date
+            if ((known.config.max_deliver or -1) > 0  # made by an older version:
+                    or known.config.ack_wait != DEFAULT_ACK_WAIT_S):  # brought up to date
                 known.config.max_deliver = DEFAULT_MAX_DELIVER
+                known.config.ack_wait = DEFAULT_ACK_WAIT_S
                 return await js.add_consumer(stream_name(flow), known.config)
             return known
         await js.delete_consumer(stream_name(flow), durable)

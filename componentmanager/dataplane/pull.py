@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,17 +15,30 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from flowstore.streams import DEFAULT_ACK_WAIT_S
+
 log = structlog.get_logger("flowctl.streams")
 
-#: Messages a pull request asks for, and how long it waits for them on the server.
+#: Messages a pull request asks for at most, and how long it waits for them on the server.
 PULL_BATCH = 256
 PULL_EXPIRES_S = 5.0
+#: About how long pulled messages may wait in line here before they are handled: well
+#: below the ack wait, so none is delivered again elsewhere while it waits its turn.
+QUEUE_FOR_S = DEFAULT_ACK_WAIT_S / 4
+
+
+def pull_batch(handle_s: float) -> int:
+    """How many messages to ask for, given how long one takes to handle lately: as many
+    as are handled in :data:`QUEUE_FOR_S` (at least 1, at most :data:`PULL_BATCH`)."""
+    if handle_s <= 0:
+        return PULL_BATCH
+    return max(1, min(PULL_BATCH, int(QUEUE_FOR_S / handle_s)))
 
 
 class Puller:
     """Pulls a durable consumer into ``handle`` (one call per message, in order).
 
-    One pull request of :data:`PULL_BATCH` messages at a time, each with its own reply
+    One pull request at a time (of :func:`pull_batch` messages), each with its own reply
     subject (for its status messages); messages are handled as they arrive (no
     per-message task, uuid or ``wait_for``). ``settle`` runs when a request is complete
     and whenever the input goes idle, so acks are batched under load and prompt at low
@@ -50,8 +64,7 @@ class Puller:
         #: the server said this consumer had nothing more (a pull request ran out), and
         #: nothing came since: the input is quiet, not merely cut off (NATS frozen)
         self.quiet = False
-        self._request = msgspec.json.encode(
-            {"batch": PULL_BATCH, "expires": int(PULL_EXPIRES_S * 1e9)})
+        self._handle_s = 0.0  # moving average of the time one message takes
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -66,10 +79,11 @@ class Puller:
     async def _loop(self) -> None:
         while True:
             self._k += 1
-            self._remaining = PULL_BATCH
+            self._remaining = batch = pull_batch(self._handle_s)
             self._done.clear()
+            request = msgspec.json.encode({"batch": batch, "expires": int(PULL_EXPIRES_S * 1e9)})
             try:
-                await self.nc.publish(self._api, self._request, reply=f"{self._inbox}.{self._k}")
+                await self.nc.publish(self._api, request, reply=f"{self._inbox}.{self._k}")
                 async with asyncio.timeout(PULL_EXPIRES_S + 2):
                     await self._done.wait()
                 await self._settle()
@@ -94,10 +108,12 @@ class Puller:
             return
         self.quiet = False
         self._idle.clear()
+        began = time.perf_counter()
         try:
             await self._handle(msg)
         finally:
             self._idle.set()
+            self._handle_s += (time.perf_counter() - began - self._handle_s) / 8
         self._remaining -= 1
         if self._remaining <= 0:
             self._done.set()

@@ -4,7 +4,14 @@ An input message is acked once every output it caused is stored by the stream an
 a buffering component (``held()``), flushed (:meth:`InputAcks._settle`); inputs whose
 outputs could not be stored are nak'ed for redelivery. A message delivered again after
 its ack was lost is recognised (:class:`DoneInputs`) and acked again, not processed
-twice. A frame handled for long reports progress so it is not redelivered meanwhile.
+twice.
+
+The consumers' ack wait is short (:data:`~flowstore.streams.DEFAULT_ACK_WAIT_S`), so
+that what a dead replica had in hand is delivered again soon after it died. A live
+replica therefore keeps what it has in hand alive: the message being handled and those
+waiting for their ack are reported in progress every :data:`PROGRESS_EVERY_S`
+(:meth:`InputAcks.keep_in_hand_alive`), however long a slow function, a slow sink or a
+buffering component holds them.
 """
 
 from __future__ import annotations
@@ -23,13 +30,14 @@ from componentmanager.dataplane.wire import message_identity
 log = structlog.get_logger("flowctl.replica")
 
 #: Inputs held unacked by a buffering component before it is flushed (keep below the
-#: consumer's max_ack_pending) and how long they may wait (below its ack_wait).
+#: consumer's max_ack_pending) and how long they may wait (they are kept alive meanwhile:
+#: :meth:`InputAcks.keep_in_hand_alive`).
 HOLD_MAX = 500
-HOLD_AGE_S = DEFAULT_ACK_WAIT_S / 2
+HOLD_AGE_S = 5.0
 #: How many acked stream sequences a replica remembers (a redelivery of one is acked
 #: again without being processed twice).
 DONE_REMEMBERED = 65536
-#: A frame handled for this long is reported in progress (resets its ack wait).
+#: An input in hand this long is reported in progress (resets its ack wait).
 PROGRESS_EVERY_S = DEFAULT_ACK_WAIT_S / 4
 
 
@@ -68,6 +76,7 @@ class InputAcks:
     _outbox: Any
     _unacked: list[Msg]
     _unacked_since: float | None
+    _handling: dict[str, Msg]  # per input port: the message being handled now
     _settling: asyncio.Lock
     _progress_at: dict[str, float]
     _done: DoneInputs
@@ -98,6 +107,23 @@ class InputAcks:
             self._progress_at[port] = now
             with contextlib.suppress(Exception):
                 await msg.in_progress()
+
+    async def keep_in_hand_alive(self) -> None:
+        """Every :data:`PROGRESS_EVERY_S`: the inputs being handled, and those waiting
+        for their ack for half the ack wait, are reported in progress (their ack wait
+        starts again), so a live replica's inputs are never delivered again elsewhere."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_S)
+            now = loop.time()
+            waiting = list(self._handling.values())
+            since = self._unacked_since
+            if since is not None and now - since >= DEFAULT_ACK_WAIT_S / 2:
+                waiting += self._unacked
+            for msg in waiting:
+                if msg.reply:
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
 
     async def _settle(self, force: bool = False) -> None:
         """Ack processed inputs once their outputs are stored and nothing of them is held.

@@ -73,6 +73,7 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
         self._unacked: list[Msg] = []  # processed inputs not acked yet (see _settle)
         self._unacked_since: float | None = None
         self._progress_at: dict[str, float] = {}
+        self._handling: dict[str, Msg] = {}
         self._done = DoneInputs()
         self._handled: set[str] = set()
         self._in_hand: set[str] = set()  # inputs being handled now, by identity
@@ -251,6 +252,9 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
             self._tasks.append(asyncio.create_task(self._commit_loop(),
                                                    name=f"commit loop {self.key}"))
         await self._open_inputs()
+        if self._pullers:
+            self._tasks.append(asyncio.create_task(self.keep_in_hand_alive(),
+                                                   name=f"inputs kept alive {self.key}"))
         interval = getattr(self.component, "flush_interval", None)
         if interval:
             self._tasks.append(asyncio.create_task(self._flush_loop(interval),
