@@ -98,7 +98,8 @@ def _line_index(node: yaml.Node | None, prefix: tuple[Any, ...], into: dict[str,
 
 
 #: Hostile files are refused before anything is built from them: YAML aliases expand
-#: (nine lines can stand for a billion nodes), nesting recurses.
+#: (nine lines can stand for a billion nodes), nesting recurses, and an alias inside the
+#: collection it names (``base: &b {<<: *b}``) would be a value that contains itself.
 MAX_NODES = 100_000
 MAX_DEPTH = 64
 MAX_BYTES = 4 * 2**20
@@ -106,8 +107,10 @@ MAX_BYTES = 4 * 2**20
 
 def _check_shape(text: str, file: str) -> None:
     """Refuse, with a clear message, a file too large, that would expand (through
-    aliases) to more than MAX_NODES values, or nested too deep: one pass over the
-    parser's events, counting what each anchor stands for; nothing is constructed."""
+    aliases) to more than MAX_NODES values, nested too deep, or with an alias to a
+    collection it is inside (a value that contains itself: building or walking it would
+    never end): one pass over the parser's events, counting what each anchor stands for;
+    nothing is constructed."""
     def refuse(message: str, line: int | None) -> None:
         raise FlowFileError(file, [Problem("", message, line, "refused")])
 
@@ -134,6 +137,10 @@ def _check_shape(text: str, file: str) -> None:
             if event.anchor:
                 sizes[event.anchor] = 1
         elif isinstance(event, yaml.AliasEvent):
+            if any(anchor == event.anchor for _, anchor in stack):
+                refuse(f"its YAML alias *{event.anchor} is inside the collection it names "
+                       f"(&{event.anchor}): a value that contains itself is refused; write "
+                       "the values out", event.start_mark.line + 1)
             added = sizes.get(event.anchor, 1)
             total += added
             if total > MAX_NODES:

@@ -189,6 +189,7 @@ def test_hostile_files_are_refused_quickly(tmp_path: Path) -> None:
         "bomb.yaml": "\n".join(laughs) + "\n",
         "deep.yaml": "a: " + "[" * 5000 + "]" * 5000 + "\n",
         "deep.json": '{"a": ' + "[" * 5000 + "]" * 5000 + "}\n",
+        "merge.yaml": "base: &b {<<: *b}\n",  # a self-referential merge key
     }
     for name, text in files.items():
         (tmp_path / name).write_text(text)
@@ -202,3 +203,7 @@ def test_hostile_files_are_refused_quickly(tmp_path: Path) -> None:
     applied = flowctl("apply", "-f", str(tmp_path / "bomb.yaml"), "--nats-url",
                       "nats://127.0.0.1:1")
     assert applied.returncode == 1 and "expand to more than 100,000 values" in applied.stderr
+    merged = flowctl("apply", "-f", str(tmp_path / "merge.yaml"), "--nats-url",
+                     "nats://127.0.0.1:1")
+    assert merged.returncode == 1 and "Traceback" not in merged.stderr
+    assert "line 1: its YAML alias *b is inside the collection it names" in merged.stderr
