@@ -154,12 +154,13 @@ def quiet_agents(verbose: bool) -> None:
 
 
 def load_to_run(file: Path, name: str | None) -> Any:
-    """The flow of ``file``, checked (errors raise), under ``--name`` when given."""
+    """The flow of ``file``, checked (errors raise) as a flow that runs on this machine
+    (a python module not found here is an error), under ``--name`` when given."""
     import dataclasses
 
     from cli.files import load_checked
 
-    loaded = load_checked([str(file)])[0]
+    loaded = load_checked([str(file)], local=True)[0]
     return dataclasses.replace(loaded, name=name) if name else loaded
 
 

@@ -154,6 +154,17 @@ def test_relative_paths_resolve_against_the_flow_file(tmp_path: Path) -> None:
                                        .replace("shout:shout", "nothere:shout"))
     missing = ok(flowctl("validate", str(project / "flow.yaml"))).stdout
     assert "module nothere is not in" in missing and "[path_not_found]" in missing
+    # Where the flow runs on this machine, a module not found here is an error: nothing
+    # starts (an unreachable --nats-url shows nothing was even connected to).
+    for command in (["run", "flow.yaml", "--until-done"], ["dev", "flow.yaml"],
+                    ["up", "-f", "flow.yaml", "--nats-url", "nats://127.0.0.1:1"]):
+        refused = flowctl(*command, cwd=project)
+        assert refused.returncode == 1, (command, refused.stderr)
+        assert "node 'loud': module nothere is not in" in refused.stderr, command
+        assert "[module_not_found]" in refused.stderr and "Traceback" not in refused.stderr
+    warned = flowctl("apply", "-f", "flow.yaml", "--nats-url", "nats://127.0.0.1:1",
+                     cwd=project)
+    assert warned.returncode == 3 and "warning: " in warned.stderr  # checked, then NATS
 
 
 def test_external_nodes_the_short_way(tmp_path: Path) -> None:
