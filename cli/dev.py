@@ -76,7 +76,7 @@ async def reload_on_save(emb: Embedded, file: Path) -> None:
                  "running:\n  " + "\n  ".join(broken))
             continue
         try:
-            loaded, result = check(str(file))[0]
+            loaded, result = check(str(file), local=True)[0]
         except Exception as exc:  # not YAML, unreadable: say so, keep running
             info(f"dev: {file} cannot be loaded; the last good version keeps running:\n{exc}")
             continue

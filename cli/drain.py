@@ -28,6 +28,25 @@ class Progress:
     unjudged: list[str] = field(default_factory=list)
 
 
+def endless_sources(spec: Any) -> list[str]:
+    """The sources of ``spec`` that never finish on their own, each as a phrase
+    ("source 'gen' (generate) never finishes: it has no count ..."): with them the flow is
+    never done. What can finish is each type's own word
+    (:meth:`componentmanager.registry.ComponentType.endless_reason`); programs,
+    containers and third-party types that do not say are not judged."""
+    from flowengine.translate import resolve_type
+
+    out = []
+    for node in spec.nodes:
+        ctype = resolve_type(node, spec) if node.kind == "inprocess" else None
+        if ctype is None or ctype.role != "source":
+            continue
+        reason = ctype.endless_reason(node.config)
+        if reason is not None:
+            out.append(f"source '{node.id}' ({ctype.name}) never finishes: {reason}")
+    return out
+
+
 def reports_counters(config: Any) -> bool:
     return config.kind == "inprocess"
 

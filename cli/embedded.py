@@ -31,6 +31,7 @@ import typer
 from cli.drain import (
     SUMMARY_COLUMNS,
     drained,
+    endless_sources,
     left_over,
     left_sentence,
     outcome,
@@ -38,7 +39,7 @@ from cli.drain import (
     still_held,
     unconfirmed,
 )
-from cli.errors import EXIT_FAILED, run
+from cli.errors import EXIT_FAILED, EXIT_USAGE, fail, run
 from cli.interrupt import DRAIN_TIMEOUT_S, DrainOpt, Signals, drain
 from cli.main import app, globals_, valid_name
 from cli.output import info, spinner, table
@@ -122,6 +123,8 @@ def run_flow(
 
     async def go() -> int:
         loaded = load_to_run(file, name)
+        if until_done and not timeout:
+            refuse_endless(loaded)
         async with Embedded(loaded, allow_inline_code, commands, metrics_port=metrics_port,
                             ui_port=ui_port if ui else None,
                             drain_timeout=drain_timeout) as emb:
@@ -129,6 +132,17 @@ def run_flow(
         return code or emb.exit_code
 
     raise typer.Exit(run(go()))
+
+
+def refuse_endless(loaded: Any) -> None:
+    """``--until-done`` without ``--timeout`` of a flow that can never be done (a source
+    that never finishes: :func:`cli.drain.endless_sources`) is a usage error (exit 2), at
+    once, before anything starts: it would wait forever."""
+    endless = endless_sources(loaded.spec)
+    if endless:
+        fail(f"--until-done: flow {loaded.name} would never be done: "
+             f"{'; '.join(endless)}. Give it an end (a count, no follow), or add "
+             "--timeout SECONDS to stop it after that long", EXIT_USAGE)
 
 
 def quiet_agents(verbose: bool) -> None:
@@ -140,12 +154,13 @@ def quiet_agents(verbose: bool) -> None:
 
 
 def load_to_run(file: Path, name: str | None) -> Any:
-    """The flow of ``file``, checked (errors raise), under ``--name`` when given."""
+    """The flow of ``file``, checked (errors raise) as a flow that runs on this machine
+    (a python module not found here is an error), under ``--name`` when given."""
     import dataclasses
 
     from cli.files import load_checked
 
-    loaded = load_checked([str(file)])[0]
+    loaded = load_checked([str(file)], local=True)[0]
     return dataclasses.replace(loaded, name=name) if name else loaded
 
 

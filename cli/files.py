@@ -44,11 +44,12 @@ def flow_paths(files: list[str]) -> list[str]:
     return out
 
 
-def check(name: str) -> list[tuple[Any, Any]]:
+def check(name: str, local: bool = False) -> list[tuple[Any, Any]]:
     """The flows of a file (``-``: standard input; several YAML documents or a list of
     flow files give several), each loaded leniently and validated: (LoadedFlow or None,
     ValidationResult with its schema, config and graph problems together). Raises
-    FlowFileError only when the file cannot be read or parsed at all."""
+    FlowFileError only when the file cannot be read or parsed at all. ``local``: the flow
+    runs on this machine (see :func:`_path_issues`)."""
     import dataclasses
 
     from flowengine import validate_loaded
@@ -67,12 +68,20 @@ def check(name: str) -> list[tuple[Any, Any]]:
             continue
         loaded = dataclasses.replace(loaded,
                                      spec=stamp_modules(resolve_paths(loaded.spec, base)))
-        out.append((loaded, validate_loaded(loaded, problems, extra=_path_warnings(loaded))))
+        out.append((loaded, validate_loaded(loaded, problems,
+                                            extra=_path_issues(loaded, local))))
     return out
 
 
-def _path_warnings(loaded: Any) -> list[Any]:
-    """A warning for each path of the flow that does not exist on this machine."""
+#: The field of a python node whose module :func:`flowstore.paths.missing_paths` looks for.
+MODULE_FIELD = "config.function"
+
+
+def _path_issues(loaded: Any, local: bool) -> list[Any]:
+    """An issue for each path of the flow that does not exist on this machine: a warning
+    (on the agents' hosts it may well exist), except, with ``local`` (``run``, ``dev``,
+    ``up``: the flow runs here), a python node's module: an error (``module_not_found``),
+    as it would fail to start and restart over and over."""
     from flowengine import ValidationIssue
     from flowstore.paths import missing_paths
 
@@ -81,11 +90,16 @@ def _path_warnings(loaded: Any) -> list[Any]:
         node = loaded.spec.nodes[index]
         where = loaded.source.node_paths.get(node.id)
         path = f"{where}.{field}" if where else None
+        refused = local and field == MODULE_FIELD
         out.append(ValidationIssue(
-            code="path_not_found", severity="warning", node=node.id, path=path,
+            code="module_not_found" if refused else "path_not_found",
+            severity="error" if refused else "warning", node=node.id, path=path,
             line=loaded.source.line(path) or loaded.source.line(where),
-            message=f"node '{node.id}': {what}",
-            suggestion="relative paths resolve against the flow file's directory"))
+            message=f"node '{node.id}': {what}", suggestion=(
+                "put the module there or name its directory in config.python_path: this "
+                "command runs it on this machine; `flowctl apply` to agents elsewhere only "
+                "warns"
+                if refused else "relative paths resolve against the flow file's directory")))
     return out
 
 
@@ -96,15 +110,16 @@ def problems_of(exc: Any) -> Any:
     return validate_loaded(None, exc.problems)
 
 
-def load_checked(files: list[str]) -> list[Any]:
+def load_checked(files: list[str], local: bool = False) -> list[Any]:
     """Every flow of ``files``, each validated locally (errors point at file lines);
-    raises on the first file with errors, before anything was written."""
+    raises on the first file with errors, before anything was written. ``local``: the
+    flows run on this machine (:func:`check`)."""
     from flowengine import ValidationFailed
     from flowstore.errors import FlowctlError
 
     flows = []
     seen: dict[str, str] = {}
-    for name, (loaded, result) in ((n, r) for n in flow_paths(files) for r in check(n)):
+    for name, (loaded, result) in ((n, r) for n in flow_paths(files) for r in check(n, local)):
         if not result.ok:
             raise ValidationFailed(result, loaded.name if loaded else None,
                                    "<stdin>" if name == "-" else name)
@@ -167,9 +182,9 @@ async def _bring_up(engine: Any, name: str) -> list[str]:
     return steps
 
 
-def _apply(files: list[str], output: Format, start: bool) -> None:
+def _apply(files: list[str], output: Format, start: bool, local: bool = False) -> None:
     async def go() -> None:
-        flows = load_checked(files)
+        flows = load_checked(files, local)
         results = []
         async with await engine_session() as engine:
             for loaded in flows:
@@ -218,9 +233,12 @@ def apply(
 def up(file: FilesOpt, output: OutputOpt = Format.table) -> None:
     """Apply, deploy and start in one step (`apply --start`); idempotent.
 
+    A python node whose module is not found on this machine is an error here (`apply`
+    only warns: the agents may run on other hosts).
+
     Example: flowctl up -f examples/hello.yaml
     """
-    _apply(file, output, True)
+    _apply(file, output, True, local=True)
 
 
 @app.command()

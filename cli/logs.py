@@ -64,6 +64,18 @@ def render(record: dict[str, Any], output: Format) -> str:
         return json.dumps(record)
 
 
+def nothing_shown(flow: str, node: str | None, start: datetime | None,
+                  pattern: re.Pattern[str] | None) -> str:
+    """What to say when no line was printed (on stderr; the exit code stays 0: an empty
+    log is an answer, not a failure): which lines there were none of, since when."""
+    what = f"flow/{flow}" + (f" node {node}" if node else "")
+    matching = f" matching {pattern.pattern!r}" if pattern is not None else ""
+    since = (f" since {start.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}" if start is not None
+             else " in what NATS keeps (FLOWCTL_LOGS)")
+    return (f"no log lines of {what}{matching}{since}: lines appear when a component "
+            "prints or logs, an event fails or a replica fails (--follow waits for them)")
+
+
 def decode(data: bytes) -> dict[str, Any]:
     try:
         record = json.loads(data)
@@ -131,7 +143,8 @@ async def _read(flow: str, node: str | None, start: datetime | None, follow: boo
             stored = False
             info("no logs are kept on this server yet (FLOWCTL_LOGS appears with the first "
                  "deploy or agent of this version)")
-        if stored and start is not None and start > datetime.now(UTC):
+        to_come = stored and start is not None and start > datetime.now(UTC)
+        if to_come:
             stored = False  # nothing was kept after a time still to come
         if stored:
             config = (ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
@@ -152,10 +165,12 @@ async def _read(flow: str, node: str | None, start: datetime | None, follow: boo
             if not follow:
                 await sub.unsubscribe()
                 if not shown:
-                    await _say_why_none(nc, flow)
+                    await _say_why_none(nc, flow, nothing_shown(flow, node, start, pattern))
                 return
         else:
             if not follow:
+                if to_come:
+                    info(nothing_shown(flow, node, start, pattern))
                 return
             sub = await nc.subscribe(subject)
         info(f"following {subject} (Ctrl+C stops)")
@@ -174,8 +189,9 @@ async def _read(flow: str, node: str | None, start: datetime | None, follow: boo
         await nc.close()
 
 
-async def _say_why_none(nc: object, flow: str) -> None:
-    """Nothing printed: a flow that does not exist (a typo?) is worth a line."""
+async def _say_why_none(nc: object, flow: str, otherwise: str) -> None:
+    """Nothing printed: say that a flow does not exist (a typo?), ``otherwise``
+    otherwise."""
     from flowstore.errors import FlowNotFound
     from flowstore.store import FlowStore
 
@@ -183,5 +199,7 @@ async def _say_why_none(nc: object, flow: str) -> None:
         await (await FlowStore.open(nc)).get(flow)  # type: ignore[arg-type]
     except FlowNotFound:
         info(f"no flow/{flow} (its logs would still show here if it had been deleted)")
+        return
     except Exception:  # a hint only
         pass
+    info(otherwise)

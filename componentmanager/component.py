@@ -190,6 +190,11 @@ class Component:
         """Stateful components: resume from checkpointed state (see the module docstring)."""
         return None
 
+    def blocking_advice(self) -> str | None:
+        """What to do when this component holds the agent's event loop (shown in the
+        replica's ``degraded`` reason), when it knows better than the general advice."""
+        return None
+
     def prepare_commit(self) -> Any:
         """Exactly-once sinks: what the commit keeps of the output (see the module doc)."""
         return None

@@ -14,12 +14,13 @@ and register on import; third-party packages add types through the entry point g
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Literal
 
 import structlog
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 Role = Literal["source", "processor", "sink"]
 ENTRY_POINT_GROUP = "flowctl.components"
@@ -62,6 +63,24 @@ class ComponentType:
     #: "transactional" or "idempotent" (see :mod:`componentmanager.component`); None:
     #: it cannot take part (validation refuses it)
     exactly_once: str | None = None
+    #: sources: why a node of this type with this config (its validated model) never
+    #: finishes on its own, or None when it does (its ``run()`` returns: ``generate`` with
+    #: a ``count``, ``file`` without ``follow``); ``flowctl run --until-done`` refuses a
+    #: flow with a source that never finishes. Not set: the type does not say (a
+    #: third-party source): it is not judged.
+    runs_forever: Callable[[Any], str | None] | None = None
+
+    def endless_reason(self, config: dict[str, Any]) -> str | None:
+        """Why a node of this type with ``config`` never finishes (see
+        :attr:`runs_forever`); None when it finishes, does not say, or the config is
+        invalid (validation reports that)."""
+        if self.runs_forever is None:
+            return None
+        try:
+            model = self.config_model.model_validate(config)
+        except ValidationError:
+            return None
+        return self.runs_forever(model)
 
     def input_port(self, name: str) -> Port | None:
         return next((p for p in self.inputs if p.name == name), None)
@@ -94,6 +113,15 @@ class ComponentType:
             "config_schema": self.config_model.model_json_schema(),
         }
 
+
+def endless(reason: str) -> Callable[[Any], str]:
+    """:attr:`ComponentType.runs_forever` of a source that never finishes, whatever its
+    config (``reason`` says why)."""
+    return lambda _config: reason
+
+
+#: ... of a source that subscribes (nats, mqtt).
+RECEIVES_UNTIL_STOPPED = endless("it receives messages until stopped")
 
 _TYPES: dict[tuple[str, str], ComponentType] = {}
 _loaded = False

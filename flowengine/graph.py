@@ -66,9 +66,12 @@ class GraphChecks(IssueCollector):
                 self.bad_inputs.add(dst)
                 continue
             ok = True
+            left_out = self.source.left_out if self.source is not None else set()
             for end, other in ((src, dst), (dst, src)):
                 if end not in shapes:
                     ok = False
+                    if end in left_out:  # its own schema problem is reported
+                        continue
                     self.add("unknown_node", f"{label}: there is no node '{end}'",
                              node=other if other in shapes else None, path=path,
                              suggestion=suggest(end, self.ids))

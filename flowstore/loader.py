@@ -8,6 +8,7 @@ connection came from, so later checks (the engine's validation) can point at lin
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,16 @@ from pydantic import BaseModel, ValidationError
 from flowstore.compat import from_go_flowctl
 from flowstore.flowfile import CanvasFlow, FlowFile
 from flowstore.models import FlowSpec
+from flowstore.repair import (
+    SECTIONS,
+    STAND_IN_NAME,
+    consequence,
+    drop_removed,
+    file_loc,
+    left_out_ids,
+    repair,
+)
+from flowstore.yamlguard import refusal
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,8 @@ class SourceMap:
     node_paths: dict[str, str] = field(default_factory=dict)
     connection_paths: list[str] = field(default_factory=list)
     lines: dict[str, int] = field(default_factory=dict)
+    #: ids of the entries left out for their schema problems (reported already)
+    left_out: set[str] = field(default_factory=set)
 
     def line(self, path: str | None) -> int | None:
         return self.lines.get(path) if path else None
@@ -97,50 +110,12 @@ def _line_index(node: yaml.Node | None, prefix: tuple[Any, ...], into: dict[str,
             _line_index(item, (*prefix, i), into)
 
 
-#: Hostile files are refused before anything is built from them: YAML aliases expand
-#: (nine lines can stand for a billion nodes), nesting recurses.
-MAX_NODES = 100_000
-MAX_DEPTH = 64
-MAX_BYTES = 4 * 2**20
-
-
 def _check_shape(text: str, file: str) -> None:
-    """Refuse, with a clear message, a file too large, that would expand (through
-    aliases) to more than MAX_NODES values, or nested too deep: one pass over the
-    parser's events, counting what each anchor stands for; nothing is constructed."""
-    def refuse(message: str, line: int | None) -> None:
+    """:class:`FlowFileError` for a hostile file (:func:`flowstore.yamlguard.refusal`)."""
+    refused = refusal(text)
+    if refused is not None:
+        message, line = refused
         raise FlowFileError(file, [Problem("", message, line, "refused")])
-
-    if len(text) > MAX_BYTES:
-        refuse(f"the file is {len(text):,} bytes; a flow file may have at most "
-               f"{MAX_BYTES:,}", None)
-    sizes: dict[str, int] = {}  # anchor -> values it expands to
-    stack: list[list[Any]] = [[0, None]]  # per open collection: [values, anchor]
-    total = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        added = 0
-        if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
-            stack.append([1, event.anchor])
-            if len(stack) > MAX_DEPTH:
-                refuse(f"nested more than {MAX_DEPTH} levels deep: refused",
-                       event.start_mark.line + 1)
-            continue
-        if isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
-            added, anchor = stack.pop()
-            if anchor:
-                sizes[anchor] = added
-        elif isinstance(event, yaml.ScalarEvent):
-            added = 1
-            if event.anchor:
-                sizes[event.anchor] = 1
-        elif isinstance(event, yaml.AliasEvent):
-            added = sizes.get(event.anchor, 1)
-            total += added
-            if total > MAX_NODES:
-                refuse(f"its YAML aliases (*{event.anchor}) expand to more than "
-                       f"{MAX_NODES:,} values: refused; write the values out",
-                       event.start_mark.line + 1)
-        stack[-1][0] += added
 
 
 def _parse(text: str, file: str) -> tuple[Any, dict[str, int]]:
@@ -220,40 +195,10 @@ def _problems(exc: ValidationError, lines: dict[str, int]) -> list[Problem]:
     return [_problem(err, lines) for err in exc.errors()]
 
 
-def _repair(data: Any, exc: ValidationError) -> bool:
-    """Remove from ``data`` what ``exc`` complains about, so the rest can still be
-    checked: an offending field of an entry goes (its default applies), an entry missing
-    a required field goes whole. False when nothing could be removed."""
-    removed = False
-    for err in sorted(exc.errors(), key=lambda e: len(e["loc"]), reverse=True):
-        loc = tuple(err["loc"])
-        entry = loc[:3] if len(loc) >= 3 and loc[0] == "spec" else None
-        target = loc if err["type"] != "missing" else (entry or ())
-        if not target or (err["type"] == "missing" and entry is None):
-            continue
-        parent: Any = data
-        try:
-            for part in target[:-1]:
-                parent = parent[part]
-            if isinstance(parent, dict) and target[-1] in parent:
-                del parent[target[-1]]
-                removed = True
-            elif isinstance(parent, list) and isinstance(target[-1], int) \
-                    and target[-1] < len(parent):
-                parent[target[-1]] = None  # keep the indices of the other entries
-                removed = True
-        except (KeyError, IndexError, TypeError):
-            continue
-    return removed
-
-
-SECTIONS = ("sources", "processors", "sinks")
-
-
 def _source_map_for_file(model: FlowFile, lines: dict[str, int],
                          kept: dict[str, list[int]] | None = None) -> SourceMap:
     """``kept``: per section, the file index of each entry of ``model`` (entries removed
-    by :func:`_repair` leave gaps)."""
+    by :func:`flowstore.repair.repair` leave gaps)."""
     smap = SourceMap(lines=lines)
     for section in SECTIONS:
         for n, entry in enumerate(getattr(model.spec, section)):
@@ -262,20 +207,6 @@ def _source_map_for_file(model: FlowFile, lines: dict[str, int],
             for j in range(len(entry.inputs)):
                 smap.connection_paths.append(f"spec.{section}[{i}].inputs[{j}]")
     return smap
-
-
-def _drop_removed(data: Any) -> dict[str, list[int]]:
-    """Take the entries :func:`_repair` removed (None) out of ``data``; the file index of
-    each entry left, per section."""
-    kept: dict[str, list[int]] = {}
-    spec = data.get("spec") if isinstance(data, dict) else None
-    for section in SECTIONS:
-        entries = spec.get(section) if isinstance(spec, dict) else None
-        if not isinstance(entries, list):
-            continue
-        kept[section] = [i for i, e in enumerate(entries) if e is not None]
-        spec[section] = [e for e in entries if e is not None]
-    return kept
 
 
 def _source_map_for_canvas(model: CanvasFlow, lines: dict[str, int]) -> SourceMap:
@@ -306,26 +237,63 @@ def parse_flow_lenient(text: str, file: str = "<flow>"
         return LoadedFlow(canvas.name, canvas.to_spec(), _source_map_for_canvas(canvas, lines),
                           file), []
     work, notes = from_go_flowctl(data)
-    problems: list[Problem] = []
     warnings = [Problem(n.path, n.message, lines.get(n.path), "unsupported", None, n.severity)
                 for n in notes]
+    original = copy.deepcopy(work)
+    model, problems, kept = _validate_repairing(work, lines)
+    if model is None:
+        return None, [*warnings, *problems]
+    smap = _source_map_for_file(model, lines, kept)
+    smap.left_out = left_out_ids(original, kept)
+    return LoadedFlow(_file_name(data, model), model.to_spec(), smap, file), [*warnings,
+                                                                            *problems]
+
+
+def _validate_repairing(work: Any, lines: dict[str, int]
+                        ) -> tuple[FlowFile | None, list[Problem], dict[str, list[int]] | None]:
+    """Validate ``work`` against the flow file's schema, repairing it (stand-ins,
+    removals: :mod:`flowstore.repair`) until it passes, so every schema problem is found
+    whatever the first one is; a problem that only follows from a repair is not
+    reported. (model or None when it cannot be repaired, problems, file index of each
+    entry left per section)."""
+    problems: list[Problem] = []
+    seen: set[tuple[str, str]] = set()
+    repaired: set[tuple[Any, ...]] = set()
     kept: dict[str, list[int]] | None = None
-    for _ in range(5):
+    for _ in range(MAX_REPAIRS):
         try:
-            model = FlowFile.model_validate(work)
+            return FlowFile.model_validate(work), problems, kept
         except ValidationError as exc:
-            if not problems:
-                problems = _problems(exc, lines)
-            if not _repair(work, exc):
-                return None, [*warnings, *problems]
-            now = _drop_removed(work)  # removed entries only ever come from a repair
-            kept = {k: [kept[k][i] for i in v] if kept and k in kept else v
-                    for k, v in now.items()}
-            continue
-        smap = _source_map_for_file(model, lines, kept)
-        return LoadedFlow(model.metadata.name, model.to_spec(), smap, file), [*warnings,
-                                                                               *problems]
-    return None, [*warnings, *problems]
+            for err in exc.errors():
+                loc = file_loc(tuple(err["loc"]), kept)
+                if consequence(loc, err["type"], repaired):
+                    continue
+                problem = _problem({**err, "loc": loc}, lines)
+                if (problem.path, problem.message) not in seen:
+                    seen.add((problem.path, problem.message))
+                    problems.append(problem)
+            done = repair(work, exc)
+            if not done:
+                break
+            repaired.update(file_loc(loc, kept) for loc in done)
+            kept = drop_removed(work, kept)
+    return None, problems, kept
+
+
+#: Rounds of repair before a file is given up (each round removes or stands in for at
+#: least one value; the nesting of a flow file is shallow).
+MAX_REPAIRS = 8
+
+
+def _file_name(data: Any, model: FlowFile) -> str:
+    """The flow's name as the file gives it: when it was invalid and stood in for (see
+    :data:`flowstore.repair.STAND_IN_NAME`), the file's own text ("" when none), so no
+    message names the stand-in."""
+    if model.metadata.name != STAND_IN_NAME:
+        return model.metadata.name
+    metadata = data.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return name if isinstance(name, str) else ""
 
 
 def parse_flow(text: str, file: str = "<flow>") -> LoadedFlow:

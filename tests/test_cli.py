@@ -309,7 +309,12 @@ def test_logs_follow_prints_component_log_lines(nats_url: str, tmp_path: Path,
         follow.interrupt()  # Ctrl+C is the normal end of --follow
         assert follow.wait(10) == 0
     quiet = ok(flowctl("logs", "logged", "out", nats_url=nats_url))  # stored: none
-    assert quiet.stdout == ""
+    assert quiet.stdout == ""  # said on stderr, exit 0: an empty log is an answer
+    assert quiet.stderr.startswith("no log lines of flow/logged node out in what NATS keeps")
+    later = ok(flowctl("logs", "logged", "--grep", "nothing-like-this", "--since", "1h",
+                       nats_url=nats_url))
+    assert later.stdout == "" and "no log lines of flow/logged matching 'nothing-like-this' " \
+        "since 20" in later.stderr
 
 
 def test_agent_log_formats_and_name_clash(nats_url: str,

@@ -154,7 +154,8 @@ def test_run_failures_exit_1(tmp_path: Path) -> None:
     failing = tmp_path / "failing.yaml"
     failing.write_text(ENDLESS.replace("rate: 40, ", "count: 3, ").replace(
         "type: transform, inputs: [ticks], config: {set: {marked: \"true\"}}",
-        "type: python, inputs: [ticks], config: {function: \"no_such_module:fn\"}"))
+        "type: python, inputs: [ticks], config: {function: \"no_such_fn:fn\"}"))
+    (tmp_path / "no_such_fn.py").write_text("x = 1\n")  # found, but it has no fn
     runs = {
         "invalid": start_run(tmp_path, str(broken), "--until-done", name="invalid"),
         "replica": start_run(tmp_path, str(failing), "--until-done", name="replica"),
@@ -167,7 +168,7 @@ def test_run_failures_exit_1(tmp_path: Path) -> None:
         run.assert_no_leftovers()
     assert "no-such-type" in runs["invalid"].err()
     assert "a replica failed: mark.0" in runs["replica"].err()
-    assert "no_such_module" in runs["replica"].err()
+    assert "no_such_fn:fn does not define a callable" in runs["replica"].err()
     assert "not done after 2s" in runs["timeout"].err()
     for name in ("replica", "timeout"):
         assert "stopped, undeployed and deleted" in runs[name].err()

@@ -136,3 +136,41 @@ def test_run_never_touches_a_flow_it_did_not_create(
     wait_for(lambda: all(json.loads(v)["state"] in ("running", "completed")
                          for k, v in read_kv(nats_url, "flowctl_status").items()
                          if k.startswith("hello.")), 10, "hello still running")
+
+
+NEVER_DONE = """\
+apiVersion: flowctl/v1
+kind: Flow
+metadata: {name: never-done}
+spec:
+  sources:
+    - {id: hook, type: http, config: {port: 0}}
+    - {id: tail, type: file, config: {path: in.txt, follow: true}}
+    - {id: once, type: generate, config: {count: 3}}
+  sinks:
+    - {id: out, type: stdout, inputs: [hook, tail, once]}
+"""
+
+
+def test_until_done_refuses_at_once_a_flow_that_can_never_be_done(tmp_path: Path) -> None:
+    """A source that never finishes (the registry's word for its type and config) makes
+    `--until-done` a usage error, before anything starts; `--timeout` lets it run."""
+    import time
+
+    compose = str(EXAMPLES / "compose-flow.yaml")
+    started = time.monotonic()
+    refused = flowctl("run", compose, "--until-done", cwd=tmp_path)
+    took = time.monotonic() - started
+    failed(refused, 2, "--until-done", "source 'gen' (generate) never finishes",
+           "it has no count", "--timeout")
+    started = time.monotonic()
+    ok(flowctl("validate", compose))  # the same start-up and checks: the baseline
+    baseline = time.monotonic() - started
+    assert took < max(2.0, baseline + 1.0), (took, baseline)  # (a loaded machine is slower)
+    flow = tmp_path / "never-done.yaml"
+    flow.write_text(NEVER_DONE)
+    (tmp_path / "in.txt").write_text("")
+    refused = flowctl("run", str(flow), "--until-done", cwd=tmp_path)
+    failed(refused, 2, "source 'hook' (http) never finishes: it serves requests until stopped",
+           "source 'tail' (file) never finishes: follow is on")
+    assert "'once'" not in refused.stderr

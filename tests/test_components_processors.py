@@ -202,3 +202,74 @@ async def test_python_inline_code_only_when_allowed() -> None:
 def test_python_config_is_validated(bad: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         validate("python", bad)
+
+
+RECORDS_ITS_THREAD = """\
+import threading, time
+calls = []
+def process(event):
+    time.sleep(event.get("sleep", 0))
+    calls.append(threading.current_thread().name)
+    return event
+"""
+
+
+async def _max_loop_lag(work: Any) -> float:
+    """How long the event loop was held at most while ``work`` ran (a 10 ms ticker)."""
+    import asyncio
+
+    lag, done = 0.0, asyncio.Event()
+
+    async def tick() -> None:
+        nonlocal lag
+        loop = asyncio.get_running_loop()
+        while not done.is_set():
+            t0 = loop.time()
+            await asyncio.sleep(0.01)
+            lag = max(lag, loop.time() - t0 - 0.01)
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.02)
+    await work
+    done.set()
+    await ticker
+    return lag
+
+
+async def test_python_sync_first_call_runs_on_its_worker_thread() -> None:
+    """A first call that blocks 1 s (a model loaded, say) does not hold the loop; a quick
+    function then runs inline until a call blocks, from then on on its worker thread."""
+    import threading
+
+    ctx = Ctx(allow_inline_code=True)
+    slow_start = make("python", {"code": RECORDS_ITS_THREAD}, ctx)
+    await slow_start.start()
+    assert await _max_loop_lag(slow_start.process("in", {"sleep": 1.0})) < 0.3
+    await slow_start.process("in", {"n": 1})
+    calls = slow_start._fn.__globals__["calls"]
+    assert all(name.startswith("flowctl-") for name in calls) and len(calls) == 2
+    [(said, _)] = ctx.logs  # once, about the first call
+    assert said.startswith("the function blocks (10") and said.endswith(
+        "ms for one call); it runs on a worker thread")
+    await slow_start.stop()
+
+    quick = make("python", {"code": RECORDS_ITS_THREAD}, Ctx(allow_inline_code=True))
+    await quick.start()
+    for event in ({"n": 1}, {"n": 2}, {"sleep": 0.05}, {"n": 3}):
+        await quick.process("in", event)
+    here = threading.current_thread().name
+    calls = quick._fn.__globals__["calls"]
+    assert [name == here for name in calls] == [False, True, True, False]
+    assert quick.blocking_advice() is None  # the general advice fits a sync function
+    await quick.stop()
+
+
+async def test_python_async_function_is_told_what_an_async_function_does() -> None:
+    code = "async def process(event):\n    return event\n"
+    p = make("python", {"code": code}, Ctx(allow_inline_code=True))
+    await p.start()
+    await p.process("in", {"n": 1})
+    advice = p.blocking_advice()
+    assert advice is not None and "await asyncio.to_thread(" in advice
+    assert "make the function sync" in advice
+    await p.stop()

@@ -63,6 +63,65 @@ def test_every_kind_of_problem_in_one_pass_as_json(tmp_path: Path) -> None:
     assert [e["code"] for e in data["errors"]] == ["invalid_yaml"]
 
 
+EVERY_MISTAKE = """\
+apiVersion: flowctl/v1
+kind: Flow
+metadata:
+  name: Bad_Name
+spec:
+  sources:
+    - id: gen
+      type: generat
+      confg: {rate: 5}
+    - id: tick
+      type: generate
+      replicas: two
+      config: {count: 3, rat: 4}
+    - id: Bad_Id
+      type: generate
+  processors:
+    - id: up
+      type: transform
+      inputs: [gen, tick, nowhere, Bad_Id]
+      config: {set: {value: "seq *"}}
+  sinks:
+    - id: out
+      type: stdot
+      inputs: [up]
+"""
+
+
+def test_every_mistake_of_a_file_in_one_run_whatever_the_first(tmp_path: Path) -> None:
+    """An invalid flow name, unknown fields and wrong types no longer stop the pass: the
+    types, configs and graph are checked too, in file order, through validate, apply -f
+    and run alike (they share the loader)."""
+    flow = tmp_path / "mistakes.yaml"
+    flow.write_text(EVERY_MISTAKE)
+    result = flowctl("validate", str(flow), "-o", "json")
+    assert result.returncode == 1, result.stderr
+    errors = json.loads(result.stdout)["errors"]
+    found = [(e["code"], e["path"], e["line"]) for e in errors]
+    expected = [
+        ("invalid_field", "metadata.name", 4),
+        ("unknown_type", "spec.sources[0].type", 8),
+        ("unknown_field", "spec.sources[0].confg", 9),
+        ("invalid_field", "spec.sources[1].replicas", 12),
+        ("invalid_config", "spec.sources[1].config.rat", 13),
+        ("invalid_field", "spec.sources[2].id", 14),
+        ("unknown_node", "spec.processors[0].inputs[2]", 19),  # nowhere, not Bad_Id
+        ("invalid_config", "spec.processors[0].config.set.value", 20),
+        ("unknown_type", "spec.sinks[0].type", 23),
+    ]
+    assert found == expected
+    assert "Bad_Id" not in " ".join(e["message"] for e in errors if e["code"] == "unknown_node")
+    for command in (["apply", "-f", str(flow), "--nats-url", "nats://127.0.0.1:1"],
+                    ["run", str(flow), "--nats-url", "nats://127.0.0.1:1"]):
+        shown = flowctl(*command)
+        assert shown.returncode == 1 and "Traceback" not in shown.stderr, command
+        assert "flow 'Bad_Name' is not valid (9 error(s))" in shown.stderr, command
+        assert all(f"line {line}: {path}: " in shown.stderr for _, path, line in expected)
+
+
 def test_relative_paths_resolve_against_the_flow_file(tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
@@ -95,6 +154,17 @@ def test_relative_paths_resolve_against_the_flow_file(tmp_path: Path) -> None:
                                        .replace("shout:shout", "nothere:shout"))
     missing = ok(flowctl("validate", str(project / "flow.yaml"))).stdout
     assert "module nothere is not in" in missing and "[path_not_found]" in missing
+    # Where the flow runs on this machine, a module not found here is an error: nothing
+    # starts (an unreachable --nats-url shows nothing was even connected to).
+    for command in (["run", "flow.yaml", "--until-done"], ["dev", "flow.yaml"],
+                    ["up", "-f", "flow.yaml", "--nats-url", "nats://127.0.0.1:1"]):
+        refused = flowctl(*command, cwd=project)
+        assert refused.returncode == 1, (command, refused.stderr)
+        assert "node 'loud': module nothere is not in" in refused.stderr, command
+        assert "[module_not_found]" in refused.stderr and "Traceback" not in refused.stderr
+    warned = flowctl("apply", "-f", "flow.yaml", "--nats-url", "nats://127.0.0.1:1",
+                     cwd=project)
+    assert warned.returncode == 3 and "warning: " in warned.stderr  # checked, then NATS
 
 
 def test_external_nodes_the_short_way(tmp_path: Path) -> None:
@@ -189,6 +259,7 @@ def test_hostile_files_are_refused_quickly(tmp_path: Path) -> None:
         "bomb.yaml": "\n".join(laughs) + "\n",
         "deep.yaml": "a: " + "[" * 5000 + "]" * 5000 + "\n",
         "deep.json": '{"a": ' + "[" * 5000 + "]" * 5000 + "}\n",
+        "merge.yaml": "base: &b {<<: *b}\n",  # a self-referential merge key
     }
     for name, text in files.items():
         (tmp_path / name).write_text(text)
@@ -202,3 +273,7 @@ def test_hostile_files_are_refused_quickly(tmp_path: Path) -> None:
     applied = flowctl("apply", "-f", str(tmp_path / "bomb.yaml"), "--nats-url",
                       "nats://127.0.0.1:1")
     assert applied.returncode == 1 and "expand to more than 100,000 values" in applied.stderr
+    merged = flowctl("apply", "-f", str(tmp_path / "merge.yaml"), "--nats-url",
+                     "nats://127.0.0.1:1")
+    assert merged.returncode == 1 and "Traceback" not in merged.stderr
+    assert "line 1: its YAML alias *b is inside the collection it names" in merged.stderr

@@ -84,6 +84,9 @@ def test_degraded_reasons() -> None:
     both = assess(3, None, 4.0)
     assert both is not None and both.startswith("dropping: overload, 3 lost")
     assert "holding" in both
+    told = assess(0, None, 1.0, "use await asyncio.to_thread(...)")
+    assert told is not None and told.endswith("stalled in the last 10 s; use await "
+                                              "asyncio.to_thread(...)")
 
 
 def test_stalls_age_out_of_the_window() -> None:

@@ -132,9 +132,9 @@ async def test_blocking_sync_function_beside_a_paced_flow(nc, agents, tmp_path) 
     assert "runs on a worker thread" in out + err
 
 
-async def test_code_holding_the_loop_is_degraded_not_dead(nc, agents, tmp_path) -> None:
-    """An async function that blocks holds the data loop: the agent's control work goes
-    on (no heartbeat failure, nothing moves), the replica is reported degraded."""
+async def _paced_beside_degraded(nc: Any, agents: Any, tmp_path: Path, function: str,
+                                 count: int, rate: int) -> tuple[Any, Any, list[str]]:
+    """:func:`_paced_beside`, and every ``degraded`` reason the udf reported meanwhile."""
     degraded: list[str] = []
 
     async def watch_degraded() -> None:
@@ -146,10 +146,33 @@ async def test_code_holding_the_loop_is_degraded_not_dead(nc, agents, tmp_path) 
 
     task = asyncio.create_task(watch_degraded())
     try:
-        a1, a2, _ = await _paced_beside(nc, agents, tmp_path, "hog", count=200, rate=40)
+        a1, a2, _ = await _paced_beside(nc, agents, tmp_path, function, count, rate)
     finally:
         task.cancel()
+    return a1, a2, degraded
+
+
+async def test_a_slow_first_call_of_a_sync_function_does_not_hold_the_loop(
+        nc, agents, tmp_path) -> None:
+    """A sync function whose first call blocks 1 s: that call runs on its worker thread,
+    the replica is never degraded."""
+    a1, a2, degraded = await _paced_beside_degraded(nc, agents, tmp_path, "slow_start",
+                                                    count=40, rate=40)
+    assert degraded == []
+    _no_failover(a1, a2)
+    out, err = a1.output()
+    assert "runs on a worker thread" in out + err and "replica degraded" not in err
+
+
+async def test_code_holding_the_loop_is_degraded_not_dead(nc, agents, tmp_path) -> None:
+    """An async function that blocks holds the data loop: the agent's control work goes
+    on (no heartbeat failure, nothing moves), the replica is reported degraded, told
+    what to do for an async function."""
+    a1, a2, degraded = await _paced_beside_degraded(nc, agents, tmp_path, "hog", count=200,
+                                                    rate=40)
     assert any("holding the agent's event loop" in r for r in degraded), degraded[-3:]
+    assert all("an async python function must not block the loop" in r and
+               "await asyncio.to_thread(...)" in r for r in degraded), degraded[-3:]
     _no_failover(a1, a2)
     _, err = a1.output()
     assert "replica degraded" in err

@@ -164,3 +164,26 @@ def test_schema_export_names_the_sections() -> None:
     text = json.dumps(schema)
     for word in ("sources", "processors", "sinks", "placement", "restart_policy", "at-least-once"):
         assert word in text
+
+
+def test_a_broken_frame_is_stood_in_for_so_the_nodes_are_still_checked() -> None:
+    """apiVersion, kind, metadata and spec that fail the schema are reported, and the
+    nodes are checked all the same (one pass); no message names the stand-in name."""
+    from flowengine import validate_loaded
+    from flowstore.loader import parse_flow_lenient
+    from flowstore.repair import STAND_IN_NAME
+
+    text = ("apiVersion: v2\nkind: Flw\nspec:\n  sources:\n"
+            "    - {id: gen, type: generat}\n"
+            "    - {id: Bad, type: generate}\n"
+            "  sinks:\n    - {id: out, type: stdout, inputs: [gen, Bad]}\n")
+    loaded, problems = parse_flow_lenient(text, "x.yaml")
+    assert loaded is not None and loaded.name == ""
+    result = validate_loaded(loaded, problems)
+    assert [(i.code, i.path, i.line) for i in result.errors] == [
+        ("invalid_field", "apiVersion", 1), ("missing_field", "metadata", 1),
+        ("invalid_field", "kind", 2), ("unknown_type", "spec.sources[0].type", 5),
+        ("invalid_field", "spec.sources[1].id", 6)]
+    assert STAND_IN_NAME not in str(result.model_dump())
+    named, _ = parse_flow_lenient(text.replace("spec:", "metadata: {name: Bad_Name}\nspec:"))
+    assert named is not None and named.name == "Bad_Name"

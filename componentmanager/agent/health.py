@@ -38,8 +38,17 @@ class ReplicaHealth:
         return sum(s for _, s in self.stalls)
 
 
-def assess(lost: int, drop_reason: str | None, stalled_s: float) -> str | None:
-    """The ``degraded`` reason of a running replica, or None when it keeps up."""
+#: What to do about a replica holding the loop, unless its component says better
+#: (:meth:`componentmanager.component.Component.blocking_advice`: an async python
+#: function is told to use ``await asyncio.to_thread(...)`` or to be sync).
+BLOCKING_ADVICE = ("move blocking work off the loop (a sync python function runs on a "
+                   "worker thread) or give the node more replicas")
+
+
+def assess(lost: int, drop_reason: str | None, stalled_s: float,
+           advice: str | None = None) -> str | None:
+    """The ``degraded`` reason of a running replica, or None when it keeps up. ``advice``:
+    what to do when it holds the loop (default :data:`BLOCKING_ADVICE`)."""
     reasons = []
     if lost > 0:
         why = drop_reason or "overload"
@@ -47,6 +56,5 @@ def assess(lost: int, drop_reason: str | None, stalled_s: float) -> str | None:
     if stalled_s >= HOLDING_S:
         reasons.append(
             f"holding the agent's event loop: {stalled_s:.1f} s stalled in the last "
-            f"{WINDOW_S:g} s; move blocking work off the loop (a sync python function runs "
-            "on a worker thread) or give the node more replicas")
+            f"{WINDOW_S:g} s; {advice or BLOCKING_ADVICE}")
     return "; ".join(reasons) or None

@@ -48,7 +48,8 @@ class HealthWatch:
             return
         counters = replica.counters
         lost = health.drops.add(now, counters.dropped)
-        reason = assess(lost, counters.drop_reason, health.stalled_within(now))
+        reason = assess(lost, counters.drop_reason, health.stalled_within(now),
+                        replica.blocking_advice())
         replica.degraded = reason
         if reason is None:
             self._logged.pop(key, None)

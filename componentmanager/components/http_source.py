@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from componentmanager.component import Component, Context
 from componentmanager.components.sources import OUT
 from componentmanager.dataplane.wire import encode
-from componentmanager.registry import ComponentType, register
+from componentmanager.registry import ComponentType, endless, register
 
 _REASONS = {202: "Accepted", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             413: "Payload Too Large", 431: "Request Header Fields Too Large",
@@ -209,6 +209,7 @@ register(ComponentType(
     name="http", role="source", config_model=HttpSourceConfig, outputs=OUT,
     description="Receive events as POSTed JSON on a small built-in HTTP server.",
     impl="componentmanager.components.http_source:HttpSource",
+    runs_forever=endless("it serves requests until stopped"),
     docs="POST a JSON object or an array of objects to http://host:port/path; each object "
          "is one event. Replies 202 {\"accepted\": n}, 400 for bad JSON, 404/405 otherwise.",
 ))

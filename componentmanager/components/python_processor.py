@@ -1,10 +1,16 @@
 """The ``python`` processor: calls a user function per event.
 
-A synchronous function runs inline while it is quick; from its first call that takes
-longer than :data:`BLOCKING_CALL_S`, it runs on a worker thread of its own (one call at a
-time, so order is kept per replica), so it cannot hold the event loop. The module is
-imported from ``config.python_path`` first (``flowctl apply`` and ``run`` default it to
-the flow file's directory), then the agent's ``--python-path`` and ``PYTHONPATH``.
+A synchronous function has a worker thread of its own (one call at a time, so order is
+kept per replica). Its first call runs there, timed: a first call is where functions load
+models, open connections and warm caches, and it must not hold the agent's event loop.
+When that call was quick, the next calls run inline (no thread hop per event) until one
+takes longer than :data:`BLOCKING_CALL_S`; from then on every call runs on the worker
+thread. An ``async`` function runs on the event loop, always: it must not block (the
+replica is reported degraded with what to do: :meth:`Python.blocking_advice`).
+
+The module is imported from ``config.python_path`` first (``flowctl apply`` and ``run``
+default it to the flow file's directory), then the agent's ``--python-path`` and
+``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -82,6 +88,15 @@ _IMPORTED_AS: dict[str, str] = {}
 BLOCKING_CALL_S = 0.002
 
 
+#: Where a sync function's next call runs: ``trial`` (its first: on the worker thread,
+#: timed), ``inline`` (on the event loop, timed), ``worker`` (on the worker thread).
+Placement = Literal["trial", "inline", "worker"]
+
+ASYNC_ADVICE = ("an async python function must not block the loop: run blocking calls "
+                "with `await asyncio.to_thread(...)`, or make the function sync (a sync "
+                "function runs on a worker thread), or give the node more replicas")
+
+
 class Python(Component):
     """Calls a user function per event: a module function or inline ``process(event)``."""
 
@@ -89,6 +104,8 @@ class Python(Component):
         super().__init__(config, ctx)
         self.config: PythonConfig = config
         self._fn: Any = None
+        self._is_async = False
+        self._next: Placement = "trial"
         self._worker: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
@@ -121,20 +138,41 @@ class Python(Component):
         if not callable(fn):
             raise TypeError(f"python processor: {where} does not define a callable process")
         self._fn = fn
+        self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            type(fn).__call__)  # (an object with an async __call__)
+        if not self._is_async:
+            self._worker = ThreadPoolExecutor(
+                1, thread_name_prefix=f"flowctl-{self.ctx.flow}.{self.ctx.node}")
+
+    def blocking_advice(self) -> str | None:
+        """What to do when this replica holds the event loop: only an async function can
+        (see the module docstring); None: the general advice."""
+        return ASYNC_ADVICE if self._is_async else None
+
+    async def _call(self, event: Any) -> Any:
+        """The function's result for ``event``, called where :attr:`_next` says; a sync
+        call that took longer than :data:`BLOCKING_CALL_S` sends the next ones to the
+        worker thread."""
+        if self._is_async or self._worker is None:
+            return self._fn(event)
+        if self._next == "worker":
+            return await asyncio.get_running_loop().run_in_executor(self._worker, self._fn,
+                                                                    event)
+        if self._next == "trial":
+            result, took = await asyncio.get_running_loop().run_in_executor(
+                self._worker, _timed, self._fn, event)
+        else:
+            result, took = _timed(self._fn, event)
+        if took <= BLOCKING_CALL_S:
+            self._next = "inline"
+            return result
+        self._next = "worker"
+        self.ctx.log(f"the function blocks ({took * 1000:.1f} ms for one call); it runs on "
+                     "a worker thread")
+        return result
 
     async def process(self, port: str, event: Any) -> None:
-        if self._worker is not None:
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._worker, self._fn, event)
-        else:
-            t0 = time.perf_counter()
-            result = self._fn(event)
-            took = time.perf_counter() - t0
-            if took > BLOCKING_CALL_S and not inspect.isawaitable(result):
-                self._worker = ThreadPoolExecutor(
-                    1, thread_name_prefix=f"flowctl-{self.ctx.flow}.{self.ctx.node}")
-                self.ctx.log(f"the function blocks ({took * 1000:.1f} ms for one call); "
-                             "from now on it runs on a worker thread")
+        result = await self._call(event)
         if inspect.isawaitable(result):
             result = await result
         if result is None or (isinstance(result, list) and not result):
@@ -149,6 +187,13 @@ class Python(Component):
             self._worker = None
 
 
+def _timed(fn: Any, event: Any) -> tuple[Any, float]:
+    """``fn(event)`` and the seconds it took."""
+    t0 = time.perf_counter()
+    result = fn(event)
+    return result, time.perf_counter() - t0
+
+
 _MOD = "componentmanager.components.python_processor"
 
 register(ComponentType(
@@ -156,7 +201,9 @@ register(ComponentType(
     description="Process events with a Python function.",
     impl=f"{_MOD}:Python",
     docs="function: module:function, or code: inline source defining process(event). "
-         "Return an event, a list of events, or None to filter it out. A sync function "
-         "that blocks (a call over 2 ms) runs on a worker thread, one call at a time (order "
-         "kept); add replicas for parallelism. Inline code needs an agent that allows it.",
+         "Return an event, a list of events, or None to filter it out. A sync function's "
+         "first call, and every call once one blocked (over 2 ms), runs on a worker thread, "
+         "one call at a time (order kept); add replicas for parallelism. An async function "
+         "runs on the agent's loop and must not block (await asyncio.to_thread(...)). "
+         "Inline code needs an agent that allows it.",
 ))

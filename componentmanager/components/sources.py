@@ -19,7 +19,7 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from componentmanager.component import Component, Context
-from componentmanager.registry import ComponentType, Port, register
+from componentmanager.registry import RECEIVES_UNTIL_STOPPED, ComponentType, Port, register
 
 OUT = (Port("out", description="the events this source produces"),)
 PACE_TICK_S = 0.005  # a paced generator sleeps once per this much of its schedule
@@ -313,6 +313,8 @@ register(ComponentType(
     name="generate", role="source", config_model=GenerateConfig, outputs=OUT,
     description="Generate events from a template, optionally paced and counted.",
     impl=f"{_MOD}:GenerateSource",
+    runs_forever=lambda c: None if c.count is not None else "it has no count: it emits "
+    "events forever",
     docs="Emits {**template, seq: n} for n = 0, 1, ...; count: null runs forever. "
          '"{seq}" inside template strings is replaced by n. rate paces to events/s '
          "(sleeping per batch, not per event). Finishes after count events.",
@@ -321,6 +323,7 @@ register(ComponentType(
     name="file", role="source", config_model=FileSourceConfig, outputs=OUT,
     description="Read a file as text lines or JSON lines, optionally following it.",
     impl=f"{_MOD}:FileSource",
+    runs_forever=lambda c: "follow is on: it waits for more lines" if c.follow else None,
     docs='format lines emits {"line": text}; jsonl emits each decoded line. Without follow '
          "the source finishes at the end of the file; with follow it waits for more.",
 ))
@@ -328,6 +331,7 @@ register(ComponentType(
     name="nats", role="source", config_model=NatsSourceConfig, outputs=OUT,
     description="Subscribe to a NATS subject and emit each message.",
     impl=f"{_MOD}:NatsSource",
+    runs_forever=RECEIVES_UNTIL_STOPPED,
     docs='JSON bodies are emitted decoded; other bodies as {"data": text}. Set queue to '
          "split messages between replicas.",
 ))

@@ -169,6 +169,11 @@ class Replica:
         """Why the replica cannot move on right now, when it knows (shown as its reason)."""
         return None
 
+    def blocking_advice(self) -> str | None:
+        """What to do when this replica holds the agent's event loop, when its code knows
+        better than the general advice (:func:`componentmanager.agent.health.assess`)."""
+        return None
+
     #: what a stopped stateful component held (kept in its checkpoint for the next start)
     held_at_stop = 0
 

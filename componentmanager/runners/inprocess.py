@@ -107,6 +107,9 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
             return None
         return f"waiting: the stream refuses its events ({publisher.refused}); retrying"
 
+    def blocking_advice(self) -> str | None:
+        return self.component.blocking_advice() if self.component is not None else None
+
     async def emit(self, port: str, event: Any) -> None:
         if self._checkpoint is not None and self._checkpoint.too_far_behind():  # (a source)
             await self._pause_for_checkpoint(self._checkpoint)

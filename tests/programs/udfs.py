@@ -12,6 +12,17 @@ def sleepy(event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+_STARTED: list[bool] = []
+
+
+def slow_start(event: dict[str, Any]) -> dict[str, Any]:
+    """A sync function whose first call blocks 1 s (it loads a model, say), then quick."""
+    if not _STARTED:
+        time.sleep(1.0)
+        _STARTED.append(True)
+    return event
+
+
 async def hog(event: dict[str, Any]) -> dict[str, Any]:
     """An async function that blocks anyway: it holds the event loop 50 ms per event."""
     time.sleep(0.05)

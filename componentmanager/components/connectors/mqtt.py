@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from componentmanager.components.connectors.mqtt_client import RETRY_MAX_S, SAY_EVERY_S
 from componentmanager.components.connectors.mqtt_sink import MqttSink, parse_template
 from componentmanager.components.connectors.mqtt_source import MqttSource
-from componentmanager.registry import ComponentType, Port, register
+from componentmanager.registry import RECEIVES_UNTIL_STOPPED, ComponentType, Port, register
 
 __all__ = ["RETRY_MAX_S", "SAY_EVERY_S", "MqttSink", "MqttSinkConfig", "MqttSource",
            "MqttSourceConfig", "parse_template"]
@@ -185,6 +185,7 @@ register(ComponentType(
     name="mqtt", role="source", config_model=MqttSourceConfig, outputs=OUT,
     description="Subscribe to an MQTT topic (3.1.1 or 5) and emit each message.",
     impl=f"{_MOD}_source:MqttSource",
+    runs_forever=RECEIVES_UNTIL_STOPPED,
     docs='A JSON object payload is the event, anything else {"payload": text}; the topic '
          "goes in the field topic. QoS 1/2 messages are acked to the broker only once "
          "stored in the flow's stream (QoS 2 subscribes at QoS 1 for that); a persistent "

@@ -27,7 +27,7 @@ from componentmanager.components.connectors.sql import (
     SqlConnection,
     quote,
 )
-from componentmanager.registry import ComponentType, Port, register
+from componentmanager.registry import ComponentType, Port, endless, register
 
 
 class SqlSourceConfig(SqlConnection):
@@ -128,6 +128,7 @@ register(ComponentType(
     outputs=(Port("out", description="one event per row"),),
     description="Read new rows of a PostgreSQL or SQLite table (or query) by a cursor column.",
     impl="componentmanager.components.connectors.sql_source:SqlSource",
+    runs_forever=endless("it polls for new rows until stopped"),
     docs="Every interval seconds, the rows whose cursor is above the last one emitted, in "
          "cursor order; the cursor is checkpointed like other sources' positions (no repeat, "
          "no skip after a restart). The cursor column must only grow.",
