@@ -101,6 +101,18 @@ def run_cli(
 
 
 @pytest.fixture
+def busy_loops() -> Iterator[list[subprocess.Popen]]:
+    """A loaded machine: two processes spinning on a CPU each for the whole test (the
+    failover tests must see nothing moved where every agent was alive, load or not)."""
+    spinning = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(2)]
+    yield spinning
+    for proc in spinning:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
 def agents(nats_url: str) -> Iterator[object]:
     started: list[AgentProcess] = []
 

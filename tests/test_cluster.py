@@ -80,6 +80,7 @@ SOURCES = {
 
 
 @pytest.mark.parametrize("source", ["generate", "file"])
+@pytest.mark.usefixtures("busy_loops")
 async def test_one_node_down_loses_and_repeats_nothing(cluster, agents, tmp_path,
                                                        source: str) -> None:
     servers, url = cluster

@@ -72,6 +72,7 @@ async def _where(nc, flow: str) -> dict[str, str | None]:
     return {k: s.agent for k, s in (await statuses(nc, flow)).items()}
 
 
+@pytest.mark.usefixtures("busy_loops")
 async def test_a_frozen_server_costs_a_stall_not_a_wedge(nc, nats_server, agents,
                                                          tmp_path) -> None:
     """NATS stopped (SIGSTOP) for 15 s mid-flow, then resumed: the flow completes, every

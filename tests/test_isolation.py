@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from flowstore.models import ComponentConfig
 from flowstore.nats import CONFIG_BUCKET, open_bucket
@@ -116,6 +117,7 @@ async def _paced_beside(nc: Any, agents: Any, tmp_path: Path, function: str, cou
     return a1, a2, await statuses(nc, "blocking")
 
 
+@pytest.mark.usefixtures("busy_loops")
 async def test_blocking_sync_function_beside_a_paced_flow(nc, agents, tmp_path) -> None:
     a1, a2, _ = await _paced_beside(nc, agents, tmp_path, "sleepy", count=1500, rate=1000)
 

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.agents import flow_yaml, live_agent, read_lines, run_flow, statuses, wait_until
 from tests.programs.tcp_proxy import PartitionProxy
 
@@ -101,6 +103,7 @@ async def _ticks_by_two(path: Path) -> bool:
     return len(pids) >= 2 and min(pids.values()) >= 5
 
 
+@pytest.mark.usefixtures("busy_loops")
 async def test_a_partition_of_every_agent_moves_nothing(nc, nats_server, agents,
                                                         tmp_path) -> None:
     proxy = PartitionProxy(nats_server.port).start()
