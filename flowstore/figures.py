@@ -21,7 +21,7 @@ def node_state(states: list[str]) -> str:
     """The replicas' state when they agree, else the most common one with its share."""
     if not states:
         return "no status"
-    top = max(set(states), key=states.count)
+    top = max(sorted(set(states)), key=states.count)  # a tie: the first by name
     return top if states.count(top) == len(states) else \
         f"{top} {states.count(top)}/{len(states)}"
 
