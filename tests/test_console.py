@@ -28,6 +28,7 @@ from tests.programs.cli_helpers import (  # noqa: F401  (fixtures)
     flowctl,
     free_port,
     ok,
+    read_kv,
     wait_for,
 )
 
@@ -111,7 +112,7 @@ def enabled(page: Any) -> list[str]:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
-def test_console_in_a_real_browser(console: str, tmp_path: Path) -> None:
+def test_console_in_a_real_browser(console: str, tmp_path: Path, nats_url: str) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
@@ -196,6 +197,9 @@ def test_console_in_a_real_browser(console: str, tmp_path: Path) -> None:
             assert errors == []  # no script error on the way
         finally:
             browser.close()
+    # and the agent itself wrote it so: the record says 0, not the last rate it measured
+    for value in read_kv(nats_url, "flowctl_status", "shop.>").values():
+        assert json.loads(value)["rate"] == {"in": 0.0, "out": 0.0}
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
