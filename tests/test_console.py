@@ -158,7 +158,7 @@ def test_console_in_a_real_browser(console: str, tmp_path: Path, nats_url: str) 
             page.wait_for_function("+document.querySelector('g[data-node=price]')"
                                    ".dataset.deadLetters > 0", timeout=20_000)
             if os.environ.get("FLOWCTL_SCREENSHOT"):
-                page.wait_for_timeout(8000)  # a few more seconds on the charts
+                page.wait_for_timeout(12_000)  # some seconds more on the charts
                 page.screenshot(path=os.environ["FLOWCTL_SCREENSHOT"], full_page=True)
 
             # the dead letters shown, then replayed after the fix
