@@ -95,7 +95,7 @@ export async function showFlow(name, page) {
     header(fresh);
     dlq.render();
   };
-  const reloadSoon = debounced(() => reload().catch(() => {}), 400);
+  const reloadSoon = debounced(() => reload().catch((err) => say(err.message)), 400);
   async function act(action) {
     say("");
     try {
@@ -105,6 +105,7 @@ export async function showFlow(name, page) {
   }
 
   let errors = -1;
+  const states = Object.fromEntries(data.status.map((s) => [`${s.flow}.${s.node}.${s.replica}`, s.state]));
   follow(`/api/events?flow=${encodeURIComponent(name)}`, (type, ev) => {
     if (type === "resync") { reloadSoon(); refreshDlq(); return; }
     if (type === "sample") {
@@ -113,8 +114,11 @@ export async function showFlow(name, page) {
       const now = Object.values(figures).reduce((sum, f) => sum + f.errors + f.replayed, 0);
       if (now !== errors) { errors = now; refreshDlq(); }
       draw();
-    } else if (type === "change" && ev.bucket !== "flowctl_agents") {
-      reloadSoon();  // the flow's record or a replica's state: the header and buttons
+    } else if (type === "change" && ev.bucket === "flowctl_flows") {
+      reloadSoon();  // the flow's record: the header and buttons
+    } else if (type === "change" && ev.bucket === "flowctl_status") {
+      const now = ev.op === "del" ? null : ev.value.state;
+      if (states[ev.key] !== now) { states[ev.key] = now; reloadSoon(); }  // observed state
     }
   });
   return plots;
