@@ -8,7 +8,8 @@ const CUT = 34;  // characters of a reason shown on the card (all of it in its t
 export function drawGraph(graph) {
   const width = graph.columns * (NODE_W + GAP_X) + 20;
   const rows = Math.max(1, ...graph.nodes.map((n) => n.row + 1));
-  const svg = el("svg", { class: "graph", width, height: rows * (NODE_H + GAP_Y) + 20,
+  const height = rows * (NODE_H + GAP_Y) + 20;
+  const svg = el("svg", { class: "graph", width, height, viewBox: `0 0 ${width} ${height}`,
                           role: "img", "aria-label": "flow graph" });
   svg.append(el("defs", {}, el("marker", { id: "arrow", viewBox: "0 0 10 10", refX: "10", refY: "5",
     markerWidth: "7", markerHeight: "7", orient: "auto-start-reverse" }, el("path", { d: "M 0 0 L 10 5 L 0 10 z" }))));
