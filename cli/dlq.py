@@ -85,36 +85,22 @@ def replay(
     Example: flowctl dlq replay orders enrich
     """
     from flowengine import deadletters
-    from flowstore.models import FlowState, config_key
 
     async def go() -> None:
         async with await engine_session() as engine:
-            record = await engine.flows.get(name)
-            acked = record.spec.delivery != "at-most-once"
-            if record.state == FlowState.NOT_DEPLOYED:
-                fail(f"flow/{name} is not deployed: deploy it first (`flowctl deploy {name}`), "
-                     "then replay")
-            if not acked and record.state != FlowState.RUNNING:
-                fail(f"flow/{name} is at-most-once and not running: replayed events would "
-                     f"reach nobody; start it first (`flowctl start {name}`)")
-            configs = {c.key: c for c in await engine.list_configs(name)}
-            cfg = configs.get(config_key(name, node))
-            if cfg is None:
-                fail(f"flow/{name} has no node '{node}' deployed (nodes: "
-                     f"{', '.join(sorted(c.node for c in configs.values())) or 'none'})")
             try:
-                done, subject = await deadletters.replay(engine.nc, name, cfg, acked, port,
-                                                         limit)
+                done = await deadletters.replay_node(engine, name, node, port, limit)
             except deadletters.ReplayRefused as exc:
                 fail(str(exc))
-        if done and record.state != FlowState.RUNNING:
+        if done.replayed and done.waiting:
             info(f"note: flow/{name} is stopped: the replayed events wait in its stream "
                  f"until `flowctl start {name}` (an undeploy now would discard them)")
         if output.tabular:
-            print(f"flow/{name}: replayed {done} dead letter(s) of '{node}' into {subject}"
-                  + ("; they show in its REPLAYED count" if done else ""))
+            print(f"flow/{name}: replayed {done.replayed} dead letter(s) of '{node}' into "
+                  f"{done.subject}" + ("; they show in its REPLAYED count" if done.replayed
+                                       else ""))
         else:
-            show({"flow": name, "node": node, "replayed": done, "subject": subject}, output)
+            show(done.to_dict(), output)
 
     run(go())
 

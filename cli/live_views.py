@@ -125,38 +125,18 @@ TOP_COLUMNS = ["FLOW", "NODE", "REPLICAS", "STATE", "IN/S", "OUT/S", "LAG", "IN"
 
 
 def node_rows(data: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per node of every flow: its replicas' rates, lag and counters summed; the
-    node's state is its replicas' when they agree, else e.g. ``running 2/3``."""
+    """One row per node of every flow: its replicas summed (:func:`flowstore.figures.node_figures`);
+    the node's state is its replicas' when they agree, else e.g. ``running 2/3``."""
+    from flowstore.figures import by_node, node_figures
+
     rows: list[dict[str, Any]] = []
     for flow in data:
-        nodes: dict[str, list[dict[str, Any]]] = {}
-        for replica in flow["replicas"]:  # already in flow order
-            nodes.setdefault(replica["node"], []).append(replica)
-        for node, replicas in nodes.items():
-            states = [r["state"] for r in replicas]
-            top = max(set(states), key=states.count)
-            state = top if states.count(top) == len(states) else \
-                f"{top} {states.count(top)}/{len(states)}"
-            counters = [r.get("counters", {}) for r in replicas]
-            rows.append({
-                "flow": flow["flow"], "node": node, "replicas": len(replicas), "state": state,
-                "rate_in": sum((r.get("rate") or {}).get("in", 0.0) for r in replicas),
-                "rate_out": sum((r.get("rate") or {}).get("out", 0.0) for r in replicas),
-                "lag": _node_lag(replicas),
-                **{k: sum(c.get(k, 0) for c in counters)
-                   for k in ("in", "out", "errors", "dropped")},
-            })
+        for node, replicas in by_node(flow["replicas"]).items():  # already in flow order
+            figures = node_figures(replicas)
+            rows.append({"flow": flow["flow"], "node": node, **{k: figures[k] for k in (
+                "replicas", "state", "rate_in", "rate_out", "lag", "in", "out", "errors",
+                "dropped")}})
     return rows
-
-
-def _node_lag(replicas: list[dict[str, Any]]) -> int:
-    """A node's lag: per input port the largest any replica reports (at-least-once
-    replicas share one consumer and report the same figure), summed over ports."""
-    per_port: dict[str, list[int]] = {}
-    for replica in replicas:
-        for port, n in (replica.get("lag") or {}).items():
-            per_port.setdefault(port, []).append(n)
-    return sum(max(v) for v in per_port.values())
 
 
 @app.command()

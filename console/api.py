@@ -24,11 +24,13 @@ from fastapi.staticfiles import StaticFiles
 from console import auth
 from console.events import ChangeHub, log_events
 from console.graph import layout
+from console.series import KEEP_S, SAMPLE_S
 from flowengine import deadletters
 from flowengine.observe import in_flow_order
-from flowengine.results import NOTHING_TO_DO
+from flowengine.results import NOTHING_TO_DO, applicable_actions
 from flowengine.since import parse_since
 from flowstore.errors import FlowctlError, FlowNotFound, InvalidTransition, RevisionConflict
+from flowstore.figures import by_node, node_figures
 from flowstore.liveness import as_seen, silent_for
 from flowstore.models import NAME_PATTERN, AgentRecord
 from flowstore.store import read_all
@@ -77,6 +79,10 @@ def create_app(console: Console) -> FastAPI:
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(STATIC / "favicon.ico", media_type="image/x-icon")
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/api/info", dependencies=read)
@@ -94,16 +100,33 @@ def create_app(console: Console) -> FastAPI:
             out.append({"name": record.name, "desired": record.state.value,
                         "observed": effective.observed.value, "revision": record.revision,
                         "nodes": len(record.spec.nodes), "delivery": record.spec.delivery,
-                        "updated_at": record.updated_at})
+                        "updated_at": record.updated_at,
+                        "actions": applicable_actions(record.state.value)})
         return out
 
     @app.get("/api/flows/{name}", dependencies=read)
     async def get_flow(name: Name) -> dict[str, Any]:
-        """A flow: its record, effective state, graph (for drawing) and replica status."""
+        """A flow: its record, effective state, graph (for drawing), replica status, each
+        node's figures (its replicas summed) and the lifecycle actions that apply now."""
         record = await engine.flows.get(name)
+        status = await _status(engine, name, record)
         return {"flow": record.model_dump(mode="json"),
                 "effective": (await engine.effective_state(name)).to_dict(),
-                "graph": layout(record.spec), "status": await _status(engine, name, record)}
+                "graph": layout(record.spec), "status": status,
+                "nodes": {node: node_figures(replicas)
+                          for node, replicas in by_node(status).items()},
+                "actions": applicable_actions(record.state.value)}
+
+    @app.get("/api/flows/{name}/series", dependencies=read)
+    async def series(name: Name) -> dict[str, Any]:
+        """The flow's figures over the last minutes, one sample a second, oldest first:
+        ``{t, nodes: {node: {rate_in, rate_out, lag, out_ports}}, ports: {"node.port":
+        events/s}}``; new samples follow as ``event: sample`` on ``/api/events?flow=``,
+        with each node's figures whole (state, reason, counters, as in ``GET
+        /api/flows/{name}``)."""
+        await engine.flows.get(name)  # 404 for an unknown flow
+        return {"interval_s": SAMPLE_S, "keep_s": KEEP_S,
+                "samples": console.hub.series.of(name)}
 
     @app.get("/api/flows/{name}/status", dependencies=read)
     async def flow_status(name: Name) -> list[dict[str, Any]]:
@@ -178,6 +201,20 @@ def create_app(console: Console) -> FastAPI:
         """A node's dead letters, oldest first."""
         return [letter.to_dict()
                 async for letter in deadletters.read(engine.nc, name, node, limit)]
+
+    @app.post("/api/flows/{name}/dlq/{node}/replay", dependencies=control)
+    async def replay(name: Name, node: Name,
+                     port: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
+                     limit: Annotated[int | None, Query(ge=1, le=1_000_000)] = None
+                     ) -> dict[str, Any]:
+        """Send a node's dead letters back into its input (``port``, default its first),
+        oldest first, as ``flowctl dlq replay`` does; 409 when the flow cannot take them
+        now (not deployed; at-most-once and not running) or the node has no input."""
+        try:
+            done = await deadletters.replay_node(engine, name, node, port, limit)
+        except deadletters.ReplayRefused as exc:
+            raise HTTPException(409, str(exc)) from None
+        return {**done.to_dict(), "waiting": done.waiting}
 
     @app.get("/api/flows/{name}/logs", dependencies=read,
              response_class=StreamingResponse,

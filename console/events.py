@@ -7,6 +7,9 @@
   A replica status is sent as readers show it (:func:`flowstore.liveness.as_seen`), and
   sent again when its agent falls silent or heartbeats again (the hub looks at the
   agents it already has every :data:`SILENCE_CHECK_S`: a dead agent changes no key).
+  Every :data:`~console.series.SAMPLE_S` it samples each flow's figures from those
+  records into :class:`~console.series.Series` (the charts' last minutes) and sends the
+  sample to the clients that follow that flow (``event: sample``, ``op: "sample"``).
 * :func:`log_events` reads a flow's stored log lines (FLOWCTL_LOGS) from a point (the
   ``Last-Event-ID`` a reconnecting browser sends, which is the stream sequence, or a
   time) and follows new ones: resumable without loss while the stream keeps them.
@@ -24,6 +27,7 @@ from typing import Any
 
 import structlog
 
+from console.series import SAMPLE_S, Series
 from flowstore.liveness import UNKNOWN, as_seen
 from flowstore.models import AgentRecord, logs_subject
 from flowstore.nats import AGENTS_BUCKET, FLOWS_BUCKET, STATUS_BUCKET, open_bucket
@@ -65,6 +69,8 @@ def change(bucket: str, entry: Any) -> dict[str, Any]:
 
 def concerns(item: dict[str, Any], flow: str | None) -> bool:
     """Does a change concern a client that follows ``flow`` (None: everything)?"""
+    if item["op"] == "sample":  # a flow's figures, every second: for its followers only
+        return item["key"] == flow
     if flow is None or item["bucket"] == AGENTS_BUCKET:
         return True
     return item["key"] == flow or item["key"].startswith(flow + ".")
@@ -80,10 +86,12 @@ class ChangeHub:
         self._agents: dict[str, AgentRecord] = {}
         #: status key -> whether it was last sent as ``unknown``
         self._sent_unknown: dict[str, bool] = {}
+        self.series = Series()
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._watch(b), name=f"watch {b}") for b in WATCHED]
         self._tasks.append(asyncio.create_task(self._silences(), name="silences"))
+        self._tasks.append(asyncio.create_task(self._samples(), name="samples"))
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -169,6 +177,19 @@ class ChangeHub:
             for item in self.silence_changes(datetime.now(UTC)):
                 self._publish(item)
 
+    def seen_statuses(self, now: datetime) -> list[dict[str, Any]]:
+        """Every replica status record as readers show it now."""
+        return [self._seen(s, now) for s in self._status.values()
+                if isinstance(s.get("flow"), str) and isinstance(s.get("node"), str)]
+
+    async def _samples(self) -> None:
+        while True:
+            await asyncio.sleep(SAMPLE_S)
+            now = datetime.now(UTC)
+            added = self.series.add(now.timestamp(), self.seen_statuses(now))
+            for flow, sample in added.items():
+                self._publish({"bucket": "", "key": flow, "op": "sample", "value": sample})
+
     def _publish(self, item: dict[str, Any]) -> None:
         for queue in list(self._clients):
             try:
@@ -191,7 +212,7 @@ class ChangeHub:
                 if item is None:
                     return
                 if concerns(item, flow):
-                    yield sse(item, "change")
+                    yield sse(item, "sample" if item["op"] == "sample" else "change")
         finally:
             self._clients.discard(queue)
 

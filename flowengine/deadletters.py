@@ -120,6 +120,53 @@ async def replay(nc: Any, flow: str, cfg: ComponentConfig, acked: bool, port: st
     return done, subject
 
 
+@dataclass
+class Replayed:
+    """What :func:`replay_node` did: how many dead letters went back into ``subject``;
+    ``waiting`` when the flow is stopped (they wait in its stream until it starts)."""
+
+    flow: str
+    node: str
+    replayed: int
+    subject: str
+    waiting: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"flow": self.flow, "node": self.node, "replayed": self.replayed,
+                "subject": self.subject}
+
+
+def replay_refusal(name: str, state: str, delivery: str) -> str | None:
+    """Why a flow in desired ``state`` cannot take replayed dead letters now, or None."""
+    if state == "not_deployed":
+        return (f"flow/{name} is not deployed: deploy it first (`flowctl deploy {name}`), "
+                "then replay")
+    if delivery == "at-most-once" and state != "running":
+        return (f"flow/{name} is at-most-once and not running: replayed events would "
+                f"reach nobody; start it first (`flowctl start {name}`)")
+    return None
+
+
+async def replay_node(engine: Any, name: str, node: str, port: str | None = None,
+                      limit: int | None = None) -> Replayed:
+    """Replay a node's dead letters into its input after the checks ``flowctl dlq
+    replay`` and the console share; raises :class:`ReplayRefused` (and FlowNotFound)."""
+    from flowstore.models import config_key
+
+    record = await engine.flows.get(name)
+    refused = replay_refusal(name, record.state.value, record.spec.delivery)
+    if refused:
+        raise ReplayRefused(refused)
+    configs = {c.key: c for c in await engine.list_configs(name)}
+    cfg = configs.get(config_key(name, node))
+    if cfg is None:
+        raise ReplayRefused(f"flow/{name} has no node '{node}' deployed (nodes: "
+                            f"{', '.join(sorted(c.node for c in configs.values())) or 'none'})")
+    done, subject = await replay(engine.nc, name, cfg, record.spec.delivery != "at-most-once",
+                                 port, limit)
+    return Replayed(name, node, done, subject, record.state.value != "running")
+
+
 async def purge(nc: Any, flow: str, node: str | None) -> int:
     """Remove the dead letters of one node, or of every node of the flow; how many."""
     before = await dead_letter_counts(nc, flow)

@@ -86,3 +86,18 @@ NOTHING_TO_DO = {
     ("stop", "not_deployed"): "not deployed, so nothing runs",
     ("undeploy", "not_deployed"): "already not deployed",
 }
+
+#: The desired state from which each lifecycle action moves the flow (the engine refuses
+#: it from the others, or has nothing to do: :data:`NOTHING_TO_DO`).
+ACTION_APPLIES = {
+    "deploy": "not_deployed",
+    "start": "deployed_stopped",
+    "stop": "running",
+    "undeploy": "deployed_stopped",
+}
+
+
+def applicable_actions(state: str) -> list[str]:
+    """The lifecycle actions that change a flow in desired ``state`` (the console enables
+    only their buttons)."""
+    return [action for action, applies in ACTION_APPLIES.items() if applies == state]

@@ -42,14 +42,24 @@ def is_live(agent: AgentRecord, now: datetime) -> bool:
     return silent_for(agent, now) is None
 
 
+def current_rate(state: str, rate: dict[str, float]) -> dict[str, float]:
+    """A replica's rates as they are now: what it measured while it is up (starting,
+    running, degraded); 0 once it is not (stopped, failed, completed, pending), since it
+    takes and emits nothing then (its last measured rate would read as work going on)."""
+    return dict(rate) if state in _UP else {"in": 0.0, "out": 0.0}
+
+
 def as_seen(status: dict[str, Any], agent: AgentRecord | None, now: datetime) -> dict[str, Any]:
     """A dumped replica status record as a reader shows it at ``now``, given the record
     of the agent it names (None: there is none). Up on a silent agent (or one with no
     record left: it expired 60 s after its last heartbeat, or the agent left): state
     ``unknown``, reason ``agent a1 silent 2.1 s``, no rates or lag (they are stale),
-    ``reported_state`` what the record said. Anything else as written."""
+    ``reported_state`` what the record said. A replica that is not up has rates 0
+    (:func:`current_rate`). Anything else as written."""
     name = status.get("agent")
-    if status.get("state") not in _UP or not name:
+    if status.get("state") not in _UP:
+        return {**status, "rate": current_rate(status.get("state", ""), status.get("rate") or {})}
+    if not name:
         return status
     if agent is None or agent.name != name:
         reason = f"agent {name} silent (its heartbeat record is gone)"
@@ -62,4 +72,5 @@ def as_seen(status: dict[str, Any], agent: AgentRecord | None, now: datetime) ->
             "reason": reason, "rate": {}, "lag": {}}
 
 
-__all__ = ["OVERDUE_AFTER_HEARTBEATS", "UNKNOWN", "as_seen", "is_live", "silent_for"]
+__all__ = ["OVERDUE_AFTER_HEARTBEATS", "UNKNOWN", "as_seen", "current_rate", "is_live",
+           "silent_for"]

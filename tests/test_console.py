@@ -1,10 +1,14 @@
 """The web console and its API, as a user meets them: a real nats-server, a real agent,
 `flowctl ui` as a real process, the page in a real headless Chromium (Debian's
 `chromium`, driven by Playwright), and the API fuzzed from its OpenAPI document by
-schemathesis (no answer may be a server error)."""
+schemathesis (no answer may be a server error).
+
+The flow: ``orders`` (generate) -> ``price`` (python; fails every 25th order while the
+file ``broken`` exists: dead letters) -> ``big`` (filter: ``filtered``) -> ``books``."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -24,6 +28,7 @@ from tests.programs.cli_helpers import (  # noqa: F401  (fixtures)
     flowctl,
     free_port,
     ok,
+    read_kv,
     wait_for,
 )
 
@@ -35,11 +40,21 @@ kind: Flow
 metadata: {name: shop}
 spec:
   sources:
-    - {id: orders, type: generate, config: {rate: 50, template: {qty: 2}}}
+    - {id: orders, type: generate, config: {rate: 40, template: {qty: "{seq}"}}}
   processors:
-    - {id: price, type: transform, inputs: [orders], config: {set: {total: "qty * 10"}}}
+    - {id: price, type: python, inputs: [orders], config: {function: "shop_price:handle"}}
+    - {id: big, type: filter, inputs: [price], config: {where: "qty %% 3 != 0"}}
   sinks:
-    - {id: books, type: file, inputs: [price], config: {path: "%s"}}
+    - {id: books, type: file, inputs: [big], config: {path: "%s"}}
+"""
+PRICE = """\
+import os
+
+def handle(event):
+    if event["seq"] %% 25 == 7 and os.path.exists(%r):
+        raise ValueError(f"cannot price order {event['seq']}")
+    event["total"] = event["qty"] * 10
+    return event
 """
 
 
@@ -59,6 +74,8 @@ def console(nats_url: str, tmp_path: Path, cli_agent: Callable[..., Flowctl]) ->
     cli_agent("ui-agent")
     flow = tmp_path / "shop.yaml"
     flow.write_text(FLOW % (tmp_path / "books.jsonl"))
+    (tmp_path / "broken").touch()
+    (tmp_path / "shop_price.py").write_text(PRICE % str(tmp_path / "broken"))
     ok(flowctl("up", "-f", str(flow), nats_url=nats_url))
     port = free_port()
     ui = Flowctl("ui", "--port", str(port), "--allow-control", "--ui-token", TOKEN,
@@ -77,26 +94,46 @@ def test_control_needs_the_token(console: str) -> None:
         assert response.status == 200  # reading on 127.0.0.1 needs none
 
 
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_the_icon_is_served(console: str) -> None:
+    with urllib.request.urlopen(f"{console}/favicon.ico", timeout=10) as response:
+        assert response.status == 200 and response.headers["Content-Type"] == "image/x-icon"
+        assert response.read()[:4] == b"\x00\x00\x01\x00"  # an ICO file
+
+
+def enabled(page: Any) -> list[str]:
+    """The lifecycle buttons that can be pressed now."""
+    return page.eval_on_selector_all("button[data-action]",
+                                     "bs => bs.filter(b => !b.disabled).map(b => b.dataset.action)")
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
-def test_console_in_a_real_browser(console: str) -> None:
+def test_console_in_a_real_browser(console: str, tmp_path: Path, nats_url: str) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
-            page = browser.new_page(viewport={"width": 1100, "height": 760})
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(f"{console}/#token={TOKEN}")
             row = page.locator("#flows tr", has_text="shop")
             expect(row).to_contain_text("running", timeout=15_000)
 
             row.get_by_role("link", name="shop").click()
             nodes = page.locator("svg.graph g[data-node]")
-            expect(nodes).to_have_count(3)
-            assert [nodes.nth(i).get_attribute("data-node") for i in range(3)] == \
-                ["orders", "price", "books"]
+            expect(nodes).to_have_count(4)
+            assert [nodes.nth(i).get_attribute("data-node") for i in range(4)] == \
+                ["orders", "price", "big", "books"]
             edges = page.locator("svg.graph path[data-edge]")
-            assert sorted(edges.nth(i).get_attribute("data-edge") for i in range(2)) == \
-                ["orders.out->price.in", "price.out->books.in"]
+            assert sorted(edges.nth(i).get_attribute("data-edge") for i in range(3)) == \
+                ["big.out->books.in", "orders.out->price.in", "price.out->big.in"]
+            assert enabled(page) == ["stop"]  # running: only Stop applies
 
             price = page.locator('g[data-node="price"]')
             expect(price).to_have_attribute("data-state", "running", timeout=15_000)
@@ -104,15 +141,109 @@ def test_console_in_a_real_browser(console: str) -> None:
             page.wait_for_function(  # counters move by the event stream, no reload
                 "n => (e => e && +e.dataset.in > n)("
                 "document.querySelector('g[data-node=price]'))", arg=first, timeout=15_000)
+            # the chart's data moves: more points, a later last one, a rate in it
+            chart = "document.querySelector('[data-chart=price]').dataset"
+            page.wait_for_function(f"{chart}.lastIn > 0", timeout=15_000)
+            before = page.evaluate(f"[+{chart}.points, +{chart}.lastT]")
+            page.wait_for_function(f"+{chart}.points > {before[0]} && +{chart}.lastT > "
+                                   f"{before[1]}", timeout=10_000)
+            expect(page.locator("[data-chart] canvas")).to_have_count(4)
+            # edges show their own rate; filtered and dead letters are on the cards
+            page.wait_for_function("+document.querySelector("
+                                   "'[data-edge-rate=\"price.out->big.in\"]').dataset.rate > 0",
+                                   timeout=15_000)
+            page.wait_for_function("(e => +e.dataset.filtered > 0 && /filtered [1-9]/.test("
+                                   "e.textContent))(document.querySelector('g[data-node=big]'))",
+                                   timeout=15_000)
+            page.wait_for_function("+document.querySelector('g[data-node=price]')"
+                                   ".dataset.deadLetters > 0", timeout=20_000)
             if os.environ.get("FLOWCTL_SCREENSHOT"):
-                page.wait_for_timeout(3000)
+                page.wait_for_timeout(12_000)  # some seconds more on the charts
                 page.screenshot(path=os.environ["FLOWCTL_SCREENSHOT"], full_page=True)
+
+            # the dead letters shown, then replayed after the fix
+            page.locator('button[data-dlq-show="price"]').click()
+            expect(page.locator("#dlq-shown tbody tr").first).to_contain_text("cannot price order")
+            (tmp_path / "broken").unlink()
+            page.locator('button[data-dlq-replay="price"]').click()
+            expect(page.locator("#dlq-note")).to_contain_text("dead letter(s) of price into "
+                                                              "flowctl.shop.orders.out")
+            expect(page.locator("#dead-letters")).to_contain_text("No dead letters")
+            assert get_json(f"{console}/api/flows/shop/dlq") == {}
+            page.wait_for_function("+document.querySelector('g[data-node=price]')"
+                                   ".dataset.deadLetters === 0", timeout=10_000)
+
+            # the agents: heartbeat age, loop lag and what each runs
+            page.get_by_role("link", name="Agents").click()
+            agent = page.locator("#agents tr", has_text="ui-agent")
+            expect(agent).to_contain_text("s ago")
+            expect(agent).to_contain_text(" ms")
+            expect(agent.locator("td.runs")).to_contain_text("shop: big.0, books.0, orders.0, "
+                                                             "price.0")
+            page.go_back()
 
             page.get_by_role("button", name="Stop").click()
             state = page.locator("#flow-state")
             expect(state).to_have_attribute("data-desired", "deployed_stopped", timeout=15_000)
             expect(state).to_have_attribute("data-observed", "stopped", timeout=20_000)
             expect(page.locator("#error")).to_be_hidden()
+            expect(page.locator("button[data-action=start]")).to_be_enabled()
+            assert enabled(page) == ["start", "undeploy"]
+            # a stopped replica's rate is 0: in the API and on the page
+            for replica in get_json(f"{console}/api/flows/shop/status"):
+                assert replica["state"] == "stopped" and replica["rate"] == {"in": 0, "out": 0}
+            expect(price).to_have_attribute("data-rate-in", "0", timeout=5_000)
+            expect(price.locator(".rates")).to_contain_text("in/s 0 · out/s 0")
+            assert errors == []  # no script error on the way
+        finally:
+            browser.close()
+    # and the agent itself wrote it so: the record says 0, not the last rate it measured
+    for value in read_kv(nats_url, "flowctl_status", "shop.>").values():
+        assert json.loads(value)["rate"] == {"in": 0.0, "out": 0.0}
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_a_flow_not_deployed_says_what_is_empty_then_a_failed_node_says_why(
+        console: str) -> None:
+    """Applied, not deployed: only Deploy applies; charts, dead letters and logs say
+    that there is nothing yet instead of being blank. Deployed and started, a node whose
+    module is missing is drawn failed, with the reason."""
+    from playwright.sync_api import expect, sync_playwright
+
+    document = {"apiVersion": "flowctl/v1", "kind": "Flow", "metadata": {"name": "idle"},
+                "spec": {"sources": [{"id": "gen", "type": "generate", "config": {"count": 1}}],
+                         "processors": [{"id": "fix", "type": "python", "inputs": ["gen"],
+                                         "config": {"function": "no_such_module:handle"}}],
+                         "sinks": [{"id": "out", "type": "stdout", "inputs": ["fix"]}]}}
+    request = urllib.request.Request(f"{console}/api/flows/idle", method="PUT",
+                                     data=json.dumps(document).encode(),
+                                     headers={"Authorization": f"Bearer {TOKEN}",
+                                              "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{console}/#token={TOKEN}")
+            page.goto(f"{console}/#/flows/idle")
+            expect(page.locator("#flow-state")).to_have_attribute("data-desired", "not_deployed")
+            assert enabled(page) == ["deploy"]
+            expect(page.locator("#charts .empty")).to_contain_text("No samples yet")
+            expect(page.locator("#dead-letters .empty")).to_contain_text("No dead letters")
+            expect(page.locator("#logs-empty")).to_contain_text("No log lines")
+            expect(page.locator("g[data-node=gen]")).to_contain_text("state: no status")
+
+            page.get_by_role("button", name="Deploy", exact=True).click()
+            expect(page.locator("button[data-action=start]")).to_be_enabled(timeout=15_000)
+            assert enabled(page) == ["start", "undeploy"]
+            page.get_by_role("button", name="Start").click()
+            fix = page.locator("g[data-node=fix]")
+            expect(fix).to_have_class("card state-failed", timeout=20_000)
+            expect(fix.locator(".reason")).to_contain_text("ImportError")  # cut to fit
+            expect(fix.locator("title")).to_contain_text("no_such_module")  # all of it
+            expect(page.locator("#nodes-table tr", has_text="fix")).to_contain_text(
+                "no_such_module")
         finally:
             browser.close()
 
@@ -146,12 +277,12 @@ def test_a_late_list_redraw_does_not_replace_the_flow_opened_meanwhile(console: 
                 page.wait_for_timeout(100)
             assert held, "no status change redrew the flow list in 15 s"
             page.get_by_role("link", name="shop").click()
-            expect(page.locator("svg.graph g[data-node]")).to_have_count(3)
+            expect(page.locator("svg.graph g[data-node]")).to_have_count(4)
             with page.expect_response("**/api/flows"):
                 held[0].continue_()
             page.wait_for_timeout(300)  # (its answer is read and would be drawn now)
             expect(page.locator("h2")).to_have_text("flow/shop")
-            expect(page.locator("svg.graph g[data-node]")).to_have_count(3)
+            expect(page.locator("svg.graph g[data-node]")).to_have_count(4)
         finally:
             browser.close()
 

@@ -130,9 +130,9 @@ def test_a_replica_of_a_silent_agent_is_shown_unknown_by_the_rule_of_flowctl_age
         "state": "unknown", "agent": "a1", "reason": "agent a1 silent 4.1 s", "rate": {},
         "lag": {}, "reported_state": "running"}
     assert as_seen(running, None, now)["reason"] == "agent a1 silent (its heartbeat record is gone)"
-    for state in ("completed", "stopped", "failed", "pending"):  # as written
+    for state in ("completed", "stopped", "failed", "pending"):  # as written, rates 0
         record = {**running, "state": state}
-        assert as_seen(record, late, now) is record
+        assert as_seen(record, late, now) == {**record, "rate": {"in": 0.0, "out": 0.0}}
 
 
 def test_the_leader_says_where_each_replica_went_and_why() -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from componentmanager.dataplane.latency import LatencyHistogram
+from flowstore.liveness import current_rate
 from flowstore.models import ComponentConfig, Counters, ReplicaState, ReplicaStatus, utcnow
 from flowstore.nats import NatsOptions
 
@@ -146,11 +147,12 @@ class Replica:
 
     def status(self) -> ReplicaStatus:
         degraded = self.state == ReplicaState.RUNNING and self.degraded is not None
+        state = ReplicaState.DEGRADED if degraded else self.state
         return ReplicaStatus(
             flow=self.cfg.flow,
             node=self.cfg.node,
             replica=self.index,
-            state=ReplicaState.DEGRADED if degraded else self.state,
+            state=state,
             reason=self.degraded if degraded else (self.note or self.held_up_by()),
             agent=self.host.agent_name,
             started_at=self.started_at,
@@ -159,7 +161,7 @@ class Replica:
             exit_code=self.exit_code,
             pid=self.pid if self.pid is not None else os.getpid(),
             counters=self.counters.to_model(),
-            rate=dict(self.rate),
+            rate=current_rate(state, self.rate),
             lag=dict(self.lag),
             held=self.held_events(),
             flow_revision=self.cfg.flow_revision,
