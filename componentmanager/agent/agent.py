@@ -292,15 +292,16 @@ class Agent(ReplicaKeeping):
                     self.last_heartbeat = record
                 except KeyWrongLastSequenceError:
                     await self._check_fenced()
-                self.cut_off.contact()
                 await self._anchor_server_clock()
             except Exception as exc:  # never let the heartbeat die: retry next interval
                 log.warning("heartbeat failed", error=str(exc) or repr(exc))
 
     async def _anchor_server_clock(self) -> None:
-        """A heartbeat was acked: steady contact, and the server's time of it read back
-        (see :mod:`componentmanager.agent.contact`)."""
+        """A heartbeat (or the announcement) was acked: in contact (not cut off), steady
+        contact, and the server's time of it read back (see
+        :mod:`componentmanager.agent.contact`)."""
         acked_at = time.monotonic()
+        self.cut_off.contact()
         self.contact.acked(acked_at)
         found = await stored_at(self.agents_kv, revision=self._agent_rev)
         if found is not None:
