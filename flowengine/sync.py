@@ -19,7 +19,7 @@ reads, and the level-triggered writes that the actions of
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import Self, TypeVar
 
 from nats.aio.client import Client as NatsClient
@@ -74,6 +74,25 @@ _T = TypeVar("_T")
 
 class _Retry(Exception):
     """A per-key compare-and-set lost: recompute and try again."""
+
+
+#: Writes of one action in flight at once (each is a request to the server).
+PIPELINE_WIDTH = 256
+
+
+async def pipelined(writes: Iterable[Awaitable[object]]) -> None:
+    """Await ``writes`` :data:`PIPELINE_WIDTH` at a time instead of one round trip
+    each. Every write of a group ends before the first failure is raised (a lost
+    compare-and-set as :class:`_Retry`), so what was written is known."""
+    pending = list(writes)
+    for start in range(0, len(pending), PIPELINE_WIDTH):
+        results = await asyncio.gather(*pending[start:start + PIPELINE_WIDTH],
+                                       return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            for rest in pending[start + PIPELINE_WIDTH:]:
+                rest.close()  # type: ignore[attr-defined]  # never started
+            raise failed[0]
 
 
 def _flow_of(key: str) -> str:
@@ -240,7 +259,8 @@ class FlowKV:
         if changed:  # the streams and consumers exist before any replica may publish
             await self._ensure_streams(name, spec, list(desired.values()))
         placed = place([desired[k] for k in changed], agents, others=others)
-        for key in changed:
+
+        async def write(key: str) -> None:
             cfg = desired[key]
             cfg.assignments = placed.assignments[key]
             try:
@@ -250,34 +270,39 @@ class FlowKV:
                     await self.configs.create(key, cfg.to_json())
             except KeyWrongLastSequenceError:
                 raise _Retry from None
-            if key not in changes.added and key not in changes.updated:
-                (changes.updated if key in mine else changes.added).append(key)
-        for key in removed:
-            await self.configs.delete(key)
-            if key not in changes.removed:
-                changes.removed.append(key)
+            written.add(key)
+
+        written: set[str] = set()
+        try:
+            await pipelined(write(key) for key in changed)
+        finally:  # in the flow's order, whatever order the writes completed in
+            for key in changed:
+                if key in written and key not in changes.added and key not in changes.updated:
+                    (changes.updated if key in mine else changes.added).append(key)
+        await pipelined(self.configs.delete(key) for key in removed)
+        changes.removed += [key for key in removed if key not in changes.removed]
         changes.unchanged = [k for k in desired if k not in changes.written]
 
         statuses = await read_all(self.status, f"{name}.*.*")
-        for key, replica, reason in placed.pending():
-            cfg = desired[key]
-            record = ReplicaStatus(flow=name, node=cfg.node, replica=replica,
-                                   state=ReplicaState.PENDING, last_error=reason,
-                                   flow_revision=revision)
-            await self.status.put(record.key, record.to_json())
-            changes.pending[record.key] = reason
+        pending = [ReplicaStatus(flow=name, node=desired[key].node, replica=replica,
+                                 state=ReplicaState.PENDING, last_error=reason,
+                                 flow_revision=revision)
+                   for key, replica, reason in placed.pending()]
+        await pipelined(self.status.put(r.key, r.to_json()) for r in pending)
+        changes.pending.update({r.key: r.last_error or "" for r in pending})
         wanted = {status_key(name, c.node, r) for c in desired.values() for r in range(c.replicas)}
+        stale = []
         for key, entry in sorted(statuses.items()):
             if _flow_of(key) != name or key in changes.pending:
                 continue
-            stale = key not in wanted  # a removed node, or a replica beyond the count
-            if not stale and key.rsplit(".", 1)[0] in changed:  # pending before, placed now
+            gone = key not in wanted  # a removed node, or a replica beyond the count
+            if not gone and key.rsplit(".", 1)[0] in changed:  # pending before, placed now
                 old = _decode(ReplicaStatus, entry.value)
-                stale = old is not None and old.state == ReplicaState.PENDING
-            if stale:
-                await self.status.delete(key)
-                if key not in changes.status_removed:
-                    changes.status_removed.append(key)
+                gone = old is not None and old.state == ReplicaState.PENDING
+            if gone:
+                stale.append(key)
+        await pipelined(self.status.delete(key) for key in stale)
+        changes.status_removed += [k for k in stale if k not in changes.status_removed]
 
     async def _ensure_streams(self, name: str, spec: FlowSpec,
                               configs: list[ComponentConfig]) -> None:
