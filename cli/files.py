@@ -232,10 +232,11 @@ def apply(
 ) -> None:
     """Create or update flows from files (validated first); --start also runs them.
 
-    A deployed flow picks up the change live; each flow's revision is printed. A source
-    keeps its position across config changes that leave what it reads alone (a file's
-    path, a subject, a generate's template): count 10 -> 20 emits 10 more. --reset NODE
-    starts it over.
+    A deployed flow picks up the change live; each flow's revision is printed.
+
+    A source goes on from its position when what it reads stays the same
+    (a file's path, a subject, a generate's template): count 10 -> 20 emits
+    10 more. --reset NODE starts it over.
 
     Example: flowctl apply -f examples/hello.yaml --start
     """

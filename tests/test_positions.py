@@ -167,6 +167,8 @@ async def test_count_10_then_20_then_rollback_gives_20_lines_and_reset_starts_ov
         return sorted(json.loads(line)["seq"] for line in read_lines(out))
 
     _flow_file(flow, out, 10, delivery)
+    said = cli("apply", "-f", str(flow), "--reset", "gen")
+    assert "--reset: flow/counted is not deployed, so it keeps no position" in said
     cli("apply", "-f", str(flow), "--start")
     await wait_until(lambda: all_in_state(nc, "counted", ["counted.gen.0"], "completed"), 30,
                      "the source completed")
