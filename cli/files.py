@@ -182,13 +182,17 @@ async def _bring_up(engine: Any, name: str) -> list[str]:
     return steps
 
 
-def _apply(files: list[str], output: Format, start: bool, local: bool = False) -> None:
+def _apply(files: list[str], output: Format, start: bool, local: bool = False,
+           reset: list[str] | None = None) -> None:
     async def go() -> None:
+        from flowengine.resets import reset_targets
+
         flows = load_checked(files, local)
+        targets = reset_targets([(f.name, f.spec) for f in flows], reset or [])
         results = []
         async with await engine_session() as engine:
             for loaded in flows:
-                result = await engine.apply(loaded.name, loaded.spec)
+                result = await engine.apply(loaded.name, loaded.spec, targets[loaded.name])
                 steps = await _bring_up(engine, loaded.name) if start else []
                 results.append((result, steps))
         data = []
@@ -208,6 +212,9 @@ def _apply(files: list[str], output: Format, start: bool, local: bool = False) -
                 for warning in changes.validation.warnings:
                     info(f"  warning: {warning}")
             print_changes(changes)
+            if targets[flow.name] and not changes.reset:
+                info(f"  --reset: flow/{flow.name} is not deployed, so it keeps no position "
+                     "(it starts from the beginning when deployed)")
         if not output.tabular:
             show(data[0] if len(data) == 1 else data, output)
 
@@ -218,15 +225,22 @@ def _apply(files: list[str], output: Format, start: bool, local: bool = False) -
 def apply(
     file: FilesOpt,
     start: Annotated[bool, typer.Option("--start", help="Then deploy and start it.")] = False,
+    reset: Annotated[list[str] | None, typer.Option(
+        "--reset", metavar="NODE", help="Start this source (or window/join) over instead of "
+        "going on from its position (repeatable).")] = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """Create or update flows from files (validated first); --start also runs them.
 
     A deployed flow picks up the change live; each flow's revision is printed.
 
+    A source goes on from its position when what it reads stays the same
+    (a file's path, a subject, a generate's template): count 10 -> 20 emits
+    10 more. --reset NODE starts it over.
+
     Example: flowctl apply -f examples/hello.yaml --start
     """
-    _apply(file, output, start)
+    _apply(file, output, start, reset=reset)
 
 
 @app.command()

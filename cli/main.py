@@ -221,6 +221,8 @@ def print_changes(changes: Any) -> None:
         info(f"  ! replica {key} still running (did not report stopped in time)")
     for stream in getattr(changes, "streams_removed", []):
         info(f"  - stream {stream}")
+    for key in getattr(changes, "reset", []):
+        info(f"  * config {key} reset: it starts over")
 
 
 def _transition(action: str, name: str, output: Format, **kwargs: Any) -> None:

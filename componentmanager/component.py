@@ -19,6 +19,8 @@ A component is constructed with its validated config and a :class:`Context`, the
 * ``await flush()`` every ``flush_interval`` seconds when that is set (time windows), and
   once before stop;
 * ``await stop()`` once, at the end.
+* sources: ``position_fields`` lists the config fields naming what the source reads;
+  a config change that keeps them keeps its position (``ctx.resume_position()``).
 * ``held()``: how many input events the component holds that are not yet emitted or
   written out (a batch being filled, unflushed file lines). With at-least-once delivery
   the runner acks those inputs only once ``held()`` is 0 again (after an emit or a
@@ -155,6 +157,10 @@ class Component:
     stateful: ClassVar[bool] = False
     #: "transactional", "idempotent" or None (see the module doc: exactly-once)
     exactly_once: ClassVar[str | None] = None
+    #: sources: the config fields naming what the source reads (a path, a subject); its
+    #: position is kept across config changes that leave them alone. None: every field
+    #: (any config change starts it over). See :mod:`componentmanager.runners.checkpoint`.
+    position_fields: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, config: BaseModel, ctx: Context) -> None:
         self.config = config

@@ -22,12 +22,15 @@ observes what the agents report in ``flowctl_status`` (with the pure
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from flowengine.errors import ValidationFailed
 from flowengine.issues import ValidationResult
 from flowengine.observe import EffectiveState, observe
+from flowengine.resets import reset_targets
 from flowengine.results import ApplyResult, ConfigChanges, TransitionResult
 from flowengine.stopping import ACTIVE, still_running, stop_waves
 from flowengine.sync import FlowKV
@@ -74,9 +77,13 @@ class FlowEngine(FlowKV):
 
     # -- actions ---------------------------------------------------------------------------
 
-    async def apply(self, name: str, spec: FlowSpec) -> ApplyResult:
+    async def apply(self, name: str, spec: FlowSpec, reset: Iterable[str] = ()) -> ApplyResult:
         """Create the flow or store ``spec`` as its new revision (CAS); if it is deployed,
-        sync its configs (only changed nodes are rewritten). Raises ValidationFailed."""
+        sync its configs (only changed nodes are rewritten). Raises ValidationFailed.
+
+        ``reset``: nodes to start over (a source's position, a stateful node's state; see
+        :mod:`flowengine.resets`); CannotReset, before any write, for a name that is no
+        such node. A flow that is not deployed keeps nothing: there is nothing to reset."""
         try:
             record: FlowRecord | None = await self.flows.get(name)
         except FlowNotFound:
@@ -89,6 +96,8 @@ class FlowEngine(FlowKV):
                                                    *rescale_issues(record.spec, spec)])
         if not result.ok:
             raise ValidationFailed(result, name)
+        token = secrets.token_hex(4)  # one per apply: a retried write renews nothing twice
+        resets = {node: token for node in reset_targets([(name, spec)], reset)[name]}
         if record is None:
             created = await self.flows.create(name, spec)  # FlowExists if we lost a race
             return ApplyResult(created, True, ConfigChanges(spec_changed=True, validation=result))
@@ -101,7 +110,7 @@ class FlowEngine(FlowKV):
             revision = record.deployed_revision or record.revision
             await self._settled(name, "apply", changes, self._sync(
                 name, spec, enabled=record.state == FlowState.RUNNING, revision=revision,
-                action="apply", agents=agents, changes=changes, guard=record))
+                action="apply", agents=agents, changes=changes, guard=record, resets=resets))
         changes.spec_changed, changes.validation = spec_changed, result
         return ApplyResult(record, False, changes)
 

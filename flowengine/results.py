@@ -31,6 +31,7 @@ class ConfigChanges:
     #: stop (and undeploy/delete --force): replicas still running when stop stopped waiting
     not_stopped: list[str] = field(default_factory=list)
     streams_removed: list[str] = field(default_factory=list)  # JetStream streams deleted
+    reset: list[str] = field(default_factory=list)  # apply --reset: configs started over
 
     @property
     def written(self) -> list[str]:

@@ -5,7 +5,9 @@ reads, and the level-triggered writes that the actions of
 :class:`~flowengine.lifecycle.FlowEngine` are made of:
 
 * :meth:`FlowKV._sync` makes a flow's config keys match a spec: only what differs is
-  written, compare-and-set per key, placed on the live agents; status keys follow.
+  written, compare-and-set per key, placed on the live agents; status keys follow. A
+  config keeps the ``reset`` token stored with it unless the action renews it
+  (``apply --reset``, see :mod:`flowengine.resets`).
 * :meth:`FlowKV._remove_all` deletes every config key of a flow, then its status keys
   and its at-least-once stream (with the durable consumers in it).
 * :meth:`FlowKV._settle` runs after every action that wrote configs, whether its record
@@ -213,19 +215,21 @@ class FlowKV:
     async def _sync(self, name: str, spec: FlowSpec, *, enabled: bool | frozenset[str],
                     revision: int, action: str, agents: list[AgentRecord] | None = None,
                     changes: ConfigChanges | None = None, guard: FlowRecord | None = None,
-                    ) -> ConfigChanges:
+                    resets: dict[str, str] | None = None) -> ConfigChanges:
         """Make the flow's config keys match ``spec``; retried when a key CAS loses.
 
         ``enabled``: for every node, or the set of nodes to enable (the rest disabled).
         ``guard``: the record the write is based on; a key is only ever created while
         the record is still that one (else RevisionConflict, before creating anything).
+        ``resets``: node -> the new reset token of each node to start over.
         """
         if agents is None:
             agents = await self.live_agents()
         changes = ConfigChanges() if changes is None else changes
         for attempt in range(ATTEMPTS):
             try:
-                await self._sync_once(name, spec, enabled, revision, agents, changes, guard)
+                await self._sync_once(name, spec, enabled, revision, agents, changes, guard,
+                                      resets or {})
                 return changes
             except _Retry:
                 # a key changed under us (or a busy server's snapshot lagged a write):
@@ -235,7 +239,7 @@ class FlowKV:
 
     async def _sync_once(self, name: str, spec: FlowSpec, enabled: bool | frozenset[str],
                          revision: int, agents: list[AgentRecord], changes: ConfigChanges,
-                         guard: FlowRecord | None) -> None:
+                         guard: FlowRecord | None, resets: dict[str, str]) -> None:
         desired = translate(name, spec, flow_revision=revision, enabled=enabled is True)
         if isinstance(enabled, frozenset):
             for cfg in desired.values():
@@ -243,6 +247,11 @@ class FlowKV:
         everything = await read_all(self.configs)
         mine = {k: e for k, e in everything.items() if _flow_of(k) == name}
         current = {k: _decode(ComponentConfig, e.value) for k, e in mine.items()}
+        for key, cfg in desired.items():
+            old = current.get(key)
+            cfg.reset = resets.get(cfg.node, old.reset if old is not None else None)
+            if cfg.node in resets and key not in changes.reset:
+                changes.reset.append(key)
         changed = [k for k in desired if _differs(current.get(k), desired[k])]
         removed = sorted(current.keys() - desired.keys())
         if guard is not None and any(k not in mine for k in changed):

@@ -288,6 +288,9 @@ class ComponentConfig(Record):
     flow_revision: int = 0
     downstream: dict[str, int] = Field(default_factory=dict)
     external: ExternalFields | None = None
+    #: a token ``apply --reset NODE`` renews (later writes carry it over): a new one
+    #: starts the node's position (a stateful node's state) over
+    reset: str | None = None
 
     @property
     def key(self) -> str:

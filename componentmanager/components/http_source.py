@@ -54,6 +54,8 @@ class HttpSource(Component):
     ``Expect: 100-continue`` are supported. Replicas on one host share the port
     (SO_REUSEPORT) where the OS allows it."""
 
+    position_fields = ("host", "port", "path")
+
     def __init__(self, config: HttpSourceConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
         self.config: HttpSourceConfig = config

@@ -77,6 +77,8 @@ def _template(value: Any) -> Callable[[int], Any]:
 class GenerateSource(Component):
     """Emits ``count`` events (or forever) built from ``template``, paced to ``rate``."""
 
+    position_fields = ("template",)  # the sequence; count ends it, rate paces it
+
     def __init__(self, config: GenerateConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
         self.config: GenerateConfig = config
@@ -157,6 +159,7 @@ class FileSource(Component):
     """Reads a text file line by line (blocking reads happen in a worker thread)."""
 
     CHUNK = 1 << 16
+    position_fields = ("path",)
 
     def __init__(self, config: FileSourceConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
@@ -284,6 +287,8 @@ class NatsSourceConfig(BaseModel):
 
 class NatsSource(Component):
     """Subscribes through ``ctx.nc``; JSON bodies are emitted decoded, others as ``{"data"}``."""
+
+    position_fields = ("subject",)
 
     def __init__(self, config: NatsSourceConfig, ctx: Context) -> None:
         super().__init__(config, ctx)

@@ -9,8 +9,25 @@ once every event emitted before it is stored in the flow's stream, every
 :data:`CHECKPOINT_EVERY_S`; so a source restarted by failover, a crash or a stop resumes
 after what was stored and loses nothing, repeating at most what was stored in the last
 interval before it died. A finished source's checkpoint says ``completed``: it stays
-completed across restarts and failover. A checkpoint of another config (the source's
-``type`` or ``config`` changed) is ignored: the source starts over. Undeploy removes them.
+completed across restarts and failover. Undeploy removes them.
+
+A position is relative to *what the source reads* (:func:`position_identity`): its type,
+the config fields its class lists in ``Component.position_fields`` (all of its config when
+it lists none) and the node's ``reset`` token (``flowctl apply --reset NODE`` writes a new
+one). A config change that keeps them (a ``generate``'s ``count`` or ``rate``, a ``file``'s
+``format``) keeps the position, its event count and (exactly-once) the epoch of its event
+ids: the source goes on from there, and a completed one runs again from its position
+(``count: 10`` -> ``20`` emits 10 more; back to ``10`` emits nothing). A change of what it
+reads (a ``file``'s ``path``, a ``nats`` subject) or a reset starts it over
+(:func:`resume_decision`). What each built-in source reads:
+
+* ``generate``: ``template`` (its sequence; ``count`` and ``rate`` only end and pace it)
+* ``file``: ``path`` (``format``, ``follow``, ``poll_interval`` read it differently)
+* ``nats``: ``subject`` (no position: a subscription has no replay; its event count and
+  exactly-once epoch continue)
+* ``http``: ``host``, ``port``, ``path`` (no position, as ``nats``)
+* ``mqtt``: ``url``, ``topic``, ``client_id`` (the broker's session)
+* ``sql``: ``url``, ``table``, ``query``, ``cursor``
 
 A source restarted on the same agent (its replica failed, e.g. a task died while NATS was
 away) resumes from what its last run knew was stored (:class:`StoredMark`) when that is
@@ -46,10 +63,55 @@ CHECKPOINT_LAG_S = 2.0
 _NOTHING = object()
 
 
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def config_fingerprint(cfg: ComponentConfig) -> str:
-    """What a position is relative to: the source's type and config."""
-    body = json.dumps({"type": cfg.type, "config": cfg.config}, sort_keys=True)
-    return hashlib.sha256(body.encode()).hexdigest()[:16]
+    """The node's type, config and reset token (a stateful node's state is relative to
+    it; a source's ``completed`` holds for it alone)."""
+    body: dict[str, Any] = {"type": cfg.type, "config": cfg.config}
+    if cfg.reset is not None:
+        body["reset"] = cfg.reset
+    return _digest(body)
+
+
+def position_identity(cfg: ComponentConfig, fields: tuple[str, ...] | None) -> str:
+    """What a source's position is relative to: its type, the config ``fields`` naming
+    what it reads (None: the whole config) and its reset token."""
+    config = cfg.config if fields is None else {f: cfg.config.get(f) for f in fields}
+    return _digest({"type": cfg.type, "reads": config, "reset": cfg.reset})
+
+
+@dataclasses.dataclass(frozen=True)
+class Resume:
+    """What a source takes over from a stored checkpoint (see :func:`resume_decision`)."""
+
+    position: Any = None
+    events: int = 0
+    epoch: str | None = None
+    completed: bool = False
+    counted: int = 0  # exactly-once: events counted under earlier epochs
+
+
+def resume_decision(record: Any, identity: str, fingerprint: str) -> Resume | None:
+    """The part of a stored checkpoint a source with this identity and config fingerprint
+    keeps: its position, event count and epoch when it read the same thing (a record
+    written before identities were kept: the same config), ``completed`` only under the
+    same config; None (start over) for another identity, a missing or a junk record."""
+    if not isinstance(record, dict):
+        return None
+    same_config = record.get("config") == fingerprint
+    same_reads = record.get("reads") == identity if "reads" in record else same_config
+    if not same_reads:
+        return None
+    try:
+        events, counted = int(record.get("events") or 0), int(record.get("counted") or 0)
+    except (TypeError, ValueError):
+        return None
+    epoch = record.get("epoch")
+    return Resume(record.get("position"), events, epoch if isinstance(epoch, str) else None,
+                  same_config and bool(record.get("completed")), counted)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,10 +127,12 @@ class SourceCheckpoint:
     """The checkpoint of one source replica (see the module doc)."""
 
     def __init__(self, nc: Any, cfg: ComponentConfig, replica: int,
-                 stored_events: Callable[[], int]) -> None:
+                 stored_events: Callable[[], int], *,
+                 position_fields: tuple[str, ...] | None = None) -> None:
         self.nc = nc
         self.key = f"{cfg.flow}.{cfg.node}.{replica}"
         self.fingerprint = config_fingerprint(cfg)
+        self.identity = position_identity(cfg, position_fields)
         self._stored_events = stored_events
         self._marks: collections.deque[tuple[int, Any]] = collections.deque()
         self._written: Any = _NOTHING
@@ -77,26 +141,29 @@ class SourceCheckpoint:
         self.position: Any = None
         self.completed = False
         self.events_before = 0  # events stored by earlier runs of this source
-        #: exactly-once: the epoch of the source's event ids (kept with the position)
+        #: exactly-once: the epoch of the source's event ids (kept with the position), and
+        #: the events counted under earlier epochs (its ``out`` goes on after a reset)
         self.epoch: str | None = None
+        self.counted_before = 0
         self._stored: StoredMark | None = None
         self._unwritten_since: float | None = None  # writes of a stored position failing
         self._writing = asyncio.Lock()
 
     async def load(self, carried: StoredMark | None = None) -> None:
-        """Read the checkpoint (a missing, junk or foreign one means: from the start);
-        ``carried``, what an earlier run on this agent knew was stored, wins when newer."""
+        """Read the checkpoint (a missing, junk or foreign one means: from the start,
+        see :func:`resume_decision`); ``carried``, what an earlier run on this agent knew
+        was stored, wins when newer."""
         self._kv = await open_bucket(self.nc, CHECKPOINTS_BUCKET)  # the engine made it
         try:
             entry = await self._kv.get(self.key)
             data = json.loads(entry.value or b"")
         except Exception:
             data = None
-        if isinstance(data, dict) and data.get("config") == self.fingerprint:
-            self.position = data.get("position")
-            self.completed = bool(data.get("completed"))
-            self.events_before = int(data.get("events") or 0)
-            self.epoch = data.get("epoch")
+        kept = resume_decision(data, self.identity, self.fingerprint)
+        if kept is not None:
+            self.position, self.completed = kept.position, kept.completed
+            self.events_before, self.epoch = kept.events, kept.epoch
+            self.counted_before = kept.counted
             self._last = self.position
             self._written = (self.position, self.completed)
         if carried is not None and not self.completed and (
@@ -139,9 +206,11 @@ class SourceCheckpoint:
     async def _write(self, mark: StoredMark) -> None:
         completed = self.completed
         value = {"position": mark.position, "events": mark.events, "completed": completed,
-                 "config": self.fingerprint, "updated_at": utcnow()}
+                 "config": self.fingerprint, "reads": self.identity, "updated_at": utcnow()}
         if self.epoch is not None:
             value["epoch"] = self.epoch
+        if self.counted_before:
+            value["counted"] = self.counted_before
         async with self._writing:  # one at a time: an older one never lands last
             await self._kv.put(self.key, json.dumps(value, separators=(",", ":")).encode())
         self._written = (mark.position, completed)

@@ -268,8 +268,9 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
         if not self._acked:
             await self._wait_for_downstream()
         elif self._publisher is not None:
-            self._checkpoint = SourceCheckpoint(self.nc, self.cfg, self.index,
-                                                self._publisher.stored_events)
+            self._checkpoint = SourceCheckpoint(
+                self.nc, self.cfg, self.index, self._publisher.stored_events,
+                position_fields=type(self.component).position_fields)
             await self._checkpoint.load(self._stored_mark)
             if self._exactly_once:
                 await self._number_source_events(self._checkpoint)
@@ -301,12 +302,15 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
     async def _number_source_events(self, checkpoint: SourceCheckpoint) -> None:
         """Exactly-once: a source numbers its events on from its checkpoint's count,
         under the epoch it had, so what it emits again has the ids it had (readers skip
-        it); its ``out`` is the checkpoint's (what the stream stored)."""
+        it); its ``out`` is the checkpoint's (what the stream stored), after what it
+        counted before it started over (a reset, another thing read: a new epoch)."""
+        if checkpoint.epoch is None and self._source_epoch is None:  # numbering starts
+            checkpoint.counted_before = self.counters.out  # (as the status had it)
         epoch = checkpoint.epoch or self._source_epoch or new_epoch()
         await checkpoint.keep_epoch(epoch)
         self._source_epoch = epoch
         self._outbox.ids.continue_as(self.node, self.index, epoch, checkpoint.events_before)
-        stored = checkpoint.events_before
+        stored = checkpoint.counted_before + checkpoint.events_before
         ports = list(self.cfg.outputs)
         self.counters.out = stored
         self.counters.out_ports = {ports[0]: stored} if len(ports) == 1 and stored else {}

@@ -85,6 +85,8 @@ class _Confirmation:
 class MqttSource(Component):
     """Subscribes with a persistent session; acks each message once its event is stored."""
 
+    position_fields = ("url", "topic", "client_id")  # the broker's session and filter
+
     def __init__(self, config: MqttSourceConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
         self.config: MqttSourceConfig = config

@@ -68,6 +68,8 @@ def json_value(value: Any) -> Any:
 class SqlSource(Component):
     """Polls for rows above the cursor (see the module doc)."""
 
+    position_fields = ("url", "table", "query", "cursor")
+
     def __init__(self, config: SqlSourceConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
         self.config: SqlSourceConfig = config
