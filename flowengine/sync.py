@@ -21,7 +21,7 @@ reads, and the level-triggered writes that the actions of
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable
 from typing import Self, TypeVar
 
 from nats.aio.client import Client as NatsClient
@@ -59,7 +59,7 @@ from flowstore.nats import (
     open_bucket,
 )
 from flowstore.placement import place
-from flowstore.store import FlowStore, is_delete, read_all
+from flowstore.store import FlowStore, is_delete, pipelined, read_all
 from flowstore.streams import (
     dead_letter_counts,
     ensure_dlq_stream,
@@ -76,25 +76,6 @@ _T = TypeVar("_T")
 
 class _Retry(Exception):
     """A per-key compare-and-set lost: recompute and try again."""
-
-
-#: Writes of one action in flight at once (each is a request to the server).
-PIPELINE_WIDTH = 256
-
-
-async def pipelined(writes: Iterable[Awaitable[object]]) -> None:
-    """Await ``writes`` :data:`PIPELINE_WIDTH` at a time instead of one round trip
-    each. Every write of a group ends before the first failure is raised (a lost
-    compare-and-set as :class:`_Retry`), so what was written is known."""
-    pending = list(writes)
-    for start in range(0, len(pending), PIPELINE_WIDTH):
-        results = await asyncio.gather(*pending[start:start + PIPELINE_WIDTH],
-                                       return_exceptions=True)
-        failed = [r for r in results if isinstance(r, BaseException)]
-        if failed:
-            for rest in pending[start + PIPELINE_WIDTH:]:
-                rest.close()  # type: ignore[attr-defined]  # never started
-            raise failed[0]
 
 
 def _flow_of(key: str) -> str:

@@ -3,14 +3,16 @@
 Every update is a compare-and-set on the KV revision that was read: a stale revision
 raises :class:`RevisionConflict` and writes nothing. Also here: :func:`read_all`, the one
 way any package snapshots a whole bucket (complete, and leaving no consumer behind),
-and :func:`stored_at`, a value with the server's timestamp.
+:func:`stored_at`, a value with the server's timestamp, and :func:`pipelined`, many
+requests in flight at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -155,6 +157,26 @@ async def stored_at(kv: KeyValue, key: str | None = None, revision: int | None =
     if headers.get(_KV_OP) in (KV_DEL, KV_PURGE) or msg.time is None or msg.seq is None:
         return None
     return msg.data or b"", msg.seq, msg.time
+
+
+#: Requests in flight at once in :func:`pipelined`.
+PIPELINE_WIDTH = 256
+
+
+async def pipelined(requests: Iterable[Awaitable[object]], width: int = PIPELINE_WIDTH,
+                    ) -> None:
+    """Await ``requests`` ``width`` at a time instead of one round trip each. Every
+    request of a group ends before the first failure is raised, so what was done is
+    known; the groups after it are never started."""
+    pending = list(requests)
+    for start in range(0, len(pending), width):
+        results = await asyncio.gather(*pending[start:start + width], return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            for rest in pending[start + width:]:
+                if inspect.iscoroutine(rest):
+                    rest.close()  # never started
+            raise failed[0]
 
 
 @dataclass

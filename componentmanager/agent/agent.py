@@ -65,12 +65,14 @@ from flowstore.nats import (
     connect,
     open_bucket,
 )
-from flowstore.store import stored_at
+from flowstore.store import pipelined, stored_at
 from flowstore.streams import ensure_logs_stream
 
 log = structlog.get_logger("flowctl.agent")
 
 VERSION = "0.1.0"
+#: Replicas a reconcile starts at once (each reads its last status record first).
+STARTS_AT_ONCE = 64
 
 
 @dataclass
@@ -373,9 +375,8 @@ class Agent(ReplicaKeeping):
         await self._stop_in_flow_order(
             [(a.key, _reason(a)) for a in actions if isinstance(a, Stop | Restart)]
         )
-        for action in actions:
-            if isinstance(action, Start | Restart):
-                await self._start_replica(action.cfg, action.index)
+        await pipelined((self._start_replica(a.cfg, a.index) for a in actions
+                         if isinstance(a, Start | Restart)), width=STARTS_AT_ONCE)
 
     # -- shutdown ---------------------------------------------------------------------
     async def shutdown(self) -> None:
