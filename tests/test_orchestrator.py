@@ -131,3 +131,63 @@ def test_the_orchestrator_pipeline_runs_as_containers(tmp_path: Path) -> None:
                            "label=flowctl.flow=ttp-processing-pipeline"],
                           capture_output=True, text=True, timeout=30).stdout
     assert left.strip() == ""
+
+
+def read_line(port: int, timeout: float = 20) -> dict[str, Any]:
+    """The first JSON line served on 127.0.0.1:``port`` (retried until it answers)."""
+    import socket
+
+    def attempt() -> dict[str, Any] | None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                return json.loads(s.makefile().readline())
+        except (OSError, ValueError):
+            return None
+
+    return wait_for(attempt, timeout, f"a line on port {port}")
+
+
+@pytest.mark.docker
+async def test_containers_reach_each_other_by_node_id_on_the_flows_network(
+        tmp_path: Path) -> None:
+    """NATS not on loopback: the flow's containers share flowctl-<flow>, where the
+    processor reaches the source by its node id; ports are published on the host."""
+    import docker
+
+    from componentmanager.runners.container import ContainerReplica, flow_network
+    from flowstore.models import ComponentConfig, ExternalFields, ReplicaState
+    from flowstore.nats import NatsOptions
+    from tests.process_context import Host, until
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:
+        pytest.skip(f"no Docker engine reachable ({exc}); start dockerd to run this test")
+    build_images(tmp_path / "build")
+    host = Host(tmp_path / "logs", NatsOptions(url="nats://192.0.2.1:4222"))  # not loopback
+    host.agent_name = "otest"
+    src_port, proc_port = free_port(), free_port()
+
+    def replica(node: str, image: str, env: dict[str, str], port: int) -> ContainerReplica:
+        cfg = ComponentConfig(flow="onet", node=node, type="x", kind="container",
+                              queue="q", external=ExternalFields(
+                                  image=image, env=env, health_port=8080,
+                                  ports=[{"containerPort": 5000, "hostPort": port}]))
+        return ContainerReplica(cfg, 0, host)
+
+    src = replica("src", IMAGES["ttp_source.py"], {"GRPC_PORT": "5000"}, src_port)
+    proc = replica("proc", IMAGES["ttp_processor.py"],
+                   {"GRPC_PORT": "5000", "LIVE_SOURCE_ENDPOINT": "src:5000"}, proc_port)
+    try:
+        for r in (src, proc):
+            await r.start()
+        await until(lambda: src.state == proc.state == ReplicaState.RUNNING,
+                    "both running (/health on the network)", 30, host)
+        assert read_line(src_port)["ledger"] == 1  # published on the host
+        assert read_line(proc_port)["ttp"].startswith("transfer-")  # src reached by id
+    finally:
+        await proc.stop()
+        await src.stop()
+    assert not client.networks.list(names=[flow_network("onet")])  # gone with them
+    client.close()
