@@ -1,7 +1,7 @@
 """A component registers and heartbeats on NATS; the SDK does it, any program may.
 
 The agent gives a program ``FLOWCTL_HEARTBEAT_SUBJECT`` and ``FLOWCTL_HEARTBEAT_INTERVAL``
-(a Go-style duration, the agent's heartbeat unless the node's ``env`` sets it). The first
+(a Go-style duration, ``10s`` unless the node's ``env`` sets another). The first
 message on that subject registers the component (``{"register": true, ...}``); then one
 heartbeat per interval. Once registered, a component that falls silent for three
 intervals while its process lives (hung, deadlocked) is reported unhealthy and restarted

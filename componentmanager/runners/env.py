@@ -38,8 +38,8 @@ Variable                       Value
 ``FLOWCTL_ENDPOINT``           where the control plane is: the ``NATS_URL`` (flowctl
                                compatibility)
 ``COMPONENT_ID``               the node id (flowctl compatibility)
-``FLOWCTL_HEARTBEAT_INTERVAL`` the agent's heartbeat as a Go-style duration, e.g. ``2s``:
-                               how often a registered component heartbeats
+``FLOWCTL_HEARTBEAT_INTERVAL`` how often a registered component heartbeats, as a Go-style
+                               duration: ``10s`` (a node's ``env`` may set another)
 ``FLOWCTL_HEARTBEAT_SUBJECT``  where a component registers (its first message) and
                                heartbeats (the SDK does); one that registered and falls
                                silent for 3 intervals is restarted

@@ -56,6 +56,9 @@ READY_AFTER_S = 0.5
 #: before it is reported running anyway (a program without the SDK never says so).
 SAID_READY_WAIT_S = 3.0
 HEALTH_TIMEOUT_S = 30.0
+#: How often a component heartbeats (``FLOWCTL_HEARTBEAT_INTERVAL``; a node's ``env`` may
+#: set its own): silent for three of these while registered, it is restarted.
+COMPONENT_HEARTBEAT_S = 10.0
 MAX_LINE = 64 * 1024
 
 
@@ -145,9 +148,7 @@ class ExternalReplica(Replica):
         self.health_timeout, self.ready_after = health_timeout, ready_after
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
         self.backoff_reset = backoff_reset
-        self.heartbeat_s = heartbeat_s if heartbeat_s is not None else float(
-            getattr(host, "heartbeat_s", 2.0)
-        )
+        self.heartbeat_s = COMPONENT_HEARTBEAT_S if heartbeat_s is None else heartbeat_s
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self.sink = LogSink(self)
         self._stop_event = asyncio.Event()
