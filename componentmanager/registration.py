@@ -20,9 +20,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from componentmanager.runners.env import parse_duration
-
-DEFAULT_INTERVAL_S = 10.0
+from componentmanager.runners.env import COMPONENT_HEARTBEAT_S, parse_duration
 
 
 class Registration:
@@ -32,7 +30,7 @@ class Registration:
         self.nc = nc
         self.subject = environ.get("FLOWCTL_HEARTBEAT_SUBJECT", "")
         self.interval_s = parse_duration(environ.get("FLOWCTL_HEARTBEAT_INTERVAL", ""),
-                                         DEFAULT_INTERVAL_S)
+                                         COMPONENT_HEARTBEAT_S)
         self.identity = {"component_id": environ.get("COMPONENT_ID", ""),
                          "service_id": environ.get("FLOWCTL_SERVICE_ID", ""),
                          "pid": os.getpid()}

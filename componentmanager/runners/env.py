@@ -70,6 +70,11 @@ from collections.abc import Mapping
 
 from flowstore.models import ComponentConfig, consumer_name, stream_name
 
+#: How often a component heartbeats (``FLOWCTL_HEARTBEAT_INTERVAL``) unless its node's
+#: ``env`` sets another interval: silent for three of these while registered, it is
+#: restarted (:mod:`componentmanager.runners.health`).
+COMPONENT_HEARTBEAT_S = 10.0
+
 _VAR = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 

@@ -40,6 +40,7 @@ from typing import IO, Any
 from componentmanager.runners.base import Replica, ReplicaHost
 from componentmanager.runners.dependencies import wait_for_dependencies
 from componentmanager.runners.env import (
+    COMPONENT_HEARTBEAT_S,
     UndefinedVariableError,
     component_env,
     health_port,
@@ -56,9 +57,6 @@ READY_AFTER_S = 0.5
 #: before it is reported running anyway (a program without the SDK never says so).
 SAID_READY_WAIT_S = 3.0
 HEALTH_TIMEOUT_S = 30.0
-#: How often a component heartbeats (``FLOWCTL_HEARTBEAT_INTERVAL``; a node's ``env`` may
-#: set its own): silent for three of these while registered, it is restarted.
-COMPONENT_HEARTBEAT_S = 10.0
 MAX_LINE = 64 * 1024
 
 

@@ -24,12 +24,10 @@ import contextlib
 import time
 from typing import Any
 
-from componentmanager.runners.env import parse_duration
+from componentmanager.runners.env import COMPONENT_HEARTBEAT_S, parse_duration
 
 FAILURES_IN_A_ROW = 3
 SILENT_BEATS = 3.0
-#: Without FLOWCTL_HEARTBEAT_INTERVAL (a node's env may set it), the SDK's default.
-DEFAULT_HEARTBEAT_S = 10.0
 
 
 async def http_status(
@@ -81,7 +79,7 @@ class Liveness:
     def __init__(self, replica: Any, env: dict[str, str]) -> None:
         self.replica = replica
         self.interval_s = parse_duration(env.get("FLOWCTL_HEARTBEAT_INTERVAL", ""),
-                                         DEFAULT_HEARTBEAT_S)
+                                         COMPONENT_HEARTBEAT_S)
         self.subject = env.get("FLOWCTL_HEARTBEAT_SUBJECT")
         self.last_beat: float | None = None  # None: not registered
         self._sub: Any = None
