@@ -99,24 +99,16 @@ def test_the_orchestrator_pipeline_runs_as_processes(tmp_path: Path) -> None:
     run_pipeline(tmp_path, "process")
 
 
-def build_images(tmp_path: Path) -> None:
-    """The example's three images: the base image's python3 and one program each."""
-    from tests.docker_images import BASE_TAG, build_base_image
+def build_images() -> None:
+    """The example's three images (tests/programs/ttp.Dockerfile on the base image)."""
+    from tests.docker_images import build_base_image
 
     base = build_base_image()
-    assert base == BASE_TAG
-    context = tmp_path / "image"
-    context.mkdir(parents=True)
-    for name in PROGRAM_FILES:
-        shutil.copy(PROGRAMS / name, context / name)
     for program, tag in IMAGES.items():
-        args = '"1", "0"' if program == "consumer_app.py" else ""
-        dockerfile = (f"FROM {base}\nCOPY ttp_common.py {program} /app/\nWORKDIR /app\n"
-                      f'ENTRYPOINT ["python3", "-u", "/app/{program}"{", " if args else ""}'
-                      f"{args}]\n")
-        (context / "Dockerfile").write_text(dockerfile)
-        subprocess.run(["docker", "build", "-q", "-t", tag, str(context)], check=True,
-                       capture_output=True, timeout=300)
+        subprocess.run(["docker", "build", "-q", "-f", str(PROGRAMS / "ttp.Dockerfile"),
+                        "--build-arg", f"BASE={base}", "--build-arg",
+                        f"PROGRAM={program.removesuffix('.py')}", "-t", tag, str(PROGRAMS)],
+                       check=True, capture_output=True, timeout=300)
 
 
 @pytest.mark.docker
@@ -125,7 +117,7 @@ def test_the_orchestrator_pipeline_runs_as_containers(tmp_path: Path) -> None:
         subprocess.run(["docker", "info"], check=True, capture_output=True, timeout=20)
     except (OSError, subprocess.SubprocessError) as exc:
         pytest.skip(f"no Docker engine reachable ({exc}); start dockerd to run this test")
-    build_images(tmp_path / "build")
+    build_images()
     run_pipeline(tmp_path, "container", timeout=60)
     left = subprocess.run(["docker", "ps", "-aq", "--filter",
                            "label=flowctl.flow=ttp-processing-pipeline"],
@@ -164,7 +156,7 @@ async def test_containers_reach_each_other_by_node_id_on_the_flows_network(
         client.ping()
     except Exception as exc:
         pytest.skip(f"no Docker engine reachable ({exc}); start dockerd to run this test")
-    build_images(tmp_path / "build")
+    build_images()
     host = Host(tmp_path / "logs", NatsOptions(url="nats://192.0.2.1:4222"))  # not loopback
     host.agent_name = "otest"
     src_port, proc_port = free_port(), free_port()
