@@ -44,7 +44,7 @@ def stop_waves(spec: FlowSpec, configs: Iterable[ComponentConfig]) -> list[list[
             upstream[dst].add(src)
     dependents: dict[str, set[str]] = {n: set() for n in nodes}
     for cfg in cfgs:
-        for dep in cfg.depends_on:
+        for dep in cfg.depends_on or {}:
             if dep in dependents and dep != cfg.node:
                 dependents[dep].add(cfg.node)
     sources = {c.node for c in cfgs if is_source(c)}

@@ -188,8 +188,8 @@ def translate(
             # stream keeps events); leaving it out spares them a restart on a rescale
             downstream=(_downstream(spec, succ, node.id, order)
                         if role == "source" and spec.delivery == "at-most-once" else {}),
-            depends_on={d: replicas[d] for d in node.depends_on if d in replicas},
-            dependency_depth=depths.get(node.id, 0),
+            depends_on={d: replicas[d] for d in node.depends_on if d in replicas} or None,
+            dependency_depth=depths.get(node.id) or None,
             external=external,
         )
     return out

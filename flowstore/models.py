@@ -256,10 +256,10 @@ class ComponentConfig(Record):
     flow_revision: int = 0
     downstream: dict[str, int] = Field(default_factory=dict)
     #: ``depends_on``: node -> its replica count; this node starts once every replica of
-    #: each is running (healthy), and stops before them
-    depends_on: dict[str, int] = Field(default_factory=dict)
-    #: the longest chain of ``depends_on`` below this node (0: none): stops go deepest first
-    dependency_depth: int = 0
+    #: each is running (healthy), and stops before them (None: depends on nothing)
+    depends_on: dict[str, int] | None = None
+    #: the longest chain of ``depends_on`` below this node (None: 0): stops go deepest first
+    dependency_depth: int | None = None
     external: ExternalFields | None = None
 
     @property

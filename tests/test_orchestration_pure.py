@@ -97,7 +97,7 @@ def test_translate_carries_dependencies_and_stops_go_in_reverse() -> None:
     configs = translate("orch", spec, flow_revision=1, enabled=True)
     sink = configs["orch.sink"]
     assert (sink.depends_on, sink.dependency_depth, sink.inputs) == ({"proc": 1}, 2, {})
-    assert configs["orch.src"].dependency_depth == 0
+    assert (configs["orch.src"].depends_on, configs["orch.src"].dependency_depth) == (None, None)
     assert stop_waves(spec, configs.values()) == [["sink"], ["proc"], ["src"]]
     keys = [("o.src.0", "source", 0), ("o.sink.0", "sink", 2), ("o.proc.0", "processor", 1),
             ("o.plain.0", "sink", 0), ("o.gen.0", "source", 0)]

@@ -102,8 +102,6 @@ def test_the_source_config_in_full() -> None:
         "delivery": "at-least-once",
         "flow_revision": 1,
         "downstream": {},  # at-least-once: the stream keeps events, no one waits
-        "depends_on": {},
-        "dependency_depth": 0,
     }
 
 

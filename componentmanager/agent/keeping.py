@@ -54,7 +54,7 @@ class ReplicaKeeping:
         """Stop what depends on others first, then sources, processors, sinks (each group
         concurrently; see :func:`~componentmanager.agent.reconcile.stop_groups`)."""
         reasons = dict(stops)
-        known = [(k, self.replicas[k].cfg.role, self.replicas[k].cfg.dependency_depth)
+        known = [(k, self.replicas[k].cfg.role, self.replicas[k].cfg.dependency_depth or 0)
                  for k in reasons if k in self.replicas]
         for group in stop_groups(known):
             await asyncio.gather(*(self._stop_replica(k, reasons[k]) for k in group))

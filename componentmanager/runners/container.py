@@ -292,7 +292,7 @@ def network_options(cfg: ComponentConfig, nats_url: str | None) -> dict[str, Any
     network with the node id as alias and ``ports`` published."""
     ext = cfg.external
     if is_loopback_url(nats_url):
-        hosts = {dep: "127.0.0.1" for dep in cfg.depends_on}
+        hosts = {dep: "127.0.0.1" for dep in cfg.depends_on or {}}
         return {"network_mode": "host", **({"extra_hosts": hosts} if hosts else {})}
     network = flow_network(cfg.flow)
     opts: dict[str, Any] = {"network": network,
