@@ -38,6 +38,17 @@ class CutOffMode(StrEnum):
     none = "none"
 
 
+class OrchestratorMode(StrEnum):
+    process = "process"
+    container = "container"
+
+
+OrchestratorOpt = Annotated[OrchestratorMode | None, typer.Option(
+    "--orchestrator", help="How a node that has both a program (binary/command) and an "
+    "image runs: process or container (default: container). Other nodes run the one form "
+    "they have.")]
+
+
 @app.command()
 def agent(
     name: Annotated[str, typer.Option("--name", help="Unique agent name.",
@@ -77,6 +88,7 @@ def agent(
     metrics_host: Annotated[
         str, typer.Option("--metrics-host", help="Address the metrics endpoint binds to.")
     ] = "0.0.0.0",
+    orchestrator: OrchestratorOpt = None,
 ) -> None:
     """Run the agent: runs the component replicas assigned to NAME until Ctrl+C/SIGTERM.
 
@@ -96,6 +108,7 @@ def agent(
         allow_commands=tuple(allow_commands or ()), allow_images=tuple(allow_images or ()),
         wait_for_nats=True, stop_when_cut_off=stop_when_cut_off.value,  # type: ignore[arg-type]
         metrics_port=metrics_port, metrics_host=metrics_host,
+        orchestrator=orchestrator.value if orchestrator else None,  # type: ignore[arg-type]
     )
     if log_dir:
         settings.log_dir = log_dir

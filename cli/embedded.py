@@ -28,6 +28,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.agent import OrchestratorOpt
 from cli.drain import (
     SUMMARY_COLUMNS,
     drained,
@@ -107,6 +108,7 @@ def run_flow(
     ui: UiOpt = False,
     ui_port: UiPortOpt = 8080,
     drain_timeout: DrainOpt = DRAIN_TIMEOUT_S,
+    orchestrator: OrchestratorOpt = None,
 ) -> None:
     """The one-command mode: embedded NATS + agent, apply/deploy/start the flow, show
     status and sink output; Ctrl+C (or --until-done) stops it, prints a summary per node
@@ -127,7 +129,8 @@ def run_flow(
             refuse_endless(loaded)
         async with Embedded(loaded, allow_inline_code, commands, metrics_port=metrics_port,
                             ui_port=ui_port if ui else None,
-                            drain_timeout=drain_timeout) as emb:
+                            drain_timeout=drain_timeout,
+                            orchestrator=orchestrator.value if orchestrator else None) as emb:
             code = await emb.watch(until_done, timeout)
         return code or emb.exit_code
 
@@ -169,7 +172,8 @@ class Embedded:
 
     def __init__(self, loaded: Any, allow_inline_code: bool, commands: bool = True,
                  command: str = "run", metrics_port: int | None = 0,
-                 ui_port: int | None = None, drain_timeout: float = DRAIN_TIMEOUT_S) -> None:
+                 ui_port: int | None = None, drain_timeout: float = DRAIN_TIMEOUT_S,
+                 orchestrator: str | None = None) -> None:
         self.command = command  # the command that runs it: run or dev (for messages)
         self.metrics_port = metrics_port  # None: no metrics
         self.ui_port = ui_port  # None: no console
@@ -185,6 +189,7 @@ class Embedded:
         self.signals = Signals()  # Ctrl+C, SIGTERM
         self.interrupted = self.signals.interrupted
         self.drain_timeout = drain_timeout
+        self.orchestrator = orchestrator  # for nodes with both a program and an image
         self.engine: Any = None
         self.nc: Any = None
         self.run_id = run_id()
@@ -279,6 +284,7 @@ class Embedded:
                 allow_inline_code=self.allow_inline_code,
                 allow_commands=self.allowed,
                 allow_images=self.allowed,
+                orchestrator=self.orchestrator,  # type: ignore[arg-type]
                 lead=True,
             )
             agent = Agent(settings, opts)

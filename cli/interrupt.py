@@ -72,6 +72,8 @@ async def drain(engine: Any, name: str, spec: Any, timeout: float,
     what it did; never raises (the stop that follows stops whatever still runs)."""
     from cli.embedded import DoneJudge
 
+    if not spec.connections:  # nothing flows through flowctl (programs wired by their own
+        return                # environment): the stop that follows goes in dependency order
     loop = asyncio.get_running_loop()
     info(f"stopping the sources of flow/{name}; the rest gets up to {timeout:g}s to "
          "finish what they emitted (Ctrl+C again: stop now)")

@@ -33,7 +33,8 @@ with :meth:`flowstore.nats.NatsOptions.from_env`, subscribes to every input subj
 ``FLOWCTL_QUEUE`` (core NATS: replicas share the work), publishes JSON bodies (msgspec)
 with the one ``Flowctl`` metadata header (frames where ``FLOWCTL_FRAME_PORTS`` allows),
 takes frames as well as single events, answers
-``GET /health`` on ``FLOWCTL_HEALTH_PORT`` (200 once subscribed, else 503), and on
+``GET /health`` on ``FLOWCTL_HEALTH_PORT`` (200 once subscribed, else 503), registers
+and heartbeats (:mod:`componentmanager.registration`), and on
 SIGTERM/SIGINT drains (events in flight are handled and their outputs flushed) and exits
 0. ``c.config`` is the node's ``config``. A source waits until the downstream replicas
 report ``running`` before it calls ``produce`` (as in-process sources do).
@@ -75,6 +76,7 @@ from componentmanager.dataplane import (
 )
 from componentmanager.dataplane.accounting import Throttle, shape
 from componentmanager.dataplane.wire import delivery_of, redelivery_delay, undeliverable
+from componentmanager.registration import Registration
 from flowstore.models import DEFAULT_OUTPUT_PORT, dlq_subject, status_key, stream_name
 from flowstore.nats import STATUS_BUCKET, NatsOptions, connect, open_bucket
 
@@ -351,6 +353,8 @@ async def run(
         _log(f"{comp.service_id}: {exc}")
         return 1
     health = None
+    beats = Registration(comp.nc, os.environ if environ is None else environ)
+    beats.start()  # register, then heartbeat (the agent restarts a hung program)
     try:
         health = await comp.serve_health()
         if handler is not None:
@@ -379,6 +383,7 @@ async def run(
         return 1
     finally:
         comp.ready = False
+        await beats.stop()
         if health is not None:
             health.close()
         await comp.close()

@@ -5,6 +5,7 @@
 nodes, required inputs without upstream, unused outputs and cycles (:func:`find_cycles`).
 Codes: unknown_node, unknown_port, wrong_port_direction, source_with_inputs,
 sink_with_outputs, missing_required_input, cycle, reserved_name (the ``dlq`` port);
+``depends_on`` naming no node (``unknown_node``) or going round (``cycle``);
 warnings unused_output, disconnected_node, duplicate_connection.
 """
 
@@ -128,6 +129,7 @@ class GraphChecks(IssueCollector):
         return False
 
     def _graph(self, shapes: dict[str, Shape | None], edges: list[Edge]) -> None:
+        depended = self._dependencies()
         fed = {(dst, dport) for _, _, dst, dport, _ in edges}
         read = {(src, sport) for src, sport, _, _, _ in edges}
         for i, node in enumerate(self.spec.nodes):
@@ -135,7 +137,7 @@ class GraphChecks(IssueCollector):
             if node.id not in shapes or self.ids.index(node.id) != i:
                 continue
             path = self.node_path[i]
-            if node.id not in self.touched:
+            if node.id not in self.touched | depended and node.kind == "inprocess":
                 self.add("disconnected_node", f"node '{node.id}' is not connected to anything",
                          severity="warning", node=node.id, path=path,
                          suggestion="connect it with `inputs`, or remove it")
@@ -156,6 +158,33 @@ class GraphChecks(IssueCollector):
                                  "inputs, or ignore if dropping these events is intended")
         self._cycles(edges)
 
+    def _dependencies(self) -> set[str]:
+        """``depends_on``: every name a node of the flow (not itself), no cycle. Returns
+        the nodes a dependency names or links (connected, though not by data)."""
+        succ: dict[str, list[str]] = {}
+        where: dict[tuple[str, str], str] = {}
+        linked: set[str] = set()
+        for i, node in enumerate(self.spec.nodes):
+            for k, dep in enumerate(node.depends_on):
+                path = f"{self.node_path[i]}.depends_on[{k}]"
+                if dep not in self.ids or dep == node.id:
+                    what = "itself" if dep == node.id else f"'{dep}', which is not a node"
+                    self.add("unknown_node", f"node '{node.id}' depends on {what}",
+                             node=node.id, path=path, suggestion=suggest(
+                                 dep, set(self.ids) - {node.id},
+                                 "depends_on lists ids of other nodes of this flow"))
+                    continue
+                linked.update((node.id, dep))
+                succ.setdefault(node.id, []).append(dep)
+                where.setdefault((node.id, dep), path)
+        for cycle in find_cycles(self.ids, succ):
+            loop = " -> ".join([*cycle, cycle[0]])
+            self.add("cycle", f"depends_on has a cycle: {loop}", node=cycle[0],
+                     path=where[(cycle[-1], cycle[0])], suggestion="remove one of these "
+                     "dependencies: each node must be able to start after the ones it "
+                     "depends on")
+        return linked
+
     def _cycles(self, edges: list[Edge]) -> None:
         succ: dict[str, list[str]] = {}
         closing: dict[tuple[str, str], int] = {}
@@ -168,6 +197,24 @@ class GraphChecks(IssueCollector):
             self.add("cycle", f"the flow has a cycle: {loop}", node=cycle[0],
                      path=self.conn_path(j), suggestion="flows must be acyclic: remove one of "
                      "these connections")
+
+
+def dependency_depths(spec: FlowSpec) -> dict[str, int]:
+    """Per node, the longest chain of ``depends_on`` below it (0: depends on nothing).
+    Unknown names and cycles (refused by validation) count as nothing below."""
+    deps = {n.id: [d for d in n.depends_on if d != n.id] for n in spec.nodes}
+    depth: dict[str, int] = {}
+
+    def of(node: str, path: frozenset[str]) -> int:
+        if node not in depth:
+            below = [of(d, path | {node}) + 1 for d in deps.get(node, [])
+                     if d in deps and d not in path]
+            depth[node] = max(below, default=0)
+        return depth[node]
+
+    for node in deps:
+        of(node, frozenset())
+    return depth
 
 
 def find_cycles(order: list[str], succ: dict[str, list[str]]) -> list[list[str]]:

@@ -3,7 +3,8 @@
 Stopping disables the nodes in waves that follow the flow's connections: the sources
 first, then every node all of whose upstream nodes are already disabled, and so on, sinks
 last. A node that emits on stop (``batch`` flushes its partial batch) thus still has its
-downstream consumers running, on whichever agent they are. :func:`stop_waves` computes the
+downstream consumers running, on whichever agent they are. A node that others
+``depends_on`` stops after them (the reverse of the start order). :func:`stop_waves` computes the
 waves; :func:`still_running` lists the replicas of a wave that have not stopped yet, which
 :meth:`~flowengine.lifecycle.FlowEngine.stop` polls (bounded) before the next wave.
 """
@@ -28,9 +29,11 @@ ACTIVE = ACTIVE_STATES
 def stop_waves(spec: FlowSpec, configs: Iterable[ComponentConfig]) -> list[list[str]]:
     """The nodes of ``configs`` in the order to disable them, grouped in waves.
 
-    Wave 0: the sources and every node nothing feeds. Then each wave holds the nodes all
-    of whose upstream nodes are in earlier waves. Nodes left on a cycle (which validation
-    refuses) make up one last wave. Within a wave, nodes keep the order of ``configs``.
+    Wave 0: the sources and every node nothing feeds, unless another node depends on
+    them (``depends_on``). Then each wave holds the nodes all of whose upstream nodes and
+    dependents are in earlier waves: a node stops after every node that depends on it.
+    Nodes left on a cycle (which validation refuses) make up one last wave. Within a
+    wave, nodes keep the order of ``configs``.
     """
     cfgs = list(configs)
     nodes = [c.node for c in cfgs]
@@ -39,15 +42,21 @@ def stop_waves(spec: FlowSpec, configs: Iterable[ComponentConfig]) -> list[list[
         src, dst = conn.source[0], conn.target[0]
         if src in upstream and dst in upstream and src != dst:
             upstream[dst].add(src)
+    dependents: dict[str, set[str]] = {n: set() for n in nodes}
+    for cfg in cfgs:
+        for dep in cfg.depends_on or {}:
+            if dep in dependents and dep != cfg.node:
+                dependents[dep].add(cfg.node)
     sources = {c.node for c in cfgs if is_source(c)}
     waves: list[list[str]] = []
     done: set[str] = set()
     remaining = nodes
     while remaining:
         if waves:
-            wave = [n for n in remaining if upstream[n] <= done]
+            wave = [n for n in remaining if (upstream[n] | dependents[n]) <= done]
         else:
-            wave = [n for n in remaining if n in sources or not upstream[n]]
+            wave = [n for n in remaining
+                    if (n in sources or not upstream[n]) and not dependents[n]]
         wave = wave or remaining  # a cycle: nothing left is ready, take the rest at once
         waves.append(wave)
         done.update(wave)

@@ -3,7 +3,8 @@
 :func:`translate` returns ``{"<flow>.<node>": ComponentConfig}``: the subjects a node
 reads and writes (``flowctl.<flow>.<node>.<port>``), its queue group, its config with
 every default made explicit, its role (which picks the type when a source and a sink
-share a name), its placement and delivery, and the replicas of every node downstream.
+share a name), its placement and delivery, the replicas of every node downstream and of
+every node it ``depends_on`` (with how deep its chain of dependencies goes).
 ``assignments`` stay empty: placement fills them. Call it on a flow that passed
 :func:`flowengine.validate.validate`; it does not check anything itself.
 """
@@ -15,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from componentmanager.registry import ComponentType, types_named
+from flowengine.graph import dependency_depths
 from flowstore.models import (
     DEFAULT_OUTPUT_PORT,
     ComponentConfig,
@@ -147,6 +149,8 @@ def translate(
         reads.setdefault(src, []).append(sport)
 
     order = {n.id: i for i, n in enumerate(spec.nodes)}
+    depths = dependency_depths(spec)
+    replicas = {n.id: n.replicas for n in spec.nodes}
     takes_frames = {n.id: n.kind == "inprocess" or n.frames for n in spec.nodes}
     out: dict[str, ComponentConfig] = {}
     for node in spec.nodes:
@@ -184,6 +188,8 @@ def translate(
             # stream keeps events); leaving it out spares them a restart on a rescale
             downstream=(_downstream(spec, succ, node.id, order)
                         if role == "source" and spec.delivery == "at-most-once" else {}),
+            depends_on={d: replicas[d] for d in node.depends_on if d in replicas} or None,
+            dependency_depth=depths.get(node.id) or None,
             external=external,
         )
     return out

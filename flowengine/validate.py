@@ -19,9 +19,10 @@ a ``stdout`` sink (it cannot undo what it printed), a ``nats`` sink unless its
 seen offline), and programs and containers (the SDK is at-least-once). An ``http`` sink
 is a warning (``exactly_once_receiver``): the receiver must de-duplicate.
 
-A node run as a program or container (``command`` / ``image``) whose type is not
-registered is accepted: its role comes from the file section and its ports default to
-``in`` / ``out``.
+A node run as a program or container (``binary`` / ``command`` / ``image``) whose type
+is not registered is accepted: its role comes from the file section and its ports default
+to ``in`` / ``out``; it needs no ``inputs`` (it may be wired by its own environment, with
+``depends_on`` alone or nothing) and is never ``disconnected_node``.
 
 This module holds the node checks (types, roles, configs, ids, placement) and runs the
 pass; the connection and graph checks (ports, required inputs, cycles) are
@@ -130,9 +131,10 @@ class _Checker(GraphChecks):
             return Shape(role=None, inputs=None, outputs=None)
         ins = set() if role == "source" else {DEFAULT_INPUT_PORT}
         counted = [] if role == "sink" else [DEFAULT_OUTPUT_PORT]
+        # no required input: a program may be wired by its own environment (it reads
+        # what its env names), with depends_on alone or nothing
         return Shape(role=role, inputs=ins, outputs=set() if role == "sink" else None,
-                     input_names=ins, output_names=set(counted), counted_outputs=counted,
-                     required=sorted(ins))
+                     input_names=ins, output_names=set(counted), counted_outputs=counted)
 
     def _check_config(self, path: str, node: Node, ctype: ComponentType) -> list[str] | None:
         """Validate the config; return the configured output names of a dynamic type."""
@@ -166,15 +168,17 @@ class _Checker(GraphChecks):
 
     def _check_command(self, i: int, node: Node) -> None:
         """``command: "python3 worker.py"`` runs a program named "python3 worker.py"."""
-        words = (node.command or "").split()
-        if node.image or node.args or len(words) < 2:
+        field = "binary" if node.binary else "command"
+        program = node.binary or node.command or ""
+        words = program.split()
+        if (node.image and field == "command") or node.args or len(words) < 2:
             return
         listed = ", ".join(words)
-        self.add("command_with_arguments", f"node '{node.id}': command '{node.command}' "
+        self.add("command_with_arguments", f"node '{node.id}': {field} '{program}' "
                  "holds arguments; it would run a program of that whole name",
-                 node=node.id, path=f"{self.node_path[i]}.command",
-                 suggestion=f"write command: {words[0]} and args: [{', '.join(words[1:])}], "
-                 f"or command: [{listed}]")
+                 node=node.id, path=f"{self.node_path[i]}.{field}",
+                 suggestion=f"write {field}: {words[0]} and args: [{', '.join(words[1:])}]"
+                 + (f", or command: [{listed}]" if field == "command" else ""))
 
     def _check_keyed(self, i: int, node: Node) -> None:
         """``partition_by`` and the stateful types (window, join): what partitions them."""

@@ -18,7 +18,8 @@ without it would be wrong):
   ``host:container[:ro]`` (a named volume when only ``name`` is given).
 * ``restart_policy: "no"`` (or an unquoted YAML ``no``, read as false): ``never``;
   ``unless-stopped``: ``always``.
-* ``ports``: not published (components talk over NATS), warned.
+* ``ports`` as compose strings ``"8080:80"``, ``"80"``, ``"53:53/udp"``: as
+  ``{containerPort, hostPort, protocol}`` (published for containers).
 
 ``command`` as a list and image-only components without ``type`` are part of our own
 format (:mod:`flowstore.flowfile`); a type like ``name@v1.0.0`` that is not registered is
@@ -56,6 +57,24 @@ def _volume(item: Any) -> Any:
     return f"{source}:{target}{':ro' if readonly else ''}"
 
 
+def _port(item: Any) -> Any:
+    """``"8080:80"`` / ``"80"`` / ``"53:53/udp"`` (compose style) as a port mapping object."""
+    if isinstance(item, int) and not isinstance(item, bool):
+        return {"containerPort": item}
+    if not isinstance(item, str):
+        return item
+    text, _, protocol = item.partition("/")
+    host, _, container = text.rpartition(":")
+    if not container.isdigit() or (host and not host.isdigit()):
+        return item  # left for the schema to report
+    out: dict[str, Any] = {"containerPort": int(container)}
+    if host:
+        out["hostPort"] = int(host)
+    if protocol:
+        out["protocol"] = protocol
+    return out
+
+
 def _entry(entry: Any, path: str, notes: list[Note]) -> Any:
     if not isinstance(entry, dict):
         return entry
@@ -66,11 +85,8 @@ def _entry(entry: Any, path: str, notes: list[Note]) -> Any:
             out["restart_policy"] = mapped
     if isinstance(out.get("volumes"), list):
         out["volumes"] = [_volume(v) for v in out["volumes"]]
-    if "ports" in out:
-        ports = out.pop("ports")
-        if ports:
-            notes.append(Note(f"{path}.ports", "ports are not published: components talk "
-                                               "over NATS (drop the field to silence this)"))
+    if isinstance(out.get("ports"), list):
+        out["ports"] = [_port(p) for p in out["ports"]]
     return out
 
 

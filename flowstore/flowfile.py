@@ -62,11 +62,14 @@ class ComponentEntry(ExternalFields):
 
     @model_validator(mode="after")
     def _type_or_program(self) -> ComponentEntry:
-        if self.type is None and not (self.command or self.image):
-            raise ValueError("type is required (or command / image, for a program or a "
-                             "container)")
+        if self.type is None and not (self.command or self.binary or self.image):
+            raise ValueError("type is required (or binary / command / image, for a program "
+                             "or a container)")
         if isinstance(self.command, list) and not self.command:
             raise ValueError("command is an empty list")
+        if self.binary and self.command and not self.image:
+            raise ValueError("binary and command both name the program: keep one (binary "
+                             "is the program when the node also has an image)")
         return self
 
     def node_fields(self) -> dict[str, Any]:

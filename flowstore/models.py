@@ -14,6 +14,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_serializer
 
+# The fields of programs and containers live in flowstore.programs (re-exported here).
+from flowstore.programs import ExternalFields, Kind, PortMapping, RestartPolicy  # noqa: F401
+
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, min_length=1, max_length=63)]
 
@@ -47,9 +50,7 @@ def parse_size(value: Any) -> int:
 
 
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
-RestartPolicy = Literal["always", "on-failure", "never"]
 Role = Literal["source", "processor", "sink"]
-Kind = Literal["inprocess", "process", "container"]
 
 DEFAULT_OUTPUT_PORT = "out"
 DEFAULT_INPUT_PORT = "in"
@@ -144,39 +145,6 @@ class Placement(BaseModel):
             parts.append(f"agent={self.agent}")
         parts += [f"{k}={v}" for k, v in sorted(self.labels.items())]
         return ",".join(parts) or "any agent"
-
-
-class ExternalFields(BaseModel):
-    """The flowctl-compatible fields of a component run as a program or container."""
-
-    command: str | None = None
-    args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
-    working_dir: str | None = None
-    health_port: int | None = Field(default=None, ge=1, le=65535)
-    health_check: str = Field(
-        default="/health", pattern=r"^/", description="The path of the health check on "
-        "health_port (GET, 200 = ready).")
-    restart_policy: RestartPolicy = "on-failure"
-    image: str | None = None
-    volumes: list[str] = Field(
-        default_factory=list, description='Containers only: "host_path:container_path[:ro]".'
-    )
-    depends_on: list[str] = Field(default_factory=list)
-    frames: bool = Field(
-        default=False,
-        description="The program accepts frames (several events per message, JSON lines; "
-        "the SDK does): upstream nodes may then send it frames. Without it, it gets one "
-        "event per message.",
-    )
-
-    @property
-    def kind(self) -> Kind:
-        if self.image:
-            return "container"
-        if self.command:
-            return "process"
-        return "inprocess"
 
 
 class Node(ExternalFields):
@@ -287,6 +255,11 @@ class ComponentConfig(Record):
     delivery: Delivery = "at-most-once"
     flow_revision: int = 0
     downstream: dict[str, int] = Field(default_factory=dict)
+    #: ``depends_on``: node -> its replica count; this node starts once every replica of
+    #: each is running (healthy), and stops before them (None: depends on nothing)
+    depends_on: dict[str, int] | None = None
+    #: the longest chain of ``depends_on`` below this node (None: 0): stops go deepest first
+    dependency_depth: int | None = None
     external: ExternalFields | None = None
     #: a token ``apply --reset NODE`` renews (later writes carry it over): a new one
     #: starts the node's position (a stateful node's state) over

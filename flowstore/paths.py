@@ -8,8 +8,9 @@ ran in, and what is stored says exactly what will be opened:
 * ``python`` nodes: ``config.python_path`` (directories the module is imported from,
   before the agent's ``--python-path``) defaults to the flow file's directory, so
   ``function: enrich:enrich`` finds ``enrich.py`` next to the flow file;
-* programs (``command:``): a command with a ``/`` (``./worker.sh``), and ``working_dir``,
-  which defaults to the flow file's directory (so ``args: [worker.py]`` finds it);
+* programs (``binary:``, or ``command:`` without an image): a program with a ``/``
+  (``./worker.sh``), and ``working_dir``, which defaults to the flow file's directory
+  (so ``args: [worker.py]`` finds it);
 * containers: the host side of ``volumes``.
 
 :func:`missing_paths` (reads the file system) lists what does not exist on this machine,
@@ -50,13 +51,22 @@ def resolve_node(node: Node, base: Path) -> Node:
             config["python_path"] = [_abs(base, d) if isinstance(d, str) else d for d in dirs]
     if config != node.config:
         update["config"] = config
-    if node.command and not node.image:
-        if "/" in node.command and not os.path.isabs(node.command):
-            update["command"] = _abs(base, node.command)
+    field, program = _host_program(node)
+    if program is not None:
+        if "/" in program and not os.path.isabs(program):
+            update[field] = _abs(base, program)
         update["working_dir"] = _abs(base, node.working_dir or ".")
     if node.image and node.volumes:
         update["volumes"] = [_volume(base, v) for v in node.volumes]
     return node.model_copy(update=update) if update else node
+
+
+def _host_program(node: Node) -> tuple[str, str | None]:
+    """The field and value of a program run on this host: ``binary``, or a ``command``
+    without an image (with an image, ``command`` is the container's entrypoint)."""
+    if node.binary:
+        return "binary", node.binary
+    return "command", node.command if node.command and not node.image else None
 
 
 def resolve_paths(spec: FlowSpec, base: Path) -> FlowSpec:
@@ -124,12 +134,13 @@ def missing_paths(spec: FlowSpec) -> list[tuple[int, str, str]]:
             if not _module_found(function, dirs):
                 out.append((i, "config.function", f"module {function.partition(':')[0]} is "
                             f"not in {', '.join(dirs) or 'the python path'}"))
-        if node.command and not node.image:
-            if "/" in node.command and not Path(node.command).exists():
-                out.append((i, "command", f"{node.command} does not exist"))
-            elif "/" not in node.command and " " not in node.command.strip() \
-                    and shutil.which(node.command) is None:
-                out.append((i, "command", f"{node.command} is not on this machine's PATH"))
+        field, program = _host_program(node)
+        if program is not None:
+            if "/" in program and not Path(program).exists():
+                out.append((i, field, f"{program} does not exist"))
+            elif "/" not in program and " " not in program.strip() \
+                    and shutil.which(program) is None:
+                out.append((i, field, f"{program} is not on this machine's PATH"))
             if node.working_dir and not Path(node.working_dir).is_dir():
                 out.append((i, "working_dir", f"directory {node.working_dir} does not exist"))
     return out

@@ -143,10 +143,27 @@ CHECKS: dict[str, Callable[[Flowctl, Path], None]] = {
     "parquet.yaml": check_parquet,
     "sqlite.yaml": check_sqlite,
 }
+def ttp_events(workdir: Path) -> list[dict[str, Any]]:
+    out = workdir / "ttp-output.jsonl"
+    return json_lines(out.read_text()) if out.exists() else []
+
+
+def check_ttp_pipeline(run: Flowctl, workdir: Path) -> None:
+    ledgers = [e["ledger"] for e in ttp_events(workdir)]
+    assert ledgers == list(range(ledgers[0], ledgers[0] + len(ledgers)))
+
+
 # Flows that run until stopped: run them until they produced a few events, then Ctrl+C.
 ENDLESS: dict[str, Callable[[Flowctl, Path], None]] = {
     "compose-flow.yaml": check_compose_flow,
+    "ttp-pipeline.yaml": check_ttp_pipeline,
 }
+#: ... when they have: a few events seen; the options they run with
+PRODUCED: dict[str, Callable[[Flowctl, Path], bool]] = {
+    "compose-flow.yaml": lambda run, workdir: len(compose_events(run)) >= 3,
+    "ttp-pipeline.yaml": lambda run, workdir: len(ttp_events(workdir)) >= 3,
+}
+OPTIONS = {"ttp-pipeline.yaml": ["--orchestrator", "process"]}
 
 
 def test_every_example_is_checked_and_valid() -> None:
@@ -173,13 +190,17 @@ def test_example_runs_until_done(example: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("example", sorted(ENDLESS))
-def test_endless_example_runs_until_ctrl_c(example: str, tmp_path: Path, nats_url: str) -> None:
+def test_endless_example_runs_until_ctrl_c(example: str, tmp_path: Path, nats_url: str,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     workdir = tmp_path / "examples"
     shutil.copytree(EXAMPLES, workdir, ignore=shutil.ignore_patterns("__pycache__", "out"))
-    run = Flowctl("--nats-url", nats_url, "run", example, log_dir=tmp_path, cwd=workdir,
-                  name="run")
+    shutil.copytree(EXAMPLES.parent / "tests" / "programs", tmp_path / "tests" / "programs",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # ttp-pipeline's programs
+    monkeypatch.setenv("TTP_OUTPUT", str(workdir / "ttp-output.jsonl"))
+    run = Flowctl("--nats-url", nats_url, "run", example, *OPTIONS.get(example, []),
+                  log_dir=tmp_path, cwd=workdir, name="run")
     try:
-        wait_for(lambda: len(compose_events(run)) >= 3 or run.proc.poll() is not None, 30,
+        wait_for(lambda: PRODUCED[example](run, workdir) or run.proc.poll() is not None, 30,
                  "three events")
         run.interrupt(group=True)  # a terminal's Ctrl+C
         assert run.wait(30) == 130, run.err()

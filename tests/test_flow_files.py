@@ -230,8 +230,7 @@ def test_a_go_flowctl_pipeline_file_loads_with_notes(tmp_path: Path) -> None:
     assert loaded is not None
     assert {p.severity for p in problems} == {"warning"}
     assert sorted((p.path, p.line) for p in problems) == [
-        ("metadata.namespace", 5), ("spec.driver", 9), ("spec.pipelines[0]", 27),
-        ("spec.sources[0].ports", 18)]
+        ("metadata.namespace", 5), ("spec.driver", 9), ("spec.pipelines[0]", 27)]
     spec = resolve_paths(loaded.spec, tmp_path)
     nodes = {n.id: n for n in spec.nodes}
     assert spec.description == "from the Go flowctl"
@@ -239,6 +238,7 @@ def test_a_go_flowctl_pipeline_file_loads_with_notes(tmp_path: Path) -> None:
     gen = nodes["gen"]
     assert (gen.restart_policy, gen.health_check, gen.volumes) == (
         "never", "/healthz", [f"{tmp_path / 'data'}:/data:ro"])
+    assert [(p.container_port, p.host_port) for p in gen.ports] == [(8080, 8080)]
     assert nodes["metrics"].role == "source" and nodes["metrics"].command == \
         str(tmp_path / "metrics.sh")
     result = validate_loaded(loaded, problems)

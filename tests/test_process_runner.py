@@ -158,7 +158,7 @@ async def test_env_vars_are_expanded_from_the_agent(spawn: Any, host: Host) -> N
         "GREETING": "hi s3cret",
         "LITERAL": "${NOPE}",
         "FLOWCTL_SERVICE_ID": "f1.envp.0",
-        "FLOWCTL_HEARTBEAT_INTERVAL": "1s",
+        "FLOWCTL_HEARTBEAT_INTERVAL": "10s",  # a component's heartbeat (the notes')
         "ENABLE_FLOWCTL": "true",
         "NATS_URL": "nats://127.0.0.1:4222",
         "FLOWCTL_OUTPUTS": '{"out":"flowctl.f1.envp.out"}',

@@ -65,6 +65,7 @@ from flowstore.nats import (
     connect,
     open_bucket,
 )
+from flowstore.programs import Orchestrator
 from flowstore.store import pipelined, stored_at
 from flowstore.streams import ensure_logs_stream
 
@@ -87,6 +88,8 @@ class AgentSettings:
     #: globs of the programs and images this agent runs (none by default: permits.py)
     allow_commands: tuple[str, ...] = ()
     allow_images: tuple[str, ...] = ()
+    #: which form runs a node that has both a program and an image (None: the image)
+    orchestrator: Orchestrator | None = None
     #: wait (with backoff) while NATS is not reachable at start, instead of failing
     wait_for_nats: bool = False
     #: what to stop while cut off from NATS (see agent.cutoff)
@@ -204,6 +207,7 @@ class Agent(ReplicaKeeping):
                 allow_inline_code=self.allow_inline_code, heartbeat_s=self.settings.heartbeat,
                 allow_commands=self.settings.allow_commands,
                 allow_images=self.settings.allow_images,
+                orchestrator=self.settings.orchestrator,
                 on_changed=self.changed)
             await self.data.start()
         except BaseException:

@@ -54,7 +54,8 @@ class DataLoop:
                  allow_inline_code: bool, heartbeat_s: float,
                  on_changed: Callable[[Replica], None],
                  allow_commands: tuple[str, ...] = (),
-                 allow_images: tuple[str, ...] = ()) -> None:
+                 allow_images: tuple[str, ...] = (),
+                 orchestrator: str | None = None) -> None:
         self.nats_options = options
         self.agent_name = agent_name
         self.instance = instance  # labels the agent's containers (see runners.watchdog)
@@ -62,6 +63,7 @@ class DataLoop:
         self.allow_inline_code = allow_inline_code
         self.allow_commands = allow_commands
         self.allow_images = allow_images
+        self.orchestrator = orchestrator  # process | container: for nodes with both forms
         self.heartbeat_s = heartbeat_s
         self._on_changed = on_changed
         self.drops = DropRouter()

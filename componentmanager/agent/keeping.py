@@ -5,7 +5,8 @@ agent module stays one screenful of control loops).
 * start: a replica continues the counters of its last status record (they belong to
   ``<flow>.<node>.<replica>``, not to a process), is registered for health watching and
   started on the data loop;
-* stop: in flow order (sources, processors, sinks), its final record written once;
+* stop: dependents before their dependencies, then in flow order (sources, processors,
+  sinks), its final record written once;
 * every status interval: health judged, rates and lag measured, status written.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from componentmanager.agent.reconcile import stop_groups
 from componentmanager.runners import make_replica, watchdog
 from componentmanager.runners.base import Replica
 from flowstore.models import ReplicaState, ReplicaStatus
@@ -49,22 +51,19 @@ class ReplicaKeeping:
         raise NotImplementedError
 
     async def _stop_in_flow_order(self, stops: list[tuple[str, str]]) -> None:
-        """Stop sources first, then processors, then sinks (each group concurrently), so
-        what upstream flushes on stop still finds its consumers running."""
-        for role in ("source", "processor", "sink", None):
-            group = [
-                (key, reason)
-                for key, reason in stops
-                if (key in self.replicas and self.replicas[key].cfg.role == role)
-                or (role is None and key in self.replicas)
-            ]
-            await asyncio.gather(*(self._stop_replica(k, r) for k, r in group))
+        """Stop what depends on others first, then sources, processors, sinks (each group
+        concurrently; see :func:`~componentmanager.agent.reconcile.stop_groups`)."""
+        reasons = dict(stops)
+        known = [(k, self.replicas[k].cfg.role, self.replicas[k].cfg.dependency_depth or 0)
+                 for k in reasons if k in self.replicas]
+        for group in stop_groups(known):
+            await asyncio.gather(*(self._stop_replica(k, reasons[k]) for k in group))
 
     async def _start_replica(self, cfg: Any, index: int) -> None:
-        if cfg.kind == "container" and self._watchdog is None:
-            self._watchdog = watchdog.spawn(os.getpid(), self.instance)
         assert self.data is not None
         replica = make_replica(cfg, index, self.data)
+        if replica.cfg.kind == "container" and self._watchdog is None:
+            self._watchdog = watchdog.spawn(os.getpid(), self.instance)
         key = replica.key
         await self._continue_counters(replica)
         self.replicas[key] = replica

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flowstore.models import ComponentConfig, status_key
+from flowstore.models import ComponentConfig, Role, status_key
+
+ROLE_ORDER: tuple[Role | None, ...] = ("source", "processor", "sink", None)
 
 
 @dataclass(frozen=True)
@@ -84,3 +86,15 @@ def stop_reasons(
         elif agent not in cfg.assignments:
             reasons[key] = "assigned elsewhere"
     return reasons
+
+
+def stop_groups(replicas: list[tuple[str, Role | None, int]]) -> list[list[str]]:
+    """(key, role, dependency depth) of replicas to stop -> groups to stop one after the
+    other (each group concurrently): the deepest in ``depends_on`` first (a node stops
+    before what it depends on), then by role (sources, processors, sinks: what upstream
+    flushes on stop still finds its consumers running)."""
+    order = sorted({(-depth, ROLE_ORDER.index(role if role in ROLE_ORDER else None))
+                    for _, role, depth in replicas})
+    return [[key for key, role, depth in replicas
+             if (-depth, ROLE_ORDER.index(role if role in ROLE_ORDER else None)) == rank]
+            for rank in order]

@@ -1,6 +1,7 @@
 """Replica runners: in-process, process and container, behind one interface (base.Replica).
 
-:func:`make_replica` picks the runner for a config's ``kind``; :func:`reap_leftovers`
+:func:`make_replica` picks the runner for a config's ``kind`` (for a node with both a
+program and an image, the one the agent's ``orchestrator`` asks for); :func:`reap_leftovers`
 cleans what a previous life of this agent left behind (processes, containers). Process
 and container replicas share their supervision (:mod:`.external`).
 """
@@ -41,6 +42,11 @@ class RefusedReplica(Replica):
 
 def make_replica(cfg: ComponentConfig, index: int, host: ReplicaHost) -> Replica:
     from componentmanager.runners.permits import refusal
+
+    if cfg.external is not None:  # the agent's --orchestrator picks a form of two
+        kind = cfg.external.runs_as(getattr(host, "orchestrator", None))
+        if kind != cfg.kind:
+            cfg = cfg.model_copy(update={"kind": kind})
 
     refused = refusal(cfg, getattr(host, "allow_commands", ()),
                       getattr(host, "allow_images", ()))

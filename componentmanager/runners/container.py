@@ -12,12 +12,19 @@ Restarts, backoff, readiness and the log file are those of
 :class:`~componentmanager.runners.external.ExternalReplica`: Docker's own restart policy
 is not used, each run is a fresh container, removed when it ends.
 
-Networking: when NATS is on a loopback address (the embedded server on 127.0.0.1, the
-default), the container runs with ``network_mode="host"``, so ``NATS_URL`` and the health
-port mean the same inside and out and no server has to listen on the Docker bridge; this
-needs a Linux engine (Docker Desktop's host networking differs). Otherwise the default
-network is used and ``NATS_URL`` is passed unchanged (the server must be reachable from
-containers); the health check then goes to the container's bridge IP. ``run_options``
+Networking (:func:`network_options`): when NATS is on a loopback address (the embedded
+server on 127.0.0.1, the default), the container runs with ``network_mode="host"``, so
+``NATS_URL``, the health port and the node's ports mean the same inside and out (like a
+process: ``localhost:50051`` reaches a dependency in either) and no server has to listen
+on the Docker bridge; the ids of the nodes it ``depends_on`` resolve to 127.0.0.1. This
+needs a Linux engine (Docker Desktop's host networking differs). Otherwise the flow's
+containers share the user-defined network ``flowctl-<flow>`` (created on first use,
+removed with its last container), where each is reachable by its node id, ``ports``
+(``[{containerPort, hostPort}]``) are published on the host and ``NATS_URL`` is passed
+unchanged (the server must be reachable from containers); the health check then goes to
+the container's address on that network. A node with a ``binary`` (its process form)
+runs the image as built: the binary, its ``args`` and ``working_dir`` are not passed.
+``run_options``
 (constructor) are extra ``containers.create`` arguments, e.g. ``volumes`` or
 ``network_mode``. ``NATS_CREDS``/TLS paths are host paths: mount them if you use them.
 
@@ -142,17 +149,19 @@ class ContainerReplica(ExternalReplica):
             "labels": self.labels(),
             "detach": True,
         }
-        if ext.command:
+        if ext.binary:
+            pass  # args and working_dir go with the binary: the image runs as built
+        elif ext.command:
             opts["entrypoint"] = [ext.command]
             opts["command"] = list(ext.args)
         elif ext.args:
             opts["command"] = list(ext.args)
-        if ext.working_dir:
+        if ext.working_dir and not ext.binary:
             opts["working_dir"] = ext.working_dir
         if ext.volumes:
             opts["volumes"] = list(ext.volumes)
-        if "network" not in self.run_options and is_loopback_url(env.get("NATS_URL")):
-            opts["network_mode"] = "host"
+        if not {"network", "network_mode"} & self.run_options.keys():
+            opts.update(network_options(self.cfg, env.get("NATS_URL")))
         opts.update(self.run_options)
         return opts
 
@@ -167,6 +176,8 @@ class ContainerReplica(ExternalReplica):
         client, opts = self._client, self.create_options(env)
         try:
             await asyncio.to_thread(_remove, client, self.container_name)
+            if "network" in opts:
+                await asyncio.to_thread(_ensure_network, client, opts["network"], self.cfg.flow)
             try:
                 container = await asyncio.to_thread(lambda: client.containers.create(**opts))
             except ImageNotFound:
@@ -187,7 +198,7 @@ class ContainerReplica(ExternalReplica):
         attrs = container.attrs
         self.pid = (attrs.get("State") or {}).get("Pid") or None
         if opts.get("network_mode") != "host":
-            self._health_ip = (attrs.get("NetworkSettings") or {}).get("IPAddress") or "127.0.0.1"
+            self._health_ip = _container_ip(attrs)
         loop = asyncio.get_running_loop()
         for name in ("stdout", "stderr"):
             self._log_threads.append(_in_thread(self._follow_logs, container, name, loop))
@@ -246,6 +257,8 @@ class ContainerReplica(ExternalReplica):
             container, self._container = self._container, None
             with contextlib.suppress(DockerException):
                 await asyncio.to_thread(container.remove, force=True)
+            if self._client is not None:
+                await asyncio.to_thread(_drop_network, self._client, flow_network(self.cfg.flow))
 
     async def stop(self) -> None:
         await super().stop()
@@ -256,6 +269,53 @@ class ContainerReplica(ExternalReplica):
 
     def _health_host(self) -> str:
         return self._health_ip
+
+
+def _container_ip(attrs: dict[str, Any]) -> str:
+    """The container's address on its network (user-defined networks leave the top-level
+    IPAddress empty), for the health check."""
+    settings = attrs.get("NetworkSettings") or {}
+    for network in (settings.get("Networks") or {}).values():
+        if (network or {}).get("IPAddress"):
+            return str(network["IPAddress"])
+    return settings.get("IPAddress") or "127.0.0.1"
+
+
+def flow_network(flow: str) -> str:
+    """The user-defined Docker network of a flow's containers."""
+    return f"flowctl-{flow}"
+
+
+def network_options(cfg: ComponentConfig, nats_url: str | None) -> dict[str, Any]:
+    """How a container is networked (pure; see the module docstring): host networking when
+    NATS is on loopback (node ids it depends on resolve to 127.0.0.1), else the flow's
+    network with the node id as alias and ``ports`` published."""
+    ext = cfg.external
+    if is_loopback_url(nats_url):
+        hosts = {dep: "127.0.0.1" for dep in cfg.depends_on or {}}
+        return {"network_mode": "host", **({"extra_hosts": hosts} if hosts else {})}
+    network = flow_network(cfg.flow)
+    opts: dict[str, Any] = {"network": network,
+                            "networking_config": {network: {"Aliases": [cfg.node]}}}
+    if ext is not None and ext.ports:
+        opts["ports"] = {f"{p.container_port}/{p.protocol}": p.host_port or p.container_port
+                         for p in ext.ports}
+    return opts
+
+
+def _ensure_network(client: Any, name: str, flow: str) -> None:
+    if not client.networks.list(names=[name]):
+        with contextlib.suppress(APIError):  # created meanwhile by another replica
+            client.networks.create(name, driver="bridge", labels={LABEL_FLOW: flow})
+
+
+def _drop_network(client: Any, name: str) -> None:
+    """Remove the flow's network once no container uses it (else leave it)."""
+    with contextlib.suppress(DockerException):
+        for network in client.networks.list(names=[name]):
+            network.reload()
+            if not network.attrs.get("Containers"):
+                network.remove()
 
 
 def _remove(client: Any, name: str) -> None:

@@ -35,7 +35,17 @@ Variable                       Value
                                the program reads its inputs there and acks each message
                                once its outputs are stored (the SDK does)
 ``ENABLE_FLOWCTL``             ``true`` (flowctl compatibility)
-``FLOWCTL_HEARTBEAT_INTERVAL`` the agent's heartbeat as a Go-style duration, e.g. ``2s``
+``FLOWCTL_ENDPOINT``           where the control plane is: the ``NATS_URL`` (flowctl
+                               compatibility)
+``COMPONENT_ID``               the node id (flowctl compatibility)
+``FLOWCTL_HEARTBEAT_INTERVAL`` how often a registered component heartbeats, as a Go-style
+                               duration: ``10s`` (a node's ``env`` may set another)
+``FLOWCTL_HEARTBEAT_SUBJECT``  where a component registers (its first message) and
+                               heartbeats (the SDK does); one that registered and falls
+                               silent for 3 intervals is restarted
+                               (:mod:`~componentmanager.runners.health`)
+``FLOWCTL_READY_SUBJECT``      where a program says it is subscribed and ready (the SDK
+                               does): it is reported ``running`` then, no earlier
 =============================  ==========================================================
 
 A message is one JSON event, or (with ``frames: true`` on the node) a frame of events as
@@ -59,6 +69,11 @@ import re
 from collections.abc import Mapping
 
 from flowstore.models import ComponentConfig, consumer_name, stream_name
+
+#: How often a component heartbeats (``FLOWCTL_HEARTBEAT_INTERVAL``) unless its node's
+#: ``env`` sets another interval: silent for three of these while registered, it is
+#: restarted (:mod:`componentmanager.runners.health`).
+COMPONENT_HEARTBEAT_S = 10.0
 
 _VAR = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -106,6 +121,27 @@ def _json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
+def parse_duration(text: str, default: float) -> float:
+    """Seconds from a Go-style duration (``10s``, ``500ms``, ``1m``, ``2``), else ``default``."""
+    text = text.strip()
+    for unit, factor in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
+        if text.endswith(unit):
+            text, scale = text[: -len(unit)], factor
+            break
+    else:
+        scale = 1.0
+    try:
+        value = float(text) * scale
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+def heartbeat_subject(flow: str, node: str, index: int) -> str:
+    """Where a component registers and heartbeats (see the module docstring)."""
+    return f"flowctl.heartbeat.{flow}.{node}.{index}"
+
+
 def ready_subject(flow: str, node: str, index: int) -> str:
     """Where a program says it is subscribed and ready (the SDK does), so the agent
     reports it running, and upstream sources start, no earlier."""
@@ -140,7 +176,10 @@ def component_env(
             "FLOWCTL_FRAME_PORTS": _json(cfg.frame_ports),
             "FLOWCTL_READY_SUBJECT": ready_subject(cfg.flow, cfg.node, index),
             "ENABLE_FLOWCTL": "true",
+            "FLOWCTL_ENDPOINT": nats_env.get("NATS_URL", ""),
+            "COMPONENT_ID": cfg.node,
             "FLOWCTL_HEARTBEAT_INTERVAL": format_duration(heartbeat_s),
+            "FLOWCTL_HEARTBEAT_SUBJECT": heartbeat_subject(cfg.flow, cfg.node, index),
         }
     )
     ext = cfg.external

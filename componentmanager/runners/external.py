@@ -16,10 +16,14 @@ its own task and never blocks anything else.
   ``never``; backoff ``backoff_initial`` doubling to ``backoff_max``, back to the start
   after a run that lasted ``backoff_reset`` seconds. A clean exit that is not restarted
   is ``completed``.
-* stop: the subclass's ``_terminate`` (a signal, ``grace`` seconds, then a kill).
+* ``depends_on``: each launch waits until the dependencies are up
+  (:mod:`~componentmanager.runners.dependencies`).
+* liveness once running: ``health_check`` probed every ``health_interval``, the heartbeats
+  of a registered component (:mod:`~componentmanager.runners.health`); a program found
+  dead is stopped and ``failed`` with why, and the policy decides.
+* stop: the subclass's ``_terminate`` (a signal, ``stop_grace`` seconds, then a kill).
 
-Also here, for both kinds: :class:`LaunchError`, :class:`LineSplitter`, :class:`LogSink`
-and :func:`http_status` (the health probe).
+Also here, for both kinds: :class:`LaunchError`, :class:`LineSplitter`, :class:`LogSink`.
 """
 
 from __future__ import annotations
@@ -34,12 +38,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from componentmanager.runners.base import Replica, ReplicaHost
+from componentmanager.runners.dependencies import wait_for_dependencies
 from componentmanager.runners.env import (
+    COMPONENT_HEARTBEAT_S,
     UndefinedVariableError,
     component_env,
     health_port,
     ready_subject,
 )
+from componentmanager.runners.health import Liveness, http_status
 from flowstore.models import ComponentConfig, ExternalFields, ReplicaState
 
 BACKOFF_INITIAL_S = 0.5
@@ -50,7 +57,6 @@ READY_AFTER_S = 0.5
 #: before it is reported running anyway (a program without the SDK never says so).
 SAID_READY_WAIT_S = 3.0
 HEALTH_TIMEOUT_S = 30.0
-STOP_GRACE_S = 5.0
 MAX_LINE = 64 * 1024
 
 
@@ -116,27 +122,6 @@ class LogSink:
             self._file = None
 
 
-async def http_status(
-    host: str, port: int, path: str = "/health", timeout: float = 1.0
-) -> int | None:
-    """The status code of a tiny ``GET`` (no dependency), or None when nobody answers."""
-    writer: asyncio.StreamWriter | None = None
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
-            writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n".encode())
-            await writer.drain()
-            parts = (await reader.readline()).split()
-        if len(parts) >= 2 and parts[0].startswith(b"HTTP/"):
-            return int(parts[1])
-        return None
-    except (OSError, TimeoutError, ValueError):
-        return None
-    finally:
-        if writer is not None:
-            writer.close()
-
-
 class ExternalReplica(Replica):
     """Supervision shared by processes and containers; subclasses launch and kill."""
 
@@ -146,7 +131,7 @@ class ExternalReplica(Replica):
         index: int,
         host: ReplicaHost,
         *,
-        grace: float = STOP_GRACE_S,
+        grace: float | None = None,
         health_timeout: float = HEALTH_TIMEOUT_S,
         ready_after: float = READY_AFTER_S,
         backoff_initial: float = BACKOFF_INITIAL_S,
@@ -157,12 +142,11 @@ class ExternalReplica(Replica):
     ) -> None:
         super().__init__(cfg, index, host)
         self.ext: ExternalFields = cfg.external or ExternalFields()
-        self.grace, self.health_timeout, self.ready_after = grace, health_timeout, ready_after
+        self.grace = self.ext.stop_grace if grace is None else grace
+        self.health_timeout, self.ready_after = health_timeout, ready_after
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
         self.backoff_reset = backoff_reset
-        self.heartbeat_s = heartbeat_s if heartbeat_s is not None else float(
-            getattr(host, "heartbeat_s", 2.0)
-        )
+        self.heartbeat_s = COMPONENT_HEARTBEAT_S if heartbeat_s is None else heartbeat_s
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self.sink = LogSink(self)
         self._stop_event = asyncio.Event()
@@ -200,6 +184,8 @@ class ExternalReplica(Replica):
         delay = self.backoff_initial
         try:
             while not self._stop_event.is_set():
+                if not await wait_for_dependencies(self, self._stop_event):
+                    return
                 began = time.monotonic()
                 rc, error = await self._run_once(env)
                 self.exit_code = rc
@@ -234,14 +220,18 @@ class ExternalReplica(Replica):
             said = await self.host.nc.subscribe(
                 ready_subject(self.cfg.flow, self.cfg.node, self.index),
                 cb=self._on_said_ready)
+        liveness = Liveness(self, env)
+        await liveness.listen()
         try:
             await self._launch(env)
         except LaunchError as exc:
+            await liveness.close()
             await self._cleanup()
             return None, str(exc)
         exit_task = asyncio.create_task(self._wait_exit())
         stop_task = asyncio.create_task(self._stop_event.wait())
         ready_task = asyncio.create_task(self._ready())
+        alive_task: asyncio.Task[str] | None = None
         error: str | None = None
         try:
             first = asyncio.FIRST_COMPLETED
@@ -250,16 +240,24 @@ class ExternalReplica(Replica):
                 error = ready_task.result()
                 if error is None:
                     self.set_state(ReplicaState.RUNNING)
-                    await asyncio.wait({exit_task, stop_task}, return_when=first)
+                    alive_task = asyncio.create_task(self._alive(liveness))
+                    await asyncio.wait({exit_task, stop_task, alive_task}, return_when=first)
+                    if alive_task.done() and not exit_task.done() and not stop_task.done():
+                        error = alive_task.result()  # dead while its process lives
+                        self.sink.write(f"flowctl: {error}; stopping it (restart_policy "
+                                        f"{self.ext.restart_policy})", "agent")
+                        self.set_state(ReplicaState.FAILED, error)
                 else:
                     self.set_state(ReplicaState.FAILED, error)
             if not exit_task.done():
                 await self._terminate()
             rc = await exit_task
         finally:
-            for task in (exit_task, stop_task, ready_task):
+            tasks = [t for t in (exit_task, stop_task, ready_task, alive_task) if t]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(exit_task, stop_task, ready_task, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await liveness.close()
             await self._cleanup()
             if said is not None:
                 with contextlib.suppress(Exception):
@@ -267,6 +265,13 @@ class ExternalReplica(Replica):
         if error is None and rc != 0:
             error = describe_exit(rc)
         return rc, error
+
+    async def _alive(self, liveness: Liveness) -> str:
+        """Why the running program is dead (see :mod:`~componentmanager.runners.health`)."""
+        ext = self.ext
+        port = health_port(self.cfg, self.index)
+        return await liveness.watch(self._health_host(), port, ext.health_check,
+                                    ext.health_interval)
 
     async def _on_said_ready(self, _msg: Any) -> None:
         self._said_ready.set()

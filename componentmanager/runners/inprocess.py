@@ -36,6 +36,7 @@ from componentmanager.runners.base import Replica, ReplicaHost
 from componentmanager.runners.checkpoint import SourceCheckpoint, StoredMark
 from componentmanager.runners.commit import new_epoch
 from componentmanager.runners.delivery import InputDelivery
+from componentmanager.runners.dependencies import wait_for_dependencies
 from componentmanager.runners.teardown import ReplicaTeardown
 from flowstore.models import ComponentConfig, ReplicaState, status_key, stream_name
 from flowstore.nats import STATUS_BUCKET, open_bucket
@@ -215,6 +216,7 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
         delay = RESTART_BACKOFF_S[0]
         while not self._stopping:
             try:
+                await wait_for_dependencies(self, asyncio.Event())  # (stop cancels it)
                 await self._run_once()
                 if self.state != ReplicaState.COMPLETED:
                     await self._until_a_task_dies()

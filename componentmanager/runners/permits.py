@@ -27,8 +27,8 @@ def refusal(cfg: ComponentConfig, allow_commands: tuple[str, ...],
             return None
         return (f"this agent does not run the image {ext.image!r}: start it with "
                 f"--allow-images '{ext.image}' (a glob; '*' allows any)")
-    if cfg.kind == "process" and ext is not None and ext.command:
-        command = ext.command
+    if cfg.kind == "process" and ext is not None and ext.program:
+        command = ext.program
         names = {command, os.path.basename(command)}
         resolved = shutil.which(command)
         if resolved:

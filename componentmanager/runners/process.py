@@ -67,14 +67,14 @@ class ProcessReplica(ExternalReplica):
         self._pumps: list[asyncio.Task[None]] = []
 
     def _resolve(self, env: Mapping[str, str]) -> str:
-        command = self.ext.command or ""
+        command = self.ext.program or ""  # binary, else command
         if not command:
             raise LaunchError("no command configured")
         if os.sep in command and not os.path.isabs(command) and self.ext.working_dir:
             command = os.path.join(self.ext.working_dir, command)
         found = shutil.which(command, path=env.get("PATH", os.defpath))
         if found is None:
-            raise LaunchError(f"command not found: {self.ext.command}")
+            raise LaunchError(f"command not found: {command}")
         return found
 
     async def _launch(self, env: dict[str, str]) -> None:
@@ -95,7 +95,7 @@ class ProcessReplica(ExternalReplica):
                 preexec_fn=_child_setup,
             )
         except OSError as exc:
-            raise LaunchError(f"cannot start {self.ext.command}: {exc.strerror or exc}") from None
+            raise LaunchError(f"cannot start {program}: {exc.strerror or exc}") from None
         self._proc, self.pid = proc, proc.pid
         self._write_pid_file(proc.pid)
         assert proc.stdout is not None and proc.stderr is not None
