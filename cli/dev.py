@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.embedded import Embedded, load_to_run, pinned_to_run, quiet_agents
+from cli.embedded import Embedded, QuietOpt, load_to_run, pinned_to_run, quiet_agents
 from cli.errors import other_error, own_error, run
 from cli.interrupt import DRAIN_TIMEOUT_S, DrainOpt
 from cli.main import app, print_changes, valid_name
@@ -110,6 +110,7 @@ def dev(
                                  callback=valid_name("flow"))
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Agent logs.")] = False,
+    quiet: QuietOpt = False,
     allow_inline_code: Annotated[bool, typer.Option(
         "--allow-inline-code/--no-inline-code", help="Run inline `code:` (default: yes).")
     ] = True,
@@ -135,7 +136,7 @@ def dev(
         loaded = load_to_run(file, name)
         async with Embedded(loaded, allow_inline_code, commands, "dev",
                             ui_port=ui_port if ui else None,
-                            drain_timeout=drain_timeout) as emb:
+                            drain_timeout=drain_timeout, echo=not quiet) as emb:
             info(f"dev: watching {file} and the modules it imports (Ctrl+C stops)")
             watcher = asyncio.create_task(reload_on_save(emb, file))
             try:

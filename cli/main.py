@@ -91,6 +91,21 @@ class Globals:
             kv_replicas=self.kv_replicas,
         )
 
+    def client_options(self) -> NatsOptions:
+        """:meth:`options` of a command that uses a server (not one that starts its own):
+        without --nats-url / NATS_URL, the server of the running `flowctl run`, when one
+        runs (:mod:`cli.runrecord`)."""
+        if not self.nats_url_given:
+            from cli.runrecord import find_run
+
+            found, living = find_run()
+            if found is not None:
+                self.nats_url, self.nats_url_given = found.url, True
+                more = f"; {living} run, the newest is used" if living > 1 else ""
+                info(f"NATS: {found.url}, of `flowctl {found.command}` (pid {found.pid}, "
+                     f"flow/{found.flow}{more}; --nats-url picks another)")
+        return self.options()
+
 
 G: Globals | None = None
 
@@ -187,7 +202,7 @@ async def connect_nats(opts: NatsOptions | None = None, reconnect: bool = False)
     ``reconnect`` for commands that run until Ctrl+C (they ride out server restarts)."""
     from flowstore.nats import connect
 
-    return await connect(opts or globals_().options(), reconnect=reconnect)
+    return await connect(opts or globals_().client_options(), reconnect=reconnect)
 
 
 async def engine_session(reconnect: bool = False) -> Any:
@@ -199,7 +214,7 @@ async def engine_session(reconnect: bool = False) -> Any:
     @asynccontextmanager
     async def session():  # type: ignore[no-untyped-def]
         g = globals_()
-        nc = await connect_nats(g.options(), reconnect=reconnect)
+        nc = await connect_nats(g.client_options(), reconnect=reconnect)
         try:
             yield await FlowEngine.open(nc, kv_replicas=g.kv_replicas)
         finally:
