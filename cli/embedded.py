@@ -87,14 +87,14 @@ def _placements(spec: Any) -> list[tuple[str | None, dict[str, str]]]:
 
 QuietOpt = Annotated[bool, typer.Option(
     "--quiet", "-q", help="Hide the output lines of the programs and containers (shown "
-    "prefixed [node.replica] otherwise).")]
+    "prefixed \\[node.replica] otherwise).")]
 
 
 def show_program_line(line: str, stream: str) -> None:
-    """A program's output line, on the stream it wrote it to (from the data thread)."""
-    out = sys.stderr if stream == "stderr" else sys.stdout
-    out.write(line + "\n")
-    out.flush()
+    """A program's output line (of its stdout or stderr), on stderr: stdout carries what
+    the stdout sinks print, so it stays pipeable (called from the data thread)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 @app.command("run")
@@ -125,7 +125,8 @@ def run_flow(
     drain_timeout: DrainOpt = DRAIN_TIMEOUT_S,
 ) -> None:
     """The one-command mode: embedded NATS + agent, apply/deploy/start the flow, show
-    status and sink output; Ctrl+C (or --until-done) stops it, prints a summary per node
+    status, sink output and the programs' output lines (\\[node.replica] first, on stderr;
+    -q hides them); Ctrl+C (or --until-done) stops it, prints a summary per node
     and removes what the run created. Exit 1 when an event failed or was lost; after
     Ctrl+C (SIGTERM) the sources stop first, the rest drains (--drain-timeout), exit 130
     (143).
