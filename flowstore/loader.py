@@ -122,7 +122,8 @@ def _problem(err: dict[str, Any], where: SourceMap) -> Problem:
     import difflib
 
     loc = tuple(err["loc"])
-    path, line = where.in_file(path_str(loc)), where.line_at(path_str(loc))
+    path = where.in_file(path_str(loc))
+    line = where.line_at(path_str(loc)) or where.lines.get("")  # (the file's first line)
     kind, msg = err["type"], plain(err["msg"])
     if kind == "extra_forbidden":
         close = difflib.get_close_matches(str(loc[-1]), sorted(_fields_at(loc)), n=1,
