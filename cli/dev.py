@@ -18,11 +18,12 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.embedded import Embedded, QuietOpt, load_to_run, pinned_to_run, quiet_agents
+from cli.embedded import Embedded, load_to_run, pinned_to_run, quiet_agents
 from cli.errors import other_error, own_error, run
 from cli.interrupt import DRAIN_TIMEOUT_S, DrainOpt
 from cli.main import app, print_changes, valid_name
 from cli.output import info
+from cli.programs import QuietOpt
 from cli.ui import UiOpt, UiPortOpt
 
 #: How often the files are looked at, seconds.

@@ -45,6 +45,7 @@ from cli.errors import EXIT_FAILED, EXIT_USAGE, fail, run
 from cli.interrupt import DRAIN_TIMEOUT_S, DrainOpt, Signals, drain
 from cli.main import app, globals_, valid_name
 from cli.output import info, spinner, table
+from cli.programs import QuietOpt, show_program_line
 from cli.runrecord import remove_record, write_record
 from cli.ui import UiOpt, UiPortOpt, console_beside
 
@@ -83,18 +84,6 @@ def _placements(spec: Any) -> list[tuple[str | None, dict[str, str]]]:
         if p is not None and (p.agent, p.labels) not in found:
             found.append((p.agent, dict(p.labels)))
     return found
-
-
-QuietOpt = Annotated[bool, typer.Option(
-    "--quiet", "-q", help="Hide the output lines of the programs and containers (shown "
-    "prefixed \\[node.replica] otherwise).")]
-
-
-def show_program_line(line: str, stream: str) -> None:
-    """A program's output line (of its stdout or stderr), on stderr: stdout carries what
-    the stdout sinks print, so it stays pipeable (called from the data thread)."""
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
 
 
 @app.command("run")

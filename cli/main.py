@@ -93,17 +93,13 @@ class Globals:
 
     def client_options(self) -> NatsOptions:
         """:meth:`options` of a command that uses a server (not one that starts its own):
-        without --nats-url / NATS_URL, the server of the running `flowctl run`, when one
-        runs (:mod:`cli.runrecord`)."""
+        without --nats-url / NATS_URL, the server of the running `flowctl run`, if any."""
         if not self.nats_url_given:
-            from cli.runrecord import find_run
+            from cli.runrecord import running_url
 
-            found, living = find_run()
-            if found is not None:
-                self.nats_url, self.nats_url_given = found.url, True
-                more = f"; {living} run, the newest is used" if living > 1 else ""
-                info(f"NATS: {found.url}, of `flowctl {found.command}` (pid {found.pid}, "
-                     f"flow/{found.flow}{more}; --nats-url picks another)")
+            url = running_url()
+            if url is not None:
+                self.nats_url, self.nats_url_given = url, True
         return self.options()
 
 

@@ -101,3 +101,16 @@ def find_run() -> tuple[RunRecord | None, int]:
         if record is None or record in stale:
             remove_record(path)
     return chosen, living
+
+
+def running_url() -> str | None:
+    """The URL of the newest running ``flowctl run``, said on stderr; None when none runs."""
+    from cli.output import info
+
+    found, living = find_run()
+    if found is None:
+        return None
+    more = f"; {living} run, the newest is used" if living > 1 else ""
+    info(f"NATS: {found.url}, of `flowctl {found.command}` (pid {found.pid}, "
+         f"flow/{found.flow}{more}; --nats-url picks another)")
+    return found.url
