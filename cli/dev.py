@@ -6,7 +6,8 @@ watched (their modification times, every :data:`POLL_S`), and on save the flow i
 re-applied live: what changed is printed (``~ config dev.enrich``), only the changed
 nodes restart, the embedded server and everything else keep running. A file that does
 not load or validate, or a module that does not compile, is shown with its line and the
-last good version keeps running. Inline ``code:`` is allowed (your own machine).
+last good version keeps running. Inline ``code:`` is allowed (your own machine): it is
+part of the flow file, so an edited ``custom`` source, processor or sink restarts alone.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from cli.errors import other_error, own_error, run
 from cli.interrupt import DRAIN_TIMEOUT_S, DrainOpt
 from cli.main import app, print_changes, valid_name
 from cli.output import info
+from cli.programs import QuietOpt
 from cli.ui import UiOpt, UiPortOpt
 
 #: How often the files are looked at, seconds.
@@ -57,11 +59,11 @@ def _compile_errors(paths: list[Path]) -> list[str]:
     return errors
 
 
-async def reload_on_save(emb: Embedded, file: Path) -> None:
-    """Re-apply the flow whenever its file or one of its modules changes."""
+async def reload_on_save(emb: Embedded, file: Path, seen: dict[Path, float]) -> None:
+    """Re-apply the flow whenever its file or one of its modules changes from ``seen``
+    (taken when the flow was loaded, so a save during the start-up counts)."""
     from cli.files import check
 
-    seen = _watched(file, emb.loaded)
     while True:
         await asyncio.sleep(POLL_S)
         now = _watched(file, emb.loaded)
@@ -110,6 +112,7 @@ def dev(
                                  callback=valid_name("flow"))
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Agent logs.")] = False,
+    quiet: QuietOpt = False,
     allow_inline_code: Annotated[bool, typer.Option(
         "--allow-inline-code/--no-inline-code", help="Run inline `code:` (default: yes).")
     ] = True,
@@ -133,11 +136,12 @@ def dev(
 
     async def go() -> int:
         loaded = load_to_run(file, name)
+        seen = _watched(file, loaded)
         async with Embedded(loaded, allow_inline_code, commands, "dev",
                             ui_port=ui_port if ui else None,
-                            drain_timeout=drain_timeout) as emb:
+                            drain_timeout=drain_timeout, echo=not quiet) as emb:
             info(f"dev: watching {file} and the modules it imports (Ctrl+C stops)")
-            watcher = asyncio.create_task(reload_on_save(emb, file))
+            watcher = asyncio.create_task(reload_on_save(emb, file, seen))
             try:
                 code = await emb.watch(False, 0)
             finally:

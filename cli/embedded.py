@@ -14,6 +14,8 @@ dead-lettered or left unprocessed, or a replica failed.
 A run has an id, ``run-<pid>``. Its agents carry the label ``flowctl.run=<id>`` and the
 flow it applies requires that label on every node (besides the node's own placement),
 so with ``--nats-url`` no replica lands on another agent connected to the same server.
+While it runs, its embedded server is recorded (:mod:`cli.runrecord`): ``flowctl list``,
+``status``, ``logs``, ``ui`` ... given no ``--nats-url`` find it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from cli.errors import EXIT_FAILED, EXIT_USAGE, fail, run
 from cli.interrupt import DRAIN_TIMEOUT_S, DrainOpt, Signals, drain
 from cli.main import app, globals_, valid_name
 from cli.output import info, spinner, table
+from cli.programs import QuietOpt, show_program_line
+from cli.runrecord import remove_record, write_record
 from cli.ui import UiOpt, UiPortOpt, console_beside
 
 #: The label every agent of a `flowctl run` carries and every node of its flow requires.
@@ -102,6 +106,7 @@ def run_flow(
         "--commands/--no-commands", help="Run `command:` and `image:` nodes (default: yes, "
         "your own machine).")] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Agent logs.")] = False,
+    quiet: QuietOpt = False,
     metrics_port: Annotated[int, typer.Option(
         "--metrics-port", min=0, max=65535, help="Serve the agent's Prometheus metrics on "
         "127.0.0.1:PORT (0: a free port, printed; more agents: PORT+1, ...).")] = 0,
@@ -111,7 +116,8 @@ def run_flow(
     orchestrator: OrchestratorOpt = None,
 ) -> None:
     """The one-command mode: embedded NATS + agent, apply/deploy/start the flow, show
-    status and sink output; Ctrl+C (or --until-done) stops it, prints a summary per node
+    status, sink output and the programs' output lines (\\[node.replica] first, on stderr;
+    -q hides them); Ctrl+C (or --until-done) stops it, prints a summary per node
     and removes what the run created. Exit 1 when an event failed or was lost; after
     Ctrl+C (SIGTERM) the sources stop first, the rest drains (--drain-timeout), exit 130
     (143).
@@ -129,7 +135,7 @@ def run_flow(
             refuse_endless(loaded)
         async with Embedded(loaded, allow_inline_code, commands, metrics_port=metrics_port,
                             ui_port=ui_port if ui else None,
-                            drain_timeout=drain_timeout,
+                            drain_timeout=drain_timeout, echo=not quiet,
                             orchestrator=orchestrator.value if orchestrator else None) as emb:
             code = await emb.watch(until_done, timeout)
         return code or emb.exit_code
@@ -173,7 +179,7 @@ class Embedded:
     def __init__(self, loaded: Any, allow_inline_code: bool, commands: bool = True,
                  command: str = "run", metrics_port: int | None = 0,
                  ui_port: int | None = None, drain_timeout: float = DRAIN_TIMEOUT_S,
-                 orchestrator: str | None = None) -> None:
+                 echo: bool = True, orchestrator: str | None = None) -> None:
         self.command = command  # the command that runs it: run or dev (for messages)
         self.metrics_port = metrics_port  # None: no metrics
         self.ui_port = ui_port  # None: no console
@@ -181,8 +187,10 @@ class Embedded:
         self.loaded = loaded
         self.name = loaded.name
         self.allow_inline_code = allow_inline_code
+        self.echo = echo  # show the programs' output lines
         self.allowed = ("*",) if commands else ()  # programs and images, your machine
         self.server: Any = None
+        self.record: Path | None = None  # where the other commands find the server
         self.agents: list[Any] = []
         self.agent_tasks: list[asyncio.Task[None]] = []
         self.stop_agents = asyncio.Event()
@@ -217,6 +225,7 @@ class Embedded:
                                            ) from exc
                     opts.url = self.server.url
                     info(f"embedded nats-server on {opts.url}")
+                    self.record = write_record(opts.url, self.name, self.command)
                 self.nc = await connect_nats(opts)
                 self.engine = await FlowEngine.open(self.nc, kv_replicas=opts.kv_replicas)
                 await self._refuse_existing(opts.url)
@@ -285,6 +294,7 @@ class Embedded:
                 allow_commands=self.allowed,
                 allow_images=self.allowed,
                 orchestrator=self.orchestrator,  # type: ignore[arg-type]
+                echo_output=show_program_line if self.echo else None,
                 lead=True,
             )
             agent = Agent(settings, opts)
@@ -397,6 +407,7 @@ class Embedded:
             with contextlib.suppress(Exception):
                 await self.nc.close()
         if self.server is not None:
+            remove_record(self.record)
             await asyncio.to_thread(self.server.stop)
 
 

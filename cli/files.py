@@ -93,8 +93,9 @@ def _path_issues(loaded: Any, local: bool) -> list[Any]:
         refused = local and field == MODULE_FIELD
         out.append(ValidationIssue(
             code="module_not_found" if refused else "path_not_found",
-            severity="error" if refused else "warning", node=node.id, path=path,
-            line=loaded.source.line(path) or loaded.source.line(where),
+            severity="error" if refused else "warning", node=node.id,
+            path=loaded.source.in_file(path) if path else None,
+            line=loaded.source.line_at(path),
             message=f"node '{node.id}': {what}", suggestion=(
                 "put the module there or name its directory in config.python_path: this "
                 "command runs it on this machine; `flowctl apply` to agents elsewhere only "

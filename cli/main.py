@@ -91,6 +91,17 @@ class Globals:
             kv_replicas=self.kv_replicas,
         )
 
+    def client_options(self) -> NatsOptions:
+        """:meth:`options` of a command that uses a server (not one that starts its own):
+        without --nats-url / NATS_URL, the server of the running `flowctl run`, if any."""
+        if not self.nats_url_given:
+            from cli.runrecord import running_url
+
+            url = running_url()
+            if url is not None:
+                self.nats_url, self.nats_url_given = url, True
+        return self.options()
+
 
 G: Globals | None = None
 
@@ -187,7 +198,7 @@ async def connect_nats(opts: NatsOptions | None = None, reconnect: bool = False)
     ``reconnect`` for commands that run until Ctrl+C (they ride out server restarts)."""
     from flowstore.nats import connect
 
-    return await connect(opts or globals_().options(), reconnect=reconnect)
+    return await connect(opts or globals_().client_options(), reconnect=reconnect)
 
 
 async def engine_session(reconnect: bool = False) -> Any:
@@ -199,7 +210,7 @@ async def engine_session(reconnect: bool = False) -> Any:
     @asynccontextmanager
     async def session():  # type: ignore[no-untyped-def]
         g = globals_()
-        nc = await connect_nats(g.options(), reconnect=reconnect)
+        nc = await connect_nats(g.client_options(), reconnect=reconnect)
         try:
             yield await FlowEngine.open(nc, kv_replicas=g.kv_replicas)
         finally:

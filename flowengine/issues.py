@@ -120,22 +120,11 @@ class IssueCollector:
             return self.source.connection_paths[j]
         return f"connections[{j}]"
 
-    def _line(self, path: str | None) -> int | None:
-        if self.source is None or not path:
-            return None
-        probe = path
-        while probe:
-            line = self.source.line(probe)
-            if line is not None:
-                return line
-            cut = max(probe.rfind("."), probe.rfind("["))
-            probe = probe[:cut] if cut > 0 else ""
-        return None
-
     def add(self, code: str, message: str, *, severity: Severity = "error",
             node: str | None = None, port: str | None = None,
             suggestion: str | None = None, path: str | None = None) -> None:
         self.issues.append(ValidationIssue(
             code=code, severity=severity, node=node, port=port, message=message,
-            suggestion=suggestion, path=path, line=self._line(path),
+            suggestion=suggestion, line=self.source.line_at(path) if self.source else None,
+            path=self.source.in_file(path) if self.source and path else path,
         ))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from flowstore.compat import from_go_flowctl
 from flowstore.flowfile import CanvasFlow, FlowFile
+from flowstore.located import FlowFileError, Problem, SourceMap, path_str
 from flowstore.models import FlowSpec
 from flowstore.repair import (
     SECTIONS,
@@ -29,50 +30,12 @@ from flowstore.repair import (
     left_out_ids,
     repair,
 )
+from flowstore.shortform import from_short_form, is_short_form, lift_code
 from flowstore.yamlguard import refusal
 
-
-@dataclass(frozen=True)
-class Problem:
-    """One problem of a file: ``code`` is stable (invalid_yaml, not_a_flow, unreadable,
-    unknown_field, missing_field, invalid_field)."""
-
-    path: str
-    message: str
-    line: int | None = None
-    code: str = "invalid_field"
-    suggestion: str | None = None
-    severity: str = "error"
-
-    def __str__(self) -> str:
-        where = f"line {self.line}: " if self.line else ""
-        hint = f" ({self.suggestion})" if self.suggestion else ""
-        text = f"{self.path}: {self.message}" if self.path else self.message
-        return f"{where}{text}{hint}"
-
-
-class FlowFileError(Exception):
-    """A flow file that cannot be loaded. ``problems`` lists every located problem."""
-
-    def __init__(self, file: str, problems: list[Problem]) -> None:
-        self.file = file
-        self.problems = problems
-        lines = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"{file}: {len(problems)} problem(s):\n{lines}")
-
-
-@dataclass
-class SourceMap:
-    """Where each node (by id) and connection (by index) came from in the file."""
-
-    node_paths: dict[str, str] = field(default_factory=dict)
-    connection_paths: list[str] = field(default_factory=list)
-    lines: dict[str, int] = field(default_factory=dict)
-    #: ids of the entries left out for their schema problems (reported already)
-    left_out: set[str] = field(default_factory=set)
-
-    def line(self, path: str | None) -> int | None:
-        return self.lines.get(path) if path else None
+__all__ = ["FlowFileError", "LoadedFlow", "Problem", "SourceMap", "load_flow",
+           "load_flow_lenient", "parse_flow", "parse_flow_lenient", "path_str", "plain",
+           "read_flow_text", "split_documents"]
 
 
 @dataclass
@@ -81,16 +44,6 @@ class LoadedFlow:
     spec: FlowSpec
     source: SourceMap
     file: str
-
-
-def path_str(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
 
 
 def _line_index(node: yaml.Node | None, prefix: tuple[Any, ...], into: dict[str, int]) -> None:
@@ -165,15 +118,12 @@ def _fields_at(loc: tuple[Any, ...]) -> set[str]:
     return set(model.model_fields) if model is not None else set()
 
 
-def _problem(err: dict[str, Any], lines: dict[str, int]) -> Problem:
+def _problem(err: dict[str, Any], where: SourceMap) -> Problem:
     import difflib
 
     loc = tuple(err["loc"])
-    path = path_str(loc)
-    line, probe = lines.get(path), loc
-    while line is None and probe:
-        probe = probe[:-1]
-        line = lines.get(path_str(probe))
+    path = where.in_file(path_str(loc))
+    line = where.line_at(path_str(loc)) or where.lines.get("")  # (the file's first line)
     kind, msg = err["type"], plain(err["msg"])
     if kind == "extra_forbidden":
         close = difflib.get_close_matches(str(loc[-1]), sorted(_fields_at(loc)), n=1,
@@ -191,15 +141,15 @@ def _problem(err: dict[str, Any], lines: dict[str, int]) -> Problem:
     return Problem(path, msg, line)
 
 
-def _problems(exc: ValidationError, lines: dict[str, int]) -> list[Problem]:
-    return [_problem(err, lines) for err in exc.errors()]
+def _problems(exc: ValidationError, where: SourceMap) -> list[Problem]:
+    return [_problem(err, where) for err in exc.errors()]
 
 
-def _source_map_for_file(model: FlowFile, lines: dict[str, int],
+def _source_map_for_file(model: FlowFile, where: SourceMap,
                          kept: dict[str, list[int]] | None = None) -> SourceMap:
     """``kept``: per section, the file index of each entry of ``model`` (entries removed
     by :func:`flowstore.repair.repair` leave gaps)."""
-    smap = SourceMap(lines=lines)
+    smap = SourceMap(lines=where.lines, renames=where.renames)
     for section in SECTIONS:
         for n, entry in enumerate(getattr(model.spec, section)):
             i = kept[section][n] if kept else n
@@ -233,23 +183,38 @@ def parse_flow_lenient(text: str, file: str = "<flow>"
         try:
             canvas = CanvasFlow.model_validate(data)
         except ValidationError as exc:
-            return None, _problems(exc, lines)
+            return None, _problems(exc, SourceMap(lines=lines))
         return LoadedFlow(canvas.name, canvas.to_spec(), _source_map_for_canvas(canvas, lines),
                           file), []
+    data, where, shaped = _long_form(data, lines, file)
     work, notes = from_go_flowctl(data)
-    warnings = [Problem(n.path, n.message, lines.get(n.path), "unsupported", None, n.severity)
-                for n in notes]
+    noted = [Problem(where.in_file(n.path), n.message, where.line_at(n.path),
+                     "unsupported", None, n.severity) for n in notes]
+    noted += [replace(p, path=where.in_file(p.path), line=where.line_at(p.path))
+              for p in shaped]
     original = copy.deepcopy(work)
-    model, problems, kept = _validate_repairing(work, lines)
+    model, problems, kept = _validate_repairing(work, where)
     if model is None:
-        return None, [*warnings, *problems]
-    smap = _source_map_for_file(model, lines, kept)
+        return None, [*noted, *problems]
+    smap = _source_map_for_file(model, where, kept)
     smap.left_out = left_out_ids(original, kept)
-    return LoadedFlow(_file_name(data, model), model.to_spec(), smap, file), [*warnings,
+    return LoadedFlow(_file_name(data, model), model.to_spec(), smap, file), [*noted,
                                                                             *problems]
 
 
-def _validate_repairing(work: Any, lines: dict[str, int]
+def _long_form(data: dict[str, Any], lines: dict[str, int], file: str
+               ) -> tuple[dict[str, Any], SourceMap, list[Problem]]:
+    """The long form of ``data`` (see :mod:`flowstore.shortform`), where its paths are in
+    the file, and the problems of its shape (their paths as checked)."""
+    renames: list[tuple[str, str]] = []
+    shaped: list[Problem] = []
+    if is_short_form(data):
+        data, renames, shaped = from_short_form(data, file)
+    data, lifted, more = lift_code(data)
+    return data, SourceMap(lines=lines, renames=[*lifted, *renames]), [*shaped, *more]
+
+
+def _validate_repairing(work: Any, where: SourceMap
                         ) -> tuple[FlowFile | None, list[Problem], dict[str, list[int]] | None]:
     """Validate ``work`` against the flow file's schema, repairing it (stand-ins,
     removals: :mod:`flowstore.repair`) until it passes, so every schema problem is found
@@ -268,7 +233,7 @@ def _validate_repairing(work: Any, lines: dict[str, int]
                 loc = file_loc(tuple(err["loc"]), kept)
                 if consequence(loc, err["type"], repaired):
                     continue
-                problem = _problem({**err, "loc": loc}, lines)
+                problem = _problem({**err, "loc": loc}, where)
                 if (problem.path, problem.message) not in seen:
                     seen.add((problem.path, problem.message))
                     problems.append(problem)

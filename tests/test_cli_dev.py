@@ -63,7 +63,7 @@ def test_dev_reapplies_on_save_and_keeps_the_last_good_version(tmp_path: Path) -
         assert json_lines(dev.out())[-1]["version"] == "three"
 
         (tmp_path / "flow.yaml").write_text(FLOW.replace("type: stdout", "type: stdot"))
-        dev.wait_output("did you mean 'stdout'?")
+        dev.wait_output("did you mean 'stdout'")
         count = len(json_lines(dev.out()))
         wait_for(lambda: len(json_lines(dev.out())) > count + 5, 20, "events still flowing")
 

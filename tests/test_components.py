@@ -19,7 +19,8 @@ EXPECTED = {
     "join": "processor", "stdout": "sink",
     "file-sink": "sink", "http-sink": "sink", "nats-sink": "sink", "kv": "sink",
     "sql-source": "source", "sql-sink": "sink", "mqtt-source": "source", "mqtt-sink": "sink",
-    "parquet": "sink",
+    "parquet": "sink", "custom-source": "source", "custom-processor": "processor",
+    "custom-sink": "sink",
 }
 
 

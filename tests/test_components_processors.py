@@ -192,7 +192,7 @@ async def test_python_inline_code_only_when_allowed() -> None:
     await p.start()
     await p.process("in", {"n": 21})
     assert ctx.events() == [{"n": 21, "double": 42}]
-    with pytest.raises(TypeError, match="does not define a callable process"):
+    with pytest.raises(TypeError, match="does not define a function process"):
         await make("python", {"code": "x = 1"}, Ctx(allow_inline_code=True)).start()
 
 

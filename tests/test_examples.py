@@ -131,6 +131,15 @@ def check_parquet(run: Flowctl, workdir: Path) -> None:
     assert sorted(ds.dataset(out).to_table().column("seq").to_pylist()) == list(range(1000))
 
 
+def check_inline_short(run: Flowctl, workdir: Path) -> None:
+    assert json_lines(run.out()) == [{"data": "HELLO"}]
+
+
+def check_custom(run: Flowctl, workdir: Path) -> None:
+    squares = read_jsonl(workdir / "out" / "squares.jsonl")
+    assert [(e["n"], e["square"]) for e in squares] == [(n, n * n) for n in range(5, 0, -1)]
+
+
 CHECKS: dict[str, Callable[[Flowctl, Path], None]] = {
     "hello.yaml": check_hello,
     "route.yaml": check_route,
@@ -142,6 +151,8 @@ CHECKS: dict[str, Callable[[Flowctl, Path], None]] = {
     "partitions.yaml": check_partitions,
     "parquet.yaml": check_parquet,
     "sqlite.yaml": check_sqlite,
+    "inline-short.yaml": check_inline_short,
+    "custom.yaml": check_custom,
 }
 def ttp_events(workdir: Path) -> list[dict[str, Any]]:
     out = workdir / "ttp-output.jsonl"

@@ -27,6 +27,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,9 @@ class AgentSettings:
     #: serve Prometheus metrics on this port (0: any free port; None: off)
     metrics_port: int | None = None
     metrics_host: str = "0.0.0.0"
+    #: ``(line, stream)``: shows each output line of a program or container, prefixed
+    #: ``[node.replica]`` (`flowctl run`), instead of logging it
+    echo_output: Callable[[str, str], None] | None = None
 
 
 class Agent(ReplicaKeeping):
@@ -208,7 +212,7 @@ class Agent(ReplicaKeeping):
                 allow_commands=self.settings.allow_commands,
                 allow_images=self.settings.allow_images,
                 orchestrator=self.settings.orchestrator,
-                on_changed=self.changed)
+                on_changed=self.changed, echo=self.settings.echo_output)
             await self.data.start()
         except BaseException:
             if self._agent_rev:  # we announced: take our record back (never another's)

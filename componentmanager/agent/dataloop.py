@@ -55,7 +55,8 @@ class DataLoop:
                  on_changed: Callable[[Replica], None],
                  allow_commands: tuple[str, ...] = (),
                  allow_images: tuple[str, ...] = (),
-                 orchestrator: str | None = None) -> None:
+                 orchestrator: str | None = None,
+                 echo: Callable[[str, str], None] | None = None) -> None:
         self.nats_options = options
         self.agent_name = agent_name
         self.instance = instance  # labels the agent's containers (see runners.watchdog)
@@ -66,6 +67,8 @@ class DataLoop:
         self.orchestrator = orchestrator  # process | container: for nodes with both forms
         self.heartbeat_s = heartbeat_s
         self._on_changed = on_changed
+        #: shows the output lines of programs and containers (`flowctl run`'s terminal)
+        self.echo = echo
         self.drops = DropRouter()
         self.throttle = Throttle()
         self.nc: Any = None
@@ -84,9 +87,12 @@ class DataLoop:
                  event_id: str | None = None) -> None:
         """A component's log line (``stream``: stdout, stderr, error for an event that
         failed, agent for what the agent says about the replica): logged here (once per
-        interval when repeated) and published on ``flowctl.logs.<flow>.<node>.<replica>``,
-        which FLOWCTL_LOGS keeps."""
-        if stream != "error" and self.throttle.admit(("log", replica.key, line)):
+        interval when repeated; a program's output shown by :attr:`echo` instead, when set)
+        and published on ``flowctl.logs.<flow>.<node>.<replica>``, which FLOWCTL_LOGS keeps."""
+        if self.echo is not None and stream in ("stdout", "stderr") \
+                and replica.cfg.kind != "inprocess":
+            self.echo(f"[{replica.cfg.node}.{replica.index}] {line}", stream)
+        elif stream != "error" and self.throttle.admit(("log", replica.key, line)):
             log.info(line, replica=replica.key, stream=stream)
         self.publish_log(replica.cfg.flow, replica.cfg.node, replica.index, line, stream,
                          event_id)

@@ -5,6 +5,7 @@ Sources (:mod:`.sources`, :mod:`.http_source`): ``generate``, ``file-source``,
 Processors (:mod:`.processors`, :mod:`.python_processor`): ``filter``, ``transform``,
 ``route``, ``batch``, ``python``; stateful (:mod:`.stateful`): ``window``, ``join``.
 Sinks (:mod:`.sinks`): ``stdout``, ``file-sink``, ``http-sink``, ``nats-sink``, ``kv``.
+Inline Python of every role (:mod:`.custom`): ``custom``.
 
 The registry is keyed by (role, name), so a source and a sink share ``file``, ``http``
 and ``nats`` (written ``file-source`` / ``file-sink`` above). Each module registers its
@@ -14,6 +15,7 @@ a component is created. Config expressions: :mod:`.expressions`.
 
 from componentmanager.components import (
     connectors,
+    custom,
     http_source,
     processors,
     python_processor,
@@ -22,5 +24,5 @@ from componentmanager.components import (
     stateful,
 )
 
-__all__ = ["connectors", "http_source", "processors", "python_processor", "sinks", "sources",
-           "stateful"]
+__all__ = ["connectors", "custom", "http_source", "processors", "python_processor", "sinks",
+           "sources", "stateful"]

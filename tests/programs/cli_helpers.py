@@ -10,12 +10,15 @@ that none of them outlives it.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +31,10 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 FLOWCTL = str(Path(sys.executable).parent / "flowctl")
 STARTED: list[Flowctl] = []
+#: Where the `flowctl run`s of this test session record their servers (cli.runrecord):
+#: theirs alone, so a `flowctl list` without a URL never finds a run of someone else.
+RUN_RECORDS = tempfile.mkdtemp(prefix="flowctl-runs-")
+atexit.register(shutil.rmtree, RUN_RECORDS, True)
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition",
@@ -63,6 +70,7 @@ def cli_env(nats_url: str | None = None, extra: dict[str, str] | None = None) ->
     env = {k: v for k, v in os.environ.items() if k != "NATS_URL"}
     env["PYTHONUNBUFFERED"] = "1"
     env["COLUMNS"] = "200"  # tables are not wrapped, so tests can read their rows
+    env["XDG_RUNTIME_DIR"] = RUN_RECORDS
     if nats_url:
         env["NATS_URL"] = nats_url
     env.update(extra or {})
