@@ -94,11 +94,10 @@ def _reachable(succ: dict[str, list[str]], start: str) -> set[str]:
     return seen
 
 
-def _downstream(spec: FlowSpec, succ: dict[str, list[str]], start: str,
+def _downstream(replicas: dict[str, int], succ: dict[str, list[str]], start: str,
                 order: dict[str, int]) -> dict[str, int]:
     """Every node reachable from ``start`` -> its replicas, in flow order. Only sources
     wait for their downstream, so other nodes get {} (keeps translate linear)."""
-    replicas = {n.id: n.replicas for n in spec.nodes}
     return {n: replicas[n] for n in sorted(_reachable(succ, start), key=order.__getitem__)}
 
 
@@ -186,7 +185,7 @@ def translate(
             flow_revision=flow_revision,
             # only at-most-once sources wait for their downstream (at-least-once: the
             # stream keeps events); leaving it out spares them a restart on a rescale
-            downstream=(_downstream(spec, succ, node.id, order)
+            downstream=(_downstream(replicas, succ, node.id, order)
                         if role == "source" and spec.delivery == "at-most-once" else {}),
             depends_on={d: replicas[d] for d in node.depends_on if d in replicas} or None,
             dependency_depth=depths.get(node.id) or None,
