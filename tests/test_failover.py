@@ -272,14 +272,18 @@ async def test_a_killed_agents_replicas_show_unknown_at_once_and_the_move_is_log
     assert ui.stop() == 0
 
 
-async def _leader_is(nc, name: str) -> bool:
+async def _leader(nc) -> str | None:
     from flowstore.nats import LEADER_BUCKET, open_bucket
 
     try:
         entry = await (await open_bucket(nc, LEADER_BUCKET)).get("leader")
     except Exception:
-        return False
-    return json.loads(entry.value).get("agent") == name
+        return None
+    return json.loads(entry.value).get("agent")
+
+
+async def _leader_is(nc, name: str) -> bool:
+    return await _leader(nc) == name
 
 
 def _get_json(url: str):
@@ -311,3 +315,38 @@ class _EventStream:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.response.close()
+
+
+async def test_the_leaders_death_moves_its_replicas_within_the_bound(nc, agents,
+                                                                      tmp_path) -> None:
+    """SIGKILL of the agent that holds the lease and runs a replica: another agent takes
+    the lease over as soon as the server has not seen it renewed for 2 heartbeats, and
+    judges the dead leader on the server's clock at once (no grace period of its own), so
+    the replica runs again within the agents' bound (2.5 heartbeats) plus the start."""
+    procs = await start_three(nc, agents)
+    leader = await wait_until(lambda: _leader(nc), what="a leader")
+    others = sorted(set(procs) - {leader})
+    body = f"""\
+  sources:
+    - {{id: src, type: nats, config: {{subject: "ld.in"}}, placement: {{agent: {others[0]}}}}}
+  processors:
+    - {{id: work, type: filter, inputs: [src], replicas: 3, config: {{where: "true"}}}}
+"""
+    await run_flow(nc, flow_yaml("ld", body))
+    keys = ["ld.work.0", "ld.work.1", "ld.work.2"]
+    await wait_until(lambda: all_in_state(nc, "ld", keys, "running"), what="running")
+    assert leader in {s.agent for s in (await statuses(nc, "ld")).values()}
+    t0 = time.monotonic()
+    procs[leader].kill()
+
+    async def moved() -> bool:
+        st = await statuses(nc, "ld")
+        return all(st[k].agent in others and st[k].state.value == "running" for k in keys)
+
+    await wait_until(moved, timeout=15, what="the dead leader's replica running elsewhere")
+    took = time.monotonic() - t0
+    said = "\n".join(procs[n].output()[1] for n in others)
+    assert "took over a stale leader lease" in said, said[-2000:]
+    print(f"\nleader {leader} killed: its replica running again after {took:.2f} s "
+          f"(heartbeat {HB} s)")
+    assert took < 4 * HB + 1.0, took  # 2.5 heartbeats at most after the last one, + load
