@@ -11,7 +11,6 @@ Python prints its traceback (exit 1).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from collections.abc import Coroutine
@@ -149,6 +148,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     from typer.exceptions import TyperException
 
     try:
+        import asyncio  # here: `flowctl --help` needs no event loop
+
         return asyncio.run(coro)
     except BrokenPipeError:
         quiet_broken_pipe()

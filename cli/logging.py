@@ -1,11 +1,13 @@
-"""structlog setup: human-readable on a terminal, JSON lines with ``--log-json``."""
+"""structlog setup: human-readable on a terminal, JSON lines with ``--log-json``.
+
+structlog (and the rich tracebacks it loads) is imported only when a command logs: the
+reading commands only print, and answer faster without it.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-
-import structlog
 
 
 class _KnownNoise(logging.Filter):
@@ -16,10 +18,16 @@ class _KnownNoise(logging.Filter):
         return "eof_received() has no effect when using ssl" not in record.getMessage()
 
 
-def configure(json_logs: bool = False, level: int = logging.INFO) -> None:
+def configure(json_logs: bool = False, level: int = logging.INFO, structured: bool = True
+              ) -> None:
+    """Quiet asyncio's known noise; with ``structured``, set up structlog too."""
     asyncio_log = logging.getLogger("asyncio")
     if not any(isinstance(f, _KnownNoise) for f in asyncio_log.filters):
         asyncio_log.addFilter(_KnownNoise())
+    if not structured:
+        return
+    import structlog
+
     processors: list[structlog.types.Processor] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

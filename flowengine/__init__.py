@@ -9,28 +9,16 @@ computed by the pure :func:`observe`). Errors:
 :class:`ValidationFailed`, :class:`ConfigsNotConverged` (plus those of flowstore.errors).
 """
 
-from flowengine.errors import ConfigsNotConverged, ValidationFailed
-from flowengine.lifecycle import FlowEngine
-from flowengine.observe import EffectiveState, ObservedState, observe
-from flowengine.results import ApplyResult, ConfigChanges, TransitionResult
-from flowengine.translate import infer_role, resolve_type, translate
-from flowengine.validate import ValidationIssue, ValidationResult, validate, validate_loaded
+from flowstore.lazy import lazy_package
 
-__all__ = [
-    "ApplyResult",
-    "ConfigChanges",
-    "ConfigsNotConverged",
-    "EffectiveState",
-    "FlowEngine",
-    "ObservedState",
-    "TransitionResult",
-    "ValidationFailed",
-    "ValidationIssue",
-    "ValidationResult",
-    "infer_role",
-    "observe",
-    "resolve_type",
-    "translate",
-    "validate",
-    "validate_loaded",
-]
+#: Imported on first use (:func:`flowstore.lazy.lazy_package`): a reading command that
+#: needs only :class:`FlowEngine` does not load the validator and the component library.
+lazy_package(__name__, {
+    "errors": ["ConfigsNotConverged", "ValidationFailed"],
+    "lifecycle": ["FlowEngine"],
+    "observe": ["EffectiveState", "ObservedState", "observe"],
+    "results": ["ApplyResult", "ConfigChanges", "TransitionResult"],
+    "translate": ["infer_role", "resolve_type", "translate"],
+    "issues": ["ValidationIssue", "ValidationResult"],
+    "validate": ["validate", "validate_loaded"],
+})

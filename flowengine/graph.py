@@ -12,10 +12,13 @@ warnings unused_output, disconnected_node, duplicate_connection.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from flowengine.issues import IssueCollector, suggest
-from flowstore.loader import SourceMap
 from flowstore.models import FlowSpec, Role
+
+if TYPE_CHECKING:  # the loader (YAML) is not needed to read stored flows
+    from flowstore.loader import SourceMap
 
 RESERVED_PORT = "dlq"
 

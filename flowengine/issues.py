@@ -10,12 +10,14 @@ of the checkers: it turns a node or connection index into its path (``nodes[2]``
 from __future__ import annotations
 
 import difflib
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from flowstore.loader import SourceMap
 from flowstore.models import FlowSpec
+
+if TYPE_CHECKING:  # the loader (YAML) is not needed to read stored flows
+    from flowstore.loader import SourceMap
 
 Severity = Literal["error", "warning"]
 

@@ -35,7 +35,6 @@ from flowengine.results import ApplyResult, ConfigChanges, TransitionResult
 from flowengine.stopping import ACTIVE, still_running, stop_waves
 from flowengine.sync import FlowKV
 from flowengine.translate import translate
-from flowengine.validate import rescale_issues, validate
 from flowstore.errors import FlowNotFound, InvalidTransition
 from flowstore.models import (
     AgentRecord,
@@ -90,6 +89,8 @@ class FlowEngine(FlowKV):
             record = None
         deployed = record is not None and record.state != FlowState.NOT_DEPLOYED
         agents = await self.live_agents() if deployed else None
+        from flowengine.validate import rescale_issues, validate  # heavy: not for readers
+
         result = validate(spec, name=name, agents=agents)
         if deployed and record is not None:
             result = ValidationResult.from_issues([*result.issues,
@@ -119,6 +120,8 @@ class FlowEngine(FlowKV):
         record = await self.flows.get(name)
         self._require(record, "deploy", FlowState.NOT_DEPLOYED)
         agents = await self.live_agents()
+        from flowengine.validate import validate  # heavy: not for readers
+
         result = validate(record.spec, name=name, agents=agents)
         if not result.ok:
             raise ValidationFailed(result, name)
@@ -277,3 +280,4 @@ class FlowEngine(FlowKV):
         record = await self.flows.get(name)
         return observe(record, await self.list_configs(name), await self.list_status(name),
                        await self.agent_records(), datetime.now(UTC))
+

@@ -11,11 +11,10 @@ every node it ``depends_on`` (with how deep its chain of dependencies goes).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from componentmanager.registry import ComponentType, types_named
 from flowengine.graph import dependency_depths
 from flowstore.models import (
     DEFAULT_OUTPUT_PORT,
@@ -28,6 +27,9 @@ from flowstore.models import (
     data_subject,
     queue_group,
 )
+
+if TYPE_CHECKING:
+    from componentmanager.registry import ComponentType
 
 
 def infer_role(node: Node, spec: FlowSpec) -> Role | None:
@@ -45,6 +47,8 @@ def resolve_type(node: Node, spec: FlowSpec) -> ComponentType | None:
     """The registered type of a node. Types are keyed by (role, name): a source and a
     sink may share a name (``file``), so the node's role picks one; a name only one role
     uses resolves without a role. None: unknown, in the wrong section, or ambiguous."""
+    from componentmanager.registry import types_named  # on first use: readers skip it
+
     candidates = types_named(node.type)
     if node.role is None and len(candidates) == 1:
         return candidates[0]

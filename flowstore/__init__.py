@@ -1,59 +1,20 @@
 """flowstore: the persistence layer. Records kept in NATS KV, the flow file loader, the
-FlowStore with compare-and-set, and the NATS connection options shared by every package."""
+FlowStore with compare-and-set, and the NATS connection options shared by every package.
 
-from flowstore.errors import (
-    FlowctlError,
-    FlowExists,
-    FlowNotFound,
-    InvalidTransition,
-    RevisionConflict,
-    RevisionNotFound,
-)
-from flowstore.loader import FlowFileError, LoadedFlow, Problem, SourceMap, load_flow, parse_flow
-from flowstore.models import (
-    AgentRecord,
-    ComponentConfig,
-    Connection,
-    Counters,
-    FlowRecord,
-    FlowSpec,
-    FlowState,
-    Node,
-    Placement,
-    ReplicaState,
-    ReplicaStatus,
-)
-from flowstore.nats import NatsOptions, NatsUnavailable, connect, open_bucket
-from flowstore.store import FlowStore, read_all
+The names below are imported on first use (:func:`flowstore.lazy.lazy_package`), so
+importing one error type does not load the flow file loader or nats-py.
+"""
 
-__all__ = [
-    "AgentRecord",
-    "ComponentConfig",
-    "Connection",
-    "Counters",
-    "FlowExists",
-    "FlowFileError",
-    "FlowNotFound",
-    "FlowRecord",
-    "FlowSpec",
-    "FlowState",
-    "FlowStore",
-    "FlowctlError",
-    "InvalidTransition",
-    "LoadedFlow",
-    "NatsOptions",
-    "NatsUnavailable",
-    "Node",
-    "Placement",
-    "Problem",
-    "ReplicaState",
-    "ReplicaStatus",
-    "RevisionConflict",
-    "RevisionNotFound",
-    "SourceMap",
-    "connect",
-    "load_flow",
-    "open_bucket",
-    "parse_flow",
-    "read_all",
-]
+from flowstore.lazy import lazy_package
+
+lazy_package(__name__, {
+    "errors": ["FlowctlError", "FlowExists", "FlowNotFound", "InvalidTransition",
+               "RevisionConflict", "RevisionNotFound"],
+    "loader": ["FlowFileError", "LoadedFlow", "Problem", "SourceMap", "load_flow",
+               "parse_flow"],
+    "models": ["AgentRecord", "ComponentConfig", "Connection", "Counters", "FlowRecord",
+               "FlowSpec", "FlowState", "Node", "Placement", "ReplicaState",
+               "ReplicaStatus"],
+    "nats": ["NatsOptions", "NatsUnavailable", "connect", "open_bucket"],
+    "store": ["FlowStore", "read_all"],
+})
