@@ -1,6 +1,6 @@
 """How long the reading commands take from the shell, against a local server.
 
-    python benchmarks/cli_latency.py [--rounds 9]
+    python benchmarks/cli_latency.py [--rounds 9] [--before DIR]
 
 Starts a nats-server and one real `flowctl agent`, creates and starts the example flow
 ``hello`` with the `flowctl` executable, then times each command as a user runs it (a
@@ -8,12 +8,18 @@ new process each time, output discarded): ``flowctl --help``, ``list``, ``status
 ``get hello``, ``agents``. The baseline, measured in the same rounds, is ``python -c
 pass``: the cost of starting any Python program on this machine. Each round runs every
 command once, in turn, so a busy moment of the machine touches all of them alike.
-Printed: median, min and max seconds, the median less the baseline's, and the target.
+Printed per command: the wall-clock median, min and max, the median less the baseline's,
+the median CPU time (user + system: what the command itself costs, nearly unchanged by
+other load on the machine, where the wall clock is not) and the target (wall, median).
+``--before DIR`` also times each command with the code of DIR first on ``PYTHONPATH``
+(a checkout of an older commit), in the same rounds: a before/after under one load.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -36,14 +42,19 @@ COMMANDS: list[tuple[str, list[str], float]] = [
 ]
 
 
-def timed(argv: list[str]) -> float:
-    """Seconds one process takes from start to exit; a failure ends the benchmark."""
-    start = time.perf_counter()
-    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Wall and CPU seconds of one process from start to exit; a failure ends the run."""
+    cpu, start = _cpu(), time.perf_counter()
+    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     took = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.decode()[-500:]}")
-    return took
+    return took, _cpu() - cpu
 
 
 def prepare(url: str) -> None:
@@ -53,40 +64,55 @@ def prepare(url: str) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def measure(url: str, rounds: int) -> dict[str, list[float]]:
-    runs: dict[str, list[float]] = {"python -c pass (baseline)": []}
-    runs.update({label: [] for label, _, _ in COMMANDS})
-    for _label, argv, _ in COMMANDS:  # one warm-up each: bytecode caches, page cache
-        timed([FLOWCTL, "--nats-url", url, *argv])
+BASELINE = "python -c pass (baseline)"
+Runs = dict[str, list[tuple[float, float]]]
+
+
+def measure(url: str, rounds: int, before: str | None) -> Runs:
+    """Every command once per round, in turn (and with ``before``'s code after each)."""
+    variants: list[tuple[str, dict[str, str] | None]] = [("", None)]
+    if before:
+        variants.append((" (before)", {**os.environ, "PYTHONPATH": before}))
+    runs: Runs = {BASELINE: []}
+    for label, argv, _ in COMMANDS:  # one warm-up each: bytecode caches, page cache
+        for suffix, env in variants:
+            runs[label + suffix] = []
+            timed([FLOWCTL, "--nats-url", url, *argv], env)
     for _ in range(rounds):
-        runs["python -c pass (baseline)"].append(timed([sys.executable, "-c", "pass"]))
+        runs[BASELINE].append(timed([sys.executable, "-c", "pass"]))
         for label, argv, _ in COMMANDS:
-            runs[label].append(timed([FLOWCTL, "--nats-url", url, *argv]))
+            for suffix, env in variants:
+                runs[label + suffix].append(timed([FLOWCTL, "--nats-url", url, *argv], env))
     return runs
 
 
-def report(runs: dict[str, list[float]], rounds: int) -> None:
+def report(runs: Runs, rounds: int) -> None:
     targets = {label: target for label, _, target in COMMANDS}
-    base = statistics.median(runs["python -c pass (baseline)"])
+    base = statistics.median(wall for wall, _ in runs[BASELINE])
     print(f"rounds: {rounds}; seconds per command, a new process each time")
-    print(f"{'command':<28}{'median':>8}{'min':>8}{'max':>8}{'- base':>8}{'target':>8}  met")
+    print(f"{'command':<34}{'median':>8}{'min':>8}{'max':>8}{'- base':>8}{'cpu':>8}"
+          f"{'target':>8}  met")
     for label, times in runs.items():
-        median = statistics.median(times)
+        walls = [wall for wall, _ in times]
+        median = statistics.median(walls)
         target = targets.get(label)
         met = "" if target is None else ("yes" if median <= target else "NO")
-        print(f"{label:<28}{median:8.3f}{min(times):8.3f}{max(times):8.3f}"
-              f"{median - base:8.3f}{target if target else '':>8}  {met}")
+        print(f"{label:<34}{median:8.3f}{min(walls):8.3f}{max(walls):8.3f}"
+              f"{median - base:8.3f}{statistics.median(cpu for _, cpu in times):8.3f}"
+              f"{target if target else '':>8}  {met}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--before", metavar="DIR",
+                        help="also time the code of DIR (a checkout), in the same rounds")
     args = parser.parse_args()
     with EmbeddedNats() as server:
         agents = [start_agent(server.url, "bench-1", "zone=a")]
         try:
             prepare(server.url)
-            report(measure(server.url, args.rounds), args.rounds)
+            report(measure(server.url, args.rounds, args.before), args.rounds)
         finally:
             stop_all(agents)
 

@@ -236,6 +236,7 @@ def components(
     Example: flowctl components filter -o json
     """
     from componentmanager import all_types
+    from componentmanager.docgen import config_fields
 
     types = [t for t in all_types() if type_name in (None, t.name)]
     if type_name and not types:
@@ -250,26 +251,6 @@ def components(
             print(f"\nconfig of {described['type']} ({described['role']}):")
             table(["FIELD", "TYPE", "DEFAULT", "DESCRIPTION"],
                   config_fields(described["config_schema"]))
-
-
-def config_fields(schema: dict[str, Any]) -> list[list[str]]:
-    """One row per config field of a JSON schema: name (``*`` = required), type, default,
-    description; internal fields (``"internal": true``, stamped by flowctl) left out."""
-    import json
-
-    required = set(schema.get("required", []))
-    rows = []
-    for field, spec in schema.get("properties", {}).items():
-        if spec.get("internal"):  # stamped by flowctl, not for flow files
-            continue
-        kinds = [s.get("type", s.get("$ref", "").rsplit("/", 1)[-1] or "any")
-                 for s in spec.get("anyOf", [spec])]
-        kind = "|".join(k for k in kinds if k) or "any"
-        default = json.dumps(spec["default"]) if "default" in spec else ""
-        rows.append([field + ("*" if field in required else ""), kind, default,
-                     spec.get("description", "")])
-    return rows
-
 
 
 @app.command()
