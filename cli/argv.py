@@ -71,3 +71,12 @@ def hoist_globals(argv: list[str]) -> list[str]:
             after.append(token)
         j += n
     return [*before, command, *moved_after, *after]
+
+
+def subcommand(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` (global options first, as :func:`hoist_globals` leaves
+    them) runs; None when there is none."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += _takes(argv[i], GLOBAL_WITH_VALUE | COMMAND_WITH_VALUE) or 1
+    return argv[i] if i < len(argv) else None

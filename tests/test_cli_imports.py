@@ -52,6 +52,7 @@ def heavy(modules: set[str]) -> list[str]:
 def test_importing_the_cli_loads_no_component_library_nor_validator() -> None:
     modules = imported_by("--help")
     assert heavy(modules) == []
+    assert {"cli.embedded", "cli.agent", "cli.files"} <= modules  # help lists every command
     assert "rich.markdown" not in modules  # the help is plain text, not rendered by rich
 
 
@@ -62,3 +63,14 @@ def test_reading_commands_import_only_what_they_read(nats_url: str) -> None:
         modules = imported_by("--nats-url", nats_url, *command)
         assert "flowengine.lifecycle" in modules  # it did read the flows
         assert heavy(modules) == [], command
+        others = {"cli.agent", "cli.embedded", "cli.dev", "cli.files", "cli.ui"} & modules
+        assert others == set(), f"{command}: the other commands' modules {others}"
+
+
+def test_the_subcommand_is_found_past_global_options() -> None:
+    from cli.argv import hoist_globals, subcommand
+
+    assert subcommand(hoist_globals(["status", "--nats-url", "nats://x:1", "hello"])) == "status"
+    assert subcommand(hoist_globals(["-o", "json", "--nats-url=nats://x:1", "list"])) == "list"
+    assert subcommand(["--log-json", "--kv-replicas", "3", "agents", "-o", "wide"]) == "agents"
+    assert subcommand(["--nats-url", "nats://x:1"]) is None
