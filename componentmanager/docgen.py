@@ -94,6 +94,11 @@ def section(t: ComponentType) -> str:
             names.append("the ports its config names")
         ports.append("outputs " + ", ".join(names))
     out += ["", "Ports: " + ("; ".join(ports) or "none") + "."]
+    if t.role == "source":
+        fields = getattr(t.load_class(), "position_fields", None)
+        reads = ", ".join(f"`{f}`" for f in fields) if fields else "its whole config"
+        out += ["", f"A config change that leaves {reads} alone goes on from where it was "
+                "(its position and counts); `flowctl apply --reset NODE` starts it over."]
     if t.role == "sink":
         promise = EXACTLY_ONCE.get(t.exactly_once or "", "refused by `validate` (use "
                                    "at-least-once)")
