@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 from componentmanager.registry import ComponentType, all_types
+from flowstore.programs import ExternalFields
 
 ROLES = ("source", "processor", "sink")
 
@@ -79,6 +80,31 @@ def _skeleton(t: ComponentType, schema: dict[str, Any]) -> str:
     return "```yaml\n" + "\n".join(lines) + "\n```"
 
 
+def field_table(schema: dict[str, Any]) -> list[str]:
+    """A markdown table of the fields of a JSON schema (``config_fields``)."""
+    out = ["| field | type | default | description |", "|---|---|---|---|"]
+    for name, kind, default, description in config_fields(schema):
+        shown = f"`{name.rstrip('*')}`" + (" (required)" if name.endswith("*") else "")
+        out.append(f"| {shown} | {_cell(kind)} | {_cell(f'`{default}`' if default else '')} "
+                   f"| {_cell(description)} |")
+    return out
+
+
+def programs_section() -> str:
+    """The fields a node run as a program or a container takes beside its config."""
+    return "\n".join([
+        '<a id="programs-and-containers"></a>',
+        "## Programs and containers",
+        "",
+        "A node with `command:` (or `binary:`) runs as a process of the agent, one with "
+        "`image:` as a Docker container; `type:` is then any name. These fields sit beside "
+        "`config:` on the node; what the program gets is in [external.md](external.md).",
+        "",
+        *field_table(ExternalFields.model_json_schema()),
+        "",
+    ])
+
+
 def section(t: ComponentType) -> str:
     """The markdown section of one type."""
     schema = t.config_model.model_json_schema()
@@ -96,23 +122,19 @@ def section(t: ComponentType) -> str:
     out += ["", "Ports: " + ("; ".join(ports) or "none") + "."]
     if t.role == "source":
         fields = getattr(t.load_class(), "position_fields", None)
-        reads = ", ".join(f"`{f}`" for f in fields) if fields else "its whole config"
+        reads = ", ".join(f"`{f}`" for f in fields or ())
         out += ["", f"A config change that leaves {reads} alone goes on from where it was "
-                "(its position and counts); `flowctl apply --reset NODE` starts it over."]
+                "(its position and counts); `flowctl apply --reset NODE` starts it over."
+                if fields else "Any change of its config starts it over, as `flowctl apply "
+                "--reset NODE` does."]
     if t.role == "sink":
         promise = EXACTLY_ONCE.get(t.exactly_once or "", "refused by `validate` (use "
                                    "at-least-once)")
         out += ["", f"With `delivery: exactly-once`: {promise}."]
     out += ["", _skeleton(t, schema), ""]
-    rows = config_fields(schema)
-    if not rows:
+    if not config_fields(schema):
         return "\n".join([*out, "No config fields.", ""])
-    out += ["| field | type | default | description |", "|---|---|---|---|"]
-    for name, kind, default, description in rows:
-        shown = f"`{name.rstrip('*')}`" + (" (required)" if name.endswith("*") else "")
-        out.append(f"| {shown} | {_cell(kind)} | {_cell(f'`{default}`' if default else '')} "
-                   f"| {_cell(description)} |")
-    return "\n".join([*out, ""])
+    return "\n".join([*out, *field_table(schema), ""])
 
 
 def render(types: list[ComponentType]) -> str:
@@ -137,7 +159,10 @@ def render(types: list[ComponentType]) -> str:
     for role in ROLES:
         names = [f"[`{t.name}`](#{_anchor(t)})" for t in ordered if t.role == role]
         head.append(f"- **{role}s**: " + ", ".join(names))
-    return "\n".join([*head, "", *(section(t) for t in ordered)]).rstrip() + "\n"
+    head.append("- **programs and containers**: [the fields beside `config:`]"
+                "(#programs-and-containers)")
+    sections = [*(section(t) for t in ordered), programs_section()]
+    return "\n".join([*head, "", *sections]).rstrip() + "\n"
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 from flowengine.issues import IssueCollector, suggest
 from flowstore.models import FlowSpec, Role
 
-if TYPE_CHECKING:  # the loader (YAML) is not needed to read stored flows
-    from flowstore.loader import SourceMap
+if TYPE_CHECKING:
+    from flowstore.located import SourceMap
 
 RESERVED_PORT = "dlq"
 

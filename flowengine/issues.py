@@ -4,7 +4,7 @@
 (all of them, errors and warnings) are what :func:`flowengine.validate.validate` returns;
 both are importable from :mod:`flowengine.validate`. :class:`IssueCollector` is the base
 of the checkers: it turns a node or connection index into its path (``nodes[2]``, or with a
-:class:`~flowstore.loader.SourceMap` ``spec.processors[1]``, line 14) and records issues.
+:class:`~flowstore.located.SourceMap` ``spec.processors[1]``, line 14) and records issues.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pydantic import BaseModel, Field
 
 from flowstore.models import FlowSpec
 
-if TYPE_CHECKING:  # the loader (YAML) is not needed to read stored flows
-    from flowstore.loader import SourceMap
+if TYPE_CHECKING:
+    from flowstore.located import SourceMap
 
 Severity = Literal["error", "warning"]
 

@@ -10,8 +10,8 @@ from flowstore.lazy import lazy_package
 lazy_package(__name__, {
     "errors": ["FlowctlError", "FlowExists", "FlowNotFound", "InvalidTransition",
                "RevisionConflict", "RevisionNotFound"],
-    "loader": ["FlowFileError", "LoadedFlow", "Problem", "SourceMap", "load_flow",
-               "parse_flow"],
+    "located": ["FlowFileError", "Problem", "SourceMap"],
+    "loader": ["LoadedFlow", "load_flow", "parse_flow"],
     "models": ["AgentRecord", "ComponentConfig", "Connection", "Counters", "FlowRecord",
                "FlowSpec", "FlowState", "Node", "Placement", "ReplicaState",
                "ReplicaStatus"],

@@ -40,14 +40,22 @@ class PortMapping(BaseModel):
 class ExternalFields(BaseModel):
     """The flowctl-compatible fields of a component run as a program or container."""
 
-    command: str | None = None
+    command: str | None = Field(
+        default=None, description="The program to run: a name on PATH or a path (a relative "
+        "one resolves against the flow file's directory); with image: the entrypoint.")
     binary: str | None = Field(
         default=None, description="The program to run under the process orchestrator "
         "(as command:); a container ignores it, with its args and working_dir.")
-    args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
-    working_dir: str | None = None
-    health_port: int | None = Field(default=None, ge=1, le=65535)
+    args: list[str] = Field(default_factory=list, description="The program's arguments.")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment, applied last; ${VAR} is taken "
+        "from the agent's environment when the replica starts (secrets stay out of KV).")
+    working_dir: str | None = Field(
+        default=None, description="Where the program runs (default: the flow file's "
+        "directory).")
+    health_port: int | None = Field(
+        default=None, ge=1, le=65535, description="The port of health_check (replica i: "
+        "health_port + i); the replica is running once it answers 200.")
     health_check: str = Field(
         default="/health", pattern=r"^/", description="The path of the health check on "
         "health_port (GET, 200 = ready and alive).")
@@ -55,11 +63,14 @@ class ExternalFields(BaseModel):
         default=5.0, ge=0, description="Seconds between liveness probes of health_check "
         "once running (3 failures in a row: restarted by restart_policy); 0: probed at "
         "start only.")
-    restart_policy: RestartPolicy = "on-failure"
+    restart_policy: RestartPolicy = Field(
+        default="on-failure", description="When a program that ended is started again "
+        "(backoff 0.5 s doubling, cap 30 s).")
     stop_grace: float = Field(
         default=5.0, ge=0, le=3600, description="Seconds between SIGTERM (docker stop) "
         "and the kill when the component is stopped.")
-    image: str | None = None
+    image: str | None = Field(
+        default=None, description="A Docker image to run the node as a container.")
     volumes: list[str] = Field(
         default_factory=list, description='Containers only: "host_path:container_path[:ro]".'
     )
