@@ -166,7 +166,7 @@ def test_until_done_refuses_at_once_a_flow_that_can_never_be_done(tmp_path: Path
     started = time.monotonic()
     ok(flowctl("validate", compose))  # the same start-up and checks: the baseline
     baseline = time.monotonic() - started
-    assert took < max(2.0, baseline + 1.0), (took, baseline)  # (a loaded machine is slower)
+    assert took < max(2.0, 2 * baseline + 0.5), (took, baseline)  # (loaded: slower)
     flow = tmp_path / "never-done.yaml"
     flow.write_text(NEVER_DONE)
     (tmp_path / "in.txt").write_text("")

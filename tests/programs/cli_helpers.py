@@ -331,6 +331,15 @@ def timed(*args: str, nats_url: str | None = None
     return result, time.monotonic() - t0
 
 
+def startup_baseline() -> float:
+    """Seconds a local ``flowctl validate`` of the hello example takes now: the CLI's own
+    start-up on this machine at this moment. Timed checks allow their bound on top of
+    it, so a machine loaded by other tests is not taken for a slow command."""
+    _, took = timed("validate", str(Path(__file__).resolve().parents[2] / "examples"
+                                     / "hello.yaml"))
+    return took
+
+
 def read_terminal(master: int, until: Callable[[bytes], bool], timeout: float = 30) -> bytes:
     """Read a pty's master side until ``until(everything read)`` holds or the terminal
     closes (every process holding it exited); fail on timeout."""
