@@ -100,6 +100,18 @@ def run_cli(
     )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``--dist loadgroup``, see pyproject.toml): the Docker tests
+    share images and container names, so they run on one worker, one after another; so
+    do the tests that load the machine with busy loops (two of them at once would be four
+    spinning processes)."""
+    for item in items:
+        if item.get_closest_marker("docker"):
+            item.add_marker(pytest.mark.xdist_group("docker"))
+        elif "busy_loops" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("loaded"))
+
+
 @pytest.fixture
 def busy_loops() -> Iterator[list[subprocess.Popen]]:
     """A loaded machine: two processes spinning on a CPU each for the whole test (the
