@@ -3,6 +3,7 @@ the agent mid-batch loses nothing; a clean stop flushes and acks."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from flowstore.models import consumer_name, stream_name
@@ -77,3 +78,42 @@ async def _in_again(nc) -> bool:
     b = st.get("held.b.0")
     # counts belong to the replica: h2 continues from h1's 50 and takes the 50 again
     return b is not None and b.agent == "h2" and b.counters.in_ >= 100
+
+
+SLOW = """\
+  sources:
+    - {{id: gen, type: generate, config: {{count: 4}}}}
+  processors:
+    - id: slow
+      type: python
+      inputs: [gen]
+      replicas: 2
+      config: {{function: "udfs:slower_than_the_ack_wait", python_path: ["{programs}"]}}
+  sinks:
+    - {{id: out, type: file, inputs: [slow], config: {{path: "{out}"}}}}
+"""
+
+
+async def test_work_slower_than_the_ack_wait_is_kept_alive_not_delivered_again(
+        nc, agents, tmp_path) -> None:
+    """Each event takes 2.5 s, longer than the consumers' 2 s ack wait, on two replicas
+    that share the input: what a replica has in hand is reported in progress, so no input
+    is delivered again to the other replica (at-least-once would then repeat it)."""
+    from pathlib import Path
+
+    agents("s1")
+    await wait_until(lambda: live_agent(nc, "s1"), what="agent")
+    out = tmp_path / "out.jsonl"
+    programs = Path(__file__).parent / "programs"
+    await run_flow(nc, flow_yaml("slow", SLOW.format(out=out, programs=programs),
+                                 "at-least-once"))
+    async def all_four() -> bool:
+        return len(read_lines(out)) >= 4
+
+    await wait_until(all_four, timeout=40, what="all 4 events")
+    await asyncio.sleep(2.5)  # a repeat, if any, would be handled by now
+    st = await statuses(nc, "slow")
+    took = sum(st[f"slow.slow.{i}"].counters.in_ for i in range(2))
+    again = sum(st[f"slow.slow.{i}"].counters.redelivered for i in range(2))
+    seqs = sorted(json.loads(x)["seq"] for x in read_lines(out))
+    assert seqs == [0, 1, 2, 3] and took == 4 and again == 0, (seqs, took, again)

@@ -65,6 +65,8 @@ class Puller:
         #: nothing came since: the input is quiet, not merely cut off (NATS frozen)
         self.quiet = False
         self._handle_s = 0.0  # moving average of the time one message takes
+        self._in_hand: tuple[Msg, float] | None = None  # (message, since) being handled
+        self._keeper: asyncio.Task[None] | None = None
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -75,6 +77,21 @@ class Puller:
         self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_msg,
                                             pending_msgs_limit=4 * PULL_BATCH + 64)
         self._task = asyncio.create_task(self._loop(), name=f"pull {self._api}")
+        self._keeper = asyncio.create_task(self._keep_in_hand_alive(),
+                                           name=f"in progress {self._api}")
+
+    async def _keep_in_hand_alive(self) -> None:
+        """The message being handled for long (a slow function, a slow sink) is reported
+        in progress every :data:`QUEUE_FOR_S`, so the server does not deliver it again
+        elsewhere after the (short) ack wait while it is still worked on here."""
+        while True:
+            await asyncio.sleep(QUEUE_FOR_S)
+            if self._in_hand is None:
+                continue
+            msg, since = self._in_hand
+            if time.perf_counter() - since >= QUEUE_FOR_S and msg.reply:
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
 
     async def _loop(self) -> None:
         while True:
@@ -109,9 +126,11 @@ class Puller:
         self.quiet = False
         self._idle.clear()
         began = time.perf_counter()
+        self._in_hand = (msg, began)
         try:
             await self._handle(msg)
         finally:
+            self._in_hand = None
             self._idle.set()
             self._handle_s += (time.perf_counter() - began - self._handle_s) / 8
         self._remaining -= 1
@@ -130,10 +149,11 @@ class Puller:
                 await self._idle.wait()
         except TimeoutError:
             pass
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        for task in (self._task, self._keeper):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._task = self._keeper = None
         if self._sub is not None:
             sub, self._sub = self._sub, None
             try:

@@ -10,8 +10,8 @@ The consumers' ack wait is short (:data:`~flowstore.streams.DEFAULT_ACK_WAIT_S`)
 that what a dead replica had in hand is delivered again soon after it died. A live
 replica therefore keeps what it has in hand alive: the message being handled and those
 waiting for their ack are reported in progress every :data:`PROGRESS_EVERY_S`
-(:meth:`InputAcks.keep_in_hand_alive`), however long a slow function, a slow sink or a
-buffering component holds them.
+(the puller and :meth:`InputAcks.keep_in_hand_alive`), however long a slow function, a
+slow sink or a buffering component holds them.
 """
 
 from __future__ import annotations
@@ -76,7 +76,6 @@ class InputAcks:
     _outbox: Any
     _unacked: list[Msg]
     _unacked_since: float | None
-    _handling: dict[str, Msg]  # per input port: the message being handled now
     _settling: asyncio.Lock
     _progress_at: dict[str, float]
     _done: DoneInputs
@@ -109,18 +108,18 @@ class InputAcks:
                 await msg.in_progress()
 
     async def keep_in_hand_alive(self) -> None:
-        """Every :data:`PROGRESS_EVERY_S`: the inputs being handled, and those waiting
-        for their ack for half the ack wait, are reported in progress (their ack wait
-        starts again), so a live replica's inputs are never delivered again elsewhere."""
+        """Every :data:`PROGRESS_EVERY_S`: the inputs waiting for their ack for half the
+        ack wait (held by a buffering component, outputs not stored yet) are reported in
+        progress (their ack wait starts again), so a live replica's inputs are never
+        delivered again elsewhere. (The one being handled is kept alive by its
+        :class:`~componentmanager.dataplane.pull.Puller`.)"""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(PROGRESS_EVERY_S)
-            now = loop.time()
-            waiting = list(self._handling.values())
             since = self._unacked_since
-            if since is not None and now - since >= DEFAULT_ACK_WAIT_S / 2:
-                waiting += self._unacked
-            for msg in waiting:
+            if since is None or loop.time() - since < DEFAULT_ACK_WAIT_S / 2:
+                continue
+            for msg in list(self._unacked):
                 if msg.reply:
                     with contextlib.suppress(Exception):
                         await msg.in_progress()

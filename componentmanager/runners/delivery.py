@@ -193,7 +193,6 @@ class InputDelivery(CoreInputs, InputAcks, EventFailures, KeyedInputs):
                 return
             if ident is not None:
                 self._in_hand.add(ident)
-            self._handling[port] = msg
             try:
                 await self._take(port, comp, msg, ident, sequence, delivered)
             except BaseException:
@@ -203,7 +202,6 @@ class InputDelivery(CoreInputs, InputAcks, EventFailures, KeyedInputs):
                 raise
             finally:
                 self._in_hand.discard(ident)  # type: ignore[arg-type]
-                self._handling.pop(port, None)
 
         return on_msg
 

@@ -74,7 +74,6 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
         self._unacked: list[Msg] = []  # processed inputs not acked yet (see _settle)
         self._unacked_since: float | None = None
         self._progress_at: dict[str, float] = {}
-        self._handling: dict[str, Msg] = {}
         self._done = DoneInputs()
         self._handled: set[str] = set()
         self._in_hand: set[str] = set()  # inputs being handled now, by identity

@@ -35,3 +35,9 @@ def spin(event: dict[str, Any]) -> dict[str, Any]:
     while time.perf_counter() < end:
         pass
     return {"seq": event["seq"]}
+
+
+def slower_than_the_ack_wait(event: dict[str, Any]) -> dict[str, Any]:
+    """A sync function that blocks 2.5 s per event: longer than a consumer's ack wait."""
+    time.sleep(2.5)
+    return event
