@@ -42,7 +42,8 @@ class ConsoleServer:
         engine = await FlowEngine.open(self.nc, kv_replicas=self.kv_replicas)
         app = create_app(Console(engine=engine, access=self.access, hub=self.hub))
         config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning",
-                                lifespan="off", access_log=False)
+                                lifespan="off", access_log=False,
+                                timeout_graceful_shutdown=3)  # idle keep-alive clients
         self._server = _Server(config)
         sock = _bind(self.host, self.port)  # our OSError, before uvicorn (it would exit)
         self.port = sock.getsockname()[1]

@@ -253,15 +253,18 @@ async def test_python_sync_first_call_runs_on_its_worker_thread() -> None:
         "ms for one call); it runs on a worker thread")
     await slow_start.stop()
 
-    quick = make("python", {"code": RECORDS_ITS_THREAD}, Ctx(allow_inline_code=True))
-    await quick.start()
-    for event in ({"n": 1}, {"n": 2}, {"sleep": 0.05}, {"n": 3}):
-        await quick.process("in", event)
     here = threading.current_thread().name
-    calls = quick._fn.__globals__["calls"]
+    for _ in range(5):  # a starved machine can make a quick call look slow: try again
+        quick = make("python", {"code": RECORDS_ITS_THREAD}, Ctx(allow_inline_code=True))
+        await quick.start()
+        for event in ({"n": 1}, {"n": 2}, {"sleep": 0.05}, {"n": 3}):
+            await quick.process("in", event)
+        calls = quick._fn.__globals__["calls"]
+        assert quick.blocking_advice() is None  # the general advice fits a sync function
+        await quick.stop()
+        if [name == here for name in calls] == [False, True, True, False]:
+            break
     assert [name == here for name in calls] == [False, True, True, False]
-    assert quick.blocking_advice() is None  # the general advice fits a sync function
-    await quick.stop()
 
 
 async def test_python_async_function_is_told_what_an_async_function_does() -> None:

@@ -288,8 +288,12 @@ class Agent(ReplicaKeeping):
         await self._anchor_server_clock()
 
     async def _heartbeat_loop(self) -> None:
+        """A heartbeat every ``heartbeat`` seconds on a fixed cadence: a slow write does
+        not push the next one later (the leader judges the gaps between them)."""
+        beat_at = time.monotonic()
         while True:
-            await asyncio.sleep(self.settings.heartbeat)
+            beat_at = max(beat_at + self.settings.heartbeat, time.monotonic())
+            await asyncio.sleep(beat_at - time.monotonic())
             if self.data is not None:
                 self._loop_lag_s = self.data.take_max_lag()
             try:
