@@ -197,7 +197,7 @@ def translate(
             depends_on={d: replicas[d] for d in node.depends_on if d in replicas} or None,
             dependency_depth=depths.get(node.id) or None,
             external=external,
-            fused=plan.chain_of(node.id),
+            fused=plan.chain_of(node.id) or None,
             fused_port=plan.port.get(node.id),
         )
     return out

@@ -266,9 +266,9 @@ class ComponentConfig(Record):
     #: starts the node's position (a stateful node's state) over
     reset: str | None = None
     #: the fused chain this node runs in (node ids in order; see flowengine.plan), [] when
-    #: it runs alone; the first node's replica takes the inputs and the others are fed
-    #: from it in memory
-    fused: list[str] = Field(default_factory=list)
+    #: it runs alone (None: not written); the first node's replica takes the inputs and
+    #: the others are fed from it in memory
+    fused: list[str] | None = None
     #: the output port that feeds the next node of the chain in memory (not published)
     fused_port: str | None = None
 
@@ -279,7 +279,7 @@ class ComponentConfig(Record):
     @property
     def fused_next(self) -> str | None:
         """The node this one feeds in memory, or None."""
-        chain = self.fused
+        chain = self.fused or []
         if self.fused_port is None or self.node not in chain:
             return None
         at = chain.index(self.node)

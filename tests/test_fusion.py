@@ -105,7 +105,7 @@ def test_translate_names_the_chain_and_placement_keeps_it_on_one_agent() -> None
     assert (configs["f.a"].fused_next, configs["f.b"].fused_next, configs["f.c"].fused_next) \
         == ("b", "c", None)
     assert (configs["f.a"].fused_head, configs["f.b"].fused_head) == (None, "a")
-    assert configs["f.gen"].fused == [] and configs["f.out"].fused_port is None
+    assert configs["f.gen"].fused is None and configs["f.out"].fused_port is None
     for cfg in configs.values():
         cfg.replicas = 3
     agents = [AgentRecord(name=n, host="h", pid=1, version="0", started_at=utcnow(),

@@ -37,10 +37,10 @@ from componentmanager.runners.checkpoint import SourceCheckpoint, StoredMark
 from componentmanager.runners.commit import new_epoch
 from componentmanager.runners.delivery import InputDelivery
 from componentmanager.runners.dependencies import wait_for_dependencies
+from componentmanager.runners.downstream import wait_for_downstream
 from componentmanager.runners.fusion import FusedFeed
 from componentmanager.runners.teardown import ReplicaTeardown
-from flowstore.models import ComponentConfig, ReplicaState, status_key, stream_name
-from flowstore.nats import STATUS_BUCKET, open_bucket
+from flowstore.models import ComponentConfig, ReplicaState, stream_name
 
 log = structlog.get_logger("flowctl.replica")
 
@@ -102,6 +102,12 @@ class InProcessReplica(InputDelivery, FusedFeed, ReplicaTeardown, Replica):
         await checkpoint.catch_up()
         self.note = None
         self.host.log_line(self, "resumed: the checkpoint is written", "agent")
+
+    def _waiting_for(self, keys: list[str]) -> None:
+        if keys:
+            self.set_state(ReplicaState.STARTING, f"waiting for downstream: {', '.join(keys)}")
+        else:
+            self.last_error = None
 
     def held_up_by(self) -> str | None:
         publisher = self._publisher
@@ -282,7 +288,8 @@ class InProcessReplica(InputDelivery, FusedFeed, ReplicaTeardown, Replica):
             self.set_state(ReplicaState.RUNNING)
             return
         if not self._acked:
-            await self._wait_for_downstream()
+            await wait_for_downstream(self.nc, self.cfg, lambda: self._stopping,
+                                      self._waiting_for)
         elif self._publisher is not None:
             self._checkpoint = SourceCheckpoint(
                 self.nc, self.cfg, self.index, self._publisher.stored_events,
@@ -358,34 +365,6 @@ class InProcessReplica(InputDelivery, FusedFeed, ReplicaTeardown, Replica):
             error = None if dead.cancelled() else dead.exception()
             raise RuntimeError(f"internal task {dead.get_name()!r} ended"
                                + (f": {type(error).__name__}: {error}" if error else ""))
-
-    async def _wait_for_downstream(self) -> None:
-        keys = [
-            status_key(self.flow, node, r)
-            for node, count in self.cfg.downstream.items()
-            for r in range(count)
-        ]
-        if not keys:
-            return
-        kv = await open_bucket(self.nc, STATUS_BUCKET)
-        waiting: list[str] = keys
-        while waiting and not self._stopping:
-            still = []
-            for key in waiting:
-                try:
-                    entry = await kv.get(key)
-                    ok = entry.value is not None and (b'"state":"running"' in entry.value
-                                                      or b'"state":"degraded"' in entry.value)
-                except Exception:
-                    ok = False
-                if not ok:
-                    still.append(key)
-            if still:
-                self.set_state(ReplicaState.STARTING, f"waiting for downstream: {', '.join(still)}")
-            waiting = still
-            if waiting:
-                await asyncio.sleep(0.1)
-        self.last_error = None
 
     async def _flush_loop(self, interval: float) -> None:
         while True:
