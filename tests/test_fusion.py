@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from componentmanager.agent.keeping import stop_steps
@@ -148,7 +149,9 @@ async def _counted(nc, flow: str, count: int):  # type: ignore[no-untyped-def]
     return await wait_until(exact, timeout=30, what=f"exact counters {want}")
 
 
-async def test_fused_chain_counts_and_dead_letters_per_node(nc, agents, tmp_path) -> None:
+@pytest.mark.parametrize("delivery", ["at-least-once", "at-most-once"])
+async def test_fused_chain_counts_and_dead_letters_per_node(
+        nc, agents, tmp_path, delivery: str) -> None:
     agents("f1")
     await wait_until(lambda: live_agent(nc, "f1"), what="agent")
     out, count = tmp_path / "out.jsonl", 2000
@@ -158,7 +161,7 @@ async def test_fused_chain_counts_and_dead_letters_per_node(nc, agents, tmp_path
         published.add(msg.subject)
 
     await nc.subscribe("flowctl.fz.*.out", cb=seen)
-    await run_flow(nc, flow_yaml("fz", chain(out, count), "at-least-once"))
+    await run_flow(nc, flow_yaml("fz", chain(out, count), delivery))
     st = await _counted(nc, "fz", count)
     assert {st[f"fz.{n}.0"].agent for n in "abc"} == {"f1"}
     assert {st[f"fz.{n}.0"].state.value for n in "abc"} == {"running"}

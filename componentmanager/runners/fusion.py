@@ -199,18 +199,14 @@ class FusedFeed:
                           feeding: Feeding) -> None:
         """Retried in place when that may help (at-least-once), then dead-lettered as
         this node's; a dead letter not stored has the root's input delivered again."""
-        from componentmanager.runners.delivery import RETRY_PAUSES_S, retryable
+        from componentmanager.runners.delivery import retry_in_place
 
-        for pause in RETRY_PAUSES_S if self._acked else ():
-            if not retryable(exc) or self.component is None:
-                break
-            await asyncio.sleep(pause)
-            try:
-                await comp.process(port, event)
-                return
-            except Exception as again:
-                exc = again
+        last = await retry_in_place(
+            comp, port, event, exc,
+            going_on=lambda _: self._acked and self.component is not None)
+        if last is None:
+            return
         stored = await self._event_failed(port, feeding.headers, feeding.index,
-                                          encode(event), exc)
+                                          encode(event), last)
         if not stored and self._acked:
             feeding.root._failures += 1
