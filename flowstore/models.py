@@ -265,9 +265,9 @@ class ComponentConfig(Record):
     #: a token ``apply --reset NODE`` renews (later writes carry it over): a new one
     #: starts the node's position (a stateful node's state) over
     reset: str | None = None
-    #: the fused chain this node runs in (node ids in order; see flowengine.plan), [] when
-    #: it runs alone (None: not written); the first node's replica takes the inputs and
-    #: the others are fed from it in memory
+    #: the fused chain this node runs in (node ids in order; see flowengine.plan), None
+    #: when it runs alone; the first node's replica takes the inputs and the others are
+    #: fed from it in memory
     fused: list[str] | None = None
     #: the output port that feeds the next node of the chain in memory (not published)
     fused_port: str | None = None

@@ -14,7 +14,7 @@ import json
 import pytest
 import yaml
 
-from componentmanager.agent.keeping import stop_steps
+from componentmanager.agent.reconcile import stop_groups
 from flowengine.plan import describe_plan, fusion_plan
 from flowengine.translate import translate
 from flowstore import parse_flow
@@ -122,9 +122,10 @@ def test_translate_names_the_chain_and_placement_keeps_it_on_one_agent() -> None
 
 def test_a_chain_stops_head_first() -> None:
     configs = translate("f", spec(chain("/tmp/x", 1)), flow_revision=1, enabled=True)
-    stops = [(f"f.{n}.0", "r", configs[f"f.{n}"]) for n in ("out", "c", "b", "a", "gen")]
-    assert [[k for k, _ in step] for step in stop_steps(stops)] == [
-        ["f.gen.0"], ["f.a.0"], ["f.b.0"], ["f.c.0"], ["f.out.0"]]
+    known = [(f"f.{n}.0", configs[f"f.{n}"].role, 0) for n in ("out", "c", "b", "a", "gen")]
+    chain_at = {f"f.{n}.0": configs[f"f.{n}"].fused_at for n in ("out", "c", "b", "a", "gen")}
+    assert stop_groups(known, chain_at) == [["f.gen.0"], ["f.a.0"], ["f.b.0"], ["f.c.0"],
+                                            ["f.out.0"]]
 
 
 # -- real agents --------------------------------------------------------------------------
