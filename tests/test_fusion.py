@@ -183,6 +183,19 @@ async def test_fused_chain_counts_and_dead_letters_per_node(
     described = run_cli("describe", "fz", nats_url=_url(nc))
     assert described.returncode == 0, described.stderr
     assert yaml.safe_load(described.stdout)["plan"]["fused"] == ["a -> b -> c"]
+    if delivery == "at-most-once":
+        return
+    # a fused node's dead letters go back to it (its own input, idle while fused)
+    replayed = run_cli("dlq", "replay", "fz", "b", "--limit", str(count // 5),  # they fail
+                       nats_url=_url(nc))  # again: without a limit, replayed once more
+    assert replayed.returncode == 0, replayed.stderr
+
+    async def taken_again():  # type: ignore[no-untyped-def]
+        b = (await statuses(nc, "fz"))["fz.b.0"].counters
+        return b.replayed == count // 5 and b.errors == 2 * (count // 5)
+
+    await wait_until(taken_again, what="b took its dead letters again (and failed them)")
+    assert await dead_letter_counts(nc, "fz") == {"b": count // 5}
 
 
 async def test_fuse_false_runs_the_node_apart_with_the_same_results(

@@ -17,7 +17,7 @@ their root. A failing event is retried (at-least-once, when a retry may help) an
 dead-lettered as the failing node's, with the event it received; a dead letter that
 cannot be stored has the root's input delivered again.
 
-The agent stops a chain head first (see ``agent.keeping``), so a root never waits on a
+The agent stops a chain head first (``agent.reconcile.stop_groups``), so a root never waits on a
 stopped peer; a peer that restarts alone is waited for (its inputs are not acked
 meanwhile).
 """
