@@ -63,8 +63,10 @@ class FusedPeers:
             del self._peers[replica.key]
 
     def get(self, key: str) -> Any:
+        """The replica ``key`` while it can be fed (started, not stopping), else None."""
         peer = self._peers.get(key)
-        return peer if peer is not None and peer.component is not None else None
+        ready = peer is not None and peer.component is not None and not peer._stopping
+        return peer if ready else None
 
 
 class FusedFeed:
@@ -91,7 +93,7 @@ class FusedFeed:
         """The next node's replica on this agent (waited for while it (re)starts); None
         when this replica stops meanwhile."""
         peer = self._peer
-        if peer is not None and peer.component is not None:
+        if peer is not None and peer.component is not None and not peer._stopping:
             return peer
         key = f"{self.cfg.flow}.{self.cfg.fused_next}.{self.key.rsplit('.', 1)[1]}"
         while (peer := self.host.fused.get(key)) is None:
@@ -168,6 +170,9 @@ class FusedFeed:
     async def take_fed(self, event: Any, feeding: Feeding) -> None:
         """One event from the previous node of the chain."""
         comp, port, counters = self.component, self._fed_port, self.counters
+        if comp is None:  # stopped meanwhile (mid-frame): the root's input is taken again
+            feeding.root._not_fed(1)
+            return
         counters.in_ += 1
         counters.in_ports[port] = counters.in_ports.get(port, 0) + 1
         began = perf_counter()
