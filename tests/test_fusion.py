@@ -50,9 +50,10 @@ CHAIN = """\
 """
 
 
-def chain(out: object, count: int, fuse_b: bool = True, rate: int = 0) -> str:
-    return CHAIN.format(count=count, out=out, rate=f", rate: {rate}" if rate else "",
+def chain(out: object, count: int, fuse_b: bool = True, rate: int = 0, b2: str = "") -> str:
+    text = CHAIN.format(count=count, out=out, rate=f", rate: {rate}" if rate else "",
                         fuse_b="" if fuse_b else "\n      fuse: false")
+    return text.replace('b: "100 / (seq % 5)"', f'b: "100 / (seq % 5)"{b2}')
 
 
 def spec(text: str, delivery: str = "at-least-once"):  # type: ignore[no-untyped-def]
@@ -237,6 +238,28 @@ async def test_at_least_once_fused_chain_loses_nothing_across_kill_9(
 
 def _url(nc) -> str:  # type: ignore[no-untyped-def]
     return f"nats://{nc.connected_url.netloc}"
+
+
+async def test_a_fused_node_restarted_alone_loses_nothing(nc, agents, tmp_path) -> None:
+    agents("r1")
+    await wait_until(lambda: live_agent(nc, "r1"), what="agent")
+    out, count = tmp_path / "out.jsonl", 3000
+    engine = await run_flow(nc, flow_yaml("fr", chain(out, count, rate=1500),
+                                          "at-least-once"))
+    await wait_until(lambda: _lines(out, 100), what="events flowing", timeout=30)
+    before = {c.node: c.desired_fingerprint() for c in await engine.list_configs("fr")}
+    changed = parse_flow(flow_yaml("fr", chain(out, count, rate=1500, b2=', b2: "1"'),
+                                   "at-least-once"))
+    await engine.apply("fr", changed.spec)  # only b's config changes: b restarts alone
+    after = {c.node: c.desired_fingerprint() for c in await engine.list_configs("fr")}
+    assert [n for n in before if before[n] != after[n]] == ["b"]
+    want = {s for s in range(count) if s % 5 and s % 2 == 0}
+
+    async def everything() -> bool:
+        return {json.loads(x)["seq"] for x in read_lines(out)} >= want
+
+    await wait_until(everything, timeout=60, what=f"all {len(want)} events at least once")
+    assert any("b2" in json.loads(x) for x in read_lines(out))
 
 
 async def _lines(path, n: int) -> bool:  # type: ignore[no-untyped-def]
