@@ -9,7 +9,9 @@ encode, publish) -> this process counting messages (one event each).
 flowctl: real `flowctl agent` processes (bench-a, bench-b). "2 stages" is generate (on
 bench-a) -> transform (bench-b) -> file sink (bench-a); "8 stages" is generate -> 7
 transforms placed alternately on the two agents -> file sink (on the other agent than
-the last transform), so every hop crosses NATS. Events are counted at the
+the last transform), so every hop crosses NATS; "8 stages fused" runs all of it on
+bench-a, where the 7 transforms run fused (one replica, events passed in memory) and
+is compared with the chain's compute floor. Events are counted at the
 sink: the file it writes (on tmpfs) is tailed and its lines counted, so frames are
 unpacked and nothing is counted before it was really delivered. Throughput is measured
 between the first event written and the moment 99 % of them were (the sink flushes its file
@@ -50,7 +52,8 @@ HERE = Path(__file__).resolve().parent
 TMP = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
-def chain_flow(name: str, n: int, delivery: str, stages: int, out: Path) -> str:
+def chain_flow(name: str, n: int, delivery: str, stages: int, out: Path,
+               one_agent: bool = False) -> str:
     lines = [
         "apiVersion: flowctl/v1", "kind: Flow", f"metadata: {{name: {name}}}", "spec:",
         f"  delivery: {delivery}", "  sources:",
@@ -60,12 +63,13 @@ def chain_flow(name: str, n: int, delivery: str, stages: int, out: Path) -> str:
     ]
     upstream = "gen"
     for i in range(1, stages):
-        agent = "bench-b" if i % 2 else "bench-a"
+        agent = "bench-b" if i % 2 and not one_agent else "bench-a"
         lines += [f"    - id: t{i}", "      type: transform", f"      inputs: [{upstream}]",
                   f'      config: {{set: {{f{i}: "seq * 2"}}}}',
                   f"      placement: {{agent: {agent}}}"]
         upstream = f"t{i}"
     sink_agent = "bench-a" if (stages - 1) % 2 else "bench-b"  # not where the last stage is
+    sink_agent = "bench-a" if one_agent else sink_agent
     lines += ["  sinks:", "    - id: out", "      type: file", f"      inputs: [{upstream}]",
               f'      config: {{path: "{out}"}}', f"      placement: {{agent: {sink_agent}}}"]
     return "\n".join(lines) + "\n"
@@ -130,12 +134,13 @@ async def raw(url: str, n: int) -> tuple[float, int]:
     return counter.rate(), 0
 
 
-async def flowctl(url: str, n: int, delivery: str, stages: int, name: str) -> tuple[float, int]:
+async def flowctl(url: str, n: int, delivery: str, stages: int, name: str,
+                  one_agent: bool = False) -> tuple[float, int]:
     nc = await connect(NatsOptions(url=url))
     engine = await FlowEngine.open(nc)
     with tempfile.TemporaryDirectory(dir=TMP) as tmp:
         out = Path(tmp) / "out.jsonl"
-        loaded = parse_flow(chain_flow(name, n, delivery, stages, out))
+        loaded = parse_flow(chain_flow(name, n, delivery, stages, out, one_agent))
         done = asyncio.Event()
         tail = FileTail(out, n)
         tailing = asyncio.create_task(tail.until(done))
@@ -199,15 +204,19 @@ def _fmt(values: list[float]) -> str:
             f"{max(values):>11,.0f}")
 
 
-async def main(n: int, rounds: int, delivery_only: bool = False) -> None:
+async def main(n: int, rounds: int, delivery_only: bool = False,
+               fused_only: bool = False) -> None:
     configs = [("raw nats-py relay (baseline)", None, 0)]
     for delivery in ("at-most-once", "at-least-once"):
         for stages in (2, 8):
-            if not delivery_only or (delivery, stages) == ("at-least-once", 2):
+            if not (delivery_only or fused_only) or (delivery, stages) == ("at-least-once", 2):
                 configs.append((f"flowctl {delivery}, {stages} stages", delivery, stages))
+        if not delivery_only:  # the 7 transforms on one agent run fused, in one replica
+            configs.append((f"flowctl {delivery}, 8 stages fused", delivery, 8))
     configs.append(("flowctl exactly-once, 2 stages", "exactly-once", 2))
     results: dict[str, list[float]] = {label: [] for label, _, _ in configs}
     drops: dict[str, list[int]] = {label: [] for label, _, _ in configs}
+    floor_of: dict[str, list[float]] = {label: [] for label, _, _ in configs}
     with EmbeddedNats() as server:
         url = server.url
         agents = [start_agent(url, "bench-a", "role=a"), start_agent(url, "bench-b", "role=b")]
@@ -222,7 +231,10 @@ async def main(n: int, rounds: int, delivery_only: bool = False) -> None:
                     if delivery is None:
                         rate, dropped = await raw(url, n)
                     else:
-                        rate, dropped = await flowctl(url, n, delivery, stages, f"b{r}-{i}")
+                        rate, dropped = await flowctl(url, n, delivery, stages, f"b{r}-{i}",
+                                                      one_agent="fused" in label)
+                    if "fused" in label:  # its floor right after it: the same machine load
+                        floor_of[label].append(compute_floor(stages, n))
                     results[label].append(rate)
                     drops[label].append(dropped)
         finally:
@@ -244,10 +256,18 @@ async def main(n: int, rounds: int, delivery_only: bool = False) -> None:
     if delivery_only:
         return
     for delivery in ("at-most-once", "at-least-once"):
+        label = f"flowctl {delivery}, 8 stages fused"
+        ratios = sorted(a / b for a, b in zip(results[label], floor_of[label], strict=True))
+        print(f"{delivery}: 8 stages fused on one agent run at {statistics.median(ratios):.2f}x "
+              f"their compute floor (per round, against the floor measured right after: "
+              f"{', '.join(f'{r:.2f}' for r in ratios)})")
+    if fused_only:
+        return
+    floors = {stages: [compute_floor(stages, n) for _ in range(rounds)] for stages in (2, 8)}
+    for delivery in ("at-most-once", "at-least-once"):
         two = statistics.median(results[f"flowctl {delivery}, 2 stages"])
         eight = statistics.median(results[f"flowctl {delivery}, 8 stages"])
         print(f"{delivery}: 8 stages keep {eight / two:.2f}x the events/s of 2 stages")
-    floors = {stages: [compute_floor(stages, n) for _ in range(rounds)] for stages in (2, 8)}
     print("compute floor (the chain's own work in one process, no NATS, one core):")
     for stages, rates in floors.items():
         print(f"  {stages} stages {_fmt(rates)}")
@@ -261,5 +281,7 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--delivery-only", action="store_true",
                         help="only the 2-stage chain, at-least-once against exactly-once")
+    parser.add_argument("--fused-only", action="store_true",
+                        help="only the 8-stage chains fused on one agent, against the floor")
     args = parser.parse_args()
-    asyncio.run(main(args.events, args.rounds, args.delivery_only))
+    asyncio.run(main(args.events, args.rounds, args.delivery_only, args.fused_only))

@@ -135,7 +135,8 @@ def list_flows(output: OutputOpt = Format.table, watch: WatchOpt = False,
 
 @app.command()
 def describe(name: NameArg, output: OutputOpt = Format.yaml) -> None:
-    """The flow's spec, each node's config record and its observed status.
+    """The flow's spec, its plan (which nodes run fused, which edges stay apart and
+    why), each node's config record and its observed status.
 
     Example: flowctl describe orders
     """
@@ -149,6 +150,7 @@ def describe(name: NameArg, output: OutputOpt = Format.yaml) -> None:
             agents = await engine.agent_records()
         from datetime import UTC, datetime
 
+        from flowengine.plan import describe_plan, fusion_plan
         from flowstore.liveness import as_seen
 
         now = datetime.now(UTC)
@@ -160,6 +162,7 @@ def describe(name: NameArg, output: OutputOpt = Format.yaml) -> None:
         data = {
             "flow": flow.model_dump(mode="json"),
             "effective": eff.to_dict(),
+            "plan": describe_plan(fusion_plan(flow.spec)),
             "nodes": [
                 {
                     "config": c.model_dump(mode="json", exclude_none=True),

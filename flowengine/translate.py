@@ -4,7 +4,8 @@
 reads and writes (``flowctl.<flow>.<node>.<port>``), its queue group, its config with
 every default made explicit, its role (which picks the type when a source and a sink
 share a name), its placement and delivery, the replicas of every node downstream and of
-every node it ``depends_on`` (with how deep its chain of dependencies goes).
+every node it ``depends_on`` (with how deep its chain of dependencies goes), and the
+fused chain it runs in (:mod:`flowengine.plan`).
 ``assignments`` stay empty: placement fills them. Call it on a flow that passed
 :func:`flowengine.validate.validate`; it does not check anything itself.
 """
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from flowengine.graph import dependency_depths
+from flowengine.plan import fusion_plan
 from flowstore.models import (
     DEFAULT_OUTPUT_PORT,
     ComponentConfig,
@@ -155,6 +157,7 @@ def translate(
     depths = dependency_depths(spec)
     replicas = {n.id: n.replicas for n in spec.nodes}
     takes_frames = {n.id: n.kind == "inprocess" or n.frames for n in spec.nodes}
+    plan = fusion_plan(spec)
     out: dict[str, ComponentConfig] = {}
     for node in spec.nodes:
         ctype = resolve_type(node, spec)
@@ -194,5 +197,7 @@ def translate(
             depends_on={d: replicas[d] for d in node.depends_on if d in replicas} or None,
             dependency_depth=depths.get(node.id) or None,
             external=external,
+            fused=plan.chain_of(node.id) or None,
+            fused_port=plan.port.get(node.id),
         )
     return out

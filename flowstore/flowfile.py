@@ -59,6 +59,13 @@ class ComponentEntry(ExternalFields):
         "to the same replica, in order. Stateful processors (window, join) partition by "
         "their key by default.")
     placement: Placement | None = None
+    fuse: bool = Field(
+        default=True,
+        description="Run fused with its neighbours (the default): a stateless in-process "
+        "processor that alone reads a node with the same replicas and placement runs in "
+        "that node's replica, events passed in memory (no NATS hop); it stays its own node "
+        "in status, metrics, logs and dead letters (`flowctl describe` shows the plan). "
+        "false keeps this node in a replica of its own.")
 
     @model_validator(mode="after")
     def _type_or_program(self) -> ComponentEntry:

@@ -160,6 +160,7 @@ class Node(ExternalFields):
     replicas: int = Field(default=1, ge=1, le=1000)
     partition_by: str | None = None
     placement: Placement | None = None
+    fuse: bool = True
 
 
 class Connection(BaseModel):
@@ -264,10 +265,36 @@ class ComponentConfig(Record):
     #: a token ``apply --reset NODE`` renews (later writes carry it over): a new one
     #: starts the node's position (a stateful node's state) over
     reset: str | None = None
+    #: the fused chain this node runs in (node ids in order; see flowengine.plan), None
+    #: when it runs alone; the first node's replica takes the inputs and the others are
+    #: fed from it in memory
+    fused: list[str] | None = None
+    #: the output port that feeds the next node of the chain in memory (not published)
+    fused_port: str | None = None
 
     @property
     def key(self) -> str:
         return f"{self.flow}.{self.node}"
+
+    @property
+    def fused_next(self) -> str | None:
+        """The node this one feeds in memory, or None."""
+        chain = self.fused or []
+        if self.fused_port is None or self.node not in chain:
+            return None
+        at = chain.index(self.node)
+        return chain[at + 1] if at + 1 < len(chain) else None
+
+    @property
+    def fused_at(self) -> int:
+        """This node's place in its fused chain (0: the head, or not fused)."""
+        chain = self.fused or []
+        return chain.index(self.node) if self.node in chain else 0
+
+    @property
+    def fused_head(self) -> str | None:
+        """The chain's first node when this one is fed in memory by it, else None."""
+        return self.fused[0] if self.fused and self.fused[0] != self.node else None
 
     @cached_property
     def _fingerprint(self) -> str:

@@ -5,7 +5,8 @@ current ``assignments``) and the *live* agents, and returns the new assignments 
 config. It is stable: a replica whose agent is still live and eligible never moves. The
 others go to eligible agents, spreading the replicas of one node over distinct agents
 first, then least loaded (load = replicas assigned across all configs), ties by name. A
-replica no agent can take stays ``None`` and gets a reason.
+replica no agent can take stays ``None`` and gets a reason. The nodes of a fused chain
+(:mod:`flowengine.plan`) but the first go where the first goes.
 
 It lives in flowstore because both the engine (deploy) and the agents' leader (failover)
 use it; neither the caller's I/O nor liveness checks happen here (pass only live agents).
@@ -80,7 +81,10 @@ def place(
     towards each agent's load (e.g. the configs of other flows). Configs are handled in
     key order, so the result is deterministic for the same input.
     """
-    ordered = sorted(configs, key=lambda c: c.key)
+    given, others = list(configs), list(others)
+    heads = {c.key: c for c in [*others, *given]}
+    # A node fed in memory by its chain's head runs where the head runs (see follow_heads).
+    ordered = sorted((c for c in given if _head_key(c) not in heads), key=lambda c: c.key)
     agent_list = sorted(agents, key=lambda a: a.name)
     live = {a.name for a in agent_list}
     load: Counter[str] = Counter({a.name: 0 for a in agent_list})
@@ -122,5 +126,28 @@ def place(
             assigned[replica] = best.name
             load[best.name] += 1
 
+    follow_heads(result, [c for c in given if _head_key(c) in heads], heads, load)
     result.load = dict(sorted(load.items()))
     return result
+
+
+def _head_key(cfg: ComponentConfig) -> str | None:
+    head = cfg.fused_head
+    return f"{cfg.flow}.{head}" if head is not None else None
+
+
+def follow_heads(result: PlacementResult, members: list[ComponentConfig],
+                 heads: dict[str, ComponentConfig], load: Counter[str]) -> None:
+    """Each node of a fused chain but the first gets the head's assignments (and reasons):
+    its replicas are fed in memory by the head's, on the same agent. A head not placed
+    here (``others``) keeps its current assignments."""
+    for cfg in sorted(members, key=lambda c: c.key):
+        head = _head_key(cfg)
+        assert head is not None
+        theirs = result.assignments.get(head, heads[head].assignments)
+        result.assignments[cfg.key] = [*theirs, *[None] * cfg.replicas][: cfg.replicas]
+        for name in result.assignments[cfg.key]:
+            if name is not None:
+                load[name] += 1
+        if head in result.reasons:
+            result.reasons[cfg.key] = dict(result.reasons[head])

@@ -30,6 +30,7 @@ import structlog
 
 from componentmanager.dataplane.accounting import DropRouter, Throttle
 from componentmanager.runners.base import Replica
+from componentmanager.runners.fusion import FusedPeers
 from flowstore.models import logs_subject, utcnow
 from flowstore.nats import NatsOptions, connect
 
@@ -71,6 +72,7 @@ class DataLoop:
         self.echo = echo
         self.drops = DropRouter()
         self.throttle = Throttle()
+        self.fused = FusedPeers()  # replicas fed in memory (see runners.fusion)
         self.nc: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

@@ -52,11 +52,12 @@ class ReplicaKeeping:
 
     async def _stop_in_flow_order(self, stops: list[tuple[str, str]]) -> None:
         """Stop what depends on others first, then sources, processors, sinks (each group
-        concurrently; see :func:`~componentmanager.agent.reconcile.stop_groups`)."""
+        concurrently; see :func:`~componentmanager.agent.reconcile.stop_groups`), the
+        nodes of a fused chain head first."""
         reasons = dict(stops)
         known = [(k, self.replicas[k].cfg.role, self.replicas[k].cfg.dependency_depth or 0)
                  for k in reasons if k in self.replicas]
-        for group in stop_groups(known):
+        for group in stop_groups(known, {k: self.replicas[k].cfg.fused_at for k, _, _ in known}):
             await asyncio.gather(*(self._stop_replica(k, reasons[k]) for k in group))
 
     async def _start_replica(self, cfg: Any, index: int) -> None:

@@ -88,13 +88,19 @@ def stop_reasons(
     return reasons
 
 
-def stop_groups(replicas: list[tuple[str, Role | None, int]]) -> list[list[str]]:
+def stop_groups(replicas: list[tuple[str, Role | None, int]],
+                chain_at: dict[str, int] | None = None) -> list[list[str]]:
     """(key, role, dependency depth) of replicas to stop -> groups to stop one after the
     other (each group concurrently): the deepest in ``depends_on`` first (a node stops
     before what it depends on), then by role (sources, processors, sinks: what upstream
-    flushes on stop still finds its consumers running)."""
-    order = sorted({(-depth, ROLE_ORDER.index(role if role in ROLE_ORDER else None))
-                    for _, role, depth in replicas})
-    return [[key for key, role, depth in replicas
-             if (-depth, ROLE_ORDER.index(role if role in ROLE_ORDER else None)) == rank]
-            for rank in order]
+    flushes on stop still finds its consumers running), then by place in a fused chain
+    (``chain_at``: replica key -> 0 for the chain's head, 1, 2, ...: a head never waits
+    on a stopped peer)."""
+    at = chain_at or {}
+
+    def rank(key: str, role: Role | None, depth: int) -> tuple[int, int, int]:
+        return -depth, ROLE_ORDER.index(role if role in ROLE_ORDER else None), at.get(key, 0)
+
+    order = sorted({rank(*replica) for replica in replicas})
+    return [[key for key, role, depth in replicas if rank(key, role, depth) == r]
+            for r in order]

@@ -324,7 +324,7 @@ _MOD = "componentmanager.components.processors"
 register(ComponentType(
     name="filter", role="processor", config_model=FilterConfig, inputs=IN, outputs=OUT,
     description="Keep the events for which an expression is true.",
-    impl=f"{_MOD}:Filter",
+    impl=f"{_MOD}:Filter", extra={"fusable": True},
     docs="where: an expression over event fields (see expressions). An event it cannot be "
          "evaluated on (a missing field, wrong types) fails: errors, dead-lettered with the "
          "reason. Optional fields: has(x) and x > 3, get(x, 0) > 3.",
@@ -332,14 +332,15 @@ register(ComponentType(
 register(ComponentType(
     name="transform", role="processor", config_model=TransformConfig, inputs=IN, outputs=OUT,
     description="Set, rename and drop event fields.",
-    impl=f"{_MOD}:Transform",
+    impl=f"{_MOD}:Transform", extra={"fusable": True},
     docs="Order: set (every expression sees the input event), then rename, then drop. "
          "Field names may be dotted paths into nested objects. Emits a new event.",
 ))
 register(ComponentType(
     name="route", role="processor", config_model=RouteConfig, inputs=IN,
     description="Send events to named output ports by expression.",
-    impl=f"{_MOD}:Route", dynamic_outputs=True, extra={"outputs_from_config": route_outputs},
+    impl=f"{_MOD}:Route", dynamic_outputs=True, extra={"outputs_from_config": route_outputs,
+                                                 "fusable": True},
     docs="The output ports are the keys of routes (plus default). mode all sends to every "
          "matching port, first to the first match; unmatched events go to default or are "
          "filtered (counted).",

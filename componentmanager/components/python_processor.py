@@ -133,7 +133,7 @@ _MOD = "componentmanager.components.python_processor"
 register(ComponentType(
     name="python", role="processor", config_model=PythonConfig, inputs=IN, outputs=OUT,
     description="Process events with a Python function.",
-    impl=f"{_MOD}:Python",
+    impl=f"{_MOD}:Python", extra={"fusable": True},
     docs="function: module:function, or code: inline source defining process(event). "
          "Return an event, a list of events, or None to filter it out. A sync function's "
          "first call, and every call once one blocked (over 2 ms), runs on a worker thread, "

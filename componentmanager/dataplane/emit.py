@@ -46,6 +46,10 @@ class Outbox:
         """The ids this outbox gives (exactly-once: numbered on from a commit)."""
         return self._ids
 
+    def also_framed(self, subject: str) -> None:
+        """``subject``'s readers all take frames too (an output of a fused node)."""
+        self._framed.add(subject)
+
     @property
     def pending(self) -> int:
         return sum(self._counts.values())

@@ -31,6 +31,7 @@ class ReplicaHost(Protocol):
     heartbeat_s: float
     drops: Any  # a componentmanager.dataplane.accounting.DropRouter
     throttle: Any  # a componentmanager.dataplane.accounting.Throttle
+    fused: Any  # a componentmanager.runners.fusion.FusedPeers
 
     def changed(self, replica: Replica) -> None:
         """Called on every state transition: the agent writes the status record."""

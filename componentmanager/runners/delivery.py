@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import Any
 
@@ -72,6 +73,27 @@ def retryable(exc: Exception) -> bool:
     if isinstance(exc, EventError):
         return False
     return isinstance(exc, OSError | TimeoutError | RetryableError)
+
+
+async def retry_in_place(comp: Any, port: str, event: Any, exc: Exception, *,
+                         going_on: Callable[[Exception], bool],
+                         between: Callable[[], Awaitable[None]] | None = None
+                         ) -> Exception | None:
+    """Try a failing event again, after growing pauses, while a retry may help
+    (:func:`retryable`) and ``going_on(failure)``: None once it passed, else its last
+    failure."""
+    for pause in RETRY_PAUSES_S:
+        if not retryable(exc) or not going_on(exc):
+            return exc
+        if between is not None:
+            await between()
+        await asyncio.sleep(pause)
+        try:
+            await comp.process(port, event)
+            return None
+        except Exception as again:
+            exc = again
+    return exc
 
 
 def _emits_per_input(comp: Any) -> bool:
@@ -334,17 +356,16 @@ class InputDelivery(CoreInputs, InputAcks, EventFailures, KeyedInputs):
         """An event failed: one that may pass on a retry (:func:`retryable`) is tried
         again in place (the other events of its frame are not repeated), then
         dead-lettered; any other failure is final at once."""
-        for pause in (*RETRY_PAUSES_S, None):
-            if isinstance(exc, PublishFailed) and self._floors is not None:
-                self._state_broken = f"outputs not stored ({exc}): restarting from the commit"
-                return  # not the event's fault: taken again from the last commit
-            if not retryable(exc) or pause is None or self.component is None:
-                await self._failed_event(port, msg, index, event, exc)
-                return
-            await self._still_working(port, msg)
-            await asyncio.sleep(pause)
-            try:
-                await comp.process(port, event)
-                return
-            except Exception as again:
-                exc = again
+        def unstored(e: Exception) -> bool:
+            return isinstance(e, PublishFailed) and self._floors is not None
+
+        last = await retry_in_place(
+            comp, port, event, exc,
+            going_on=lambda e: self.component is not None and not unstored(e),
+            between=lambda: self._still_working(port, msg))
+        if last is None:
+            return
+        if unstored(last):
+            self._state_broken = f"outputs not stored ({last}): restarting from the commit"
+            return  # not the event's fault: taken again from the last commit
+        await self._failed_event(port, msg, index, event, last)

@@ -51,14 +51,19 @@ class EventFailures:
     async def _failed_event(self, port: str, msg: Msg | None, index: int, event: Any,
                             exc: Exception) -> None:
         """Count, log (once per interval for the same failure), dead-letter, go on."""
-        error = str(exc) if isinstance(exc, EventError) else f"{type(exc).__name__}: {exc}"
-        headers = dead_letter_headers(msg.headers if msg else None, index, error)
-        self._count_error(f"event on port {port}: {error}",
-                          event_id(msg.headers if msg else None, index))
         data = (encode(event) if msg is None
                 else event_as_received(msg.data, frame_count(msg.headers), index))
-        if not await self._dead_letter(data, headers) and msg is not None and self._acked:
+        stored = await self._event_failed(port, msg.headers if msg else None, index, data, exc)
+        if not stored and msg is not None and self._acked:
             self._dead_letters_unstored.add(id(msg))  # not acked: see _taken_or_again
+
+    async def _event_failed(self, port: str, headers: dict[str, str] | None, index: int,
+                            data: bytes, exc: Exception) -> bool:
+        """Count, log and dead-letter event ``index`` of a message with ``headers``
+        (``data``: the event): whether its dead letter was stored."""
+        error = str(exc) if isinstance(exc, EventError) else f"{type(exc).__name__}: {exc}"
+        self._count_error(f"event on port {port}: {error}", event_id(headers, index))
+        return await self._dead_letter(data, dead_letter_headers(headers, index, error))
 
     async def _dead_letter_unprocessed(self, port: str, msg: Msg, events: list[Any],
                                        why: EventError) -> None:

@@ -37,9 +37,10 @@ from componentmanager.runners.checkpoint import SourceCheckpoint, StoredMark
 from componentmanager.runners.commit import new_epoch
 from componentmanager.runners.delivery import InputDelivery
 from componentmanager.runners.dependencies import wait_for_dependencies
+from componentmanager.runners.downstream import wait_for_downstream
+from componentmanager.runners.fusion import FusedFeed
 from componentmanager.runners.teardown import ReplicaTeardown
-from flowstore.models import ComponentConfig, ReplicaState, status_key, stream_name
-from flowstore.nats import STATUS_BUCKET, open_bucket
+from flowstore.models import ComponentConfig, ReplicaState, stream_name
 
 log = structlog.get_logger("flowctl.replica")
 
@@ -50,7 +51,7 @@ COMMIT_EVERY_S = 0.5
 HEADER_ROOM = 512
 
 
-class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
+class InProcessReplica(InputDelivery, FusedFeed, ReplicaTeardown, Replica):
     """One replica of a registered component type, run as asyncio tasks."""
 
     def __init__(self, cfg: ComponentConfig, index: int, host: ReplicaHost) -> None:
@@ -67,6 +68,7 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
         self._outbox = Outbox(EventIds(cfg.node, index, secrets.token_hex(3)), self._send,
                               {cfg.outputs[p] for p in cfg.frame_ports if p in cfg.outputs})
         self._port_of = {subject: port for port, subject in cfg.outputs.items()}
+        self._fed_outputs: dict[str, tuple[Any, str]] = {}
         self._subs: list[Any] = []
         self._sub_ports: list[tuple[str, Any]] = []
         self._pullers: list[Puller] = []
@@ -101,6 +103,12 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
         self.note = None
         self.host.log_line(self, "resumed: the checkpoint is written", "agent")
 
+    def _waiting_for(self, keys: list[str]) -> None:
+        if keys:
+            self.set_state(ReplicaState.STARTING, f"waiting for downstream: {', '.join(keys)}")
+        else:
+            self.last_error = None
+
     def held_up_by(self) -> str | None:
         publisher = self._publisher
         if publisher is None or publisher.refused is None:
@@ -111,6 +119,9 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
         return self.component.blocking_advice() if self.component is not None else None
 
     async def emit(self, port: str, event: Any) -> None:
+        if port == self.cfg.fused_port:  # to the next node of its chain, in memory
+            await self._feed([event], False)
+            return
         if self._checkpoint is not None and self._checkpoint.too_far_behind():  # (a source)
             await self._pause_for_checkpoint(self._checkpoint)
         subject = self._subject_of(port)
@@ -123,7 +134,8 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
                 raise EventTooLarge(reason)  # the input that made it fails (dead-lettered)
             await self.reject(body[:PREVIEW_BYTES], reason)  # counted, a preview kept
             return
-        await self._outbox.put(subject, body)
+        self._sends_through(subject, port)
+        await self._outbox_now().put(subject, body)
 
     def _subject_of(self, port: str) -> str:
         subject = self.cfg.outputs.get(port)
@@ -132,6 +144,9 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
         return subject
 
     async def emit_batch(self, port: str, events: list[Any]) -> bool:
+        if port == self.cfg.fused_port:
+            await self._feed(events, True)
+            return True
         if self._checkpoint is not None and self._checkpoint.too_far_behind():
             await self._pause_for_checkpoint(self._checkpoint)
         subject = self._subject_of(port)
@@ -146,7 +161,8 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
         if len(lines) > min(FRAME_BYTES, self.max_event_bytes):
             return False  # one of them may be too large: emit() fails just that one
         self._emitted += len(events)
-        await self._outbox.put_lines(subject, lines, len(events))
+        self._sends_through(subject, port)
+        await self._outbox_now().put_lines(subject, lines, len(events))
         return True
 
     async def _send(self, subject: str, body: bytes, headers: dict[str, str], count: int) -> None:
@@ -162,9 +178,11 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
             try:
                 await self.nc.publish(subject, body, headers=headers)
             except Exception as exc:  # at-most-once: NATS refused it; lost, counted
-                self.counters.drop(count, f"publish refused ({type(exc).__name__})")
+                owner, _ = self._sent_by(subject)
+                owner.counters.drop(count, f"publish refused ({type(exc).__name__})")
                 return
-        c, port = self.counters, self._port_of[subject]
+        owner, port = self._sent_by(subject)
+        c = owner.counters
         c.out += count
         c.out_ports[port] = c.out_ports.get(port, 0) + count
 
@@ -223,6 +241,7 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.host.fused.remove(self)
                 await self._teardown()  # a failure of the replica, not of an event:
                 self.set_state(ReplicaState.FAILED, f"{type(exc).__name__}: {exc}")
                 log.warning("replica failed", replica=self.key, error=str(exc))
@@ -256,6 +275,8 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
             self._tasks.append(asyncio.create_task(self._commit_loop(),
                                                    name=f"commit loop {self.key}"))
         await self._open_inputs()
+        if self.cfg.fused_head is not None:  # fed in memory by the head's replica
+            self.host.fused.add(self)
         if self._pullers:
             self._tasks.append(asyncio.create_task(self.keep_in_hand_alive(),
                                                    name=f"inputs kept alive {self.key}"))
@@ -267,7 +288,8 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
             self.set_state(ReplicaState.RUNNING)
             return
         if not self._acked:
-            await self._wait_for_downstream()
+            await wait_for_downstream(self.nc, self.cfg, lambda: self._stopping,
+                                      self._waiting_for)
         elif self._publisher is not None:
             self._checkpoint = SourceCheckpoint(
                 self.nc, self.cfg, self.index, self._publisher.stored_events,
@@ -344,34 +366,6 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
             raise RuntimeError(f"internal task {dead.get_name()!r} ended"
                                + (f": {type(error).__name__}: {error}" if error else ""))
 
-    async def _wait_for_downstream(self) -> None:
-        keys = [
-            status_key(self.flow, node, r)
-            for node, count in self.cfg.downstream.items()
-            for r in range(count)
-        ]
-        if not keys:
-            return
-        kv = await open_bucket(self.nc, STATUS_BUCKET)
-        waiting: list[str] = keys
-        while waiting and not self._stopping:
-            still = []
-            for key in waiting:
-                try:
-                    entry = await kv.get(key)
-                    ok = entry.value is not None and (b'"state":"running"' in entry.value
-                                                      or b'"state":"degraded"' in entry.value)
-                except Exception:
-                    ok = False
-                if not ok:
-                    still.append(key)
-            if still:
-                self.set_state(ReplicaState.STARTING, f"waiting for downstream: {', '.join(still)}")
-            waiting = still
-            if waiting:
-                await asyncio.sleep(0.1)
-        self.last_error = None
-
     async def _flush_loop(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
@@ -393,6 +387,7 @@ class InProcessReplica(InputDelivery, ReplicaTeardown, Replica):
 
     async def stop(self) -> None:
         self._stopping = True
+        self.host.fused.remove(self)
         await self._close_inputs()  # a component never sees an event after stop
         if self._supervisor is not None and not self._supervisor.done():
             self._supervisor.cancel()
