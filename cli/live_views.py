@@ -32,6 +32,7 @@ def tap_subjects(cfg: Any, port: str | None) -> tuple[list[str], str]:
 
     if port == "dlq":
         return [dlq_subject(cfg.flow, cfg.node)], f"dead letters of '{cfg.node}'"
+    _refuse_in_memory(cfg, port)
     if port is None:
         if cfg.outputs:
             return sorted(cfg.outputs.values()), f"outputs of '{cfg.node}'"
@@ -43,6 +44,22 @@ def tap_subjects(cfg: Any, port: str | None) -> tuple[list[str], str]:
         return sorted(cfg.inputs[port]), f"what reaches '{cfg.node}' on input {port}"
     ports = sorted({*cfg.outputs, *cfg.inputs, "dlq"})
     raise ValueError(f"node '{cfg.node}' has no port '{port}' (ports: {', '.join(ports)})")
+
+
+def _refuse_in_memory(cfg: Any, port: str | None) -> None:
+    """A fused node's port that feeds the next node in memory is never published, and
+    neither is what reaches a node fed that way: say so (ValueError), with the fix."""
+    nxt = cfg.fused_next
+    if nxt is not None and ((port is None and list(cfg.outputs) == [cfg.fused_port])
+                            or port == cfg.fused_port):
+        raise ValueError(f"'{cfg.node}' port {cfg.fused_port} is passed to '{nxt}' in memory "
+                         f"(they run fused: `flowctl describe {cfg.flow}`), never published; "
+                         f"set `fuse: false` on '{nxt}' to tap it")
+    head = cfg.fused_head
+    if head is not None and ((port is None and not cfg.outputs) or port in cfg.inputs):
+        raise ValueError(f"what reaches '{cfg.node}' comes from the node before it in memory "
+                         f"(it runs fused after '{head}'), never published; set "
+                         f"`fuse: false` on '{cfg.node}' to tap it")
 
 
 @app.command()
