@@ -84,7 +84,7 @@ def own_error(exc: BaseException) -> tuple[str, int] | None:
     """flowctl's own errors: (sentence, exit code), or None for anything else."""
     from flowengine.errors import ValidationFailed
     from flowstore.errors import FlowctlError
-    from flowstore.loader import FlowFileError
+    from flowstore.located import FlowFileError
     from flowstore.nats import NatsUnavailable
 
     if isinstance(exc, NatsUnavailable):
