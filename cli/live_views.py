@@ -35,11 +35,11 @@ def tap_subjects(cfg: Any, port: str | None) -> tuple[list[str], str]:
     _refuse_in_memory(cfg, port)
     if port is None:
         if cfg.outputs:
-            return sorted(cfg.outputs.values()), f"outputs of '{cfg.node}'"
+            return sorted(_sent(cfg, p) for p in cfg.outputs), f"outputs of '{cfg.node}'"
         subjects = sorted({s for subs in cfg.inputs.values() for s in subs})
         return subjects, f"what reaches '{cfg.node}' (a sink: its inputs)"
     if port in cfg.outputs:
-        return [cfg.outputs[port]], f"'{cfg.node}' port {port}"
+        return [_sent(cfg, port)], f"'{cfg.node}' port {port}"
     if cfg.inputs.get(port):
         return sorted(cfg.inputs[port]), f"what reaches '{cfg.node}' on input {port}"
     ports = sorted({*cfg.outputs, *cfg.inputs, "dlq"})
@@ -60,6 +60,14 @@ def _refuse_in_memory(cfg: Any, port: str | None) -> None:
         raise ValueError(f"what reaches '{cfg.node}' comes from the node before it in memory "
                          f"(it runs fused after '{head}'), never published; set "
                          f"`fuse: false` on '{cfg.node}' to tap it")
+
+
+def _sent(cfg: Any, port: str) -> str:
+    """Where every event of an output port goes once: its subject, or (read by keyed
+    nodes only, partitioned at the producer) all partitions of its first keyed reader."""
+    if port in cfg.partitioned_only and cfg.keyed_outputs.get(port):
+        return str(cfg.keyed_outputs[port][0].subjects)
+    return str(cfg.outputs[port])
 
 
 @app.command()

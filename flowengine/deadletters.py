@@ -34,6 +34,7 @@ from flowstore.models import (
     HDR_REPLAY_TO,
     ComponentConfig,
     dlq_subject,
+    own_subject,
 )
 from flowstore.streams import DLQ_STREAM, dead_letter_counts
 
@@ -63,7 +64,8 @@ class DeadLetter:
 
 
 def replay_target(cfg: ComponentConfig, port: str | None) -> tuple[str, str]:
-    """(input port, subject) a node's dead letters go back to; raises ReplayRefused."""
+    """(input port, subject) a node's dead letters go back to; raises ReplayRefused. An
+    input partitioned at its producer: partition 0's subject (replica 0 takes them)."""
     inputs = {p: subjects for p, subjects in cfg.inputs.items() if subjects}
     if not inputs:
         raise ReplayRefused(f"node '{cfg.node}' has no input (a source): its dead letters "
@@ -73,7 +75,7 @@ def replay_target(cfg: ComponentConfig, port: str | None) -> tuple[str, str]:
     if port not in inputs:
         raise ReplayRefused(f"node '{cfg.node}' has no input port '{port}' (it has: "
                             f"{', '.join(inputs)})")
-    return port, inputs[port][0]
+    return port, own_subject(inputs[port][0], 0)
 
 
 def replay_headers(letter: DeadLetter, node: str, now: float) -> dict[str, str]:

@@ -9,9 +9,11 @@ Node ``b`` fuses after node ``a`` (a *link*) when ``b``'s only input is ``a`` an
 ``a``'s only consumer, both are stateless in-process processors of a type that takes part
 (``fusable``: filter, transform, route, python; no ``partition_by``, no window or join, no
 program or container), both have the same replicas and the same placement, neither says
-``fuse: false``, and the flow is not exactly-once (a chain would need one commit for the
-counters of all its nodes). :func:`fusion_plan` returns the chains and, for every edge
-between two processors that does not fuse, why not (shown by ``flowctl describe``).
+``fuse: false``, ``b`` partitions nothing for a keyed node (see
+:func:`flowengine.translate.producer_partitions`), and the flow is not exactly-once (a
+chain would need one commit for the counters of all its nodes). :func:`fusion_plan`
+returns the chains and, for every edge between two processors that does not fuse, why
+not (shown by ``flowctl describe``).
 """
 
 from __future__ import annotations
@@ -54,10 +56,13 @@ def _fusable(node: Node, spec: FlowSpec) -> str | None:
     return None
 
 
-def _link_refusal(up: Node, down: Node, spec: FlowSpec, ins: int, outs: int) -> str | None:
+def _link_refusal(up: Node, down: Node, spec: FlowSpec, ins: int, outs: int,
+                  partitioning: set[str]) -> str | None:
     """Why ``down`` does not fuse after ``up`` (the edge up -> down exists), or None."""
     if spec.delivery == "exactly-once":
         return "exactly-once flows run every node in a replica of its own"
+    if down.id in partitioning:  # (its outputs leave through its own outbox)
+        return f"{down.id} partitions its events for a keyed node"
     for node in (up, down):
         if (why := _fusable(node, spec)) is not None:
             return why
@@ -74,7 +79,7 @@ def _link_refusal(up: Node, down: Node, spec: FlowSpec, ins: int, outs: int) -> 
 
 def fusion_plan(spec: FlowSpec) -> FusionPlan:
     """The fused chains of ``spec`` (see the module doc)."""
-    from flowengine.translate import infer_role
+    from flowengine.translate import infer_role, keyed_at_producer, producer_partitions
 
     nodes = {n.id: n for n in spec.nodes}
     roles = {n.id: infer_role(n, spec) for n in spec.nodes}
@@ -84,6 +89,7 @@ def fusion_plan(spec: FlowSpec) -> FusionPlan:
         outs[conn.source[0]] = outs.get(conn.source[0], 0) + 1
         ins[conn.target[0]] = ins.get(conn.target[0], 0) + 1
     plan = FusionPlan()
+    partitioning = {src for src, _, _ in producer_partitions(spec, keyed_at_producer(spec))}
     after: dict[str, str] = {}  # up -> the node fused after it
     for conn in spec.connections:
         up, down = nodes.get(conn.source[0]), nodes.get(conn.target[0])
@@ -91,7 +97,8 @@ def fusion_plan(spec: FlowSpec) -> FusionPlan:
             continue
         if roles[up.id] != "processor" or roles[down.id] != "processor":
             continue  # only processors fuse: say nothing about other edges
-        why = _link_refusal(up, down, spec, ins.get(down.id, 0), outs.get(up.id, 0))
+        why = _link_refusal(up, down, spec, ins.get(down.id, 0), outs.get(up.id, 0),
+                            partitioning)
         if why is None:
             after[up.id] = down.id
             plan.port[up.id] = conn.source[1]

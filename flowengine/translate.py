@@ -23,10 +23,12 @@ from flowstore.models import (
     ComponentConfig,
     ExternalFields,
     FlowSpec,
+    KeyedReader,
     Node,
     Role,
     config_key,
     data_subject,
+    partition_subjects,
     queue_group,
 )
 
@@ -127,6 +129,29 @@ def partition_key(node: Node, ctype: ComponentType | None, config: dict[str, Any
     return None
 
 
+def keyed_at_producer(spec: FlowSpec) -> dict[str, str]:
+    """The nodes whose producers partition their events for them: node -> its key. A
+    keyed (``partition_by``) in-process node; its in-process producers then send each
+    of its replicas only its partition (a program or container publishes on its own:
+    its keyed readers read it whole and keep their share, see :func:`producer_partitions`)."""
+    keyed: dict[str, str] = {}
+    for node in spec.nodes:
+        ctype = resolve_type(node, spec)
+        key = partition_key(node, ctype, explicit_config(node, ctype))
+        if key and node.kind == "inprocess":
+            keyed[node.id] = key
+    return keyed
+
+
+def producer_partitions(spec: FlowSpec, keyed: dict[str, str]) -> set[tuple[str, str, str]]:
+    """The connections partitioned at the producer: (producer, port, keyed reader), for
+    an in-process producer feeding a node of ``keyed``."""
+    kinds = {n.id: n.kind for n in spec.nodes}
+    return {(src, sport, dst) for conn in spec.connections
+            for (src, sport), (dst, _) in [(conn.source, conn.target)]
+            if dst in keyed and kinds.get(src) == "inprocess"}
+
+
 def translate(
     name: str, spec: FlowSpec, *, flow_revision: int, enabled: bool
 ) -> dict[str, ComponentConfig]:
@@ -141,6 +166,11 @@ def translate(
     reads: dict[str, list[str]] = {}
     succ: dict[str, list[str]] = {}
     readers: dict[tuple[str, str], list[str]] = {}
+    keyed = keyed_at_producer(spec)
+    split = producer_partitions(spec, keyed)
+    replicas = {n.id: n.replicas for n in spec.nodes}
+    keyed_outputs: dict[str, dict[str, list[KeyedReader]]] = {}
+    plain: set[tuple[str, str]] = set()  # outputs some reader reads whole
     for conn in spec.connections:
         succ.setdefault(conn.source[0], []).append(conn.target[0])
         readers.setdefault(conn.source, []).append(conn.target[0])
@@ -149,6 +179,14 @@ def translate(
             dport = upstream_input_name(conn.source, feeds[dst])
         subjects = inputs.setdefault(dst, {}).setdefault(dport, [])
         subject = data_subject(name, src, sport)
+        if (src, sport, dst) in split:
+            subject = partition_subjects(subject, dst, replicas[dst])
+            port_readers = keyed_outputs.setdefault(src, {}).setdefault(sport, [])
+            if all(r.node != dst for r in port_readers):
+                port_readers.append(KeyedReader(node=dst, key=keyed[dst],
+                                                partitions=replicas[dst], subjects=subject))
+        else:
+            plain.add((src, sport))
         if subject not in subjects:
             subjects.append(subject)
         reads.setdefault(src, []).append(sport)
@@ -181,6 +219,9 @@ def translate(
             outputs={port: data_subject(name, node.id, port) for port in ports},
             frame_ports=[p for p in ports
                          if all(takes_frames.get(r, False) for r in readers.get((node.id, p), []))],
+            keyed_outputs=keyed_outputs.get(node.id, {}),
+            partitioned_only=[p for p in keyed_outputs.get(node.id, {})
+                              if (node.id, p) not in plain],
             queue=queue_group(name, node.id),
             replicas=node.replicas,
             partition_by=partition_key(node, ctype, config),

@@ -225,6 +225,18 @@ class FlowRecord(Record):
     kv_revision: int = Field(default=0, exclude=True)
 
 
+class KeyedReader(BaseModel):
+    """A keyed node reading one output port, partitioned at the producer: the producer
+    evaluates ``key`` (the reader's ``partition_by``) on each event and sends it to
+    partition ``partition_of(key, partitions)`` of ``subjects`` (see
+    :func:`flowstore.names.partition_subjects`)."""
+
+    node: str
+    key: str
+    partitions: int
+    subjects: str
+
+
 class ComponentConfig(Record):
     """Value in ``flowctl_config``, key ``<flow>.<node>``: all an agent needs, self-contained.
 
@@ -243,6 +255,12 @@ class ComponentConfig(Record):
     outputs: dict[str, str] = Field(default_factory=dict)
     #: output ports whose every reader takes frames (several events per message)
     frame_ports: list[str] = Field(default_factory=list)
+    #: per output port, the keyed readers this node partitions its events for (it
+    #: sends each event to its partition's subject, frames split by partition)
+    keyed_outputs: dict[str, list[KeyedReader]] = Field(default_factory=dict)
+    #: output ports whose own subject no reader reads (every reader is keyed: the
+    #: events go only to the readers' partitions)
+    partitioned_only: list[str] = Field(default_factory=list)
     queue: str
     replicas: int = 1
     #: an expression: events with the same value go to the same replica, in order (each
@@ -401,8 +419,10 @@ class AgentRecord(Record):
 
 # The names of things on NATS live in flowstore.names; importable from here too.
 from flowstore.names import (  # noqa: E402, F401  (re-exported)
+    HDR_AFTER,
     HDR_ERROR,
     HDR_META,
+    HDR_NO_KEY,
     HDR_REPLAY_OF,
     HDR_REPLAY_TO,
     PARTITION_CONSUMER,
@@ -412,7 +432,11 @@ from flowstore.names import (  # noqa: E402, F401  (re-exported)
     data_subject,
     dlq_subject,
     input_consumer,
+    is_partitioned,
     logs_subject,
+    own_subject,
+    partition_count_of,
+    partition_subjects,
     queue_group,
     status_key,
     stream_name,

@@ -22,6 +22,12 @@ HDR_ERROR = "Flowctl-Error"
 HDR_REPLAY_TO = "Flowctl-Replay-To"
 #: The id of the dead-lettered event a replayed message carries again.
 HDR_REPLAY_OF = "Flowctl-Replay-Of"
+#: An event a producer could not compute its keyed reader's key for (why), sent alone to
+#: partition 0, whose replica fails it (see componentmanager.dataplane.partition).
+HDR_NO_KEY = "Flowctl-No-Key"
+#: On a partition's message: the number of the last event its producer sent to the same
+#: partition before it (the numbers between went to other partitions).
+HDR_AFTER = "Flowctl-After"
 
 
 def config_key(flow: str, node: str) -> str:
@@ -34,6 +40,33 @@ def status_key(flow: str, node: str, replica: int) -> str:
 
 def data_subject(flow: str, node: str, port: str) -> str:
     return f"flowctl.{flow}.{node}.{port}"
+
+
+def partition_subjects(subject: str, reader: str, partitions: int) -> str:
+    """The subjects a producer sends a keyed reader's events on, split by partition:
+    ``<output subject>.<reader>.<partitions>.<i>``, given with ``*`` for ``i`` (read
+    as it is, it matches every partition). A reader repartitioned to another count
+    reads other subjects; what waits on the old ones is handed over (see
+    :func:`flowstore.streams.handover_subjects`)."""
+    return f"{subject}.{reader}.{partitions}.*"
+
+
+def is_partitioned(subject: str) -> bool:
+    """Is ``subject`` a keyed reader's input split by partition (see above)?"""
+    return subject.endswith(".*")
+
+
+def partition_count_of(subject: str) -> tuple[str, str] | None:
+    """(``<output subject>.<reader>``, the partition count) of a partition subject
+    (seven tokens: names have no dots), None for any other."""
+    tokens = subject.split(".")
+    return (".".join(tokens[:5]), tokens[5]) if len(tokens) == 7 else None
+
+
+def own_subject(subject: str, replica: int) -> str:
+    """What replica ``replica`` reads of an input subject: its own partition of a
+    partitioned one, else the subject itself."""
+    return f"{subject[:-1]}{replica}" if is_partitioned(subject) else subject
 
 
 def dlq_subject(flow: str, node: str) -> str:
@@ -80,5 +113,5 @@ def own_consumers(cfg: ComponentConfig) -> bool:
 def consumer_names(cfg: ComponentConfig) -> list[tuple[str, str, list[str]]]:
     """Every durable consumer a node's inputs need: (name, port, subjects)."""
     replicas = range(cfg.replicas) if own_consumers(cfg) else range(1)
-    return [(input_consumer(cfg, port, r), port, subjects)
+    return [(input_consumer(cfg, port, r), port, [own_subject(s, r) for s in subjects])
             for port, subjects in cfg.inputs.items() if subjects for r in replicas]

@@ -37,6 +37,7 @@ from flowstore.models import (
     ComponentConfig,
     consumer_name,
     consumer_names,
+    partition_count_of,
     stream_name,
 )
 
@@ -95,7 +96,14 @@ def consumer_config(durable: str, subjects: list[str],
 
 
 def output_subjects(configs: list[ComponentConfig]) -> list[str]:
-    return sorted({s for cfg in configs for s in cfg.outputs.values()})
+    """The flow's output subjects, and the partitions of each keyed reader of one
+    (``<subject>.<reader>.>``: of any replica count, so a repartitioned reader's old
+    partitions are still there to be handed over)."""
+    plain = {s for cfg in configs for s in cfg.outputs.values()}
+    split = {f"{cfg.outputs[port]}.{reader.node}.>" for cfg in configs
+             for port, readers in cfg.keyed_outputs.items() if port in cfg.outputs
+             for reader in readers}
+    return sorted(plain | split)
 
 
 async def ensure_flow_stream(nc: NatsClient, flow: str, subjects: list[str], max_bytes: int,
@@ -128,7 +136,7 @@ async def ensure_consumer(nc: NatsClient, flow: str, durable: str, subjects: lis
         with contextlib.suppress(NotFoundError):
             known = await js.consumer_info(stream_name(flow), durable)
     if known is not None:
-        if _subjects(known.config) == sorted(subjects):
+        if reads_as_wanted(_subjects(known.config), subjects):
             if ((known.config.max_deliver or -1) > 0  # made by an older version:
                     or known.config.ack_wait != DEFAULT_ACK_WAIT_S):  # brought up to date
                 known.config.max_deliver = DEFAULT_MAX_DELIVER
@@ -158,7 +166,10 @@ async def ensure_flow_streams(nc: NatsClient, flow: str, configs: list[Component
     wanted = {name: (cfg.node, port, subjects)
               for cfg in configs for name, port, subjects in consumer_names(cfg)}
     for name, (node, port, subjects) in wanted.items():
-        start = None if name in existing else handover_start(existing, node, port)
+        start = None
+        if name not in existing:
+            start = handover_start(existing, node, port)
+            subjects = subjects + handover_subjects(existing, node, port, subjects)
         await ensure_consumer(nc, flow, name, subjects, start, existing.get(name))
     for name in set(existing) - set(wanted):  # after the new ones: no event is let go
         with contextlib.suppress(NotFoundError):
@@ -176,6 +187,40 @@ def handover_start(existing: dict[str, ConsumerInfo], node: str, port: str) -> i
               if name == base or (name.startswith(base)
                                   and PARTITION_CONSUMER.fullmatch(name[len(base):]))]
     return min(floors) + 1 if floors else None
+
+
+def handover_subjects(existing: dict[str, ConsumerInfo], node: str, port: str,
+                      subjects: list[str]) -> list[str]:
+    """What the new consumer of a repartitioned input reads beside its own partition:
+    every other partition count its old consumers read (``<subject>.<reader>.<n>.*``),
+    where events may still wait; its replica takes its own keys of those (they go
+    quiet once the producers send to the new partitions)."""
+    base = consumer_name(node, port)
+    olds = [s for name, info in existing.items()
+            if name == base or (name.startswith(base)
+                                and PARTITION_CONSUMER.fullmatch(name[len(base):]))
+            for s in _subjects(info.config)]
+    return sorted({old for old in (earlier_partitions(s, subjects) for s in olds) if old})
+
+
+def earlier_partitions(old: str, subjects: list[str]) -> str | None:
+    """``old`` (a subject a consumer read) as a handover subject of a consumer reading
+    ``subjects``: all partitions of another count of the same reader, else None."""
+    found = partition_count_of(old)
+    if found is None:
+        return None
+    for subject in subjects:
+        now = partition_count_of(subject)
+        if now is not None and now[0] == found[0] and now[1] != found[1]:
+            return f"{found[0]}.{found[1]}.*"
+    return None
+
+
+def reads_as_wanted(found: list[str], wanted: list[str]) -> bool:
+    """Does a consumer reading ``found`` read ``wanted``: the same subjects, or those
+    and partitions of another count it was handed over (see :func:`handover_subjects`)."""
+    own, extra = set(wanted), set(found) - set(wanted)
+    return own <= set(found) and all(earlier_partitions(s, wanted) == s for s in extra)
 
 
 async def _durables(nc: NatsClient, flow: str) -> dict[str, ConsumerInfo]:

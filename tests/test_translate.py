@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict
 from componentmanager.registry import ComponentType, Port
 from flowengine import translate
 from flowstore.loader import parse_flow
-from flowstore.models import ExternalFields, FlowSpec
+from flowstore.models import ExternalFields, FlowSpec, consumer_names
+from flowstore.streams import earlier_partitions, output_subjects, reads_as_wanted
 from tests.lifecycle_context import register_test_types
 
 
@@ -94,6 +95,8 @@ def test_the_source_config_in_full() -> None:
         "inputs": {},
         "outputs": {"out": "flowctl.orders.gen.out"},
         "frame_ports": [],  # box, a container without frames: true, reads it
+        "keyed_outputs": {},  # no keyed reader: nothing partitioned here
+        "partitioned_only": [],
         "queue": "flowctl.orders.gen",
         "replicas": 1,
         "stateful": False,
@@ -190,10 +193,50 @@ spec:
 def test_a_join_names_its_inputs_after_its_upstream_nodes_and_partitions_by_key() -> None:
     configs = translate("shop", parse_flow(KEYED).spec, flow_revision=1, enabled=False)
     match = configs["shop.match"]
-    assert match.inputs == {"orders": ["flowctl.shop.orders.out"],
-                            "payments": ["flowctl.shop.payments.out"]}
+    assert match.inputs == {"orders": ["flowctl.shop.orders.out.match.2.*"],
+                            "payments": ["flowctl.shop.payments.out.match.2.*"]}
     assert (match.partition_by, match.stateful) == ("order_id", True)
     by_user = configs["shop.per-user"]
     assert (by_user.partition_by, by_user.stateful) == ("user", False)
     tally = configs["shop.tally"]  # one replica, no key: nothing to partition
     assert (tally.partition_by, tally.stateful) == (None, True)
+
+
+def test_producers_partition_for_each_keyed_reader_and_send_whole_only_when_read_whole(
+        ) -> None:
+    configs = translate("shop", parse_flow(KEYED).spec, flow_revision=1, enabled=False)
+    orders, payments = configs["shop.orders"], configs["shop.payments"]
+    assert [(r.node, r.key, r.partitions, r.subjects)
+            for r in orders.keyed_outputs["out"]] == [
+        ("match", "order_id", 2, "flowctl.shop.orders.out.match.2.*"),
+        ("per-user", "user", 3, "flowctl.shop.orders.out.per-user.3.*")]
+    assert orders.partitioned_only == ["out"]  # both readers keyed: none reads it whole
+    assert [r.node for r in payments.keyed_outputs["out"]] == ["match"]
+    assert configs["shop.per-user"].inputs == {"in": ["flowctl.shop.orders.out.per-user.3.*"]}
+    match = configs["shop.match"]  # feeds a window of one replica: read whole
+    assert (match.keyed_outputs, match.partitioned_only) == ({}, [])
+    assert configs["shop.tally"].inputs == {"in": ["flowctl.shop.match.out"]}
+    stream = output_subjects(list(configs.values()))
+    assert "flowctl.shop.orders.out.per-user.>" in stream
+    assert consumer_names(configs["shop.per-user"])[1] == (
+        "per-user-in-p1of3", "in", ["flowctl.shop.orders.out.per-user.3.1"])
+
+
+def test_a_producer_run_as_a_program_is_read_whole_by_its_keyed_readers() -> None:
+    text = KEYED.replace("{id: orders, type: generate, config: {count: 3}}",
+                         "{id: orders, type: gen, command: ./gen}")
+    configs = translate("shop", parse_flow(text).spec, flow_revision=1, enabled=False)
+    assert configs["shop.per-user"].inputs == {"in": ["flowctl.shop.orders.out"]}
+    assert configs["shop.orders"].keyed_outputs == {}
+
+
+def test_a_repartitioned_consumer_is_handed_the_old_partitions_over() -> None:
+    old = ["flowctl.f.p.out.k.1.0", "flowctl.f.p.out.k.3.*", "flowctl.f.q.out"]
+    new = ["flowctl.f.p.out.k.2.1"]
+    assert [earlier_partitions(s, new) for s in old] == [
+        "flowctl.f.p.out.k.1.*", "flowctl.f.p.out.k.3.*", None]
+    assert earlier_partitions("flowctl.f.p.out.k.2.0", new) is None  # same count: its own
+    handed = [*new, "flowctl.f.p.out.k.1.*"]
+    assert reads_as_wanted(handed, new) and reads_as_wanted(new, new)
+    assert not reads_as_wanted([*new, "flowctl.f.q.out"], new)
+    assert not reads_as_wanted(["flowctl.f.p.out.k.1.*"], new)

@@ -19,6 +19,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from componentmanager.dataplane.wire import FRAME_BYTES, FRAME_EVENTS, EventIds
+from flowstore.names import HDR_AFTER
 
 Publish = Callable[[str, bytes, dict[str, str], int], Awaitable[None]]
 
@@ -26,10 +27,15 @@ Publish = Callable[[str, bytes, dict[str, str], int], Awaitable[None]]
 class Outbox:
     """Pending frames per subject; ``publish(subject, body, headers, count)`` sends one."""
 
-    def __init__(self, ids: EventIds, publish: Publish, framed: set[str]) -> None:
+    def __init__(self, ids: EventIds, publish: Publish, framed: set[str],
+                 partitions: frozenset[str] = frozenset()) -> None:
         self._ids = ids
         self._publish = publish
         self._framed = framed  # subjects whose readers all take frames
+        #: keyed readers' partitions: each message says the last event sent there before
+        #: (:data:`HDR_AFTER`), so its reader knows the numbers between went elsewhere
+        self._partitions = partitions
+        self._last_on: dict[str, int] = {}
         self._frames: dict[str, list[bytes]] = {}
         self._sizes: dict[str, int] = {}
         self._counts: dict[str, int] = {}  # events in each pending frame
@@ -69,6 +75,12 @@ class Outbox:
                 await self.put(subject, line)
             return
         await self._add(subject, lines, count)
+
+    async def put_alone(self, subject: str, body: bytes, extra: dict[str, str]) -> None:
+        """One encoded event in a message of its own, with ``extra`` headers, after what
+        is pending for the subject (order kept)."""
+        await self._send(subject)
+        await self._send_frame(subject, [body], 1, extra)
 
     async def _add(self, subject: str, chunk: bytes, count: int) -> None:
         frame = self._frames.get(subject)
@@ -117,9 +129,20 @@ class Outbox:
         frame = self._frames.pop(subject, None)
         self._sizes.pop(subject, None)
         count = self._counts.pop(subject, 0)
+        await self._send_frame(subject, frame, count)
+
+    async def _send_frame(self, subject: str, frame: list[bytes] | None, count: int,
+                          extra: dict[str, str] | None = None) -> None:
         if frame:
             body = frame[0] if len(frame) == 1 else b"\n".join(frame)
             headers = self._ids.header(count)
+            if subject in self._partitions:
+                before = self._last_on.get(subject)
+                if before is not None:
+                    headers[HDR_AFTER] = str(before)
+                self._last_on[subject] = self._ids.emitted
+            if extra:
+                headers.update(extra)
             if self._origin is not None:
                 k = self._sent[subject] = self._sent.get(subject, -1) + 1
                 headers["Nats-Msg-Id"] = f"{subject}:{self._origin}:{k}"

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from componentmanager.component import EventError
+from flowstore.names import HDR_NO_KEY as HDR_NO_KEY
 
 
 class KeyNotComputed(EventError):
@@ -52,6 +53,13 @@ class Partitioner:
         self.index = index
         self.partitions = partitions
 
+    @staticmethod
+    def without_key(why: str) -> Callable[[Any], bool]:
+        """For a message its producer marked (:data:`HDR_NO_KEY`): its event fails."""
+        def fail(_event: Any) -> bool:
+            raise KeyNotComputed(why)
+        return fail
+
     def owns(self, event: Any) -> bool:
         """True for this replica's events; raises :class:`KeyNotComputed` on replica 0
         for an event whose key cannot be computed (it fails there, once)."""
@@ -62,3 +70,40 @@ class Partitioner:
                 raise KeyNotComputed(f"partition_by: {exc}") from exc
             return False
         return partition_of(text, self.partitions) == self.index
+
+
+class Route:
+    """One keyed reader of an output port, partitioned at the producer: ``subjects[i]``
+    is partition ``i``'s (see :func:`flowstore.names.partition_subjects`)."""
+
+    __slots__ = ("_key", "partitions", "subjects")
+
+    def __init__(self, key: Callable[[Any], Any], partitions: int, template: str) -> None:
+        self._key = key
+        self.partitions = partitions
+        self.subjects = [f"{template[:-1]}{i}" for i in range(partitions)]
+
+    def place(self, event: Any) -> tuple[str, str | None]:
+        """The subject of ``event``'s partition, and why its key cannot be computed
+        (None when it can): such an event goes to partition 0, alone and marked
+        (:data:`HDR_NO_KEY`), whose replica fails it (counted, dead-lettered there once,
+        as when every replica read every event)."""
+        if self.partitions == 1:
+            return self.subjects[0], None
+        try:
+            text = key_text(self._key(event))
+        except Exception as exc:
+            return self.subjects[0], f"partition_by: {exc}"
+        return self.subjects[partition_of(text, self.partitions)], None
+
+
+def split_by_subject(routes: list[Route], events: list[Any]
+                     ) -> dict[tuple[str, str | None], list[Any]]:
+    """Events grouped by the partition subjects they go to (each event once per route),
+    in their order within each group (a frame per partition); an event without a key
+    under (subject, why)."""
+    groups: dict[tuple[str, str | None], list[Any]] = {}
+    for route in routes:
+        for event in events:
+            groups.setdefault(route.place(event), []).append(event)
+    return groups

@@ -87,13 +87,18 @@ class Floors:
             self._seen[prefix] = ([int(value)] if isinstance(value, int)
                                   else [int(v) for v in value])
 
-    def fresh(self, prefix: str, first: int, count: int) -> list[int]:
+    def fresh(self, prefix: str, first: int, count: int, after: int | None = None
+              ) -> list[int]:
         """The indexes (0-based, in the message) of its events not passed before; the
-        message's events are passed from now on."""
+        message's events are passed from now on. ``after``: a partition's message, whose
+        producer sent the numbers from ``after + 1`` to ``first - 1`` to other
+        partitions: they count as passed, so the floor keeps up without ranges."""
         seen = self._seen.pop(prefix, None) or [0]
         self._seen[prefix] = seen  # most recent last: the oldest are forgotten
         if len(self._seen) > FLOORS_KEPT:
             del self._seen[next(iter(self._seen))]
+        if after is not None and first - 1 > max(after, seen[0]):
+            _add_range(seen, max(after, seen[0]) + 1, first - 1)
         last = first + count - 1
         if last <= seen[0]:
             return []
@@ -104,6 +109,11 @@ class Floors:
                  if not _in_ranges(seen, n)]
         _add_range(seen, max(first, seen[0] + 1), last)
         return taken
+
+    def passed(self, prefix: str, n: int) -> bool:
+        """Was event ``n`` of ``prefix`` passed?"""
+        seen = self._seen.get(prefix)
+        return seen is not None and (n <= seen[0] or _in_ranges(seen, n))
 
     def as_dict(self) -> dict[str, Any]:
         return {p: (s[0] if len(s) == 1 else list(s)) for p, s in self._seen.items()}

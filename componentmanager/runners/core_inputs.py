@@ -37,7 +37,7 @@ class CoreInputs:
     component: Any
     _sub_ports: list[tuple[str, Any]]
     _outbox: Any
-    _owns: Any
+    _owns_for: Any
     _inflight: int = 0
     _since_yield: int = 0
 
@@ -74,7 +74,8 @@ class CoreInputs:
             began, taken = perf_counter(), 0
             try:
                 async with self._outbox.handling():
-                    batch = await self._take_batch(comp, port, events)
+                    owns = self._owns_for(msg)
+                    batch = await self._take_batch(comp, port, events, owns)
                     if batch is not None:
                         taken = batch
                         if self._since_yield >= YIELD_EVERY_BATCHED:
@@ -87,7 +88,7 @@ class CoreInputs:
                         self.counters.in_ += 1
                         taken += 1
                         try:
-                            if self._owns is not None and not self._owns(event):
+                            if owns is not None and not owns(event):
                                 self.counters.in_ -= 1  # another partition's: its
                                 taken -= 1              # replica counts it
                                 continue

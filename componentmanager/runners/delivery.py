@@ -57,7 +57,7 @@ from componentmanager.runners.core_inputs import (
 )
 from componentmanager.runners.failures import EventFailures
 from componentmanager.runners.stateful import KeyedInputs
-from flowstore.models import input_consumer, stream_name
+from flowstore.models import input_consumer, own_subject, stream_name
 from flowstore.streams import ensure_consumer
 
 log = structlog.get_logger("flowctl.replica")
@@ -138,6 +138,7 @@ class InputDelivery(CoreInputs, InputAcks, EventFailures, KeyedInputs):
         for port, subjects in self.cfg.inputs.items():
             if not subjects:
                 continue
+            subjects = [own_subject(s, self.index) for s in subjects]
             if self._acked:
                 consumer = await ensure_consumer(
                     self.nc, self.flow, input_consumer(self.cfg, port, self.index), subjects)
@@ -150,8 +151,9 @@ class InputDelivery(CoreInputs, InputAcks, EventFailures, KeyedInputs):
                 continue
             for subject in subjects:
                 holder: list[Any] = []
-                sub = await self.nc.subscribe(  # partitioned: every replica sees all
-                    subject, queue=None if self.cfg.partition_by else self.cfg.queue,
+                sub = await self.nc.subscribe(  # keyed: every replica sees all, but
+                    subject, queue=self.cfg.queue  # its own partition's are its own
+                    if subject in self._own_subjects or not self.cfg.partition_by else None,
                     cb=self._core_handler(port, holder),
                     pending_msgs_limit=4 * INPUT_PENDING_MSGS,
                     pending_bytes_limit=4 * INPUT_PENDING_BYTES,
@@ -161,11 +163,12 @@ class InputDelivery(CoreInputs, InputAcks, EventFailures, KeyedInputs):
                 self._subs.append(sub)
                 self._sub_ports.append((port, sub))
 
-    async def _take_batch(self, comp: Component, port: str, events: list[Any]) -> int | None:
+    async def _take_batch(self, comp: Component, port: str, events: list[Any],
+                          owns: Any) -> int | None:
         """A message's events (this partition's) through ``process_batch`` at once: how
         many were taken, or None when they must go one by one (nothing was done)."""
         try:
-            mine = events if self._owns is None else [e for e in events if self._owns(e)]
+            mine = events if owns is None else [e for e in events if owns(e)]
         except KeyNotComputed:
             return None  # that event fails here: one by one
         if len(mine) < 2:
@@ -252,7 +255,8 @@ class InputDelivery(CoreInputs, InputAcks, EventFailures, KeyedInputs):
         self._mid_message += 1  # no state checkpoint while a message is half done
         try:
             async with self._outbox.handling(origin):  # outputs go out at the end
-                batch = await self._take_batch(comp, port, events)
+                owns = self._owns_for(msg)
+                batch = await self._take_batch(comp, port, events, owns)
                 if batch is not None:
                     taken = batch
                     if self._since_yield >= YIELD_EVERY_BATCHED:
@@ -268,7 +272,7 @@ class InputDelivery(CoreInputs, InputAcks, EventFailures, KeyedInputs):
                     self.counters.in_ += 1
                     taken += 1
                     try:
-                        if self._owns is not None and not self._owns(event):
+                        if owns is not None and not owns(event):
                             self.counters.in_ -= 1  # another partition's: its
                             taken -= 1              # replica counts it
                             continue
@@ -298,7 +302,10 @@ class InputDelivery(CoreInputs, InputAcks, EventFailures, KeyedInputs):
         if found is None or (msg.headers and HDR_REPLAY_TO in msg.headers):
             return indexed  # (a dead letter sent back by `flowctl dlq replay`: taken)
         prefix, first = found
-        taken = self._floors.fresh(prefix, first, len(indexed))
+        taken = self._floors.fresh(prefix, first, len(indexed), self._after(msg))
+        if self._inherited:  # a rescale: what the replicas before passed is not taken
+            taken = [i for i in taken if not self._inherited.passed(
+                prefix, first + i, indexed[i][1])]
         if len(taken) < len(indexed):
             self.counters.redelivered += 1
         replicas = self.cfg.replicas

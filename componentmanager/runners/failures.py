@@ -45,7 +45,7 @@ class EventFailures:
     last_error: str | None
     _acked: bool
     _dead_letters_unstored: set[int]  # id() of inputs one of whose dead letters failed
-    _owns: Any
+    _owns_for: Any
     _took: Any
 
     async def _failed_event(self, port: str, msg: Msg | None, index: int, event: Any,
@@ -70,10 +70,10 @@ class EventFailures:
         """An input delivered too often was never acked (see
         :func:`~componentmanager.dataplane.wire.undeliverable`): its events (this
         replica's share) fail as they are, so none goes unseen."""
-        taken = 0
+        taken, owns = 0, self._owns_for(msg)
         for index, event in enumerate(events):
             try:
-                if self._owns is not None and not self._owns(event):
+                if owns is not None and not owns(event):
                     continue
             except Exception:
                 pass  # its key cannot be computed: it would fail here anyway

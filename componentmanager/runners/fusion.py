@@ -144,12 +144,13 @@ class FusedFeed:
             return self._outbox
         return feeding.root._outbox
 
-    def _sent_by(self, subject: str) -> tuple[Any, str]:
-        """The replica whose output ``subject`` is, and its port (for the counters)."""
+    def _sent_by(self, subject: str) -> tuple[Any, str | None]:
+        """The replica whose output ``subject`` is, and its port (for the counters); no
+        port for a copy not counted (a keyed reader's partition beside the counted one)."""
         port = self._port_of.get(subject)
         if port is not None:
             return self, port
-        return self._fed_outputs[subject]
+        return self._fed_outputs.get(subject, (self, None))
 
     def _sends_through(self, subject: str, port: str) -> None:
         """While fed: ``subject`` goes out through the root's outbox, counted here."""

@@ -21,7 +21,7 @@ import structlog
 from nats.aio.msg import Msg
 
 from componentmanager.component import Component, EventTooLarge
-from componentmanager.dataplane import AckedPublisher, EventIds, Outbox, Puller, encode
+from componentmanager.dataplane import AckedPublisher, EventIds, Puller, encode
 from componentmanager.dataplane.wire import (
     FRAME_BYTES,
     FRAME_EVENTS,
@@ -39,6 +39,7 @@ from componentmanager.runners.delivery import InputDelivery
 from componentmanager.runners.dependencies import wait_for_dependencies
 from componentmanager.runners.downstream import wait_for_downstream
 from componentmanager.runners.fusion import FusedFeed
+from componentmanager.runners.keyed_outputs import KeyedOutputs
 from componentmanager.runners.teardown import ReplicaTeardown
 from flowstore.models import ComponentConfig, ReplicaState, stream_name
 
@@ -51,7 +52,7 @@ COMMIT_EVERY_S = 0.5
 HEADER_ROOM = 512
 
 
-class InProcessReplica(InputDelivery, FusedFeed, ReplicaTeardown, Replica):
+class InProcessReplica(InputDelivery, FusedFeed, KeyedOutputs, ReplicaTeardown, Replica):
     """One replica of a registered component type, run as asyncio tasks."""
 
     def __init__(self, cfg: ComponentConfig, index: int, host: ReplicaHost) -> None:
@@ -65,9 +66,7 @@ class InProcessReplica(InputDelivery, FusedFeed, ReplicaTeardown, Replica):
         self._current_event: tuple[Any, int] | None = None  # (headers, index) in process
         self._source_epoch: str | None = None  # exactly-once: carried across restarts here
         self._publisher: AckedPublisher | None = None
-        self._outbox = Outbox(EventIds(cfg.node, index, secrets.token_hex(3)), self._send,
-                              {cfg.outputs[p] for p in cfg.frame_ports if p in cfg.outputs})
-        self._port_of = {subject: port for port, subject in cfg.outputs.items()}
+        self._open_outbox(cfg, EventIds(cfg.node, index, secrets.token_hex(3)))
         self._fed_outputs: dict[str, tuple[Any, str]] = {}
         self._subs: list[Any] = []
         self._sub_ports: list[tuple[str, Any]] = []
@@ -135,7 +134,7 @@ class InProcessReplica(InputDelivery, FusedFeed, ReplicaTeardown, Replica):
             await self.reject(body[:PREVIEW_BYTES], reason)  # counted, a preview kept
             return
         self._sends_through(subject, port)
-        await self._outbox_now().put(subject, body)
+        await self._put_event(port, subject, body, event)
 
     def _subject_of(self, port: str) -> str:
         subject = self.cfg.outputs.get(port)
@@ -162,7 +161,7 @@ class InProcessReplica(InputDelivery, FusedFeed, ReplicaTeardown, Replica):
             return False  # one of them may be too large: emit() fails just that one
         self._emitted += len(events)
         self._sends_through(subject, port)
-        await self._outbox_now().put_lines(subject, lines, len(events))
+        await self._put_events(port, subject, events, lines)
         return True
 
     async def _send(self, subject: str, body: bytes, headers: dict[str, str], count: int) -> None:
@@ -178,10 +177,13 @@ class InProcessReplica(InputDelivery, FusedFeed, ReplicaTeardown, Replica):
             try:
                 await self.nc.publish(subject, body, headers=headers)
             except Exception as exc:  # at-most-once: NATS refused it; lost, counted
-                owner, _ = self._sent_by(subject)
-                owner.counters.drop(count, f"publish refused ({type(exc).__name__})")
+                owner, port = self._sent_by(subject)
+                if port is not None:  # (a keyed reader's copy is counted on its first)
+                    owner.counters.drop(count, f"publish refused ({type(exc).__name__})")
                 return
         owner, port = self._sent_by(subject)
+        if port is None:
+            return  # another keyed reader's copy: counted once, on its counted subject
         c = owner.counters
         c.out += count
         c.out_ports[port] = c.out_ports.get(port, 0) + count

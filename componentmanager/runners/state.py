@@ -75,6 +75,8 @@ class OperatorState:
         self.commit: dict[str, Any] = {}
         #: why a record that was there is not used (said by the replica), None if it is
         self.discarded: str | None = None
+        #: the replica is stopping: its next record is its last (a rescale waits for it)
+        self.sealed = False
         self._kv: Any = None
         self._store: Any = None  # the object store, once a state needed it
 
@@ -84,17 +86,9 @@ class OperatorState:
         it never starts over an existing state."""
         self._kv = await open_bucket(self.nc, CHECKPOINTS_BUCKET)
         try:
-            entry = await self._kv.get(self.key)
+            record = await self.read(self.key)
         except KeyNotFoundError:
             return []  # a first start
-        record = _parse(entry.value)
-        if isinstance(record, dict) and "object" in record:  # a large state
-            try:
-                self._store = await state_objects(self.nc, create=False)
-                found = await self._store.get(self.key) if self._store else None
-            except ObjectNotFoundError:
-                found = None
-            record = _parse(found.data) if found is not None else None
         if not isinstance(record, dict):
             self.discarded = "its checkpoint is not a flowctl record"
             return []
@@ -110,6 +104,28 @@ class OperatorState:
         self.restored_keys = len(state.get("keys") or {})
         return [state]
 
+    async def read(self, key: str) -> Any:
+        """The record under ``key`` (of this replica or another of its node), through
+        its pointer when it is an object; None for junk; KeyNotFoundError when none."""
+        if self._kv is None:
+            self._kv = await open_bucket(self.nc, CHECKPOINTS_BUCKET)
+        record = _parse((await self._kv.get(key)).value)
+        if isinstance(record, dict) and "object" in record:  # a large state
+            try:
+                if self._store is None:
+                    self._store = await state_objects(self.nc, create=False)
+                found = await self._store.get(key) if self._store else None
+            except ObjectNotFoundError:
+                found = None
+            record = _parse(found.data) if found is not None else None
+        return record
+
+    async def put(self, key: str, record: dict[str, Any]) -> None:
+        """Store a small record of the node beside its replicas' (see handover)."""
+        if self._kv is None:
+            self._kv = await open_bucket(self.nc, CHECKPOINTS_BUCKET)
+        await self._kv.put(key, json.dumps(record, separators=(",", ":")).encode())
+
     def saw(self, port: str, sequence: int) -> None:
         if sequence > self.seen.get(port, 0):
             self.seen[port] = sequence
@@ -124,6 +140,8 @@ class OperatorState:
         :class:`StateTooLarge` past :data:`STATE_MAX_BYTES`."""
         record = {"state": state, "seen": self.seen, "partitions": self.cfg.replicas,
                   "config": self.fingerprint, "updated_at": utcnow()}
+        if self.sealed:  # the replica stops: its last record (see handover)
+            record["sealed"] = True
         if commit is not None:
             record["commit"] = commit
         body = json.dumps(record, separators=(",", ":"), default=str).encode()

@@ -35,10 +35,11 @@ import structlog
 
 from componentmanager.components.expressions import compile_expression
 from componentmanager.dataplane import PublishFailed
-from componentmanager.dataplane.partition import Partitioner
+from componentmanager.dataplane.partition import HDR_NO_KEY, Partitioner
 from componentmanager.runners.commit import Floors, counters_record, new_epoch, restore_counters
+from componentmanager.runners.handover import Inherited, take_over
 from componentmanager.runners.state import OperatorState
-from flowstore.models import stream_name
+from flowstore.models import HDR_AFTER, is_partitioned, own_subject, stream_name
 
 log = structlog.get_logger("flowctl.replica")
 
@@ -84,12 +85,14 @@ class KeyedInputs:
     _unacked: list[Any]
     _unacked_since: float | None
     _settling: asyncio.Lock
-    _owns: Any = None  # Partitioner.owns, or None: every event is this replica's
+    _partitioner: Partitioner | None = None  # None: every event is this replica's
+    _own_subjects: frozenset[str] = frozenset()  # its partitions, sent by producers
     _catch_up: dict[str, CatchUp]
     _state: OperatorState | None = None
     _state_saved_at: float = 0.0
     _mid_message: int = 0  # input messages being handled right now (at-least-once)
     _floors: Floors | None = None  # exactly-once: per producer, the highest event passed
+    _inherited: Inherited | None = None  # exactly-once, rescaled: what was passed before
     _prepared: Any = None  # exactly-once: the sink's part of the commit being written
     _commit: dict[str, Any] | None = None  # exactly-once: the commit being written
     _serial: int = 0  # exactly-once: the number of the last commit taken
@@ -104,14 +107,20 @@ class KeyedInputs:
 
     async def _open_keyed(self, comp: Any) -> None:
         """Before the inputs open: the partition filter; a stateful component's state."""
-        self._owns, self._catch_up, self._state_broken = None, {}, None
+        self._partitioner, self._catch_up, self._state_broken = None, {}, None
+        self._own_subjects = frozenset(
+            own_subject(s, self.index) for subjects in self.cfg.inputs.values()
+            for s in subjects if is_partitioned(s))
         if self.cfg.partition_by and self.cfg.replicas > 1:
             expression = compile_expression(self.cfg.partition_by)
-            self._owns = Partitioner(expression.evaluate, self.index, self.cfg.replicas).owns
+            self._partitioner = Partitioner(expression.evaluate, self.index, self.cfg.replicas)
         self._state, self._floors, self._prepared = None, None, None
+        self._inherited = None
         committing = self.cfg.delivery == "exactly-once" and self.cfg.role != "source"
         if getattr(comp, "stateful", False) or committing:
             self._state = OperatorState(self.nc, self.cfg, self.index)
+            if committing and self._own_subjects and self.cfg.partition_by:
+                await self._take_over(self._state)
             parts = await self._state.load()
             if getattr(comp, "stateful", False):
                 comp.restore(parts)
@@ -127,6 +136,37 @@ class KeyedInputs:
                 self.host.log_line(self, f"resumed the state of {self._state.restored_keys:,}"
                                    " key(s) from its checkpoint", "agent")
             self._state_saved_at = asyncio.get_running_loop().time()
+
+    async def _take_over(self, state: OperatorState) -> None:
+        """Exactly-once, partitioned at the producer: what the replicas of the counts
+        before passed is not taken again (see :mod:`~componentmanager.runners.handover`)."""
+        generations = await take_over(state, self.cfg.flow, self.cfg.node, self.cfg.replicas,
+                                      lambda line: self.host.log_line(self, line, "agent"))
+        key = compile_expression(str(self.cfg.partition_by)).evaluate
+        self._inherited = Inherited(key, generations) if generations else None
+
+    def _owns_for(self, msg: Any) -> Callable[[Any], bool] | None:
+        """Which events of an input message this replica takes (None: all). Its own
+        partition's are all its own (its producer computed their keys; one it could
+        not, it marked: that event fails here); a subject every replica reads (a
+        producer that sends it whole, the old partitions of a rescale, a replay) takes
+        this replica's keys."""
+        partitioner = self._partitioner
+        if partitioner is None:
+            return None
+        if msg.subject not in self._own_subjects:
+            return partitioner.owns
+        why = msg.headers.get(HDR_NO_KEY) if msg.headers else None
+        return None if why is None else Partitioner.without_key(why)
+
+    def _after(self, msg: Any) -> int | None:
+        """Exactly-once, a message of this replica's own partition: the last event its
+        producer sent here before it (:data:`HDR_AFTER`); None for any other (the old
+        partitions of a rescale interleave: their numbers are kept exactly)."""
+        if msg.subject not in self._own_subjects or not msg.headers:
+            return None
+        after = msg.headers.get(HDR_AFTER)
+        return int(after) if after and after.isdigit() else None
 
     def _resume_commit(self, commit: dict[str, Any]) -> None:
         """Exactly-once: continue from the last commit (floors, counters, output ids)."""

@@ -62,6 +62,8 @@ class ReplicaTeardown:
     async def _finish_component(self) -> bool:
         """Whether what was processed is written and sent."""
         await self._close_inputs()
+        if self._state is not None:
+            self._state.sealed = True  # its last record: a rescale waits for it
         if (self._acked or self._state is not None) and self.nc.is_connected:
             with contextlib.suppress(Exception):  # flush what is held, then ack its
                 async with asyncio.timeout(STEP_WAIT_S):  # inputs (stateful:
