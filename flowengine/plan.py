@@ -61,8 +61,6 @@ def _link_refusal(up: Node, down: Node, spec: FlowSpec, ins: int, outs: int,
     """Why ``down`` does not fuse after ``up`` (the edge up -> down exists), or None."""
     if spec.delivery == "exactly-once":
         return "exactly-once flows run every node in a replica of its own"
-    if down.id in partitioning:  # (its outputs leave through its own outbox)
-        return f"{down.id} partitions its events for a keyed node"
     for node in (up, down):
         if (why := _fusable(node, spec)) is not None:
             return why
@@ -74,6 +72,8 @@ def _link_refusal(up: Node, down: Node, spec: FlowSpec, ins: int, outs: int,
         return f"replicas differ ({up.replicas} and {down.replicas})"
     if up.placement != down.placement:
         return "placements differ"
+    if down.id in partitioning:  # (its outputs leave through its own outbox)
+        return f"{down.id} partitions its events for a keyed node"
     return None
 
 

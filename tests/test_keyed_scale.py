@@ -200,3 +200,15 @@ async def test_an_event_without_a_key_fails_once_on_replica_0(nc, agents, tmp_pa
     assert taken == total and len(read_lines(out)) == total - unkeyed  # each event once
     if delivery != "at-most-once":
         await _reads_own_partitions(nc, flow, 3)
+
+
+def test_the_producer_of_a_keyed_node_keeps_its_own_outbox() -> None:
+    from flowengine.plan import fusion_plan
+
+    text = _flow("fp", Path("/tmp/x"), 10, 10, 3, "at-least-once").replace(
+        "    - id: keyed\n", "    - id: more\n      type: transform\n      inputs: [stamp]\n"
+        "      placement: {agent: edge}\n      config: {set: {x: '1'}}\n    - id: keyed\n"
+    ).replace("      inputs: [stamp]\n      replicas: 3", "      inputs: [more]\n      replicas: 3")
+    plan = fusion_plan(parse_flow(text).spec)
+    assert plan.chains == []
+    assert ("stamp", "more", "more partitions its events for a keyed node") in plan.apart
