@@ -71,9 +71,16 @@ async def _chaos(nc, nats_server, procs: dict, agents, rng: random.Random) -> li
             await asyncio.sleep(8)
             os.kill(nats_server.proc.pid, signal.SIGCONT)
             done.append("NATS frozen 8 s")
-    for name in procs:  # every agent back (stopped mid-start-up it would exit -15)
-        await wait_until(lambda n=name: live_agent(nc, n), timeout=30, what=f"agent {name}")
+    for name in procs:  # every agent back (stopped mid-start-up it would exit -15): its
+        # new process announced (the record of the killed one is still there a while)
+        await wait_until(lambda n=name: _announced(nc, n, procs[n].proc.pid), timeout=30,
+                         what=f"agent {name} restarted")
     return done
+
+
+async def _announced(nc, name: str, pid: int) -> bool:
+    record = await live_agent(nc, name)
+    return record is not None and record.pid == pid
 
 
 async def _drained(nc, flow: str) -> bool:
