@@ -25,6 +25,7 @@ from tests.programs.cli_helpers import (  # noqa: F401  (an autouse fixture)
     ROOT,
     Flowctl,
     cli_processes_cleaned_up,
+    flowctl,
     free_port,
     wait_for,
 )
@@ -83,6 +84,10 @@ def run_pipeline(tmp_path: Path, orchestrator: str, timeout: float = 30) -> None
         # source -> processor -> consumer, none lost (from when the consumer joined)
         assert ledgers == list(range(ledgers[0], ledgers[0] + len(got)))
         assert all(e["ttp"] == f"transfer-{e['ledger']}" for e in got)
+        listed = flowctl("list", "-o", "json")  # no --nats-url: the run's record finds it
+        assert listed.returncode == 0, listed.stderr
+        assert [f["metadata"]["name"] for f in json.loads(listed.stdout)] == [
+            "ttp-processing-pipeline"]
         run.interrupt(group=True)  # a terminal's Ctrl+C
         assert run.wait(40) == 130, run.err()
     finally:
