@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli.errors import fail, run
 from cli.main import app, globals_, valid_name
+
+if TYPE_CHECKING:
+    import asyncio  # (imported where it runs: `flowctl --help` needs no event loop)
 
 
 def _labels(text: str) -> dict[str, str]:
@@ -27,6 +29,8 @@ def _labels(text: str) -> dict[str, str]:
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:
+    import asyncio
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -114,6 +118,8 @@ def agent(
         settings.log_dir = log_dir
 
     async def go() -> None:
+        import asyncio
+
         stop = asyncio.Event()
         stop_on_signals(stop)
         opts = globals_().options()

@@ -19,8 +19,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import psutil
-
 
 @dataclass(frozen=True)
 class RunRecord:
@@ -45,6 +43,8 @@ def choose(records: list[RunRecord], alive: Callable[[RunRecord], bool]
 
 
 def _create_time(pid: int) -> float | None:
+    import psutil  # (here: the help and reading commands need not load it)
+
     try:
         proc = psutil.Process(pid)
         return None if proc.status() == psutil.STATUS_ZOMBIE else proc.create_time()
