@@ -46,14 +46,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import Counter, start_agent, stop_all
+from benchmarks.common import Counter, stop_all, two_agents
 from componentmanager.components.processors import Transform, TransformConfig
 from componentmanager.components.sources import GenerateConfig, GenerateSource
 from componentmanager.dataplane.wire import FRAME_EVENTS, encode_lines
 from flowengine import FlowEngine
 from flowstore import parse_flow
 from flowstore.nats import NatsOptions, connect
-from flowstore.server import EmbeddedNats
 
 HERE = Path(__file__).resolve().parent
 TMP = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -261,28 +260,18 @@ async def main(n: int, rounds: int, delivery_only: bool = False,
     results: dict[str, list[float]] = {label: [] for label, _, _ in configs}
     drops: dict[str, list[int]] = {label: [] for label, _, _ in configs}
     floor_of: dict[str, list[float]] = {label: [] for label, _, _ in configs}
-    with EmbeddedNats() as server:
-        url = server.url
-        agents = [start_agent(url, "bench-a", "role=a"), start_agent(url, "bench-b", "role=b")]
-        try:
-            nc = await connect(NatsOptions(url=url))
-            engine = await FlowEngine.open(nc)
-            while len(await engine.live_agents()) < 2:
-                await asyncio.sleep(0.1)
-            await nc.close()
-            for r in range(rounds):
-                for i, (label, delivery, stages) in enumerate(configs):
-                    if delivery is None:
-                        rate, dropped = await raw(url, n)
-                    else:
-                        rate, dropped, _ = await flowctl(url, n, delivery, stages,
-                                                         f"b{r}-{i}", one_agent="fused" in label)
-                    if "fused" in label:  # its floor right after it: the same machine load
-                        floor_of[label].append(compute_floor(stages, n))
-                    results[label].append(rate)
-                    drops[label].append(dropped)
-        finally:
-            stop_all(agents)
+    async with two_agents() as url:
+        for r in range(rounds):
+            for i, (label, delivery, stages) in enumerate(configs):
+                if delivery is None:
+                    rate, dropped = await raw(url, n)
+                else:
+                    rate, dropped, _ = await flowctl(url, n, delivery, stages, f"b{r}-{i}",
+                                                     one_agent="fused" in label)
+                if "fused" in label:  # its floor right after it: the same machine load
+                    floor_of[label].append(compute_floor(stages, n))
+                results[label].append(rate)
+                drops[label].append(dropped)
     base = statistics.median(results[configs[0][0]])
     print(f"events per run: {n:,}, rounds: {rounds} (median, min, max events/s)")
     print(f"{'chain':<38}{'median':>12} {'min':>11} {'max':>11} {'ratio':>7}  dropped")
@@ -328,24 +317,14 @@ async def end_to_end(n: int, rounds: int) -> None:
                ("flowctl at-most-once, 8 stages, one agent", "at-most-once", 8, True),
                ("flowctl at-least-once, 8 stages, one agent", "at-least-once", 8, True)]
     results: dict[str, list[float]] = {label: [] for label, *_ in configs}
-    with EmbeddedNats() as server:
-        url = server.url
-        agents = [start_agent(url, "bench-a", "role=a"), start_agent(url, "bench-b", "role=b")]
-        try:
-            nc = await connect(NatsOptions(url=url))
-            engine = await FlowEngine.open(nc)
-            while len(await engine.live_agents()) < 2:
-                await asyncio.sleep(0.1)
-            await nc.close()
-            for r in range(rounds):
-                for i, (label, delivery, stages, one) in enumerate(configs):
-                    if delivery is None:
-                        results[label].append(await framed_relay(url, n))
-                        continue
-                    rate, _, whole = await flowctl(url, n, delivery, stages, f"e{r}-{i}", one)
-                    results[label].append(rate if one else whole)
-        finally:
-            stop_all(agents)
+    async with two_agents() as url:
+        for r in range(rounds):
+            for i, (label, delivery, stages, one) in enumerate(configs):
+                if delivery is None:
+                    results[label].append(await framed_relay(url, n))
+                    continue
+                rate, _, whole = await flowctl(url, n, delivery, stages, f"e{r}-{i}", one)
+                results[label].append(rate if one else whole)
     floor = statistics.median([compute_floor(8, n) for _ in range(rounds)])
     base = statistics.median(results[configs[0][0]])
     print(f"events per run: {n:,}, rounds: {rounds} (median, min, max events/s)")

@@ -17,7 +17,9 @@ A component is constructed with its validated config and a :class:`Context`, the
   or be too large): the runner then calls ``process`` per event. Built-in stateless
   components implement it; it saves the per-event calls on the hot path;
 * ``await flush()`` every ``flush_interval`` seconds when that is set (time windows), and
-  once before stop;
+  once before stop; with ``flush_when_idle = True`` (a flush that only writes out what is
+  buffered, no batch closed early: the ``file`` sink) also whenever its input runs dry,
+  so the last events of a burst are out at once, not at the next tick;
 * ``await stop()`` once, at the end.
 * sources: ``position_fields`` lists the config fields naming what the source reads;
   a config change that keeps them keeps its position (``ctx.resume_position()``).
@@ -154,6 +156,7 @@ class Component:
     """Base class with no-op lifecycle hooks; override what you need."""
 
     flush_interval: ClassVar[float | None] = None
+    flush_when_idle: ClassVar[bool] = False
     stateful: ClassVar[bool] = False
     #: "transactional", "idempotent" or None (see the module doc: exactly-once)
     exactly_once: ClassVar[str | None] = None

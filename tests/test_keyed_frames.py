@@ -17,25 +17,14 @@ from componentmanager.component import EventError
 from componentmanager.components.processors import Filter, FilterConfig
 from componentmanager.components.stateful import Join, JoinConfig, Window, WindowConfig
 from componentmanager.components.windowing import Aggregations, KeyedWindows, Shape
+from tests.component_context import Ctx as Recorder
 
 
-class Ctx:
-    """What a component sees of the runtime: records what it emits and filters."""
-
-    def __init__(self, inputs: list[str] | None = None) -> None:
-        self.emitted: list[tuple[str, Any]] = []
-        self.filtered = 0
-        self.input_ports = inputs or ["in"]
-
-    async def emit(self, port: str, event: Any) -> None:
-        self.emitted.append((port, event))
-
-    async def emit_batch(self, port: str, events: list[Any]) -> bool:
-        self.emitted.extend((port, event) for event in events)
-        return True
-
-    def count_filtered(self, count: int = 1) -> None:
-        self.filtered += count
+def Ctx(inputs: list[str] | None = None) -> Recorder:
+    """What a component sees of the runtime (records what it emits and filters)."""
+    ctx = Recorder()
+    ctx.input_ports = inputs or ["in"]  # type: ignore[attr-defined]
+    return ctx
 
 
 async def one_by_one(comp: Any, port: str, events: list[Any]) -> list[str]:

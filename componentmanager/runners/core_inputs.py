@@ -39,6 +39,7 @@ class CoreInputs(FrameTaking):
     _sub_ports: list[tuple[str, Any]]
     _outbox: Any
     _owns: Any
+    _flush_held: Any
     _inflight: int = 0
     _since_yield: int = 0
 
@@ -83,11 +84,19 @@ class CoreInputs(FrameTaking):
                         comp, port, msg.headers, list(enumerate(events)), fail, _turn)
                     if left:  # stopped mid-frame
                         self.counters.drop(left, "replica stopped")
+                if sub is not None and not sub.pending_msgs:
+                    await self._flush_if_idle(comp)
             finally:
                 self._inflight -= 1
                 self._took(port, msg, taken, perf_counter() - began)
 
         return on_msg
+
+    async def _flush_if_idle(self, comp: Any) -> None:
+        """The input ran dry: a component that flushes when idle (see
+        :class:`~componentmanager.component.Component`) writes out what it holds."""
+        if getattr(comp, "flush_when_idle", False) and comp.held():
+            await self._flush_held(comp)
 
     async def _wait_inflight(self, timeout: float = 2.0) -> None:
         """Let a handler that is mid-frame see the stop and return (bounded)."""
