@@ -24,7 +24,8 @@ rate is of what was delivered).
 nats-py and frames of 128 JSON lines (raw_relay.py: publisher -> relay -> file writer,
 three processes); flowctl's 2-stage chains, at-most-once and at-least-once, are timed
 against it from `flowctl start` (the publisher's launch) to the last event in the sink's
-file, and ratios printed. An 8-stage chain with every node on one agent is measured at
+file (of what arrived: at-most-once drops under overload are counted and printed), and
+ratios printed. An 8-stage chain with every node on one agent is measured at
 the sink (as above) against its compute floor.
 
 Every configuration runs ``--rounds`` times, interleaved, so the machine's noise is
@@ -317,31 +318,33 @@ async def end_to_end(n: int, rounds: int) -> None:
                ("flowctl at-most-once, 8 stages, one agent", "at-most-once", 8, True),
                ("flowctl at-least-once, 8 stages, one agent", "at-least-once", 8, True)]
     results: dict[str, list[float]] = {label: [] for label, *_ in configs}
+    lost: dict[str, int] = {label: 0 for label, *_ in configs}
     async with two_agents() as url:
         for r in range(rounds):
             for i, (label, delivery, stages, one) in enumerate(configs):
                 if delivery is None:
                     results[label].append(await framed_relay(url, n))
                     continue
-                rate, _, whole = await flowctl(url, n, delivery, stages, f"e{r}-{i}", one)
+                rate, dropped, whole = await flowctl(url, n, delivery, stages, f"e{r}-{i}", one)
                 results[label].append(rate if one else whole)
+                lost[label] = max(lost[label], dropped)
     floor = statistics.median([compute_floor(8, n) for _ in range(rounds)])
     base = statistics.median(results[configs[0][0]])
     print(f"events per run: {n:,}, rounds: {rounds} (median, min, max events/s)")
     print("end to end (from `flowctl start`, or launching the publisher, to the last event "
           "in the sink's file):")
-    print(f"{'chain':<44}{'median':>12} {'min':>11} {'max':>11} {'ratio':>7}")
+    print(f"{'chain':<44}{'median':>12} {'min':>11} {'max':>11} {'ratio':>7}  dropped")
     for label, _, _, one in configs:
         if one:
             continue
         ratio = statistics.median(results[label]) / base
-        print(f"{label:<44}{_fmt(results[label])} {ratio:>7.2f}")
+        print(f"{label:<44}{_fmt(results[label])} {ratio:>7.2f}  {lost[label]:,}")
     print(f"one agent, at the sink (first to 99 %), against the chain's compute floor "
           f"({floor:,.0f} events/s):")
     for label, _, _, one in configs:
         if one:
             ratio = statistics.median(results[label]) / floor
-            print(f"{label:<44}{_fmt(results[label])} {ratio:>7.2f}")
+            print(f"{label:<44}{_fmt(results[label])} {ratio:>7.2f}  {lost[label]:,}")
 
 
 if __name__ == "__main__":
