@@ -339,6 +339,10 @@ async def end_to_end(n: int, rounds: int) -> None:
             continue
         ratio = statistics.median(results[label]) / base
         print(f"{label:<44}{_fmt(results[label])} {ratio:>7.2f}  {lost[label]:,}")
+        if label != configs[0][0]:  # the relay ran just before, in the same round
+            rounds_ = sorted(a / b for a, b in zip(results[label], results[configs[0][0]],
+                                                    strict=True))
+            print(f"{'':<4}per round: {', '.join(f'{x:.2f}' for x in rounds_)}")
     print(f"one agent, at the sink (first to 99 %), against the chain's compute floor "
           f"({floor:,.0f} events/s):")
     for label, _, _, one in configs:
