@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,27 @@ def start_agent(url: str, name: str, labels: str, heartbeat: float = 1.0,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+
+@contextlib.asynccontextmanager
+async def two_agents(status_interval: float = 0.5) -> AsyncIterator[str]:
+    """An embedded NATS server with two agents (bench-a, bench-b) live: its URL."""
+    from flowengine import FlowEngine
+    from flowstore.nats import NatsOptions, connect
+    from flowstore.server import EmbeddedNats
+
+    with EmbeddedNats() as server:
+        agents = [start_agent(server.url, "bench-a", "role=a", status_interval=status_interval),
+                  start_agent(server.url, "bench-b", "role=b", status_interval=status_interval)]
+        try:
+            nc = await connect(NatsOptions(url=server.url))
+            engine = await FlowEngine.open(nc)
+            while len(await engine.live_agents()) < 2:
+                await asyncio.sleep(0.1)
+            await nc.close()
+            yield server.url
+        finally:
+            stop_all(agents)
 
 
 def stop_all(procs: list[subprocess.Popen]) -> None:

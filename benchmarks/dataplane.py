@@ -1,7 +1,7 @@
 """Events per second through flowctl chains, next to a raw nats-py relay measured in the
 same run.
 
-    python benchmarks/dataplane.py [--events 200000] [--rounds 3]
+    python benchmarks/dataplane.py [--events 200000] [--rounds 3] [--end-to-end]
 
 Baseline: a raw nats-py publisher process -> a relay process (decode, add a field,
 encode, publish) -> this process counting messages (one event each).
@@ -19,6 +19,14 @@ buffer every second: the last lines of a run would measure that tick); start-up 
 counted. For
 at-most-once, events dropped under overload are counted by flowctl and reported (the
 rate is of what was delivered).
+
+``--end-to-end`` (600,000 events): the ceiling is the same chain written by hand with
+nats-py and frames of 128 JSON lines (raw_relay.py: publisher -> relay -> file writer,
+three processes); flowctl's 2-stage chains, at-most-once and at-least-once, are timed
+against it from `flowctl start` (the publisher's launch) to the last event in the sink's
+file (of what arrived: at-most-once drops under overload are counted and printed), and
+ratios printed. An 8-stage chain with every node on one agent is measured at
+the sink (as above) against its compute floor.
 
 Every configuration runs ``--rounds`` times, interleaved, so the machine's noise is
 shared; the median and the spread (min-max) are printed, with ratios of medians.
@@ -39,14 +47,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import Counter, start_agent, stop_all
+from benchmarks.common import Counter, stop_all, two_agents
 from componentmanager.components.processors import Transform, TransformConfig
 from componentmanager.components.sources import GenerateConfig, GenerateSource
 from componentmanager.dataplane.wire import FRAME_EVENTS, encode_lines
 from flowengine import FlowEngine
 from flowstore import parse_flow
 from flowstore.nats import NatsOptions, connect
-from flowstore.server import EmbeddedNats
 
 HERE = Path(__file__).resolve().parent
 TMP = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -82,8 +89,10 @@ class FileTail:
 
     def __init__(self, path: Path, n: int) -> None:
         self.path = path
+        self.n = n
         self.count = 0
         self.first = self.last = 0.0
+        self.latest = 0.0  # when the latest line came (the nth: the run's end)
         self._mark = max(2, int(n * 0.99))
         self._at_mark = 0
 
@@ -100,12 +109,13 @@ class FileTail:
                     if not self.count:
                         self.first = now
                     self.count += chunk.count(b"\n")
+                    self.latest = now
                     if not self._at_mark and self.count >= self._mark:
                         self.last, self._at_mark = now, self.count
                     continue
-                if done.is_set():
+                if done.is_set() or self.count >= self.n:
                     return
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.002)
 
     def rate(self) -> float:
         span = self.last - self.first
@@ -134,8 +144,41 @@ async def raw(url: str, n: int) -> tuple[float, int]:
     return counter.rate(), 0
 
 
+async def _helper(*args: str) -> subprocess.Popen:
+    """A process of raw_relay.py, once it says it is ready."""
+    proc = subprocess.Popen([sys.executable, str(HERE / "raw_relay.py"), *args],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+async def framed_relay(url: str, n: int) -> float:
+    """The framed hand-written chain, end to end (events/s from launching its publisher
+    to the last event in the sink's file): publisher -> relay -> file writer, frames of
+    128 JSON lines, each its own process (the relay and the writer running already, as
+    the agents and the deployed flow are for flowctl)."""
+    with tempfile.TemporaryDirectory(dir=TMP) as tmp:
+        out = Path(tmp) / "out.jsonl"
+        helpers = [await _helper("fsink", url, str(out)), await _helper("frelay", url)]
+        done, tail = asyncio.Event(), FileTail(out, n)
+        tailing = asyncio.create_task(tail.until(done))
+        try:
+            started = time.perf_counter()
+            pub = await asyncio.create_subprocess_exec(
+                sys.executable, str(HERE / "raw_relay.py"), "fpub", url, str(n))
+            await asyncio.wait_for(asyncio.shield(tailing), 300)
+            await pub.wait()
+        finally:
+            done.set()
+            await tailing
+            stop_all(helpers)
+    return tail.count / (tail.latest - started)
+
+
 async def flowctl(url: str, n: int, delivery: str, stages: int, name: str,
-                  one_agent: bool = False) -> tuple[float, int]:
+                  one_agent: bool = False) -> tuple[float, int, float]:
+    """(events/s at the sink, events not written, events/s end to end: from `flowctl
+    start` to the last event in the sink's file)."""
     nc = await connect(NatsOptions(url=url))
     engine = await FlowEngine.open(nc)
     with tempfile.TemporaryDirectory(dir=TMP) as tmp:
@@ -146,6 +189,7 @@ async def flowctl(url: str, n: int, delivery: str, stages: int, name: str,
         tailing = asyncio.create_task(tail.until(done))
         await engine.apply(loaded.name, loaded.spec)
         await engine.deploy(loaded.name)
+        started = time.perf_counter()
         await engine.start(loaded.name)
         try:
             dropped = await asyncio.wait_for(_delivered(engine, name, tail, n), 600)
@@ -154,7 +198,7 @@ async def flowctl(url: str, n: int, delivery: str, stages: int, name: str,
             await tailing
             await engine.undeploy(loaded.name, force=True)
             await nc.close()
-    return tail.rate(), dropped
+    return tail.rate(), dropped, tail.count / (tail.latest - started)
 
 
 async def _delivered(engine: FlowEngine, name: str, tail: FileTail, n: int) -> int:
@@ -217,28 +261,18 @@ async def main(n: int, rounds: int, delivery_only: bool = False,
     results: dict[str, list[float]] = {label: [] for label, _, _ in configs}
     drops: dict[str, list[int]] = {label: [] for label, _, _ in configs}
     floor_of: dict[str, list[float]] = {label: [] for label, _, _ in configs}
-    with EmbeddedNats() as server:
-        url = server.url
-        agents = [start_agent(url, "bench-a", "role=a"), start_agent(url, "bench-b", "role=b")]
-        try:
-            nc = await connect(NatsOptions(url=url))
-            engine = await FlowEngine.open(nc)
-            while len(await engine.live_agents()) < 2:
-                await asyncio.sleep(0.1)
-            await nc.close()
-            for r in range(rounds):
-                for i, (label, delivery, stages) in enumerate(configs):
-                    if delivery is None:
-                        rate, dropped = await raw(url, n)
-                    else:
-                        rate, dropped = await flowctl(url, n, delivery, stages, f"b{r}-{i}",
-                                                      one_agent="fused" in label)
-                    if "fused" in label:  # its floor right after it: the same machine load
-                        floor_of[label].append(compute_floor(stages, n))
-                    results[label].append(rate)
-                    drops[label].append(dropped)
-        finally:
-            stop_all(agents)
+    async with two_agents() as url:
+        for r in range(rounds):
+            for i, (label, delivery, stages) in enumerate(configs):
+                if delivery is None:
+                    rate, dropped = await raw(url, n)
+                else:
+                    rate, dropped, _ = await flowctl(url, n, delivery, stages, f"b{r}-{i}",
+                                                     one_agent="fused" in label)
+                if "fused" in label:  # its floor right after it: the same machine load
+                    floor_of[label].append(compute_floor(stages, n))
+                results[label].append(rate)
+                drops[label].append(dropped)
     base = statistics.median(results[configs[0][0]])
     print(f"events per run: {n:,}, rounds: {rounds} (median, min, max events/s)")
     print(f"{'chain':<38}{'median':>12} {'min':>11} {'max':>11} {'ratio':>7}  dropped")
@@ -275,6 +309,48 @@ async def main(n: int, rounds: int, delivery_only: bool = False,
     print(f"  8 stages can keep at most {bound:.2f}x of 2 when both are bound by CPU")
 
 
+async def end_to_end(n: int, rounds: int) -> None:
+    """flowctl against the framed hand-written chain, end to end, and an 8-stage chain on
+    one agent against its compute floor (see the module doc)."""
+    configs = [("hand-written framed relay", None, 0, False),
+               ("flowctl at-most-once, 2 stages", "at-most-once", 2, False),
+               ("flowctl at-least-once, 2 stages", "at-least-once", 2, False),
+               ("flowctl at-most-once, 8 stages, one agent", "at-most-once", 8, True),
+               ("flowctl at-least-once, 8 stages, one agent", "at-least-once", 8, True)]
+    results: dict[str, list[float]] = {label: [] for label, *_ in configs}
+    lost: dict[str, int] = {label: 0 for label, *_ in configs}
+    async with two_agents() as url:
+        for r in range(rounds):
+            for i, (label, delivery, stages, one) in enumerate(configs):
+                if delivery is None:
+                    results[label].append(await framed_relay(url, n))
+                    continue
+                rate, dropped, whole = await flowctl(url, n, delivery, stages, f"e{r}-{i}", one)
+                results[label].append(rate if one else whole)
+                lost[label] = max(lost[label], dropped)
+    floor = statistics.median([compute_floor(8, n) for _ in range(rounds)])
+    base = statistics.median(results[configs[0][0]])
+    print(f"events per run: {n:,}, rounds: {rounds} (median, min, max events/s)")
+    print("end to end (from `flowctl start`, or launching the publisher, to the last event "
+          "in the sink's file):")
+    print(f"{'chain':<44}{'median':>12} {'min':>11} {'max':>11} {'ratio':>7}  dropped")
+    for label, _, _, one in configs:
+        if one:
+            continue
+        ratio = statistics.median(results[label]) / base
+        print(f"{label:<44}{_fmt(results[label])} {ratio:>7.2f}  {lost[label]:,}")
+        if label != configs[0][0]:  # the relay ran just before, in the same round
+            rounds_ = sorted(a / b for a, b in zip(results[label], results[configs[0][0]],
+                                                    strict=True))
+            print(f"{'':<4}per round: {', '.join(f'{x:.2f}' for x in rounds_)}")
+    print(f"one agent, at the sink (first to 99 %), against the chain's compute floor "
+          f"({floor:,.0f} events/s):")
+    for label, _, _, one in configs:
+        if one:
+            ratio = statistics.median(results[label]) / floor
+            print(f"{label:<44}{_fmt(results[label])} {ratio:>7.2f}  {lost[label]:,}")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=200_000)
@@ -283,5 +359,13 @@ if __name__ == "__main__":
                         help="only the 2-stage chain, at-least-once against exactly-once")
     parser.add_argument("--fused-only", action="store_true",
                         help="only the 8-stage chains fused on one agent, against the floor")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="flowctl against the framed hand-written relay, end to end, "
+                        "and 8 stages on one agent against their compute floor "
+                        "(600,000 events unless --events says otherwise)")
     args = parser.parse_args()
-    asyncio.run(main(args.events, args.rounds, args.delivery_only, args.fused_only))
+    if args.end_to_end:
+        events = 600_000 if "--events" not in sys.argv else args.events
+        asyncio.run(end_to_end(events, args.rounds))
+    else:
+        asyncio.run(main(args.events, args.rounds, args.delivery_only, args.fused_only))

@@ -1,7 +1,18 @@
-"""The baseline of benchmarks/dataplane.py: a raw nats-py relay with no flowctl at all.
+"""The baselines of benchmarks/dataplane.py: hand-written nats-py programs, no flowctl.
+
+Per message (the usual program), one event a message:
 
 ``pub URL N``: publish N JSON events to ``raw.in`` as fast as possible.
 ``relay URL``: decode each event on ``raw.in``, add a field, encode, publish to ``raw.out``.
+
+Framed (what a careful hand-written program does), :data:`FRAME` JSON lines a message:
+
+``fpub URL N``: generate N events ({"seq", "greeting"}) and publish them to ``raw.fin``
+in frames.
+``frelay URL``: decode each frame on ``raw.fin``, add a field to each event, encode the
+frame, publish it to ``raw.fout``.
+``fsink URL PATH``: append each frame on ``raw.fout`` to the file at PATH as JSON lines
+(written through at once: the reader of the file sees every event as it arrives).
 """
 
 from __future__ import annotations
@@ -9,9 +20,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 import nats
+
+#: Events a frame (flowctl's frames carry up to this many too).
+FRAME = 128
 
 
 async def pub(url: str, n: int) -> None:
@@ -23,16 +39,26 @@ async def pub(url: str, n: int) -> None:
     await nc.close()
 
 
-async def relay(url: str) -> None:
+async def fpub(url: str, n: int) -> None:
     nc = await nats.connect(url)
-    enc, dec = msgspec.json.Encoder(), msgspec.json.Decoder()
+    enc = msgspec.json.Encoder()
+    for first in range(0, n, FRAME):
+        events = [{"seq": seq, "greeting": "hello"} for seq in range(first, min(n, first + FRAME))]
+        await nc.publish("raw.fin", enc.encode_lines(events)[:-1])
+        if first % (FRAME * 64) == 0:
+            await asyncio.sleep(0)  # let the connection's writer run
+    await nc.flush()
+    await nc.close()
 
-    async def on_msg(msg) -> None:  # type: ignore[no-untyped-def]
-        event = dec.decode(msg.data)
-        event["double"] = event["seq"] * 2
-        await nc.publish("raw.out", enc.encode(event))
 
-    await nc.subscribe("raw.in", cb=on_msg, pending_msgs_limit=2_000_000)
+async def serve(url: str, subject: str, handle: Callable[[Any, Any], Awaitable[None]]) -> None:
+    """Subscribe ``handle(nc, msg)`` to ``subject``, say ready, run until SIGTERM."""
+    nc = await nats.connect(url)
+
+    async def on_msg(msg: Any) -> None:
+        await handle(nc, msg)
+
+    await nc.subscribe(subject, cb=on_msg, pending_msgs_limit=2_000_000)
     await nc.flush()
     print("ready", flush=True)
     stop = asyncio.Event()
@@ -41,8 +67,43 @@ async def relay(url: str) -> None:
     await nc.close()
 
 
+def relay(url: str) -> Awaitable[None]:
+    enc, dec = msgspec.json.Encoder(), msgspec.json.Decoder()
+
+    async def one(nc: Any, msg: Any) -> None:
+        event = dec.decode(msg.data)
+        event["double"] = event["seq"] * 2
+        await nc.publish("raw.out", enc.encode(event))
+
+    return serve(url, "raw.in", one)
+
+
+def frelay(url: str) -> Awaitable[None]:
+    enc, dec = msgspec.json.Encoder(), msgspec.json.Decoder()
+
+    async def frame(nc: Any, msg: Any) -> None:
+        events = dec.decode_lines(msg.data)
+        for event in events:
+            event["double"] = event["seq"] * 2
+        await nc.publish("raw.fout", enc.encode_lines(events)[:-1])
+
+    return serve(url, "raw.fin", frame)
+
+
+def fsink(url: str, path: str) -> Awaitable[None]:
+    out = open(path, "ab", buffering=0)  # noqa: SIM115 (open while the program runs)
+
+    async def frame(_nc: Any, msg: Any) -> None:
+        out.write(msg.data + b"\n")
+
+    return serve(url, "raw.fout", frame)
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "pub":
-        asyncio.run(pub(sys.argv[2], int(sys.argv[3])))
+    mode, url = sys.argv[1], sys.argv[2]
+    if mode in ("pub", "fpub"):
+        asyncio.run((pub if mode == "pub" else fpub)(url, int(sys.argv[3])))
+    elif mode == "fsink":
+        asyncio.run(fsink(url, sys.argv[3]))
     else:
-        asyncio.run(relay(sys.argv[2]))
+        asyncio.run({"relay": relay, "frelay": frelay}[mode](url))

@@ -13,11 +13,16 @@ A component is constructed with its validated config and a :class:`Context`, the
   component that holds the loop is reported ``degraded``;
 * optionally ``await process_batch(port, events)``: all the events of one input message
   at once (a frame), emitted with ``await ctx.emit_batch(port, events)``. It returns
-  False, having done nothing, when any event needs the one-by-one path (it would fail,
-  or be too large): the runner then calls ``process`` per event. Built-in stateless
+  True when it took them all, False, having done nothing, when any event needs the
+  one-by-one path (it would fail, or be too large): the runner then calls ``process``
+  per event; or a number n: it took the first n, the runner hands the next one to
+  ``process`` and offers the rest again (``window`` and ``join`` stop at an event that
+  fails, is late, closes windows or completes a pair). Built-in stateless and stateful
   components implement it; it saves the per-event calls on the hot path;
 * ``await flush()`` every ``flush_interval`` seconds when that is set (time windows), and
-  once before stop;
+  once before stop; with ``flush_when_idle = True`` (a flush that only writes out what is
+  buffered, no batch closed early: the ``file`` sink) also whenever its input runs dry,
+  so the last events of a burst are out at once, not at the next tick;
 * ``await stop()`` once, at the end.
 * sources: ``position_fields`` lists the config fields naming what the source reads;
   a config change that keeps them keeps its position (``ctx.resume_position()``).
@@ -154,6 +159,7 @@ class Component:
     """Base class with no-op lifecycle hooks; override what you need."""
 
     flush_interval: ClassVar[float | None] = None
+    flush_when_idle: ClassVar[bool] = False
     stateful: ClassVar[bool] = False
     #: "transactional", "idempotent" or None (see the module doc: exactly-once)
     exactly_once: ClassVar[str | None] = None
@@ -177,8 +183,9 @@ class Component:
         """Processors and sinks: handle one event that arrived on input ``port``."""
         return None
 
-    async def process_batch(self, port: str, events: list[Any]) -> bool:
-        """Optional fast path (see the module doc): True when every event was handled."""
+    async def process_batch(self, port: str, events: list[Any]) -> bool | int:
+        """Optional fast path (see the module doc): True when every event was handled,
+        False when none was, n when the first n were."""
         return False
 
     async def flush(self) -> None:

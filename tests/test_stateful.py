@@ -160,6 +160,14 @@ async def test_a_join_emits_the_pairs_and_sends_the_unmatched_to_timeout(
     assert all(u["input"] == "orders" and u["missing"] == ["payments"] for u in unpaid)
     await wait_until(lambda: all_in_state(nc, "shop", ["shop.match.0", "shop.match.1"],
                                           "running"), what="join running")
+
+
+    async def counted() -> bool:  # (the sinks write at once: the status record follows)
+        st = await statuses(nc, "shop")
+        match = [st["shop.match.0"], st["shop.match.1"]]
+        return sum(s.counters.out_ports.get("timeout", 0) for s in match) >= 10
+
+    await wait_until(counted, what="the timeouts counted")
     st = await statuses(nc, "shop")
     match = [st["shop.match.0"], st["shop.match.1"]]
     assert sum(s.counters.in_ for s in match) == 50  # each event taken by one partition

@@ -54,7 +54,7 @@ from componentmanager.agent.shutdown import shut_down
 from componentmanager.agent.startup import start_when_nats_is_ready
 from componentmanager.agent.statuswriter import StatusWriter
 from componentmanager.agent.watch import HealthWatch
-from componentmanager.runners import reap_leftovers
+from componentmanager.runners import reap_leftovers, warm_up
 from componentmanager.runners.base import Replica
 from flowstore.models import AgentRecord, utcnow
 from flowstore.nats import (
@@ -222,6 +222,7 @@ class Agent(ReplicaKeeping):
             raise
         Path(self.log_dir).mkdir(parents=True, exist_ok=True)
         await reap_leftovers(self.log_dir, self.agent_name)
+        warm_up()
         self.status = StatusWriter(self.status_kv, self.agent_name)
         self.status.start()
         # Watch first, then list (inside ConfigView), so nothing is missed in between.

@@ -59,6 +59,18 @@ class Filter(Component):
         else:
             self.ctx.count_filtered()
 
+    async def process_batch(self, port: str, events: list[Any]) -> bool:
+        where = self._where.evaluate
+        try:
+            kept = [event for event in events if where(event)]  # pure: nothing done yet
+        except Exception:
+            return False  # one of them fails: each goes its own way
+        if kept and not await self.ctx.emit_batch("out", kept):
+            return False
+        if len(kept) < len(events):
+            self.ctx.count_filtered(len(events) - len(kept))
+        return True
+
 
 # ---------------------------------------------------------------------------- transform
 

@@ -71,13 +71,15 @@ _LINES = msgspec.json.Encoder()
 
 
 class FileSink(Component):
-    """Appends one JSON line per event; buffered, flushed every second and at stop.
+    """Appends one JSON line per event; buffered, flushed when its input runs dry, every
+    second and at stop.
 
     Exactly-once: each commit flushes, fsyncs and records the file's length with the
     input positions; a replica started after a crash cuts the file back to the last
     committed length (what came after is taken in again and written once more)."""
 
     flush_interval = 1.0
+    flush_when_idle = True  # (a flush writes the buffer out, nothing else)
     exactly_once = "transactional"
 
     def __init__(self, config: FileSinkConfig, ctx: Context) -> None:

@@ -56,6 +56,13 @@ class GenerateConfig(BaseModel):
     )
 
 
+def _constant(value: Any) -> bool:
+    """A template value every event shares as it is: a number, a bool, null, or a string
+    without ``{seq}`` (immutable: no event can change another's)."""
+    return value is None or isinstance(value, int | float | bool) or (
+        isinstance(value, str) and "{seq}" not in value)
+
+
 def _template(value: Any) -> Callable[[int], Any]:
     """Compile a template value once into a function of the sequence number."""
     if isinstance(value, str):
@@ -66,6 +73,9 @@ def _template(value: Any) -> Callable[[int], Any]:
             return lambda seq: str(seq).join(parts)
         return lambda seq: value
     if isinstance(value, dict):
+        if all(_constant(v) for v in value.values()):
+            fixed = dict(value)  # (the usual template: a copy is all an event needs)
+            return lambda seq: fixed.copy()
         items = [(k, _template(v)) for k, v in value.items()]
         return lambda seq: {k: f(seq) for k, f in items}
     if isinstance(value, list):

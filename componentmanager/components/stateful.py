@@ -178,12 +178,50 @@ class Window(Component):
             raise EventError(str(exc)) from None
         values = self.aggregations.values(event)
         self._last_arrival = time.monotonic()
-        if not self.windows.add(key, t, values, self.watermark()):
+        # (processing time: the event's own time is the clock, so it is never late)
+        if not self.windows.add(key, t, values, t if self._time is None else self.watermark()):
             await self.ctx.emit("late", event)
             return
         if self._time is not None and t > self._max_time:
             self._max_time = t
             await self._close(self.watermark())
+
+    async def process_batch(self, port: str, events: list[Any]) -> int:
+        """A frame's events as :meth:`process` takes them, up to the first that needs
+        ``process`` itself (the runner then hands it there and offers the rest again):
+        one that fails, one that is late (emitted on ``late``), and with event time one
+        that moves the watermark past a window's end (its closing emits there). Processing
+        time: the frame's events arrived together, at one time."""
+        keyed, timed, windows = self._key, self._time, self.windows
+        values_of, lateness = self.aggregations.values, self.config.lateness
+        t = watermark = time.time()
+        taken = 0
+        for event in events:
+            try:
+                key = NO_KEY if keyed is None else key_text(keyed(event))
+                if timed is not None:
+                    t = event_seconds(timed(event))
+                values = values_of(event)
+            except Exception:
+                break  # it fails in process, the same way
+            if timed is not None:
+                watermark = self._max_time - lateness  # (as watermark() gives it)
+                if watermark < self._closed_through:
+                    watermark = self._closed_through
+                if t > self._max_time and windows.due(
+                        max(t - lateness, self._closed_through)):
+                    break  # process closes what its time makes due
+            try:
+                if not windows.add(key, t, values, watermark):
+                    break  # late: process emits it on port late
+            except Exception:
+                break  # (nothing changed) it fails in process, the same way
+            if timed is not None and t > self._max_time:
+                self._max_time = t
+            taken += 1
+        if taken:
+            self._last_arrival = time.monotonic()
+        return taken
 
     async def flush(self) -> None:
         """The tick: close the windows whose end the watermark (or idleness) reached."""
@@ -257,6 +295,24 @@ class Join(Component):
                 combined[name] = group[name].pop(0)[1]
             self._prune(key)
             await self.ctx.emit("out", combined)
+
+    async def process_batch(self, port: str, events: list[Any]) -> int:
+        """A frame's events as :meth:`process` takes them, up to the first that completes
+        a pair or fails (the runner hands it to ``process``, which emits, and offers the
+        rest again)."""
+        keyed, groups, inputs = self._key, self.groups, self.inputs
+        now, taken = time.time(), 0
+        for event in events:
+            try:
+                key = key_text(keyed(event))
+            except Exception:
+                break  # it fails in process, the same way
+            group = groups.get(key) or {}
+            if all(group.get(name) for name in inputs if name != port):
+                break  # it completes a pair: process emits it
+            groups.setdefault(key, group).setdefault(port, []).append([now, event])
+            taken += 1
+        return taken
 
     def held(self) -> int:
         """Events waiting for their partners."""

@@ -66,6 +66,10 @@ def parse_aggregation(text: str) -> tuple[str, str | None]:
     return func, arg
 
 
+#: The aggregations whose values are checked (:func:`check_value`).
+_CHECKED = ("sum", "avg", "min", "max")
+
+
 def check_value(name: str, func: str, value: Any) -> None:
     """An event's value for one aggregation, checked before any window changes: sum and
     avg take numbers, min and max numbers or strings (a bool is not a number)."""
@@ -183,21 +187,31 @@ class Aggregations:
 
     def __init__(self, fields: dict[str, tuple[str, Callable[[Any], Any] | None]]) -> None:
         self.fields = fields
+        self._funcs = [func for func, _ in fields.values()]
+        #: (name, function, getter, whether its values are checked): once per event
+        self._readers = [(name, func, get, func in _CHECKED)
+                         for name, (func, get) in fields.items()]
 
     def values(self, event: Any) -> list[Any]:
         """What each aggregation reads from one event (evaluated and checked before any
         window changes, so an event that fails changes nothing; ``count`` reads True)."""
         values = []
-        for name, (func, get) in self.fields.items():
-            value = True if get is None else get(event)
-            check_value(name, func, value)
+        for name, func, get, checked in self._readers:
+            if get is None:
+                values.append(True)
+                continue
+            value = get(event)
+            if checked:
+                check_value(name, func, value)
             values.append(value)
         return values
 
     def accumulate(self, accs: list[Any] | None, values: list[Any]) -> list[Any]:
-        accs = accs or [None] * len(values)
+        if accs is None:
+            return [add_value(func, None, value)
+                    for func, value in zip(self._funcs, values, strict=True)]
         return [add_value(func, acc, value)
-                for (func, _), acc, value in zip(self.fields.values(), accs, values, strict=True)]
+                for func, acc, value in zip(self._funcs, accs, values, strict=True)]
 
     def merge(self, a: list[Any], b: list[Any]) -> list[Any]:
         return [merge_values(func, x, y)
@@ -221,6 +235,10 @@ class KeyedWindows:
         self.open: dict[str, dict[str, dict[str, Any]]] = {}
         #: no open window ends before this (a lower bound: a close below it scans nothing)
         self._earliest = float("inf")
+        #: (see _placed) t, watermark, tumbling: (k, low, high): the window k holds low..high
+        self._placed_for: tuple[float, float, tuple[int, float, float]] = (
+            math.nan, math.nan, (0, math.nan, math.nan))
+        self._placed_last: list[tuple[str, float]] = []
 
     def load(self, windows: dict[str, dict[str, dict[str, Any]]]) -> None:
         """Take in checkpointed open windows."""
@@ -232,32 +250,76 @@ class KeyedWindows:
 
     def add(self, key: str, t: float, values: list[Any], watermark: float) -> bool:
         """Put an event (its aggregation values) in its windows; False when it is late
-        (every window it belongs to is closed)."""
+        (every window it belongs to is closed). An event that fails (a ``min`` of a
+        number after strings) changes nothing."""
         if self.shape.kind == "session":
             return self._add_session(key, t, values, watermark)
-        starts = [s for s in self.shape.starts(t) if s + self.shape.size > watermark]
-        if not starts:
+        placed = self._placed(t, watermark)
+        if not placed:
             return False
-        wins = self.open.setdefault(key, {})
-        for start in starts:
-            slot = wins.setdefault(repr(start), {"end": start + self.shape.size, "n": 0,
-                                                 "acc": None})
-            slot["acc"] = self._accumulate(slot["acc"], values)
-            slot["n"] += 1
-        self._earliest = min(self._earliest, starts[0] + self.shape.size)
+        wins = self.open.get(key)
+        if len(placed) == 1:  # tumbling: one window (the hot path)
+            name, end = placed[0]
+            slot = None if wins is None else wins.get(name)
+            if slot is None:
+                acc = self._accumulate(None, values)
+                if wins is None:
+                    wins = self.open[key] = {}
+                wins[name] = {"end": end, "n": 1, "acc": acc}
+            else:
+                slot["acc"] = self._accumulate(slot["acc"], values)
+                slot["n"] += 1
+        else:
+            slots = [None if wins is None else wins.get(name) for name, _ in placed]
+            accs = [self._accumulate(slot and slot["acc"], values) for slot in slots]
+            if wins is None:
+                wins = self.open[key] = {}
+            for (name, end), slot, acc in zip(placed, slots, accs, strict=True):
+                if slot is None:
+                    wins[name] = {"end": end, "n": 1, "acc": acc}
+                else:
+                    slot["acc"] = acc
+                    slot["n"] += 1
+        if placed[0][1] < self._earliest:
+            self._earliest = placed[0][1]
         return True
+
+    def _placed(self, t: float, watermark: float) -> list[tuple[str, float]]:
+        """Tumbling and sliding: the open windows an event at ``t`` belongs to, as (start
+        as named in :attr:`open`, end), earliest first. The last answer is kept: the
+        events of a frame at processing time share their time, and a tumbling window
+        takes the following events (in time order) while they fall in it."""
+        last = self._placed_for
+        if t == last[0] and watermark == last[1]:
+            return self._placed_last
+        shape = self.shape
+        if shape.kind == "tumbling" and self._placed_last:
+            k, low, high = last[2]
+            if (low <= t < high and watermark < self._placed_last[0][1]
+                    and math.floor(t / shape.size) == k):  # (as Shape.starts finds it)
+                self._placed_for = (t, watermark, last[2])
+                return self._placed_last
+        size = shape.size
+        k = math.floor(t / size)
+        self._placed_for = (t, watermark, (k, k * size, k * size + size))
+        self._placed_last = [(repr(s), s + size) for s in shape.starts(t)
+                             if s + size > watermark]
+        return self._placed_last
+
+    def due(self, watermark: float) -> bool:
+        """Would :meth:`close` at ``watermark`` close anything? (False: surely not.)"""
+        return watermark >= self._earliest
 
     def _add_session(self, key: str, t: float, values: list[Any], watermark: float) -> bool:
         gap = self.shape.gap
         if t + gap <= watermark:
             return False
-        wins = self.open.setdefault(key, {})
+        wins = self.open.get(key) or {}
         touching = sorted((float(s), w) for s, w in wins.items()
                           if float(s) - gap <= t < w["end"])
         slot = {"end": t + gap, "n": 1, "acc": self._accumulate(None, values)}
         start = t
         for s, w in touching:  # merged in time order: first/last stay right
-            del wins[repr(s)]
             if s <= t:
                 slot["acc"] = self._merge(w["acc"], slot["acc"])
             else:
@@ -265,6 +327,9 @@ class KeyedWindows:
             slot["n"] += w["n"]
             slot["end"] = max(slot["end"], w["end"])
             start = min(start, s)
+        wins = self.open.setdefault(key, wins)  # (nothing changed before: a merge may fail)
+        for s, _ in touching:
+            del wins[repr(s)]
         wins[repr(start)] = slot
         self._earliest = min(self._earliest, slot["end"])
         return True

@@ -16,13 +16,21 @@ from typing import Any
 from componentmanager.component import EventError
 from flowstore.names import HDR_NO_KEY as HDR_NO_KEY
 
+_json_string = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) uses
+
 
 class KeyNotComputed(EventError):
     """An event's ``partition_by`` key cannot be computed: the event fails (on replica 0)."""
 
 
 def key_text(value: Any) -> str:
-    """The canonical JSON of a key: equal values give equal text on every agent."""
+    """The canonical JSON of a key: equal values give equal text on every agent. (A
+    string or an integer, the usual keys, the way ``json.dumps`` writes it, faster.)"""
+    kind = type(value)
+    if kind is str:
+        return _json_string(value)
+    if kind is int:
+        return int.__repr__(value)
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       default=str)
 

@@ -65,6 +65,13 @@ def make_replica(cfg: ComponentConfig, index: int, host: ReplicaHost) -> Replica
     return InProcessReplica(cfg, index, host)
 
 
+def warm_up() -> None:
+    """Import the in-process runner (and with it the built-in components) at agent
+    start: the first replica started on this agent then does not wait for it (about
+    0.2 s, on the path from `flowctl start` to the first event)."""
+    import componentmanager.runners.inprocess  # noqa: F401
+
+
 async def reap_leftovers(log_dir: str, agent_name: str) -> None:
     """Kill processes and remove containers a previous life of this agent left behind."""
     try:
@@ -81,4 +88,4 @@ async def reap_leftovers(log_dir: str, agent_name: str) -> None:
         log.debug("could not reap leftover containers", error=str(exc))
 
 
-__all__ = ["Replica", "ReplicaHost", "make_replica", "reap_leftovers"]
+__all__ = ["Replica", "ReplicaHost", "make_replica", "reap_leftovers", "warm_up"]

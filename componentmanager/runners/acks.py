@@ -144,8 +144,9 @@ class InputAcks:
             if not self._unacked:
                 return
             age = asyncio.get_running_loop().time() - (self._unacked_since or 0.0)
-            if comp.held() and (force or len(self._unacked) >= HOLD_MAX or age >= HOLD_AGE_S):
-                await self._flush_held(comp)
+            if comp.held() and (force or len(self._unacked) >= HOLD_MAX or age >= HOLD_AGE_S
+                                or getattr(comp, "flush_when_idle", False)):
+                await self._flush_held(comp)  # (settled between requests and when idle)
             try:
                 await self._outbox.flush()
                 await publisher.wait()

@@ -18,17 +18,18 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from componentmanager.dataplane import decode_frame, frame_count
+from componentmanager.runners.taking import FrameTaking
 
 #: A core input's queue: past this, the oldest messages are dropped (counted).
 INPUT_PENDING_MSGS = 8192
 INPUT_PENDING_BYTES = 32 * 2**20
-#: Input handling gives the loop a turn after this many events (taken one by one), or
-#: this many taken in frames at once (a turn per frame halves the at-least-once rate).
-YIELD_EVERY = 8
-YIELD_EVERY_BATCHED = 1024
 
 
-class CoreInputs:
+async def _turn() -> None:
+    await asyncio.sleep(0)
+
+
+class CoreInputs(FrameTaking):
     """Core subscriptions: take, shed the oldest when full, count what is lost."""
 
     # provided by the replica
@@ -38,6 +39,7 @@ class CoreInputs:
     _sub_ports: list[tuple[str, Any]]
     _outbox: Any
     _owns_for: Any
+    _flush_held: Any
     _inflight: int = 0
     _since_yield: int = 0
 
@@ -72,38 +74,30 @@ class CoreInputs:
             events = decode_frame(msg.data, frame_count(msg.headers))
             self._inflight += 1
             began, taken = perf_counter(), 0
+
+            async def fail(index: int, event: Any, exc: Exception) -> None:
+                await self._failed_event(port, msg, index, event, exc)
+
             try:
                 async with self._outbox.handling():
-                    owns = self._owns_for(msg)
-                    batch = await self._take_batch(comp, port, events, owns)
-                    if batch is not None:
-                        taken = batch
-                        if self._since_yield >= YIELD_EVERY_BATCHED:
-                            self._since_yield = 0
-                            await asyncio.sleep(0)
-                    for index, event in enumerate(events if batch is None else ()):
-                        if self.component is not comp:  # stopped mid-frame
-                            self.counters.drop(len(events) - index, "replica stopped")
-                            return
-                        self.counters.in_ += 1
-                        taken += 1
-                        try:
-                            if owns is not None and not owns(event):
-                                self.counters.in_ -= 1  # another partition's: its
-                                taken -= 1              # replica counts it
-                                continue
-                            await comp.process(port, event)
-                        except Exception as exc:
-                            await self._failed_event(port, msg, index, event, exc)
-                        self._since_yield += 1  # inline: this runs once per event
-                        if self._since_yield >= YIELD_EVERY:
-                            self._since_yield = 0
-                            await asyncio.sleep(0)
+                    taken, left = await self._take_events(
+                        comp, port, msg.headers, list(enumerate(events)), fail, _turn,
+                        self._owns_for(msg))
+                    if left:  # stopped mid-frame
+                        self.counters.drop(left, "replica stopped")
+                if sub is not None and not sub.pending_msgs:
+                    await self._flush_if_idle(comp)
             finally:
                 self._inflight -= 1
                 self._took(port, msg, taken, perf_counter() - began)
 
         return on_msg
+
+    async def _flush_if_idle(self, comp: Any) -> None:
+        """The input ran dry: a component that flushes when idle (see
+        :class:`~componentmanager.component.Component`) writes out what it holds."""
+        if getattr(comp, "flush_when_idle", False) and comp.held():
+            await self._flush_held(comp)
 
     async def _wait_inflight(self, timeout: float = 2.0) -> None:
         """Let a handler that is mid-frame see the stop and return (bounded)."""

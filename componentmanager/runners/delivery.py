@@ -17,7 +17,7 @@
 Either way an event that fails is counted in ``errors``, dead-lettered to
 ``flowctl.<flow>.<node>.dlq`` with the reason, and the replica goes on; once stopped, a
 replica never processes or dead-letters another event. Input handling gives the loop a
-turn every :data:`YIELD_EVERY` events, so one busy input cannot starve the others.
+turn every :data:`~.taking.YIELD_EVERY` events, so one busy input cannot starve the others.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from componentmanager.dataplane import (
     decode_frame,
     frame_count,
 )
-from componentmanager.dataplane.partition import KeyNotComputed, partition_origin
+from componentmanager.dataplane.partition import partition_origin
 from componentmanager.dataplane.wire import (
     HDR_REPLAY_TO,
     delivery_of,
@@ -51,8 +51,6 @@ from componentmanager.runners.commit import message_range, owned
 from componentmanager.runners.core_inputs import (
     INPUT_PENDING_BYTES,
     INPUT_PENDING_MSGS,
-    YIELD_EVERY,
-    YIELD_EVERY_BATCHED,
     CoreInputs,
 )
 from componentmanager.runners.failures import EventFailures
@@ -163,25 +161,6 @@ class InputDelivery(CoreInputs, InputAcks, EventFailures, KeyedInputs):
                 self._subs.append(sub)
                 self._sub_ports.append((port, sub))
 
-    async def _take_batch(self, comp: Component, port: str, events: list[Any],
-                          owns: Any) -> int | None:
-        """A message's events (this partition's) through ``process_batch`` at once: how
-        many were taken, or None when they must go one by one (nothing was done)."""
-        try:
-            mine = events if owns is None else [e for e in events if owns(e)]
-        except KeyNotComputed:
-            return None  # that event fails here: one by one
-        if len(mine) < 2:
-            return None
-        try:
-            if not await comp.process_batch(port, mine):
-                return None
-        except Exception:  # (a write or a publish failed): each event its own way, where
-            return None    # failures are retried, counted and dead-lettered one by one
-        self.counters.in_ += len(mine)
-        self._since_yield += len(mine)
-        return len(mine)
-
     # -- at-least-once ----------------------------------------------------------------------
     def _pulled_handler(self, port: str):  # type: ignore[no-untyped-def]
         async def on_msg(msg: Msg) -> None:
@@ -252,42 +231,26 @@ class InputDelivery(CoreInputs, InputAcks, EventFailures, KeyedInputs):
         if origin is not None and self.partition is not None:
             origin = partition_origin(origin, self.partition, self.cfg.replicas)
         began, taken = perf_counter(), 0
+
+        async def fail(index: int, event: Any, exc: Exception) -> None:
+            await self._retry(comp, port, msg, index, event, exc)
+
+        async def turn() -> None:
+            await self._still_working(port, msg)
+            await asyncio.sleep(0)
+
         self._mid_message += 1  # no state checkpoint while a message is half done
         try:
             async with self._outbox.handling(origin):  # outputs go out at the end
-                owns = self._owns_for(msg)
-                batch = await self._take_batch(comp, port, events, owns)
-                if batch is not None:
-                    taken = batch
-                    if self._since_yield >= YIELD_EVERY_BATCHED:
-                        self._since_yield = 0
-                        await self._still_working(port, msg)
-                        await asyncio.sleep(0)
-                for index, event in (indexed if batch is None else ()):
-                    if self.component is not comp:
-                        self._took(port, msg, taken, perf_counter() - began)
-                        if origin is not None:  # its partial frame must not take
-                            self._outbox.discard()  # the ids of the full one
-                        return  # stopped mid-frame: never acked, delivered again
-                    self.counters.in_ += 1
-                    taken += 1
-                    try:
-                        if owns is not None and not owns(event):
-                            self.counters.in_ -= 1  # another partition's: its
-                            taken -= 1              # replica counts it
-                            continue
-                        self._current_event = (msg.headers, index)
-                        await comp.process(port, event)  # the common case, inline
-                    except Exception as exc:
-                        await self._retry(comp, port, msg, index, event, exc)
-                    self._since_yield += 1
-                    if self._since_yield >= YIELD_EVERY:
-                        self._since_yield = 0
-                        await self._still_working(port, msg)
-                        await asyncio.sleep(0)
+                taken, left = await self._take_events(comp, port, msg.headers, indexed,
+                                                      fail, turn, self._owns_for(msg))
+                if left is not None:
+                    self._took(port, msg, taken, perf_counter() - began)
+                    if origin is not None:  # its partial frame must not take
+                        self._outbox.discard()  # the ids of the full one
+                    return  # stopped mid-frame: never acked, delivered again
         finally:
             self._mid_message -= 1
-        self._current_event = None
         self._took(port, msg, taken, perf_counter() - began)
         await self._taken_or_again(port, msg, sequence, ident, delivered, failures_before)
 

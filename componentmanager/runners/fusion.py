@@ -193,13 +193,13 @@ class FusedFeed:
             taken = await comp.process_batch(port, events)
         except Exception:  # each event its own way (counted, dead-lettered one by one)
             taken = False
-        if not taken:
-            for event in events:
-                await self.take_fed(event, feeding)
-            return
-        counters.in_ += len(events)
-        counters.in_ports[port] = counters.in_ports.get(port, 0) + len(events)
-        counters.latency.observe(perf_counter() - began, len(events))
+        took = len(events) if taken is True else int(taken or 0)  # (n: the first n)
+        if took:
+            counters.in_ += took
+            counters.in_ports[port] = counters.in_ports.get(port, 0) + took
+            counters.latency.observe(perf_counter() - began, took)
+        for event in events[took:]:
+            await self.take_fed(event, feeding)
 
     async def _fed_failed(self, comp: Any, port: str, event: Any, exc: Exception,
                           feeding: Feeding) -> None:

@@ -1,0 +1,111 @@
+"""Taking the events of one input message: in frames where the component can, one by one
+where it must. Mixin of :class:`~componentmanager.runners.delivery.InputDelivery`, used by
+both delivery modes (at-most-once: :mod:`.core_inputs`; acked: :mod:`.delivery`).
+
+A component with ``process_batch`` is offered the message's events (this partition's,
+for a ``partition_by`` node) at once. It answers True (all taken), False (none: each goes
+through ``process``), or a number n: the first n are taken, the next one goes through
+``process`` (one that fails, is late, or closes windows: exactly what the one-by-one path
+does with it) and the events after it are offered again. What goes one by one is counted,
+failed and dead-lettered per event (``fail``). Input handling gives the loop a turn
+(``turn``) every :data:`YIELD_EVERY` events taken one by one, every
+:data:`YIELD_EVERY_BATCHED` taken in frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from componentmanager.dataplane.partition import KeyNotComputed
+
+#: Input handling gives the loop a turn after this many events (taken one by one), or
+#: this many taken in frames at once (a turn per frame halves the at-least-once rate).
+YIELD_EVERY = 8
+YIELD_EVERY_BATCHED = 1024
+
+Indexed = list[tuple[int, Any]]  # (index in its message, event)
+Fail = Callable[[int, Any, Exception], Awaitable[None]]
+Turn = Callable[[], Awaitable[None]]
+
+
+class FrameTaking:
+    """Offer frames, take the rest one by one (see the module doc)."""
+
+    # provided by the replica
+    counters: Any
+    component: Any
+    _since_yield: int = 0
+    _current_event: tuple[Any, int] | None = None
+
+    @staticmethod
+    def _mine(indexed: Indexed, owns: Any) -> tuple[Indexed, bool]:
+        """This partition's events, and whether they were sorted out here (False: a key
+        cannot be computed; then each is checked as it is taken, and fails on replica 0)."""
+        if owns is None:
+            return indexed, True
+        try:
+            return [item for item in indexed if owns(item[1])], True
+        except KeyNotComputed:
+            return indexed, False
+
+    async def _offer(self, comp: Any, port: str, events: list[Any]) -> int | None:
+        """``events`` through ``process_batch``: how many it took (None: none, and the
+        rest of the message goes one by one)."""
+        try:
+            took = await comp.process_batch(port, events)
+        except Exception:  # (a write or a publish failed): each event its own way, where
+            return None    # failures are retried, counted and dead-lettered one by one
+        if took is True:
+            took = len(events)
+        elif took is False or took is None:
+            return None
+        self.counters.in_ += took
+        self._since_yield += took
+        return int(took)
+
+    async def _take_events(self, comp: Any, port: str, headers: Any, indexed: Indexed,
+                           fail: Fail, turn: Turn, owns: Any = None
+                           ) -> tuple[int, int | None]:
+        """Take ``indexed``: (events taken, None), or (events taken, events left) when the
+        replica stopped midway (those are never taken here). ``owns``: which events are
+        this replica's (None: all; see ``_owns_for``)."""
+        pending, sorted_out = self._mine(indexed, owns)
+        owns = None if sorted_out else owns
+        offered = [e for _, e in pending] if sorted_out and len(pending) > 1 else None
+        taken = pos = 0
+        counters = self.counters
+        while pos < len(pending):
+            if offered is not None and len(pending) - pos > 1:
+                took = await self._offer(comp, port, offered[pos:] if pos else offered)
+                if took is None:
+                    offered = None
+                else:
+                    taken += took
+                    pos += took
+                    if self._since_yield >= YIELD_EVERY_BATCHED:
+                        self._since_yield = 0
+                        await turn()
+                    if pos >= len(pending):
+                        break
+            if self.component is not comp:
+                return taken, len(pending) - pos  # stopped mid-message
+            index, event = pending[pos]
+            pos += 1
+            counters.in_ += 1
+            taken += 1
+            try:
+                if owns is not None and not owns(event):
+                    counters.in_ -= 1  # another partition's: its replica counts it
+                    taken -= 1
+                    continue
+                self._current_event = (headers, index)
+                await comp.process(port, event)  # the common case, inline
+            except Exception as exc:
+                await fail(index, event, exc)
+            self._since_yield += 1
+            if self._since_yield >= YIELD_EVERY:
+                self._since_yield = 0
+                await turn()
+        self._current_event = None
+        return taken, None
