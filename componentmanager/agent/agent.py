@@ -358,6 +358,17 @@ class Agent(ReplicaKeeping):
                     log.error("reconcile failed", error=str(exc) or repr(exc))
             self.ready.set()
 
+    async def reconcile_now(self) -> None:
+        """Reconcile at once, beside the loop (which may be waiting on NATS): from what
+        this agent knows, with no NATS request unless a replica starts."""
+        async with self._reconcile_lock:
+            if self._closing:
+                return
+            try:
+                await self.reconcile_once()
+            except Exception as exc:
+                log.error("reconcile failed", error=str(exc) or repr(exc))
+
     async def reconcile_once(self) -> None:
         desired = desired_replicas(self.view.configs, self.agent_name)
         why = {k: "config deleted" for k in self.view.deleted}

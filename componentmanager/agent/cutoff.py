@@ -62,7 +62,9 @@ class CutOff:
                 self.cut_off = True
                 log.warning("cut off from NATS: stopping the replicas that must not run "
                             "twice", seconds=round(silent, 1), mode=self.mode)
-                agent.changed_configs()
+                # At once, not through the reconcile loop: that may be waiting on NATS
+                # (a periodic resync) for seconds while the leader moves them elsewhere.
+                await agent.reconcile_now()
             elif self.cut_off and silent <= self.bound:
                 self.cut_off, self.recovering = False, True
                 log.info("in touch with NATS again: resuming what is still ours")
