@@ -257,10 +257,11 @@ class ComponentConfig(Record):
     frame_ports: list[str] = Field(default_factory=list)
     #: per output port, the keyed readers this node partitions its events for (it
     #: sends each event to its partition's subject, frames split by partition)
-    keyed_outputs: dict[str, list[KeyedReader]] = Field(default_factory=dict)
+    keyed_outputs: dict[str, list[KeyedReader]] = Field(default_factory=dict,
+                                                        exclude_if=lambda v: not v)
     #: output ports whose own subject no reader reads (every reader is keyed: the
     #: events go only to the readers' partitions)
-    partitioned_only: list[str] = Field(default_factory=list)
+    partitioned_only: list[str] = Field(default_factory=list, exclude_if=lambda v: not v)
     queue: str
     replicas: int = 1
     #: an expression: events with the same value go to the same replica, in order (each

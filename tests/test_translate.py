@@ -95,8 +95,6 @@ def test_the_source_config_in_full() -> None:
         "inputs": {},
         "outputs": {"out": "flowctl.orders.gen.out"},
         "frame_ports": [],  # box, a container without frames: true, reads it
-        "keyed_outputs": {},  # no keyed reader: nothing partitioned here
-        "partitioned_only": [],
         "queue": "flowctl.orders.gen",
         "replicas": 1,
         "stateful": False,
