@@ -249,6 +249,11 @@ class InputDelivery(CoreInputs, InputAcks, EventFailures, KeyedInputs):
                     if origin is not None:  # its partial frame must not take
                         self._outbox.discard()  # the ids of the full one
                     return  # stopped mid-frame: never acked, delivered again
+                if origin is not None and self._failures != failures_before:
+                    # delivered again (see _taken_or_again): what it made so far (a fused
+                    # peer stopped midway, say) must not take the ids of its full outputs
+                    # then, or the stream would drop those as repeats
+                    self._outbox.discard()
         finally:
             self._mid_message -= 1
         self._took(port, msg, taken, perf_counter() - began)
