@@ -323,8 +323,12 @@ async def test_a_broker_missing_at_start_or_gone_is_waited_for(nc, agents, tmp_p
         await publish(broker, readings(0, 100))
         await wait_until(lambda: asyncio.sleep(0, len(numbers(out)) >= 100), timeout=20,
                          what="100 events")
-        st = (await statuses(nc, "mq3"))["mq3.mq.0"]
-        assert not (st.reason or "").startswith("waiting")
+
+        async def connected() -> bool:  # (the status record is refreshed twice a second)
+            st = (await statuses(nc, "mq3")).get("mq3.mq.0")
+            return st is not None and not (st.reason or "").startswith("waiting")
+
+        await wait_until(connected, timeout=10, what="the waiting reason gone")
         broker.stop()  # going away mid-flow (its store keeps the source's session)
         await wait_until(waiting, timeout=15, what="the waiting reason again")
         broker.start()
