@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 
 from componentmanager.component import EventError
 from componentmanager.dataplane import (
+    HDR_REPLAY_TO,
     dead_letter_headers,
     encode,
     event_as_received,
@@ -62,8 +63,16 @@ class EventFailures:
         """Count, log and dead-letter event ``index`` of a message with ``headers``
         (``data``: the event): whether its dead letter was stored."""
         error = str(exc) if isinstance(exc, EventError) else f"{type(exc).__name__}: {exc}"
-        self._count_error(f"event on port {port}: {error}", event_id(headers, index))
-        return await self._dead_letter(data, dead_letter_headers(headers, index, error))
+        eid = event_id(headers, index)
+        self._count_error(f"event on port {port}: {error}", eid)
+        letter = dead_letter_headers(headers, index, error)
+        if (getattr(self, "_exactly_once", False) and eid
+                and not (headers and HDR_REPLAY_TO in headers)):
+            # the same event dead-lettered again after a crash (before its commit) is one
+            # dead letter: the DLQ stream drops the repeat within its window (not for a
+            # replayed one: it may fail again, and that is a new dead letter)
+            letter["Nats-Msg-Id"] = f"{self.node}:{eid}"
+        return await self._dead_letter(data, letter)
 
     async def _dead_letter_unprocessed(self, port: str, msg: Msg, events: list[Any],
                                        why: EventError) -> None:
