@@ -349,18 +349,15 @@ class Agent(ReplicaKeeping):
                 with contextlib.suppress(Exception):
                     await self.view.resync()  # periodic full resync: never trust the watch
             self._dirty.clear()
-            async with self._reconcile_lock:  # shutdown never cancels a reconcile midway
-                if self._closing:
-                    return
-                try:
-                    await self.reconcile_once()
-                except Exception as exc:
-                    log.error("reconcile failed", error=str(exc) or repr(exc))
+            await self.reconcile_now()
+            if self._closing:
+                return
             self.ready.set()
 
     async def reconcile_now(self) -> None:
-        """Reconcile at once, beside the loop (which may be waiting on NATS): from what
-        this agent knows, with no NATS request unless a replica starts."""
+        """Reconcile at once (the loop's step, and a cut-off's beside the loop, which may
+        be waiting on NATS): from what this agent knows, with no NATS request unless a
+        replica starts. Under the lock: shutdown never cancels a reconcile midway."""
         async with self._reconcile_lock:
             if self._closing:
                 return
