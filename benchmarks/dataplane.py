@@ -226,7 +226,7 @@ async def _delivered(engine: FlowEngine, name: str, tail: FileTail, n: int) -> i
 
 def compute_floor(stages: int, n: int) -> float:
     """Events/s of the chain's own work on one core with free hops: the source's
-    ``make_event``, every transform's ``apply`` and the sink's encoding, called in this
+    ``make_event``, every transform's ``apply_frame`` and the sink's encoding, called in this
     process frame by frame (no NATS, no decoding, no asyncio). What an N-stage chain can
     keep of a 2-stage one is bounded by the ratio of these floors whenever the chains are
     bound by CPU."""
@@ -238,7 +238,7 @@ def compute_floor(stages: int, n: int) -> float:
     for first in range(0, n, FRAME_EVENTS):
         events = [source.make_event(s) for s in range(first, min(n, first + FRAME_EVENTS))]
         for transform in transforms:
-            events = [transform.apply(event) for event in events]
+            events = transform.apply_frame(events)  # what the transform does per frame
         sink.write(encode_lines(events) + b"\n")
     return n / (time.perf_counter() - started)
 

@@ -24,6 +24,11 @@ A component is constructed with its validated config and a :class:`Context`, the
   buffered, no batch closed early: the ``file`` sink) also whenever its input runs dry,
   so the last events of a burst are out at once, not at the next tick;
 * ``await stop()`` once, at the end.
+* ``takes_raw_json = True``: the component writes events out as the JSON they came as
+  (the ``file`` sink): each event reaches it as a ``msgspec.Raw`` (its JSON bytes,
+  checked to be JSON, not decoded; ``msgspec.json.encode`` writes it as it is), which
+  saves decoding and encoding again. An event that is not JSON arrives as the runner
+  makes it for everyone (``{"data": text}``); a ``partition_by`` node gets decoded events.
 * sources: ``position_fields`` lists the config fields naming what the source reads;
   a config change that keeps them keeps its position (``ctx.resume_position()``).
 * ``held()``: how many input events the component holds that are not yet emitted or
@@ -161,6 +166,8 @@ class Component:
     flush_interval: ClassVar[float | None] = None
     flush_when_idle: ClassVar[bool] = False
     stateful: ClassVar[bool] = False
+    #: events arrive as ``msgspec.Raw`` (their JSON as received; see the module doc)
+    takes_raw_json: ClassVar[bool] = False
     #: "transactional", "idempotent" or None (see the module doc: exactly-once)
     exactly_once: ClassVar[str | None] = None
     #: sources: the config fields naming what the source reads (a path, a subject); its

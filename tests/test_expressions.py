@@ -272,3 +272,23 @@ def test_pydantic_type_rejects_bad_expressions() -> None:
         Rule(where="n", set={"x": "lambda: 0"})
     assert info.value.errors()[0]["loc"] == ("set", "x")
     assert Rule.model_json_schema()["properties"]["where"]["format"] == "expression"
+
+
+@pytest.mark.parametrize("op", ["+", "-", "*", "/", "//", "%"])
+@pytest.mark.parametrize("value", [7, -3, 2.5, 0, 1e308, True, "s", None, [1], {"k": 1},
+                                   "missing"])
+def test_a_field_and_a_constant_compute_as_the_general_form(op: str, value: Any) -> None:
+    """``n * 2`` runs as one function per event: the same value or the same error as
+    the general form (``n * (0 + 2)`` compiles the usual way)."""
+    for constant in ("2", "0", "1.5", "1e308"):
+        fast = compile_expression(f"n {op} {constant}")
+        general = compile_expression(f"n {op} (0 + {constant})")
+        event = {} if value == "missing" else {"n": value}
+
+        def outcome(expr: Any, event: dict[str, Any] = event) -> Any:
+            try:
+                return ("value", expr.evaluate(event))
+            except EvaluationError as exc:
+                return ("error", str(exc).replace(expr.text, "<expr>"))
+
+        assert outcome(fast) == outcome(general), (op, value, constant)

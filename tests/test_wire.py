@@ -121,3 +121,43 @@ def test_a_dead_letter_too_large_beside_its_headers_keeps_a_preview() -> None:
     assert len(data) == 1024 and "an event of 1,500 bytes: its first 1,024 kept" in kept[HDR_ERROR]
     assert fit_dead_letter(b"x" * 100, headers, 2000) == (b"x" * 100, headers)
 
+
+
+def test_a_component_that_writes_events_out_gets_their_json_as_it_came() -> None:
+    """``raw_frame`` (for ``takes_raw_json``, the file sink): each event's JSON, checked,
+    not decoded; written out it is the line that came. What is not one JSON value per
+    line is decoded as ``decode_frame`` does (so written as everyone sees it)."""
+    import msgspec
+
+    from componentmanager.dataplane import raw_frame
+
+    frame = b'{"n":1,"s":"\\u00e9"}\n[2]\n"three"'
+    events = raw_frame(frame, 3)
+    assert all(isinstance(e, msgspec.Raw) for e in events)
+    assert msgspec.json.Encoder().encode_lines(events)[:-1] == frame
+    assert raw_frame(b'{"n": 1}\nnope', 2) == [{"n": 1}, {"data": "nope"}]
+    assert raw_frame(b"1, 2", 1) == [{"data": "1, 2"}]  # not two events
+    assert raw_frame(b'{"a":\n 1}', 1) == [{"a": 1}]  # one event over lines: one line
+    assert raw_frame(b"", 1) == [{"data": ""}]
+
+
+def test_many_events_emitted_at_once_travel_in_frames_within_the_bounds() -> None:
+    """An emit of more than a frame's worth is cut into frames (never taken one by one
+    for being large): at most FRAME_EVENTS events and FRAME_BYTES bytes each, an event
+    larger than FRAME_BYTES alone; one larger than the server takes: None."""
+    from componentmanager.dataplane.wire import FRAME_BYTES, FRAME_EVENTS, frame_chunks
+
+    small = [{"i": i} for i in range(FRAME_EVENTS * 2 + 5)]
+    frames = frame_chunks(small, 1 << 20)
+    assert frames is not None and [len(p) for p, _ in frames] == [FRAME_EVENTS, FRAME_EVENTS, 5]
+    assert [e for p, _ in frames for e in p] == small
+    assert all(decode_frame(lines, len(p)) == p for p, lines in frames)
+    big = [{"i": i, "pad": "x" * 1000} for i in range(FRAME_EVENTS)]  # over FRAME_BYTES
+    frames = frame_chunks(big, 1 << 20)
+    assert frames is not None and len(frames) > 1
+    assert all(len(lines) <= FRAME_BYTES for _, lines in frames)
+    assert [e for p, _ in frames for e in p] == big
+    huge = [{"i": 0}, {"pad": "x" * (FRAME_BYTES + 10)}, {"i": 2}]
+    frames = frame_chunks(huge, 1 << 20)
+    assert frames is not None and [len(p) for p, _ in frames] == [1, 1, 1]
+    assert frame_chunks(huge, FRAME_BYTES) is None

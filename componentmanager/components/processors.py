@@ -128,8 +128,23 @@ class Transform(Component):
         self._set = [(_path(f), compile_expression(e)) for f, e in config.set.items()]
         self._rename = [(_path(a), _path(b)) for a, b in config.rename.items()]
         self._drop = [_path(f) for f in config.drop]
+        self.apply_frame = self._apply_each
         if not self._rename and not self._drop and all(len(k) == 1 for k, _ in self._set):
             self.apply = self._top_level_setter()  # type: ignore[method-assign]
+            if len(self._set) == 1:
+                self.apply_frame = self._frame_setter()
+
+    def _apply_each(self, events: list[Any]) -> list[Any]:
+        apply = self.apply
+        return [apply(event) for event in events]
+
+    def _frame_setter(self) -> Callable[[list[Any]], list[Any]]:
+        """``apply_frame`` for a transform that sets one top-level field: a frame's new
+        events in one comprehension (any exception, e.g. an event that is not an object,
+        and the frame is taken again one by one through ``apply``, which says why)."""
+        ((field,), expr) = self._set[0]
+        value_of = expr.unchecked
+        return lambda events: [{**event, field: value_of(event)} for event in events]
 
     def _top_level_setter(self) -> Callable[[Any], dict[str, Any]]:
         """``apply`` for the common transform that only sets top-level fields: the same
@@ -182,9 +197,8 @@ class Transform(Component):
         await self.ctx.emit("out", self.apply(event))
 
     async def process_batch(self, port: str, events: list[Any]) -> bool:
-        apply = self.apply
         try:
-            outs = [apply(event) for event in events]  # pure: nothing done yet
+            outs = self.apply_frame(events)  # pure: nothing done yet
         except Exception:
             return False  # one of them fails: each goes its own way
         return await self.ctx.emit_batch("out", outs)

@@ -81,6 +81,7 @@ class FileSink(Component):
     flush_interval = 1.0
     flush_when_idle = True  # (a flush writes the buffer out, nothing else)
     exactly_once = "transactional"
+    takes_raw_json = True  # lines written as they came (no decoding and encoding again)
 
     def __init__(self, config: FileSinkConfig, ctx: Context) -> None:
         super().__init__(config, ctx)

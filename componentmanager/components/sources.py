@@ -19,13 +19,14 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from componentmanager.component import Component, Context
+from componentmanager.dataplane.wire import FRAME_EVENTS
 from componentmanager.registry import RECEIVES_UNTIL_STOPPED, ComponentType, Port, register
 
 OUT = (Port("out", description="the events this source produces"),)
 PACE_TICK_S = 0.005  # a paced generator sleeps once per this much of its schedule
 YIELD_EVERY = 1000  # an unpaced generator yields to the event loop this often
 ADVANCE_EVERY = 64  # a source reports its position (ctx.advance) this often
-BATCH = 128  # an unpaced generator emits this many events at once (one frame's worth)
+BATCH = FRAME_EVENTS  # an unpaced generator emits this many events at once (a frame's worth)
 
 
 def decode_body(data: bytes) -> Any:

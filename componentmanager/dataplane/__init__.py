@@ -29,6 +29,7 @@ from componentmanager.dataplane.wire import (
     event_id,
     fit_dead_letter,
     frame_count,
+    raw_frame,
 )
 
 __all__ = [
@@ -36,5 +37,5 @@ __all__ = [
     "HDR_ERROR", "HDR_META", "HDR_REPLAY_TO", "AckedPublisher", "EventIds", "Outbox",
     "PublishFailed", "Puller",
     "dead_letter_headers", "decode", "decode_frame", "encode", "event_as_received",
-    "event_id", "fit_dead_letter", "frame_count", "store_dead_letter",
+    "event_id", "fit_dead_letter", "frame_count", "raw_frame", "store_dead_letter",
 ]

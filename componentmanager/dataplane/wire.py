@@ -30,7 +30,7 @@ from flowstore.models import HDR_REPLAY_TO as HDR_REPLAY_TO
 from flowstore.streams import DEAD_AFTER_DELIVERIES
 
 #: A frame is cut at this many events or bytes (whichever comes first).
-FRAME_EVENTS = 128
+FRAME_EVENTS = 512
 FRAME_BYTES = 128 * 1024
 
 _encoder = msgspec.json.Encoder()
@@ -44,6 +44,32 @@ def encode(event: Any) -> bytes:
 def encode_lines(events: list[Any]) -> bytes:
     """Events as the body of a frame: their JSON joined by newlines."""
     return _encoder.encode_lines(events)[:-1]
+
+
+def frame_chunks(events: list[Any], max_event_bytes: int
+                 ) -> list[tuple[list[Any], bytes]] | None:
+    """``events`` as consecutive frames, each with its JSON lines: at most
+    :data:`FRAME_EVENTS` events and :data:`FRAME_BYTES` bytes (an event larger than that
+    alone). None when one event is larger than ``max_event_bytes`` (what the server
+    takes): then each goes its own way, and that one fails alone."""
+    out: list[tuple[list[Any], bytes]] = []
+    for start in range(0, len(events), FRAME_EVENTS):
+        part = events[start:start + FRAME_EVENTS]
+        lines = encode_lines(part)
+        if len(lines) <= min(FRAME_BYTES, max_event_bytes):
+            out.append((part, lines))
+            continue
+        first, size = 0, 0
+        pieces = lines.split(b"\n")  # one per event: an encoded event has no newline
+        for i, piece in enumerate(pieces):
+            if len(piece) > max_event_bytes:
+                return None
+            if i > first and size + len(piece) > FRAME_BYTES:
+                out.append((part[first:i], b"\n".join(pieces[first:i])))
+                first, size = i, 0
+            size += len(piece) + 1
+        out.append((part[first:], b"\n".join(pieces[first:])))
+    return out
 
 
 def decode(data: bytes) -> Any:
@@ -75,6 +101,26 @@ def decode_frame(data: bytes, count: int) -> list[Any]:
         return _decoder.decode(b"[" + data.replace(b"\n", b",") + b"]")
     except msgspec.DecodeError:
         return [decode(line) for line in data.split(b"\n")]
+
+
+_raw_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def raw_frame(data: bytes, count: int) -> list[Any]:
+    """The events of a message as ``msgspec.Raw`` (each one's JSON as received, checked to
+    be JSON, not decoded: for a component that writes them out as they are). A frame
+    with a line that is not JSON is decoded as :func:`decode_frame` does."""
+    lines = data.count(b"\n") + 1 if count > 1 else 1
+    if lines == 1 and b"\n" in data:  # one event spread over lines: written as one line
+        return decode_frame(data, count)
+    try:
+        events = _raw_decoder.decode(b"[" + (data.replace(b"\n", b",") if lines > 1 else data)
+                                     + b"]")
+    except msgspec.DecodeError:
+        events = None
+    if events is None or len(events) != lines:  # ("1, 2" on a line is not two events)
+        return decode_frame(data, count)
+    return events
 
 
 def event_as_received(data: bytes, count: int, index: int) -> bytes:

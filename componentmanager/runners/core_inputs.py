@@ -17,7 +17,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from componentmanager.dataplane import decode_frame, frame_count
+from componentmanager.dataplane import frame_count
 from componentmanager.runners.taking import FrameTaking
 
 #: A core input's queue: past this, the oldest messages are dropped (counted).
@@ -71,7 +71,7 @@ class CoreInputs(FrameTaking):
                 return
             if not self._meant_for_me(msg):
                 return
-            events = decode_frame(msg.data, frame_count(msg.headers))
+            events = self._events_of(comp, msg)
             self._inflight += 1
             began, taken = perf_counter(), 0
 

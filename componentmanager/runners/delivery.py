@@ -35,8 +35,6 @@ from componentmanager.component import Component, EventError, RetryableError
 from componentmanager.dataplane import (
     PublishFailed,
     Puller,
-    decode_frame,
-    frame_count,
 )
 from componentmanager.dataplane.partition import partition_origin
 from componentmanager.dataplane.wire import (
@@ -213,7 +211,7 @@ class InputDelivery(CoreInputs, InputAcks, EventFailures, KeyedInputs):
                     delivered: int) -> None:
         """Handle an input message's events (it is in hand meanwhile: a redelivery of it
         is not taken twice), then let it wait for its ack or come again."""
-        events = decode_frame(msg.data, frame_count(msg.headers))
+        events = self._events_of(comp, msg)
         self._progress_at[port] = asyncio.get_running_loop().time()
         failures_before = self._failures
         indexed = list(enumerate(events))

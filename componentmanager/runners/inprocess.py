@@ -23,12 +23,10 @@ from nats.aio.msg import Msg
 from componentmanager.component import Component, EventTooLarge
 from componentmanager.dataplane import AckedPublisher, EventIds, Puller, encode
 from componentmanager.dataplane.wire import (
-    FRAME_BYTES,
-    FRAME_EVENTS,
     HDR_META,
     PREVIEW_BYTES,
-    encode_lines,
     event_id,
+    frame_chunks,
 )
 from componentmanager.registry import get_type
 from componentmanager.runners.acks import DoneInputs
@@ -151,17 +149,16 @@ class InProcessReplica(InputDelivery, FusedFeed, KeyedOutputs, ReplicaTeardown, 
         subject = self._subject_of(port)
         if not events:
             return True
-        if len(events) > FRAME_EVENTS:
-            return False
         try:
-            lines = encode_lines(events)
+            frames = frame_chunks(events, self.max_event_bytes)
         except Exception:
             return False  # one of them cannot be encoded: emit() says which
-        if len(lines) > min(FRAME_BYTES, self.max_event_bytes):
-            return False  # one of them may be too large: emit() fails just that one
+        if frames is None:
+            return False  # one of them is too large: emit() fails just that one
         self._emitted += len(events)
         self._sends_through(subject, port)
-        await self._put_events(port, subject, events, lines)
+        for part, lines in frames:
+            await self._put_events(port, subject, part, lines)
         return True
 
     async def _send(self, subject: str, body: bytes, headers: dict[str, str], count: int) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from componentmanager.dataplane.partition import KeyNotComputed
+from componentmanager.dataplane.wire import decode_frame, frame_count, raw_frame
 
 #: Input handling gives the loop a turn after this many events (taken one by one), or
 #: this many taken in frames at once (a turn per frame halves the at-least-once rate).
@@ -37,6 +38,16 @@ class FrameTaking:
     component: Any
     _since_yield: int = 0
     _current_event: tuple[Any, int] | None = None
+
+    def _events_of(self, comp: Any, msg: Any) -> list[Any]:
+        """The events of input message ``msg``: decoded, or as their JSON for a component
+        that ``takes_raw_json`` (when no partition has to be sorted out by key)."""
+        count = frame_count(msg.headers)
+        if getattr(comp, "takes_raw_json", False) and self._owns_for(msg) is None:
+            return raw_frame(msg.data, count)
+        return decode_frame(msg.data, count)
+
+    _owns_for: Any  # provided by the replica
 
     @staticmethod
     def _mine(indexed: Indexed, owns: Any) -> tuple[Indexed, bool]:
