@@ -152,26 +152,39 @@ async def _helper(*args: str) -> subprocess.Popen:
     return proc
 
 
-async def framed_relay(url: str, n: int) -> float:
+async def framed_relay(url: str, n: int, stored: bool = False) -> float:
     """The framed hand-written chain, end to end (events/s from launching its publisher
     to the last event in the sink's file): publisher -> relay -> file writer, frames of
     128 JSON lines, each its own process (the relay and the writer running already, as
-    the agents and the deployed flow are for flowctl)."""
+    the agents and the deployed flow are for flowctl). ``stored``: through a JetStream
+    stream, at-least-once (raw_relay.py's ``jpub``/``jrelay``/``jsink``)."""
+    from benchmarks.raw_relay import JIN, JOUT, JSTREAM
+
+    kind = "j" if stored else "f"
+    nc = await connect(NatsOptions(url=url))
+    js = nc.jetstream()
+    if stored:
+        from nats.js.api import RetentionPolicy, StreamConfig
+        await js.add_stream(StreamConfig(name=JSTREAM, subjects=[JIN, JOUT],
+                                         retention=RetentionPolicy.INTEREST))
     with tempfile.TemporaryDirectory(dir=TMP) as tmp:
         out = Path(tmp) / "out.jsonl"
-        helpers = [await _helper("fsink", url, str(out)), await _helper("frelay", url)]
+        helpers = [await _helper(f"{kind}sink", url, str(out)), await _helper(f"{kind}relay", url)]
         done, tail = asyncio.Event(), FileTail(out, n)
         tailing = asyncio.create_task(tail.until(done))
         try:
             started = time.perf_counter()
             pub = await asyncio.create_subprocess_exec(
-                sys.executable, str(HERE / "raw_relay.py"), "fpub", url, str(n))
+                sys.executable, str(HERE / "raw_relay.py"), f"{kind}pub", url, str(n))
             await asyncio.wait_for(asyncio.shield(tailing), 300)
             await pub.wait()
         finally:
             done.set()
             await tailing
             stop_all(helpers)
+            if stored:
+                await js.delete_stream(JSTREAM)
+            await nc.close()
     return tail.count / (tail.latest - started)
 
 
@@ -313,6 +326,7 @@ async def end_to_end(n: int, rounds: int) -> None:
     """flowctl against the framed hand-written chain, end to end, and an 8-stage chain on
     one agent against its compute floor (see the module doc)."""
     configs = [("hand-written framed relay", None, 0, False),
+               ("hand-written framed relay, JetStream", "stored", 0, False),
                ("flowctl at-most-once, 2 stages", "at-most-once", 2, False),
                ("flowctl at-least-once, 2 stages", "at-least-once", 2, False),
                ("flowctl at-most-once, 8 stages, one agent", "at-most-once", 8, True),
@@ -322,8 +336,8 @@ async def end_to_end(n: int, rounds: int) -> None:
     async with two_agents() as url:
         for r in range(rounds):
             for i, (label, delivery, stages, one) in enumerate(configs):
-                if delivery is None:
-                    results[label].append(await framed_relay(url, n))
+                if delivery in (None, "stored"):
+                    results[label].append(await framed_relay(url, n, delivery == "stored"))
                     continue
                 rate, dropped, whole = await flowctl(url, n, delivery, stages, f"e{r}-{i}", one)
                 results[label].append(rate if one else whole)
@@ -343,6 +357,10 @@ async def end_to_end(n: int, rounds: int) -> None:
             rounds_ = sorted(a / b for a, b in zip(results[label], results[configs[0][0]],
                                                     strict=True))
             print(f"{'':<4}per round: {', '.join(f'{x:.2f}' for x in rounds_)}")
+    stored = statistics.median(results["hand-written framed relay, JetStream"])
+    print(f"at-least-once against the same chain by hand through JetStream ({stored:,.0f}): "
+          f"{statistics.median(results['flowctl at-least-once, 2 stages']) / stored:.2f}x; "
+          f"the JetStream chain itself: {stored / base:.2f}x of the core NATS one")
     print(f"one agent, at the sink (first to 99 %), against the chain's compute floor "
           f"({floor:,.0f} events/s):")
     for label, _, _, one in configs:
