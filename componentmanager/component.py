@@ -114,8 +114,9 @@ class Context(Protocol):
         ...
 
     async def emit_batch(self, port: str, events: list[Any]) -> bool:
-        """Emit ``events`` as one frame when that can be done for all of them (else
-        nothing is emitted and False is returned: emit them one by one)."""
+        """Emit ``events`` together, in as few frames as their count and size allow, when
+        that can be done for all of them (else nothing is emitted and False is returned:
+        emit them one by one; one event larger than the server takes is such a case)."""
         ...
 
     def log(self, message: str, **fields: Any) -> None:

@@ -10,7 +10,7 @@
   replica's ``lag`` per port is their sum. At-most-once inputs have no stream: their lag
   is what waits in the replica's own queue (:meth:`Replica.input_queues`).
 
-Lag counts messages; under load one message is a frame of up to 128 events.
+Lag counts messages; under load one message is a frame of up to 512 events.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -32,6 +32,12 @@ def _require_object(kind: str, event: Any) -> dict[str, Any]:
     if not isinstance(event, dict):
         raise TypeError(f"{kind} needs a JSON object event, got {type(event).__name__}")
     return event
+
+
+def _not_an_object(event: Any) -> NoReturn:
+    """In a frame path: an event that is not a plain dict goes the one-by-one way (which
+    takes a dict subclass and says why anything else fails)."""
+    raise TypeError(f"not a plain JSON object: {type(event).__name__}")
 
 
 # ------------------------------------------------------------------------------- filter
@@ -144,7 +150,8 @@ class Transform(Component):
         and the frame is taken again one by one through ``apply``, which says why)."""
         ((field,), expr) = self._set[0]
         value_of = expr.unchecked
-        return lambda events: [{**event, field: value_of(event)} for event in events]
+        return lambda events: [{**event, field: value_of(event)} if type(event) is dict
+                               else _not_an_object(event) for event in events]
 
     def _top_level_setter(self) -> Callable[[Any], dict[str, Any]]:
         """``apply`` for the common transform that only sets top-level fields: the same

@@ -49,9 +49,10 @@ def encode_lines(events: list[Any]) -> bytes:
 def frame_chunks(events: list[Any], max_event_bytes: int
                  ) -> list[tuple[list[Any], bytes]] | None:
     """``events`` as consecutive frames, each with its JSON lines: at most
-    :data:`FRAME_EVENTS` events and :data:`FRAME_BYTES` bytes (an event larger than that
-    alone). None when one event is larger than ``max_event_bytes`` (what the server
-    takes): then each goes its own way, and that one fails alone."""
+    :data:`FRAME_EVENTS` events and :data:`FRAME_BYTES` bytes, or ``max_event_bytes`` when
+    the server takes less (an event larger than that alone). None when one event is
+    larger than ``max_event_bytes`` (what the server takes): then each goes its own way,
+    and that one fails alone."""
     out: list[tuple[list[Any], bytes]] = []
     for start in range(0, len(events), FRAME_EVENTS):
         part = events[start:start + FRAME_EVENTS]
@@ -64,7 +65,7 @@ def frame_chunks(events: list[Any], max_event_bytes: int
         for i, piece in enumerate(pieces):
             if len(piece) > max_event_bytes:
                 return None
-            if i > first and size + len(piece) > FRAME_BYTES:
+            if i > first and size + len(piece) > min(FRAME_BYTES, max_event_bytes):
                 out.append((part[first:i], b"\n".join(pieces[first:i])))
                 first, size = i, 0
             size += len(piece) + 1
@@ -106,13 +107,26 @@ def decode_frame(data: bytes, count: int) -> list[Any]:
 _raw_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 
 
+def _utf8(data: bytes) -> bool:
+    """Is ``data`` UTF-8 (what JSON is; the Raw decoder does not check it)?"""
+    if data.isascii():
+        return True
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def raw_frame(data: bytes, count: int) -> list[Any]:
     """The events of a message as ``msgspec.Raw`` (each one's JSON as received, checked to
     be JSON, not decoded: for a component that writes them out as they are). A frame
-    with a line that is not JSON is decoded as :func:`decode_frame` does."""
+    with a line that is not JSON, an event over several lines, a carriage return or
+    bytes that are not UTF-8 is decoded as :func:`decode_frame` does (so written as every
+    other node sees it). A number beyond a float's range is written as it came."""
     lines = data.count(b"\n") + 1 if count > 1 else 1
-    if lines == 1 and b"\n" in data:  # one event spread over lines: written as one line
-        return decode_frame(data, count)
+    if (lines == 1 and b"\n" in data) or b"\r" in data or not _utf8(data):
+        return decode_frame(data, count)  # not as one line each, or not UTF-8: as everyone
     try:
         events = _raw_decoder.decode(b"[" + (data.replace(b"\n", b",") if lines > 1 else data)
                                      + b"]")

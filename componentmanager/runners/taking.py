@@ -41,13 +41,14 @@ class FrameTaking:
 
     def _events_of(self, comp: Any, msg: Any) -> list[Any]:
         """The events of input message ``msg``: decoded, or as their JSON for a component
-        that ``takes_raw_json`` (when no partition has to be sorted out by key)."""
+        that ``takes_raw_json``, unless the node is partitioned (keys are computed on
+        decoded events: sorting out partitions, a rescale's inherited floors)."""
         count = frame_count(msg.headers)
-        if getattr(comp, "takes_raw_json", False) and self._owns_for(msg) is None:
+        if getattr(comp, "takes_raw_json", False) and not self.cfg.partition_by:
             return raw_frame(msg.data, count)
         return decode_frame(msg.data, count)
 
-    _owns_for: Any  # provided by the replica
+    cfg: Any  # provided by the replica
 
     @staticmethod
     def _mine(indexed: Indexed, owns: Any) -> tuple[Indexed, bool]:
