@@ -25,6 +25,9 @@ PULL_EXPIRES_S = 5.0
 #: About how long pulled messages may wait in line here before they are handled: well
 #: below the ack wait, so none is delivered again elsewhere while it waits its turn.
 QUEUE_FOR_S = DEFAULT_ACK_WAIT_S / 4
+#: An idle input settles (acks what is done) at most this often: a lightly loaded
+#: consumer acks a run of messages together instead of one round trip per message.
+SETTLE_EVERY_S = 0.02
 
 
 def pull_batch(handle_s: float) -> int:
@@ -35,14 +38,22 @@ def pull_batch(handle_s: float) -> int:
     return max(1, min(PULL_BATCH, int(QUEUE_FOR_S / handle_s)))
 
 
+def settle_delay(now: float, settled_at: float) -> float:
+    """How long an input that just went idle waits before it settles: 0 (at once) when
+    the last settle is :data:`SETTLE_EVERY_S` old, else until then. At low rates every
+    message is acked at once; at high ones a run of them in one settle."""
+    return max(0.0, settled_at + SETTLE_EVERY_S - now)
+
+
 class Puller:
     """Pulls a durable consumer into ``handle`` (one call per message, in order).
 
     One pull request at a time (of :func:`pull_batch` messages), each with its own reply
     subject (for its status messages); messages are handled as they arrive (no
     per-message task, uuid or ``wait_for``). ``settle`` runs when a request is complete
-    and whenever the input goes idle, so acks are batched under load and prompt at low
-    rates.
+    and when the input goes idle (at most every :data:`SETTLE_EVERY_S`: see
+    :func:`settle_delay`), never while a message is handled, so acks are batched under
+    load and prompt at low rates.
     """
 
     def __init__(self, nc: NatsClient, stream: str, durable: str,
@@ -67,6 +78,10 @@ class Puller:
         self._handle_s = 0.0  # moving average of the time one message takes
         self._in_hand: tuple[Msg, float] | None = None  # (message, since) being handled
         self._keeper: asyncio.Task[None] | None = None
+        self._turn = asyncio.Lock()  # a message is handled or an idle settle runs
+        self._settled_at = 0.0  # loop time of the last settle
+        self._settle_timer: asyncio.TimerHandle | None = None
+        self._settler: asyncio.Task[None] | None = None  # a deferred idle settle
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -103,7 +118,7 @@ class Puller:
                 await self.nc.publish(self._api, request, reply=f"{self._inbox}.{self._k}")
                 async with asyncio.timeout(PULL_EXPIRES_S + 2):
                     await self._done.wait()
-                await self._settle()
+                await self._settle_now()
             except TimeoutError:
                 pass  # lost with a reconnect: ask again
             except Exception as exc:  # never let the pulling die: wait, then ask again
@@ -124,36 +139,72 @@ class Puller:
                 await msg.nak()
             return
         self.quiet = False
-        self._idle.clear()
-        began = time.perf_counter()
-        self._in_hand = (msg, began)
-        try:
-            await self._handle(msg)
-        finally:
-            self._in_hand = None
-            self._idle.set()
-            self._handle_s += (time.perf_counter() - began - self._handle_s) / 8
-        self._remaining -= 1
-        if self._remaining <= 0:
-            self._done.set()
+        async with self._turn:
+            self._idle.clear()
+            began = time.perf_counter()
+            self._in_hand = (msg, began)
+            try:
+                await self._handle(msg)
+            finally:
+                self._in_hand = None
+                self._idle.set()
+                self._handle_s += (time.perf_counter() - began - self._handle_s) / 8
+            self._remaining -= 1
+            if self._remaining <= 0:
+                self._done.set()
+                return
+            if self._sub is None or self._sub.pending_msgs or self._settle_timer is not None:
+                return
+            loop = asyncio.get_running_loop()
+            delay = settle_delay(loop.time(), self._settled_at)
+            if delay <= 0:
+                await self._settle_now()  # idle: ack what is done now
+            else:  # idle again soon after a settle: ack this run together, a bit later
+                self._settle_timer = loop.call_later(delay, self._settle_due)
+
+    async def _settle_now(self) -> None:
+        self._settled_at = asyncio.get_running_loop().time()
+        await self._settle()
+
+    def _settle_due(self) -> None:
+        self._settle_timer = None
+        if self._closing or (self._settler is not None and not self._settler.done()):
             return
-        if self._sub is not None and self._sub.pending_msgs == 0:
-            await self._settle()  # idle: ack what is done now
+        self._settler = asyncio.create_task(self._settle_in_turn(),
+                                            name=f"settle {self._api}")
+
+    async def _settle_in_turn(self) -> None:
+        """The deferred idle settle: between messages, as the one it stands for would
+        have run (the replica waits for it when it stops)."""
+        async with self._turn:
+            self._idle.clear()
+            try:
+                await self._settle_now()
+            except Exception as exc:  # settled again with the next message or request
+                log.warning("settle failed", consumer=self._api,
+                            error=f"{type(exc).__name__}: {exc}")
+            finally:
+                self._idle.set()
 
     async def stop(self) -> None:
         """Stop asking; a message being handled finishes. What was delivered but not
         handled is never acked: the server delivers it again after the ack wait."""
         self._closing = True
+        if self._settle_timer is not None:
+            self._settle_timer.cancel()
+            self._settle_timer = None
         try:
             async with asyncio.timeout(3.0):
                 await self._idle.wait()
+                if self._settler is not None:
+                    await asyncio.gather(self._settler, return_exceptions=True)
         except TimeoutError:
             pass
-        for task in (self._task, self._keeper):
+        for task in (self._task, self._keeper, self._settler):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        self._task = self._keeper = None
+        self._task = self._keeper = self._settler = None
         if self._sub is not None:
             sub, self._sub = self._sub, None
             try:
