@@ -9,7 +9,9 @@ is being handled (:meth:`Outbox.handling`), at its end, so one input frame makes
 output frame; else (a source, a timer) the replica's flusher sends it as soon as the
 emitting code gives the event loop a turn (a linger of zero). So a lone event leaves
 immediately on an idle link, and under load events coalesce into frames without any
-timer: latency stays low at low rates, throughput rises at high ones.
+timer: latency stays low at low rates, throughput rises at high ones. One exception: a
+keyed reader's partition gets a share of each frame, so there the flusher sends partial
+frames at most every :data:`PARTITION_LINGER_S` (see :func:`partition_linger`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,20 @@ from componentmanager.dataplane.wire import FRAME_BYTES, FRAME_EVENTS, EventIds
 from flowstore.names import HDR_AFTER
 
 Publish = Callable[[str, bytes, dict[str, str], int], Awaitable[None]]
+
+#: Partial frames of keyed readers' partitions wait at most this long for more events
+#: when the flusher sent some lately (a busy source), so each carries more than a share.
+PARTITION_LINGER_S = 0.01
+
+
+def partition_linger(since_flush: float, partial: bool) -> float:
+    """How long the flusher waits before it sends, ``since_flush`` seconds after its last
+    send: a while when partial partition frames are pending and it sent less than
+    :data:`PARTITION_LINGER_S` ago (events keep coming), else not at all (a lone event
+    leaves at once)."""
+    if not partial or since_flush >= PARTITION_LINGER_S:
+        return 0.0
+    return PARTITION_LINGER_S - since_flush
 
 
 class Outbox:
@@ -75,6 +91,10 @@ class Outbox:
                 await self.put(subject, line)
             return
         await self._add(subject, lines, count)
+
+    def room(self, subject: str) -> int:
+        """How many more events the pending frame of ``subject`` takes (by count)."""
+        return FRAME_EVENTS - self._counts.get(subject, 0)
 
     async def put_alone(self, subject: str, body: bytes, extra: dict[str, str]) -> None:
         """One encoded event in a message of its own, with ``extra`` headers, after what
@@ -165,10 +185,20 @@ class Outbox:
         await self._idle.wait()
 
     async def run_flusher(self) -> None:
-        """The replica's flusher task: sends pending frames whenever the loop turns."""
+        """The replica's flusher task: sends pending frames whenever the loop turns (a
+        partition's partial frames after a short linger: see :func:`partition_linger`)."""
+        loop = asyncio.get_running_loop()
+        flushed = 0.0
         while True:
             await self._wake.wait()
             if self._one_input.locked():  # the input being handled sends all at its end
                 self._wake.clear()
                 continue
+            partial = any(s in self._partitions for s in self._frames)
+            linger = partition_linger(loop.time() - flushed, partial)
+            if linger:
+                await asyncio.sleep(linger)  # full frames leave meanwhile (see _add)
+                if self._one_input.locked():
+                    continue
             await self.flush()
+            flushed = loop.time()

@@ -5,9 +5,10 @@ emits on a port with keyed readers (``ComponentConfig.keyed_outputs``, decided b
 
 Each event goes to its partition's subject of every keyed reader (the reader's
 ``partition_by`` evaluated here, once per event), and to the port's own subject when
-some reader reads it whole; frames are split by partition. Each replica of the reader
-then reads, and decodes, only its own partition. ``out`` counts each event once (on
-the port's own subject, else on its first keyed reader's partitions).
+some reader reads it whole; frames are split by partition (a partition's share of one
+fills its pending frame before starting the next: :func:`fill_frames`). Each replica of
+the reader then reads, and decodes, only its own partition. ``out`` counts each event
+once (on the port's own subject, else on its first keyed reader's partitions).
 """
 
 from __future__ import annotations
@@ -45,6 +46,15 @@ def counted_subjects(cfg: ComponentConfig, routes: dict[str, list[Route]]) -> di
         if routes.get(port):
             counted.update(dict.fromkeys(routes[port][0].subjects, port))
     return counted
+
+
+def fill_frames(group: list[Any], room: int) -> list[list[Any]]:
+    """A partition's share of a frame, cut where its pending frame is full (``room``
+    events left), so partition frames fill up to :data:`~.wire.FRAME_EVENTS` instead of
+    each holding a whole number of shares."""
+    if 0 < room < len(group):
+        return [group[:room], group[room:]]
+    return [group]
 
 
 class KeyedOutputs:
@@ -96,7 +106,10 @@ class KeyedOutputs:
                 for event in group:
                     await self._outbox.put_alone(target, encode(event), {HDR_NO_KEY: why[:1000]})
                 continue
-            body = lines if len(group) == len(events) else encode_lines(group)
-            await self._outbox.put_lines(target, body, len(group))
+            if len(group) == len(events):
+                await self._outbox.put_lines(target, lines, len(group))
+                continue
+            for part in fill_frames(group, self._outbox.room(target)):
+                await self._outbox.put_lines(target, encode_lines(part), len(part))
         if port not in self.cfg.partitioned_only:
             await self._outbox.put_lines(subject, lines, len(events))
