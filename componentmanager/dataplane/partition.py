@@ -80,16 +80,35 @@ class Partitioner:
         return partition_of(text, self.partitions) == self.index
 
 
+#: How many keys a producer remembers the partition of, per keyed reader.
+KEYS_REMEMBERED = 65536
+
+
 class Route:
     """One keyed reader of an output port, partitioned at the producer: ``subjects[i]``
     is partition ``i``'s (see :func:`flowstore.names.partition_subjects`)."""
 
-    __slots__ = ("_key", "partitions", "subjects")
+    __slots__ = ("_key", "_known", "partitions", "subjects")
 
     def __init__(self, key: Callable[[Any], Any], partitions: int, template: str) -> None:
         self._key = key
         self.partitions = partitions
         self.subjects = [f"{template[:-1]}{i}" for i in range(partitions)]
+        self._known: dict[int | str, str] = {}  # a string or integer key -> its subject
+
+    def _subject_of(self, key: Any) -> str:
+        """The subject of a computed key; those of string and integer keys (the usual
+        ones, each seen again and again) are remembered, at most :data:`KEYS_REMEMBERED`."""
+        kind = type(key)
+        if kind is not int and kind is not str:  # (True == 1, but its text is "true")
+            return self.subjects[partition_of(key_text(key), self.partitions)]
+        subject = self._known.get(key)
+        if subject is None:
+            if len(self._known) >= KEYS_REMEMBERED:
+                self._known.clear()
+            subject = self._known[key] = self.subjects[partition_of(key_text(key),
+                                                                    self.partitions)]
+        return subject
 
     def place(self, event: Any) -> tuple[str, str | None]:
         """The subject of ``event``'s partition, and why its key cannot be computed
@@ -99,10 +118,9 @@ class Route:
         if self.partitions == 1:
             return self.subjects[0], None
         try:
-            text = key_text(self._key(event))
+            return self._subject_of(self._key(event)), None
         except Exception as exc:
             return self.subjects[0], f"partition_by: {exc}"
-        return self.subjects[partition_of(text, self.partitions)], None
 
 
 def split_by_subject(routes: list[Route], events: list[Any]
