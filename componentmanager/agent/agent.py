@@ -67,13 +67,14 @@ from flowstore.nats import (
     open_bucket,
 )
 from flowstore.programs import Orchestrator
-from flowstore.store import pipelined, stored_at
+from flowstore.store import stored_at
 from flowstore.streams import ensure_logs_stream
 
 log = structlog.get_logger("flowctl.agent")
 
 VERSION = "0.1.0"
-#: Replicas a reconcile starts at once (each reads its last status record first).
+#: Replicas a reconcile starts at once (their last status records read together, then
+#: started in one call to the data loop).
 STARTS_AT_ONCE = 64
 
 
@@ -396,8 +397,9 @@ class Agent(ReplicaKeeping):
         await self._stop_in_flow_order(
             [(a.key, _reason(a)) for a in actions if isinstance(a, Stop | Restart)]
         )
-        await pipelined((self._start_replica(a.cfg, a.index) for a in actions
-                         if isinstance(a, Start | Restart)), width=STARTS_AT_ONCE)
+        starts = [(a.cfg, a.index) for a in actions if isinstance(a, Start | Restart)]
+        for at in range(0, len(starts), STARTS_AT_ONCE):
+            await self._start_replicas(starts[at:at + STARTS_AT_ONCE])
 
     # -- shutdown ---------------------------------------------------------------------
     async def shutdown(self) -> None:

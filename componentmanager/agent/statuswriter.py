@@ -1,7 +1,10 @@
 """Writes replica status records to ``flowctl_status`` with fencing.
 
 One writer task per agent drains a queue of replicas whose status changed, so a burst
-of transitions costs no task per event. The first write of a replica is a put; every
+of transitions costs no task per event: whatever is queued when it looks (up to
+:data:`WRITES_IN_FLIGHT`) is written at once, one request each but all in flight
+together, and a replica changing again meanwhile is written once more after that. The
+first write of a replica is a put; every
 later one is a compare-and-set on the revision this agent last wrote. When that fails,
 someone else owns the record now (the replica moved to another agent, or the flow was
 undeployed and the key deleted): the writer stops writing that key instead of
@@ -23,6 +26,10 @@ from componentmanager.runners.base import Replica
 from flowstore.models import ReplicaStatus
 
 log = structlog.get_logger("flowctl.status")
+
+#: Status writes in flight at once (a burst of starts costs a few round trips, not one
+#: round trip per replica).
+WRITES_IN_FLIGHT = 128
 
 
 class StatusWriter:
@@ -49,16 +56,24 @@ class StatusWriter:
 
     async def _pump(self) -> None:
         while True:
-            replica = await self._queue.get()
-            if replica is None:
-                return
-            self._queued.discard(id(replica))
-            if replica in self._retired:
-                continue
-            try:
-                await self.write(replica.status())
-            except Exception as exc:  # NATS down: the periodic refresh writes it later
-                log.debug("status write failed", key=replica.key, error=str(exc))
+            batch = [await self._queue.get()]
+            while len(batch) < WRITES_IN_FLIGHT and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            due = []
+            for replica in batch:
+                if replica is None:
+                    await asyncio.gather(*due)
+                    return
+                self._queued.discard(id(replica))
+                if replica not in self._retired:
+                    due.append(self._write_now(replica))
+            await asyncio.gather(*due)
+
+    async def _write_now(self, replica: Replica) -> None:
+        try:
+            await self.write(replica.status())
+        except Exception as exc:  # NATS down: the periodic refresh writes it later
+            log.debug("status write failed", key=replica.key, error=str(exc))
 
     async def write(self, status: ReplicaStatus) -> bool:
         """Write one record; False when fenced (someone else owns the key)."""
