@@ -15,7 +15,9 @@ reads, and the level-triggered writes that the actions of
   (whichever concurrent action won: not_deployed or deleted -> no keys; otherwise every
   key, enabled exactly when running), and repeats until the record stayed the same while
   it wrote. Each action writes its configs before its record and settles after it, so
-  once racing actions have returned, the config keys follow the final record.
+  once racing actions have returned, the config keys follow the final record. (A deploy
+  or start whose record won and is still the flow's skips it: whoever raced it lost and
+  settles.)
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from flowstore.models import (
     Record,
     ReplicaState,
     ReplicaStatus,
+    start_rank,
     status_key,
     stream_name,
 )
@@ -97,6 +100,12 @@ def _differs(current: ComponentConfig | None, desired: ComponentConfig) -> bool:
         or current.enabled != desired.enabled
         or current.desired_fingerprint() != desired.desired_fingerprint()
     )
+
+
+def consumers_first(configs: dict[str, ComponentConfig], keys: list[str]) -> list[str]:
+    """``keys`` in the order their configs are written (agents start what they see
+    first): by :func:`~flowstore.models.start_rank`, each rank in flow order."""
+    return sorted(keys, key=lambda k: start_rank(configs[k].role))
 
 
 def _kv_revision(record: FlowRecord | None) -> int | None:
@@ -269,7 +278,7 @@ class FlowKV:
 
         written: set[str] = set()
         try:
-            await pipelined(write(key) for key in changed)
+            await pipelined(write(key) for key in consumers_first(desired, changed))
         finally:  # in the flow's order, whatever order the writes completed in
             listed = {*changes.added, *changes.updated}
             for key in changed:
@@ -374,13 +383,22 @@ class FlowKV:
         raise ConfigsNotConverged(name, action, sorted(await self._config_entries(name)))
 
     async def _settled(self, name: str, action: str, changes: ConfigChanges,
-                       work: Awaitable[_T]) -> _T:
+                       work: Awaitable[_T], written_first: bool = False) -> _T:
         """Run an action's writes, then :meth:`_settle`, also when it lost a race (the
-        loser's error is raised after its configs were made to follow the winner)."""
+        loser's error is raised after its configs were made to follow the winner).
+
+        ``written_first``: the action wrote all its configs before the compare-and-set
+        of the record it returns (deploy, start). While that record is still the flow's,
+        there is nothing to settle: every action that raced it lost that compare-and-set
+        (or came after it) and settles itself afterwards. (A flow of 1,000 nodes: a
+        second read of every config and status record saved, half of ``start``.)"""
         try:
             result = await work
         except (RevisionConflict, ConfigsNotConverged):
             await self._settle(name, action, changes)
             raise
+        if (written_first and isinstance(result, FlowRecord)
+                and _kv_revision(await self._record(name)) == result.kv_revision):
+            return result
         await self._settle(name, action, changes)
         return result

@@ -49,7 +49,14 @@ from componentmanager.agent.keeping import ReplicaKeeping
 from componentmanager.agent.leader import Leader
 from componentmanager.agent.metrics import MetricsServer
 from componentmanager.agent.rates import LiveFigures
-from componentmanager.agent.reconcile import Restart, Start, Stop, desired_replicas, reconcile
+from componentmanager.agent.reconcile import (
+    Restart,
+    Start,
+    Stop,
+    desired_replicas,
+    reconcile,
+    start_order,
+)
 from componentmanager.agent.shutdown import shut_down
 from componentmanager.agent.startup import start_when_nats_is_ready
 from componentmanager.agent.statuswriter import StatusWriter
@@ -397,7 +404,8 @@ class Agent(ReplicaKeeping):
         await self._stop_in_flow_order(
             [(a.key, _reason(a)) for a in actions if isinstance(a, Stop | Restart)]
         )
-        starts = [(a.cfg, a.index) for a in actions if isinstance(a, Start | Restart)]
+        starts = [(a.cfg, a.index) for a in
+                  start_order([a for a in actions if isinstance(a, Start | Restart)])]
         for at in range(0, len(starts), STARTS_AT_ONCE):
             await self._start_replicas(starts[at:at + STARTS_AT_ONCE])
 

@@ -135,14 +135,21 @@ class ReplicaKeeping:
 
     async def _status_refresh_loop(self) -> None:
         """Every status interval: judge each replica's health and measure its rates and
-        lag, then write its status."""
+        lag, then write its status; one whose health stayed the same and whose state
+        change was written in the last half interval waits for the next interval (a burst
+        of starts is not written twice over; busy replicas are written every interval)."""
+        interval = self.settings.status_interval
         while True:
-            await asyncio.sleep(self.settings.status_interval)
+            await asyncio.sleep(interval)
             now = time.monotonic()
             await self.figures.update(dict(self.replicas), now)
             for key, replica in list(self.replicas.items()):
+                degraded = replica.degraded
                 if self.health is not None:
                     self.health.judge(key, replica, now)
+                if replica.degraded == degraded and self.status.written_since(
+                        key, now - interval / 2):
+                    continue
                 self.changed(replica)
 
 
