@@ -198,9 +198,18 @@ class FlowKV:
         except FlowNotFound:
             return None
 
+    async def _revision(self, name: str) -> int | None:
+        """The KV revision of the flow's record, None when there is none: whether it
+        changed, without parsing it (a spec of 10,000 nodes takes 0.2 s to parse)."""
+        try:
+            entry = await self.flows.kv.get(name)
+        except KeyNotFoundError:
+            return None
+        return None if entry.value is None or is_delete(entry) else entry.revision
+
     async def _unchanged(self, record: FlowRecord) -> None:
         """Raise RevisionConflict when the flow record changed since ``record`` was read."""
-        if _kv_revision(await self._record(record.name)) != record.kv_revision:
+        if await self._revision(record.name) != record.kv_revision:
             raise RevisionConflict(record.name, record.kv_revision)
 
     # -- writes ----------------------------------------------------------------------------
@@ -398,7 +407,7 @@ class FlowKV:
             await self._settle(name, action, changes)
             raise
         if (written_first and isinstance(result, FlowRecord)
-                and _kv_revision(await self._record(name)) == result.kv_revision):
+                and await self._revision(name) == result.kv_revision):
             return result
         await self._settle(name, action, changes)
         return result
