@@ -2,6 +2,7 @@
 (or any sizes on any number of agents), and what CPU it costs.
 
     python benchmarks/controlplane.py [--sizes 10 100 1000] [--rounds 3] [--agents 3]
+                                      [--heartbeat 1] [--status-interval 0.5]
 
 Each flow is N/2 pairs of generate (count 1) -> file sink (/dev/null), so N nodes and
 N/2 connections, spread by placement over real `flowctl agent` processes. Per size and
@@ -137,13 +138,15 @@ async def one(cluster: Cluster, name: str, nodes: int) -> dict[str, float]:
     return times
 
 
-async def run(sizes: list[int], rounds: int, agents: int = 3,
-              baseline: bool = True) -> dict[int, list[dict[str, float]]]:
+async def run(sizes: list[int], rounds: int, agents: int = 3, baseline: bool = True,
+              heartbeat: float = 1.0, status_interval: float = 0.5,
+              ) -> dict[int, list[dict[str, float]]]:
     """Every size ``rounds`` times (and the 2-node baseline) on ``agents`` agents."""
     results: dict[int, list[dict[str, float]]] = {n: [] for n in [*([2] if baseline else []),
                                                                   *sizes]}
     with EmbeddedNats() as server:
-        procs = {f"cp-{i}": start_agent(server.url, f"cp-{i}", f"n={i}") for i in range(agents)}
+        procs = {f"cp-{i}": start_agent(server.url, f"cp-{i}", f"n={i}", heartbeat,
+                                        status_interval) for i in range(agents)}
         try:
             nc = await connect(NatsOptions(url=server.url))
             engine = await FlowEngine.open(nc)
@@ -161,10 +164,12 @@ async def run(sizes: list[int], rounds: int, agents: int = 3,
     return results
 
 
-def table(results: dict[int, list[dict[str, float]]], agents: int, rounds: int) -> str:
+def table(results: dict[int, list[dict[str, float]]], agents: int, rounds: int,
+          heartbeat: float, status_interval: float) -> str:
     """The figures as printed: one row per size, median (min-max) per column."""
-    lines = [f"{agents} agents, rounds: {rounds}; seconds, median (min-max); CPU seconds "
-             "from deploy to all running"]
+    lines = [f"{agents} agents (heartbeat {heartbeat:g} s, status interval "
+             f"{status_interval:g} s), rounds: {rounds}; seconds, median (min-max); CPU "
+             "seconds from deploy to all running"]
     for columns in (STEPS, CPU):
         lines.append(f"{'nodes':>6}  " + "  ".join(f"{s:>18}" for s in columns))
         for n, runs in results.items():
@@ -176,8 +181,10 @@ def table(results: dict[int, list[dict[str, float]]], agents: int, rounds: int) 
     return "\n".join(lines)
 
 
-async def main(sizes: list[int], rounds: int, agents: int) -> None:
-    print(table(await run(sizes, rounds, agents), agents, rounds), flush=True)
+async def main(sizes: list[int], rounds: int, agents: int, heartbeat: float = 1.0,
+               status_interval: float = 0.5) -> None:
+    results = await run(sizes, rounds, agents, True, heartbeat, status_interval)
+    print(table(results, agents, rounds, heartbeat, status_interval), flush=True)
 
 
 if __name__ == "__main__":
@@ -185,5 +192,9 @@ if __name__ == "__main__":
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--agents", type=int, default=3)
+    parser.add_argument("--heartbeat", type=float, default=1.0, help="the agents', seconds")
+    parser.add_argument("--status-interval", type=float, default=0.5,
+                        help="the agents' status refresh, seconds (their own default: 2)")
     args = parser.parse_args()
-    asyncio.run(main(args.sizes, args.rounds, args.agents))
+    asyncio.run(main(args.sizes, args.rounds, args.agents, args.heartbeat,
+                     args.status_interval))

@@ -23,6 +23,9 @@ edge too). Printed per A: 1 and 3 replicas and the ratio 3 / 1 (the target: at m
 ``--control-plane``: instead, the rows of ``benchmarks/controlplane.py`` (one round) for
 a flow of ``--nodes`` nodes on ``--cp-agents`` agents, beside the 2-node baseline:
 deploy, start, all running, and the CPU seconds of the leader agent and of all agents.
+The agents run with their own defaults (heartbeat and status refresh every 2 s): at
+0.5 s, 10,000 replicas rewrite 20,000 status records a second, more than this 2-core
+machine serves.
 """
 
 from __future__ import annotations
@@ -174,7 +177,8 @@ if __name__ == "__main__":
                         help="--control-plane: agent processes")
     args = parser.parse_args()
     if args.control_plane:
-        asyncio.run(controlplane.main([args.nodes], 1, args.cp_agents))
+        asyncio.run(controlplane.main([args.nodes], 1, args.cp_agents, heartbeat=2.0,
+                                      status_interval=2.0))
         sys.exit(0)
     asyncio.run(main(args.events, [int(a) for a in args.agents.split(",")], args.keys,
                      args.delivery, not args.live))
