@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: a server, agent processes, a counting subscriber."""
+"""Shared pieces of the benchmarks: a server, agent processes, a counting subscriber, the
+CPU a process has spent."""
 
 from __future__ import annotations
 
@@ -14,6 +15,13 @@ from pathlib import Path
 from typing import Any
 
 FLOWCTL = str(Path(sys.executable).parent / "flowctl")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def start_agent(url: str, name: str, labels: str, heartbeat: float = 1.0,

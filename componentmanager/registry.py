@@ -124,6 +124,10 @@ def endless(reason: str) -> Callable[[Any], str]:
 RECEIVES_UNTIL_STOPPED = endless("it receives messages until stopped")
 
 _TYPES: dict[tuple[str, str], ComponentType] = {}
+#: name -> its types sorted by role (what :func:`types_named` returns), and the
+#: registrations it was built from (tests register types straight into _TYPES)
+_BY_NAME: dict[str, list[ComponentType]] = {}
+_INDEXED: dict[tuple[str, str], ComponentType] = {}
 _loaded = False
 
 
@@ -152,7 +156,13 @@ def _load() -> None:
 def types_named(name: str) -> list[ComponentType]:
     """Every registered type called ``name`` (one per role)."""
     _load()
-    return [t for (_, n), t in sorted(_TYPES.items()) if n == name]
+    if _INDEXED != _TYPES:  # (translate asks once per node: 10,000 nodes ask a lot)
+        _BY_NAME.clear()
+        for (_, n), t in sorted(_TYPES.items()):
+            _BY_NAME.setdefault(n, []).append(t)
+        _INDEXED.clear()
+        _INDEXED.update(_TYPES)
+    return list(_BY_NAME.get(name, []))
 
 
 def get_type(name: str, role: str | None = None) -> ComponentType | None:

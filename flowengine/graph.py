@@ -135,12 +135,16 @@ class GraphChecks(IssueCollector):
         depended = self._dependencies()
         fed = {(dst, dport) for _, _, dst, dport, _ in edges}
         read = {(src, sport) for src, sport, _, _, _ in edges}
+        connected = self.touched | depended
+        first: dict[str, int] = {}  # each id's first place (a repeated id is reported once)
+        for i, node_id in enumerate(self.ids):
+            first.setdefault(node_id, i)
         for i, node in enumerate(self.spec.nodes):
             shape = shapes.get(node.id)
-            if node.id not in shapes or self.ids.index(node.id) != i:
+            if node.id not in shapes or first[node.id] != i:
                 continue
             path = self.node_path[i]
-            if node.id not in self.touched | depended and node.kind == "inprocess":
+            if node.id not in connected and node.kind == "inprocess":
                 self.add("disconnected_node", f"node '{node.id}' is not connected to anything",
                          severity="warning", node=node.id, path=path,
                          suggestion="connect it with `inputs`, or remove it")

@@ -8,8 +8,9 @@ difference (compare-and-set per key), so running an interrupted action again con
 Config keys are written before the flow record's state flips, and the flow record is
 always written with compare-and-set, so of two concurrent actions on one flow exactly one
 succeeds; every action that wrote configs then *settles* them on the record that won
-(the loser raises its RevisionConflict afterwards), so config keys never outlive or
-contradict the final record. ``stop`` disables the nodes in flow order (sources first,
+(the loser raises its RevisionConflict afterwards; a deploy or start whose record is
+still the flow's has nothing to settle), so config keys never outlive or contradict the
+final record. ``stop`` disables the nodes in flow order (sources first,
 sinks last, waiting bounded for each wave to stop); ``stop_sources`` does its first wave
 alone (``flowctl run`` on Ctrl+C: the rest drains, then ``stop``); ``undeploy`` also
 deletes the flow's at-least-once stream.
@@ -133,7 +134,7 @@ class FlowEngine(FlowKV):
             return await self.flows.update(record, state=FlowState.DEPLOYED_STOPPED,
                                            deployed_revision=record.revision)
 
-        new = await self._settled(name, "deploy", changes, work())
+        new = await self._settled(name, "deploy", changes, work(), written_first=True)
         return TransitionResult(new, "deploy", record.state, changes)
 
     async def start(self, name: str) -> TransitionResult:
@@ -148,7 +149,7 @@ class FlowEngine(FlowKV):
                              action="start", changes=changes, guard=record)
             return await self.flows.update(record, state=FlowState.RUNNING)
 
-        new = await self._settled(name, "start", changes, work())
+        new = await self._settled(name, "start", changes, work(), written_first=True)
         return TransitionResult(new, "start", record.state, changes)
 
     async def stop(self, name: str) -> TransitionResult:

@@ -36,6 +36,9 @@ def reset_targets(flows: Sequence[tuple[str, FlowSpec]],
                   nodes: Iterable[str]) -> dict[str, list[str]]:
     """Per flow (name, validated spec), the ``nodes`` it has, in the order given. Raises
     :class:`CannotReset` for a name no flow has, or a node that keeps nothing."""
+    nodes = list(nodes)
+    if not nodes:  # (nothing to look up: no translation of every flow)
+        return {name: [] for name, _ in flows}
     configs = {name: {c.node: c for c in translate(name, spec, flow_revision=0,
                                                      enabled=False).values()}
                for name, spec in flows}

@@ -15,7 +15,9 @@ reads, and the level-triggered writes that the actions of
   (whichever concurrent action won: not_deployed or deleted -> no keys; otherwise every
   key, enabled exactly when running), and repeats until the record stayed the same while
   it wrote. Each action writes its configs before its record and settles after it, so
-  once racing actions have returned, the config keys follow the final record.
+  once racing actions have returned, the config keys follow the final record. (A deploy
+  or start whose record won and is still the flow's skips it: whoever raced it lost and
+  settles.)
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from flowstore.models import (
     Record,
     ReplicaState,
     ReplicaStatus,
+    start_rank,
     status_key,
     stream_name,
 )
@@ -99,6 +102,12 @@ def _differs(current: ComponentConfig | None, desired: ComponentConfig) -> bool:
     )
 
 
+def consumers_first(configs: dict[str, ComponentConfig], keys: list[str]) -> list[str]:
+    """``keys`` in the order their configs are written (agents start what they see
+    first): by :func:`~flowstore.models.start_rank`, each rank in flow order."""
+    return sorted(keys, key=lambda k: start_rank(configs[k].role))
+
+
 def _kv_revision(record: FlowRecord | None) -> int | None:
     return None if record is None else record.kv_revision
 
@@ -116,6 +125,9 @@ class FlowKV:
         self.status = status
         self.agents = agents
         self.nc = nc  # for the flows' JetStream streams
+        #: the last translation: (name, revision, enabled, the spec as JSON) -> configs
+        self._translation: tuple[tuple[str, int, bool, str],
+                                 dict[str, ComponentConfig]] | None = None
 
     @classmethod
     async def open(cls, nc: NatsClient, kv_replicas: int = 1) -> Self:
@@ -186,9 +198,18 @@ class FlowKV:
         except FlowNotFound:
             return None
 
+    async def _revision(self, name: str) -> int | None:
+        """The KV revision of the flow's record, None when there is none: whether it
+        changed, without parsing it (a spec of 10,000 nodes takes 0.2 s to parse)."""
+        try:
+            entry = await self.flows.kv.get(name)
+        except KeyNotFoundError:
+            return None
+        return None if entry.value is None or is_delete(entry) else entry.revision
+
     async def _unchanged(self, record: FlowRecord) -> None:
         """Raise RevisionConflict when the flow record changed since ``record`` was read."""
-        if _kv_revision(await self._record(record.name)) != record.kv_revision:
+        if await self._revision(record.name) != record.kv_revision:
             raise RevisionConflict(record.name, record.kv_revision)
 
     # -- writes ----------------------------------------------------------------------------
@@ -221,7 +242,7 @@ class FlowKV:
     async def _sync_once(self, name: str, spec: FlowSpec, enabled: bool | frozenset[str],
                          revision: int, agents: list[AgentRecord], changes: ConfigChanges,
                          guard: FlowRecord | None, resets: dict[str, str]) -> None:
-        desired = translate(name, spec, flow_revision=revision, enabled=enabled is True)
+        desired = self._translate(name, spec, revision, enabled is True)
         if isinstance(enabled, frozenset):
             for cfg in desired.values():
                 cfg.enabled = cfg.node in enabled
@@ -237,9 +258,11 @@ class FlowKV:
         removed = sorted(current.keys() - desired.keys())
         if guard is not None and any(k not in mine for k in changed):
             await self._unchanged(guard)  # never create keys behind a record that moved on
+        changed_now = set(changed)
+        touched = changed_now | set(removed)
         others = []  # every config that stays as it is counts towards the agents' load
         for key, entry in everything.items():
-            if key not in changed and key not in removed:
+            if key not in touched:
                 other = current[key] if key in mine else _decode(ComponentConfig, entry.value)
                 if other is not None:
                     others.append(other)
@@ -264,14 +287,17 @@ class FlowKV:
 
         written: set[str] = set()
         try:
-            await pipelined(write(key) for key in changed)
+            await pipelined(write(key) for key in consumers_first(desired, changed))
         finally:  # in the flow's order, whatever order the writes completed in
+            listed = {*changes.added, *changes.updated}
             for key in changed:
-                if key in written and key not in changes.added and key not in changes.updated:
+                if key in written and key not in listed:
                     (changes.updated if key in mine else changes.added).append(key)
         await pipelined(self.configs.delete(key) for key in removed)
-        changes.removed += [key for key in removed if key not in changes.removed]
-        changes.unchanged = [k for k in desired if k not in changes.written]
+        was_removed = set(changes.removed)
+        changes.removed += [key for key in removed if key not in was_removed]
+        listed = {*changes.added, *changes.updated}
+        changes.unchanged = [k for k in desired if k not in listed]
 
         statuses = await read_all(self.status, f"{name}.*.*")
         pending = [ReplicaStatus(flow=name, node=desired[key].node, replica=replica,
@@ -286,13 +312,24 @@ class FlowKV:
             if _flow_of(key) != name or key in changes.pending:
                 continue
             gone = key not in wanted  # a removed node, or a replica beyond the count
-            if not gone and key.rsplit(".", 1)[0] in changed:  # pending before, placed now
+            if not gone and key.rsplit(".", 1)[0] in changed_now:  # pending before, placed now
                 old = _decode(ReplicaStatus, entry.value)
                 gone = old is not None and old.state == ReplicaState.PENDING
             if gone:
                 stale.append(key)
         await pipelined(self.status.delete(key) for key in stale)
         changes.status_removed += [k for k in stale if k not in changes.status_removed]
+
+    def _translate(self, name: str, spec: FlowSpec, revision: int,
+                   enabled: bool) -> dict[str, ComponentConfig]:
+        """:func:`translate`, remembered for the last spec: an action's settle syncs the
+        spec it has just written once more (a flow of 1,000 nodes: 60 ms saved). Each call
+        gets copies of its own (a sync sets enabled, reset and assignments on them)."""
+        key = (name, revision, enabled, spec.model_dump_json())
+        if self._translation is None or self._translation[0] != key:
+            self._translation = (key, translate(name, spec, flow_revision=revision,
+                                                enabled=enabled))
+        return {k: cfg.model_copy() for k, cfg in self._translation[1].items()}
 
     async def _ensure_streams(self, name: str, spec: FlowSpec,
                               configs: list[ComponentConfig]) -> None:
@@ -355,13 +392,22 @@ class FlowKV:
         raise ConfigsNotConverged(name, action, sorted(await self._config_entries(name)))
 
     async def _settled(self, name: str, action: str, changes: ConfigChanges,
-                       work: Awaitable[_T]) -> _T:
+                       work: Awaitable[_T], written_first: bool = False) -> _T:
         """Run an action's writes, then :meth:`_settle`, also when it lost a race (the
-        loser's error is raised after its configs were made to follow the winner)."""
+        loser's error is raised after its configs were made to follow the winner).
+
+        ``written_first``: the action wrote all its configs before the compare-and-set
+        of the record it returns (deploy, start). While that record is still the flow's,
+        there is nothing to settle: every action that raced it lost that compare-and-set
+        (or came after it) and settles itself afterwards. (A flow of 1,000 nodes: a
+        second read of every config and status record saved, half of ``start``.)"""
         try:
             result = await work
         except (RevisionConflict, ConfigsNotConverged):
             await self._settle(name, action, changes)
             raise
+        if (written_first and isinstance(result, FlowRecord)
+                and await self._revision(name) == result.kv_revision):
+            return result
         await self._settle(name, action, changes)
         return result

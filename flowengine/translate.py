@@ -136,9 +136,13 @@ def keyed_at_producer(spec: FlowSpec) -> dict[str, str]:
     its keyed readers read it whole and keep their share, see :func:`producer_partitions`)."""
     keyed: dict[str, str] = {}
     for node in spec.nodes:
+        if node.kind != "inprocess":
+            continue
         ctype = resolve_type(node, spec)
-        key = partition_key(node, ctype, explicit_config(node, ctype))
-        if key and node.kind == "inprocess":
+        # the config only matters for a stateful type's default key (see partition_key)
+        by_config = not node.partition_by and ctype is not None and ctype.extra.get("stateful")
+        key = partition_key(node, ctype, explicit_config(node, ctype) if by_config else {})
+        if key:
             keyed[node.id] = key
     return keyed
 

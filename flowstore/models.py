@@ -52,6 +52,13 @@ def parse_size(value: Any) -> int:
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
 Role = Literal["source", "processor", "sink"]
 
+
+def start_rank(role: Role | None) -> int:
+    """Where a node comes when replicas start: consumers before producers, so sinks (and
+    nodes of no known role) 0, processors 1, sources 2. An at-most-once source waits
+    until everything it feeds runs: started first, it would only wait longer."""
+    return {"sink": 0, "processor": 1, "source": 2}.get(role or "", 0)
+
 DEFAULT_OUTPUT_PORT = "out"
 DEFAULT_INPUT_PORT = "in"
 

@@ -8,6 +8,7 @@ from componentmanager.agent.reconcile import (
     Stop,
     desired_replicas,
     reconcile,
+    start_order,
     stop_reasons,
 )
 from flowstore.models import ComponentConfig
@@ -71,3 +72,13 @@ def test_stop_reasons() -> None:
         "f.a": "disabled",
         "f.b": "assigned elsewhere",
     }
+
+
+def test_start_order_consumers_first() -> None:
+    """Sinks (and nodes of no known role), processors, then sources: an at-most-once
+    source waits for what it feeds, so that starts first."""
+    roles = {"gen": "source", "work": "processor", "out": "sink", "ext": None}
+    starts = [Start(f"f.{n}.0", cfg(n, ["me"]).model_copy(update={"role": r}), 0)
+              for n, r in sorted(roles.items())]
+    assert [a.key for a in start_order(starts)] == ["f.ext.0", "f.out.0", "f.work.0",
+                                                    "f.gen.0"]

@@ -49,7 +49,15 @@ from componentmanager.agent.keeping import ReplicaKeeping
 from componentmanager.agent.leader import Leader
 from componentmanager.agent.metrics import MetricsServer
 from componentmanager.agent.rates import LiveFigures
-from componentmanager.agent.reconcile import Restart, Start, Stop, desired_replicas, reconcile
+from componentmanager.agent.reconcile import (
+    Restart,
+    Start,
+    Stop,
+    desired_replicas,
+    reconcile,
+    start_order,
+    stop_reasons,
+)
 from componentmanager.agent.shutdown import shut_down
 from componentmanager.agent.startup import start_when_nats_is_ready
 from componentmanager.agent.statuswriter import StatusWriter
@@ -67,13 +75,14 @@ from flowstore.nats import (
     open_bucket,
 )
 from flowstore.programs import Orchestrator
-from flowstore.store import pipelined, stored_at
+from flowstore.store import stored_at
 from flowstore.streams import ensure_logs_stream
 
 log = structlog.get_logger("flowctl.agent")
 
 VERSION = "0.1.0"
-#: Replicas a reconcile starts at once (each reads its last status record first).
+#: Replicas a reconcile starts at once (their last status records read together, then
+#: started in one call to the data loop).
 STARTS_AT_ONCE = 64
 
 
@@ -226,7 +235,7 @@ class Agent(ReplicaKeeping):
         self.status = StatusWriter(self.status_kv, self.agent_name)
         self.status.start()
         # Watch first, then list (inside ConfigView), so nothing is missed in between.
-        self.view = ConfigView(self.config_kv, self._dirty.set)
+        self.view = ConfigView(self.config_kv, self._dirty.set, self.agent_name)
         self.view.start()
         self._dirty.set()  # reconcile once at start even when there is nothing to watch
         self.leader = Leader(self) if self.settings.lead else None
@@ -367,10 +376,12 @@ class Agent(ReplicaKeeping):
                 log.error("reconcile failed", error=str(exc) or repr(exc))
 
     async def reconcile_once(self) -> None:
-        desired = desired_replicas(self.view.configs, self.agent_name)
-        why = {k: "config deleted" for k in self.view.deleted}
-        for key, cfg in self.view.configs.items():
-            why[key] = "disabled" if not cfg.enabled else "assigned elsewhere"
+        # What runs here and what may: not every config of every flow (a reconcile per
+        # change of a 10,000-node flow would otherwise look at 10,000 configs each time).
+        desired = desired_replicas(self.view.assigned, self.agent_name)
+        here = {key.rsplit(".", 1)[0] for key in self.fingerprints}
+        why = stop_reasons({k: c for k in here if (c := self.view.configs.get(k)) is not None},
+                           self.view.deleted & here, self.agent_name)
         # A config that can't be parsed: keep what runs here (reporting the problem in its
         # status), or, when nothing runs here, say so once in a status record of its own.
         for config_key, reason in list(self.view.broken.items()):
@@ -396,8 +407,10 @@ class Agent(ReplicaKeeping):
         await self._stop_in_flow_order(
             [(a.key, _reason(a)) for a in actions if isinstance(a, Stop | Restart)]
         )
-        await pipelined((self._start_replica(a.cfg, a.index) for a in actions
-                         if isinstance(a, Start | Restart)), width=STARTS_AT_ONCE)
+        starts = [(a.cfg, a.index) for a in
+                  start_order([a for a in actions if isinstance(a, Start | Restart)])]
+        for at in range(0, len(starts), STARTS_AT_ONCE):
+            await self._start_replicas(starts[at:at + STARTS_AT_ONCE])
 
     # -- shutdown ---------------------------------------------------------------------
     async def shutdown(self) -> None:

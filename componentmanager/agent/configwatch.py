@@ -7,6 +7,8 @@ resync snapshot older than a delete (or than a create) never undoes it. Each cha
 only marks the view dirty; the agent then reconciles against the whole map
 (level-triggered). A value that cannot be parsed is
 kept in :attr:`ConfigView.broken` with the reason instead of the config.
+:attr:`ConfigView.assigned` holds the configs that name this agent in their assignments,
+so a reconcile looks at what may run here, not at every config of every flow.
 """
 
 from __future__ import annotations
@@ -28,23 +30,30 @@ log = structlog.get_logger("flowctl.configwatch")
 
 
 class ConfigView:
-    def __init__(self, kv: KeyValue, on_change: Callable[[], None]) -> None:
+    def __init__(self, kv: KeyValue, on_change: Callable[[], None], agent: str) -> None:
         self.kv = kv
         self.on_change = on_change
+        self.agent = agent
         self.configs: dict[str, ComponentConfig] = {}
+        #: the configs whose assignments name this agent (a subset of ``configs``)
+        self.assigned: dict[str, ComponentConfig] = {}
         self.revisions: dict[str, int] = {}
         self.broken: dict[str, str] = {}
         self.deleted: set[str] = set()
         self._applied_at: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self.rebuilds = 0
+        #: counts the changes applied (the view is the same while it stays the same)
+        self.version = 0
 
     def _apply(self, key: str, value: bytes | None, revision: int, deleted: bool) -> None:
         if revision and self.revisions.get(key, 0) >= revision:
             return  # not newer than what we have (a resync raced the watcher)
         self._applied_at[key] = time.monotonic()
+        self.version += 1
         if deleted or value is None:
             self.configs.pop(key, None)
+            self.assigned.pop(key, None)
             self.broken.pop(key, None)
             if revision:  # a tombstone: an older snapshot cannot bring the key back
                 self.revisions[key] = revision
@@ -53,7 +62,11 @@ class ConfigView:
             self.revisions[key] = revision
             self.deleted.discard(key)
             try:
-                self.configs[key] = ComponentConfig.from_json(value)
+                cfg = self.configs[key] = ComponentConfig.from_json(value)
+                if self.agent in cfg.assignments:
+                    self.assigned[key] = cfg
+                else:
+                    self.assigned.pop(key, None)
                 self.broken.pop(key, None)
             except (ValidationError, ValueError) as exc:
                 reason = _short(exc)

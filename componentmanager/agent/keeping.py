@@ -60,21 +60,36 @@ class ReplicaKeeping:
         for group in stop_groups(known, {k: self.replicas[k].cfg.fused_at for k, _, _ in known}):
             await asyncio.gather(*(self._stop_replica(k, reasons[k]) for k in group))
 
-    async def _start_replica(self, cfg: Any, index: int) -> None:
+    async def _start_replicas(self, starts: list[tuple[Any, int]]) -> None:
+        """Start these replicas (config, index) together: their last status records are
+        read at once, then all start in one call to the data loop (not a hop between the
+        threads each). One that cannot be made does not keep the others from starting;
+        the first such error is raised after."""
         assert self.data is not None
-        replica = make_replica(cfg, index, self.data)
-        if replica.cfg.kind == "container" and self._watchdog is None:
+        made: list[Replica] = []
+        errors: list[Exception] = []
+        for cfg, index in starts:
+            try:
+                made.append(make_replica(cfg, index, self.data))
+            except Exception as exc:
+                errors.append(exc)
+        if any(r.cfg.kind == "container" for r in made) and self._watchdog is None:
             self._watchdog = watchdog.spawn(os.getpid(), self.instance)
-        key = replica.key
-        await self._continue_counters(replica)
-        self.replicas[key] = replica
-        self.fingerprints[key] = cfg.desired_fingerprint()
-        if self.health is not None:
-            self.health.add(key, replica.counters.dropped)
-        self.figures.started(key, replica, time.monotonic())
-        log.info("starting replica", replica=key, type=cfg.type, kind=cfg.kind)
-        self.changed(replica)
-        await self.data.call(replica.start())
+        await asyncio.gather(*(self._continue_counters(r) for r in made))
+        now = time.monotonic()
+        for replica in made:
+            key, cfg = replica.key, replica.cfg
+            self.replicas[key] = replica
+            self.fingerprints[key] = cfg.desired_fingerprint()
+            if self.health is not None:
+                self.health.add(key, replica.counters.dropped)
+            self.figures.started(key, replica, now)
+            log.info("starting replica", replica=key, type=cfg.type, kind=cfg.kind)
+            self.changed(replica)
+        results = await self.data.call(_start_all(made))
+        errors += [r for r in results if isinstance(r, Exception)]
+        if errors:
+            raise errors[0]
 
     async def _continue_counters(self, replica: Replica) -> None:
         """Counts belong to the replica, not this process: start from its last record."""
@@ -120,12 +135,24 @@ class ReplicaKeeping:
 
     async def _status_refresh_loop(self) -> None:
         """Every status interval: judge each replica's health and measure its rates and
-        lag, then write its status."""
+        lag, then write its status; one whose health stayed the same and whose state
+        change was written in the last half interval waits for the next interval (a burst
+        of starts is not written twice over; busy replicas are written every interval)."""
+        interval = self.settings.status_interval
         while True:
-            await asyncio.sleep(self.settings.status_interval)
+            await asyncio.sleep(interval)
             now = time.monotonic()
             await self.figures.update(dict(self.replicas), now)
             for key, replica in list(self.replicas.items()):
+                degraded = replica.degraded
                 if self.health is not None:
                     self.health.judge(key, replica, now)
+                if replica.degraded == degraded and self.status.written_since(
+                        key, now - interval / 2):
+                    continue
                 self.changed(replica)
+
+
+async def _start_all(replicas: list[Replica]) -> list[object]:
+    """On the data loop: start every replica; each one's error, or None."""
+    return await asyncio.gather(*(r.start() for r in replicas), return_exceptions=True)

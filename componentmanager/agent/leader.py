@@ -70,6 +70,9 @@ class Leader:
         #: monotonic time at which the next agent (or the lease) would cross its bound
         self._wake_at: float | None = None
         self._pending_written: dict[str, str] = {}
+        #: what the last placement that went through was decided from (the config view's
+        #: version, the live agents' names and labels): the same again decides the same
+        self._placed_from: tuple[object, ...] | None = None
         self.kv = None
 
     @property
@@ -238,6 +241,10 @@ class Leader:
         live = self.live_agents(records, at)
         live_names = {r.name for r in live}
         silent = {n: s for n, s in self._silence.items() if n not in live_names}
+        placed_from = (agent.view.version,
+                       tuple((r.name, tuple(sorted(r.labels.items()))) for r in live))
+        if placed_from == self._placed_from:
+            return  # nothing it decides from changed (a 10,000-node flow: no 50 ms per tick)
         # One consistent snapshot (no await in between): each body with its own revision,
         # so a CAS can only succeed on exactly the body that was placed.
         configs = dict(agent.view.configs)
@@ -268,6 +275,7 @@ class Leader:
         for skey in list(self._pending_written):
             if skey in placed or skey.rsplit(".", 1)[0] not in configs:
                 del self._pending_written[skey]
+        self._placed_from = placed_from
 
     def _say(self, flow: str, node: str, replica: int, line: str) -> None:
         """A decision about a replica, in this agent's log and the replica's stored log

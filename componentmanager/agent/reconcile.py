@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flowstore.models import ComponentConfig, Role, status_key
+from flowstore.models import ComponentConfig, Role, start_rank, status_key
 
 ROLE_ORDER: tuple[Role | None, ...] = ("source", "processor", "sink", None)
 
@@ -73,6 +73,12 @@ def reconcile(
         elif running[key] != cfg.desired_fingerprint():
             actions.append(Restart(key, cfg, index))
     return actions
+
+
+def start_order(starts: list[Start | Restart]) -> list[Start | Restart]:
+    """Replicas to start, consumers before producers (see
+    :func:`~flowstore.models.start_rank`), each rank by key."""
+    return sorted(starts, key=lambda a: (start_rank(a.cfg.role), a.key))
 
 
 def stop_reasons(

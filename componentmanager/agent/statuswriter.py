@@ -1,7 +1,11 @@
 """Writes replica status records to ``flowctl_status`` with fencing.
 
 One writer task per agent drains a queue of replicas whose status changed, so a burst
-of transitions costs no task per event. The first write of a replica is a put; every
+of transitions costs no task per event: whatever is queued a moment after the first
+change (up to
+:data:`WRITES_IN_FLIGHT`) is written at once, one request each but all in flight
+together, and a replica changing again meanwhile is written once more after that. The
+first write of a replica is a put; every
 later one is a compare-and-set on the revision this agent last wrote. When that fails,
 someone else owns the record now (the replica moved to another agent, or the flow was
 undeployed and the key deleted): the writer stops writing that key instead of
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import weakref
 
 import structlog
@@ -24,6 +29,13 @@ from flowstore.models import ReplicaStatus
 
 log = structlog.get_logger("flowctl.status")
 
+#: Status writes in flight at once (a burst of starts costs a few round trips, not one
+#: round trip per replica).
+WRITES_IN_FLIGHT = 128
+#: How long the writer lets changes gather before it writes (a replica that starts and
+#: runs at once is written running, not starting and then running).
+GATHER_S = 0.02
+
 
 class StatusWriter:
     def __init__(self, kv: KeyValue, agent: str) -> None:
@@ -32,6 +44,8 @@ class StatusWriter:
         self._queue: asyncio.Queue[Replica | None] = asyncio.Queue()
         self._queued: set[int] = set()
         self._revisions: dict[str, int] = {}
+        #: per key, when (monotonic) its last write landed
+        self._written_at: dict[str, float] = {}
         # Replicas removed from this agent are never written again (weak: ids get reused).
         self._retired: weakref.WeakSet[Replica] = weakref.WeakSet()
         self._task: asyncio.Task[None] | None = None
@@ -49,16 +63,29 @@ class StatusWriter:
 
     async def _pump(self) -> None:
         while True:
-            replica = await self._queue.get()
-            if replica is None:
-                return
-            self._queued.discard(id(replica))
-            if replica in self._retired:
-                continue
-            try:
-                await self.write(replica.status())
-            except Exception as exc:  # NATS down: the periodic refresh writes it later
-                log.debug("status write failed", key=replica.key, error=str(exc))
+            batch = [await self._queue.get()]
+            await asyncio.sleep(GATHER_S)
+            while len(batch) < WRITES_IN_FLIGHT and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            due = []
+            for replica in batch:
+                if replica is None:
+                    await asyncio.gather(*due)
+                    return
+                self._queued.discard(id(replica))
+                if replica not in self._retired:
+                    due.append(self._write_now(replica))
+            await asyncio.gather(*due)
+
+    async def _write_now(self, replica: Replica) -> None:
+        try:
+            await self.write(replica.status())
+        except Exception as exc:  # NATS down: the periodic refresh writes it later
+            log.debug("status write failed", key=replica.key, error=str(exc))
+
+    def written_since(self, key: str, since: float) -> bool:
+        """Whether a record of ``key`` was written here at or after ``since`` (monotonic)."""
+        return self._written_at.get(key, -1.0) >= since
 
     async def write(self, status: ReplicaStatus) -> bool:
         """Write one record; False when fenced (someone else owns the key)."""
@@ -67,9 +94,11 @@ class StatusWriter:
         last = self._revisions.get(key)
         if last is None:
             self._revisions[key] = await self.kv.put(key, data)
+            self._written_at[key] = time.monotonic()
             return True
         try:
             self._revisions[key] = await self.kv.update(key, data, last=last)
+            self._written_at[key] = time.monotonic()
             return True
         except KeyWrongLastSequenceError:
             pass
@@ -81,6 +110,7 @@ class StatusWriter:
         if current.value and (existing is None or existing.agent == self.agent):
             # ours (or junk someone put there: the replica's agent writes it anew)
             self._revisions[key] = await self.kv.update(key, data, last=current.revision)
+            self._written_at[key] = time.monotonic()
             return True
         return False
 
@@ -96,6 +126,7 @@ class StatusWriter:
                 self._revisions[key] = last
                 await self.write(replica.status())
             self._revisions.pop(key, None)
+        self._written_at.pop(key, None)
 
     async def flush(self) -> None:
         """Write everything queued now (used at shutdown)."""
