@@ -97,8 +97,9 @@ async def test_kill9_mid_file_leaves_only_complete_files(nc, agents, tmp_path,
     began = time.monotonic()
     engine = await run_flow(nc, parquet_flow(flow, out, delivery))
     # mid-file: some files in place, a journal being written
-    await wait_until(lambda: asyncio.sleep(0, len(finals(out)) >= 2), timeout=30,
-                     what="two files in place")
+    # (the next journal opens with the next input after a file is rolled: wait for it)
+    await wait_until(lambda: asyncio.sleep(0, len(finals(out)) >= 2 and bool(temps(out))),
+                     timeout=30, what="two files in place and a journal being written")
     procs["a2"].kill()
     at_kill = read_seqs(out)  # what is in place now is whole (pyarrow reads every file)
     assert temps(out), "killed mid-file: a journal is left"

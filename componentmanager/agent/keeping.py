@@ -67,10 +67,12 @@ class ReplicaKeeping:
         the first such error is raised after."""
         assert self.data is not None
         made: list[Replica] = []
-        errors: list[Exception] = []
+        fingerprints: dict[int, str] = {}  # of the config as stored (not the replica's
+        errors: list[Exception] = []       # copy, e.g. with --orchestrator's kind)
         for cfg, index in starts:
             try:
                 made.append(make_replica(cfg, index, self.data))
+                fingerprints[id(made[-1])] = cfg.desired_fingerprint()
             except Exception as exc:
                 errors.append(exc)
         if any(r.cfg.kind == "container" for r in made) and self._watchdog is None:
@@ -80,7 +82,7 @@ class ReplicaKeeping:
         for replica in made:
             key, cfg = replica.key, replica.cfg
             self.replicas[key] = replica
-            self.fingerprints[key] = cfg.desired_fingerprint()
+            self.fingerprints[key] = fingerprints[id(replica)]
             if self.health is not None:
                 self.health.add(key, replica.counters.dropped)
             self.figures.started(key, replica, now)
