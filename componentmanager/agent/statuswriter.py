@@ -87,19 +87,21 @@ class StatusWriter:
         """Whether a record of ``key`` was written here at or after ``since`` (monotonic)."""
         return self._written_at.get(key, -1.0) >= since
 
+    def _landed(self, key: str, revision: int) -> bool:
+        """A write of ``key`` landed at ``revision``: the next one compares against it."""
+        self._revisions[key] = revision
+        self._written_at[key] = time.monotonic()
+        return True
+
     async def write(self, status: ReplicaStatus) -> bool:
         """Write one record; False when fenced (someone else owns the key)."""
         key = status.key
         data = status.to_json()
         last = self._revisions.get(key)
         if last is None:
-            self._revisions[key] = await self.kv.put(key, data)
-            self._written_at[key] = time.monotonic()
-            return True
+            return self._landed(key, await self.kv.put(key, data))
         try:
-            self._revisions[key] = await self.kv.update(key, data, last=last)
-            self._written_at[key] = time.monotonic()
-            return True
+            return self._landed(key, await self.kv.update(key, data, last=last))
         except KeyWrongLastSequenceError:
             pass
         try:
@@ -109,9 +111,7 @@ class StatusWriter:
         existing, _ = ReplicaStatus.parse(current.value)
         if current.value and (existing is None or existing.agent == self.agent):
             # ours (or junk someone put there: the replica's agent writes it anew)
-            self._revisions[key] = await self.kv.update(key, data, last=current.revision)
-            self._written_at[key] = time.monotonic()
-            return True
+            return self._landed(key, await self.kv.update(key, data, last=current.revision))
         return False
 
     async def retire(self, replica: Replica, final: bool) -> None:

@@ -34,6 +34,7 @@ class FrameTaking:
     """Offer frames, take the rest one by one (see the module doc)."""
 
     # provided by the replica
+    cfg: Any
     counters: Any
     component: Any
     _since_yield: int = 0
@@ -47,8 +48,6 @@ class FrameTaking:
         if getattr(comp, "takes_raw_json", False) and not self.cfg.partition_by:
             return raw_frame(msg.data, count)
         return decode_frame(msg.data, count)
-
-    cfg: Any  # provided by the replica
 
     @staticmethod
     def _mine(indexed: Indexed, owns: Any) -> tuple[Indexed, bool]:
