@@ -47,7 +47,8 @@ A component is constructed with its validated config and a :class:`Context`, the
   declares how a replay is kept from repeating, with ``exactly_once``:
   ``"transactional"``: its writes after the last commit can be undone or finished.
   ``prepare_commit()`` (no awaiting; called between input messages) returns what the
-  commit must remember of its output (a file's length, the puts not yet applied);
+  commit must remember of its output (a file's length, the puts not yet applied), and
+  ``initial_commit()`` the same for the replica's first commit, stored before ``start()``;
   ``await commit(prepared, record)`` makes everything written so far durable before the
   commit record is stored in ``flowctl_checkpoints``; ``await committed(prepared)`` runs
   once it is stored (apply what was deferred); ``await recover(prepared)`` runs at start
@@ -214,6 +215,12 @@ class Component:
     def blocking_advice(self) -> str | None:
         """What to do when this component holds the agent's event loop (shown in the
         replica's ``degraded`` reason), when it knows better than the general advice."""
+        return None
+
+    def initial_commit(self) -> Any:
+        """Exactly-once sinks: their part of a replica's very first commit, stored before
+        ``start()`` and before any output: what ``recover()`` cuts back to when the replica
+        dies before its next commit is stored (a file's length now). None: nothing."""
         return None
 
     def prepare_commit(self) -> Any:

@@ -60,6 +60,27 @@ class Receiver:
         writer.close()
 
 
+async def test_file_sink_killed_before_its_second_commit_cuts_back_to_the_first(
+        tmp_path: Path) -> None:
+    """Exactly-once: the first commit (stored before start) keeps the file's length then:
+    lines of an earlier flow stay, this replica's uncommitted ones are cut."""
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"earlier":1}\n')
+    ctx = Ctx()
+    ctx.exactly_once = True
+    first = make("file-sink", {"path": str(path)}, ctx).initial_commit()
+    killed = make("file-sink", {"path": str(path)}, ctx)
+    await killed.start()
+    await killed.process_batch("in", [{"a": 1}, {"b": 2}])
+    await killed.flush()  # written, never committed: then kill -9
+    restarted = make("file-sink", {"path": str(path)}, ctx)
+    await restarted.start()
+    await restarted.recover(first)
+    await restarted.process("in", {"a": 1})
+    await restarted.stop()
+    assert path.read_text() == '{"earlier":1}\n{"a":1}\n'
+
+
 async def test_http_sink_posts_events_and_batches() -> None:
     receiver = Receiver()
     server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0)

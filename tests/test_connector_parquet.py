@@ -156,7 +156,7 @@ class Replica:
         self.serial, self.pos = (loaded["serial"], loaded["pos"]) if loaded else (0, 0)
         if loaded is None:  # a first start: a commit before any output
             self.serial += 1
-            self.bucket = {"serial": self.serial, "pos": 0, "sink": self.sink.prepare_commit()}
+            self.bucket = {"serial": self.serial, "pos": 0, "sink": self.sink.initial_commit()}
         await self.sink.start()
         kept = await self.sink.recover(loaded["sink"] if loaded else None)
         if kept and kept["serial"] > self.serial:  # the sink's newer commit wins
@@ -192,10 +192,47 @@ async def _finish(replica: Replica, total: int) -> None:
     await replica.sink.stop()
 
 
+def _marker_fails(monkeypatch) -> None:
+    from componentmanager.components.connectors import parquet_commit
+
+    real_replace = parquet_commit.os.replace
+
+    def marker_fails(src, dst):
+        if str(dst).endswith(".json"):
+            raise OSError("killed")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(parquet_commit.os, "replace", marker_fails)
+
+
+@pytest.mark.parametrize("point", ["before the marker", "after the marker"])
+async def test_a_crash_in_the_first_commit(tmp_path, monkeypatch, point) -> None:
+    """The bucket holds only the replica's first commit (stored before any output): the
+    files the crashed commit renamed are deleted, or kept with the marker's resume."""
+    out, total = tmp_path / "pq", 57
+    replica = Replica(out)
+    await replica.start()
+    await replica.take(25)  # 2 files complete, 5 rows in the open journal
+    if point == "before the marker":
+        _marker_fails(monkeypatch)
+        with pytest.raises(OSError):
+            await replica.commit()
+        monkeypatch.undo()
+    else:
+        await replica.commit(store=False)  # the bucket write never happens
+    assert len(finals(out)) == 2
+    replica.crash()
+    await _finish(replica, total)
+    seqs, files = read_seqs(out)
+    assert temps(out) == []
+    assert sorted(seqs.elements()) == list(range(total)), point
+    assert files == 6
+
+
 @pytest.mark.parametrize("point", ["between renames", "before the marker",
                                    "after the marker", "after the stop's rename"])
 async def test_a_crash_at_each_point_of_a_commit(tmp_path, monkeypatch, point) -> None:
-    from componentmanager.components.connectors import parquet, parquet_commit
+    from componentmanager.components.connectors import parquet
 
     out, total = tmp_path / "pq", 97
     replica = Replica(out)
@@ -215,14 +252,7 @@ async def test_a_crash_at_each_point_of_a_commit(tmp_path, monkeypatch, point) -
 
         monkeypatch.setattr(parquet, "write_parquet", second_fails)
     elif point == "before the marker":
-        real_replace = parquet_commit.os.replace
-
-        def marker_fails(src, dst):
-            if str(dst).endswith(".json"):
-                raise OSError("killed")
-            return real_replace(src, dst)
-
-        monkeypatch.setattr(parquet_commit.os, "replace", marker_fails)
+        _marker_fails(monkeypatch)
     if point == "after the stop's rename":
         await replica.commit()
         journal = replica.sink._journal.path

@@ -116,6 +116,13 @@ class FileSink(Component):
     def held(self) -> int:
         return self._unflushed
 
+    def initial_commit(self) -> Any:
+        """The file as it is before this replica writes (an earlier flow's lines stay)."""
+        try:
+            return {"length": os.stat(self.config.path).st_size}
+        except FileNotFoundError:
+            return {"length": 0}
+
     def prepare_commit(self) -> Any:
         if self._fh is None:
             return None

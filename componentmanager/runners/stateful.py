@@ -127,7 +127,7 @@ class KeyedInputs:
             if committing:
                 self._resume_commit(self._state.commit)
                 if not self._state.commit:  # the epoch of its ids is kept before any output
-                    await self._state.write(self._state.record({}, self._commit_part(False)),
+                    await self._state.write(self._state.record({}, self._commit_part(True)),
                                             int(self.nc.max_payload or 1 << 20))
             if self._state.discarded:
                 self.host.log_line(self, f"starts with an empty state: "
@@ -191,12 +191,16 @@ class KeyedInputs:
         if isinstance(kept, dict) and int(kept.get("serial") or 0) > self._serial:
             self._resume_commit(kept)
 
-    def _commit_part(self, with_sink: bool = True) -> dict[str, Any]:
+    def _commit_part(self, first: bool = False) -> dict[str, Any]:
         """Exactly-once: what the commit keeps beside the state, taken now (between input
         messages): the sink's output first (a file's length, its ``out``), then the
-        floors, counters and the next output id."""
+        floors, counters and the next output id. The ``first`` commit, stored before the
+        component starts, keeps the sink's ``initial_commit()``: a replica killed before
+        its next commit is stored cuts its output back to it."""
         comp = self.component
-        self._prepared = comp.prepare_commit() if comp is not None and with_sink else None
+        prepare = None if comp is None else getattr(
+            comp, "initial_commit" if first else "prepare_commit", None)
+        self._prepared = prepare() if prepare is not None else None
         ids = self._outbox.ids
         self._serial += 1
         self._commit = {"serial": self._serial,

@@ -5,6 +5,9 @@
 Exactly-once (``exactly_once = "transactional"``). ``held()`` is 0: a row is in the
 journal as soon as it is taken, and each commit keeps the journal's state.
 
+* ``initial_commit()`` (the replica's first commit, stored before ``start()``): the same
+  record with no journal open or complete, ``next`` past every file in the directory:
+  a replica that dies before its next commit is stored deletes the files it made.
 * ``prepare_commit()`` (between input messages): flushes the journal and returns
   ``{"run", "serial", "next", "open": {"id", "length", "rows", "since"}, "complete":
   [ids], "schema"}``: the open journal's committed length and the journals that were
@@ -98,11 +101,19 @@ class ExactlyOnceCommits:
     def _convert(self, n: int, serial: int | None) -> int:
         raise NotImplementedError
 
-    def prepare_commit(self) -> Any:
+    def initial_commit(self) -> Any:
+        """The replica's first commit, before any output: the journals it opens from now
+        on (``next`` on) are its own, so ``recover`` deletes their files when the replica
+        dies before its next commit (an earlier flow's files in the directory stay)."""
         self._serial += 1
-        if not self._started:  # the first commit of a new flow, before any output
-            return {"run": self._run, "serial": self._serial, "next": self._names.next_id(),
-                    "open": None, "complete": [], "schema": None}
+        self._next = max(self._next, self._names.next_id())
+        return {"run": self._run, "serial": self._serial, "next": self._next,
+                "open": None, "complete": [], "schema": None}
+
+    def prepare_commit(self) -> Any:
+        if not self._started:
+            return self.initial_commit()
+        self._serial += 1
         if self._due():  # (no awaiting here: exactly-once a roll does no I/O of its own)
             journal, self._journal = self._journal, None
             assert journal is not None
@@ -173,7 +184,7 @@ class ExactlyOnceCommits:
             # files stay; its journals were never committed by this flow)
             for path in journals.values():
                 path.unlink(missing_ok=True)
-            self._next = names.next_id()
+            self._next = max(self._next, names.next_id())  # (past initial_commit's next)
             return None
         state, kept = prepared, None
         marker = self._read_marker()
