@@ -106,6 +106,10 @@ class Context(Protocol):
 
     #: the flow's delivery is exactly-once (see the module doc)
     exactly_once: bool
+    #: read at the start of ``process_batch`` (before any await): True when its events
+    #: were decoded for this call alone (nothing else holds them), so a processor may
+    #: change them in place instead of copying (events fed from a fused node: False)
+    batch_owned: bool
 
     async def emit(self, port: str, event: Any) -> None: ...
 

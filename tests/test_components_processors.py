@@ -89,6 +89,33 @@ async def test_transform_setting_top_level_fields_sees_the_input_event() -> None
         await one.process("in", {"price": 1e308})
 
 
+async def test_transform_changes_owned_frames_in_place_only_when_that_is_safe() -> None:
+    """Events decoded for this call alone (``batch_owned``) get the field set in place;
+    not when the expression reads the field it sets, not when the frame fails."""
+    ctx = Ctx()
+    ctx.batch_owned = True
+    double = make("transform", {"set": {"double": "price * 2"}}, ctx)
+    frame = [{"price": 1}, {"price": 2}]
+    assert await double.process_batch("in", frame) is True
+    assert frame == [{"price": 1, "double": 2}, {"price": 2, "double": 4}]
+    assert [e for _, e in ctx.emitted] == frame and ctx.emitted[0][1] is frame[0]
+    for config in ({"count": "count + 1"}, {"count": "event.count + 1"},
+                   {"count": "1 if has(count) else 0"}):
+        ctx.emitted.clear()
+        reads = make("transform", {"set": config}, ctx)
+        frame = [{"count": 1}]
+        assert await reads.process_batch("in", frame) is True
+        assert frame == [{"count": 1}] and ctx.emitted[0][1] is not frame[0], config
+    ctx.emitted.clear()
+    frame = [{"price": 1}, "text", {"price": 3}]  # one fails: none is changed
+    assert await double.process_batch("in", frame) is False
+    assert frame == [{"price": 1}, "text", {"price": 3}] and ctx.emitted == []
+    ctx.batch_owned = False  # fed by a fused node: copies
+    frame = [{"price": 5}]
+    assert await double.process_batch("in", frame) is True
+    assert frame == [{"price": 5}] and ctx.emitted[0][1] == {"price": 5, "double": 10}
+
+
 async def test_route_all_first_default_and_drop() -> None:
     config = {"routes": {"big": "amount > 100", "eu": "region == 'eu'"}, "default": "rest"}
     ctx = Ctx()

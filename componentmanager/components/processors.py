@@ -135,10 +135,31 @@ class Transform(Component):
         self._rename = [(_path(a), _path(b)) for a, b in config.rename.items()]
         self._drop = [_path(f) for f in config.drop]
         self.apply_frame = self._apply_each
+        self.apply_owned_frame = self._apply_each
         if not self._rename and not self._drop and all(len(k) == 1 for k, _ in self._set):
             self.apply = self._top_level_setter()  # type: ignore[method-assign]
             if len(self._set) == 1:
                 self.apply_frame = self._frame_setter()
+                ((field,), expr) = self._set[0]
+                self.apply_owned_frame = (self.apply_frame if expr.may_read(field)
+                                          else self._in_place_setter())
+
+    def _in_place_setter(self) -> Callable[[list[Any]], list[Any]]:
+        """``apply_owned_frame``: the field set in the events themselves (no copies).
+        Every value first (any exception and nothing is changed: the frame is taken
+        again one by one); then set. Only for an expression that does not read the field
+        it sets, so an event taken again after a failed emit gets the same result."""
+        ((field,), expr) = self._set[0]
+        value_of = expr.unchecked
+
+        def set_in_place(events: list[Any]) -> list[Any]:
+            values = [value_of(event) if type(event) is dict else _not_an_object(event)
+                      for event in events]
+            for event, value in zip(events, values, strict=True):
+                event[field] = value
+            return events
+
+        return set_in_place
 
     def _apply_each(self, events: list[Any]) -> list[Any]:
         apply = self.apply
@@ -205,7 +226,10 @@ class Transform(Component):
 
     async def process_batch(self, port: str, events: list[Any]) -> bool:
         try:
-            outs = self.apply_frame(events)  # pure: nothing done yet
+            if getattr(self.ctx, "batch_owned", False):  # events nothing else holds
+                outs = self.apply_owned_frame(events)  # (any exception: none changed)
+            else:
+                outs = self.apply_frame(events)  # pure: nothing done yet
         except Exception:
             return False  # one of them fails: each goes its own way
         return await self.ctx.emit_batch("out", outs)

@@ -39,6 +39,8 @@ class FrameTaking:
     component: Any
     _since_yield: int = 0
     _current_event: tuple[Any, int] | None = None
+    #: the context's ``batch_owned``: True while ``process_batch`` takes decoded events
+    batch_owned: bool = False
 
     def _events_of(self, comp: Any, msg: Any) -> list[Any]:
         """The events of input message ``msg``: decoded, or as their JSON for a component
@@ -63,10 +65,13 @@ class FrameTaking:
     async def _offer(self, comp: Any, port: str, events: list[Any]) -> int | None:
         """``events`` through ``process_batch``: how many it took (None: none, and the
         rest of the message goes one by one)."""
+        self.batch_owned = True  # (read by the component before its first await)
         try:
             took = await comp.process_batch(port, events)
         except Exception:  # (a write or a publish failed): each event its own way, where
             return None    # failures are retried, counted and dead-lettered one by one
+        finally:
+            self.batch_owned = False
         if took is True:
             took = len(events)
         elif took is False or took is None:

@@ -361,6 +361,16 @@ class Expression:
         takes them again through :meth:`evaluate` one by one."""
         return self._fn
 
+    def may_read(self, field: str) -> bool:
+        """Whether the value may depend on the top-level field ``field`` (conservative:
+        the name itself, the whole ``event``, or the name as a string anywhere)."""
+        for node in ast.walk(ast.parse(self.text, mode="eval")):
+            if isinstance(node, ast.Name) and node.id in (field, "event"):
+                return True
+            if isinstance(node, ast.Constant) and node.value == field:
+                return True
+        return False
+
     def evaluate(self, event: Any) -> Any:
         """The value of the expression for ``event``; raises :class:`EvaluationError`."""
         try:
