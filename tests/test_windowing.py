@@ -262,3 +262,31 @@ def test_a_join_that_drops_timeouts_has_no_unread_timeout_port() -> None:
     assert ("j", "timeout") not in unread and ("w", "late") in unread
     assert any(i.path == "spec.processors[3].partition_by" and "no effect" in i.message
                for i in result.warnings)
+
+
+@pytest.mark.parametrize("aggregate", [
+    {"n": "count", "m": "count"},
+    {"n": "count", "total": "sum(v)", "avg": "avg(v)", "all": "collect(v)",
+     "first": "first(v)", "last": "last(v)", "seen": "count(get(w, null))"},
+    {"hi": "max(v)", "n": "count"},  # (min/max: not grouped, each event on its own)
+])
+@pytest.mark.parametrize("kind", [{"size": 60}, {"kind": "sliding", "size": 60, "slide": 20}])
+def test_a_frame_at_processing_time_is_taken_as_its_events_one_by_one(aggregate, kind) -> None:
+    """Frames accumulated per key first, then put in their windows: the same windows and
+    counts as each event on its own; a frame stops at the first event that fails."""
+    events = [{"k": i % 3, "v": i, **({"w": 1} if i % 2 else {})} for i in range(50)]
+    events[37] = {"k": 1, "v": "x"}  # sum and avg fail on it, max after numbers too
+    config = {**kind, "key": "k", "aggregate": aggregate}
+    framed, single = (Window(WindowConfig.model_validate(config), Ctx()) for _ in range(2))
+    taken = run(framed.process_batch("in", events))
+    failing = "count" not in aggregate.get("m", "")
+    assert taken == (37 if failing else 50)
+    for event in events[:taken]:
+        run(single.process("in", event))
+    assert framed.held() == single.held()
+
+    def comparable(window: Window) -> dict:  # (the start names: the frame's time)
+        return {k: sorted((w["n"], w["acc"]) for w in wins.values())
+                for k, wins in window.windows.open.items()}
+
+    assert comparable(framed) == comparable(single)

@@ -29,6 +29,8 @@ from componentmanager.components.windowing import (
     Seconds,
     Shape,
     event_seconds,
+    group_frame,
+    groupable,
     iso,
     parse_aggregation,
 )
@@ -156,6 +158,7 @@ class Window(Component):
         shape = Shape(config.kind, float(config.size or 0), float(config.slide or 0),
                       float(config.gap or 0))
         self.windows = KeyedWindows(shape, self.aggregations)
+        self._grouped = groupable(shape, self.aggregations)
         self._max_time = float("-inf")  # event time: the latest seen
         self._closed_through = float("-inf")  # event time: idle closing moved it here
         self._last_arrival = time.monotonic()
@@ -170,8 +173,11 @@ class Window(Component):
             return time.time()
         return max(self._max_time - self.config.lateness, self._closed_through)
 
+    def _key_text(self, event: Any) -> str:
+        return NO_KEY if self._key is None else key_text(self._key(event))
+
     async def process(self, port: str, event: Any) -> None:
-        key = NO_KEY if self._key is None else key_text(self._key(event))
+        key = self._key_text(event)
         try:
             t = time.time() if self._time is None else event_seconds(self._time(event))
         except ValueError as exc:
@@ -193,6 +199,14 @@ class Window(Component):
         that moves the watermark past a window's end (its closing emits there). Processing
         time: the frame's events arrived together, at one time."""
         keyed, timed, windows = self._key, self._time, self.windows
+        if timed is None and self._grouped:  # one window update per key, not per event
+            groups, taken = group_frame(events, self._key_text, self.aggregations)
+            t = time.time()
+            for key, (n, acc) in groups.items():
+                windows.add_group(key, t, n, acc, t)  # (processing time: never late)
+            if taken:
+                self._last_arrival = time.monotonic()
+            return taken
         values_of, lateness = self.aggregations.values, self.config.lateness
         t = watermark = time.time()
         taken = 0

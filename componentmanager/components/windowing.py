@@ -223,6 +223,45 @@ class Aggregations:
                 for (name, (func, _)), acc in zip(self.fields.items(), accs, strict=True)}
 
 
+def groupable(shape: Shape, aggregations: Aggregations) -> bool:
+    """Can a frame's events be accumulated per key first, then put in their windows
+    together (:func:`group_frame`)? Not sessions (each event moves its session), not
+    ``min``/``max`` (merging two accumulators can fail: a number after strings)."""
+    return shape.kind != "session" and not {"min", "max"} & set(aggregations._funcs)
+
+
+def group_frame(events: list[Any], key_of: Callable[[Any], str],
+                aggregations: Aggregations) -> tuple[dict[str, tuple[int, list[Any]]], int]:
+    """Processing time (a frame's events share their time): per key, how many events and
+    their accumulators, over the events up to the first that fails (how many were taken
+    is returned with them; that one fails in ``process``, the same way). When every
+    aggregation is a plain ``count`` no value is read at all."""
+    counts: dict[str, int] = {}
+    taken = 0
+    if all(get is None for _, _, get, _ in aggregations._readers):
+        for event in events:
+            try:
+                key = key_of(event)
+            except Exception:
+                break
+            counts[key] = counts.get(key, 0) + 1
+            taken += 1
+        width = len(aggregations._funcs)
+        return {key: (n, [n] * width) for key, n in counts.items()}, taken
+    values_of, accumulate = aggregations.values, aggregations.accumulate
+    groups: dict[str, tuple[int, list[Any]]] = {}
+    for event in events:
+        try:
+            key = key_of(event)
+            group = groups.get(key)
+            acc = accumulate(None if group is None else group[1], values_of(event))
+        except Exception:
+            break
+        groups[key] = (1 if group is None else group[0] + 1, acc)
+        taken += 1
+    return groups, taken
+
+
 class KeyedWindows:
     """Open windows per key, as JSON-ready data (see the module doc); each window keeps
     the accumulators of :class:`Aggregations` over the values of its events."""
@@ -280,6 +319,26 @@ class KeyedWindows:
                 else:
                     slot["acc"] = acc
                     slot["n"] += 1
+        if placed[0][1] < self._earliest:
+            self._earliest = placed[0][1]
+        return True
+
+    def add_group(self, key: str, t: float, n: int, acc: list[Any], watermark: float) -> bool:
+        """Put ``n`` events of ``key`` at ``t``, accumulated together in ``acc`` (see
+        :func:`group_frame`), in their windows, as ``n`` calls of :meth:`add` would."""
+        placed = self._placed(t, watermark)
+        if not placed:
+            return False
+        wins = self.open.get(key)
+        if wins is None:
+            wins = self.open[key] = {}
+        for name, end in placed:
+            slot = wins.get(name)
+            if slot is None:
+                wins[name] = {"end": end, "n": n, "acc": list(acc)}
+            else:
+                slot["acc"] = self._merge(slot["acc"], acc)
+                slot["n"] += n
         if placed[0][1] < self._earliest:
             self._earliest = placed[0][1]
         return True
