@@ -30,6 +30,7 @@ import structlog
 
 from componentmanager.dataplane.accounting import DropRouter, Throttle
 from componentmanager.runners.base import Replica
+from componentmanager.runners.downstream import DownstreamStatuses
 from componentmanager.runners.fusion import FusedPeers
 from flowstore.models import logs_subject, utcnow
 from flowstore.nats import NatsOptions, connect
@@ -73,6 +74,8 @@ class DataLoop:
         self.drops = DropRouter()
         self.throttle = Throttle()
         self.fused = FusedPeers()  # replicas fed in memory (see runners.fusion)
+        #: the status watches of waiting sources (see runners.downstream), once connected
+        self.downstream: DownstreamStatuses | None = None
         self.nc: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -153,9 +156,11 @@ class DataLoop:
         except BaseException as exc:
             ready.set_exception(exc)
             return
+        self.downstream = DownstreamStatuses(self.nc)
         ready.set_result(None)
         tasks = [asyncio.create_task(self._tick()), asyncio.create_task(self._logs_pump())]
         await self._stop.wait()
+        await self.downstream.close()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

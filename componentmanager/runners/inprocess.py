@@ -287,7 +287,7 @@ class InProcessReplica(InputDelivery, FusedFeed, KeyedOutputs, ReplicaTeardown, 
             self.set_state(ReplicaState.RUNNING)
             return
         if not self._acked:
-            await wait_for_downstream(self.nc, self.cfg, lambda: self._stopping,
+            await wait_for_downstream(self.host, self.nc, self.cfg, lambda: self._stopping,
                                       self._waiting_for)
         elif self._publisher is not None:
             self._checkpoint = SourceCheckpoint(
