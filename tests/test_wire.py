@@ -37,6 +37,9 @@ def test_frames_are_json_lines_and_a_bad_line_does_not_spoil_the_rest() -> None:
     # a blank line is an event too (the count says so): never silently one event fewer
     assert decode_frame(b'{"n": 1}\n\n{"n": 3}', 3) == [{"n": 1}, {"data": ""}, {"n": 3}]
     assert decode_frame(b'1 2\n\n3', 3) == [{"data": "1 2"}, {"data": ""}, 3]  # a line each
+    # lines that are JSON only together are not one event, nor is one line two
+    assert decode_frame(b'[1\n2]', 2) == [{"data": "[1"}, {"data": "2]"}]
+    assert decode_frame(b'1, 2\n3', 2) == [{"data": "1, 2"}, 3]
 
 
 def test_a_dead_letter_names_its_event_and_the_reason() -> None:

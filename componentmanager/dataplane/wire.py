@@ -99,9 +99,12 @@ def decode_frame(data: bytes, count: int) -> list[Any]:
     if count <= 1:
         return [decode(data)]
     try:  # (msgspec's decode_lines is no faster and takes "1 2" as two events)
-        return _decoder.decode(b"[" + data.replace(b"\n", b",") + b"]")
+        events = _decoder.decode(b"[" + data.replace(b"\n", b",") + b"]")
+        if len(events) == data.count(b"\n") + 1:  # ("[1" and "2]", "1, 2": not one a line)
+            return events
     except msgspec.DecodeError:
-        return [decode(line) for line in data.split(b"\n")]
+        pass
+    return [decode(line) for line in data.split(b"\n")]
 
 
 _raw_decoder = msgspec.json.Decoder(list[msgspec.Raw])
