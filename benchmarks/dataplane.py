@@ -239,8 +239,8 @@ async def _delivered(engine: FlowEngine, name: str, tail: FileTail, n: int) -> i
 
 def compute_floor(stages: int, n: int) -> float:
     """Events/s of the chain's own work on one core with free hops: the source's
-    ``make_event``, every transform's ``apply_frame`` (the first one's
-    ``apply_owned_frame``, as the chain's root does) and the sink's encoding, called in this
+    ``make_event``, every transform's ``apply_owned_frame`` (as in a chain: each owns
+    the events it decoded or a transform fed it) and the sink's encoding, called in this
     process frame by frame (no NATS, no decoding, no asyncio). What an N-stage chain can
     keep of a 2-stage one is bounded by the ratio of these floors whenever the chains are
     bound by CPU."""
@@ -251,9 +251,8 @@ def compute_floor(stages: int, n: int) -> float:
     started = time.perf_counter()
     for first in range(0, n, FRAME_EVENTS):
         events = [source.make_event(s) for s in range(first, min(n, first + FRAME_EVENTS))]
-        for i, transform in enumerate(transforms):  # what each transform does per frame:
-            # the first (the chain's root) owns the events it decoded and sets in place
-            events = (transform.apply_owned_frame if i == 0 else transform.apply_frame)(events)
+        for transform in transforms:  # what each does per frame: it owns its events
+            events = transform.apply_owned_frame(events)  # (decoded, or a transform's)
         sink.write(encode_lines(events) + b"\n")
     return n / (time.perf_counter() - started)
 

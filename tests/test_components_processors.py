@@ -303,3 +303,11 @@ async def test_python_async_function_is_told_what_an_async_function_does() -> No
     assert advice is not None and "await asyncio.to_thread(" in advice
     assert "make the function sync" in advice
     await p.stop()
+
+
+def test_a_transform_emits_events_nothing_else_holds() -> None:
+    """A fused node after a transform owns what it is fed (see runners.fusion)."""
+    from componentmanager.components.processors import Filter, Transform
+
+    assert Transform.emits_owned is True
+    assert getattr(Filter, "emits_owned", False) is False  # it passes its input on

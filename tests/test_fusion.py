@@ -180,6 +180,8 @@ async def test_fused_chain_counts_and_dead_letters_per_node(
     dlq = run_cli("dlq", "show", "fz", "b", "-o", "json", nats_url=_url(nc))
     letters = json.loads(dlq.stdout)
     assert letters and all(x["event"]["seq"] % 5 == 0 and "a" in x["event"] for x in letters)
+    assert not any("b" in x["event"] for x in letters)  # (b sets its field in place: the
+    # frame it failed in was taken one by one, each as it came, nothing set before)
 
     described = run_cli("describe", "fz", nats_url=_url(nc))
     assert described.returncode == 0, described.stderr

@@ -129,6 +129,10 @@ class TransformConfig(BaseModel):
 class Transform(Component):
     """Computes new fields, renames and drops fields; emits a new event on ``out``."""
 
+    #: what it emits is its own (new events, or events it owned changed in place):
+    #: nothing else holds them, so a node fed by it in memory owns them in turn
+    emits_owned = True
+
     def __init__(self, config: TransformConfig, ctx: Context) -> None:
         super().__init__(config, ctx)
         self._set = [(_path(f), compile_expression(e)) for f, e in config.set.items()]

@@ -121,7 +121,8 @@ class FusedFeed:
         token = FEEDING.set(feeding) if starts else None
         try:
             if batch:
-                await peer.take_fed_batch(events, feeding)
+                owned = getattr(self.component, "emits_owned", False)
+                await peer.take_fed_batch(events, feeding, owned)
             else:
                 await peer.take_fed(events[0], feeding)
         finally:
@@ -184,15 +185,20 @@ class FusedFeed:
             await self._fed_failed(comp, port, event, exc, feeding)
         counters.latency.observe(perf_counter() - began, 1)
 
-    async def take_fed_batch(self, events: list[Any], feeding: Feeding) -> None:
+    async def take_fed_batch(self, events: list[Any], feeding: Feeding,
+                             owned: bool = False) -> None:
         """Events from the previous node, at once when the component takes a batch,
-        else one by one."""
+        else one by one. ``owned``: the previous node holds nothing of them (it
+        ``emits_owned``): this one's component sees ``batch_owned``."""
         comp, port, counters = self.component, self._fed_port, self.counters
         began = perf_counter()
+        self.batch_owned = owned  # (read by the component before its first await)
         try:
             taken = await comp.process_batch(port, events)
         except Exception:  # each event its own way (counted, dead-lettered one by one)
             taken = False
+        finally:
+            self.batch_owned = False
         took = len(events) if taken is True else int(taken or 0)  # (n: the first n)
         if took:
             counters.in_ += took
