@@ -18,7 +18,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from componentmanager.dataplane import frame_count
-from componentmanager.runners.taking import FrameTaking
+from componentmanager.runners.taking import FrameTaking, Numbered
 
 #: A core input's queue: past this, the oldest messages are dropped (counted).
 INPUT_PENDING_MSGS = 8192
@@ -81,7 +81,7 @@ class CoreInputs(FrameTaking):
             try:
                 async with self._outbox.handling():
                     taken, left = await self._take_events(
-                        comp, port, msg.headers, list(enumerate(events)), fail, _turn,
+                        comp, port, msg.headers, Numbered(events), fail, _turn,
                         self._owns_for(msg))
                     if left:  # stopped mid-frame
                         self.counters.drop(left, "replica stopped")

@@ -53,6 +53,7 @@ from componentmanager.runners.core_inputs import (
 )
 from componentmanager.runners.failures import EventFailures
 from componentmanager.runners.stateful import KeyedInputs
+from componentmanager.runners.taking import Indexed, Numbered
 from flowstore.models import input_consumer, own_subject, stream_name
 from flowstore.streams import ensure_consumer
 
@@ -214,7 +215,7 @@ class InputDelivery(CoreInputs, InputAcks, EventFailures, KeyedInputs):
         events = self._events_of(comp, msg)
         self._progress_at[port] = asyncio.get_running_loop().time()
         failures_before = self._failures
-        indexed = list(enumerate(events))
+        indexed: Indexed = Numbered(events)
         if self._floors is not None:
             indexed = self._fresh(port, msg, indexed)
             events = [event for _, event in indexed]
@@ -257,8 +258,7 @@ class InputDelivery(CoreInputs, InputAcks, EventFailures, KeyedInputs):
         self._took(port, msg, taken, perf_counter() - began)
         await self._taken_or_again(port, msg, sequence, ident, delivered, failures_before)
 
-    def _fresh(self, port: str, msg: Msg, indexed: list[tuple[int, Any]]
-               ) -> list[tuple[int, Any]]:
+    def _fresh(self, port: str, msg: Msg, indexed: Indexed) -> Indexed:
         """Exactly-once: the events of a message this replica takes: not passed before
         (a repeat, however framed and however late) and, for a node with several
         replicas and no ``partition_by``, of its own blocks (see

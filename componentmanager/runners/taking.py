@@ -14,7 +14,7 @@ failed and dead-lettered per event (``fail``). Input handling gives the loop a t
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from componentmanager.dataplane.partition import KeyNotComputed
@@ -25,7 +25,28 @@ from componentmanager.dataplane.wire import decode_frame, frame_count, raw_frame
 YIELD_EVERY = 8
 YIELD_EVERY_BATCHED = 1024
 
-Indexed = list[tuple[int, Any]]  # (index in its message, event)
+class Numbered(Sequence[tuple[int, Any]]):
+    """A message's events as (index in the message, event) pairs, made only when asked
+    for: the common path offers the events list itself (no pair per event)."""
+
+    __slots__ = ("events",)
+
+    def __init__(self, events: list[Any]) -> None:
+        self.events = events
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return list(enumerate(self.events))[index]
+        return (index, self.events[index])
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        return enumerate(self.events)
+
+
+Indexed = Sequence[tuple[int, Any]]  # (index in its message, event)
 Fail = Callable[[int, Any, Exception], Awaitable[None]]
 Turn = Callable[[], Awaitable[None]]
 
@@ -88,7 +109,10 @@ class FrameTaking:
         this replica's (None: all; see ``_owns_for``)."""
         pending, sorted_out = self._mine(indexed, owns)
         owns = None if sorted_out else owns
-        offered = [e for _, e in pending] if sorted_out and len(pending) > 1 else None
+        offered = None
+        if sorted_out and len(pending) > 1:
+            offered = (pending.events if isinstance(pending, Numbered)
+                       else [e for _, e in pending])
         taken = pos = 0
         counters = self.counters
         while pos < len(pending):
