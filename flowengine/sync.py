@@ -62,7 +62,7 @@ from flowstore.nats import (
     open_bucket,
 )
 from flowstore.placement import place
-from flowstore.store import FlowStore, is_delete, pipelined, read_all
+from flowstore.store import FlowStore, delete_keys, is_delete, pipelined, read_all
 from flowstore.streams import (
     dead_letter_counts,
     ensure_dlq_stream,
@@ -351,22 +351,18 @@ class FlowKV:
             entries = await self._config_entries(name)
             if not entries:
                 break
-            for key in sorted(entries):
-                await self.configs.delete(key)
-                if key not in changes.removed:
-                    changes.removed.append(key)
+            await delete_keys(self.configs, sorted(entries), changes.removed)
         else:  # someone keeps writing them: verify, never flip the state over leftovers
             left = sorted(await self._config_entries(name))
             if left:
                 raise ConfigsNotConverged(name, action, left)
-        for key in sorted(await read_all(self.status, f"{name}.*.*")):
-            if _flow_of(key) == name:
-                await self.status.delete(key)
-                changes.status_removed.append(key)
+        statuses = await read_all(self.status, f"{name}.*.*")
+        await delete_keys(self.status, sorted(k for k in statuses if _flow_of(k) == name),
+                          changes.status_removed)
         if self.checkpoints is not None:  # a redeployed flow's sources start over
-            for key in sorted(await read_all(self.checkpoints, f"{name}.*.*")):
-                if _flow_of(key) == name:
-                    await self.checkpoints.delete(key)
+            positions = await read_all(self.checkpoints, f"{name}.*.*")
+            await delete_keys(self.checkpoints,
+                              sorted(k for k in positions if _flow_of(k) == name), [])
         await delete_state_objects(self.nc, name)  # operator states too large for KV
         if await delete_flow_stream(self.nc, name):
             changes.streams_removed.append(stream_name(name))

@@ -179,6 +179,21 @@ async def pipelined(requests: Iterable[Awaitable[object]], width: int = PIPELINE
             raise failed[0]
 
 
+async def delete_keys(kv: KeyValue, keys: list[str], deleted: list[str]) -> None:
+    """Delete ``keys`` of ``kv``, many requests in flight (not a round trip each); each
+    key deleted is added to ``deleted`` (in order, once), also when one fails."""
+    done: set[str] = set()
+
+    async def delete(key: str) -> None:
+        await kv.delete(key)
+        done.add(key)
+
+    try:
+        await pipelined(delete(key) for key in keys)
+    finally:
+        deleted += [key for key in keys if key in done and key not in deleted]
+
+
 @dataclass
 class FlowEvent:
     """One change seen by :meth:`FlowStore.watch`: ``flow`` is None when it was deleted."""
