@@ -45,3 +45,24 @@ async def test_a_stopping_source_stops_waiting(nc) -> None:
     stop.set()
     await asyncio.wait_for(wait, 1)
     assert statuses._flows == {}
+
+
+async def test_a_stalled_watch_costs_at_most_a_read_interval(nc, monkeypatch) -> None:
+    """A watch that delivers nothing (stalled by a reconnection, say): the waiting source
+    reads its records itself every READ_EVERY_S."""
+    from componentmanager.runners import downstream
+
+    monkeypatch.setattr(downstream, "READ_EVERY_S", 0.3)
+    kv = await open_bucket(nc, STATUS_BUCKET)
+    await kv.put("wh.out.0", b'{"state":"running"}')
+    statuses = DownstreamStatuses(nc)
+    stalled = downstream._FlowWatch()
+    stalled.task = asyncio.create_task(asyncio.sleep(3600))
+    statuses._flows["wh"] = stalled
+    began = asyncio.get_running_loop().time()
+    await asyncio.wait_for(statuses.wait(_source("wh", {"out": 1}), lambda: False,
+                                         lambda keys: None), 2)
+    assert 0.25 <= asyncio.get_running_loop().time() - began < 1.5
+    assert statuses._flows == {}  # the last waiter gone: the watch is stopped
+    await asyncio.sleep(0)
+    assert stalled.task.cancelled()

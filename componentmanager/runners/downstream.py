@@ -23,6 +23,9 @@ from flowstore.nats import STATUS_BUCKET, open_bucket
 #: How often a waiting source looks at ``stopping`` while nothing changes, and how often
 #: :func:`poll_downstream` reads the records.
 RECHECK_S = 0.1
+#: A source waiting through the watch reads the records it still waits for itself this
+#: often too (a watch stalled by a reconnection costs at most this much).
+READ_EVERY_S = 2.0
 
 Stopping = Callable[[], bool]
 WaitingFor = Callable[[list[str]], None]
@@ -84,13 +87,19 @@ class DownstreamStatuses:
             watch.task = asyncio.create_task(watch.run(kv, cfg.flow),
                                              name=f"downstream statuses {cfg.flow}")
         watch.waiters += 1
+        loop = asyncio.get_running_loop()
         try:
             said: list[str] | None = None
+            read_at = loop.time()
             while not stopping():
                 if watch.task is not None and watch.task.done():
                     await poll_downstream(self.nc, keys, stopping, waiting_for)
                     return  # (the watch failed: read the records instead)
                 still = [key for key in keys if key not in watch.up]
+                if still and loop.time() - read_at >= READ_EVERY_S:
+                    read_at, before = loop.time(), still
+                    still = await _still_down(self.nc, still)
+                    watch.up.update(key for key in before if key not in still)
                 if not still:
                     break
                 if still != said:
@@ -114,21 +123,27 @@ class DownstreamStatuses:
         self._flows.clear()
 
 
+async def _still_down(nc: Any, keys: list[str]) -> list[str]:
+    """Those of ``keys`` whose record, read now, does not say up."""
+    kv = await open_bucket(nc, STATUS_BUCKET)
+    still = []
+    for key in keys:
+        try:
+            ok = is_up((await kv.get(key)).value)
+        except Exception:
+            ok = False
+        if not ok:
+            still.append(key)
+    return still
+
+
 async def poll_downstream(nc: Any, keys: list[str], stopping: Stopping,
                           waiting_for: WaitingFor) -> None:
     """Read the status of every replica in ``keys`` every :data:`RECHECK_S` until each
     is up (or ``stopping()``)."""
-    kv = await open_bucket(nc, STATUS_BUCKET)
     waiting = keys
     while waiting and not stopping():
-        still = []
-        for key in waiting:
-            try:
-                ok = is_up((await kv.get(key)).value)
-            except Exception:
-                ok = False
-            if not ok:
-                still.append(key)
+        still = await _still_down(nc, waiting)
         if still:
             waiting_for(still)
         waiting = still
