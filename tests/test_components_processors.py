@@ -311,3 +311,28 @@ def test_a_transform_emits_events_nothing_else_holds() -> None:
 
     assert Transform.emits_owned is True
     assert getattr(Filter, "emits_owned", False) is False  # it passes its input on
+
+
+async def test_a_frame_computed_at_once_gives_what_each_event_would() -> None:
+    """``field <op> constant`` over a frame in C-level passes: the same values; anything
+    irregular (a bool, a missing field, a string, inf, a division by zero) raises, and the
+    transform takes that frame one by one, where each event gets its own answer."""
+    from componentmanager.components.expressions import compile_expression
+
+    frame = [{"v": 3}, {"v": -2.5}, {"v": 10**30}]
+    for text in ("v * 2", "v + 0.5", "v / 4", "v // 3", "v % 7", "v - 1"):
+        expr = compile_expression(text)
+        assert expr.frame(frame) == [expr.evaluate(e) for e in frame], text
+    for bad in ([{"v": True}], [{"w": 1}], [{"v": "x"}], [{"v": 1e308}], [[1]]):
+        with pytest.raises(Exception):  # noqa: B017  (whatever it is: one by one then)
+            compile_expression("v * 10").frame(bad)
+    with pytest.raises(ZeroDivisionError):
+        compile_expression("v / 0").frame([{"v": 1}])
+    ctx = Ctx()
+    ctx.batch_owned = True
+    t = make("transform", {"set": {"w": "v * 10"}}, ctx)
+    assert await t.process_batch("in", [{"v": 1}, {"v": True}]) is False  # one by one:
+    await t.process("in", {"v": 1})
+    with pytest.raises(EvaluationError, match="needs two numbers"):
+        await t.process("in", {"v": True})
+    assert ctx.events() == [{"v": 1, "w": 10}]

@@ -11,6 +11,9 @@ discards on purpose are counted with ``ctx.count_filtered()``.
 
 from __future__ import annotations
 
+import collections
+import itertools
+import operator
 import re
 from collections.abc import Callable
 from typing import Any, Literal, NoReturn
@@ -38,6 +41,15 @@ def _not_an_object(event: Any) -> NoReturn:
     """In a frame path: an event that is not a plain dict goes the one-by-one way (which
     takes a dict subclass and says why anything else fails)."""
     raise TypeError(f"not a plain JSON object: {type(event).__name__}")
+
+
+def _plain_objects(events: list[Any]) -> None:
+    """In a frame path: every event a plain dict, or TypeError (see _not_an_object)."""
+    if not set(map(type, events)) <= _DICT:
+        _not_an_object(next(e for e in events if type(e) is not dict))
+
+
+_DICT = frozenset({dict})
 
 
 # ------------------------------------------------------------------------------- filter
@@ -154,13 +166,13 @@ class Transform(Component):
         again one by one); then set. Only for an expression that does not read the field
         it sets, so an event taken again after a failed emit gets the same result."""
         ((field,), expr) = self._set[0]
-        value_of = expr.unchecked
+        values_of = expr.frame
 
         def set_in_place(events: list[Any]) -> list[Any]:
-            values = [value_of(event) if type(event) is dict else _not_an_object(event)
-                      for event in events]
-            for event, value in zip(events, values, strict=True):
-                event[field] = value
+            _plain_objects(events)
+            values = values_of(events)
+            collections.deque(map(operator.setitem, events, itertools.repeat(field),
+                                  values), maxlen=0)  # (each set, in C)
             return events
 
         return set_in_place
@@ -174,9 +186,14 @@ class Transform(Component):
         events in one comprehension (any exception, e.g. an event that is not an object,
         and the frame is taken again one by one through ``apply``, which says why)."""
         ((field,), expr) = self._set[0]
-        value_of = expr.unchecked
-        return lambda events: [{**event, field: value_of(event)} if type(event) is dict
-                               else _not_an_object(event) for event in events]
+        values_of = expr.frame
+
+        def set_copies(events: list[Any]) -> list[Any]:
+            _plain_objects(events)
+            return [{**event, field: value}
+                    for event, value in zip(events, values_of(events), strict=True)]
+
+        return set_copies
 
     def _top_level_setter(self) -> Callable[[Any], dict[str, Any]]:
         """``apply`` for the common transform that only sets top-level fields: the same

@@ -371,6 +371,17 @@ class Expression:
                 return True
         return False
 
+    @property
+    def frame(self) -> Callable[[list[Any]], list[Any]]:
+        """The values for a frame of events at once: faster where the form allows
+        (``field <op> constant``), else one call each. Raises whatever it raises, for
+        any event (the caller then takes each through :meth:`evaluate`)."""
+        frame = getattr(self._fn, "frame", None)
+        if frame is not None:
+            return frame  # type: ignore[no-any-return]
+        fn = self._fn
+        return lambda events: [fn(event) for event in events]
+
     def evaluate(self, event: Any) -> Any:
         """The value of the expression for ``event``; raises :class:`EvaluationError`."""
         try:
