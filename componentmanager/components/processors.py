@@ -162,14 +162,17 @@ class Transform(Component):
 
     def _in_place_setter(self) -> Callable[[list[Any]], list[Any]]:
         """``apply_owned_frame``: the field set in the events themselves (no copies).
-        Every value first (any exception and nothing is changed: the frame is taken
+        Every value first (a failing one and nothing is changed: the frame is taken
         again one by one); then set. Only for an expression that does not read the field
-        it sets, so an event taken again after a failed emit gets the same result."""
+        it sets, so an event taken again (an event that is not an object further on, a
+        failed emit) gets the same result; one that fails was never changed."""
         ((field,), expr) = self._set[0]
         values_of = expr.frame
 
         def set_in_place(events: list[Any]) -> list[Any]:
-            _plain_objects(events)
+            # (no type check: events owned are decoded JSON or a transform's dicts, and
+            # setting a field of anything but an object raises, before or after some
+            # were set: taken again one by one, they get the same values)
             values = values_of(events)
             collections.deque(map(operator.setitem, events, itertools.repeat(field),
                                   values), maxlen=0)  # (each set, in C)
