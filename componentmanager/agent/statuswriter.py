@@ -10,12 +10,18 @@ later one is a compare-and-set on the revision this agent last wrote. When that 
 someone else owns the record now (the replica moved to another agent, or the flow was
 undeployed and the key deleted): the writer stops writing that key instead of
 overwriting a newer owner or resurrecting a deleted key.
+
+A record whose content would not change (an idle replica at the periodic refresh: same
+state, counters, rates and lag) is not written again, except every
+:data:`REWRITE_S` (its ``updated_at`` says when it was last written): a 10,000-replica
+flow at rest costs the server no status writes a second.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 import weakref
 
@@ -35,6 +41,15 @@ WRITES_IN_FLIGHT = 128
 #: How long the writer lets changes gather before it writes (a replica that starts and
 #: runs at once is written running, not starting and then running).
 GATHER_S = 0.02
+#: An unchanged record is written again after this long (see the module doc).
+REWRITE_S = 30.0
+
+_STAMP = re.compile(rb'"updated_at":"[^"]*"')
+
+
+def _content(data: bytes) -> bytes:
+    """A status record's JSON without its ``updated_at``: what it says."""
+    return _STAMP.sub(b"", data, count=1)
 
 
 class StatusWriter:
@@ -44,8 +59,9 @@ class StatusWriter:
         self._queue: asyncio.Queue[Replica | None] = asyncio.Queue()
         self._queued: set[int] = set()
         self._revisions: dict[str, int] = {}
-        #: per key, when (monotonic) its last write landed
+        #: per key, when (monotonic) its last write landed, and what it said
         self._written_at: dict[str, float] = {}
+        self._said: dict[str, bytes] = {}
         # Replicas removed from this agent are never written again (weak: ids get reused).
         self._retired: weakref.WeakSet[Replica] = weakref.WeakSet()
         self._task: asyncio.Task[None] | None = None
@@ -87,21 +103,27 @@ class StatusWriter:
         """Whether a record of ``key`` was written here at or after ``since`` (monotonic)."""
         return self._written_at.get(key, -1.0) >= since
 
-    def _landed(self, key: str, revision: int) -> bool:
+    def _landed(self, key: str, revision: int, said: bytes) -> bool:
         """A write of ``key`` landed at ``revision``: the next one compares against it."""
         self._revisions[key] = revision
         self._written_at[key] = time.monotonic()
+        self._said[key] = said
         return True
 
     async def write(self, status: ReplicaStatus) -> bool:
-        """Write one record; False when fenced (someone else owns the key)."""
+        """Write one record; False when fenced (someone else owns the key). A record
+        that would say what the last one said is not written (see the module doc)."""
         key = status.key
         data = status.to_json()
+        said = _content(data)
         last = self._revisions.get(key)
         if last is None:
-            return self._landed(key, await self.kv.put(key, data))
+            return self._landed(key, await self.kv.put(key, data), said)
+        if (self._said.get(key) == said
+                and time.monotonic() - self._written_at.get(key, 0.0) < REWRITE_S):
+            return True
         try:
-            return self._landed(key, await self.kv.update(key, data, last=last))
+            return self._landed(key, await self.kv.update(key, data, last=last), said)
         except KeyWrongLastSequenceError:
             pass
         try:
@@ -111,7 +133,8 @@ class StatusWriter:
         existing, _ = ReplicaStatus.parse(current.value)
         if current.value and (existing is None or existing.agent == self.agent):
             # ours (or junk someone put there: the replica's agent writes it anew)
-            return self._landed(key, await self.kv.update(key, data, last=current.revision))
+            return self._landed(key, await self.kv.update(key, data, last=current.revision),
+                                said)
         return False
 
     async def retire(self, replica: Replica, final: bool) -> None:
@@ -127,6 +150,7 @@ class StatusWriter:
                 await self.write(replica.status())
             self._revisions.pop(key, None)
         self._written_at.pop(key, None)
+        self._said.pop(key, None)
 
     async def flush(self) -> None:
         """Write everything queued now (used at shutdown)."""
