@@ -56,7 +56,7 @@ async def test_a_stalled_watch_costs_at_most_a_read_interval(nc, monkeypatch) ->
     kv = await open_bucket(nc, STATUS_BUCKET)
     await kv.put("wh.out.0", b'{"state":"running"}')
     statuses = DownstreamStatuses(nc)
-    stalled = downstream._FlowWatch()
+    stalled = downstream._FlowWatch(kv)
     stalled.task = asyncio.create_task(asyncio.sleep(3600))
     statuses._flows["wh"] = stalled
     began = asyncio.get_running_loop().time()

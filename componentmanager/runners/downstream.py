@@ -43,23 +43,27 @@ def downstream_keys(cfg: ComponentConfig) -> list[str]:
 
 
 class _FlowWatch:
-    """The status records of one flow as a watch delivers them: which replicas are up."""
+    """The status records of one flow as a watch delivers them: which replicas are up.
+    ``next_change`` is done at the next change (a waiter takes it before it looks, so a
+    change while it looks is not missed)."""
 
-    def __init__(self) -> None:
+    def __init__(self, kv: Any) -> None:
+        self.kv = kv
         self.up: set[str] = set()
-        self.changed = asyncio.Event()
         self.waiters = 0
         self.task: asyncio.Task[None] | None = None
+        self.next_change: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    async def run(self, kv: Any, flow: str) -> None:
-        watcher = await kv.watch(f"{flow}.*.*")
+    async def run(self, flow: str) -> None:
+        watcher = await self.kv.watch(f"{flow}.*.*")
         try:
             while True:
                 entry = await watcher.updates(timeout=None)
                 if entry is None:
                     continue  # (the end of the records there were)
                 (self.up.add if is_up(entry.value) else self.up.discard)(entry.key)
-                self.changed.set()
+                self.next_change.set_result(None)
+                self.next_change = asyncio.get_running_loop().create_future()
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()
@@ -80,11 +84,11 @@ class DownstreamStatuses:
         keys = downstream_keys(cfg)
         if not keys:
             return
-        watch = self._flows.get(cfg.flow)
+        kv = await open_bucket(self.nc, STATUS_BUCKET)
+        watch = self._flows.get(cfg.flow)  # (no await from here to the task's creation)
         if watch is None:
-            watch = self._flows[cfg.flow] = _FlowWatch()
-            kv = await open_bucket(self.nc, STATUS_BUCKET)
-            watch.task = asyncio.create_task(watch.run(kv, cfg.flow),
+            watch = self._flows[cfg.flow] = _FlowWatch(kv)
+            watch.task = asyncio.create_task(watch.run(cfg.flow),
                                              name=f"downstream statuses {cfg.flow}")
         watch.waiters += 1
         loop = asyncio.get_running_loop()
@@ -93,21 +97,20 @@ class DownstreamStatuses:
             read_at = loop.time()
             while not stopping():
                 if watch.task is not None and watch.task.done():
-                    await poll_downstream(self.nc, keys, stopping, waiting_for)
+                    await poll_downstream(kv, keys, stopping, waiting_for)
                     return  # (the watch failed: read the records instead)
+                change = watch.next_change
                 still = [key for key in keys if key not in watch.up]
                 if still and loop.time() - read_at >= READ_EVERY_S:
                     read_at, before = loop.time(), still
-                    still = await _still_down(self.nc, still)
+                    still = await _still_down(kv, still)
                     watch.up.update(key for key in before if key not in still)
                 if not still:
                     break
                 if still != said:
                     waiting_for(still)
                     said = still
-                watch.changed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(watch.changed.wait(), RECHECK_S)
+                await asyncio.wait({change}, timeout=RECHECK_S)  # (shared: not cancelled)
             waiting_for([])
         finally:
             watch.waiters -= 1
@@ -123,9 +126,8 @@ class DownstreamStatuses:
         self._flows.clear()
 
 
-async def _still_down(nc: Any, keys: list[str]) -> list[str]:
+async def _still_down(kv: Any, keys: list[str]) -> list[str]:
     """Those of ``keys`` whose record, read now, does not say up."""
-    kv = await open_bucket(nc, STATUS_BUCKET)
     still = []
     for key in keys:
         try:
@@ -137,13 +139,13 @@ async def _still_down(nc: Any, keys: list[str]) -> list[str]:
     return still
 
 
-async def poll_downstream(nc: Any, keys: list[str], stopping: Stopping,
+async def poll_downstream(kv: Any, keys: list[str], stopping: Stopping,
                           waiting_for: WaitingFor) -> None:
-    """Read the status of every replica in ``keys`` every :data:`RECHECK_S` until each
-    is up (or ``stopping()``)."""
+    """Read the status of every replica in ``keys`` (in the status bucket ``kv``) every
+    :data:`RECHECK_S` until each is up (or ``stopping()``)."""
     waiting = keys
     while waiting and not stopping():
-        still = await _still_down(nc, waiting)
+        still = await _still_down(kv, waiting)
         if still:
             waiting_for(still)
         waiting = still
@@ -160,4 +162,5 @@ async def wait_for_downstream(host: Any, nc: Any, cfg: ComponentConfig, stopping
     if statuses is not None:
         await statuses.wait(cfg, stopping, waiting_for)
     else:
-        await poll_downstream(nc, downstream_keys(cfg), stopping, waiting_for)
+        await poll_downstream(await open_bucket(nc, STATUS_BUCKET), downstream_keys(cfg),
+                              stopping, waiting_for)
