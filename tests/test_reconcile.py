@@ -82,3 +82,29 @@ def test_start_order_consumers_first() -> None:
               for n, r in sorted(roles.items())]
     assert [a.key for a in start_order(starts)] == ["f.ext.0", "f.out.0", "f.work.0",
                                                     "f.gen.0"]
+
+
+def test_the_view_wakes_the_reconcile_only_for_changes_that_may_change_what_runs_here(
+) -> None:
+    """A config of other agents changes nothing here (a large flow on many agents); one
+    assigned here before or now, a deleted one or an unreadable one does."""
+    from componentmanager.agent.configwatch import ConfigView
+
+    woken: list[int] = []
+    view = ConfigView(None, lambda: woken.append(1), "me")  # type: ignore[arg-type]
+    revision = iter(range(1, 100))
+
+    def put(key: str, config: ComponentConfig | bytes | None) -> int:
+        before = len(woken)
+        value = config.to_json() if isinstance(config, ComponentConfig) else config
+        view._apply(key, value, next(revision), config is None)
+        return len(woken) - before
+
+    assert put("f.a", cfg("a", ["other"])) == 0  # another agent's
+    assert put("f.a", cfg("a", ["other"], enabled=False)) == 0
+    assert put("f.b", cfg("b", ["me"])) == 1  # assigned here
+    assert put("f.b", cfg("b", ["other"])) == 1  # moved away
+    assert put("f.b", cfg("b", ["other"], enabled=False)) == 0
+    assert put("f.a", None) == 1  # deleted
+    assert put("f.c", b"{not json") == 1  # unreadable
+    assert view.version == 7 and set(view.configs) == {"f.b"}
