@@ -47,6 +47,11 @@ class ComponentType:
 
     ``dynamic_outputs``: the output ports are named by the config (``route``); any port
     name is then accepted at validation and the config check decides.
+
+    ``extra["fusable"]``: nodes of the type may run fused with their neighbours in one
+    replica (:mod:`flowengine.plan`): a stateless processor; a source; a sink whose
+    ``flush()`` is cheap (the chain's first replica flushes it before every ack or stored
+    source position) and whose ``held()`` counts what it has not written yet.
     """
 
     name: str

@@ -1,19 +1,21 @@
 """Which nodes of a flow run fused: pure, no I/O.
 
 A *fused chain* is a run of consecutive nodes executed in one replica: the first node's
-replica takes the chain's inputs from NATS and passes what it emits to the next node in
-memory, and so on; only the last node's outputs are published. Every node stays its own
-node in status, metrics, logs and dead letters.
+replica takes the chain's inputs from NATS (or, for a source, reads them) and passes what
+it emits to the next node in memory, and so on; only the outputs that leave the chain are
+published. Every node stays its own node in status, metrics, logs and dead letters.
 
 Node ``b`` fuses after node ``a`` (a *link*) when ``b``'s only input is ``a`` and ``b`` is
-``a``'s only consumer, both are stateless in-process processors of a type that takes part
-(``fusable``: filter, transform, route, python; no ``partition_by``, no window or join, no
-program or container), both have the same replicas and the same placement, neither says
+``a``'s only consumer, both are in-process nodes of a type that takes part (``fusable``:
+the stateless processors filter, transform, route and python; the sources generate and
+file; the sinks file and stdout, whose flush is cheap: the chain's first replica flushes
+them before it acks an input or stores a source position), neither is partitioned (no
+``partition_by``), both have the same replicas and the same placement, neither says
 ``fuse: false``, ``b`` partitions nothing for a keyed node (see
 :func:`flowengine.translate.producer_partitions`), and the flow is not exactly-once (a
 chain would need one commit for the counters of all its nodes). :func:`fusion_plan`
-returns the chains and, for every edge between two processors that does not fuse, why
-not (shown by ``flowctl describe``).
+returns the chains and, for every edge that does not fuse, why not (shown by
+``flowctl describe``).
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from flowstore.models import FlowSpec, Node
 @dataclass(frozen=True)
 class FusionPlan:
     """``chains``: node ids of each fused chain, in order (two nodes or more), in flow
-    order. ``apart``: (upstream, downstream, why) for each edge between two processors
-    that stays a NATS hop. ``port``: per chain node but the last, its output port that
+    order. ``apart``: (upstream, downstream, why) for each edge that stays a NATS
+    hop. ``port``: per chain node but the last, its output port that
     feeds the next node in memory."""
 
     chains: list[list[str]] = field(default_factory=list)
@@ -47,10 +49,11 @@ def _fusable(node: Node, spec: FlowSpec) -> str | None:
     if node.kind != "inprocess":
         return f"{node.id} is a {node.kind}"
     ctype = resolve_type(node, spec)
-    if ctype is None or ctype.role != "processor":
-        return f"{node.id} is not a processor"
+    if ctype is None:
+        return f"{node.id} ({node.type}) is not a known type"
     if not ctype.extra.get("fusable"):
-        return f"{node.id} ({node.type}) keeps its own replica (stateful or buffering)"
+        why = "stateful or buffering" if ctype.role == "processor" else "its own I/O"
+        return f"{node.id} ({node.type}) keeps its own replica ({why})"
     if partition_key(node, ctype, node.config):
         return f"{node.id} is partitioned"
     return None
@@ -95,8 +98,8 @@ def fusion_plan(spec: FlowSpec) -> FusionPlan:
         up, down = nodes.get(conn.source[0]), nodes.get(conn.target[0])
         if up is None or down is None or up.id == down.id:
             continue
-        if roles[up.id] != "processor" or roles[down.id] != "processor":
-            continue  # only processors fuse: say nothing about other edges
+        if roles[up.id] == "sink" or roles[down.id] == "source":
+            continue  # (refused by validation)
         why = _link_refusal(up, down, spec, ins.get(down.id, 0), outs.get(up.id, 0),
                             partitioning)
         if why is None:

@@ -1,4 +1,5 @@
-"""Fusion: consecutive stateless processors run in one replica, each still its own node.
+"""Fusion: a source, consecutive stateless processors and a sink run in one replica, each
+still its own node.
 
 The plan (pure), its translation and placement with plain data; then real agents: a
 fused chain whose middle node fails some events and whose last filters some, with every
@@ -61,14 +62,24 @@ def spec(text: str, delivery: str = "at-least-once"):  # type: ignore[no-untyped
 
 
 # -- the plan, pure ---------------------------------------------------------------------
-def test_a_chain_of_processors_fuses_and_fuse_false_keeps_a_node_apart() -> None:
+def test_a_chain_from_source_to_sink_fuses_and_fuse_false_keeps_a_node_apart() -> None:
     plan = fusion_plan(spec(chain("/tmp/x", 1)))
-    assert plan.chains == [["a", "b", "c"]]
-    assert plan.port == {"a": "out", "b": "out"}
+    assert plan.chains == [["gen", "a", "b", "c", "out"]]
+    assert plan.port == {"gen": "out", "a": "out", "b": "out", "c": "out"}
     apart = fusion_plan(spec(chain("/tmp/x", 1, fuse_b=False)))
-    assert apart.chains == []
+    assert apart.chains == [["gen", "a"], ["c", "out"]]
     assert describe_plan(apart)["apart"] == ["a -> b: b says fuse: false",
                                              "b -> c: b says fuse: false"]
+    # sources and sinks with I/O of their own (a subscription, a database) stay apart
+    own = chain("/tmp/x", 1).replace("type: generate\n      config: {count: 1}",
+                                     "type: nats\n      config: {subject: x.in}")
+    own = own.replace('type: file\n      inputs: [c]\n      config: {path: "/tmp/x"}',
+                      "type: kv\n      inputs: [c]\n      config: {bucket: b, key: seq}")
+    plan = fusion_plan(spec(own))
+    assert plan.chains == [["a", "b", "c"]]
+    assert describe_plan(plan)["apart"] == [
+        "gen -> a: gen (nats) keeps its own replica (its own I/O)",
+        "c -> out: out (kv) keeps its own replica (its own I/O)"]
 
 
 def test_no_fusion_across_replicas_placement_branches_keys_or_exactly_once() -> None:
@@ -88,7 +99,7 @@ def test_no_fusion_across_replicas_placement_branches_keys_or_exactly_once() -> 
     - {id: out, type: file, inputs: [d, w], config: {path: /tmp/x}}
 """
     plan = fusion_plan(spec(body))
-    assert plan.chains == []
+    assert plan.chains == [["gen", "a"]]
     assert dict(((u, d), why) for u, d, why in plan.apart) == {
         ("a", "b"): "replicas differ (1 and 2)",
         ("b", "c"): "placements differ",
@@ -96,6 +107,8 @@ def test_no_fusion_across_replicas_placement_branches_keys_or_exactly_once() -> 
         ("c", "e"): "c has other consumers",
         ("e", "k"): "k is partitioned",
         ("k", "w"): "k is partitioned",
+        ("d", "out"): "out has other inputs",
+        ("w", "out"): "w (batch) keeps its own replica (stateful or buffering)",
     }
     once = fusion_plan(spec(chain("/tmp/x", 1), "exactly-once"))
     assert once.chains == [] and "exactly-once" in once.apart[0][2]
@@ -103,21 +116,21 @@ def test_no_fusion_across_replicas_placement_branches_keys_or_exactly_once() -> 
 
 def test_translate_names_the_chain_and_placement_keeps_it_on_one_agent() -> None:
     configs = translate("f", spec(chain("/tmp/x", 1)), flow_revision=1, enabled=True)
-    assert configs["f.a"].fused == configs["f.c"].fused == ["a", "b", "c"]
-    assert (configs["f.a"].fused_next, configs["f.b"].fused_next, configs["f.c"].fused_next) \
-        == ("b", "c", None)
-    assert (configs["f.a"].fused_head, configs["f.b"].fused_head) == (None, "a")
-    assert configs["f.gen"].fused is None and configs["f.out"].fused_port is None
+    assert configs["f.gen"].fused == configs["f.out"].fused == ["gen", "a", "b", "c", "out"]
+    assert (configs["f.gen"].fused_next, configs["f.a"].fused_next,
+            configs["f.c"].fused_next, configs["f.out"].fused_next) == ("a", "b", "out", None)
+    assert (configs["f.gen"].fused_head, configs["f.b"].fused_head) == (None, "gen")
+    assert configs["f.out"].fused_port is None
     for cfg in configs.values():
         cfg.replicas = 3
     agents = [AgentRecord(name=n, host="h", pid=1, version="0", started_at=utcnow(),
                           instance=n) for n in ("x", "y", "z")]
     placed = place(configs.values(), agents)
-    assert placed.assignments["f.b"] == placed.assignments["f.c"] == placed.assignments["f.a"]
-    assert len(set(placed.assignments["f.a"])) == 3  # the head's replicas still spread
+    assert placed.assignments["f.b"] == placed.assignments["f.out"] == placed.assignments["f.gen"]
+    assert len(set(placed.assignments["f.gen"])) == 3  # the head's replicas still spread
     # a member placed alone (its head unchanged) follows the head's current assignments
-    configs["f.a"].assignments = ["z", "y", "x"]
-    alone = place([configs["f.b"]], agents, others=[configs["f.a"]])
+    configs["f.gen"].assignments = ["z", "y", "x"]
+    alone = place([configs["f.b"]], agents, others=[configs["f.gen"]])
     assert alone.assignments["f.b"] == ["z", "y", "x"]
 
 
@@ -173,8 +186,7 @@ async def test_fused_chain_counts_and_dead_letters_per_node(
     assert sorted(e["seq"] for e in events) == [s for s in range(count)
                                                 if s % 5 and s % 2 == 0]
     assert all(e["a"] == 2 * e["seq"] for e in events)
-    assert "flowctl.fz.c.out" in published and not published & {"flowctl.fz.a.out",
-                                                                 "flowctl.fz.b.out"}
+    assert not published  # source to sink in one replica: no hop at all
     counts = await dead_letter_counts(nc, "fz")
     assert counts == {"b": count // 5}  # the middle node's, nobody else's
     dlq = run_cli("dlq", "show", "fz", "b", "-o", "json", nats_url=_url(nc))
@@ -185,7 +197,7 @@ async def test_fused_chain_counts_and_dead_letters_per_node(
 
     described = run_cli("describe", "fz", nats_url=_url(nc))
     assert described.returncode == 0, described.stderr
-    assert yaml.safe_load(described.stdout)["plan"]["fused"] == ["a -> b -> c"]
+    assert yaml.safe_load(described.stdout)["plan"]["fused"] == ["gen -> a -> b -> c -> out"]
     if delivery == "at-most-once":
         return
     # a fused node's dead letters go back to it (its own input, idle while fused)
@@ -209,10 +221,11 @@ async def test_fuse_false_runs_the_node_apart_with_the_same_results(
     engine = await run_flow(nc, flow_yaml("fa", chain(out, count, fuse_b=False),
                                           "at-least-once"))
     await _counted(nc, "fa", count)
-    assert all(not c.fused for c in await engine.list_configs("fa"))
+    assert {c.node: c.fused for c in await engine.list_configs("fa")}["b"] is None
     described = run_cli("describe", "fa", nats_url=_url(nc))
     plan = yaml.safe_load(described.stdout)["plan"]
-    assert plan["fused"] == [] and "a -> b: b says fuse: false" in plan["apart"]
+    assert plan["fused"] == ["gen -> a", "c -> out"]
+    assert "a -> b: b says fuse: false" in plan["apart"]
     assert await dead_letter_counts(nc, "fa") == {"b": count // 5}
 
 
@@ -232,7 +245,7 @@ async def test_at_least_once_fused_chain_loses_nothing_across_kill_9(
 
     await wait_until(everything, timeout=90, what=f"all {len(want)} events at least once")
     st = await statuses(nc, "fk")
-    assert {st[f"fk.{n}.0"].agent for n in "abc"} == {"k2"}
+    assert {st[f"fk.{n}.0"].agent for n in ("gen", "a", "b", "c", "out")} == {"k2"}
     for node in "abc":  # every event taken in is accounted for, per node
         c = st[f"fk.{node}.0"].counters
         assert c.in_ >= c.out + c.filtered + c.errors, (node, c)

@@ -406,13 +406,13 @@ _MOD = "componentmanager.components.sinks"
 register(ComponentType(
     name="stdout", role="sink", config_model=StdoutConfig, inputs=IN,
     description="Print each event as one JSON line on standard output.",
-    impl=f"{_MOD}:StdoutSink",
+    impl=f"{_MOD}:StdoutSink", extra={"fusable": True},
     docs="One compact JSON line per event, flushed at once; prefix is written before it.",
 ))
 register(ComponentType(
     name="file", role="sink", exactly_once="transactional", config_model=FileSinkConfig, inputs=IN,
     description="Append each event as one JSON line to a file.",
-    impl=f"{_MOD}:FileSink",
+    impl=f"{_MOD}:FileSink", extra={"fusable": True},
     docs="Opens path for appending at start (creating directories); writes are buffered "
          "and flushed every second and when the node stops.",
 ))

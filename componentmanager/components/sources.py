@@ -328,7 +328,7 @@ _MOD = "componentmanager.components.sources"
 register(ComponentType(
     name="generate", role="source", config_model=GenerateConfig, outputs=OUT,
     description="Generate events from a template, optionally paced and counted.",
-    impl=f"{_MOD}:GenerateSource",
+    impl=f"{_MOD}:GenerateSource", extra={"fusable": True},
     runs_forever=lambda c: None if c.count is not None else "it has no count: it emits "
     "events forever",
     docs="Emits {**template, seq: n} for n = 0, 1, ...; count: null runs forever. "
@@ -338,7 +338,7 @@ register(ComponentType(
 register(ComponentType(
     name="file", role="source", config_model=FileSourceConfig, outputs=OUT,
     description="Read a file as text lines or JSON lines, optionally following it.",
-    impl=f"{_MOD}:FileSource",
+    impl=f"{_MOD}:FileSource", extra={"fusable": True},
     runs_forever=lambda c: "follow is on: it waits for more lines" if c.follow else None,
     docs='format lines emits {"line": text}; jsonl emits each decoded line. Without follow '
          "the source finishes at the end of the file; with follow it waits for more.",

@@ -82,6 +82,7 @@ class InputAcks:
     _handled: set[str]
     _in_hand: set[str]
     _state: Any
+    _flush_chain: Any  # (FusedFeed's: a chain's sinks flushed, whether all is written)
     #: Output failures so far: an input being handled when one happened may have lost
     #: outputs in it, so it is delivered again too (see delivery's _taken_or_again).
     _failures = 0
@@ -148,6 +149,8 @@ class InputAcks:
                                 or getattr(comp, "flush_when_idle", False)):
                 await self._flush_held(comp)  # (settled between requests and when idle)
             try:
+                if not await self._flush_chain():  # (a chain's sinks: written first)
+                    raise PublishFailed("a fused sink lost what it buffered")
                 await self._outbox.flush()
                 await publisher.wait()
             except PublishFailed as exc:

@@ -36,6 +36,12 @@ cluster elected the bucket's leader): it repeats nothing the stream acknowledged
 source whose positions cannot be written for :data:`CHECKPOINT_LAG_S` pauses until they
 are, so a failover to another agent repeats at most that much.
 
+A source running fused with the processors and sinks after it (:mod:`flowengine.plan`)
+counts the chain's published outputs as its events, and a position is stored only after
+the chain's sinks were flushed (``seal``): when they could not be, or an event was not
+handed on, no later position is stored and the replica fails, to resume from the last
+one stored.
+
 Positions are exact for a source with one output port (events leave in emit order); a
 source that emits on several ports gets them per emit order of messages, which frames
 may reorder across ports.
@@ -49,7 +55,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from flowstore.models import ComponentConfig, utcnow
@@ -128,13 +134,19 @@ class SourceCheckpoint:
 
     def __init__(self, nc: Any, cfg: ComponentConfig, replica: int,
                  stored_events: Callable[[], int], *,
-                 position_fields: tuple[str, ...] | None = None) -> None:
+                 position_fields: tuple[str, ...] | None = None,
+                 seal: Callable[[], Awaitable[bool]] | None = None) -> None:
         self.nc = nc
         self.key = f"{cfg.flow}.{cfg.node}.{replica}"
         self.fingerprint = config_fingerprint(cfg)
         self.identity = position_identity(cfg, position_fields)
         self._stored_events = stored_events
-        self._marks: collections.deque[tuple[int, Any]] = collections.deque()
+        #: (advance number, events emitted, position), oldest first
+        self._marks: collections.deque[tuple[int, int, Any]] = collections.deque()
+        self._advances = 0
+        self._seal = seal  # a fused chain's sinks flushed: whether all was written
+        self._sealed = 0  # positions advanced up to the last successful seal
+        self.broken: str | None = None  # a seal failed: no later position is stored
         self._written: Any = _NOTHING
         self._last: Any = None  # the latest position advanced to (or loaded)
         self._kv: Any = None
@@ -191,17 +203,33 @@ class SourceCheckpoint:
     def advance(self, emitted_events: int, position: Any) -> None:
         """The first ``emitted_events`` events of this run are covered by ``position``."""
         self._last = position
-        if self._marks and self._marks[-1][0] == emitted_events:
-            self._marks[-1] = (emitted_events, position)
+        self._advances += 1
+        if self._marks and self._marks[-1][1] == emitted_events:
+            self._marks[-1] = (self._advances, emitted_events, position)
         else:
-            self._marks.append((emitted_events, position))
+            self._marks.append((self._advances, emitted_events, position))
 
     def _note_stored(self) -> None:
         """Move ``_stored`` to the newest position whose events the stream acknowledged."""
         stored = self._stored_events()
-        while self._marks and self._marks[0][0] <= stored:
-            events, position = self._marks.popleft()
+        sealed = self._sealed if self._seal is not None else self._advances
+        while self._marks and self._marks[0][1] <= stored and self._marks[0][0] <= sealed:
+            _, events, position = self._marks.popleft()
             self._stored = StoredMark(position, self.events_before + events)
+
+    async def _sealed_now(self) -> bool:
+        """A fused chain's sinks are flushed: the positions advanced so far are covered
+        (see the module doc); False once a seal failed."""
+        if self._seal is None:
+            return True
+        if self.broken is None:
+            upto = self._advances
+            if await self._seal():
+                self._sealed = upto
+            else:
+                self.broken = ("a sink fused after this source lost what it buffered (it "
+                               "stopped or failed): resuming from the last stored position")
+        return self.broken is None
 
     async def _write(self, mark: StoredMark) -> None:
         completed = self.completed
@@ -220,8 +248,11 @@ class SourceCheckpoint:
         while True:
             await asyncio.sleep(CHECKPOINT_EVERY_S)
             await self.flush()
+            if self.broken is not None:
+                raise RuntimeError(self.broken)
 
     async def flush(self) -> None:
+        await self._sealed_now()
         self._note_stored()
         mark = self._stored
         if mark is not None and (mark.position, self.completed) != self._written:
@@ -246,6 +277,8 @@ class SourceCheckpoint:
     async def complete(self, events: int) -> None:
         """Everything was emitted and stored: the source is done for good (written now,
         or by a later flush if the bucket does not answer now)."""
+        if not await self._sealed_now():
+            raise RuntimeError(self.broken)
         self._marks.clear()
         self.completed = True
         self._stored = StoredMark(self._last, self.events_before + events)

@@ -20,6 +20,15 @@ cannot be stored has the root's input delivered again.
 The agent stops a chain head first (``agent.reconcile.stop_groups``), so a root never waits on a
 stopped peer; a peer that restarts alone is waited for (its inputs are not acked
 meanwhile).
+
+A chain may begin with a source and end with a sink. A source root's checkpoint counts
+the chain's published outputs as its emitted events (a position is stored once they
+are). A sink in a chain buffers what it is fed; the root flushes it
+(:meth:`FusedFeed._flush_chain`) before it acks an input or stores a source position, and
+when the sink was replaced meanwhile (it stopped or failed with events in its buffer) or
+an event could not be handed on, the root does not go past them: a processor root's
+inputs are delivered again, a source root's replica fails and resumes from its last
+stored position (at-least-once: repeats, never losses).
 """
 
 from __future__ import annotations
@@ -85,6 +94,10 @@ class FusedFeed:
     _current_event: tuple[Any, int] | None
     _failures: int
     _peer: Any = None
+    #: a root: the sinks of its chain it fed since its last flush of them (key -> the
+    #: component fed), and whether an event of a source root was not handed on
+    _fed_sinks: dict[str, Any]
+    _chain_lost = False
     #: subject -> (replica, port): outputs of fed nodes sent through this root's outbox
     _fed_outputs: dict[str, tuple[Any, str]]
 
@@ -118,6 +131,8 @@ class FusedFeed:
             self._not_fed(len(events))
             return
         feeding, starts = self._feeding()
+        if peer.cfg.role == "sink":
+            feeding.root._fed_sinks[peer.key] = peer.component
         token = FEEDING.set(feeding) if starts else None
         try:
             if batch:
@@ -134,9 +149,41 @@ class FusedFeed:
 
     def _not_fed(self, count: int) -> None:
         if self._acked:
-            self._failures += 1  # its input is delivered again (see _taken_or_again)
+            self._redo()
         else:
             self.counters.drop(count, "replica stopped")
+
+    def _redo(self) -> None:
+        """A root: what it is handling did not all get through its chain. Its input is
+        delivered again (see _taken_or_again); a source's position stops short of it."""
+        self._failures += 1
+        if self.cfg.role == "source":
+            self._chain_lost = True
+
+    def _root_now(self) -> Any:
+        """The replica whose input (or source read) is being handled: the root while fed."""
+        feeding = FEEDING.get()
+        return self if feeding is None else feeding.root
+
+    async def _flush_chain(self) -> bool:
+        """A root: flush the sinks of its chain it fed since the last call; whether
+        everything it handed on is written (False: a sink's flush failed, a sink was
+        replaced meanwhile with what it buffered, or an event was not handed on)."""
+        fed, self._fed_sinks = self._fed_sinks, {}
+        whole, self._chain_lost = not self._chain_lost, False
+        for key, comp in fed.items():
+            peer = self.host.fused.get(key)
+            if peer is None or peer.component is not comp:
+                whole = False  # stopped or restarted: its buffer may be gone
+                continue
+            if comp.held():
+                try:
+                    await comp.flush()
+                except Exception as exc:
+                    peer.counters.errors += 1
+                    peer.last_error = f"flush: {exc}"
+                    whole = False
+        return whole
 
     def _outbox_now(self) -> Any:
         """Where an output goes: this replica's outbox, or the root's while fed."""
@@ -221,4 +268,4 @@ class FusedFeed:
         stored = await self._event_failed(port, feeding.headers, feeding.index,
                                           encode(event), last)
         if not stored and self._acked:
-            feeding.root._failures += 1
+            feeding.root._redo()

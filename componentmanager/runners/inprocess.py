@@ -66,6 +66,7 @@ class InProcessReplica(InputDelivery, FusedFeed, KeyedOutputs, ReplicaTeardown, 
         self._publisher: AckedPublisher | None = None
         self._open_outbox(cfg, EventIds(cfg.node, index, secrets.token_hex(3)))
         self._fed_outputs: dict[str, tuple[Any, str]] = {}
+        self._fed_sinks: dict[str, Any] = {}
         self._subs: list[Any] = []
         self._sub_ports: list[tuple[str, Any]] = []
         self._pullers: list[Puller] = []
@@ -116,14 +117,13 @@ class InProcessReplica(InputDelivery, FusedFeed, KeyedOutputs, ReplicaTeardown, 
         return self.component.blocking_advice() if self.component is not None else None
 
     async def emit(self, port: str, event: Any) -> None:
+        if self._checkpoint is not None and self._checkpoint.too_far_behind():  # (a source)
+            await self._pause_for_checkpoint(self._checkpoint)
         if port == self.cfg.fused_port:  # to the next node of its chain, in memory
             await self._feed([event], False)
             return
-        if self._checkpoint is not None and self._checkpoint.too_far_behind():  # (a source)
-            await self._pause_for_checkpoint(self._checkpoint)
         subject = self._subject_of(port)
         body = encode(event)
-        self._emitted += 1
         if len(body) > self.max_event_bytes:
             reason = (f"an event of {len(body):,} bytes on port {port} is larger than the "
                       f"server allows ({self.max_event_bytes:,} bytes, its max_payload)")
@@ -131,6 +131,7 @@ class InProcessReplica(InputDelivery, FusedFeed, KeyedOutputs, ReplicaTeardown, 
                 raise EventTooLarge(reason)  # the input that made it fails (dead-lettered)
             await self.reject(body[:PREVIEW_BYTES], reason)  # counted, a preview kept
             return
+        self._root_now()._emitted += 1  # (what its source's checkpoint waits to be stored)
         self._sends_through(subject, port)
         await self._put_event(port, subject, body, event)
 
@@ -141,11 +142,11 @@ class InProcessReplica(InputDelivery, FusedFeed, KeyedOutputs, ReplicaTeardown, 
         return subject
 
     async def emit_batch(self, port: str, events: list[Any]) -> bool:
+        if self._checkpoint is not None and self._checkpoint.too_far_behind():
+            await self._pause_for_checkpoint(self._checkpoint)
         if port == self.cfg.fused_port:
             await self._feed(events, True)
             return True
-        if self._checkpoint is not None and self._checkpoint.too_far_behind():
-            await self._pause_for_checkpoint(self._checkpoint)
         subject = self._subject_of(port)
         if not events:
             return True
@@ -155,7 +156,7 @@ class InProcessReplica(InputDelivery, FusedFeed, KeyedOutputs, ReplicaTeardown, 
             return False  # one of them cannot be encoded: emit() says which
         if frames is None:
             return False  # one of them is too large: emit() fails just that one
-        self._emitted += len(events)
+        self._root_now()._emitted += len(events)
         self._sends_through(subject, port)
         for part, lines in frames:
             await self._put_events(port, subject, part, lines)
@@ -292,7 +293,8 @@ class InProcessReplica(InputDelivery, FusedFeed, KeyedOutputs, ReplicaTeardown, 
         elif self._publisher is not None:
             self._checkpoint = SourceCheckpoint(
                 self.nc, self.cfg, self.index, self._publisher.stored_events,
-                position_fields=type(self.component).position_fields)
+                position_fields=type(self.component).position_fields,
+                seal=self._flush_chain if self.cfg.fused_port else None)
             await self._checkpoint.load(self._stored_mark)
             if self._exactly_once:
                 await self._number_source_events(self._checkpoint)
