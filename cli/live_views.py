@@ -3,7 +3,9 @@
 
 ``tap`` subscribes to the port's subject as one more reader (core NATS: it takes nothing
 away from the flow, and sees only what passes while it runs); frames are unpacked, so it
-prints one JSON event per line whatever the wire carried. A sink has no outputs: tapping
+prints one JSON event per line whatever the wire carried. A port passed on in memory
+(fused nodes) is never published: while the tap runs, the node publishes a copy of it for
+the tap alone (:mod:`componentmanager.dataplane.taps`). A sink has no outputs: tapping
 it shows what reaches it (its inputs). ``NODE.dlq`` shows dead letters as they happen.
 
 ``top`` sums each node's replicas (:func:`node_rows`, pure) from the same records as
@@ -25,14 +27,20 @@ from cli.output import Format, info, show
 from cli.status import status_data
 
 
-def tap_subjects(cfg: Any, port: str | None) -> tuple[list[str], str]:
+def tap_subjects(cfg: Any, port: str | None, configs: dict[str, Any] | None = None
+                 ) -> tuple[list[str], str]:
     """(subjects, what they are) to tap for a node's ``port`` (None: its outputs, or a
-    sink's inputs); raises ValueError with the choices when the port does not exist."""
+    sink's inputs); raises ValueError with the choices when the port does not exist. A
+    port passed on in memory (fused) is tapped on its :func:`~flowstore.names.tap_subject`
+    (see :func:`tapping`); ``configs`` (the flow's, by key) find the node before a fed one."""
     from flowstore.models import dlq_subject
 
     if port == "dlq":
         return [dlq_subject(cfg.flow, cfg.node)], f"dead letters of '{cfg.node}'"
-    _refuse_in_memory(cfg, port)
+    fed = _fed_from(cfg, port, configs or {})
+    if fed is not None:
+        role = "a sink: its inputs, " if not cfg.outputs else ""
+        return [fed], f"what reaches '{cfg.node}' ({role}passed in memory: copied while tapped)"
     if port is None:
         if cfg.outputs:
             return sorted(_sent(cfg, p) for p in cfg.outputs), f"outputs of '{cfg.node}'"
@@ -46,25 +54,42 @@ def tap_subjects(cfg: Any, port: str | None) -> tuple[list[str], str]:
     raise ValueError(f"node '{cfg.node}' has no port '{port}' (ports: {', '.join(ports)})")
 
 
-def _refuse_in_memory(cfg: Any, port: str | None) -> None:
-    """A fused node's port that feeds the next node in memory is never published, and
-    neither is what reaches a node fed that way: say so (ValueError), with the fix."""
-    nxt = cfg.fused_next
-    if nxt is not None and ((port is None and list(cfg.outputs) == [cfg.fused_port])
-                            or port == cfg.fused_port):
-        raise ValueError(f"'{cfg.node}' port {cfg.fused_port} is passed to '{nxt}' in memory "
-                         f"(they run fused: `flowctl describe {cfg.flow}`), never published; "
-                         f"set `fuse: false` on '{nxt}' to tap it")
+def _fed_from(cfg: Any, port: str | None, configs: dict[str, Any]) -> str | None:
+    """The tap subject of what a node fed in memory receives (its inputs, or a sink's
+    default), None for any other port."""
+    from flowstore.models import config_key
+    from flowstore.names import tap_subject
+
     head = cfg.fused_head
-    if head is not None and ((port is None and not cfg.outputs) or port in cfg.inputs):
-        raise ValueError(f"what reaches '{cfg.node}' comes from the node before it in memory "
-                         f"(it runs fused after '{head}'), never published; set "
-                         f"`fuse: false` on '{cfg.node}' to tap it")
+    if head is None or not ((port is None and not cfg.outputs) or port in cfg.inputs):
+        return None
+    chain = list(cfg.fused)
+    before = configs.get(config_key(cfg.flow, chain[chain.index(cfg.node) - 1]))
+    if before is None or before.fused_port is None:
+        return None
+    return tap_subject(cfg.flow, before.node, before.fused_port)
+
+
+def tapping(subjects: list[str]) -> list[str]:
+    """What ``flowctl tap`` renews while it runs: the watch of each tapped in-memory port."""
+    from flowstore.names import tapping_subject
+
+    out = []
+    for subject in subjects:
+        parts = subject.split(".")
+        if subject.startswith("_flowctl.tap.") and len(parts) == 5:
+            out.append(tapping_subject(parts[2], parts[3], parts[4]))
+    return out
 
 
 def _sent(cfg: Any, port: str) -> str:
     """Where every event of an output port goes once: its subject, or (read by keyed
-    nodes only, partitioned at the producer) all partitions of its first keyed reader."""
+    nodes only, partitioned at the producer) all partitions of its first keyed reader; a
+    port passed on in memory (fused): its tap subject."""
+    from flowstore.names import tap_subject
+
+    if port == cfg.fused_port and cfg.fused_next is not None:
+        return tap_subject(cfg.flow, cfg.node, port)
     if port in cfg.partitioned_only and cfg.keyed_outputs.get(port):
         return str(cfg.keyed_outputs[port][0].subjects)
     return str(cfg.outputs[port])
@@ -108,9 +133,10 @@ async def _tap(name: str, node: str, port: str | None, count: int | None,
             nodes = ", ".join(sorted(c.node for c in configs.values())) or "none: not deployed"
             fail(f"flow/{name} has no deployed node '{node}' (nodes: {nodes})")
         try:
-            subjects, what = tap_subjects(cfg, port)
+            subjects, what = tap_subjects(cfg, port, configs)
         except ValueError as exc:
             fail(str(exc))
+        renew = tapping(subjects)
         stop, seen = stop_event(), 0
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=10_000)
 
@@ -120,6 +146,7 @@ async def _tap(name: str, node: str, port: str | None, count: int | None,
 
         subs = [await engine.nc.subscribe(s, cb=on_msg) for s in subjects]
         await engine.nc.flush()
+        renewing = asyncio.create_task(_renew(engine.nc, renew)) if renew else None
         info(f"tapping {what}: {', '.join(subjects)} (Ctrl+C stops)")
         try:
             while not stop.is_set() and (count is None or seen < count):
@@ -133,8 +160,20 @@ async def _tap(name: str, node: str, port: str | None, count: int | None,
                     if count is not None and seen >= count:
                         break
         finally:
+            if renewing is not None:
+                renewing.cancel()
             for sub in subs:
                 await sub.unsubscribe()
+
+
+async def _renew(nc: Any, subjects: list[str]) -> None:
+    """Keep the agents copying the tapped in-memory ports (see dataplane.taps)."""
+    from componentmanager.dataplane.taps import TAP_RENEW_S
+
+    while True:
+        for subject in subjects:
+            await nc.publish(subject, b"")
+        await asyncio.sleep(TAP_RENEW_S)
 
 
 def _one(event: Any, output: Format) -> str:

@@ -73,6 +73,18 @@ def dlq_subject(flow: str, node: str) -> str:
     return f"flowctl.{flow}.{node}.dlq"
 
 
+def tap_subject(flow: str, node: str, port: str) -> str:
+    """Where a node copies the events of a port it passes on in memory (fused) while
+    ``flowctl tap`` watches it (outside ``flowctl.``: no flow's stream keeps them)."""
+    return f"_flowctl.tap.{flow}.{node}.{port}"
+
+
+def tapping_subject(flow: str, node: str, port: str) -> str:
+    """What ``flowctl tap`` publishes every few seconds while it watches such a port
+    (``*`` for any when the agent listens)."""
+    return f"_flowctl.tapping.{flow}.{node}.{port}"
+
+
 def logs_subject(flow: str, node: str, replica: int | str) -> str:
     """Where a replica's log lines go (``*`` for any node or replica when reading)."""
     return f"flowctl.logs.{flow}.{node}.{replica}"

@@ -139,8 +139,9 @@ async def run_flow(nc, text: str) -> FlowEngine:
 
 
 def gen_transform_file(path: Path, generate: str, set_field: str, expression: str,
-                       replicas: int = 1) -> str:
-    """The flow body used by many tests: generate -> transform (one field) -> file sink."""
+                       replicas: int = 1, fuse: bool = True) -> str:
+    """The flow body used by many tests: generate -> transform (one field) -> file sink
+    (``fuse=False``: the transform apart, reading from and publishing to NATS)."""
     return f"""\
   sources:
     - id: gen
@@ -151,6 +152,7 @@ def gen_transform_file(path: Path, generate: str, set_field: str, expression: st
       type: transform
       inputs: [gen]
       replicas: {replicas}
+      fuse: {str(fuse).lower()}
       config: {{set: {{{set_field}: "{expression}"}}}}
   sinks:
     - id: out

@@ -209,6 +209,7 @@ spec:
     - id: slow
       type: python
       inputs: [gen]
+      fuse: false  # (apart: events queue before it; fused, the source would wait for it)
       config:
         code: |
           import time

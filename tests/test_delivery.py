@@ -63,7 +63,8 @@ async def test_poison_events_go_to_the_dlq(nc, agents, tmp_path) -> None:
 
     async def every_failed_event_counted():
         st = await statuses(nc, "poison")
-        return st if st["poison.work.0"].counters.errors >= 2 else None
+        work = st.get("poison.work.0")  # (its first status record may be still to come)
+        return st if work is not None and work.counters.errors >= 2 else None
 
     # An expression error fails the same way every time: dead-lettered at once, one error
     # per event (a failure that may pass on a retry is retried in place first).
@@ -87,7 +88,7 @@ async def test_an_input_never_acked_is_dead_lettered_not_dropped(nc, agents, tmp
     await wait_until(lambda: live_agent(nc, "a1"), what="agent")
     out = tmp_path / "out.jsonl"
     pad = "x" * 600
-    body = gen_transform_file(out, "count: 3", "pad", f"'{pad}'")
+    body = gen_transform_file(out, "count: 3", "pad", f"'{pad}'", fuse=False)
     js = nc.jetstream()
     engine = await _deployed(nc, "stuck", body)
     await _limit_message_size(js, stream_name("stuck"), 500)  # the source's events fit,
@@ -116,7 +117,8 @@ async def test_an_input_never_acked_is_dead_lettered_not_dropped(nc, agents, tmp
 
 async def test_a_dead_letter_not_stored_leaves_its_input_unacked(nc, agents, tmp_path) -> None:
     """FLOWCTL_DLQ refuses the dead letters (over its message size limit): the failing
-    events' inputs are not acked; once it takes them, each is dead-lettered, once."""
+    events' inputs are not acked; once it takes them, each is dead-lettered, once. (The
+    transform apart: fused with its source, see the test after this one.)"""
     from flowstore.models import stream_name
     from flowstore.streams import DLQ_STREAM
 
@@ -125,7 +127,7 @@ async def test_a_dead_letter_not_stored_leaves_its_input_unacked(nc, agents, tmp
     out = tmp_path / "out.jsonl"
     js = nc.jetstream()
     engine = await _deployed(nc, "nodlq", gen_transform_file(out, "count: 20", "inv",
-                                                             "100 / (seq % 10)"))
+                                                             "100 / (seq % 10)", fuse=False))
     await _limit_message_size(js, DLQ_STREAM, 64)
     try:
         await engine.start("nodlq")
@@ -156,6 +158,45 @@ async def test_a_dead_letter_not_stored_leaves_its_input_unacked(nc, agents, tmp
     assert info.state.messages == 2
     assert sorted(json.loads(x)["seq"] for x in read_lines(out)) == [
         s for s in range(20) if s % 10]
+
+
+async def test_a_dead_letter_not_stored_in_a_fused_chain_takes_the_source_back(
+        nc, agents, tmp_path) -> None:
+    """The same, the transform fused with its source: the source stores no position
+    past an event whose dead letter was refused; its replica fails and resumes from the
+    last one stored, so once FLOWCTL_DLQ takes them both failing events are dead-lettered
+    and every good event is written (some twice: at-least-once)."""
+    from flowstore.streams import DLQ_STREAM
+
+    agents("a1")
+    await wait_until(lambda: live_agent(nc, "a1"), what="agent")
+    out = tmp_path / "out.jsonl"
+    js = nc.jetstream()
+    engine = await _deployed(nc, "nodlqf", gen_transform_file(
+        out, "count: 20, rate: 10", "inv", "100 / (seq % 10)"))
+    await _limit_message_size(js, DLQ_STREAM, 64)
+    try:
+        await engine.start("nodlqf")
+
+        async def source_failed() -> bool:
+            gen = (await statuses(nc, "nodlqf")).get("nodlqf.gen.0")
+            return gen is not None and gen.restarts >= 1
+
+        await wait_until(source_failed, what="the source restarted", timeout=30)
+        gen = (await statuses(nc, "nodlqf"))["nodlqf.gen.0"]
+        assert "resuming from the last stored position" in (gen.last_error or ""), gen
+    finally:
+        await _limit_message_size(js, DLQ_STREAM, -1)
+
+    async def stored() -> bool:
+        info = await js.stream_info(DLQ_STREAM, subjects_filter=dlq_subject("nodlqf", "work"))
+        return info.state.messages >= 2 and {
+            json.loads(x)["seq"] for x in read_lines(out)} == {s for s in range(20) if s % 10}
+
+    await wait_until(stored, what="dead letters stored, every good event written",
+                     timeout=60)
+    letters = await js.stream_info(DLQ_STREAM, subjects_filter=dlq_subject("nodlqf", "work"))
+    assert letters.state.messages >= 2
 
 
 async def _deployed(nc, name: str, body: str):  # type: ignore[no-untyped-def]

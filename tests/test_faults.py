@@ -169,8 +169,8 @@ BIG = """\
               event["blob"] = "x" * 1_100_000
               return event
   sinks:
-    - {id: out, type: stdout, inputs: [blow-up]}
-"""
+    - {id: out, type: stdout, inputs: [blow-up], fuse: false}
+"""  # (apart: blow-up's events must cross NATS, whose max_payload refuses them)
 
 
 async def test_an_oversized_event_fails_alone(nc, agents, tmp_path) -> None:
@@ -185,8 +185,8 @@ async def test_an_oversized_event_fails_alone(nc, agents, tmp_path) -> None:
   sources:
     - {{id: ticks, type: generate, config: {{count: 300, rate: 50}}}}
   sinks:
-    - {{id: out, type: file, inputs: [ticks], config: {{path: "{out}"}}}}
-"""
+    - {{id: out, type: file, inputs: [ticks], config: {{path: "{out}"}}, fuse: false}}
+"""  # (apart: its input is published, so its arrivals are seen live here)
     arrivals: list[float] = []
 
     async def arrived(_msg) -> None:

@@ -16,10 +16,13 @@ import pytest
 import yaml
 
 from componentmanager.agent.reconcile import stop_groups
+from componentmanager.components.sources import GenerateSource
+from componentmanager.runners.checkpoint import SourceCheckpoint
 from flowengine.plan import describe_plan, fusion_plan
 from flowengine.translate import translate
 from flowstore import parse_flow
-from flowstore.models import AgentRecord, utcnow
+from flowstore.models import AgentRecord, ComponentConfig, utcnow
+from flowstore.nats import CHECKPOINTS_BUCKET, open_bucket
 from flowstore.placement import place
 from flowstore.streams import dead_letter_counts
 from tests.agents import flow_yaml, live_agent, read_lines, run_flow, statuses, wait_until
@@ -279,3 +282,49 @@ async def test_a_fused_node_restarted_alone_loses_nothing(nc, agents, tmp_path) 
 
 async def _lines(path, n: int) -> bool:  # type: ignore[no-untyped-def]
     return len(read_lines(path)) >= n
+
+
+async def test_a_source_position_is_stored_only_once_its_chains_sinks_are_flushed(nc) -> None:
+    seals: list[bool] = []
+
+    async def seal() -> bool:  # the chain's sinks flushed: whether all was written
+        return seals.pop(0)
+
+    cfg = ComponentConfig(flow="fs", node="gen", type="generate", config={"count": 9},
+                          queue="q")
+    checkpoint = SourceCheckpoint(nc, cfg, 0, lambda: 0, seal=seal,
+                                  position_fields=GenerateSource.position_fields)
+    await checkpoint.load()
+    checkpoint.advance(0, 3)  # (the chain published nothing: its sink took them)
+    assert checkpoint.stored_mark() is None  # not flushed yet
+    seals.append(True)
+    await checkpoint.flush()
+    assert checkpoint.stored_mark().position == 3  # type: ignore[union-attr]
+    checkpoint.advance(0, 6)
+    seals.append(False)  # the sink was replaced with events in its buffer
+    await checkpoint.flush()
+    assert checkpoint.broken and checkpoint.stored_mark().position == 3  # type: ignore[union-attr]
+    await checkpoint.flush()  # (no seal asked again: nothing later is ever stored)
+    with pytest.raises(RuntimeError, match="resuming from the last stored position"):
+        await checkpoint.complete(0)
+    kv = await open_bucket(nc, CHECKPOINTS_BUCKET)
+    assert json.loads((await kv.get(checkpoint.key)).value)["position"] == 3
+
+
+async def test_a_fused_sink_restarted_alone_loses_nothing(nc, agents, tmp_path) -> None:
+    agents("s1")
+    await wait_until(lambda: live_agent(nc, "s1"), what="agent")
+    first, second, count = tmp_path / "one.jsonl", tmp_path / "two.jsonl", 3000
+    engine = await run_flow(nc, flow_yaml("fs", chain(first, count, rate=1500),
+                                          "at-least-once"))
+    await wait_until(lambda: _lines(first, 300), what="events flowing", timeout=30)
+    moved = parse_flow(flow_yaml("fs", chain(second, count, rate=1500), "at-least-once"))
+    await engine.apply("fs", moved.spec)  # only the sink's path changes: it restarts alone
+    want = {s for s in range(count) if s % 5 and s % 2 == 0}
+
+    async def everything() -> bool:
+        seen = read_lines(first) + read_lines(second)
+        return {json.loads(x)["seq"] for x in seen} >= want
+
+    await wait_until(everything, timeout=60, what=f"all {len(want)} events at least once")
+    assert read_lines(second)  # (the sink went on in its new file)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import typer
 
-from cli.live_views import node_rows, tap_subjects
+from cli.live_views import node_rows, tap_subjects, tapping
 from cli.logs import compile_grep, parse_since, render
 from cli.output import Format
 from componentmanager.agent.rates import RateWindow
@@ -79,6 +79,14 @@ def test_tap_and_replay_find_the_subjects() -> None:
     assert tap_subjects(sink, None)[0] == ["flowctl.f.a.out", "flowctl.f.b.out"]
     with pytest.raises(ValueError, match="ports: dlq, in, out, side"):
         tap_subjects(proc, "nope")
+    # fused: a port passed on in memory is tapped on the copy its node sends while tapped
+    chain = ["work", "out"]
+    proc.fused, proc.fused_port, sink.fused = chain, "out", chain
+    configs = {"f.work": proc, "f.out": sink}
+    assert tap_subjects(proc, None) == (["_flowctl.tap.f.work.out"], "outputs of 'work'")
+    assert tap_subjects(sink, None, configs)[0] == ["_flowctl.tap.f.work.out"]
+    assert tapping(tap_subjects(sink, "in", configs)[0]) == ["_flowctl.tapping.f.work.out"]
+    assert tapping(["flowctl.f.a.out"]) == []
     assert replay_target(proc, None) == ("in", "flowctl.f.gen.out")
     with pytest.raises(ReplayRefused, match="no input port 'side'"):
         replay_target(proc, "side")  # an input with nothing connected

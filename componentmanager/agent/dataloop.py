@@ -29,6 +29,7 @@ import nats.aio.client
 import structlog
 
 from componentmanager.dataplane.accounting import DropRouter, Throttle
+from componentmanager.dataplane.taps import Taps
 from componentmanager.runners.base import Replica
 from componentmanager.runners.downstream import DownstreamStatuses
 from componentmanager.runners.fusion import FusedPeers
@@ -74,6 +75,7 @@ class DataLoop:
         self.drops = DropRouter()
         self.throttle = Throttle()
         self.fused = FusedPeers()  # replicas fed in memory (see runners.fusion)
+        self.taps = Taps()  # in-memory ports `flowctl tap` watches (see dataplane.taps)
         #: the status watches of waiting sources (see runners.downstream), once connected
         self.downstream: DownstreamStatuses | None = None
         self.nc: Any = None
@@ -157,6 +159,8 @@ class DataLoop:
             ready.set_exception(exc)
             return
         self.downstream = DownstreamStatuses(self.nc)
+        with contextlib.suppress(Exception):  # (without it, taps of fused ports see nothing)
+            await self.taps.listen(self.nc)
         ready.set_result(None)
         tasks = [asyncio.create_task(self._tick()), asyncio.create_task(self._logs_pump())]
         await self._stop.wait()

@@ -32,6 +32,7 @@ class ReplicaHost(Protocol):
     drops: Any  # a componentmanager.dataplane.accounting.DropRouter
     throttle: Any  # a componentmanager.dataplane.accounting.Throttle
     fused: Any  # a componentmanager.runners.fusion.FusedPeers
+    taps: Any  # a componentmanager.dataplane.taps.Taps (in-memory ports being tapped)
     downstream: Any  # a componentmanager.runners.downstream.DownstreamStatuses (or None)
 
     def changed(self, replica: Replica) -> None:

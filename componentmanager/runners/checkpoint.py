@@ -227,8 +227,10 @@ class SourceCheckpoint:
             if await self._seal():
                 self._sealed = upto
             else:
-                self.broken = ("a sink fused after this source lost what it buffered (it "
-                               "stopped or failed): resuming from the last stored position")
+                self.broken = ("a sink fused after this source did not write all it "
+                               "was handed (it stopped or failed with events buffered, or "
+                               "an event was not handed on): resuming from the last stored "
+                               "position")
         return self.broken is None
 
     async def _write(self, mark: StoredMark) -> None:

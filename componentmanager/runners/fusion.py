@@ -47,7 +47,8 @@ PEER_POLL_S = 0.02
 
 @dataclass(frozen=True)
 class Feeding:
-    """The root an event passed in memory came from, and which input event it was."""
+    """The root an event passed in memory came from, and the frame it is in: its header
+    (as the node that fed it would have published it) and its index there."""
 
     root: Any  # the root InProcessReplica
     headers: dict[str, str] | None
@@ -85,6 +86,7 @@ class FusedFeed:
     cfg: Any
     key: str
     host: Any
+    nc: Any
     counters: Any
     component: Any
     _acked: bool
@@ -116,34 +118,31 @@ class FusedFeed:
         self._peer = peer
         return peer
 
-    def _feeding(self) -> tuple[Feeding, bool]:
-        """The feeding this replica's emit belongs to, and whether it starts here."""
-        feeding = FEEDING.get()
-        if feeding is not None:
-            return feeding, False
-        headers, index = self._current_event or (None, 0)
-        return Feeding(self, headers, index), True
-
     async def _feed(self, events: list[Any], batch: bool) -> None:
-        """Hand what was emitted on the fused port to the next node, in memory."""
+        """Hand what was emitted on the fused port to the next node, in memory, numbered
+        as this node would have published it (the ids its dead letters and logs name)."""
         peer = await self._next_peer()
         if peer is None:  # stopping: the input is taken again (at-most-once: lost)
             self._not_fed(len(events))
             return
-        feeding, starts = self._feeding()
+        port = self.cfg.fused_port
+        if self.host.taps.watched(self.cfg.flow, self.cfg.node, port):  # (before the
+            await self.host.taps.copy(self.nc, self.cfg.flow, self.cfg.node, port, events)
+        feeding = FEEDING.get()  # next node may change the events in place)
+        root = self if feeding is None else feeding.root
         if peer.cfg.role == "sink":
-            feeding.root._fed_sinks[peer.key] = peer.component
-        token = FEEDING.set(feeding) if starts else None
+            root._fed_sinks[peer.key] = peer.component
+        fed = Feeding(root, self._outbox.ids.header(len(events)), 0)
+        token = FEEDING.set(fed)
         try:
             if batch:
                 owned = getattr(self.component, "emits_owned", False)
-                await peer.take_fed_batch(events, feeding, owned)
+                await peer.take_fed_batch(events, fed, owned)
             else:
-                await peer.take_fed(events[0], feeding)
+                await peer.take_fed(events[0], fed)
         finally:
-            if token is not None:
-                FEEDING.reset(token)
-        counters, port = self.counters, self.cfg.fused_port
+            FEEDING.reset(token)
+        counters = self.counters
         counters.out += len(events)
         counters.out_ports[port] = counters.out_ports.get(port, 0) + len(events)
 
@@ -173,8 +172,8 @@ class FusedFeed:
         whole, self._chain_lost = not self._chain_lost, False
         for key, comp in fed.items():
             peer = self.host.fused.get(key)
-            if peer is None or peer.component is not comp:
-                whole = False  # stopped or restarted: its buffer may be gone
+            if peer is None or peer.component is not comp:  # stopped or restarted:
+                whole = whole and not comp.held()  # its buffer was written (or not)
                 continue
             if comp.held():
                 try:
@@ -251,8 +250,8 @@ class FusedFeed:
             counters.in_ += took
             counters.in_ports[port] = counters.in_ports.get(port, 0) + took
             counters.latency.observe(perf_counter() - began, took)
-        for event in events[took:]:
-            await self.take_fed(event, feeding)
+        for index in range(took, len(events)):
+            await self.take_fed(events[index], Feeding(feeding.root, feeding.headers, index))
 
     async def _fed_failed(self, comp: Any, port: str, event: Any, exc: Exception,
                           feeding: Feeding) -> None:

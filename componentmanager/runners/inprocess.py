@@ -315,6 +315,8 @@ class InProcessReplica(InputDelivery, FusedFeed, KeyedOutputs, ReplicaTeardown, 
                 running.cancel()
                 await asyncio.gather(running, return_exceptions=True)
         running.result()  # the source's own failure
+        if not self._acked:  # (at-least-once: its completion flushes them, see complete)
+            await self._flush_chain()  # a chain's sinks write out what the source made
         await self._outbox.flush()
         if self._publisher is not None:
             await self._publisher.wait()
@@ -347,25 +349,6 @@ class InProcessReplica(InputDelivery, FusedFeed, KeyedOutputs, ReplicaTeardown, 
             if self._state_broken:
                 raise RuntimeError(self._state_broken)
             await self._settle()
-
-    async def _until_a_task_dies(self, main: asyncio.Task[None] | None = None) -> None:
-        """Watch the replica's long-running tasks (output flusher, flush loop, input pulls):
-        return when ``main`` ends; raise when one of them ends while the replica runs, so
-        it is reported failed and restarted, never left `running` over a dead task."""
-        while not self._stopping:
-            tasks = [*self._tasks, *(p.task for p in self._pullers if p.task is not None)]
-            watched = [t for t in (main, *tasks) if t is not None]
-            if not watched:
-                return
-            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
-            if main is not None and main in done:
-                return
-            if self._stopping:
-                return
-            dead = next(iter(done))
-            error = None if dead.cancelled() else dead.exception()
-            raise RuntimeError(f"internal task {dead.get_name()!r} ended"
-                               + (f": {type(error).__name__}: {error}" if error else ""))
 
     async def _flush_loop(self, interval: float) -> None:
         while True:

@@ -6,7 +6,9 @@ component is flushed and stopped, its last outputs sent and (at-least-once) wait
 bounded. What could not be finished is said once; at-most-once it is counted in
 ``dropped``, at-least-once the inputs behind it are delivered again. Whether the run's
 effects were all kept decides how its unacked inputs are treated when they come back
-(:meth:`~componentmanager.runners.acks.InputAcks._settle_at_teardown`).
+(:meth:`~componentmanager.runners.acks.InputAcks._settle_at_teardown`). A replica whose
+long-running task ends while it runs is failed (:meth:`ReplicaTeardown._until_a_task_dies`)
+and so stopped this way and restarted.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class ReplicaTeardown:
     _publisher: Any
     _checkpoint: Any
     _stored_mark: Any
+    _stopping: bool
+    _pullers: list[Any]
 
     async def _teardown(self) -> None:
         """Close the inputs (nothing fires after this), settle, flush and stop the
@@ -127,3 +131,22 @@ class ReplicaTeardown:
             await puller.stop()  # a message in progress finishes; the rest is redelivered
         self._pullers.clear()
         await self._let_held_back_go()
+
+    async def _until_a_task_dies(self, main: asyncio.Task[None] | None = None) -> None:
+        """Watch the replica's long-running tasks (output flusher, flush loop, input pulls):
+        return when ``main`` ends; raise when one of them ends while the replica runs, so
+        it is reported failed and restarted, never left `running` over a dead task."""
+        while not self._stopping:
+            tasks = [*self._tasks, *(p.task for p in self._pullers if p.task is not None)]
+            watched = [t for t in (main, *tasks) if t is not None]
+            if not watched:
+                return
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            if main is not None and main in done:
+                return
+            if self._stopping:
+                return
+            dead = next(iter(done))
+            error = None if dead.cancelled() else dead.exception()
+            raise RuntimeError(f"internal task {dead.get_name()!r} ended"
+                               + (f": {type(error).__name__}: {error}" if error else ""))
