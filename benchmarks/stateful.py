@@ -11,7 +11,10 @@ placed by the leader, spread over both). The measured node is:
 * ``window x1``: a tumbling 1 s processing-time window counting per key (``seq % keys``),
   one replica: its state checkpointed every second with its input positions;
 * ``window x3``: the same with 3 replicas, partitioned by the key (each replica reads
-  every input and takes its own keys).
+  every input and takes its own keys);
+* ``transform, fused``: the transform with its sink in one replica (what a flow gets by
+  default: a window cannot fuse, so the rows above keep the sink apart with
+  ``fuse: false`` and compare the nodes over the same hops; this row is for reference).
 
 Throughput is the measured node's ``in`` counter (from the agents' status records,
 written every 0.1 s) between its first event and its last: what the node took in, not
@@ -43,10 +46,12 @@ NODES = {
     "transform": ("transform", 1, '{set: {k: "seq % KEYS"}}'),
     "window x1": ("window", 1, '{size: 1s, key: "seq % KEYS", aggregate: {n: count}}'),
     "window x3": ("window", 3, '{size: 1s, key: "seq % KEYS", aggregate: {n: count}}'),
+    "transform, fused": ("transform", 1, '{set: {k: "seq % KEYS"}}'),
 }
 
 
-def flow(name: str, n: int, kind: str, replicas: int, config: str, out: Path) -> str:
+def flow(name: str, n: int, kind: str, replicas: int, config: str, out: Path,
+         fuse: bool = False) -> str:
     return f"""\
 apiVersion: flowctl/v1
 kind: Flow
@@ -57,7 +62,7 @@ spec:
   processors:
     - {{id: node, type: {kind}, inputs: [gen], replicas: {replicas}, config: {config}}}
   sinks:
-    - {{id: out, type: file, inputs: [node], config: {{path: "{out}"}}}}
+    - {{id: out, type: file, inputs: [node], config: {{path: "{out}"}}, fuse: {str(fuse).lower()}}}
 """
 
 
@@ -65,7 +70,7 @@ async def measure(engine: FlowEngine, name: str, n: int, label: str, keys: int) 
     kind, replicas, config = NODES[label]
     with tempfile.TemporaryDirectory(dir=TMP) as tmp:
         text = flow(name, n, kind, replicas, config.replace("KEYS", str(keys)),
-                    Path(tmp) / "out.jsonl")
+                    Path(tmp) / "out.jsonl", fuse="fused" in label)
         loaded = parse_flow(text)
         await engine.apply(loaded.name, loaded.spec)
         await engine.deploy(loaded.name)
@@ -107,9 +112,9 @@ async def main(n: int, rounds: int, keys: int) -> None:
     base = statistics.median(results["transform"])
     print(f"events per run: {n:,}, keys: {keys}, rounds: {rounds} (median, min, max events/s "
           "taken in by the node)")
-    print(f"{'node':<14}{'median':>12} {'min':>11} {'max':>11} {'ratio':>7}")
+    print(f"{'node':<18}{'median':>12} {'min':>11} {'max':>11} {'ratio':>7}")
     for label, values in results.items():
-        print(f"{label:<14}{statistics.median(values):>12,.0f} {min(values):>11,.0f} "
+        print(f"{label:<18}{statistics.median(values):>12,.0f} {min(values):>11,.0f} "
               f"{max(values):>11,.0f} {statistics.median(values) / base:>7.2f}")
 
 
