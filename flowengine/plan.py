@@ -35,9 +35,12 @@ class FusionPlan:
     chains: list[list[str]] = field(default_factory=list)
     apart: list[tuple[str, str, str]] = field(default_factory=list)
     port: dict[str, str] = field(default_factory=dict)
+    _chain_of: dict[str, list[str]] = field(default_factory=dict)
 
     def chain_of(self, node: str) -> list[str]:
-        return next((c for c in self.chains if node in c), [])
+        if self.chains and not self._chain_of:  # (built on first use: chains are final)
+            self._chain_of.update((n, chain) for chain in self.chains for n in chain)
+        return self._chain_of.get(node, [])
 
 
 def _fusable(node: Node, spec: FlowSpec) -> str | None:
@@ -107,7 +110,8 @@ def fusion_plan(spec: FlowSpec) -> FusionPlan:
             plan.port[up.id] = conn.source[1]
         else:
             plan.apart.append((up.id, down.id, why))
-    heads = [n.id for n in spec.nodes if n.id in after and n.id not in after.values()]
+    fed = set(after.values())
+    heads = [n.id for n in spec.nodes if n.id in after and n.id not in fed]
     for head in heads:
         chain = [head]
         while chain[-1] in after and after[chain[-1]] not in chain:
