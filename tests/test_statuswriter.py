@@ -28,3 +28,25 @@ async def test_an_unchanged_record_is_not_written_again_until_its_rewrite(
     monkeypatch.setattr(statuswriter, "REWRITE_S", 0.0)
     assert await writer.write(busy)  # the same, but due again
     assert (await kv.get(status.key)).revision > second
+
+
+async def test_a_replica_that_moved_away_never_covers_its_new_owners_record(nc) -> None:
+    kv = await open_bucket(nc, STATUS_BUCKET)
+    assigned = {"sw.gen.0": "a2"}  # the config names a2 now
+    old = StatusWriter(kv, "a1", owns=lambda key: assigned.get(key) == "a1")
+    new = StatusWriter(kv, "a2", owns=lambda key: assigned.get(key) == "a2")
+    done = ReplicaStatus(flow="sw", node="gen", replica=0, state=ReplicaState.COMPLETED,
+                         agent="a2")
+    assert await new.write(done)
+    late = ReplicaStatus(flow="sw", node="gen", replica=0, state=ReplicaState.STOPPED,
+                         agent="a1")
+    assert not await old.write(late)  # its first write, after it left: fenced
+    got, _ = ReplicaStatus.parse((await kv.get(done.key)).value)
+    assert got is not None and (got.agent, got.state) == ("a2", ReplicaState.COMPLETED)
+    # a write of the old agent that landed anyway is taken back by the owner
+    await kv.put(done.key, late.to_json())
+    again = done.model_copy(deep=True)
+    again.counters.out = 1
+    assert await new.write(again)
+    got, _ = ReplicaStatus.parse((await kv.get(done.key)).value)
+    assert got is not None and got.agent == "a2"

@@ -232,10 +232,10 @@ class Agent(ReplicaKeeping):
         Path(self.log_dir).mkdir(parents=True, exist_ok=True)
         await reap_leftovers(self.log_dir, self.agent_name)
         warm_up()
-        self.status = StatusWriter(self.status_kv, self.agent_name)
-        self.status.start()
         # Watch first, then list (inside ConfigView), so nothing is missed in between.
         self.view = ConfigView(self.config_kv, self._dirty.set, self.agent_name)
+        self.status = StatusWriter(self.status_kv, self.agent_name, owns=self.view.owns)
+        self.status.start()
         self.view.start()
         self._dirty.set()  # reconcile once at start even when there is nothing to watch
         self.leader = Leader(self) if self.settings.lead else None

@@ -60,6 +60,14 @@ class ConfigView:
         if was or deleted or key in self.assigned or key in self.broken:
             self.on_change()
 
+    def owns(self, replica_key: str) -> bool:
+        """Whether replica ``<flow>.<node>.<index>`` is assigned to this agent now."""
+        config_key, _, index = replica_key.rpartition(".")
+        cfg = self.assigned.get(config_key)
+        if cfg is None or not index.isdigit():
+            return False
+        return int(index) < len(cfg.assignments) and cfg.assignments[int(index)] == self.agent
+
     def _take(self, key: str, value: bytes | None, revision: int, deleted: bool) -> None:
         if deleted or value is None:
             self.configs.pop(key, None)

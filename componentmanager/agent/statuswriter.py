@@ -5,11 +5,15 @@ of transitions costs no task per event: whatever is queued a moment after the fi
 change (up to
 :data:`WRITES_IN_FLIGHT`) is written at once, one request each but all in flight
 together, and a replica changing again meanwhile is written once more after that. The
-first write of a replica is a put; every
-later one is a compare-and-set on the revision this agent last wrote. When that fails,
-someone else owns the record now (the replica moved to another agent, or the flow was
-undeployed and the key deleted): the writer stops writing that key instead of
-overwriting a newer owner or resurrecting a deleted key.
+first write of a replica is a put while its config assigns it here (``owns``), else
+only where no record ever was: a replica that moved away before its first write never
+covers the new owner's record (a late "stopped" from the old agent once hid a source
+that had completed on its new one). Every later write is a compare-and-set on the
+revision this agent last wrote. When that fails, someone else owns the record now (the
+replica moved to another agent, or the flow was undeployed and the key deleted): the
+writer stops writing that key instead of overwriting a newer owner or resurrecting a
+deleted key, unless its config assigns the replica here (a write of the agent it left,
+already in flight when it moved, is overwritten at the latest at the next REWRITE_S).
 
 A record whose content would not change (an idle replica at the periodic refresh: same
 state, counters, rates and lag) is not written again, except every
@@ -24,6 +28,7 @@ import contextlib
 import re
 import time
 import weakref
+from collections.abc import Callable
 
 import structlog
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -53,9 +58,12 @@ def _content(data: bytes) -> bytes:
 
 
 class StatusWriter:
-    def __init__(self, kv: KeyValue, agent: str) -> None:
+    def __init__(self, kv: KeyValue, agent: str,
+                 owns: Callable[[str], bool] | None = None) -> None:
         self.kv = kv
         self.agent = agent
+        #: whether a replica key is assigned to this agent now (None: always)
+        self.owns = owns
         self._queue: asyncio.Queue[Replica | None] = asyncio.Queue()
         self._queued: set[int] = set()
         self._revisions: dict[str, int] = {}
@@ -118,7 +126,12 @@ class StatusWriter:
         said = _content(data)
         last = self._revisions.get(key)
         if last is None:
-            return self._landed(key, await self.kv.put(key, data), said)
+            if self.owns is None or self.owns(key):
+                return self._landed(key, await self.kv.put(key, data), said)
+            try:  # moved away before its first write: only where nobody ever wrote
+                return self._landed(key, await self.kv.update(key, data, last=0), said)
+            except KeyWrongLastSequenceError:
+                return False
         if (self._said.get(key) == said
                 and time.monotonic() - self._written_at.get(key, 0.0) < REWRITE_S):
             return True
@@ -131,8 +144,10 @@ class StatusWriter:
         except KeyNotFoundError:
             return False  # deleted (undeployed): do not resurrect it
         existing, _ = ReplicaStatus.parse(current.value)
-        if current.value and (existing is None or existing.agent == self.agent):
-            # ours (or junk someone put there: the replica's agent writes it anew)
+        if current.value and (existing is None or existing.agent == self.agent
+                              or (self.owns is not None and self.owns(key))):
+            # ours (or junk someone put there, or the write of the agent it left: the
+            # replica's agent writes it anew)
             return self._landed(key, await self.kv.update(key, data, last=current.revision),
                                 said)
         return False
