@@ -236,8 +236,11 @@ def translate(
             delivery=spec.delivery,
             flow_revision=flow_revision,
             # only at-most-once sources wait for their downstream (at-least-once: the
-            # stream keeps events); leaving it out spares them a restart on a rescale
-            downstream=(_downstream(replicas, succ, node.id, order)
+            # stream keeps events); leaving it out spares them a restart on a rescale.
+            # Not for the nodes of its own fused chain: it hands them events in memory
+            # and waits for each on its agent (runners.fusion), not for status records.
+            downstream=({n: c for n, c in _downstream(replicas, succ, node.id, order).items()
+                         if n not in plan.chain_of(node.id)}
                         if role == "source" and spec.delivery == "at-most-once" else {}),
             depends_on={d: replicas[d] for d in node.depends_on if d in replicas} or None,
             dependency_depth=depths.get(node.id) or None,

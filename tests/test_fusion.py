@@ -137,6 +137,15 @@ def test_translate_names_the_chain_and_placement_keeps_it_on_one_agent() -> None
     assert alone.assignments["f.b"] == ["z", "y", "x"]
 
 
+def test_an_at_most_once_source_waits_only_for_what_is_not_fused_with_it() -> None:
+    whole = translate("f", spec(chain("/tmp/x", 1), "at-most-once"), flow_revision=1,
+                      enabled=True)
+    assert whole["f.gen"].downstream == {}  # all in its chain: waited for on its agent
+    apart = translate("f", spec(chain("/tmp/x", 1, fuse_b=False), "at-most-once"),
+                      flow_revision=1, enabled=True)
+    assert apart["f.gen"].downstream == {"b": 1, "c": 1, "out": 1}
+
+
 def test_a_chain_stops_head_first() -> None:
     configs = translate("f", spec(chain("/tmp/x", 1)), flow_revision=1, enabled=True)
     known = [(f"f.{n}.0", configs[f"f.{n}"].role, 0) for n in ("out", "c", "b", "a", "gen")]
