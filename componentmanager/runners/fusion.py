@@ -34,6 +34,7 @@ stored position (at-least-once: repeats, never losses).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from contextvars import ContextVar
 from dataclasses import dataclass
 from time import perf_counter
@@ -41,8 +42,9 @@ from typing import Any
 
 from componentmanager.dataplane import encode
 
-#: How often a root looks for the next replica of its chain while it is not there.
-PEER_POLL_S = 0.02
+#: How often a root waiting for the next replica of its chain looks whether it stops
+#: (the replica's arrival wakes it at once).
+PEER_POLL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -64,9 +66,18 @@ class FusedPeers:
 
     def __init__(self) -> None:
         self._peers: dict[str, Any] = {}
+        self._waiting: dict[str, asyncio.Event] = {}
 
     def add(self, replica: Any) -> None:
         self._peers[replica.key] = replica
+        if (arrived := self._waiting.pop(replica.key, None)) is not None:
+            arrived.set()
+
+    async def arrival(self, key: str, within: float) -> None:
+        """Until replica ``key`` is added (at most ``within`` seconds)."""
+        arrived = self._waiting.setdefault(key, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(arrived.wait(), within)
 
     def remove(self, replica: Any) -> None:
         if self._peers.get(replica.key) is replica:
@@ -114,7 +125,7 @@ class FusedFeed:
         while (peer := self.host.fused.get(key)) is None:
             if self._stopping or self.component is None:
                 return None
-            await asyncio.sleep(PEER_POLL_S)
+            await self.host.fused.arrival(key, PEER_POLL_S)
         self._peer = peer
         return peer
 
