@@ -86,8 +86,13 @@ async def test_events_flow_end_to_end_with_status_and_agent_record(nc, agents, t
     assert st["e2e.gen.0"].counters.out == 50
     assert st["e2e.tag.0"].state.value == "running" and st["e2e.tag.0"].counters.in_ == 50
     assert st["e2e.out.0"].counters.in_ == 50 and st["e2e.out.0"].agent == "a1"
-    rec = await live_agent(nc, "a1")
-    assert set(rec.components) == {"e2e.gen.0", "e2e.tag.0", "e2e.out.0"}
+    want = {"e2e.gen.0", "e2e.tag.0", "e2e.out.0"}
+
+    async def listed():  # type: ignore[no-untyped-def]
+        rec = await live_agent(nc, "a1")  # (its record lists them at its next heartbeat)
+        return rec if rec is not None and set(rec.components) == want else None
+
+    await wait_until(listed, what=f"agent record listing {sorted(want)}", timeout=10)
 
 
 async def _lines(path: Path, n: int) -> list[str] | None:

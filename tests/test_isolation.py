@@ -239,8 +239,12 @@ async def test_overload_at_most_once_is_counted_and_bounded(nc, agents, tmp_path
     gen, slow = st["flood.gen.0"].counters, st["flood.slow.0"].counters
     assert gen.out + gen.dropped == count
     assert slow.in_ + slow.dropped == gen.out, (gen, slow)
-    assert all(a == {"flood.gen": ["src"], "flood.slow": ["relay"], "flood.out": ["relay"]}
-               for a in seen), "replicas moved"
+    want = {"flood.gen": ["src"], "flood.slow": ["relay"], "flood.out": ["relay"]}
+    moved = [a for a in seen  # (a snapshot read during the deploy may miss a config, or
+             if any(key in a and a[key] not in ([], [None], agent)  # see it unassigned)
+                    for key, agent in want.items())]
+    assert seen and seen[-1] == want and not moved, f"replicas moved: {moved[:2]}"
+    _no_failover(src, relay)
     assert max(rss) < 250, f"relay agent RSS peaked at {max(rss):.0f} MB"
     assert (await live_agent(nc, "relay")) is not None
     if slow.dropped:  # reported degraded, with the reason, while it lost events
