@@ -72,14 +72,9 @@ def _fed_from(cfg: Any, port: str | None, configs: dict[str, Any]) -> str | None
 
 def tapping(subjects: list[str]) -> list[str]:
     """What ``flowctl tap`` renews while it runs: the watch of each tapped in-memory port."""
-    from flowstore.names import tapping_subject
+    from flowstore.names import tapping_of
 
-    out = []
-    for subject in subjects:
-        parts = subject.split(".")
-        if subject.startswith("_flowctl.tap.") and len(parts) == 5:
-            out.append(tapping_subject(parts[2], parts[3], parts[4]))
-    return out
+    return [t for t in map(tapping_of, subjects) if t is not None]
 
 
 def _sent(cfg: Any, port: str) -> str:

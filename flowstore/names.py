@@ -85,6 +85,15 @@ def tapping_subject(flow: str, node: str, port: str) -> str:
     return f"_flowctl.tapping.{flow}.{node}.{port}"
 
 
+def tapping_of(subject: str) -> str | None:
+    """The :func:`tapping_subject` that keeps a :func:`tap_subject` copied; None for any
+    other subject."""
+    parts = subject.split(".")
+    if len(parts) == 5 and subject.startswith("_flowctl.tap."):
+        return tapping_subject(parts[2], parts[3], parts[4])
+    return None
+
+
 def logs_subject(flow: str, node: str, replica: int | str) -> str:
     """Where a replica's log lines go (``*`` for any node or replica when reading)."""
     return f"flowctl.logs.{flow}.{node}.{replica}"

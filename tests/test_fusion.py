@@ -299,7 +299,7 @@ async def test_a_source_position_is_stored_only_once_its_chains_sinks_are_flushe
     async def seal() -> bool:  # the chain's sinks flushed: whether all was written
         return seals.pop(0)
 
-    cfg = ComponentConfig(flow="fs", node="gen", type="generate", config={"count": 9},
+    cfg = ComponentConfig(flow="fseal", node="gen", type="generate", config={"count": 9},
                           queue="q")
     checkpoint = SourceCheckpoint(nc, cfg, 0, lambda: 0, seal=seal,
                                   position_fields=GenerateSource.position_fields)
